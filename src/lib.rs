@@ -1,0 +1,11 @@
+//! ngx_http_stale_cache_module: request collapsing and stale-while-revalidate in front of
+//! srcache + Redis, plus native Redis locations for stock distro nginx.
+//!
+//! The pure parts (RESP codec, settings parsing, policy, lock table) have no nginx symbols so
+//! `cargo test` links and runs them without nginx; everything that touches nginx lives under
+//! `nginx` and is left out of test builds.
+
+pub mod resp;
+
+#[cfg(not(test))]
+mod nginx;

@@ -1,0 +1,6 @@
+//! Everything that calls into nginx: module definition, directives, handlers.
+
+mod conf;
+mod module;
+mod redis;
+mod util;

@@ -1,0 +1,359 @@
+//! Location configuration and the directive handlers of the native Redis locations.
+
+use core::cell::Cell;
+use core::ffi::{c_char, c_void};
+use core::mem;
+use core::ptr;
+
+use ngx::core::Pool;
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
+    ngx_http_complex_value_t, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t, ngx_http_core_module,
+    ngx_http_upstream_add, ngx_http_upstream_conf_t, ngx_msec_t, ngx_parse_url, ngx_url_t,
+    NGX_CONF_BITMASK_SET, NGX_HTTP_UPSTREAM_FT_ERROR, NGX_HTTP_UPSTREAM_FT_TIMEOUT, NGX_LOG_EMERG,
+};
+use ngx::ngx_conf_log_error;
+
+use super::util::{conf_args, pool_str, str_bytes, CONF_ERROR, CONF_OK};
+
+/// Defaults of the Redis locations: Redis on loopback answers in well under a millisecond, so
+/// waiting seconds (redis2's default is 60 s) only turns an outage into piled-up requests.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: ngx_msec_t = 250;
+pub const DEFAULT_SEND_TIMEOUT_MS: ngx_msec_t = 250;
+pub const DEFAULT_READ_TIMEOUT_MS: ngx_msec_t = 500;
+pub const DEFAULT_BACKOFF_MS: ngx_msec_t = 1000;
+
+const UNSET_MSEC: ngx_msec_t = ngx_msec_t::MAX;
+const UNSET_SIZE: usize = usize::MAX;
+const UNSET_UINT: usize = usize::MAX;
+
+/// How a Redis location turns replies into a response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReplyMode {
+    Unset,
+    /// HttpRedis-compatible: the last reply's value is the body; nil is 404; an error is 502.
+    Value,
+    /// redis2-compatible: 200 with every reply's raw RESP bytes, concatenated.
+    Raw,
+}
+
+/// One argument of a configured Redis command.
+pub enum RedisArg {
+    Literal(Vec<u8>),
+    /// Contains variables; evaluated per request.
+    Complex(*mut ngx_http_complex_value_t),
+    /// Exactly `$request_body`: the body buffers are sent as they are, without a copy.
+    RequestBody,
+}
+
+/// Settings of a native Redis location (`stale_cache_redis_*`).
+pub struct RedisConf {
+    /// nginx's upstream settings: server group, timeouts, buffer size.
+    pub upstream: ngx_http_upstream_conf_t,
+    pub commands: Vec<Vec<RedisArg>>,
+    pub reply: ReplyMode,
+    pub backoff: ngx_msec_t,
+    /// Per worker: after a connect failure or timeout, answer 502 at once until this time.
+    pub down_until: Cell<ngx_msec_t>,
+    pub uses_request_body: bool,
+    /// `stale_cache_redis_pass` appears in this very location (not inherited).
+    pub has_pass: bool,
+}
+
+pub struct LocConf {
+    pub redis: RedisConf,
+}
+
+impl LocConf {
+    fn new() -> Self {
+        // SAFETY: ngx_http_upstream_conf_t is a plain C struct; all-zero is its "calloc" state,
+        // which is how nginx's own modules start it before setting the unset markers.
+        let mut upstream: ngx_http_upstream_conf_t = unsafe { mem::zeroed() };
+        upstream.local = usize::MAX as *mut _;
+        upstream.socket_keepalive = usize::MAX as _;
+        upstream.next_upstream_tries = UNSET_UINT;
+        upstream.connect_timeout = UNSET_MSEC;
+        upstream.send_timeout = UNSET_MSEC;
+        upstream.read_timeout = UNSET_MSEC;
+        upstream.next_upstream_timeout = UNSET_MSEC;
+        upstream.buffer_size = UNSET_SIZE;
+        // Fixed for this protocol: stream replies through, never to temp files, and hand
+        // Redis's "not found" to the caller (srcache) as a plain 404 rather than an error page.
+        upstream.buffering = 0;
+        upstream.ignore_client_abort = 0;
+        upstream.intercept_errors = 0;
+        upstream.set_intercept_404(0);
+        upstream.pass_request_headers = 0;
+        upstream.pass_request_body = 0;
+        upstream.force_ranges = 1;
+        LocConf {
+            redis: RedisConf {
+                upstream,
+                commands: Vec::new(),
+                reply: ReplyMode::Unset,
+                backoff: UNSET_MSEC,
+                down_until: Cell::new(0),
+                uses_request_body: false,
+                has_pass: false,
+            },
+        }
+    }
+}
+
+pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut c_void {
+    // SAFETY: nginx passes a valid configuration context with a live pool.
+    let pool = unsafe { Pool::from_ngx_pool((*cf).pool) };
+    pool.allocate(LocConf::new()) as *mut c_void
+}
+
+fn merge_msec(conf: &mut ngx_msec_t, prev: ngx_msec_t, default: ngx_msec_t) {
+    if *conf == UNSET_MSEC {
+        *conf = if prev == UNSET_MSEC { default } else { prev };
+    }
+}
+
+pub unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    parent: *mut c_void,
+    child: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the two LocConf values created by create_loc_conf.
+    let (prev, conf) = unsafe { (&*(parent as *const LocConf), &mut *(child as *mut LocConf)) };
+    let (p, c) = (&prev.redis.upstream, &mut conf.redis.upstream);
+
+    merge_msec(
+        &mut c.connect_timeout,
+        p.connect_timeout,
+        DEFAULT_CONNECT_TIMEOUT_MS,
+    );
+    merge_msec(&mut c.send_timeout, p.send_timeout, DEFAULT_SEND_TIMEOUT_MS);
+    merge_msec(&mut c.read_timeout, p.read_timeout, DEFAULT_READ_TIMEOUT_MS);
+    merge_msec(&mut c.next_upstream_timeout, p.next_upstream_timeout, 0);
+    merge_msec(
+        &mut conf.redis.backoff,
+        prev.redis.backoff,
+        DEFAULT_BACKOFF_MS,
+    );
+    if c.buffer_size == UNSET_SIZE {
+        c.buffer_size = if p.buffer_size == UNSET_SIZE {
+            // SAFETY: ngx_pagesize is set once at startup, before configuration is read.
+            unsafe { ngx::ffi::ngx_pagesize }
+        } else {
+            p.buffer_size
+        };
+    }
+    if c.next_upstream_tries == UNSET_UINT {
+        c.next_upstream_tries = if p.next_upstream_tries == UNSET_UINT {
+            0
+        } else {
+            p.next_upstream_tries
+        };
+    }
+    if c.local == usize::MAX as *mut _ {
+        c.local = if p.local == usize::MAX as *mut _ {
+            ptr::null_mut()
+        } else {
+            p.local
+        };
+    }
+    if c.socket_keepalive == usize::MAX as _ {
+        c.socket_keepalive = 0;
+    }
+    c.next_upstream =
+        (NGX_CONF_BITMASK_SET | NGX_HTTP_UPSTREAM_FT_ERROR | NGX_HTTP_UPSTREAM_FT_TIMEOUT) as usize;
+    if c.upstream.is_null() {
+        c.upstream = p.upstream;
+    }
+    if conf.redis.reply == ReplyMode::Unset {
+        conf.redis.reply = default_reply_mode(&conf.redis.commands);
+    }
+    if conf.redis.has_pass && conf.redis.commands.is_empty() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"stale_cache_redis_pass\" needs at least one \"stale_cache_redis_command\" in the same location"
+        );
+        return CONF_ERROR;
+    }
+    if !conf.redis.has_pass && !conf.redis.commands.is_empty() {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"stale_cache_redis_command\" needs \"stale_cache_redis_pass\" in the same location"
+        );
+        return CONF_ERROR;
+    }
+    CONF_OK
+}
+
+/// `value` for a location whose only command is a literal GET (the srcache fetch location),
+/// `raw` otherwise.
+fn default_reply_mode(commands: &[Vec<RedisArg>]) -> ReplyMode {
+    match commands {
+        [only] => match only.first() {
+            Some(RedisArg::Literal(name)) if name.eq_ignore_ascii_case(b"get") => ReplyMode::Value,
+            _ => ReplyMode::Raw,
+        },
+        _ => ReplyMode::Raw,
+    }
+}
+
+/// The location's LocConf as nginx hands it to a directive handler.
+fn loc_conf<'a>(conf: *mut c_void) -> &'a mut LocConf {
+    // SAFETY: directives of this module are declared with NGX_HTTP_LOC_CONF_OFFSET, so `conf`
+    // is the LocConf that create_loc_conf made for the current location.
+    unsafe { &mut *(conf as *mut LocConf) }
+}
+
+fn directive_name(cmd: *mut ngx_command_t) -> String {
+    // SAFETY: nginx passes the command being parsed, whose name is a static string.
+    String::from_utf8_lossy(str_bytes(unsafe { &(*cmd).name })).into_owned()
+}
+
+/// `stale_cache_redis_pass host:port | unix:/path | upstream_name;`
+pub unsafe extern "C" fn set_redis_pass(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let lcf = loc_conf(conf);
+    // SAFETY: nginx passes a valid configuration context while parsing a directive.
+    let cfr = unsafe { &mut *cf };
+    if lcf.redis.has_pass {
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"{}\" directive is duplicate",
+            directive_name(cmd)
+        );
+        return CONF_ERROR;
+    }
+    let address = conf_args(cfr)[1];
+
+    // SAFETY: ngx_url_t is a plain C struct whose zero state is "nothing parsed yet".
+    let mut url: ngx_url_t = unsafe { mem::zeroed() };
+    url.url = address;
+    url.set_no_resolve(1);
+    // Parse once here only to give a message naming the directive; nginx parses it again.
+    // SAFETY: `url` is initialised and `cf.pool` is live.
+    let mut probe = url;
+    if unsafe { ngx_parse_url(cfr.pool, &mut probe) } != 0 {
+        let reason = if probe.err.is_null() {
+            "invalid address".to_string()
+        } else {
+            // SAFETY: ngx_parse_url sets `err` to a static NUL-terminated message.
+            unsafe { core::ffi::CStr::from_ptr(probe.err) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        ngx_conf_log_error!(
+            NGX_LOG_EMERG,
+            cf,
+            "\"{}\": {} in \"{}\" (expected host:port, unix:/path or an upstream name)",
+            directive_name(cmd),
+            reason,
+            String::from_utf8_lossy(str_bytes(&address))
+        );
+        return CONF_ERROR;
+    }
+
+    // SAFETY: as above; ngx_http_upstream_add returns the (possibly shared) server group.
+    let upstream = unsafe { ngx_http_upstream_add(cf, &mut url, 0) };
+    if upstream.is_null() {
+        return CONF_ERROR;
+    }
+    lcf.redis.upstream.upstream = upstream;
+    lcf.redis.has_pass = true;
+
+    // SAFETY: cf.ctx is the http configuration context of the location being parsed.
+    unsafe {
+        let ctx = cfr.ctx as *mut ngx_http_conf_ctx_t;
+        let clcf =
+            *(*ctx).loc_conf.add(ngx_http_core_module.ctx_index) as *mut ngx_http_core_loc_conf_t;
+        (*clcf).handler = Some(super::redis::redis_handler);
+        let name = str_bytes(&(*clcf).name);
+        if name.last() == Some(&b'/') {
+            (*clcf).set_auto_redirect(1);
+        }
+    }
+    CONF_OK
+}
+
+/// `stale_cache_redis_command NAME [ARG...];` — may be repeated; commands are pipelined.
+pub unsafe extern "C" fn set_redis_command(
+    cf: *mut ngx_conf_t,
+    _cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let lcf = loc_conf(conf);
+    // SAFETY: nginx passes a valid configuration context while parsing a directive.
+    let cfr = unsafe { &mut *cf };
+    let mut command = Vec::new();
+    for value in &conf_args(cfr)[1..] {
+        let bytes = str_bytes(value);
+        if bytes == b"$request_body" {
+            command.push(RedisArg::RequestBody);
+            lcf.redis.uses_request_body = true;
+        } else if bytes.contains(&b'$') {
+            match compile_complex_value(cf, value) {
+                Some(cv) => command.push(RedisArg::Complex(cv)),
+                None => return CONF_ERROR,
+            }
+        } else {
+            command.push(RedisArg::Literal(bytes.to_vec()));
+        }
+    }
+    lcf.redis.commands.push(command);
+    CONF_OK
+}
+
+fn compile_complex_value(
+    cf: *mut ngx_conf_t,
+    value: &ngx::ffi::ngx_str_t,
+) -> Option<*mut ngx_http_complex_value_t> {
+    // SAFETY: cf is valid while parsing; the complex value is allocated from cf's pool and
+    // compiled by nginx, which reports its own errors on failure.
+    unsafe {
+        let pool = (*cf).pool;
+        let cv = ngx::ffi::ngx_pcalloc(pool, mem::size_of::<ngx_http_complex_value_t>())
+            as *mut ngx_http_complex_value_t;
+        let mut source = pool_str(pool, str_bytes(value))?;
+        if cv.is_null() {
+            return None;
+        }
+        let mut ccv: ngx_http_compile_complex_value_t = mem::zeroed();
+        ccv.cf = cf;
+        ccv.value = &mut source;
+        ccv.complex_value = cv;
+        if ngx_http_compile_complex_value(&mut ccv) != 0 {
+            return None;
+        }
+        Some(cv)
+    }
+}
+
+/// `stale_cache_redis_reply value | raw;`
+pub unsafe extern "C" fn set_redis_reply(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    let lcf = loc_conf(conf);
+    // SAFETY: nginx passes a valid configuration context while parsing a directive.
+    let value = conf_args(unsafe { &*cf })[1];
+    lcf.redis.reply = match str_bytes(&value) {
+        b"value" => ReplyMode::Value,
+        b"raw" => ReplyMode::Raw,
+        other => {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"{}\": unknown reply mode \"{}\", expected \"value\" or \"raw\"",
+                directive_name(cmd),
+                String::from_utf8_lossy(other)
+            );
+            return CONF_ERROR;
+        }
+    };
+    CONF_OK
+}

@@ -1,0 +1,542 @@
+//! The native Redis locations: a content handler on nginx's upstream framework (keepalive
+//! pools, timeouts, next-server retries come from nginx), speaking RESP.
+//!
+//! `value` mode streams the last reply's payload as the body (HttpRedis-compatible: nil is
+//! 404, an error is 502); `raw` mode streams every reply's bytes (redis2-compatible).
+
+use core::ffi::c_void;
+use core::ptr;
+
+use ngx::core::Pool;
+use ngx::ffi::{
+    ngx_alloc_chain_link, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_create_temp_buf,
+    ngx_http_complex_value, ngx_http_discard_request_body, ngx_http_read_client_request_body,
+    ngx_http_request_t, ngx_http_upstream_create, ngx_http_upstream_init, ngx_http_upstream_t,
+    ngx_int_t, ngx_str_t, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_FOUND, NGX_HTTP_OK, NGX_HTTP_SPECIAL_RESPONSE,
+    NGX_LOG_ERR,
+};
+
+use super::conf::{LocConf, RedisArg, RedisConf, ReplyMode};
+use super::module::module;
+use super::util::{current_msec, request_loc_conf, str_bytes};
+use crate::resp::{self, BulkBody, ReplyFramer, ValueHead, ValueReader};
+
+const NGX_OK: ngx_int_t = 0;
+const NGX_ERROR: ngx_int_t = -1;
+const NGX_AGAIN: ngx_int_t = -2;
+const NGX_DONE: ngx_int_t = -4;
+/// nginx's code for "the upstream's response could not be parsed": a 502 with its log line.
+const UPSTREAM_INVALID_HEADER: ngx_int_t = 40;
+
+/// Where a `value`-mode reply stands while it is read.
+struct ValueState {
+    /// Skips the leading commands' replies (AUTH, SELECT, ...) and reads the value's head.
+    reader: ValueReader,
+    /// The bulk payload being streamed, once its length is known.
+    body: Option<BulkBody>,
+    /// An integer or simple-string value, sent from memory once the header is out.
+    scalar: Option<Vec<u8>>,
+}
+
+/// Per-request state of a Redis location, reached through `u->input_filter_ctx`.
+struct RedisCtx {
+    request: *mut ngx_http_request_t,
+    mode: ReplyMode,
+    commands: usize,
+    /// `raw` mode: counts complete replies so the response ends exactly after the last one.
+    framer: ReplyFramer,
+    value: ValueState,
+}
+
+fn conf_of<'a>(r: &ngx_http_request_t) -> &'a RedisConf {
+    // SAFETY: this handler is only installed by stale_cache_redis_pass, in locations whose
+    // configuration for this module is a LocConf.
+    unsafe { &request_loc_conf::<LocConf>(r, module()).redis }
+}
+
+fn peer_name(u: &ngx_http_upstream_t) -> String {
+    if u.peer.name.is_null() {
+        return "redis".into();
+    }
+    // SAFETY: `peer.name` points at the chosen peer's address string while connected.
+    String::from_utf8_lossy(str_bytes(unsafe { &*u.peer.name })).into_owned()
+}
+
+/// Content handler of a location with `stale_cache_redis_pass`.
+pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls content handlers with a live request.
+    let req = unsafe { &mut *r };
+    let conf = conf_of(req);
+
+    // A server that just failed is not asked again for `backoff`: one log line per outage
+    // instead of one per request, and callers fail over at once instead of after a timeout.
+    if current_msec() < conf.down_until.get() {
+        if conf.uses_request_body {
+            // SAFETY: live request; discarding is how a handler refuses a body.
+            unsafe { ngx_http_discard_request_body(r) };
+        }
+        return NGX_HTTP_BAD_GATEWAY as ngx_int_t;
+    }
+
+    // SAFETY: live request; creates r->upstream from the request pool.
+    if unsafe { ngx_http_upstream_create(r) } != NGX_OK {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    // SAFETY: ngx_http_upstream_create just set a valid r->upstream.
+    let u = unsafe { &mut *req.upstream };
+    u.schema = ngx::ngx_string!("redis://");
+    u.output.tag = module() as *const _ as *mut c_void;
+    u.conf = &conf.upstream as *const _ as *mut _;
+    u.create_request = Some(create_request);
+    u.reinit_request = Some(reinit_request);
+    u.process_header = Some(process_header);
+    u.abort_request = Some(abort_request);
+    u.finalize_request = Some(finalize_request);
+
+    // SAFETY: the request pool outlives the upstream; the ctx is dropped with the pool.
+    let pool = unsafe { Pool::from_ngx_pool(req.pool) };
+    let ctx = pool.allocate(RedisCtx {
+        request: r,
+        mode: conf.reply,
+        commands: conf.commands.len(),
+        framer: ReplyFramer::new(),
+        value: ValueState::new(conf.commands.len()),
+    });
+    if ctx.is_null() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    u.input_filter_init = Some(filter_init);
+    u.input_filter = Some(filter);
+    u.input_filter_ctx = ctx as *mut c_void;
+
+    if conf.uses_request_body {
+        // srcache hands its store subrequest the response as request body; for subrequests
+        // this returns at once and calls ngx_http_upstream_init itself.
+        // SAFETY: live request; nginx takes its own reference on r->main while reading.
+        let rc = unsafe { ngx_http_read_client_request_body(r, Some(ngx_http_upstream_init)) };
+        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            return rc;
+        }
+        return NGX_DONE;
+    }
+
+    // SAFETY: live request.
+    let rc = unsafe { ngx_http_discard_request_body(r) };
+    if rc != NGX_OK {
+        return rc;
+    }
+    // SAFETY: the upstream holds the request until it finalizes it; r->main is valid.
+    unsafe {
+        (*req.main).set_count((*req.main).count() + 1);
+        ngx_http_upstream_init(r);
+    }
+    NGX_DONE
+}
+
+impl ValueState {
+    fn new(commands: usize) -> Self {
+        ValueState {
+            reader: ValueReader::new(commands.saturating_sub(1)),
+            body: None,
+            scalar: None,
+        }
+    }
+}
+
+/// Appends a pool buffer holding `bytes` to `chain`.
+fn push_bytes(
+    pool: *mut ngx::ffi::ngx_pool_t,
+    chain: &mut *mut *mut ngx_chain_t,
+    bytes: &[u8],
+) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    // SAFETY: `pool` is the live request pool; the buffer is sized for the copy.
+    unsafe {
+        let b = ngx_create_temp_buf(pool, bytes.len());
+        if b.is_null() {
+            return false;
+        }
+        ptr::copy_nonoverlapping(bytes.as_ptr(), (*b).last, bytes.len());
+        (*b).last = (*b).last.add(bytes.len());
+        push_buf(pool, chain, b)
+    }
+}
+
+/// Links `b` at the end of `chain` (a pointer to the last `next` field).
+fn push_buf(
+    pool: *mut ngx::ffi::ngx_pool_t,
+    chain: &mut *mut *mut ngx_chain_t,
+    b: *mut ngx_buf_t,
+) -> bool {
+    // SAFETY: `pool` is live; `*chain` points at the `next` slot of the last link (or head).
+    unsafe {
+        let cl = ngx_alloc_chain_link(pool);
+        if cl.is_null() {
+            return false;
+        }
+        (*cl).buf = b;
+        (*cl).next = ptr::null_mut();
+        **chain = cl;
+        *chain = &mut (*cl).next;
+    }
+    true
+}
+
+/// The request body as a list of buffers and its total length.
+fn request_body_bufs(r: &ngx_http_request_t) -> (Vec<*mut ngx_buf_t>, usize) {
+    let mut bufs = Vec::new();
+    let mut total = 0usize;
+    if r.request_body.is_null() {
+        return (bufs, 0);
+    }
+    // SAFETY: a read request body's chain links and buffers live in the request pool.
+    unsafe {
+        let mut cl = (*r.request_body).bufs;
+        while !cl.is_null() {
+            let b = (*cl).buf;
+            let size = if (*b).in_file() != 0 && (*b).memory() == 0 && (*b).temporary() == 0 {
+                ((*b).file_last - (*b).file_pos) as usize
+            } else {
+                (*b).last.offset_from((*b).pos) as usize
+            };
+            if size > 0 {
+                bufs.push(b);
+                total += size;
+            }
+            cl = (*cl).next;
+        }
+    }
+    (bufs, total)
+}
+
+unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: called by the upstream framework with the live request it serves.
+    let req = unsafe { &mut *r };
+    let conf = conf_of(req);
+    let pool = req.pool;
+    let mut head: *mut ngx_chain_t = ptr::null_mut();
+    let mut tail: *mut *mut ngx_chain_t = &mut head;
+    let mut pending: Vec<u8> = Vec::with_capacity(256);
+
+    for command in &conf.commands {
+        resp::encode_array_header(&mut pending, command.len());
+        for arg in command {
+            match arg {
+                RedisArg::Literal(bytes) => push_bulk(&mut pending, bytes),
+                RedisArg::Complex(cv) => {
+                    let mut value = ngx_str_t::default();
+                    // SAFETY: `cv` was compiled at configuration time; r is live.
+                    if unsafe { ngx_http_complex_value(r, *cv, &mut value) } != NGX_OK {
+                        return NGX_ERROR;
+                    }
+                    push_bulk(&mut pending, str_bytes(&value));
+                }
+                RedisArg::RequestBody => {
+                    let (bufs, total) = request_body_bufs(req);
+                    resp::encode_bulk_header(&mut pending, total);
+                    if !push_bytes(pool, &mut tail, &pending) {
+                        return NGX_ERROR;
+                    }
+                    pending.clear();
+                    for b in bufs {
+                        // A shallow copy: the upstream advances its own positions while
+                        // sending, and a retry on another server must start from the start.
+                        // SAFETY: `b` is a live body buffer; the copy comes from the pool.
+                        let copy = unsafe {
+                            let copy =
+                                ngx::ffi::ngx_pcalloc(pool, core::mem::size_of::<ngx_buf_t>())
+                                    as *mut ngx_buf_t;
+                            if copy.is_null() {
+                                return NGX_ERROR;
+                            }
+                            *copy = *b;
+                            copy
+                        };
+                        if !push_buf(pool, &mut tail, copy) {
+                            return NGX_ERROR;
+                        }
+                    }
+                    pending.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+    }
+    if !push_bytes(pool, &mut tail, &pending) {
+        return NGX_ERROR;
+    }
+    // SAFETY: r->upstream is set while the upstream framework drives this request.
+    unsafe { (*req.upstream).request_bufs = head };
+    NGX_OK
+}
+
+fn push_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    resp::encode_bulk_header(out, bytes.len());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+fn ctx_of<'a>(u: &ngx_http_upstream_t) -> &'a mut RedisCtx {
+    // SAFETY: redis_handler stored a RedisCtx from the request pool as input_filter_ctx.
+    unsafe { &mut *(u.input_filter_ctx as *mut RedisCtx) }
+}
+
+unsafe extern "C" fn reinit_request(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: called by the upstream framework with a live request and upstream.
+    let u = unsafe { &mut *(*r).upstream };
+    let ctx = ctx_of(u);
+    ctx.framer = ReplyFramer::new();
+    ctx.value = ValueState::new(ctx.commands);
+    NGX_OK
+}
+
+fn set_status(u: &mut ngx_http_upstream_t, status: u32, content_length: i64) {
+    u.headers_in.status_n = status as _;
+    u.headers_in.content_length_n = content_length;
+    if !u.state.is_null() {
+        // SAFETY: the upstream state entry of the current try, set by nginx.
+        unsafe { (*u.state).status = status as _ };
+    }
+}
+
+unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: called by the upstream framework with a live request and upstream.
+    let u = unsafe { &mut *(*r).upstream };
+    let ctx = ctx_of(u);
+    match ctx.mode {
+        ReplyMode::Value => process_value_header(u, ctx),
+        _ => {
+            // Raw replies stream as they come; the filter ends the body after the last one.
+            set_status(u, NGX_HTTP_OK, -1);
+            NGX_OK
+        }
+    }
+}
+
+/// Buffer contents between `pos` and `last`.
+fn unread(b: &ngx_buf_t) -> &[u8] {
+    // SAFETY: nginx keeps `pos..last` inside the upstream buffer's allocation.
+    unsafe { core::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize) }
+}
+
+fn process_value_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) -> ngx_int_t {
+    let used = match ctx.value.reader.feed(unread(&u.buffer)) {
+        Ok(used) => used,
+        Err(e) => return protocol_error(u, ctx, &e.to_string()),
+    };
+    // SAFETY: the reader consumed `used` ≤ unread bytes.
+    u.buffer.pos = unsafe { u.buffer.pos.add(used) };
+    let Some(head) = ctx.value.reader.head() else {
+        // The reader keeps partial lines itself, so the buffer can be reused from its start.
+        compact(&mut u.buffer);
+        return NGX_AGAIN;
+    };
+    if let Some(text) = ctx.value.reader.first_skipped_error() {
+        let message = resp::Escaped(text).to_string();
+        // The value's own reply is still unread: the connection cannot be reused.
+        return redis_error_reply(u, ctx, &message);
+    }
+    match head {
+        ValueHead::Bulk { len } => {
+            let len = *len;
+            set_status(u, NGX_HTTP_OK, len as i64);
+            ctx.value.body = Some(BulkBody::new(len));
+            NGX_OK
+        }
+        ValueHead::Nil => {
+            set_status(u, NGX_HTTP_NOT_FOUND, 0);
+            NGX_OK
+        }
+        ValueHead::Integer(n) => {
+            let text = n.to_string().into_bytes();
+            set_status(u, NGX_HTTP_OK, text.len() as i64);
+            ctx.value.scalar = Some(text);
+            NGX_OK
+        }
+        ValueHead::Simple(text) => {
+            let text = text.clone();
+            set_status(u, NGX_HTTP_OK, text.len() as i64);
+            ctx.value.scalar = Some(text);
+            NGX_OK
+        }
+        ValueHead::Error(text) => {
+            let message = resp::Escaped(text).to_string();
+            redis_error_reply(u, ctx, &message)
+        }
+        ValueHead::Array => protocol_error(
+            u,
+            ctx,
+            "array reply in \"value\" mode (use \"stale_cache_redis_reply raw\")",
+        ),
+    }
+}
+
+/// Moves unread bytes to the buffer start so a reply larger than one read can be parsed.
+fn compact(b: &mut ngx_buf_t) {
+    if b.pos == b.start {
+        return;
+    }
+    let n = unread(b).len();
+    // SAFETY: both ranges lie within the buffer; `copy` handles the overlap.
+    unsafe {
+        ptr::copy(b.pos, b.start, n);
+        b.pos = b.start;
+        b.last = b.start.add(n);
+    }
+}
+
+/// Redis answered an error: log it with the server's address and answer 502 to the caller.
+fn redis_error_reply(u: &mut ngx_http_upstream_t, ctx: &RedisCtx, message: &str) -> ngx_int_t {
+    let name = peer_name(u);
+    // SAFETY: the ctx's request is the live request that owns this upstream.
+    let log = unsafe { (*(*ctx.request).connection).log };
+    ngx::ngx_log_error!(
+        NGX_LOG_ERR,
+        log,
+        "stale_cache: redis server {} replied with an error: \"{}\"",
+        name,
+        message
+    );
+    set_status(u, NGX_HTTP_BAD_GATEWAY, 0);
+    NGX_OK
+}
+
+fn protocol_error(u: &mut ngx_http_upstream_t, ctx: &RedisCtx, what: &str) -> ngx_int_t {
+    let name = peer_name(u);
+    // SAFETY: the ctx's request is the live request that owns this upstream.
+    let log = unsafe { (*(*ctx.request).connection).log };
+    ngx::ngx_log_error!(
+        NGX_LOG_ERR,
+        log,
+        "stale_cache: redis server {} sent an invalid reply: {}",
+        name,
+        what
+    );
+    UPSTREAM_INVALID_HEADER
+}
+
+unsafe extern "C" fn filter_init(data: *mut c_void) -> ngx_int_t {
+    // SAFETY: `data` is the RedisCtx set as input_filter_ctx.
+    let ctx = unsafe { &mut *(data as *mut RedisCtx) };
+    // SAFETY: the request and its upstream are live while filters run.
+    let u = unsafe { &mut *(*ctx.request).upstream };
+    match ctx.mode {
+        ReplyMode::Value => {
+            if let Some(text) = ctx.value.scalar.take() {
+                // SAFETY: the request pool is live.
+                let pool = unsafe { (*ctx.request).pool };
+                let mut tail: *mut *mut ngx_chain_t = &mut u.out_bufs;
+                // SAFETY: walks the upstream's own output chain to its end.
+                unsafe {
+                    while !(*tail).is_null() {
+                        tail = &mut (**tail).next;
+                    }
+                }
+                if !push_bytes(pool, &mut tail, &text) {
+                    return NGX_ERROR;
+                }
+            }
+            match &ctx.value.body {
+                Some(body) => u.length = 1 + body.remaining_payload() as i64,
+                None => {
+                    u.length = 0;
+                    // A complete head and no payload: the stream is at a reply boundary.
+                    let reusable = ctx.value.reader.first_skipped_error().is_none()
+                        && unread(&u.buffer).is_empty();
+                    u.set_keepalive(reusable as u32);
+                }
+            }
+        }
+        // Unknown until the last reply is complete; not -1, so that Redis closing the
+        // connection early is reported as a truncated reply.
+        _ => u.length = 1,
+    }
+    NGX_OK
+}
+
+unsafe extern "C" fn filter(data: *mut c_void, bytes: isize) -> ngx_int_t {
+    // SAFETY: `data` is the RedisCtx set as input_filter_ctx.
+    let ctx = unsafe { &mut *(data as *mut RedisCtx) };
+    // SAFETY: the request and its upstream are live while filters run.
+    let u = unsafe { &mut *(*ctx.request).upstream };
+    let start = u.buffer.last;
+    let bytes = bytes as usize;
+    // SAFETY: nginx just read `bytes` bytes at `last`, within the buffer.
+    let incoming = unsafe {
+        u.buffer.last = start.add(bytes);
+        core::slice::from_raw_parts(start, bytes)
+    };
+
+    let (body_len, consumed, done) = match ctx.mode {
+        ReplyMode::Value => match ctx.value.body.as_mut() {
+            Some(body) => match body.feed(incoming) {
+                Ok(split) => {
+                    u.length = 1 + body.remaining_payload() as i64;
+                    (split.payload, split.consumed, body.is_complete())
+                }
+                Err(e) => {
+                    protocol_error(u, ctx, &e.to_string());
+                    return NGX_ERROR;
+                }
+            },
+            None => (0, 0, true),
+        },
+        _ => match ctx.framer.feed_until(incoming, ctx.commands) {
+            Ok(used) => (used, used, ctx.framer.complete_replies() >= ctx.commands),
+            Err(e) => {
+                protocol_error(u, ctx, &e.to_string());
+                return NGX_ERROR;
+            }
+        },
+    };
+
+    if body_len > 0 {
+        // SAFETY: the request pool is live; the buffer points into u->buffer, which nginx
+        // does not reuse until the downstream has sent it (busy_bufs).
+        unsafe {
+            let pool = (*ctx.request).pool;
+            let cl = ngx_chain_get_free_buf(pool, &mut u.free_bufs);
+            if cl.is_null() {
+                return NGX_ERROR;
+            }
+            let b = (*cl).buf;
+            (*b).set_flush(1);
+            (*b).set_memory(1);
+            (*b).pos = start;
+            (*b).last = start.add(body_len);
+            (*b).tag = u.output.tag;
+            let mut ll: *mut *mut ngx_chain_t = &mut u.out_bufs;
+            while !(*ll).is_null() {
+                ll = &mut (**ll).next;
+            }
+            *ll = cl;
+        }
+    }
+
+    if done {
+        u.length = 0;
+        if consumed < incoming.len() {
+            protocol_error(u, ctx, "extra data after the last reply");
+        } else {
+            u.set_keepalive(1);
+        }
+    }
+    NGX_OK
+}
+
+unsafe extern "C" fn abort_request(_r: *mut ngx_http_request_t) {}
+
+unsafe extern "C" fn finalize_request(r: *mut ngx_http_request_t, rc: ngx_int_t) {
+    // A failure before any reply (refused, unreachable, timed out) opens the backoff window.
+    if rc == NGX_HTTP_BAD_GATEWAY as ngx_int_t || rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t {
+        // SAFETY: called by the upstream framework with a live request and upstream.
+        let req = unsafe { &*r };
+        let u = unsafe { &*req.upstream };
+        if u.headers_in.status_n == 0 {
+            let conf = conf_of(req);
+            conf.down_until.set(current_msec() + conf.backoff);
+        }
+    }
+}

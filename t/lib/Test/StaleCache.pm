@@ -1,0 +1,923 @@
+package Test::StaleCache;
+# Small Test::Nginx::Socket replacement for the stale-cache module tests.
+# Parses Test::Nginx style blocks with Test::Base, runs a private nginx,
+# redis-server and python backend (t/lib/backend.py).  See t/README.md.
+use strict;
+use warnings;
+use Test::More ();
+use Test::Base ();    # only the block parser; no import (no END hooks)
+use IO::Socket::INET;
+use IO::Select;
+use IO::Poll qw(POLLIN POLLOUT POLLERR POLLHUP);
+use Socket qw(PF_INET SOCK_STREAM sockaddr_in inet_aton);
+use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
+use POSIX qw(WNOHANG EAGAIN EINPROGRESS EINTR EWOULDBLOCK);
+use Time::HiRes qw(time sleep);
+use File::Path qw(make_path remove_tree);
+use File::Basename qw(dirname);
+use Cwd qw(abs_path);
+use JSON::PP ();
+
+my @TEST_MORE = qw(ok is isnt like unlike is_deeply cmp_ok diag note pass fail
+                   plan done_testing skip explain BAIL_OUT subtest);
+our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
+                 redis backend_hits backend_log backend_config backend_pattern
+                 responses error_log_text http_get http_request stop_redis
+                 start_redis fake_redis_blackhole nginx_pids sleep_ms);
+
+my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
+my $SERVROOT = "$ROOT/t/servroot";
+my $NGINX    = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
+my $MODDIR   = $ENV{TEST_NGINX_MODULES_DIR} || '/usr/lib/nginx/modules';
+my $REDIS    = $ENV{TEST_NGINX_REDIS_SERVER} || '/usr/bin/redis-server';
+my $PYTHON   = $ENV{TEST_NGINX_PYTHON} || (-x '/usr/bin/python3' ? '/usr/bin/python3' : 'python3');
+my $OUR_MOD  = $ENV{STALE_CACHE_MODULE} || 'build/ngx_http_stale_cache_module.so';
+$OUR_MOD = "$ROOT/$OUR_MOD" unless $OUR_MOD =~ m{^/};
+
+my $PARENT = $$;
+my (%PORT, %USED_PORT, $SPEC, $REPEAT, $STARTED);
+my ($NGINX_PID, $REDIS_PID, $BACKEND_PID, $BLACKHOLE_PID);
+my ($CUR_NAME, $LOG_OFFSET, @RESPONSES, $TIMEOUT) = ('', 0);
+our ($TEST_NGINX_SERVER_PORT, $TEST_NGINX_REDIS_PORT, $TEST_NGINX_BACKEND_PORT,
+     $TEST_NGINX_SERVROOT, $TEST_NGINX_HTML_DIR);
+
+# ---------------------------------------------------------------- import ---
+sub import {
+    my $caller = caller;
+    setup_env();
+    no strict 'refs';
+    *{"${caller}::$_"} = \&{"Test::StaleCache::$_"} for @EXPORT;
+    *{"${caller}::$_"} = \&{"Test::More::$_"} for @TEST_MORE;
+    for my $v (qw(SERVER_PORT REDIS_PORT BACKEND_PORT SERVROOT HTML_DIR)) {
+        *{"${caller}::TEST_NGINX_$v"} = \${"Test::StaleCache::TEST_NGINX_$v"};
+        *{"main::TEST_NGINX_$v"}      = \${"Test::StaleCache::TEST_NGINX_$v"};
+    }
+    strict->import;
+    warnings->import;
+}
+
+sub setup_env {
+    return if $PORT{nginx};
+    $PORT{$_} = pick_port() for qw(nginx redis backend);
+    $TEST_NGINX_SERVER_PORT  = $ENV{TEST_NGINX_SERVER_PORT}  = $PORT{nginx};
+    $TEST_NGINX_REDIS_PORT   = $ENV{TEST_NGINX_REDIS_PORT}   = $PORT{redis};
+    $TEST_NGINX_BACKEND_PORT = $ENV{TEST_NGINX_BACKEND_PORT} = $PORT{backend};
+    $TEST_NGINX_SERVROOT     = $ENV{TEST_NGINX_SERVROOT}     = $SERVROOT;
+    $TEST_NGINX_HTML_DIR     = $ENV{TEST_NGINX_HTML_DIR}     = "$SERVROOT/html";
+    $SIG{PIPE} = 'IGNORE';
+    $SIG{$_} = sub { exit 130 } for qw(INT TERM HUP);    # END cleans up
+    raise_nofile(8192);
+}
+
+# ports outside the ephemeral range, so outgoing connections never take them
+sub pick_port {
+    for (1 .. 500) {
+        my $p = 20000 + int(rand(12000));
+        next if $USED_PORT{$p};
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p,
+                                      Listen => 1, ReuseAddr => 1) or next;
+        close $s;
+        $USED_PORT{$p} = 1;
+        return $p;
+    }
+    die "cannot find a free port\n";
+}
+
+sub raise_nofile {
+    my $want = shift;
+    my $cur = POSIX::sysconf(POSIX::_SC_OPEN_MAX()) || 0;
+    return if $cur >= $want;
+    system("prlimit --pid $$ --nofile=$want: >/dev/null 2>&1") if -x '/usr/bin/prlimit';
+    $cur = POSIX::sysconf(POSIX::_SC_OPEN_MAX()) || 0;
+    Test::More::diag("RLIMIT_NOFILE is $cur; high --- concurrency may fail (ulimit -n $want)")
+        if $cur < $want;
+}
+
+# ------------------------------------------------------- spec / block API ---
+{
+    package Test::StaleCache::Spec;
+    our @ISA = ('Test::Base');
+    package Test::StaleCache::Spec::Filter;
+    our @ISA = ('Test::Base::Filter');
+    # `--- x eval`: evaluate in package main (exported helpers and
+    # $TEST_NGINX_* visible) and die instead of silently returning $@
+    sub eval {
+        my ($self, $code) = @_;
+        my @r = Test::StaleCache::eval_in_main($code, 'eval section');
+        die "eval section failed: $@" if $@;
+        return @r;
+    }
+}
+
+sub eval_in_main {
+    my ($code, $where) = @_;
+    $where =~ s/["\n]/ /g;
+    return eval "package main; use strict; use warnings;\n#line 1 \"$where\"\n$code";
+}
+
+sub spec { $SPEC ||= Test::StaleCache::Spec->new }
+sub blocks { my @b = @{ spec()->block_list }; wantarray ? @b : scalar @b }
+sub repeat_each { $REPEAT = shift if @_; $REPEAT || 1 }
+sub no_shuffle { }
+sub no_long_string { }
+
+sub run_tests {
+    my $tb = Test::More->builder;
+    start_services();
+    for my $rep (1 .. repeat_each()) {
+        for my $blk (blocks()) {
+            $CUR_NAME = $blk->name . ($rep > 1 ? " (repeat $rep)" : '');
+            my $ok = eval { run_block($blk); 1 };
+            my $err = $@;
+            eval { stop_nginx() };
+            unless ($ok) {
+                Test::More::fail("$CUR_NAME - harness error");
+                Test::More::diag($err);
+            }
+        }
+    }
+    $tb->done_testing unless $tb->has_plan;
+}
+
+# ------------------------------------------------------------- processes ---
+sub spawn {
+    my ($out, @cmd) = @_;
+    my $pid = fork // die "fork: $!";
+    return $pid if $pid;
+    $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP PIPE ALRM CHLD);
+    open STDIN, '<', '/dev/null';
+    open STDOUT, '>>', $out or POSIX::_exit(126);
+    open STDERR, '>&', \*STDOUT;
+    exec { $cmd[0] } @cmd or print STDERR "exec $cmd[0] failed: $!\n";
+    POSIX::_exit(127);
+}
+
+sub proc_dead {
+    my $pid = shift;
+    return 1 unless kill 0, $pid;
+    open my $fh, '<', "/proc/$pid/stat" or return 1;
+    my $st = <$fh> // '';
+    return $st =~ /\)\s+Z/;    # zombie
+}
+
+sub wait_pid {    # returns exit status, or undef if still running after $timeout
+    my ($pid, $timeout) = @_;
+    my $deadline = time + $timeout;
+    while (1) {
+        my $r = waitpid($pid, WNOHANG);
+        return $? if $r == $pid;
+        return 0 if $r < 0;    # not our child / already reaped
+        return undef if time > $deadline;
+        sleep 0.01;
+    }
+}
+
+sub kill_wait {
+    my ($pid, $sig, $timeout) = @_;
+    return unless $pid;
+    kill $sig, $pid;
+    return if defined wait_pid($pid, $timeout);
+    kill 'KILL', $pid;
+    wait_pid($pid, 5);
+}
+
+sub children_of {
+    my $ppid = shift;
+    my @kids;
+    for my $stat (glob '/proc/[0-9]*/stat') {
+        open my $fh, '<', $stat or next;
+        my $s = <$fh> // next;
+        my ($state, $pp) = $s =~ /\)\s+(\S)\s+(\d+)/ or next;
+        push @kids, ($stat =~ m{/proc/(\d+)/})[0] if $pp == $ppid && $state ne 'Z';
+    }
+    @kids = sort { $a <=> $b } @kids;
+    return @kids;
+}
+
+sub nginx_pids { $NGINX_PID ? ($NGINX_PID, children_of($NGINX_PID)) : () }
+
+sub start_services {
+    return if $STARTED++;
+    remove_tree($SERVROOT);
+    make_path(map "$SERVROOT/$_", qw(conf logs html redis),
+              map "temp/$_", qw(client_body proxy fastcgi uwsgi scgi));
+    start_redis();
+    $BACKEND_PID = spawn("$SERVROOT/logs/backend.log", $PYTHON,
+                         "$ROOT/t/lib/backend.py", '--port', $PORT{backend});
+    my $deadline = time + 10;
+    until (eval { backend_call('GET', '/__backend/hits')->{status} == 200 }) {
+        die "backend did not start (see $SERVROOT/logs/backend.log)\n"
+            if time > $deadline || proc_dead($BACKEND_PID);
+        sleep 0.05;
+    }
+}
+
+sub start_redis {
+    close_blackhole();
+    return if $REDIS_PID && !proc_dead($REDIS_PID);
+    $REDIS_PID = spawn("$SERVROOT/logs/redis.log", $REDIS, '--port', $PORT{redis},
+                       '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no',
+                       '--daemonize', 'no', '--dir', "$SERVROOT/redis",
+                       '--protected-mode', 'no');
+    my $deadline = time + 5;
+    until ((eval { redis('PING') } // '') eq 'PONG') {
+        die "redis-server did not start (see $SERVROOT/logs/redis.log)\n"
+            if time > $deadline || proc_dead($REDIS_PID);
+        sleep 0.02;
+    }
+}
+
+sub stop_redis { kill_wait($REDIS_PID, 'TERM', 5); undef $REDIS_PID }
+
+# a TCP listener on the redis port that accepts and never answers
+sub fake_redis_blackhole {
+    stop_redis();
+    close_blackhole();
+    my $l = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $PORT{redis},
+                                  Listen => 1024, ReuseAddr => 1, Timeout => 1)
+        or die "blackhole listen on $PORT{redis}: $!\n";
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM HUP ALRM);
+        alarm 900;
+        my @held;
+        while (getppid() == $PARENT) { my $c = $l->accept; push @held, $c if $c }
+        POSIX::_exit(0);
+    }
+    close $l;
+    $BLACKHOLE_PID = $pid;
+}
+
+sub close_blackhole { kill_wait($BLACKHOLE_PID, 'TERM', 5); undef $BLACKHOLE_PID }
+
+sub start_nginx {
+    my $workers = shift;
+    unlink "$SERVROOT/logs/nginx.pid";
+    $NGINX_PID = spawn("$SERVROOT/logs/nginx.stderr", $NGINX, '-p', "$SERVROOT/",
+                       '-c', 'conf/nginx.conf');
+    my $deadline = time + 10;
+    while (time < $deadline) {
+        if (defined wait_pid($NGINX_PID, 0)) {
+            undef $NGINX_PID;
+            return 0;
+        }
+        my $pid = slurp("$SERVROOT/logs/nginx.pid") // '';
+        # pid file is written after the listening sockets are open
+        return 1 if $pid =~ /^(\d+)/ && $1 == $NGINX_PID
+                    && children_of($NGINX_PID) >= $workers;
+        sleep 0.01;
+    }
+    return 0;
+}
+
+sub stop_nginx {
+    return unless $NGINX_PID;
+    my @workers = children_of($NGINX_PID);
+    kill_wait($NGINX_PID, 'TERM', 10);
+    undef $NGINX_PID;
+    my $deadline = time + 5;
+    sleep 0.01 while time < $deadline && grep { !proc_dead($_) } @workers;
+    kill 'KILL', grep { !proc_dead($_) } @workers;
+}
+
+sub cleanup {
+    return unless $$ == $PARENT;
+    local ($?, $@);
+    eval { stop_nginx() };
+    eval { close_blackhole() };
+    eval { stop_redis() };
+    eval { kill_wait($BACKEND_PID, 'TERM', 5) };
+    undef $BACKEND_PID;
+}
+
+END { cleanup() }
+
+sub slurp {
+    my ($file, $offset) = @_;
+    open my $fh, '<:raw', $file or return undef;
+    seek $fh, $offset, 0 if $offset;
+    local $/;
+    return scalar <$fh>;
+}
+
+# ----------------------------------------------------------------- redis ---
+sub sock_read_until {    # read into $$buf until $cond->() is true
+    my ($s, $buf, $cond, $deadline) = @_;
+    my $sel = IO::Select->new($s);
+    until ($cond->()) {
+        my $left = $deadline - time;
+        die "redis: timeout\n" if $left <= 0 || !$sel->can_read($left);
+        my $n = sysread($s, $$buf, 65536, length $$buf);
+        die "redis: connection closed\n" unless $n;
+    }
+}
+
+sub resp_parse {
+    my ($s, $buf, $deadline) = @_;
+    sock_read_until($s, $buf, sub { index($$buf, "\r\n") >= 0 }, $deadline);
+    $$buf =~ s/\A(.)(.*?)\r\n//s;
+    my ($type, $v) = ($1, $2);
+    return $v if $type eq '+';
+    return $v + 0 if $type eq ':';
+    die "redis error: $v\n" if $type eq '-';
+    if ($type eq '$') {
+        return undef if $v < 0;
+        sock_read_until($s, $buf, sub { length($$buf) >= $v + 2 }, $deadline);
+        my $str = substr($$buf, 0, $v);
+        substr($$buf, 0, $v + 2, '');
+        return $str;
+    }
+    if ($type eq '*') {
+        return undef if $v < 0;
+        return [map { resp_parse($s, $buf, $deadline) } 1 .. $v];
+    }
+    die "redis: bad reply type '$type'\n";
+}
+
+sub redis {
+    my @args = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $PORT{redis},
+                                  Timeout => 3) or die "redis: cannot connect: $!\n";
+    for (@args) { $_ //= ''; utf8::encode($_) if utf8::is_utf8($_) }
+    my $req = '*' . @args . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @args;
+    while (length $req) {
+        my $n = syswrite($s, $req) // die "redis: write: $!\n";
+        substr($req, 0, $n, '');
+    }
+    my $buf = '';
+    return resp_parse($s, \$buf, time + 5);
+}
+
+sub split_cmd {    # `SET "a b" 'c' d\x00` -> list (double quotes: \n \r \t \xHH)
+    my $line = shift;
+    my @a;
+    while ($line =~ /\G\s*(?:"((?:[^"\\]|\\.)*)"|'([^']*)'|(\S+))/gc) {
+        if (defined $1) {
+            (my $v = $1) =~ s/\\(x[0-9a-fA-F]{2}|.)/unescape_one($1)/ge;
+            push @a, $v;
+        } else {
+            push @a, $2 // $3;
+        }
+    }
+    return @a;
+}
+
+sub unescape_one {
+    my $c = shift;
+    return chr hex substr($c, 1) if $c =~ /^x/;
+    return { n => "\n", r => "\r", t => "\t", 0 => "\0" }->{$c} // $c;
+}
+
+sub fmt_reply {
+    my $r = shift;
+    return '(nil)' unless defined $r;
+    return '[' . join(', ', map { fmt_reply($_) } @$r) . ']' if ref $r eq 'ARRAY';
+    return $r;
+}
+
+# --------------------------------------------------------------- backend ---
+sub uri_escape { my $s = shift; $s =~ s/([^A-Za-z0-9\-_.~\/])/sprintf '%%%02X', ord $1/ge; $s }
+
+sub backend_call {
+    my ($method, $target) = @_;
+    my $raw = "$method $target HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+            . "Content-Length: 0\r\n\r\n";
+    my ($r) = run_jobs([{ port => $PORT{backend}, reqs => [{ raw => $raw }] }], 10);
+    die "backend $method $target: $r->{error}\n" if $r->{error};
+    return $r;
+}
+
+sub backend_hits {
+    my $path = shift;
+    my $r = backend_call('GET', '/__backend/hits' . (defined $path ? '?path=' . uri_escape($path) : ''));
+    return $r->{body} + 0;
+}
+
+sub backend_log {
+    my $path = shift;
+    my $r = backend_call('GET', '/__backend/log' . (defined $path ? '?path=' . uri_escape($path) : ''));
+    return map { JSON::PP->new->decode($_) } grep { /\S/ } split /\n/, $r->{body};
+}
+
+# backend_config('/x', delay => 1, status => 500, body => '...', header => ['A: b'])
+sub backend_config {
+    my ($path, %o) = @_;
+    my @q = ('path=' . uri_escape($path));
+    for my $k (sort keys %o) {
+        push @q, map { "$k=" . uri_escape($_) } ref $o{$k} ? @{ $o{$k} } : $o{$k};
+    }
+    backend_call('POST', '/__backend/config?' . join '&', @q);
+    return;
+}
+
+sub backend_pattern {    # the deterministic body of X-Backend-Body-Size
+    my $n = shift;
+    my $p = join('', 'A' .. 'Z', 'a' .. 'z', 0 .. 9) . "-\n";
+    return substr($p x (int($n / 64) + 1), 0, $n);
+}
+
+# ------------------------------------------------------------ HTTP client ---
+sub parse_response {    # undef while incomplete
+    my ($bref, $eof, $head) = @_;
+    my $he = index($$bref, "\r\n\r\n");
+    return undef if $he < 0;
+    my ($sl, @lines) = split /\r\n/, substr($$bref, 0, $he);
+    my ($status) = $sl =~ m{^HTTP/\d\.\d\s+(\d{3})}
+        or return { error => "bad status line: $sl" };
+    my (%h, @hl);
+    for (@lines) {
+        my ($n, $v) = /^([^:]+):\s*(.*?)\s*$/ or next;
+        push @hl, [$n, $v];
+        $n = lc $n;
+        $h{$n} = exists $h{$n} ? "$h{$n}, $v" : $v;
+    }
+    my $pos = $he + 4;
+    my $body = '';
+    if ($head || $status =~ /^(?:1..|204|304)$/) {
+    } elsif (($h{'transfer-encoding'} // '') =~ /chunked/i) {
+        while (1) {
+            my $e = index($$bref, "\r\n", $pos);
+            return undef if $e < 0;
+            my ($size) = substr($$bref, $pos, $e - $pos) =~ /^\s*([0-9a-fA-F]+)/
+                or return { error => 'bad chunk size' };
+            $size = hex $size;
+            $pos = $e + 2;
+            if ($size == 0) {    # skip trailers
+                while (1) {
+                    my $e2 = index($$bref, "\r\n", $pos);
+                    return undef if $e2 < 0;
+                    my $empty = $e2 == $pos;
+                    $pos = $e2 + 2;
+                    last if $empty;
+                }
+                last;
+            }
+            return undef if length($$bref) < $pos + $size + 2;
+            $body .= substr($$bref, $pos, $size);
+            $pos += $size + 2;
+        }
+    } elsif (defined $h{'content-length'}) {
+        return undef if length($$bref) < $pos + $h{'content-length'};
+        $body = substr($$bref, $pos, $h{'content-length'});
+    } else {
+        return undef unless $eof;
+        $body = substr($$bref, $pos);
+    }
+    return { status => $status + 0, headers => \%h, header_list => \@hl, body => $body };
+}
+
+# Runs connections concurrently.  $jobs: [{port, reqs => [{raw, head}], ...}];
+# the requests of one job are sent in sequence on one (keep-alive) connection.
+# Returns all responses, in job order; each gets elapsed/start/end times.
+sub run_jobs {
+    my ($jobs, $timeout, $t0) = @_;
+    $t0 //= time;
+    my $poll = IO::Poll->new;
+    my %conn;
+    my $finish = sub {
+        my ($c, $r) = @_;
+        my $now = time;
+        @$r{qw(elapsed start end index)} = ($now - $c->{t}, $c->{t} - $t0, $now - $t0,
+                                          scalar @{ $c->{job}{resps} });
+        push @{ $c->{job}{resps} }, $r;
+        my $reqs = $c->{job}{reqs};
+        if (!$r->{error} && ++$c->{i} < @$reqs
+            && ($r->{headers}{connection} // '') !~ /close/i) {
+            $c->{wbuf} = $reqs->[ $c->{i} ]{raw};
+            $c->{rbuf} = '';
+            $c->{t} = time;
+            $poll->mask($c->{s}, POLLOUT);
+            return;
+        }
+        $poll->remove($c->{s});
+        close $c->{s};
+        delete $conn{ $c->{id} };
+        while (@{ $c->{job}{resps} } < @$reqs) {
+            push @{ $c->{job}{resps} }, { error => 'not sent: connection closed', index =>
+                                          scalar @{ $c->{job}{resps} } };
+        }
+    };
+    my $id = 0;
+    for my $job (@$jobs) {
+        $job->{resps} = [];
+        my $c = { id => $id++, job => $job, i => 0, wbuf => $job->{reqs}[0]{raw},
+                  rbuf => '', t => time };
+        $conn{ $c->{id} } = $c;
+        socket($c->{s}, PF_INET, SOCK_STREAM, 0) or die "socket: $!\n";
+        fcntl($c->{s}, F_SETFL, fcntl($c->{s}, F_GETFL, 0) | O_NONBLOCK);
+        if (!connect($c->{s}, sockaddr_in($job->{port}, inet_aton('127.0.0.1')))
+            && $! != EINPROGRESS) {
+            $finish->($c, { error => "connect failed: $!" });
+            next;
+        }
+        $poll->mask($c->{s}, POLLOUT);
+    }
+    while (%conn) {
+        my $now = time;
+        my $next = $now + 1;
+        for my $c (values %conn) {
+            my $dl = $c->{t} + $timeout;
+            if ($now >= $dl) {
+                $finish->($c, { error => sprintf('timeout after %gs (received %d bytes)',
+                                                 $timeout, length $c->{rbuf}) });
+            } elsif ($dl < $next) {
+                $next = $dl;
+            }
+        }
+        last unless %conn;
+        $poll->poll($next - $now);
+        for my $c (values %conn) {
+            my $ev = $poll->events($c->{s}) or next;
+            my $req = $c->{job}{reqs}[ $c->{i} ];
+            if (length $c->{wbuf}) {
+                my $n = syswrite($c->{s}, $c->{wbuf});
+                if (defined $n) {
+                    substr($c->{wbuf}, 0, $n, '');
+                    $poll->mask($c->{s}, POLLIN) unless length $c->{wbuf};
+                } elsif ($! != EAGAIN && $! != EINTR && $! != EWOULDBLOCK) {
+                    $finish->($c, { error => "write failed: $!" });
+                }
+                next;
+            }
+            my $n = sysread($c->{s}, my $chunk, 262144);
+            next if !defined $n && ($! == EAGAIN || $! == EINTR || $! == EWOULDBLOCK);
+            my $err = defined $n ? '' : "$!";
+            $c->{rbuf} .= $chunk if $n;
+            my $eof = !$n;
+            my $r = parse_response(\$c->{rbuf}, $eof, $req->{head});
+            if ($r) {
+                $finish->($c, $r);
+            } elsif ($eof) {
+                $finish->($c, { error => sprintf('connection closed %s after %d bytes%s',
+                                   'before a complete response', length $c->{rbuf},
+                                   $err ? " ($err)" : '') , partial => $c->{rbuf} });
+            }
+        }
+    }
+    return map { @{ $_->{resps} } } @$jobs;
+}
+
+sub build_request {    # Test::Nginx style "GET /t" [+ "\nbody"] -> raw request
+    my ($spec, $more, $keepalive) = @_;
+    my ($first, $body) = split /\n/, $spec, 2;
+    $first =~ s/^\s+|\s+$//g;
+    my ($method, $uri, $proto) = split ' ', $first;
+    die "bad request line '$first'\n" unless defined $uri;
+    $proto //= 'HTTP/1.1';
+    $body =~ s/\n\z// if defined $body;
+    my @h;
+    if (ref $more eq 'HASH') {
+        @h = map { [$_, $more->{$_}] } sort keys %$more;
+    } else {
+        @h = map { /^([^:]+):\s?(.*)$/ ? [$1, $2] : () } grep { /\S/ } split /\n/, $more // '';
+    }
+    my %has = map { lc $_->[0] => 1 } @h;
+    unshift @h, ['Host', 'localhost'] unless $has{host};
+    push @h, ['Connection', $keepalive ? 'keep-alive' : 'close'] unless $has{connection};
+    push @h, ['Content-Length', length($body // '')]
+        if (defined $body && length $body || $method =~ /^(POST|PUT|PATCH)$/)
+           && !$has{'content-length'} && !$has{'transfer-encoding'};
+    my $raw = "$method $uri $proto\r\n" . join('', map { "$_->[0]: $_->[1]\r\n" } @h)
+            . "\r\n" . ($body // '');
+    return { raw => $raw, head => $method eq 'HEAD' };
+}
+
+sub http_request {
+    my ($method, $path, $headers, $body) = @_;
+    my $req = build_request("$method $path" . (defined $body ? "\n$body\n" : ''), $headers);
+    return (run_jobs([{ port => $PORT{nginx}, reqs => [$req] }], $TIMEOUT || 10))[0];
+}
+
+sub http_get { http_request('GET', @_[0, 1]) }
+sub responses { @RESPONSES }
+sub sleep_ms { sleep($_[0] / 1000) }
+
+sub error_log_text { slurp("$SERVROOT/logs/error.log", $LOG_OFFSET) // '' }
+
+# ------------------------------------------------------------ the block ---
+sub subst {
+    my $v = shift;
+    return [map { subst($_) } @$v] if ref $v eq 'ARRAY';
+    return { map { $_ => subst($v->{$_}) } keys %$v } if ref $v eq 'HASH';
+    return $v if ref $v || !defined $v;
+    $v =~ s/\$(TEST_NGINX_[A-Z0-9_]+)/exists $ENV{$1} ? $ENV{$1} : "\$$1"/ge;
+    return $v;
+}
+
+sub idx { my ($v, $i) = @_; ref $v eq 'ARRAY' ? $v->[$i] : $v }
+sub lines_of {
+    my $v = shift;
+    return () unless defined $v;
+    return @$v if ref $v eq 'ARRAY';
+    return ($v) if ref $v;
+    return grep { /\S/ } split /\n/, $v;
+}
+sub seconds { my $v = shift // return; $v =~ /^\s*([\d.]+)\s*(ms)?/ ? ($2 ? $1 / 1000 : $1) : $v }
+
+sub esc {
+    my ($s, $max) = @_;
+    $max //= 300;
+    my $more = length($s) > $max ? '...(' . length($s) . ' bytes)' : '';
+    $s = substr($s, 0, $max);
+    $s =~ s/([^\x20-\x7e])/$1 eq "\n" ? "\\n\n" : sprintf '\\x%02x', ord $1/ge;
+    return "'$s'$more";
+}
+
+sub body_diff {
+    my ($got, $exp) = @_;
+    return '' if $got eq $exp;
+    my $i = 0;
+    $i++ while $i < length($got) && $i < length($exp) && substr($got, $i, 1) eq substr($exp, $i, 1);
+    my $from = $i > 40 ? $i - 40 : 0;
+    return sprintf("body differs: got %d bytes, expected %d, first difference at offset %d\n"
+                   . "     got: %s\nexpected: %s", length $got, length $exp, $i,
+                   esc(substr($got, $from, 200)), esc(substr($exp, $from, 200)));
+}
+
+sub as_regex {
+    my $v = shift;
+    return $v if ref $v eq 'Regexp';
+    chomp $v;
+    return qr/$v/s;
+}
+
+# checks of one response: list of [label, ok, diagnostic]
+sub response_checks {
+    my ($b, $r, $i) = @_;
+    return (['request completed', 0, $r->{error}]) if $r->{error};
+    my @c;
+    my $code = idx($b->{error_code}, $i) // 200;
+    $code =~ s/\s+//g;
+    push @c, ['status code ok', $r->{status} == $code,
+              "got status $r->{status}, expected $code; body: " . esc($r->{body}, 200)];
+    if (defined(my $exp = idx($b->{response_body}, $i))) {
+        my $d = body_diff($r->{body}, $exp);
+        push @c, ['response_body - response is expected', !$d, $d];
+    }
+    if (defined(my $re = idx($b->{response_body_like}, $i))) {
+        $re = as_regex($re);
+        push @c, ['response_body_like - response is expected', scalar($r->{body} =~ $re),
+                  "body " . esc($r->{body}) . " does not match $re"];
+    }
+    for my $line (lines_of(idx($b->{response_headers}, $i))) {
+        if ($line =~ /^\s*!\s*([^:\s]+)\s*$/) {
+            my $v = $r->{headers}{ lc $1 };
+            push @c, ["header $1 absent", !defined $v, "header $1 present: '" . ($v // '') . "'"];
+        } elsif ($line =~ /^\s*([^:\s]+)\s*:\s?(.*?)\s*$/) {
+            my ($n, $e) = ($1, $2);
+            my $v = $r->{headers}{ lc $n };
+            push @c, ["header $n ok", defined $v && $v eq $e,
+                      "header $n: got " . (defined $v ? "'$v'" : 'none') . ", expected '$e'"];
+        }
+    }
+    for my $line (lines_of(idx($b->{response_headers_like}, $i))) {
+        my ($n, $e) = $line =~ /^\s*([^:\s]+)\s*:\s?(.*?)\s*$/ or next;
+        my $v = $r->{headers}{ lc $n };
+        push @c, ["header $n like", defined $v && $v =~ /$e/,
+                  "header $n: got " . (defined $v ? "'$v'" : 'none') . ", expected =~ /$e/"];
+    }
+    return @c;
+}
+
+sub write_conf {
+    my $b = shift;
+    my @mods = map { "$MODDIR/$_" } qw(ndk_http_module.so ngx_http_set_misc_module.so
+                                       ngx_http_echo_module.so ngx_http_srcache_filter_module.so);
+    unless ($ENV{TEST_NGINX_NO_STALE_CACHE}) {
+        if (-f $OUR_MOD) {
+            push @mods, $OUR_MOD;
+        } else {
+            our $warned_mod;
+            Test::More::diag("$OUR_MOD not found: not loading the stale cache module")
+                unless $warned_mod++;
+        }
+    }
+    my $workers = $b->{workers} || 1;
+    my $level = $b->{log_level} || 'debug';
+    my $user = $> == 0 ? "user root;\n" : '';
+    my $conf = join('', map { "load_module $_;\n" } @mods) . <<"EOF";
+${user}daemon off;
+master_process on;
+worker_processes $workers;
+worker_rlimit_nofile 8192;
+error_log logs/error.log $level;
+pid logs/nginx.pid;
+@{[ $b->{main_config} // '' ]}
+events {
+    worker_connections 4096;
+}
+
+http {
+    access_log logs/access.log;
+    client_body_temp_path temp/client_body;
+    proxy_temp_path temp/proxy;
+    fastcgi_temp_path temp/fastcgi;
+    uwsgi_temp_path temp/uwsgi;
+    scgi_temp_path temp/scgi;
+
+    upstream backend {
+        server 127.0.0.1:$PORT{backend};
+        keepalive 32;
+    }
+    upstream redis {
+        server 127.0.0.1:$PORT{redis};
+        keepalive 16;
+    }
+
+@{[ $b->{http_config} // '' ]}
+    server {
+        listen 127.0.0.1:$PORT{nginx} backlog=4096;
+        server_name localhost;
+        root html;
+
+@{[ $b->{config} // '' ]}
+    }
+}
+EOF
+    open my $fh, '>', "$SERVROOT/conf/nginx.conf" or die "nginx.conf: $!\n";
+    print $fh $conf;
+    close $fh;
+}
+
+sub nginx_test {    # nginx -t: (ok, output)
+    my $out = "$SERVROOT/logs/nginx-t.out";
+    unlink $out;
+    my $pid = spawn($out, $NGINX, '-p', "$SERVROOT/", '-c', 'conf/nginx.conf', '-t');
+    my $st = wait_pid($pid, 30);
+    if (!defined $st) { kill_wait($pid, 'KILL', 5); $st = -1 }
+    return ($st == 0, slurp($out) // '');
+}
+
+sub write_user_files {
+    my $text = shift // return;
+    my (undef, @parts) = split /^>>> (\S+)[ \t]*\n/m, $text;
+    while (my ($f, $content) = splice @parts, 0, 2) {
+        my $path = "$SERVROOT/html/$f";
+        make_path(dirname($path));
+        open my $fh, '>:raw', $path or die "$path: $!\n";
+        print $fh $content;
+        close $fh;
+    }
+}
+
+sub log_checks {
+    my ($name, $b, $log, $implicit) = @_;
+    for my $p (lines_of($b->{error_log})) {
+        my $hit = ref $p ? $log =~ $p : index($log, $p) >= 0;
+        Test::More::ok($hit, "$name - pattern \"$p\" should match a line in error.log");
+    }
+    for my $p (lines_of($b->{no_error_log})) {
+        my ($line) = grep { ref $p ? $_ =~ $p : index($_, $p) >= 0 } split /\n/, $log;
+        Test::More::ok(!defined $line, "$name - pattern \"$p\" should not match any line in error.log")
+            or Test::More::diag("matched: $line");
+    }
+    return unless $implicit;
+    my $expected = join ' ', map { "$_" } lines_of($b->{error_log});
+    my @bad = grep {
+        (/\[alert\]/ && $expected !~ /alert/) || (/\[emerg\]/ && $expected !~ /emerg/)
+        || (/exited on signal/ && $expected !~ /signal/)
+    } split /\n/, $log;
+    Test::More::ok(!@bad, "$name - no alert/emerg/crash in error.log")
+        or Test::More::diag(join "\n", @bad[0 .. ($#bad > 9 ? 9 : $#bad)]);
+}
+
+sub run_code {
+    my ($name, $what, $code) = @_;
+    return unless defined $code && $code =~ /\S/;
+    my $ok = eval_in_main("$code\n;1", "$name --- $what");
+    Test::More::ok(0, "$name - --- $what code died") or Test::More::diag($@) unless $ok;
+}
+
+sub run_block {
+    my $blk = shift;
+    my $name = $CUR_NAME;
+    $blk->run_filters unless $blk->is_filtered;
+    my %b;
+    for my $sec (@{ $blk->_section_order }) {
+        my $v = $blk->$sec;
+        $b{$sec} = $sec =~ /^(check|pre)$/ ? $v : subst($v);
+    }
+    $TIMEOUT = seconds($b{timeout}) || 10;
+
+    start_redis();    # restores redis if a previous block stopped it
+    redis('FLUSHALL');
+    backend_call('POST', '/__backend/reset');
+    @RESPONSES = ();
+    write_user_files($b{user_files});
+    write_conf(\%b);
+
+    my ($t_ok, $t_out) = nginx_test();
+    if (exists $b{must_die}) {
+        Test::More::ok(!$t_ok, "$name - nginx -t should fail") or Test::More::diag($t_out);
+        log_checks($name, \%b, $t_out, 0);
+        return;
+    }
+    unless ($t_ok) {
+        Test::More::fail("$name - nginx -t");
+        Test::More::diag($t_out);
+        return;
+    }
+    $LOG_OFFSET = -s "$SERVROOT/logs/error.log" // 0;
+    unless (start_nginx($b{workers} || 1)) {
+        Test::More::fail("$name - nginx started");
+        Test::More::diag(slurp("$SERVROOT/logs/nginx.stderr") // '', error_log_text());
+        return;
+    }
+
+    if (defined $b{redis_setup}) {
+        my @cmds = ref $b{redis_setup} ? @{ $b{redis_setup} }
+                 : map { [split_cmd($_)] } lines_of($b{redis_setup});
+        for my $cmd (@cmds) {
+            my $ok = eval { redis(@$cmd); 1 };
+            Test::More::ok(0, "$name - redis_setup @$cmd") or Test::More::diag($@) unless $ok;
+        }
+    }
+    run_code($name, 'pre', $b{pre});
+
+    run_requests($name, \%b);
+
+    sleep(seconds($b{wait})) if $b{wait};
+
+    if (defined(my $h = $b{backend_hits})) {
+        if (ref $h eq 'HASH') {
+            Test::More::is(backend_hits($_), $h->{$_}, "$name - backend hits for $_")
+                for sort keys %$h;
+        } else {
+            Test::More::is(backend_hits(), $h, "$name - backend hits");
+        }
+    }
+    for my $line (lines_of($b{redis_check})) {
+        my ($cmd, $op, $exp) = ref $line eq 'ARRAY' ? (@$line[0], '=>', $line->[1])
+                             : $line =~ /^\s*(.*?)\s+(=>|=~)\s?(.*?)\s*$/;
+        die "bad redis_check line '$line'\n" unless defined $op;
+        my @args = ref $cmd ? @$cmd : split_cmd($cmd);
+        my $got = eval { fmt_reply(redis(@args)) } // "(error) $@";
+        chomp $got;
+        my $label = "$name - redis_check @args";
+        if (ref $exp eq 'Regexp') {
+            Test::More::like($got, $exp, $label);
+        } elsif ($op eq '=~') {
+            my ($re, $fl) = $exp =~ m{^/(.*)/(\w*)$} or die "bad regex in redis_check '$exp'\n";
+            Test::More::like($got, qr/(?$fl)$re/, $label);
+        } elsif (my ($lo, $hi) = $exp =~ /^(-?\d+)\.\.(-?\d+)$/) {
+            Test::More::ok($got =~ /^-?\d+$/ && $got >= $lo && $got <= $hi, "$label in $exp")
+                or Test::More::diag("got $got");
+        } else {
+            ($exp) = split_cmd($exp) if $exp =~ /^["']/;
+            Test::More::is($got, $exp, $label);
+        }
+    }
+    run_code($name, 'check', $b{check});
+
+    stop_nginx();
+    log_checks($name, \%b, error_log_text(), 1);
+}
+
+sub run_requests {
+    my ($name, $b) = @_;
+    my $keep = $b->{keepalive_requests};
+    my $reqs = $keep // $b->{request} // $b->{raw_request};
+    return unless defined $reqs;
+    $reqs = [$reqs] unless ref $reqs eq 'ARRAY';
+    my @r = map {
+        my $more = idx($b->{more_headers}, $_);
+        defined $b->{raw_request} && !$keep ? { raw => $reqs->[$_], head => $reqs->[$_] =~ /^HEAD / }
+                                           : build_request($reqs->[$_], $more, $keep)
+    } 0 .. $#$reqs;
+    my $t0 = time;
+    my $conc = $b->{concurrency};
+    my $R = @r;
+    if ($keep) {
+        @RESPONSES = run_jobs([{ port => $PORT{nginx}, reqs => \@r }], $TIMEOUT, $t0);
+    } elsif ($conc) {
+        @RESPONSES = run_jobs([map { { port => $PORT{nginx}, reqs => [ $r[$_ % $R] ] } }
+                               0 .. $conc - 1], $TIMEOUT, $t0);
+    } else {
+        @RESPONSES = map { run_jobs([{ port => $PORT{nginx}, reqs => [$_] }], $TIMEOUT, $t0) } @r;
+    }
+    return if exists $b->{ignore_response};
+    if ($conc) {    # aggregate per check over all responses
+        my (%fail, @order, %seen);
+        for my $i (0 .. $#RESPONSES) {
+            for my $c (response_checks($b, $RESPONSES[$i], $i % $R)) {
+                push @order, $c->[0] unless $seen{ $c->[0] }++;
+                push @{ $fail{ $c->[0] } }, "response #$i: $c->[2]" unless $c->[1];
+            }
+        }
+        for my $label (@order) {
+            my $f = $fail{$label} || [];
+            Test::More::ok(!@$f, "$name - $label (all $conc responses)")
+                or Test::More::diag(scalar(@$f) . " failed; first ones:\n"
+                                    . join "\n", @$f[0 .. ($#$f > 4 ? 4 : $#$f)]);
+        }
+        return;
+    }
+    for my $i (0 .. $#RESPONSES) {
+        my $prefix = $R > 1 ? "$name - req $i" : $name;
+        for my $c (response_checks($b, $RESPONSES[$i], $i)) {
+            Test::More::ok($c->[1], "$prefix - $c->[0]") or Test::More::diag($c->[2]);
+        }
+    }
+}
+
+1;
