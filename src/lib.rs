@@ -5,7 +5,11 @@
 //! `cargo test` links and runs them without nginx; everything that touches nginx lives under
 //! `nginx` and is left out of test builds.
 
+pub mod locktable;
+pub mod policy;
+pub mod replay;
 pub mod resp;
+pub mod settings;
 
 #[cfg(not(test))]
 mod nginx;

@@ -1,6 +1,10 @@
 //! Everything that calls into nginx: module definition, directives, handlers.
 
 mod conf;
+mod handler;
 mod module;
 mod redis;
+mod refresh;
 mod util;
+mod vars;
+mod zone;

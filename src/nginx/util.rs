@@ -69,3 +69,9 @@ macro_rules! log_at {
         ngx::ngx_log_error!($level, $log, $($arg)+)
     };
 }
+
+/// The same clock as u64 milliseconds, the unit of the pure modules and the lock table.
+/// It is monotonic and system-wide, so every worker reads the same time base.
+pub fn now_ms() -> u64 {
+    current_msec() as u64
+}

@@ -619,9 +619,11 @@ sub esc {
     $max //= 300;
     my $more = length($s) > $max ? '...(' . length($s) . ' bytes)' : '';
     $s = substr($s, 0, $max);
-    $s =~ s/([^\x20-\x7e])/$1 eq "\n" ? "\\n\n" : sprintf '\\x%02x', ord $1/ge;
+    $s =~ s/([^\x20-\x7e])/$1 eq "\n" ? '\n' : sprintf '\\x%02x', ord $1/ge;
     return "'$s'$more";
 }
+
+sub printable { my $s = shift; $s =~ s/([^\x20-\x7e])/sprintf '\\x%02x', ord $1/ge; $s }
 
 sub body_diff {
     my ($got, $exp) = @_;
@@ -820,7 +822,9 @@ sub run_block {
     $LOG_OFFSET = -s "$SERVROOT/logs/error.log" // 0;
     unless (start_nginx($b{workers} || 1)) {
         Test::More::fail("$name - nginx started");
-        Test::More::diag(slurp("$SERVROOT/logs/nginx.stderr") // '', error_log_text());
+        my @err = grep { /\[(emerg|alert|crit|error)\]/ } split /\n/, error_log_text();
+        Test::More::diag(join "\n", grep { defined } (split /\n/, slurp("$SERVROOT/logs/nginx.stderr") // '')[-10 .. -1],
+                                     @err[($#err > 9 ? $#err - 9 : 0) .. $#err]);
         return;
     }
 
@@ -829,7 +833,8 @@ sub run_block {
                  : map { [split_cmd($_)] } lines_of($b{redis_setup});
         for my $cmd (@cmds) {
             my $ok = eval { redis(@$cmd); 1 };
-            Test::More::ok(0, "$name - redis_setup @$cmd") or Test::More::diag($@) unless $ok;
+            Test::More::ok(0, "$name - redis_setup " . printable("@$cmd")) or Test::More::diag($@)
+                unless $ok;
         }
     }
     run_code($name, 'pre', $b{pre});
@@ -853,7 +858,7 @@ sub run_block {
         my @args = ref $cmd ? @$cmd : split_cmd($cmd);
         my $got = eval { fmt_reply(redis(@args)) } // "(error) $@";
         chomp $got;
-        my $label = "$name - redis_check @args";
+        my $label = "$name - redis_check " . printable("@args");
         if (ref $exp eq 'Regexp') {
             Test::More::like($got, $exp, $label);
         } elsif ($op eq '=~') {

@@ -1,0 +1,2025 @@
+//! Per-key locks and remembered freshness, in one fixed-size table laid out in
+//! a raw memory region (an nginx shared memory zone).
+//!
+//! Several worker processes map the region, possibly at different addresses,
+//! and it survives configuration reloads, so the layout holds no pointers: a
+//! `repr(C)` header, then `repr(C)` slots linked by `u32` indexes. Callers hold
+//! nginx's shared mutex around every call, so the code here is plain
+//! single-threaded code working on `&mut` references.
+//!
+//! Keys are reduced to 128-bit [`Fingerprint`]s (computed outside the mutex).
+//! Slots form an open-addressing hash table with linear probing in Robin Hood
+//! order, which lets a lookup of an absent key stop early, and backward-shift
+//! deletion, which needs no tombstones. At most [`MAX_LOAD_PERCENT`] of the
+//! slots are used, keeping probe sequences short. When the table is at that
+//! load, the least recently used entry without a live lock makes room (exact
+//! LRU through a doubly linked list threaded through the slots).
+
+use std::fmt;
+use std::mem::{align_of, size_of};
+use std::num::NonZeroU64;
+
+/// Identifies an initialised region ("SWRLOCK" + layout generation).
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SWRLOCK1");
+
+/// Bumped whenever the header, the slots or the fingerprint function change,
+/// so a region left by another module version is re-created, not misread.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Bytes reserved for the header at the start of the region; slots follow.
+pub const HEADER_SIZE: usize = 128;
+
+/// Highest share of slots in use. Linear probing degrades sharply above ~90%;
+/// 85% keeps the expected probe length of a lookup at a few slots while
+/// wasting only 15% of the zone.
+pub const MAX_LOAD_PERCENT: usize = 85;
+
+/// Fewest slots a region must have, so the load limit leaves room to work.
+pub const MIN_SLOTS: usize = 8;
+
+/// How long the end of a successful fill is remembered for [`LockOutcome::RecentlyFilled`].
+/// A request whose `TTL` lookup took longer than this may fill a second time.
+pub const FILL_MEMORY_MS: u64 = 2_000;
+
+const NIL: u32 = u32::MAX;
+const USED: u32 = 1;
+const KIND_NONE: u32 = 0;
+
+/* ------------------------------------------------------------- fingerprint */
+
+/// A cache key reduced to 128 bits with SipHash-2-4-128 keyed by the region's
+/// seed: every worker computes the same value, and clients cannot aim keys at
+/// one probe sequence without knowing the seed. Two keys sharing a fingerprint
+/// (about 2^-64 for a billion keys) only share a lock and a freshness memo,
+/// costing a missed or extra collapse, never wrong data: the data is in Redis
+/// under the full key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Fingerprint {
+    hi: u64,
+    lo: u64,
+}
+
+impl Fingerprint {
+    /// The fingerprint of `key` in a table initialised with `seed`.
+    pub fn of(seed: u64, key: &[u8]) -> Fingerprint {
+        // A second key word derived from the seed, so one u64 seeds the hash.
+        let k1 = seed.rotate_left(32) ^ u64::from_le_bytes(*b"staleKey");
+        let [lo, hi] = siphash24_128(seed, k1, key);
+        Fingerprint { hi, lo }
+    }
+
+    /// Both halves, e.g. for debug logs.
+    pub fn parts(self) -> (u64, u64) {
+        (self.hi, self.lo)
+    }
+}
+
+/// What table operations accept as a key: a [`Fingerprint`] computed
+/// beforehand with [`Fingerprint::of`] (outside the zone mutex, once per
+/// request), or the cache key's bytes (then hashed under the mutex).
+pub trait TableKey {
+    /// The key's fingerprint under `seed`.
+    fn fingerprint(self, seed: u64) -> Fingerprint;
+}
+
+impl TableKey for Fingerprint {
+    fn fingerprint(self, _seed: u64) -> Fingerprint {
+        self
+    }
+}
+
+impl TableKey for &Fingerprint {
+    fn fingerprint(self, _seed: u64) -> Fingerprint {
+        *self
+    }
+}
+
+impl TableKey for &[u8] {
+    fn fingerprint(self, seed: u64) -> Fingerprint {
+        Fingerprint::of(seed, self)
+    }
+}
+
+impl<const N: usize> TableKey for &[u8; N] {
+    fn fingerprint(self, seed: u64) -> Fingerprint {
+        Fingerprint::of(seed, self)
+    }
+}
+
+impl TableKey for &Vec<u8> {
+    fn fingerprint(self, seed: u64) -> Fingerprint {
+        Fingerprint::of(seed, self)
+    }
+}
+
+fn sip_round(v: &mut [u64; 4]) {
+    v[0] = v[0].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(13) ^ v[0];
+    v[0] = v[0].rotate_left(32);
+    v[2] = v[2].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(16) ^ v[2];
+    v[0] = v[0].wrapping_add(v[3]);
+    v[3] = v[3].rotate_left(21) ^ v[0];
+    v[2] = v[2].wrapping_add(v[1]);
+    v[1] = v[1].rotate_left(17) ^ v[2];
+    v[2] = v[2].rotate_left(32);
+}
+
+fn sip_absorb(v: &mut [u64; 4], word: u64) {
+    v[3] ^= word;
+    sip_round(v);
+    sip_round(v);
+    v[0] ^= word;
+}
+
+/// SipHash-2-4 with 128-bit output (Aumasson & Bernstein), written here
+/// because std's hashers are unspecified and may change between Rust releases,
+/// while the region outlives the binary's code on reload. Returns the output
+/// as two little-endian words.
+fn siphash24_128(k0: u64, k1: u64, data: &[u8]) -> [u64; 2] {
+    let mut v = [
+        k0 ^ 0x736f_6d65_7073_6575,
+        k1 ^ 0x646f_7261_6e64_6f6d ^ 0xee,
+        k0 ^ 0x6c79_6765_6e65_7261,
+        k1 ^ 0x7465_6462_7974_6573,
+    ];
+    let mut words = data.chunks_exact(8);
+    for word in &mut words {
+        let mut buf = [0u8; 8];
+        buf.copy_from_slice(word);
+        sip_absorb(&mut v, u64::from_le_bytes(buf));
+    }
+    let mut last = [0u8; 8];
+    last[..words.remainder().len()].copy_from_slice(words.remainder());
+    last[7] = data.len() as u8;
+    sip_absorb(&mut v, u64::from_le_bytes(last));
+
+    let mut out = [0u64; 2];
+    for (i, fold) in [0xee, 0xdd].into_iter().enumerate() {
+        if i == 0 {
+            v[2] ^= fold;
+        } else {
+            v[1] ^= fold;
+        }
+        for _ in 0..4 {
+            sip_round(&mut v);
+        }
+        out[i] = v[0] ^ v[1] ^ v[2] ^ v[3];
+    }
+    out
+}
+
+/* ------------------------------------------------------------------ layout */
+
+/// Who holds a lock: the request filling a missing key, or a background
+/// refresh of a stale one. Waiters treat them differently.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LockKind {
+    /// A miss being filled by a client request.
+    Fill = 1,
+    /// A stale entry being refreshed in the background.
+    Refresh = 2,
+}
+
+impl LockKind {
+    fn from_raw(raw: u32) -> Option<LockKind> {
+        match raw {
+            1 => Some(LockKind::Fill),
+            2 => Some(LockKind::Refresh),
+            _ => None,
+        }
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+struct Header {
+    magic: u64,
+    version: u32,
+    slot_size: u32,
+    header_size: u32,
+    slots: u32,
+    max_entries: u32,
+    entries: u32,
+    lru_head: u32,
+    lru_tail: u32,
+    seed: u64,
+    evictions: u64,
+    reclaimed: u64,
+    takeovers: u64,
+    full: u64,
+}
+
+/// One key's state. Integers only, so any bit pattern is a valid value and a
+/// region can be viewed in place without a parse step.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+struct Slot {
+    fp_hi: u64,
+    fp_lo: u64,
+    /// Owner of the lock (never 0); meaningful while `kind` is not KIND_NONE.
+    token: u64,
+    lock_expires_ms: u64,
+    /// Remembered freshness, 0 when none.
+    fresh_until_ms: u64,
+    /// When a fill lock was last released after a successful fill, 0 = never.
+    fill_done_ms: u64,
+    lru_prev: u32,
+    lru_next: u32,
+    used: u32,
+    /// A LockKind, or KIND_NONE when unlocked.
+    kind: u32,
+}
+
+const SLOT_SIZE: usize = size_of::<Slot>();
+const _: () = assert!(SLOT_SIZE == 64);
+const _: () = assert!(size_of::<Header>() <= HEADER_SIZE);
+const _: () = assert!(HEADER_SIZE.is_multiple_of(align_of::<Slot>()));
+
+impl Slot {
+    const EMPTY: Slot = Slot {
+        fp_hi: 0,
+        fp_lo: 0,
+        token: 0,
+        lock_expires_ms: 0,
+        fresh_until_ms: 0,
+        fill_done_ms: 0,
+        lru_prev: NIL,
+        lru_next: NIL,
+        used: 0,
+        kind: KIND_NONE,
+    };
+
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint {
+            hi: self.fp_hi,
+            lo: self.fp_lo,
+        }
+    }
+
+    /// The lock, if one is held and unexpired.
+    fn live_lock(&self, now_ms: u64) -> Option<LockInfo> {
+        if self.lock_expires_ms <= now_ms {
+            return None;
+        }
+        Some(LockInfo {
+            kind: LockKind::from_raw(self.kind)?,
+            token: NonZeroU64::new(self.token)?,
+            expires_at_ms: self.lock_expires_ms,
+        })
+    }
+
+    fn memo_live(&self, now_ms: u64) -> bool {
+        self.fresh_until_ms > now_ms
+    }
+
+    fn fill_recent(&self, now_ms: u64) -> bool {
+        self.fill_done_ms != 0 && now_ms.saturating_sub(self.fill_done_ms) < FILL_MEMORY_MS
+    }
+
+    /// Holds nothing anyone still needs: may be dropped at any time.
+    fn is_garbage(&self, now_ms: u64) -> bool {
+        self.live_lock(now_ms).is_none() && !self.memo_live(now_ms) && !self.fill_recent(now_ms)
+    }
+}
+
+/* -------------------------------------------------------------- public API */
+
+/// A lock as seen by others.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LockInfo {
+    /// Fill or refresh.
+    pub kind: LockKind,
+    /// The owner's token.
+    pub token: NonZeroU64,
+    /// When the lock lapses if its owner never releases it.
+    pub expires_at_ms: u64,
+}
+
+/// Result of [`LockTable::try_lock`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockOutcome {
+    /// The caller holds the lock now. `took_over_expired`: a previous owner let
+    /// its lock expire without releasing it (worth a log line: a crashed
+    /// worker or a too short `$cache_lock_exptime`).
+    Acquired {
+        /// Whether an expired lock was replaced.
+        took_over_expired: bool,
+    },
+    /// Someone holds an unexpired lock (possibly the caller itself, if the
+    /// token matches).
+    Held(LockInfo),
+    /// A fill of this key finished at or after the caller's lookup started:
+    /// its "missing" answer is out of date, so it must not fill.
+    RecentlyFilled,
+    /// No room: every entry holds a live lock.
+    Full,
+}
+
+/// Result of [`LockTable::memo_set`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoOutcome {
+    /// Stored without dropping anything still useful.
+    Stored,
+    /// Stored after evicting this many live entries: the zone is too small for
+    /// the working set (log it once).
+    StoredEvicted(u64),
+    /// No room: every entry holds a live lock.
+    Full,
+}
+
+/// Table counters. `locks` and `memos` need a full scan: for status pages,
+/// not for every request.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Slots in the region.
+    pub slots: usize,
+    /// Entries the table holds at its load limit.
+    pub capacity: usize,
+    /// Entries in use (including expired ones not yet reclaimed).
+    pub entries: usize,
+    /// Entries with a live lock.
+    pub locks: usize,
+    /// Entries with live remembered freshness.
+    pub memos: usize,
+    /// Entries with live state dropped to make room since initialisation.
+    pub evictions: u64,
+    /// Expired entries dropped since initialisation.
+    pub reclaimed: u64,
+    /// Expired locks taken over since initialisation.
+    pub takeovers: u64,
+    /// Operations that failed because every entry was locked.
+    pub full: u64,
+}
+
+/// Why a region cannot be used as a table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutError {
+    /// The region does not start at an 8-byte boundary.
+    Misaligned,
+    /// The region is smaller than the header plus [`MIN_SLOTS`] slots.
+    TooSmall {
+        /// Its size.
+        len: usize,
+        /// The minimum.
+        min: usize,
+    },
+    /// No table was ever initialised in it.
+    BadMagic,
+    /// Initialised by a module version with another layout.
+    Version {
+        /// The version found.
+        found: u32,
+    },
+    /// Initialised for a region of another size.
+    SizeMismatch {
+        /// Slots recorded in the header.
+        found: u64,
+        /// Slots this region has room for.
+        expected: u64,
+    },
+    /// Inconsistent content (e.g. a worker died in the middle of an update).
+    Corrupt(&'static str),
+}
+
+impl fmt::Display for LayoutError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Misaligned => f.write_str("lock table region is not 8-byte aligned"),
+            Self::TooSmall { len, min } => {
+                write!(f, "lock table region of {len} bytes is smaller than {min}")
+            }
+            Self::BadMagic => f.write_str("lock table region was not initialised"),
+            Self::Version { found } => write!(
+                f,
+                "lock table layout version {found}, this module uses {LAYOUT_VERSION}"
+            ),
+            Self::SizeMismatch { found, expected } => write!(
+                f,
+                "lock table has {found} slots, its region has room for {expected}"
+            ),
+            Self::Corrupt(what) => write!(f, "lock table corrupt: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for LayoutError {}
+
+/// A view of a table in a region; cheap to create, so callers make one per
+/// operation while holding the zone mutex.
+pub struct LockTable<'a> {
+    hdr: &'a mut Header,
+    slots: &'a mut [Slot],
+}
+
+enum Probe {
+    Found(usize),
+    Vacant(usize),
+}
+
+impl<'a> LockTable<'a> {
+    /// Size of one slot, i.e. of one key's state.
+    pub const fn bytes_per_slot() -> usize {
+        SLOT_SIZE
+    }
+
+    /// Slots a region of `len` bytes has room for.
+    pub const fn slots_for_len(len: usize) -> usize {
+        if len < HEADER_SIZE {
+            return 0;
+        }
+        let slots = (len - HEADER_SIZE) / SLOT_SIZE;
+        // u32 indexes, NIL reserved.
+        if slots > (NIL - 1) as usize {
+            (NIL - 1) as usize
+        } else {
+            slots
+        }
+    }
+
+    /// Entries a region of `len` bytes holds at the load limit, e.g. for a
+    /// configuration-time message about the zone size.
+    pub const fn capacity_for_len(len: usize) -> usize {
+        max_entries(Self::slots_for_len(len))
+    }
+
+    /// Smallest usable region.
+    pub const fn min_region_len() -> usize {
+        HEADER_SIZE + MIN_SLOTS * SLOT_SIZE
+    }
+
+    /// Lays out an empty table in `region` (all previous content is lost).
+    /// `seed` should be random: it keys the fingerprints.
+    pub fn init(region: &'a mut [u8], seed: u64) -> Result<LockTable<'a>, LayoutError> {
+        let slots = Self::check_region(region)?;
+        region.fill(0);
+        let table = Self::view(region, slots);
+        *table.hdr = Header {
+            magic: MAGIC,
+            version: LAYOUT_VERSION,
+            slot_size: SLOT_SIZE as u32,
+            header_size: HEADER_SIZE as u32,
+            slots: slots as u32,
+            max_entries: max_entries(slots) as u32,
+            entries: 0,
+            lru_head: NIL,
+            lru_tail: NIL,
+            seed,
+            evictions: 0,
+            reclaimed: 0,
+            takeovers: 0,
+            full: 0,
+        };
+        table.slots.fill(Slot::EMPTY);
+        Ok(table)
+    }
+
+    /// Views a region [`LockTable::init`] prepared, checking its header only
+    /// (constant time); see [`LockTable::verify`] for a full check.
+    pub fn attach(region: &'a mut [u8]) -> Result<LockTable<'a>, LayoutError> {
+        let slots = Self::check_region(region)?;
+        let table = Self::view(region, slots);
+        let h = *table.hdr;
+        if h.magic != MAGIC {
+            return Err(LayoutError::BadMagic);
+        }
+        if h.version != LAYOUT_VERSION
+            || h.slot_size as usize != SLOT_SIZE
+            || h.header_size as usize != HEADER_SIZE
+        {
+            return Err(LayoutError::Version { found: h.version });
+        }
+        if h.slots as usize != slots {
+            return Err(LayoutError::SizeMismatch {
+                found: u64::from(h.slots),
+                expected: slots as u64,
+            });
+        }
+        if h.max_entries as usize != max_entries(slots) || h.entries > h.max_entries {
+            return Err(LayoutError::Corrupt("entry count"));
+        }
+        let valid = |i: u32| i == NIL || (i as usize) < slots;
+        if !valid(h.lru_head) || !valid(h.lru_tail) || (h.lru_head == NIL) != (h.entries == 0) {
+            return Err(LayoutError::Corrupt("LRU list ends"));
+        }
+        Ok(table)
+    }
+
+    /// [`LockTable::init`] on a raw region.
+    ///
+    /// # Safety
+    /// `region` must be valid for reads and writes of `len` bytes for `'a`,
+    /// and nothing else may access it meanwhile (hold the zone mutex).
+    pub unsafe fn init_raw(
+        region: *mut u8,
+        len: usize,
+        seed: u64,
+    ) -> Result<LockTable<'a>, LayoutError> {
+        // SAFETY: the caller guarantees validity and exclusivity.
+        Self::init(unsafe { std::slice::from_raw_parts_mut(region, len) }, seed)
+    }
+
+    /// [`LockTable::attach`] on a raw region.
+    ///
+    /// # Safety
+    /// As for [`LockTable::init_raw`].
+    pub unsafe fn attach_raw(region: *mut u8, len: usize) -> Result<LockTable<'a>, LayoutError> {
+        // SAFETY: the caller guarantees validity and exclusivity.
+        Self::attach(unsafe { std::slice::from_raw_parts_mut(region, len) })
+    }
+
+    fn check_region(region: &[u8]) -> Result<usize, LayoutError> {
+        if region.as_ptr().align_offset(align_of::<Slot>()) != 0 {
+            return Err(LayoutError::Misaligned);
+        }
+        let slots = Self::slots_for_len(region.len());
+        if slots < MIN_SLOTS {
+            return Err(LayoutError::TooSmall {
+                len: region.len(),
+                min: Self::min_region_len(),
+            });
+        }
+        Ok(slots)
+    }
+
+    fn view(region: &'a mut [u8], slots: usize) -> LockTable<'a> {
+        let (head, body) = region.split_at_mut(HEADER_SIZE);
+        // SAFETY: `head` is HEADER_SIZE >= size_of::<Header>() bytes, aligned
+        // (checked by check_region), borrowed mutably for 'a, and Header has
+        // integer fields only, so any content is a valid value.
+        let hdr = unsafe { &mut *head.as_mut_ptr().cast::<Header>() };
+        // SAFETY: `body` holds at least `slots` slots (slots_for_len), starts
+        // aligned (HEADER_SIZE is a multiple of the alignment), is borrowed
+        // mutably for 'a, and Slot has integer fields only.
+        let slots =
+            unsafe { std::slice::from_raw_parts_mut(body.as_mut_ptr().cast::<Slot>(), slots) };
+        LockTable { hdr, slots }
+    }
+
+    /// The seed fingerprints are keyed with; read it once after init/attach.
+    pub fn seed(&self) -> u64 {
+        self.hdr.seed
+    }
+
+    /// The fingerprint of `key` in this table. Computing it with
+    /// [`Fingerprint::of`] before taking the mutex shortens the critical section.
+    pub fn fingerprint(&self, key: &[u8]) -> Fingerprint {
+        Fingerprint::of(self.hdr.seed, key)
+    }
+
+    /// Slots in the region.
+    pub fn slots(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Entries the table holds at its load limit.
+    pub fn capacity(&self) -> usize {
+        self.hdr.max_entries as usize
+    }
+
+    /// Entries in use, expired ones not yet reclaimed included.
+    pub fn len(&self) -> usize {
+        self.hdr.entries as usize
+    }
+
+    /// No entries in use.
+    pub fn is_empty(&self) -> bool {
+        self.hdr.entries == 0
+    }
+
+    /// Entries with live state dropped to make room (constant time), so a
+    /// caller can log once when eviction starts.
+    pub fn evictions(&self) -> u64 {
+        self.hdr.evictions
+    }
+
+    /// Tries to take the lock of `key` for `ttl_ms` under `token` (a value
+    /// unique to the caller). Refreshes the key's LRU position.
+    /// `lookup_started_ms` is when the caller started the `TTL` lookup that
+    /// found the key missing (used for `Fill` only).
+    pub fn try_lock<K: TableKey>(
+        &mut self,
+        key: K,
+        kind: LockKind,
+        token: NonZeroU64,
+        ttl_ms: u64,
+        lookup_started_ms: u64,
+        now_ms: u64,
+    ) -> LockOutcome {
+        let fp = key.fingerprint(self.hdr.seed);
+        let idx = match self.find(fp) {
+            Some(idx) => idx,
+            None => match self.insert(fp, now_ms) {
+                Some((idx, _)) => idx,
+                None => return LockOutcome::Full,
+            },
+        };
+        self.touch(idx);
+        let slot = &mut self.slots[idx];
+        if let Some(info) = slot.live_lock(now_ms) {
+            return LockOutcome::Held(info);
+        }
+        if kind == LockKind::Fill
+            && slot.fill_done_ms != 0
+            && slot.fill_done_ms >= lookup_started_ms
+        {
+            return LockOutcome::RecentlyFilled;
+        }
+        let took_over_expired = slot.kind != KIND_NONE;
+        slot.token = token.get();
+        slot.kind = kind as u32;
+        slot.lock_expires_ms = now_ms.saturating_add(ttl_ms);
+        if took_over_expired {
+            self.hdr.takeovers += 1;
+        }
+        LockOutcome::Acquired { took_over_expired }
+    }
+
+    /// Releases the lock of `key` if `token` owns it (even if it expired and
+    /// nobody took it over yet); returns whether it did. `filled`: a `Fill`
+    /// lock's fill succeeded, which later [`LockTable::try_lock`] calls
+    /// report as [`LockOutcome::RecentlyFilled`].
+    pub fn unlock<K: TableKey>(
+        &mut self,
+        key: K,
+        token: NonZeroU64,
+        now_ms: u64,
+        filled: bool,
+    ) -> bool {
+        let Some(idx) = self.find(key.fingerprint(self.hdr.seed)) else {
+            return false;
+        };
+        let slot = &mut self.slots[idx];
+        if slot.kind == KIND_NONE || slot.token != token.get() {
+            return false;
+        }
+        if filled && slot.kind == LockKind::Fill as u32 {
+            // 0 means "never"; only a test clock reads 0.
+            slot.fill_done_ms = now_ms.max(1);
+        }
+        slot.token = 0;
+        slot.kind = KIND_NONE;
+        slot.lock_expires_ms = 0;
+        self.reclaim_if_garbage(idx, now_ms);
+        true
+    }
+
+    /// The live lock of `key`, if any; waiters poll this.
+    pub fn lock_state<K: TableKey>(&self, key: K, now_ms: u64) -> Option<LockInfo> {
+        self.find(key.fingerprint(self.hdr.seed))
+            .and_then(|idx| self.slots[idx].live_lock(now_ms))
+    }
+
+    /// The remembered "fresh until" time of `key`, if still in the future.
+    /// Refreshes the key's LRU position.
+    pub fn memo_get<K: TableKey>(&mut self, key: K, now_ms: u64) -> Option<u64> {
+        let idx = self.find(key.fingerprint(self.hdr.seed))?;
+        if self.slots[idx].memo_live(now_ms) {
+            self.touch(idx);
+            return Some(self.slots[idx].fresh_until_ms);
+        }
+        self.reclaim_if_garbage(idx, now_ms);
+        None
+    }
+
+    /// Remembers that `key` is fresh until `fresh_until_ms`; a time not in the
+    /// future clears the memo instead. Refreshes the key's LRU position.
+    pub fn memo_set<K: TableKey>(
+        &mut self,
+        key: K,
+        fresh_until_ms: u64,
+        now_ms: u64,
+    ) -> MemoOutcome {
+        let fp = key.fingerprint(self.hdr.seed);
+        if fresh_until_ms <= now_ms {
+            self.memo_clear(fp, now_ms);
+            return MemoOutcome::Stored;
+        }
+        let (idx, evicted) = match self.find(fp) {
+            Some(idx) => (idx, 0),
+            None => match self.insert(fp, now_ms) {
+                Some(found) => found,
+                None => return MemoOutcome::Full,
+            },
+        };
+        self.slots[idx].fresh_until_ms = fresh_until_ms;
+        self.touch(idx);
+        match evicted {
+            0 => MemoOutcome::Stored,
+            n => MemoOutcome::StoredEvicted(n),
+        }
+    }
+
+    /// Forgets the remembered freshness of `key` (e.g. after a failed refresh).
+    pub fn memo_clear<K: TableKey>(&mut self, key: K, now_ms: u64) {
+        if let Some(idx) = self.find(key.fingerprint(self.hdr.seed)) {
+            self.slots[idx].fresh_until_ms = 0;
+            self.reclaim_if_garbage(idx, now_ms);
+        }
+    }
+
+    /// Counters, with a full scan for live locks and memos.
+    pub fn stats(&self, now_ms: u64) -> Stats {
+        let mut stats = Stats {
+            slots: self.slots.len(),
+            capacity: self.capacity(),
+            entries: self.len(),
+            evictions: self.hdr.evictions,
+            reclaimed: self.hdr.reclaimed,
+            takeovers: self.hdr.takeovers,
+            full: self.hdr.full,
+            ..Stats::default()
+        };
+        for slot in self.slots.iter().filter(|s| s.used == USED) {
+            stats.locks += usize::from(slot.live_lock(now_ms).is_some());
+            stats.memos += usize::from(slot.memo_live(now_ms));
+        }
+        stats
+    }
+
+    /// Checks every invariant (linear time): each entry findable, counts and
+    /// the LRU list consistent. Worth running when a reload reuses a region,
+    /// re-initialising it on error.
+    pub fn verify(&self) -> Result<(), LayoutError> {
+        let corrupt = |what| Err(LayoutError::Corrupt(what));
+        let n = self.slots.len();
+        let mut used = 0;
+        for (idx, slot) in self.slots.iter().enumerate() {
+            match slot.used {
+                0 => continue,
+                USED => used += 1,
+                _ => return corrupt("slot state"),
+            }
+            if !matches!(self.probe(slot.fingerprint()), Probe::Found(i) if i == idx) {
+                return corrupt("entry not findable or duplicated");
+            }
+            let unlocked_clean =
+                slot.kind == KIND_NONE && slot.token == 0 && slot.lock_expires_ms == 0;
+            if !unlocked_clean && LockKind::from_raw(slot.kind).is_none() {
+                return corrupt("lock kind");
+            }
+        }
+        if used != self.len() {
+            return corrupt("entry count");
+        }
+        let mut count = 0;
+        let mut prev = NIL;
+        let mut cur = self.hdr.lru_head;
+        while cur != NIL {
+            let Some(slot) = self.slots.get(cur as usize) else {
+                return corrupt("LRU link out of range");
+            };
+            count += 1;
+            if slot.used != USED || slot.lru_prev != prev || count > n {
+                return corrupt("LRU list");
+            }
+            prev = cur;
+            cur = slot.lru_next;
+        }
+        if prev != self.hdr.lru_tail || count != used {
+            return corrupt("LRU list length");
+        }
+        Ok(())
+    }
+
+    /* ---------------------------------------------------------- internals */
+
+    fn home(&self, fp: Fingerprint) -> usize {
+        // Maps the high half uniformly onto 0..n without a division.
+        ((u128::from(fp.hi) * self.slots.len() as u128) >> 64) as usize
+    }
+
+    fn next(&self, idx: usize) -> usize {
+        if idx + 1 == self.slots.len() {
+            0
+        } else {
+            idx + 1
+        }
+    }
+
+    fn prev(&self, idx: usize) -> usize {
+        if idx == 0 {
+            self.slots.len() - 1
+        } else {
+            idx - 1
+        }
+    }
+
+    /// How far the entry in `idx` sits from its home slot.
+    fn distance(&self, idx: usize) -> usize {
+        let home = self.home(self.slots[idx].fingerprint());
+        if idx >= home {
+            idx - home
+        } else {
+            idx + self.slots.len() - home
+        }
+    }
+
+    /// Robin Hood order keeps entries of a run sorted by home slot, so the
+    /// search for an absent key ends at the first entry closer to its home
+    /// than the key would be.
+    fn probe(&self, fp: Fingerprint) -> Probe {
+        let mut idx = self.home(fp);
+        for dist in 0..self.slots.len() {
+            let slot = &self.slots[idx];
+            if slot.used != USED || self.distance(idx) < dist {
+                return Probe::Vacant(idx);
+            }
+            if slot.fp_hi == fp.hi && slot.fp_lo == fp.lo {
+                return Probe::Found(idx);
+            }
+            idx = self.next(idx);
+        }
+        Probe::Vacant(idx)
+    }
+
+    fn find(&self, fp: Fingerprint) -> Option<usize> {
+        match self.probe(fp) {
+            Probe::Found(idx) => Some(idx),
+            Probe::Vacant(_) => None,
+        }
+    }
+
+    /// Adds an absent key as most recently used, making room first. Returns
+    /// its slot and how many live entries were evicted, `None` when full.
+    fn insert(&mut self, fp: Fingerprint, now_ms: u64) -> Option<(usize, u64)> {
+        let evicted = match self.make_room(now_ms) {
+            Some(evicted) => evicted,
+            None => {
+                self.hdr.full += 1;
+                return None;
+            }
+        };
+        let at = match self.probe(fp) {
+            Probe::Found(idx) => return Some((idx, evicted)),
+            Probe::Vacant(idx) => idx,
+        };
+        // Shift the rest of the run one slot on, from its end backwards.
+        let mut end = at;
+        let mut steps = 0;
+        while self.slots[end].used == USED {
+            end = self.next(end);
+            steps += 1;
+            if steps == self.slots.len() {
+                self.hdr.full += 1;
+                return None;
+            }
+        }
+        while end != at {
+            let from = self.prev(end);
+            self.move_slot(from, end);
+            end = from;
+        }
+        self.slots[at] = Slot {
+            fp_hi: fp.hi,
+            fp_lo: fp.lo,
+            used: USED,
+            ..Slot::EMPTY
+        };
+        self.lru_push_front(at);
+        self.hdr.entries += 1;
+        Some((at, evicted))
+    }
+
+    /// Drops least recently used entries without a live lock until one more
+    /// entry fits. Locked entries met on the way move to the front, so the
+    /// next search does not walk past them again. `None`: all are locked.
+    fn make_room(&mut self, now_ms: u64) -> Option<u64> {
+        let mut evicted = 0;
+        while self.hdr.entries >= self.hdr.max_entries {
+            let mut skipped = 0;
+            loop {
+                let tail = self.hdr.lru_tail;
+                if tail == NIL || skipped >= self.hdr.entries {
+                    return None;
+                }
+                let tail = tail as usize;
+                if self.slots[tail].live_lock(now_ms).is_some() {
+                    self.touch(tail);
+                    skipped += 1;
+                    continue;
+                }
+                if self.slots[tail].is_garbage(now_ms) {
+                    self.hdr.reclaimed += 1;
+                } else {
+                    self.hdr.evictions += 1;
+                    evicted += 1;
+                }
+                self.remove(tail);
+                break;
+            }
+        }
+        Some(evicted)
+    }
+
+    fn reclaim_if_garbage(&mut self, idx: usize, now_ms: u64) {
+        if self.slots[idx].is_garbage(now_ms) {
+            self.hdr.reclaimed += 1;
+            self.remove(idx);
+        }
+    }
+
+    /// Deletes the entry in `idx`, then pulls the following entries of its run
+    /// one slot back until one is at home or a slot is empty, so no tombstone
+    /// is left and every remaining entry stays reachable from its home.
+    fn remove(&mut self, idx: usize) {
+        self.lru_unlink(idx);
+        self.hdr.entries -= 1;
+        let mut hole = idx;
+        loop {
+            let next = self.next(hole);
+            if self.slots[next].used != USED || self.distance(next) == 0 {
+                break;
+            }
+            self.move_slot(next, hole);
+            hole = next;
+        }
+        self.slots[hole] = Slot::EMPTY;
+    }
+
+    /// Moves an entry to the empty slot `to`, re-pointing its LRU neighbours.
+    fn move_slot(&mut self, from: usize, to: usize) {
+        let slot = self.slots[from];
+        self.slots[to] = slot;
+        self.slots[from].used = 0;
+        let to32 = to as u32;
+        match slot.lru_prev {
+            NIL => self.hdr.lru_head = to32,
+            prev => self.slots[prev as usize].lru_next = to32,
+        }
+        match slot.lru_next {
+            NIL => self.hdr.lru_tail = to32,
+            next => self.slots[next as usize].lru_prev = to32,
+        }
+    }
+
+    fn lru_unlink(&mut self, idx: usize) {
+        let Slot {
+            lru_prev, lru_next, ..
+        } = self.slots[idx];
+        match lru_prev {
+            NIL => self.hdr.lru_head = lru_next,
+            prev => self.slots[prev as usize].lru_next = lru_next,
+        }
+        match lru_next {
+            NIL => self.hdr.lru_tail = lru_prev,
+            next => self.slots[next as usize].lru_prev = lru_prev,
+        }
+        self.slots[idx].lru_prev = NIL;
+        self.slots[idx].lru_next = NIL;
+    }
+
+    fn lru_push_front(&mut self, idx: usize) {
+        let head = self.hdr.lru_head;
+        self.slots[idx].lru_prev = NIL;
+        self.slots[idx].lru_next = head;
+        match head {
+            NIL => self.hdr.lru_tail = idx as u32,
+            head => self.slots[head as usize].lru_prev = idx as u32,
+        }
+        self.hdr.lru_head = idx as u32;
+    }
+
+    fn touch(&mut self, idx: usize) {
+        if self.hdr.lru_head != idx as u32 {
+            self.lru_unlink(idx);
+            self.lru_push_front(idx);
+        }
+    }
+}
+
+const fn max_entries(slots: usize) -> usize {
+    // Split so the product cannot overflow a 32-bit usize.
+    let by_load = slots / 100 * MAX_LOAD_PERCENT + slots % 100 * MAX_LOAD_PERCENT / 100;
+    // At least one empty slot, so every probe sequence ends.
+    if by_load >= slots {
+        slots.saturating_sub(1)
+    } else {
+        by_load
+    }
+}
+
+/* ------------------------------------------------------------------- tests */
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// An 8-byte aligned region, as nginx's shared memory is.
+    struct Region(Vec<u64>);
+
+    impl Region {
+        fn new(len: usize) -> Region {
+            Region(vec![0; len.div_ceil(8)])
+        }
+
+        fn with_slots(slots: usize) -> Region {
+            Region::new(HEADER_SIZE + slots * SLOT_SIZE)
+        }
+
+        fn bytes(&mut self) -> &mut [u8] {
+            let len = self.0.len() * 8;
+            // SAFETY: the Vec owns len initialised bytes; u8 has no alignment
+            // requirement and the borrow of self keeps them exclusive.
+            unsafe { std::slice::from_raw_parts_mut(self.0.as_mut_ptr().cast::<u8>(), len) }
+        }
+
+        fn init(&mut self, seed: u64) -> LockTable<'_> {
+            LockTable::init(self.bytes(), seed).unwrap()
+        }
+
+        fn attach(&mut self) -> LockTable<'_> {
+            LockTable::attach(self.bytes()).unwrap()
+        }
+    }
+
+    fn token(t: u64) -> NonZeroU64 {
+        NonZeroU64::new(t).unwrap()
+    }
+
+    fn key(n: u64) -> Fingerprint {
+        Fingerprint::of(42, format!("key-{n}").as_bytes())
+    }
+
+    /// A fingerprint whose home slot in an `n`-slot table is `home`.
+    fn fp_at(n: usize, home: usize, tag: u64) -> Fingerprint {
+        let hi = ((home as u128) << 64).div_ceil(n as u128) as u64;
+        Fingerprint { hi, lo: tag }
+    }
+
+    fn lru_order(t: &LockTable<'_>) -> Vec<Fingerprint> {
+        let mut out = Vec::new();
+        let mut cur = t.hdr.lru_head;
+        while cur != NIL {
+            out.push(t.slots[cur as usize].fingerprint());
+            cur = t.slots[cur as usize].lru_next;
+        }
+        out
+    }
+
+    /// Small deterministic PRNG (xorshift64*), so failures reproduce.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+    }
+
+    const FILL: LockKind = LockKind::Fill;
+    const REFRESH: LockKind = LockKind::Refresh;
+
+    /* ------------------------------------------------------------- hash */
+
+    fn bytes128(out: [u64; 2]) -> Vec<u8> {
+        let mut v = out[0].to_le_bytes().to_vec();
+        v.extend_from_slice(&out[1].to_le_bytes());
+        v
+    }
+
+    #[test]
+    fn siphash_reference_vectors() {
+        // Key 00..0f, message 00..len-1 (vectors_sip128 of the reference code).
+        let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
+        let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
+        let msg: Vec<u8> = (0..64).collect();
+        let cases: [(usize, [u8; 16]); 8] = [
+            (
+                0,
+                [
+                    0xa3, 0x81, 0x7f, 0x04, 0xba, 0x25, 0xa8, 0xe6, 0x6d, 0xf6, 0x72, 0x14, 0xc7,
+                    0x55, 0x02, 0x93,
+                ],
+            ),
+            (
+                1,
+                [
+                    0xda, 0x87, 0xc1, 0xd8, 0x6b, 0x99, 0xaf, 0x44, 0x34, 0x76, 0x59, 0x11, 0x9b,
+                    0x22, 0xfc, 0x45,
+                ],
+            ),
+            (
+                2,
+                [
+                    0x81, 0x77, 0x22, 0x8d, 0xa4, 0xa4, 0x5d, 0xc7, 0xfc, 0xa3, 0x8b, 0xde, 0xf6,
+                    0x0a, 0xff, 0xe4,
+                ],
+            ),
+            (
+                7,
+                [
+                    0xa1, 0xf1, 0xeb, 0xbe, 0xd8, 0xdb, 0xc1, 0x53, 0xc0, 0xb8, 0x4a, 0xa6, 0x1f,
+                    0xf0, 0x82, 0x39,
+                ],
+            ),
+            (
+                8,
+                [
+                    0x3b, 0x62, 0xa9, 0xba, 0x62, 0x58, 0xf5, 0x61, 0x0f, 0x83, 0xe2, 0x64, 0xf3,
+                    0x14, 0x97, 0xb4,
+                ],
+            ),
+            (
+                15,
+                [
+                    0x54, 0x93, 0xe9, 0x99, 0x33, 0xb0, 0xa8, 0x11, 0x7e, 0x08, 0xec, 0x0f, 0x97,
+                    0xcf, 0xc3, 0xd9,
+                ],
+            ),
+            (
+                16,
+                [
+                    0x6e, 0xe2, 0xa4, 0xca, 0x67, 0xb0, 0x54, 0xbb, 0xfd, 0x33, 0x15, 0xbf, 0x85,
+                    0x23, 0x05, 0x77,
+                ],
+            ),
+            (
+                63,
+                [
+                    0x51, 0x50, 0xd1, 0x77, 0x2f, 0x50, 0x83, 0x4a, 0x50, 0x3e, 0x06, 0x9a, 0x97,
+                    0x3f, 0xbd, 0x7c,
+                ],
+            ),
+        ];
+        for (len, expected) in cases {
+            assert_eq!(
+                bytes128(siphash24_128(k0, k1, &msg[..len])),
+                expected,
+                "len {len}"
+            );
+        }
+    }
+
+    #[test]
+    fn fingerprints_depend_on_seed_and_key_only() {
+        assert_eq!(Fingerprint::of(7, b"abc"), Fingerprint::of(7, b"abc"));
+        assert_ne!(Fingerprint::of(7, b"abc"), Fingerprint::of(8, b"abc"));
+        assert_ne!(Fingerprint::of(7, b"abc"), Fingerprint::of(7, b"abd"));
+        assert_ne!(Fingerprint::of(7, b""), Fingerprint::of(7, b"\0"));
+        let big = vec![b'x'; 4096];
+        assert_eq!(Fingerprint::of(1, &big), Fingerprint::of(1, &big));
+        // No collisions among many similar keys.
+        let mut seen = HashMap::new();
+        for n in 0..50_000u64 {
+            assert!(seen.insert(key(n), n).is_none());
+        }
+    }
+
+    /* ----------------------------------------------------------- layout */
+
+    #[test]
+    fn capacity_targets_for_one_mib() {
+        const MIB: usize = 1 << 20;
+        assert_eq!(LockTable::bytes_per_slot(), 64);
+        assert_eq!(LockTable::slots_for_len(MIB), (MIB - HEADER_SIZE) / 64);
+        let cap = LockTable::capacity_for_len(MIB);
+        assert!(cap >= 10_000, "capacity {cap}");
+
+        // 10,000 memos fit without evicting anything and all stay findable.
+        let mut region = Region::new(MIB);
+        let mut t = region.init(99);
+        assert_eq!(t.capacity(), cap);
+        for n in 0..10_000 {
+            assert_eq!(t.memo_set(key(n), 5_000, 1_000), MemoOutcome::Stored);
+        }
+        for n in 0..10_000 {
+            assert_eq!(t.memo_get(key(n), 1_000), Some(5_000));
+        }
+        assert_eq!(t.stats(1_000).evictions, 0);
+        assert_eq!(t.stats(1_000).memos, 10_000);
+        t.verify().unwrap();
+
+        // 4,000 concurrent locks (and in fact `cap`) fit as well.
+        let mut t = region.init(99);
+        for n in 0..cap as u64 {
+            let out = t.try_lock(key(n), FILL, token(n + 1), 30_000, 0, 1_000);
+            assert_eq!(
+                out,
+                LockOutcome::Acquired {
+                    took_over_expired: false
+                }
+            );
+        }
+        assert!(t.stats(1_000).locks >= 4_000);
+        assert_eq!(
+            t.try_lock(key(u64::MAX), FILL, token(1), 30_000, 0, 1_000),
+            LockOutcome::Full
+        );
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn init_rejects_small_or_misaligned_regions() {
+        let mut region = Region::new(LockTable::min_region_len());
+        let short = LockTable::min_region_len() - 1;
+        assert!(matches!(
+            LockTable::init(&mut region.bytes()[..short], 1),
+            Err(LayoutError::TooSmall { .. })
+        ));
+        let mut region = Region::new(LockTable::min_region_len() + 8);
+        assert!(LockTable::init(region.bytes(), 1).is_ok());
+        assert_eq!(
+            LockTable::init(&mut region.bytes()[4..], 1).err(),
+            Some(LayoutError::Misaligned)
+        );
+    }
+
+    #[test]
+    fn attach_validates_the_header() {
+        let mut region = Region::with_slots(64);
+        assert_eq!(
+            LockTable::attach(region.bytes()).err(),
+            Some(LayoutError::BadMagic)
+        );
+        region.init(5).memo_set(key(1), 100, 1);
+        {
+            let t = region.attach();
+            assert_eq!(t.seed(), 5);
+            assert_eq!(t.len(), 1);
+            t.verify().unwrap();
+        }
+        // A region of another size (e.g. the zone was resized).
+        let len = region.bytes().len();
+        assert_eq!(
+            LockTable::attach(&mut region.bytes()[..len - SLOT_SIZE]).err(),
+            Some(LayoutError::SizeMismatch {
+                found: 64,
+                expected: 63
+            })
+        );
+        // Another layout version.
+        region.bytes()[8] = 9;
+        assert_eq!(
+            LockTable::attach(region.bytes()).err(),
+            Some(LayoutError::Version { found: 9 })
+        );
+        region.bytes()[8] = LAYOUT_VERSION as u8;
+        // Another slot size.
+        region.bytes()[12] = 32;
+        assert!(matches!(
+            LockTable::attach(region.bytes()),
+            Err(LayoutError::Version { .. })
+        ));
+        region.bytes()[12] = SLOT_SIZE as u8;
+        assert!(LockTable::attach(region.bytes()).is_ok());
+        // Inconsistent counts.
+        region.bytes()[28] = 200; // entries
+        assert!(matches!(
+            LockTable::attach(region.bytes()),
+            Err(LayoutError::Corrupt(_))
+        ));
+    }
+
+    #[test]
+    fn verify_detects_damage() {
+        let mut region = Region::with_slots(64);
+        {
+            let mut t = region.init(5);
+            for n in 0..20 {
+                t.memo_set(key(n), 100, 1);
+            }
+            t.verify().unwrap();
+            // Give an entry a home half the table away: unreachable.
+            let idx = t.find(key(3)).unwrap();
+            let saved = t.slots[idx].fp_hi;
+            t.slots[idx].fp_hi = fp_at(64, (idx + 32) % 64, 0).hi;
+            assert!(t.verify().is_err());
+            t.slots[idx].fp_hi = saved;
+            t.verify().unwrap();
+            // A slot state that is neither empty nor used.
+            t.slots[idx].used = 7;
+            assert!(t.verify().is_err());
+            t.slots[idx].used = USED;
+            // Break an LRU link.
+            let head = t.hdr.lru_head as usize;
+            t.slots[head].lru_next = NIL;
+            assert!(t.verify().is_err());
+        }
+    }
+
+    #[test]
+    fn raw_constructors_match_slice_ones() {
+        let mut region = Region::with_slots(32);
+        let bytes = region.bytes();
+        let (ptr, len) = (bytes.as_mut_ptr(), bytes.len());
+        // SAFETY: the region is live and not otherwise borrowed meanwhile.
+        let mut t = unsafe { LockTable::init_raw(ptr, len, 3) }.unwrap();
+        t.memo_set(key(1), 10, 0);
+        // SAFETY: as above; `t` is no longer used.
+        let t = unsafe { LockTable::attach_raw(ptr, len) }.unwrap();
+        assert_eq!(t.seed(), 3);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
+    fn two_workers_share_one_region() {
+        let mut region = Region::with_slots(256);
+        let seed = 0x1234_5678_9abc_def0;
+        let key_bytes = b"Mozilla/5.0|/api/items?page=2";
+        {
+            // Worker A, at startup.
+            let mut a = region.init(seed);
+            let fp = a.fingerprint(key_bytes);
+            assert_eq!(
+                a.try_lock(fp, FILL, token(11), 30_000, 0, 1_000),
+                LockOutcome::Acquired {
+                    took_over_expired: false
+                }
+            );
+        }
+        {
+            // Worker B attaches later and computes the same fingerprint itself.
+            let mut b = region.attach();
+            let fp = Fingerprint::of(b.seed(), key_bytes);
+            assert_eq!(
+                b.try_lock(fp, FILL, token(22), 30_000, 0, 1_001),
+                LockOutcome::Held(LockInfo {
+                    kind: FILL,
+                    token: token(11),
+                    expires_at_ms: 31_000
+                })
+            );
+            assert!(!b.unlock(fp, token(22), 1_002, true));
+        }
+        {
+            let mut a = region.attach();
+            let fp = a.fingerprint(key_bytes);
+            assert!(a.unlock(fp, token(11), 1_500, true));
+        }
+        // Same operations on another region with the same seed: same bytes.
+        let mut other = Region::with_slots(256);
+        {
+            let mut a = other.init(seed);
+            let fp = a.fingerprint(key_bytes);
+            a.try_lock(fp, FILL, token(11), 30_000, 0, 1_000);
+            a.try_lock(fp, FILL, token(22), 30_000, 0, 1_001);
+            a.unlock(fp, token(11), 1_500, true);
+        }
+        assert_eq!(region.0, other.0);
+    }
+
+    /* ------------------------------------------------------------ locks */
+
+    #[test]
+    fn key_bytes_and_fingerprints_are_interchangeable() {
+        let mut region = Region::with_slots(64);
+        let mut t = region.init(0xabc);
+        let raw: &[u8] = b"UA|/page";
+        let owned: Vec<u8> = raw.to_vec();
+        let fp = Fingerprint::of(0xabc, raw);
+        assert_eq!(t.fingerprint(raw), fp);
+        assert!(matches!(
+            t.try_lock(raw, FILL, token(5), 1_000, 0, 0),
+            LockOutcome::Acquired { .. }
+        ));
+        assert_eq!(
+            t.lock_state(fp, 1),
+            Some(LockInfo {
+                kind: FILL,
+                token: token(5),
+                expires_at_ms: 1_000
+            })
+        );
+        assert_eq!(
+            t.lock_state(&owned, 1),
+            Some(LockInfo {
+                kind: FILL,
+                token: token(5),
+                expires_at_ms: 1_000
+            })
+        );
+        assert_eq!(
+            t.lock_state(b"UA|/page", 1),
+            Some(LockInfo {
+                kind: FILL,
+                token: token(5),
+                expires_at_ms: 1_000
+            })
+        );
+        t.memo_set(&owned, 500, 1);
+        assert_eq!(t.memo_get(fp, 2), Some(500));
+        assert!(t.unlock(fp, token(5), 3, false));
+        t.memo_clear(raw, 3);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn only_the_owner_unlocks() {
+        let mut region = Region::with_slots(64);
+        let mut t = region.init(1);
+        let k = key(1);
+        assert_eq!(
+            t.try_lock(k, FILL, token(7), 1_000, 0, 100),
+            LockOutcome::Acquired {
+                took_over_expired: false
+            }
+        );
+        assert!(!t.unlock(k, token(8), 200, true));
+        assert!(!t.unlock(key(2), token(7), 200, true));
+        assert_eq!(t.lock_state(k, 200).unwrap().token, token(7));
+        assert!(t.unlock(k, token(7), 200, false));
+        assert_eq!(t.lock_state(k, 200), None);
+        assert!(!t.unlock(k, token(7), 200, false), "released twice");
+        // An unfilled release leaves nothing behind.
+        assert!(t.is_empty());
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn held_reports_owner_kind_and_expiry() {
+        let mut region = Region::with_slots(64);
+        let mut t = region.init(1);
+        let k = key(1);
+        t.try_lock(k, REFRESH, token(3), 30_000, 0, 1_000);
+        let held = LockOutcome::Held(LockInfo {
+            kind: REFRESH,
+            token: token(3),
+            expires_at_ms: 31_000,
+        });
+        assert_eq!(t.try_lock(k, FILL, token(4), 30_000, 0, 2_000), held);
+        assert_eq!(
+            t.try_lock(k, REFRESH, token(3), 30_000, 0, 2_000),
+            held,
+            "not re-entrant: the owner sees its own token"
+        );
+        assert_eq!(
+            t.lock_state(k, 30_999),
+            Some(LockInfo {
+                kind: REFRESH,
+                token: token(3),
+                expires_at_ms: 31_000
+            })
+        );
+        assert_eq!(t.lock_state(k, 31_000), None);
+        assert_eq!(t.lock_state(key(2), 0), None);
+    }
+
+    #[test]
+    fn expired_locks_are_taken_over() {
+        let mut region = Region::with_slots(64);
+        let mut t = region.init(1);
+        let k = key(1);
+        t.try_lock(k, FILL, token(1), 100, 0, 1_000);
+        assert!(matches!(
+            t.try_lock(k, FILL, token(2), 100, 0, 1_099),
+            LockOutcome::Held(_)
+        ));
+        assert_eq!(
+            t.try_lock(k, FILL, token(2), 100, 0, 1_100),
+            LockOutcome::Acquired {
+                took_over_expired: true
+            }
+        );
+        assert_eq!(t.stats(1_100).takeovers, 1);
+        // The old owner can no longer release it.
+        assert!(!t.unlock(k, token(1), 1_150, true));
+        assert_eq!(t.lock_state(k, 1_150).unwrap().token, token(2));
+        // An owner whose lock expired may still release it if nobody took it.
+        assert!(t.unlock(k, token(2), 5_000, false));
+        assert_eq!(
+            t.try_lock(k, FILL, token(3), 100, 0, 5_000),
+            LockOutcome::Acquired {
+                took_over_expired: false
+            }
+        );
+    }
+
+    #[test]
+    fn recently_filled_window() {
+        let mut region = Region::with_slots(64);
+        let mut t = region.init(1);
+        let k = key(1);
+        t.try_lock(k, FILL, token(1), 30_000, 900, 1_000);
+        assert!(t.unlock(k, token(1), 1_200, true));
+        // Lookups that started before the fill ended saw a stale "missing".
+        for started in [1_000, 1_200] {
+            assert_eq!(
+                t.try_lock(k, FILL, token(2), 30_000, started, 1_300),
+                LockOutcome::RecentlyFilled
+            );
+        }
+        // A lookup started after it: the key is really missing again.
+        assert_eq!(
+            t.try_lock(k, FILL, token(2), 30_000, 1_201, 1_300),
+            LockOutcome::Acquired {
+                took_over_expired: false
+            }
+        );
+        // A failed fill records nothing new.
+        assert!(t.unlock(k, token(2), 1_400, false));
+        assert_eq!(
+            t.try_lock(k, FILL, token(3), 30_000, 1_300, 1_500),
+            LockOutcome::Acquired {
+                took_over_expired: false
+            }
+        );
+        assert!(t.unlock(k, token(3), 1_600, true));
+        // Refresh locks ignore fill history.
+        assert_eq!(
+            t.try_lock(k, REFRESH, token(4), 30_000, 0, 1_700),
+            LockOutcome::Acquired {
+                took_over_expired: false
+            }
+        );
+        // A refresh completing does not count as a fill.
+        assert!(t.unlock(k, token(4), 1_800, true));
+        assert_eq!(t.slots[t.find(k).unwrap()].fill_done_ms, 1_600);
+        // After the memory window the entry is garbage and goes away.
+        assert_eq!(t.lock_state(k, 1_600 + FILL_MEMORY_MS), None);
+        t.memo_get(k, 1_600 + FILL_MEMORY_MS);
+        assert!(t.is_empty());
+    }
+
+    #[test]
+    fn locks_are_never_evicted_and_full_is_reported() {
+        let mut region = Region::with_slots(16);
+        let mut t = region.init(1);
+        let cap = t.capacity() as u64;
+        assert_eq!(cap, 13);
+        for n in 0..cap {
+            assert!(matches!(
+                t.try_lock(key(n), FILL, token(n + 1), 1_000, 0, 0),
+                LockOutcome::Acquired { .. }
+            ));
+        }
+        assert_eq!(t.memo_set(key(99), 500, 0), MemoOutcome::Full);
+        assert_eq!(
+            t.try_lock(key(99), REFRESH, token(1), 1_000, 0, 0),
+            LockOutcome::Full
+        );
+        assert_eq!(t.stats(0).full, 2);
+        for n in 0..cap {
+            assert!(t.lock_state(key(n), 999).is_some());
+        }
+        // Expired locks make room again.
+        assert_eq!(t.memo_set(key(99), 5_000, 1_000), MemoOutcome::Stored);
+        assert_eq!(t.stats(1_000).reclaimed, 1);
+        assert_eq!(t.stats(1_000).evictions, 0);
+        t.verify().unwrap();
+    }
+
+    /* ------------------------------------------------------------ memos */
+
+    #[test]
+    fn memo_expiry_and_clear() {
+        let mut region = Region::with_slots(64);
+        let mut t = region.init(1);
+        let k = key(1);
+        assert_eq!(t.memo_get(k, 0), None);
+        assert_eq!(t.memo_set(k, 5_000, 1_000), MemoOutcome::Stored);
+        assert_eq!(t.memo_get(k, 4_999), Some(5_000));
+        assert_eq!(t.memo_get(k, 5_000), None);
+        assert!(t.is_empty(), "expired memo reclaimed on read");
+        t.memo_set(k, 9_000, 6_000);
+        t.memo_clear(k, 6_000);
+        assert_eq!(t.memo_get(k, 6_000), None);
+        assert!(t.is_empty());
+        // Setting a past time clears.
+        t.memo_set(k, 9_000, 6_000);
+        assert_eq!(t.memo_set(k, 6_000, 6_000), MemoOutcome::Stored);
+        assert_eq!(t.memo_get(k, 6_000), None);
+        // A memo and a lock share one entry; clearing one keeps the other.
+        t.memo_set(k, 9_000, 6_000);
+        t.try_lock(k, REFRESH, token(1), 1_000, 0, 6_000);
+        t.memo_clear(k, 6_000);
+        assert!(t.lock_state(k, 6_000).is_some());
+        t.memo_set(k, 9_000, 6_000);
+        assert!(t.unlock(k, token(1), 6_000, false));
+        assert_eq!(t.memo_get(k, 6_000), Some(9_000));
+        assert_eq!(t.len(), 1);
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn eviction_follows_lru_order() {
+        let mut region = Region::with_slots(16);
+        let mut t = region.init(1);
+        let cap = t.capacity() as u64;
+        for n in 0..cap {
+            t.memo_set(key(n), 100_000, n);
+        }
+        // Touch 0 and 1: 2 is now the least recently used.
+        assert!(t.memo_get(key(0), 100).is_some());
+        t.memo_set(key(1), 100_000, 100);
+        assert_eq!(
+            t.memo_set(key(100), 100_000, 100),
+            MemoOutcome::StoredEvicted(1)
+        );
+        assert_eq!(t.memo_get(key(2), 100), None);
+        assert_eq!(
+            t.memo_set(key(101), 100_000, 100),
+            MemoOutcome::StoredEvicted(1)
+        );
+        assert_eq!(t.memo_get(key(3), 100), None);
+        for n in [0, 1, 4, 100, 101] {
+            assert!(t.memo_get(key(n), 100).is_some(), "key {n}");
+        }
+        assert_eq!(t.evictions(), 2);
+        // try_lock touches too; a locked LRU entry is skipped, not evicted.
+        let lru = lru_order(&t);
+        let oldest = *lru.last().unwrap();
+        assert!(matches!(
+            t.try_lock(oldest, REFRESH, token(9), 50_000, 0, 100),
+            LockOutcome::Acquired { .. }
+        ));
+        assert_eq!(lru_order(&t)[0], oldest);
+        let next_oldest = lru[lru.len() - 2];
+        t.memo_set(key(102), 100_000, 100);
+        assert_eq!(t.find(next_oldest), None);
+        assert!(t.find(oldest).is_some());
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn locked_tail_is_skipped_and_garbage_is_not_an_eviction() {
+        let mut region = Region::with_slots(16);
+        let mut t = region.init(1);
+        let cap = t.capacity() as u64;
+        // Oldest entry is locked, the next is an expired memo.
+        t.try_lock(key(0), FILL, token(1), 10_000, 0, 0);
+        t.memo_set(key(1), 10, 0);
+        for n in 2..cap {
+            t.memo_set(key(n), 100_000, 0);
+        }
+        assert_eq!(t.memo_set(key(50), 100_000, 20), MemoOutcome::Stored);
+        assert!(t.lock_state(key(0), 20).is_some());
+        assert_eq!(t.find(key(1)), None);
+        let stats = t.stats(20);
+        assert_eq!((stats.evictions, stats.reclaimed), (0, 1));
+        // The skipped lock moved to the front: the next victim is key 2.
+        assert_eq!(lru_order(&t)[0], key(50));
+        assert_eq!(lru_order(&t)[1], key(0));
+        assert_eq!(
+            t.memo_set(key(51), 100_000, 20),
+            MemoOutcome::StoredEvicted(1)
+        );
+        assert_eq!(t.find(key(2)), None);
+        t.verify().unwrap();
+    }
+
+    /* -------------------------------------------------------- structure */
+
+    #[test]
+    fn backward_shift_keeps_colliding_run_findable() {
+        // Many keys with the same home, wrapping around the end of the table.
+        let n = 16;
+        let mut region = Region::with_slots(n);
+        let mut t = region.init(1);
+        let fps: Vec<Fingerprint> = (0..6)
+            .map(|tag| fp_at(n, n - 2, tag))
+            .chain((0..4).map(|tag| fp_at(n, 0, 100 + tag)))
+            .chain((0..2).map(|tag| fp_at(n, 3, 200 + tag)))
+            .collect();
+        for fp in &fps {
+            assert_eq!(t.memo_set(*fp, 1_000, 0), MemoOutcome::Stored);
+            t.verify().unwrap();
+        }
+        assert_eq!(t.home(fps[0]), n - 2);
+        for (i, fp) in fps.iter().enumerate() {
+            assert!(t.find(*fp).is_some(), "{i}");
+        }
+        // Delete from the middle of runs, re-checking all others each time.
+        let mut alive: Vec<Fingerprint> = fps.clone();
+        for victim in [2usize, 0, 7, 3] {
+            let fp = fps[victim];
+            t.memo_clear(fp, 0);
+            alive.retain(|f| *f != fp);
+            t.verify().unwrap();
+            assert_eq!(t.find(fp), None);
+            for f in &alive {
+                assert!(t.find(*f).is_some());
+            }
+        }
+        assert_eq!(t.len(), alive.len());
+        // LRU order survived the moves: insertion order minus the victims.
+        let mut expected = alive.clone();
+        expected.reverse();
+        assert_eq!(lru_order(&t), expected);
+    }
+
+    /// A model of the table as a recency-ordered list (front = most recent),
+    /// with the documented semantics written out independently.
+    #[derive(Clone, Copy, Debug)]
+    struct ModelEntry {
+        lock: Option<LockInfo>,
+        fresh_until: u64,
+        fill_done: u64,
+    }
+
+    impl ModelEntry {
+        const NEW: ModelEntry = ModelEntry {
+            lock: None,
+            fresh_until: 0,
+            fill_done: 0,
+        };
+
+        fn live_lock(&self, now: u64) -> Option<LockInfo> {
+            self.lock.filter(|l| l.expires_at_ms > now)
+        }
+
+        fn garbage(&self, now: u64) -> bool {
+            self.live_lock(now).is_none()
+                && self.fresh_until <= now
+                && (self.fill_done == 0 || now - self.fill_done >= FILL_MEMORY_MS)
+        }
+    }
+
+    struct Model {
+        order: Vec<(u64, ModelEntry)>,
+        cap: usize,
+        evictions: u64,
+    }
+
+    impl Model {
+        fn pos(&self, k: u64) -> Option<usize> {
+            self.order.iter().position(|(key, _)| *key == k)
+        }
+
+        fn touch(&mut self, pos: usize) -> usize {
+            let e = self.order.remove(pos);
+            self.order.insert(0, e);
+            0
+        }
+
+        /// Finds or adds `k` as most recent; None when full.
+        fn entry(&mut self, k: u64, now: u64) -> Option<(usize, u64)> {
+            if let Some(pos) = self.pos(k) {
+                return Some((self.touch(pos), 0));
+            }
+            let mut evicted = 0;
+            if self.order.len() >= self.cap {
+                let mut skipped = 0;
+                loop {
+                    if skipped >= self.order.len() {
+                        return None;
+                    }
+                    let last = self.order.len() - 1;
+                    if self.order[last].1.live_lock(now).is_some() {
+                        self.touch(last);
+                        skipped += 1;
+                        continue;
+                    }
+                    let (_, e) = self.order.pop().unwrap();
+                    if !e.garbage(now) {
+                        evicted += 1;
+                        self.evictions += 1;
+                    }
+                    break;
+                }
+            }
+            self.order.insert(0, (k, ModelEntry::NEW));
+            Some((0, evicted))
+        }
+
+        fn reclaim(&mut self, pos: usize, now: u64) {
+            if self.order[pos].1.garbage(now) {
+                self.order.remove(pos);
+            }
+        }
+
+        fn try_lock(
+            &mut self,
+            k: u64,
+            kind: LockKind,
+            tok: u64,
+            ttl: u64,
+            started: u64,
+            now: u64,
+        ) -> LockOutcome {
+            let Some((pos, _)) = self.entry(k, now) else {
+                return LockOutcome::Full;
+            };
+            let e = &mut self.order[pos].1;
+            if let Some(info) = e.live_lock(now) {
+                return LockOutcome::Held(info);
+            }
+            if kind == FILL && e.fill_done != 0 && e.fill_done >= started {
+                return LockOutcome::RecentlyFilled;
+            }
+            let took_over_expired = e.lock.is_some();
+            e.lock = Some(LockInfo {
+                kind,
+                token: token(tok),
+                expires_at_ms: now + ttl,
+            });
+            LockOutcome::Acquired { took_over_expired }
+        }
+
+        fn unlock(&mut self, k: u64, tok: u64, now: u64, filled: bool) -> bool {
+            let Some(pos) = self.pos(k) else { return false };
+            let e = &mut self.order[pos].1;
+            let Some(lock) = e.lock else {
+                return false;
+            };
+            if lock.token.get() != tok {
+                return false;
+            }
+            if filled && lock.kind == FILL {
+                e.fill_done = now.max(1);
+            }
+            e.lock = None;
+            self.reclaim(pos, now);
+            true
+        }
+
+        fn memo_get(&mut self, k: u64, now: u64) -> Option<u64> {
+            let pos = self.pos(k)?;
+            if self.order[pos].1.fresh_until > now {
+                let pos = self.touch(pos);
+                return Some(self.order[pos].1.fresh_until);
+            }
+            self.reclaim(pos, now);
+            None
+        }
+
+        fn memo_set(&mut self, k: u64, until: u64, now: u64) -> MemoOutcome {
+            if until <= now {
+                self.memo_clear(k, now);
+                return MemoOutcome::Stored;
+            }
+            let Some((pos, evicted)) = self.entry(k, now) else {
+                return MemoOutcome::Full;
+            };
+            self.order[pos].1.fresh_until = until;
+            match evicted {
+                0 => MemoOutcome::Stored,
+                n => MemoOutcome::StoredEvicted(n),
+            }
+        }
+
+        fn memo_clear(&mut self, k: u64, now: u64) {
+            if let Some(pos) = self.pos(k) {
+                self.order[pos].1.fresh_until = 0;
+                self.reclaim(pos, now);
+            }
+        }
+
+        fn lock_state(&self, k: u64, now: u64) -> Option<LockInfo> {
+            self.order[self.pos(k)?].1.live_lock(now)
+        }
+    }
+
+    /// Runs random operations against the table and the model, comparing every
+    /// answer, the LRU order and the findability of every key.
+    fn randomized(slots: usize, keys: u64, ops: usize, seed: u64, with_locks: bool) {
+        let mut region = Region::with_slots(slots);
+        let mut t = region.init(seed);
+        let mut model = Model {
+            order: Vec::new(),
+            cap: t.capacity(),
+            evictions: 0,
+        };
+        let fps: Vec<Fingerprint> = (0..keys).map(|k| t.fingerprint(&k.to_le_bytes())).collect();
+        let mut rng = Rng(seed | 1);
+        let mut now = 1_000u64;
+        let mut tokens: HashMap<u64, u64> = HashMap::new();
+        let mut next_token = 1u64;
+        for step in 0..ops {
+            now += rng.below(40);
+            let k = rng.below(keys);
+            let fp = fps[k as usize];
+            let op = rng.below(if with_locks { 8 } else { 4 });
+            match op {
+                0 | 1 => {
+                    let until = now + rng.below(3_000);
+                    assert_eq!(
+                        t.memo_set(fp, until, now),
+                        model.memo_set(k, until, now),
+                        "step {step}"
+                    );
+                }
+                2 => assert_eq!(t.memo_get(fp, now), model.memo_get(k, now), "step {step}"),
+                3 => {
+                    t.memo_clear(fp, now);
+                    model.memo_clear(k, now);
+                }
+                4 | 5 => {
+                    let kind = if rng.below(2) == 0 { FILL } else { REFRESH };
+                    let ttl = rng.below(2_000);
+                    let started = now.saturating_sub(rng.below(3_000));
+                    let tok = next_token;
+                    next_token += 1;
+                    let got = t.try_lock(fp, kind, token(tok), ttl, started, now);
+                    assert_eq!(
+                        got,
+                        model.try_lock(k, kind, tok, ttl, started, now),
+                        "step {step}"
+                    );
+                    if matches!(got, LockOutcome::Acquired { .. }) {
+                        tokens.insert(k, tok);
+                    }
+                }
+                6 => {
+                    // Mostly the right token, sometimes a stale one.
+                    let tok = match tokens.get(&k) {
+                        Some(&tok) if rng.below(4) != 0 => tok,
+                        _ => rng.below(next_token) + 1,
+                    };
+                    let filled = rng.below(2) == 0;
+                    assert_eq!(
+                        t.unlock(fp, token(tok), now, filled),
+                        model.unlock(k, tok, now, filled),
+                        "step {step}"
+                    );
+                }
+                _ => assert_eq!(
+                    t.lock_state(fp, now),
+                    model.lock_state(k, now),
+                    "step {step}"
+                ),
+            }
+            assert_eq!(t.len(), model.order.len(), "step {step}");
+            if step % 16 == 0 {
+                t.verify().unwrap();
+                let expected: Vec<Fingerprint> =
+                    model.order.iter().map(|(k, _)| fps[*k as usize]).collect();
+                assert_eq!(lru_order(&t), expected, "step {step}");
+                for (k, fp) in fps.iter().enumerate() {
+                    assert_eq!(
+                        t.find(*fp).is_some(),
+                        model.pos(k as u64).is_some(),
+                        "step {step}"
+                    );
+                }
+            }
+        }
+        assert_eq!(t.evictions(), model.evictions);
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn randomized_memos_small_table() {
+        randomized(16, 40, 20_000, 0xdead_beef, false);
+    }
+
+    #[test]
+    fn randomized_memos_medium_table() {
+        randomized(128, 200, 20_000, 0x0123_4567, false);
+    }
+
+    #[test]
+    fn randomized_locks_and_memos() {
+        randomized(16, 30, 20_000, 0x7777, true);
+        randomized(64, 120, 20_000, 0x4242, true);
+        randomized(61, 50, 20_000, 0x9999, true);
+    }
+
+    #[test]
+    fn randomized_against_hashmap_without_eviction() {
+        // Plain map semantics: insert/delete/lookup with no time passing and
+        // never more keys than fit, checking all keys after every deletion.
+        let slots = 100;
+        let mut region = Region::with_slots(slots);
+        let mut t = region.init(77);
+        let cap = t.capacity();
+        let mut map: HashMap<u64, u64> = HashMap::new();
+        let mut rng = Rng(0x5eed);
+        for step in 0..30_000 {
+            let k = rng.below(3 * cap as u64);
+            let fp = key(k);
+            match rng.below(3) {
+                0 if map.len() < cap || map.contains_key(&k) => {
+                    let v = 10 + rng.below(1_000);
+                    assert_eq!(t.memo_set(fp, v, 5), MemoOutcome::Stored);
+                    map.insert(k, v);
+                }
+                1 => {
+                    t.memo_clear(fp, 5);
+                    if map.remove(&k).is_some() {
+                        for (&other, &v) in &map {
+                            assert_eq!(t.memo_get(key(other), 5), Some(v), "step {step}");
+                        }
+                    }
+                }
+                _ => assert_eq!(t.memo_get(fp, 5), map.get(&k).copied(), "step {step}"),
+            }
+            assert_eq!(t.len(), map.len());
+        }
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn probe_lengths_stay_short_at_max_load() {
+        let mut region = Region::new(1 << 20);
+        let mut t = region.init(3);
+        let cap = t.capacity() as u64;
+        for n in 0..cap {
+            t.memo_set(key(n), 1_000, 0);
+        }
+        let total: usize = (0..t.slots())
+            .filter(|&i| t.slots[i].used == USED)
+            .map(|i| t.distance(i) + 1)
+            .sum();
+        let mean = total as f64 / cap as f64;
+        assert!(mean < 5.0, "mean probe length {mean}");
+    }
+}

@@ -1,0 +1,1044 @@
+//! The request flow: POST_READ (refresh recognition, skip-header stripping), PREACCESS (TTL
+//! lookup, decision, waiting), the capture filters of the lookup subrequests, and the
+//! request-end cleanup that releases locks and starts refreshes.
+//!
+//! PREACCESS runs after every rewrite-phase directive (`set`, `set_md5`, `if`, ...) and
+//! before the access phase, where srcache_fetch runs, whatever the module load order.
+
+use core::ffi::c_void;
+use core::num::NonZeroU64;
+use core::ptr;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use ngx::ffi::{
+    ngx_chain_t, ngx_del_timer, ngx_delete_posted_event, ngx_event_t, ngx_http_block_reading,
+    ngx_http_core_run_phases, ngx_http_output_body_filter_pt, ngx_http_output_header_filter_pt,
+    ngx_http_post_subrequest_t, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_http_subrequest, ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add,
+    ngx_post_event, ngx_posted_events, ngx_str_t, ngx_table_elt_t, ngx_variable_value_t,
+    NGX_HTTP_SUBREQUEST_WAITED, NGX_LOG_ERR, NGX_LOG_WARN,
+};
+
+use super::conf::{LocConf, MainConf};
+use super::module::module;
+use super::refresh::{self, RefreshOutcome, RefreshTarget};
+use super::util::{now_ms, pool_str, str_bytes};
+use super::vars;
+use super::zone::{self, Zone};
+use crate::locktable::{LockKind, LockOutcome};
+use crate::policy::{decide, Action, CacheStatus, FailReason, LogLimiter};
+use crate::replay::{key_argument, secret_matches, Replay};
+use crate::resp::{parse_integer_reply, ReplyError};
+use crate::settings::Settings;
+
+const NGX_OK: ngx_int_t = 0;
+const NGX_ERROR: ngx_int_t = -1;
+const NGX_AGAIN: ngx_int_t = -2;
+const NGX_DECLINED: ngx_int_t = -5;
+
+/// The header the module's own refresh requests carry the per-start secret in.
+pub const SECRET_HEADER: &str = "X-Stale-Cache-Refresh";
+/// The longest TTL/PERSIST reply kept; a valid one is a few bytes.
+const CAPTURE_LIMIT: usize = 256;
+/// How often a worker re-checks, in shared memory, locks that waiters of it wait for; a
+/// release in the same worker wakes its waiters at once instead.
+const WAIT_POLL_MS: ngx_msec_t = 2;
+const STATE_MAGIC: u64 = u64::from_le_bytes(*b"stalecac");
+/// One error line per this interval and kind, however many requests hit the problem.
+const LOG_INTERVAL_MS: u64 = 10_000;
+
+static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Start,
+    LookingUp,
+    Persisting,
+    Waiting,
+    Done,
+}
+
+/// What a lookup subrequest answered.
+#[derive(Default)]
+struct Capture {
+    done: bool,
+    failed_rc: ngx_int_t,
+    status: usize,
+    body: Vec<u8>,
+    overflow: bool,
+}
+
+/// A lock this request holds, released when the request ends.
+struct HeldLock {
+    zone: *const Zone,
+    key: Vec<u8>,
+    token: NonZeroU64,
+}
+
+/// A refresh to start once the client's request is finished.
+struct PendingRefresh {
+    request: Vec<u8>,
+    uri: String,
+    target: RefreshTarget,
+    timeout: u64,
+    lock: HeldLock,
+}
+
+/// Everything the module keeps for one main request. Owned by a cleanup of the request's
+/// pool, so it survives internal redirects (which clear module contexts) and is released
+/// however the request ends: finished, failed, or abandoned by its client.
+pub struct RequestState {
+    /// Identifies a RequestState behind a pool cleanup.
+    magic: u64,
+    r: *mut ngx_http_request_t,
+    phase: Phase,
+    status: Option<CacheStatus>,
+    is_refresh: bool,
+    settings: Option<Settings>,
+    zone: *const Zone,
+    lookup_started: u64,
+    capture: Capture,
+    ttl: i64,
+    fill: Option<HeldLock>,
+    refresh: Option<PendingRefresh>,
+    wait_event: ngx_event_t,
+    /// The lock holder being waited for, to tell its release from a new holder.
+    waited_token: u64,
+    waiting: bool,
+    post_subrequest: ngx_http_post_subrequest_t,
+}
+
+/// Waiting requests by (zone address, key).
+type WaiterMap = HashMap<(usize, Vec<u8>), Vec<*mut RequestState>>;
+
+thread_local! {
+    /// This worker's waiting requests, by zone and key.
+    static WAITERS: RefCell<WaiterMap> = RefCell::new(HashMap::new());
+    /// The poll timer that notices releases made by other workers.
+    static POLL_EVENT: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
+    static TOKEN_COUNTER: Cell<u64> = const { Cell::new(0) };
+    static LIMITERS: RefCell<HashMap<&'static str, LogLimiter>> = RefCell::new(HashMap::new());
+}
+
+fn main_conf<'a>() -> &'a MainConf {
+    use ngx::http::HttpModuleConfExt;
+    // SAFETY: the module's main conf exists for the whole cycle once configuration is done,
+    // and MainConf is the type create_main_conf allocates.
+    unsafe {
+        (*ngx::ffi::ngx_cycle)
+            .http_main_conf_unchecked::<MainConf>(module())
+            .expect("stale_cache main conf")
+            .as_ref()
+    }
+}
+
+fn loc_conf<'a>(r: &ngx_http_request_t) -> &'a LocConf {
+    // SAFETY: every location has this module's LocConf.
+    unsafe { &*(*r.loc_conf.add(module().ctx_index) as *const LocConf) }
+}
+
+fn log_of(r: &ngx_http_request_t) -> *mut ngx::ffi::ngx_log_t {
+    // SAFETY: a live request has a live connection.
+    unsafe { (*r.connection).log }
+}
+
+/// Logs at most one line per LOG_INTERVAL_MS for `kind` in this worker.
+fn log_limited(log: *mut ngx::ffi::ngx_log_t, level: u32, kind: &'static str, message: &str) {
+    let allowed = LIMITERS.with(|l| {
+        l.borrow_mut()
+            .entry(kind)
+            .or_insert_with(|| LogLimiter::new(LOG_INTERVAL_MS))
+            .allow(now_ms())
+    });
+    if let Some(suppressed) = allowed {
+        if suppressed > 0 {
+            ngx::ngx_log_error!(
+                level,
+                log,
+                "{} ({} similar suppressed)",
+                message,
+                suppressed
+            );
+        } else {
+            ngx::ngx_log_error!(level, log, "{}", message);
+        }
+    }
+}
+
+fn new_token() -> NonZeroU64 {
+    let n = TOKEN_COUNTER.with(|c| {
+        c.set(c.get().wrapping_add(1));
+        c.get()
+    });
+    // SAFETY: ngx_pid is set once per process.
+    let pid = unsafe { ngx::ffi::ngx_pid } as u64;
+    NonZeroU64::new((pid << 40) | (n & ((1 << 40) - 1)) | 1).unwrap_or(NonZeroU64::MIN)
+}
+
+/* ---------------------------------------------------------------- request state */
+
+unsafe extern "C" fn state_cleanup(data: *mut c_void) {
+    // SAFETY: `data` is the state leaked by `state_of`, cleaned up exactly once here.
+    let mut state = unsafe { Box::from_raw(data as *mut RequestState) };
+    stop_waiting(&mut state);
+    // SAFETY: the request is being freed but its fields are still readable now.
+    let r = unsafe { &*state.r };
+    if let Some(lock) = state.fill.take() {
+        // SAFETY: connection is live until the request is gone.
+        let client_error = unsafe { (*r.connection).error() } != 0;
+        let status = r.headers_out.status;
+        let filled = (200..300).contains(&status) && !client_error;
+        release(&lock, filled);
+    }
+    if let Some(pending) = state.refresh.take() {
+        let lock = pending.lock;
+        refresh::start(
+            &pending.target,
+            pending.request,
+            pending.uri,
+            pending.timeout,
+            Box::new(move |outcome: &RefreshOutcome, _ms| {
+                let ok = matches!(outcome, RefreshOutcome::Status(s) if (200..300).contains(s));
+                release(&lock, ok);
+            }),
+        );
+    }
+}
+
+/// The state of main request `r`, created on first use.
+fn state_of<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
+    // SAFETY: r is a live main request; its module ctx slot is ours.
+    unsafe {
+        let ctx = *(*r).ctx.add(module().ctx_index) as *mut RequestState;
+        if !ctx.is_null() {
+            return Some(&mut *ctx);
+        }
+        // After an internal redirect the ctx is gone but the cleanup still holds the state.
+        let mut c = (*(*r).pool).cleanup;
+        while !c.is_null() {
+            let ours = (*c).handler.is_some_and(|h| {
+                core::ptr::fn_addr_eq(h, state_cleanup as unsafe extern "C" fn(*mut c_void))
+            });
+            if ours && (*((*c).data as *const RequestState)).magic == STATE_MAGIC {
+                let state = (*c).data as *mut RequestState;
+                *(*r).ctx.add(module().ctx_index) = state as *mut c_void;
+                return Some(&mut *state);
+            }
+            c = (*c).next;
+        }
+        let cleanup = ngx_pool_cleanup_add((*r).pool, 0);
+        if cleanup.is_null() {
+            return None;
+        }
+        let state = Box::into_raw(Box::new(RequestState {
+            magic: STATE_MAGIC,
+            r,
+            phase: Phase::Start,
+            status: None,
+            is_refresh: false,
+            settings: None,
+            zone: ptr::null(),
+            lookup_started: 0,
+            capture: Capture::default(),
+            ttl: 0,
+            fill: None,
+            refresh: None,
+            wait_event: core::mem::zeroed(),
+            waited_token: 0,
+            waiting: false,
+            post_subrequest: ngx_http_post_subrequest_t {
+                handler: Some(lookup_done),
+                data: ptr::null_mut(),
+            },
+        }));
+        (*state).post_subrequest.data = state as *mut c_void;
+        (*cleanup).handler = Some(state_cleanup);
+        (*cleanup).data = state as *mut c_void;
+        *(*r).ctx.add(module().ctx_index) = state as *mut c_void;
+        Some(&mut *state)
+    }
+}
+
+/// The state if the request already has one (no allocation).
+fn existing_state<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
+    // SAFETY: r is live; only this module writes its ctx slot.
+    unsafe {
+        let main = (*r).main;
+        let ctx = *(*main).ctx.add(module().ctx_index) as *mut RequestState;
+        if ctx.is_null() {
+            None
+        } else {
+            Some(&mut *ctx)
+        }
+    }
+}
+
+/* ----------------------------------------------------------------- POST_READ */
+
+/// Recognises the module's own refresh requests and hides the skip header of every other
+/// request, so `if ($http_x_skip_fetch ...)` and `$http_*` never see a client's copy.
+pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx runs phase handlers with a live request.
+    let req = unsafe { &mut *r };
+    if req.main != r {
+        return NGX_DECLINED;
+    }
+    let mcf = main_conf();
+    if !mcf.in_use {
+        return NGX_DECLINED;
+    }
+    let skip_name = loc_conf(req).skip_header_name();
+    let mut is_refresh = false;
+    let mut skip_headers: Vec<*mut ngx_table_elt_t> = Vec::new();
+    for h in headers(req) {
+        // SAFETY: list elements are valid header entries.
+        let (name, value) = unsafe { (str_bytes(&(*h).key), str_bytes(&(*h).value)) };
+        if name.eq_ignore_ascii_case(SECRET_HEADER.as_bytes()) {
+            is_refresh |= secret_matches(value, mcf.secret.as_bytes());
+            // Never forward or expose the secret (nor a guess at it).
+            // SAFETY: header entries are writable request memory.
+            unsafe {
+                (*h).hash = 0;
+                (*h).value = ngx_str_t {
+                    len: 1,
+                    data: c"1".as_ptr() as *mut u8,
+                };
+            }
+        } else if name.eq_ignore_ascii_case(skip_name) {
+            skip_headers.push(h);
+        }
+    }
+    if !is_refresh {
+        for h in skip_headers {
+            // A hash of 0 marks a deleted header: variables stop seeing it.
+            // SAFETY: as above.
+            unsafe { (*h).hash = 0 };
+        }
+        return NGX_DECLINED;
+    }
+    if let Some(state) = state_of(r) {
+        state.is_refresh = true;
+    }
+    NGX_DECLINED
+}
+
+/// The request's live (not deleted) header entries.
+fn headers(r: &ngx_http_request_t) -> Vec<*mut ngx_table_elt_t> {
+    let mut out = Vec::new();
+    let mut part = &r.headers_in.headers.part as *const ngx::ffi::ngx_list_part_t;
+    // SAFETY: walks nginx's header list; each part holds `nelts` elements.
+    unsafe {
+        while !part.is_null() {
+            let elts = (*part).elts as *mut ngx_table_elt_t;
+            for i in 0..(*part).nelts {
+                let h = elts.add(i);
+                if (*h).hash != 0 {
+                    out.push(h);
+                }
+            }
+            part = (*part).next;
+        }
+    }
+    out
+}
+
+/* ----------------------------------------------------------------- PREACCESS */
+
+pub unsafe extern "C" fn preaccess_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx runs phase handlers with a live request.
+    let req = unsafe { &mut *r };
+    if req.main != r {
+        return NGX_DECLINED;
+    }
+    let lcf = loc_conf(req);
+    if !lcf.enabled() {
+        if let Some(state) = existing_state(r) {
+            if state.is_refresh && state.status.is_none() {
+                state.status = Some(CacheStatus::Refresh);
+            }
+        }
+        return NGX_DECLINED;
+    }
+    let Some(state) = state_of(r) else {
+        return NGX_DECLINED;
+    };
+    loop {
+        match state.phase {
+            Phase::Start => match start(state, req, lcf) {
+                Some(rc) => return rc,
+                None => continue,
+            },
+            Phase::LookingUp => {
+                if !state.capture.done {
+                    return NGX_AGAIN;
+                }
+                match after_lookup(state, req, lcf) {
+                    Some(rc) => return rc,
+                    None => continue,
+                }
+            }
+            Phase::Persisting => {
+                if !state.capture.done {
+                    return NGX_AGAIN;
+                }
+                if state.capture.failed_rc != 0 || state.capture.status != 200 {
+                    log_limited(
+                        log_of(req),
+                        NGX_LOG_WARN,
+                        "persist",
+                        "stale_cache: PERSIST lookup failed; serving the stale copy anyway",
+                    );
+                }
+                state.phase = Phase::Done;
+            }
+            Phase::Waiting => {
+                if state.waiting {
+                    return NGX_AGAIN;
+                }
+                state.phase = Phase::Done;
+            }
+            Phase::Done => return NGX_DECLINED,
+        }
+    }
+}
+
+/// First visit: settings, bypass rules, the freshness memo, then the TTL lookup.
+/// `Some(rc)` returns from the phase handler, `None` continues the state machine.
+fn start(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    lcf: &LocConf,
+) -> Option<ngx_int_t> {
+    let r = req as *mut ngx_http_request_t;
+    if state.is_refresh {
+        state.status = Some(CacheStatus::Refresh);
+        state.phase = Phase::Done;
+        return None;
+    }
+    let mcf = main_conf();
+    let raw = vars::read_cache_variables(r, &mcf.vars);
+    let settings = match Settings::parse(&raw) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            log_limited(
+                log_of(req),
+                NGX_LOG_ERR,
+                "inactive",
+                "stale_cache: \"stale_cache on\" but $cache_lock, $cache_ttl and $cache_key \
+                 are unset; the request passes through untouched",
+            );
+            state.status = Some(CacheStatus::Bypass);
+            state.phase = Phase::Done;
+            return None;
+        }
+        Err(e) => {
+            log_limited(
+                log_of(req),
+                NGX_LOG_ERR,
+                "settings",
+                &format!("stale_cache: {e}; the request passes through untouched"),
+            );
+            state.status = Some(CacheStatus::Error);
+            state.phase = Phase::Done;
+            return None;
+        }
+    };
+    // SAFETY: method_name and uri are valid request strings.
+    let (method, uri) = (str_bytes(&req.method_name), str_bytes(&req.uri));
+    if !settings.allows(method) || settings.is_lookup_uri(uri) {
+        state.status = Some(CacheStatus::Bypass);
+        state.phase = Phase::Done;
+        return None;
+    }
+    let Some(zone) = zone::find(&mcf.zones, &settings.lock_zone) else {
+        log_limited(
+            log_of(req),
+            NGX_LOG_ERR,
+            "zone",
+            &format!(
+                "stale_cache: $cache_lock names \"{}\" but no \"stale_cache_zone {} SIZE;\" \
+                 is configured; the request passes through untouched",
+                String::from_utf8_lossy(&settings.lock_zone),
+                String::from_utf8_lossy(&settings.lock_zone)
+            ),
+        );
+        state.status = Some(CacheStatus::Error);
+        state.phase = Phase::Done;
+        return None;
+    };
+    state.zone = zone;
+    let now = now_ms();
+    if lcf.memo_enabled() {
+        let fresh = zone
+            .with_table(|t| t.memo_get(t.fingerprint(&settings.key), now))
+            .flatten();
+        if fresh.is_some() {
+            state.status = Some(CacheStatus::Fresh);
+            state.phase = Phase::Done;
+            state.settings = Some(settings);
+            return None;
+        }
+    }
+    state.lookup_started = now;
+    let ttl_uri = settings.ttl_uri.clone();
+    let args = key_argument(&settings.key);
+    state.settings = Some(settings);
+    if start_lookup(state, req, &ttl_uri, &args).is_err() {
+        return Some(fail_open(state, req, FailReason::LookupFailed));
+    }
+    state.phase = Phase::LookingUp;
+    Some(NGX_AGAIN)
+}
+
+/// Issues a waited subrequest to a lookup location; its answer lands in `state.capture`.
+fn start_lookup(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    uri: &[u8],
+    args: &[u8],
+) -> Result<(), ()> {
+    let pool = req.pool;
+    let mut uri = pool_str(pool, uri).ok_or(())?;
+    let mut args = pool_str(pool, args).ok_or(())?;
+    state.capture = Capture::default();
+    let mut sr: *mut ngx_http_request_t = ptr::null_mut();
+    // SAFETY: r is the live main request; uri/args live in its pool; the post-subrequest
+    // record lives in the state, which outlives the subrequest.
+    let rc = unsafe {
+        ngx_http_subrequest(
+            req,
+            &mut uri,
+            &mut args,
+            &mut sr,
+            &mut state.post_subrequest,
+            NGX_HTTP_SUBREQUEST_WAITED as _,
+        )
+    };
+    if rc != NGX_OK || sr.is_null() {
+        return Err(());
+    }
+    // Mark the subrequest as a capture: the filters keep its output from the client.
+    // SAFETY: sr is the new subrequest with its own ctx array.
+    unsafe {
+        *(*sr).ctx.add(module().ctx_index) = state as *mut RequestState as *mut c_void;
+        (*sr).set_header_only(0);
+    }
+    Ok(())
+}
+
+unsafe extern "C" fn lookup_done(
+    sr: *mut ngx_http_request_t,
+    data: *mut c_void,
+    rc: ngx_int_t,
+) -> ngx_int_t {
+    // SAFETY: data is the RequestState given with the subrequest; sr is live.
+    let state = unsafe { &mut *(data as *mut RequestState) };
+    state.capture.done = true;
+    if rc >= 300 {
+        state.capture.failed_rc = rc;
+    } else if rc == NGX_ERROR {
+        state.capture.failed_rc = 500;
+    }
+    // SAFETY: as above.
+    let status = unsafe { (*sr).headers_out.status };
+    if status != 0 {
+        state.capture.status = status;
+    }
+    rc
+}
+
+fn fail_open(state: &mut RequestState, req: &ngx_http_request_t, reason: FailReason) -> ngx_int_t {
+    log_limited(
+        log_of(req),
+        NGX_LOG_ERR,
+        "lookup",
+        &format!(
+            "stale_cache: {reason} for \"{}\"; serving without the stale cache layer \
+             (check redis and the $cache_ttl location)",
+            String::from_utf8_lossy(str_bytes(&req.uri))
+        ),
+    );
+    state.status = Some(CacheStatus::Error);
+    state.phase = Phase::Done;
+    NGX_DECLINED
+}
+
+/// The TTL is in: decide and act.
+fn after_lookup(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    lcf: &LocConf,
+) -> Option<ngx_int_t> {
+    let capture = &state.capture;
+    let ttl = if capture.failed_rc != 0 || capture.status != 200 || capture.overflow {
+        Err(FailReason::LookupFailed)
+    } else {
+        match parse_integer_reply(&capture.body) {
+            Ok(ttl) => Ok(ttl),
+            Err(ReplyError::ErrorReply(text)) => {
+                log_limited(
+                    log_of(req),
+                    NGX_LOG_ERR,
+                    "redis-error",
+                    &format!(
+                        "stale_cache: the TTL lookup got a redis error: \"{}\"",
+                        crate::resp::Escaped(&text)
+                    ),
+                );
+                Err(FailReason::BadReply)
+            }
+            Err(_) => Err(FailReason::BadReply),
+        }
+    };
+    let ttl = match ttl {
+        Ok(ttl) => ttl,
+        Err(reason) => return Some(fail_open(state, req, reason)),
+    };
+    state.ttl = ttl;
+    // SAFETY: zone was set before the lookup and lives for the cycle.
+    let zone = unsafe { &*state.zone };
+    let settings = state
+        .settings
+        .as_ref()
+        .expect("settings parsed before lookup");
+    let now = now_ms();
+    match decide(ttl, settings.stale_secs, settings.persist_uri.is_some()) {
+        Action::ServeFresh { memo_ms } => {
+            if lcf.memo_enabled() && memo_ms > 0 {
+                let key = settings.key.clone();
+                zone.with_table(|t| t.memo_set(t.fingerprint(&key), now + memo_ms, now));
+            }
+            state.status = Some(CacheStatus::Fresh);
+            state.phase = Phase::Done;
+            None
+        }
+        Action::FailOpen { reason } => Some(fail_open(state, req, reason)),
+        Action::FillOrWait => fill_or_wait(state, req, zone, now),
+        Action::ServeStale { persist, refresh } => {
+            state.status = Some(CacheStatus::Stale);
+            state.phase = Phase::Done;
+            if !refresh {
+                return None;
+            }
+            let token = new_token();
+            let key = settings.key.clone();
+            let ttl_ms = settings.lock_exptime_ms;
+            let outcome = zone.with_table(|t| {
+                t.try_lock(
+                    t.fingerprint(&key),
+                    LockKind::Refresh,
+                    token,
+                    ttl_ms,
+                    0,
+                    now,
+                )
+            });
+            if !matches!(outcome, Some(LockOutcome::Acquired { .. })) {
+                if matches!(outcome, Some(LockOutcome::Full)) {
+                    zone_full(req, zone);
+                }
+                return None;
+            }
+            let lock = HeldLock { zone, key, token };
+            match refresh_request(state, req, lcf, lock) {
+                Ok(pending) => state.refresh = Some(pending),
+                Err((lock, why)) => {
+                    log_limited(log_of(req), NGX_LOG_ERR, "refresh", why);
+                    release(&lock, false);
+                    return None;
+                }
+            }
+            if persist {
+                let uri = settings.persist_uri.clone().unwrap_or_default();
+                let args = key_argument(&settings.key);
+                if start_lookup(state, req, &uri, &args).is_ok() {
+                    state.phase = Phase::Persisting;
+                    return Some(NGX_AGAIN);
+                }
+            }
+            None
+        }
+    }
+}
+
+fn zone_full(req: &ngx_http_request_t, zone: &Zone) {
+    log_limited(
+        log_of(req),
+        NGX_LOG_ERR,
+        "zone-full",
+        &format!(
+            "stale_cache: zone \"{}\" is full of locks; increase its size",
+            String::from_utf8_lossy(&zone.name)
+        ),
+    );
+}
+
+/// A missing key: fill it, or wait for the request filling it.
+fn fill_or_wait(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    zone: &Zone,
+    now: u64,
+) -> Option<ngx_int_t> {
+    let settings = state
+        .settings
+        .as_ref()
+        .expect("settings parsed before lookup");
+    let token = new_token();
+    let key = settings.key.clone();
+    let (ttl_ms, started) = (settings.lock_exptime_ms, state.lookup_started);
+    let timeout = settings.lock_timeout_ms;
+    let outcome = zone.with_table(|t| {
+        t.try_lock(
+            t.fingerprint(&key),
+            LockKind::Fill,
+            token,
+            ttl_ms,
+            started,
+            now,
+        )
+    });
+    match outcome {
+        Some(LockOutcome::Acquired { .. }) => {
+            state.fill = Some(HeldLock { zone, key, token });
+            state.status = Some(CacheStatus::Miss);
+            state.phase = Phase::Done;
+            None
+        }
+        Some(LockOutcome::RecentlyFilled) => {
+            state.status = Some(CacheStatus::Collapsed);
+            state.phase = Phase::Done;
+            None
+        }
+        Some(LockOutcome::Held(info)) => {
+            let holder = info.token.get();
+            start_waiting(state, req, zone, key, holder, timeout);
+            Some(NGX_AGAIN)
+        }
+        Some(LockOutcome::Full) | None => {
+            zone_full(req, zone);
+            state.status = Some(CacheStatus::Miss);
+            state.phase = Phase::Done;
+            None
+        }
+    }
+}
+
+/* ------------------------------------------------------------------- waiting */
+
+fn start_waiting(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    zone: &Zone,
+    key: Vec<u8>,
+    holder: u64,
+    timeout: u64,
+) {
+    state.phase = Phase::Waiting;
+    state.waiting = true;
+    state.waited_token = holder;
+    let me = state as *mut RequestState as *mut c_void;
+    let ev = &mut state.wait_event;
+    ev.data = me;
+    ev.handler = Some(wait_event_handler);
+    ev.log = log_of(req);
+    // Notice a client that gives up while waiting, as limit_req does.
+    req.read_event_handler = Some(ngx_http_test_reading);
+    // SAFETY: the event lives in the state, which outlives the wait (the cleanup stops it).
+    unsafe { ngx::ffi::ngx_add_timer(ev, timeout.max(1) as ngx_msec_t) };
+    let zone_id = zone as *const Zone as usize;
+    WAITERS.with(|w| {
+        w.borrow_mut()
+            .entry((zone_id, key))
+            .or_default()
+            .push(state as *mut RequestState)
+    });
+    arm_poll_timer();
+}
+
+/// Removes the request from the waiters and cancels its timer and posted wake-up.
+fn stop_waiting(state: &mut RequestState) {
+    if !state.waiting {
+        return;
+    }
+    state.waiting = false;
+    let me = state as *mut RequestState;
+    WAITERS.with(|w| {
+        w.borrow_mut().retain(|_, list| {
+            list.retain(|&s| s != me);
+            !list.is_empty()
+        })
+    });
+    let ev = &mut state.wait_event;
+    // SAFETY: the event is ours; removing a timer/post only touches nginx's queues.
+    unsafe {
+        if ev.timer_set() != 0 {
+            ngx_del_timer(ev);
+        }
+        if ev.posted() != 0 {
+            ngx_delete_posted_event(ev);
+        }
+    }
+}
+
+/// Wakes every request of this worker waiting on `key` in `zone`.
+fn wake_waiters(zone: *const Zone, key: &[u8]) {
+    let woken = WAITERS.with(|w| w.borrow_mut().remove(&(zone as usize, key.to_vec())));
+    for state in woken.into_iter().flatten() {
+        // SAFETY: registered waiters are live until stop_waiting removes them.
+        let state = unsafe { &mut *state };
+        wake(state, CacheStatus::Collapsed);
+    }
+}
+
+fn wake(state: &mut RequestState, status: CacheStatus) {
+    state.waiting = false;
+    state.status = Some(status);
+    let ev = &mut state.wait_event;
+    // SAFETY: the event is ours and armed while waiting.
+    unsafe {
+        if ev.timer_set() != 0 {
+            ngx_del_timer(ev);
+        }
+        ngx_post_event(ev, &raw mut ngx_posted_events);
+    }
+}
+
+unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
+    // SAFETY: the event's data is its RequestState, live while the event is armed.
+    let state = unsafe { &mut *((*ev).data as *mut RequestState) };
+    // SAFETY: live event.
+    if unsafe { (*ev).timedout() } != 0 {
+        // SAFETY: as above.
+        unsafe { (*ev).set_timedout(0) };
+        stop_waiting(state);
+        state.status = Some(CacheStatus::Timeout);
+        // SAFETY: the request is live while its state is.
+        let req = unsafe { &*state.r };
+        let key = state
+            .settings
+            .as_ref()
+            .map(|s| String::from_utf8_lossy(&s.key).into_owned())
+            .unwrap_or_default();
+        ngx::ngx_log_error!(
+            NGX_LOG_WARN,
+            log_of(req),
+            "stale_cache: waited $cache_lock_timeout for the request filling \"{}\"; \
+             going on without it",
+            key
+        );
+    }
+    let r = state.r;
+    // SAFETY: resume the request's phases where the wait stopped them.
+    unsafe {
+        (*r).read_event_handler = Some(ngx_http_block_reading);
+        let c = (*r).connection;
+        ngx_http_core_run_phases(r);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+fn arm_poll_timer() {
+    POLL_EVENT.with(|p| {
+        let mut p = p.borrow_mut();
+        let ev = p.get_or_insert_with(|| {
+            // SAFETY: a zeroed event is nginx's initial state for one.
+            let mut ev: Box<ngx_event_t> = Box::new(unsafe { core::mem::zeroed() });
+            ev.handler = Some(poll_waiters);
+            // SAFETY: the cycle log lives as long as the worker.
+            ev.log = unsafe { (*ngx::ffi::ngx_cycle).log };
+            ev.set_cancelable(1);
+            ev
+        });
+        if ev.timer_set() == 0 {
+            // SAFETY: the boxed event lives for the worker's lifetime.
+            unsafe { ngx::ffi::ngx_add_timer(&mut **ev, WAIT_POLL_MS) };
+        }
+    });
+}
+
+/// Re-checks the locks this worker's waiters wait for: a release or takeover by another
+/// worker wakes them.
+unsafe extern "C" fn poll_waiters(_ev: *mut ngx_event_t) {
+    let now = now_ms();
+    let keys: Vec<(usize, Vec<u8>)> = WAITERS.with(|w| w.borrow().keys().cloned().collect());
+    for (zone_id, key) in keys {
+        // SAFETY: zone ids are addresses of zones in the main conf, live for the cycle.
+        let zone = unsafe { &*(zone_id as *const Zone) };
+        let holder = zone
+            .with_table(|t| t.lock_state(t.fingerprint(&key), now))
+            .flatten();
+        let waited: Vec<*mut RequestState> = WAITERS.with(|w| {
+            w.borrow()
+                .get(&(zone_id, key.clone()))
+                .cloned()
+                .unwrap_or_default()
+        });
+        let released = match holder {
+            None => true,
+            // SAFETY: waiters are live while registered.
+            Some(h) => waited
+                .iter()
+                .all(|&s| unsafe { (*s).waited_token } != h.token.get()),
+        };
+        if released {
+            wake_waiters(zone, &key);
+        }
+    }
+    if WAITERS.with(|w| !w.borrow().is_empty()) {
+        arm_poll_timer();
+    }
+}
+
+/// Releases a lock this worker holds and wakes its local waiters at once.
+fn release(lock: &HeldLock, filled: bool) {
+    // SAFETY: zones live for the cycle; the lock was taken in this cycle.
+    let zone = unsafe { &*lock.zone };
+    let now = now_ms();
+    zone.with_table(|t| t.unlock(t.fingerprint(&lock.key), lock.token, now, filled));
+    wake_waiters(lock.zone, &lock.key);
+}
+
+/* ------------------------------------------------------------------- refresh */
+
+/// Builds the refresh request (a replay of this one) and picks where to send it.
+fn refresh_request(
+    state: &RequestState,
+    req: &ngx_http_request_t,
+    lcf: &LocConf,
+    lock: HeldLock,
+) -> Result<PendingRefresh, (HeldLock, &'static str)> {
+    let settings = state
+        .settings
+        .as_ref()
+        .expect("settings parsed before lookup");
+    let target = match lcf.refresh_target(req) {
+        Ok(t) => t,
+        Err(why) => return Err((lock, why)),
+    };
+    let header_pairs: Vec<(&[u8], &[u8])> = headers(req)
+        .into_iter()
+        // SAFETY: live header entries of the live request.
+        .map(|h| unsafe { (str_bytes(&(*h).key), str_bytes(&(*h).value)) })
+        .collect();
+    let host = str_bytes(&req.headers_in.server);
+    let secret = main_conf().secret.as_bytes();
+    let replay = Replay {
+        method: str_bytes(&req.method_name),
+        target: str_bytes(&req.unparsed_uri),
+        host,
+        headers: &header_pairs,
+        body: None,
+        skip_header: &settings.skip_fetch,
+        secret_header: SECRET_HEADER.as_bytes(),
+        secret,
+    };
+    Ok(PendingRefresh {
+        request: replay.to_bytes(),
+        uri: String::from_utf8_lossy(str_bytes(&req.unparsed_uri)).into_owned(),
+        target,
+        timeout: settings.lock_exptime_ms,
+        lock,
+    })
+}
+
+/* ----------------------------------------------------------------- variables */
+
+pub unsafe extern "C" fn status_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    match existing_state(r).and_then(|s| s.status) {
+        Some(status) => vars::set_value(v, status.as_str().as_bytes()),
+        None => vars::set_not_found(v),
+    }
+    NGX_OK
+}
+
+pub unsafe extern "C" fn skip_fetch_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    let refresh = existing_state(r).is_some_and(|s| s.is_refresh);
+    vars::set_value(v, if refresh { b"1" } else { b"" });
+    NGX_OK
+}
+
+/* ------------------------------------------------------------------- filters */
+
+/// The capture state of `r` if it is one of this module's lookup subrequests.
+fn capture_of<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
+    // SAFETY: r is live; for subrequests only start_lookup sets this module's ctx.
+    unsafe {
+        if (*r).main == r {
+            return None;
+        }
+        let ctx = *(*r).ctx.add(module().ctx_index) as *mut RequestState;
+        (!ctx.is_null()).then(|| &mut *ctx)
+    }
+}
+
+pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    if let Some(state) = capture_of(r) {
+        // SAFETY: live subrequest.
+        unsafe {
+            state.capture.status = (*r).headers_out.status;
+            (*r).set_header_sent(1);
+        }
+        return NGX_OK;
+    }
+    // SAFETY: the saved next filter of the chain, set in postconfiguration.
+    unsafe { NEXT_HEADER_FILTER.map_or(NGX_ERROR, |next| next(r)) }
+}
+
+pub unsafe extern "C" fn body_filter(
+    r: *mut ngx_http_request_t,
+    chain: *mut ngx_chain_t,
+) -> ngx_int_t {
+    if let Some(state) = capture_of(r) {
+        let mut cl = chain;
+        // SAFETY: walks the chain handed to the filter; memory buffers are readable.
+        unsafe {
+            while !cl.is_null() {
+                let b = (*cl).buf;
+                if (*b).in_file() == 0 || (*b).memory() != 0 || (*b).temporary() != 0 {
+                    let len = (*b).last.offset_from((*b).pos) as usize;
+                    if len > 0 {
+                        let bytes = core::slice::from_raw_parts((*b).pos, len);
+                        let room = CAPTURE_LIMIT.saturating_sub(state.capture.body.len());
+                        if bytes.len() > room {
+                            state.capture.overflow = true;
+                        }
+                        state
+                            .capture
+                            .body
+                            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+                    }
+                    (*b).pos = (*b).last;
+                }
+                if (*b).in_file() != 0 {
+                    (*b).file_pos = (*b).file_last;
+                }
+                cl = (*cl).next;
+            }
+        }
+        return NGX_OK;
+    }
+    // SAFETY: the saved next filter of the chain, set in postconfiguration.
+    unsafe { NEXT_BODY_FILTER.map_or(NGX_ERROR, |next| next(r, chain)) }
+}
+
+/// Puts the capture filters at the top of the output chains.
+pub fn install_filters() {
+    // SAFETY: called once from postconfiguration, single-threaded, like every nginx filter.
+    unsafe {
+        NEXT_HEADER_FILTER = ngx::ffi::ngx_http_top_header_filter;
+        ngx::ffi::ngx_http_top_header_filter = Some(header_filter);
+        NEXT_BODY_FILTER = ngx::ffi::ngx_http_top_body_filter;
+        ngx::ffi::ngx_http_top_body_filter = Some(body_filter);
+    }
+}

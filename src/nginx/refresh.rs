@@ -1,0 +1,259 @@
+//! The background refresh: an HTTP/1.1 request to this nginx, sent on the event loop after the
+//! client's response is complete, on a connection of its own (the client's keep-alive
+//! connection never waits for it). srcache stores only main requests, which is why this is a
+//! request and not a subrequest.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use ngx::ffi::{ngx_add_timer, ngx_del_timer};
+use ngx::ffi::{
+    ngx_close_connection, ngx_connection_t, ngx_event_connect_peer, ngx_event_get_peer,
+    ngx_event_t, ngx_handle_read_event, ngx_handle_write_event, ngx_log_t, ngx_msec_t,
+    ngx_peer_connection_t, ngx_str_t, sockaddr, socklen_t, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
+};
+
+use super::util::current_msec;
+
+const NGX_OK: isize = 0;
+const NGX_AGAIN: isize = -2;
+
+/// Where refresh requests go: this nginx's own listener, or `stale_cache_refresh_address`.
+#[derive(Clone)]
+pub struct RefreshTarget {
+    /// A `struct sockaddr` of `sockaddr.len()` bytes.
+    pub sockaddr: Vec<u8>,
+    pub name: String,
+}
+
+/// How a refresh ended, for the lock release and the log.
+#[derive(Debug)]
+pub enum RefreshOutcome {
+    /// The response's status code (the refresh request ran to completion).
+    Status(u16),
+    Failed(&'static str),
+}
+
+type OnDone = Box<dyn FnOnce(&RefreshOutcome, ngx_msec_t)>;
+
+struct Refresh {
+    peer: ngx_peer_connection_t,
+    target: RefreshTarget,
+    peer_name: ngx_str_t,
+    request: Vec<u8>,
+    sent: usize,
+    /// The start of the response, enough for its status line.
+    head: Vec<u8>,
+    deadline: ngx_msec_t,
+    started: ngx_msec_t,
+    /// For the log lines: the refreshed URI.
+    uri: String,
+    log: *mut ngx_log_t,
+    on_done: Option<OnDone>,
+}
+
+/// Starts a refresh; `on_done` runs exactly once, when it ends or fails.
+pub fn start(target: &RefreshTarget, request: Vec<u8>, uri: String, timeout: u64, on_done: OnDone) {
+    let timeout = timeout as ngx_msec_t;
+    // SAFETY: ngx_cycle is set for the worker's lifetime; its log outlives every refresh.
+    let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+    let now = current_msec();
+    let mut refresh = Box::new(Refresh {
+        // SAFETY: a zeroed peer connection is nginx's initial state for it.
+        peer: unsafe { core::mem::zeroed() },
+        target: target.clone(),
+        peer_name: ngx_str_t::default(),
+        request,
+        sent: 0,
+        head: Vec::with_capacity(64),
+        deadline: now + timeout,
+        started: now,
+        uri,
+        log,
+        on_done: Some(on_done),
+    });
+    let r = &mut *refresh;
+    r.peer_name = ngx_str_t {
+        len: r.target.name.len(),
+        data: r.target.name.as_ptr() as *mut u8,
+    };
+    r.peer.sockaddr = r.target.sockaddr.as_ptr() as *mut sockaddr;
+    r.peer.socklen = r.target.sockaddr.len() as socklen_t;
+    r.peer.name = &mut r.peer_name;
+    r.peer.get = Some(ngx_event_get_peer);
+    r.peer.log = log;
+    r.peer.set_log_error(1); // NGX_ERROR_ERR
+    r.peer.tries = 1;
+
+    // SAFETY: the peer connection is fully initialised above and lives in the Box, whose
+    // address stays fixed until `finish` frees it.
+    let rc = unsafe { ngx_event_connect_peer(&mut r.peer) };
+    if rc != NGX_OK && rc != NGX_AGAIN {
+        let raw = Box::into_raw(refresh);
+        // SAFETY: `raw` was just leaked from a Box and is finished exactly once.
+        unsafe { finish(raw, RefreshOutcome::Failed("cannot connect")) };
+        return;
+    }
+    let raw = Box::into_raw(refresh);
+    // SAFETY: on NGX_OK/NGX_AGAIN nginx set up `peer.connection` with its two events.
+    unsafe {
+        let c = (*raw).peer.connection;
+        (*c).data = raw as *mut c_void;
+        (*c).log = log;
+        (*(*c).read).log = log;
+        (*(*c).write).log = log;
+        (*(*c).read).handler = Some(on_read);
+        (*(*c).write).handler = Some(on_write);
+        ngx_add_timer((*c).write, timeout);
+        if rc == NGX_OK {
+            on_write((*c).write);
+        }
+    }
+}
+
+/// The refresh a connection event belongs to.
+///
+/// # Safety
+/// `ev` must be an event of a connection created by `start`.
+unsafe fn refresh_of(ev: *mut ngx_event_t) -> (*mut Refresh, *mut ngx_connection_t) {
+    // SAFETY: (caller) the event's data is our connection, whose data is the Refresh.
+    unsafe {
+        let c = (*ev).data as *mut ngx_connection_t;
+        ((*c).data as *mut Refresh, c)
+    }
+}
+
+unsafe extern "C" fn on_write(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls this with a write event of a refresh connection.
+    let (raw, c) = unsafe { refresh_of(ev) };
+    // SAFETY: the Refresh lives until `finish`.
+    let r = unsafe { &mut *raw };
+    // SAFETY: live event.
+    if unsafe { (*ev).timedout() } != 0 {
+        // SAFETY: finishing frees `raw` once; nothing touches it afterwards.
+        unsafe {
+            finish(
+                raw,
+                RefreshOutcome::Failed("timed out connecting or sending"),
+            )
+        };
+        return;
+    }
+    while r.sent < r.request.len() {
+        let rest = &r.request[r.sent..];
+        // SAFETY: `c` is the live connection; `send` reads at most `rest.len()` bytes.
+        let n = unsafe { (*c).send.unwrap()(c, rest.as_ptr() as *mut u8, rest.len()) };
+        if n == NGX_AGAIN {
+            // SAFETY: live write event.
+            if unsafe { ngx_handle_write_event(ev, 0) } != NGX_OK {
+                unsafe { finish(raw, RefreshOutcome::Failed("cannot wait for the socket")) };
+            }
+            return;
+        }
+        if n <= 0 {
+            // SAFETY: as above.
+            unsafe { finish(raw, RefreshOutcome::Failed("send failed")) };
+            return;
+        }
+        r.sent += n as usize;
+    }
+    // The whole request is out: wait for the response until the deadline.
+    // SAFETY: live events of the live connection.
+    unsafe {
+        if (*ev).timer_set() != 0 {
+            ngx_del_timer(ev);
+        }
+        (*ev).handler = Some(ignore_event);
+        let rev = (*c).read;
+        let left = r.deadline.saturating_sub(current_msec()).max(1);
+        ngx_add_timer(rev, left);
+        if (*rev).ready() != 0 {
+            on_read(rev);
+        } else if ngx_handle_read_event(rev, 0) != NGX_OK {
+            finish(raw, RefreshOutcome::Failed("cannot wait for the socket"));
+        }
+    }
+}
+
+unsafe extern "C" fn ignore_event(_ev: *mut ngx_event_t) {}
+
+unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
+    // SAFETY: nginx calls this with a read event of a refresh connection.
+    let (raw, c) = unsafe { refresh_of(ev) };
+    // SAFETY: the Refresh lives until `finish`.
+    let r = unsafe { &mut *raw };
+    // SAFETY: live event.
+    if unsafe { (*ev).timedout() } != 0 {
+        unsafe {
+            finish(
+                raw,
+                RefreshOutcome::Failed("timed out waiting for the response"),
+            )
+        };
+        return;
+    }
+    if r.sent < r.request.len() {
+        return; // a read event before the request is out: nothing to read yet
+    }
+    let mut buf = [0u8; 4096];
+    loop {
+        // SAFETY: `c` is live; `recv` writes at most `buf.len()` bytes.
+        let n = unsafe { (*c).recv.unwrap()(c, buf.as_mut_ptr(), buf.len()) };
+        if n == NGX_AGAIN {
+            // SAFETY: live read event.
+            if unsafe { ngx_handle_read_event(ev, 0) } != NGX_OK {
+                unsafe { finish(raw, RefreshOutcome::Failed("cannot wait for the socket")) };
+            }
+            return;
+        }
+        if n < 0 {
+            unsafe { finish(raw, RefreshOutcome::Failed("connection error")) };
+            return;
+        }
+        if n == 0 {
+            // The server closes the connection (we sent "Connection: close") only after the
+            // request, srcache's store subrequest included, is completely finished.
+            let outcome = match crate::replay::parse_status_line(&r.head) {
+                Some(status) => RefreshOutcome::Status(status),
+                None => RefreshOutcome::Failed("no valid HTTP response"),
+            };
+            unsafe { finish(raw, outcome) };
+            return;
+        }
+        let keep = (64 - r.head.len().min(64)).min(n as usize);
+        r.head.extend_from_slice(&buf[..keep]);
+    }
+}
+
+/// Ends a refresh: closes its connection, logs the outcome, runs `on_done`, frees it.
+///
+/// # Safety
+/// `raw` must come from `Box::into_raw` in `start` and not be used after this call.
+unsafe fn finish(raw: *mut Refresh, outcome: RefreshOutcome) {
+    // SAFETY: (caller) `raw` is the live, uniquely owned Refresh.
+    let mut refresh = unsafe { Box::from_raw(raw) };
+    let c = refresh.peer.connection;
+    if !c.is_null() {
+        // SAFETY: the connection is ours and still open; closing also drops its timers.
+        unsafe { ngx_close_connection(c) };
+        refresh.peer.connection = ptr::null_mut();
+    }
+    let elapsed = current_msec().saturating_sub(refresh.started);
+    let (level, text) = match &outcome {
+        RefreshOutcome::Status(s) if (200..300).contains(s) => (NGX_LOG_INFO, format!("{s}")),
+        RefreshOutcome::Status(s) => (NGX_LOG_WARN, format!("status {s}")),
+        RefreshOutcome::Failed(why) => (NGX_LOG_ERR, format!("failed: {why}")),
+    };
+    ngx::ngx_log_error!(
+        level,
+        refresh.log,
+        "stale_cache: refresh of \"{}\" via {} {} in {} ms",
+        refresh.uri,
+        refresh.target.name,
+        text,
+        elapsed
+    );
+    if let Some(done) = refresh.on_done.take() {
+        done(&outcome, elapsed);
+    }
+}

@@ -1,0 +1,909 @@
+//! The per-request `$cache_*` variables that configured lua-resty-cache, parsed
+//! and validated into one typed [`Settings`] value.
+//!
+//! The variables keep their names and defaults so existing configurations work
+//! unchanged. Values can differ per request (they are variables), so parsing
+//! happens per request; [`parse_duration_secs`] is public so literal values can
+//! be rejected at configuration time instead.
+
+use std::fmt;
+
+/// Longest `$cache_key` accepted: keys are copied into the request and hashed
+/// under the zone lock, so an unbounded key would be a cheap way to burn CPU.
+pub const MAX_KEY_LEN: usize = 4096;
+
+/// Longest zone name, location URI or header name accepted; these are config
+/// values, so anything longer is a mistake, not data.
+pub const MAX_NAME_LEN: usize = 1024;
+
+/// Most entries accepted in `$cache_methods` (there are only nine standard methods).
+pub const MAX_METHODS: usize = 16;
+
+/// Longest duration accepted: anything above a year is a typo (e.g. milliseconds
+/// written where seconds are meant) and would overflow timer arithmetic sooner.
+pub const MAX_DURATION_MS: u64 = 365 * 24 * 60 * 60 * 1000;
+
+/// Default of `$cache_methods`, as in lua-resty-cache.
+pub const DEFAULT_METHODS: &[u8] = b"GET";
+/// Default of `$cache_stale` in milliseconds (100 s).
+pub const DEFAULT_STALE_MS: u64 = 100_000;
+/// Default of `$cache_lock_exptime` in milliseconds (30 s).
+pub const DEFAULT_LOCK_EXPTIME_MS: u64 = 30_000;
+/// Default of `$cache_backend_lock_timeout` in milliseconds (0.01 s).
+pub const DEFAULT_BACKEND_LOCK_TIMEOUT_MS: u64 = 10;
+/// Default of `$cache_lock_timeout` in milliseconds (3 s).
+pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 3_000;
+/// Default of `$cache_lock_timeout_wait` in milliseconds (0.06 s).
+pub const DEFAULT_LOCK_TIMEOUT_WAIT_MS: u64 = 60;
+/// Default of `$cache_skip_fetch`, as in lua-resty-cache.
+pub const DEFAULT_SKIP_FETCH: &[u8] = b"X-Skip-Fetch";
+
+/* --------------------------------------------------------------- variables */
+
+/// One of the `$cache_*` variables; the nginx side resolves [`Var::ALL`] to
+/// variable indexes once at configuration time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Var {
+    /// `$cache_lock`: name of the lock zone (required).
+    Lock,
+    /// `$cache_ttl`: internal location answering Redis `TTL` (required).
+    Ttl,
+    /// `$cache_key`: the cache key (required).
+    Key,
+    /// `$cache_persist`: internal location answering Redis `PERSIST`, or `off`.
+    Persist,
+    /// `$cache_methods`: request methods the module handles.
+    Methods,
+    /// `$cache_stale`: seconds of TTL below which an entry is stale.
+    Stale,
+    /// `$cache_lock_exptime`: longest life of a lock.
+    LockExptime,
+    /// `$cache_backend_lock_timeout`: wait for the refresh lock.
+    BackendLockTimeout,
+    /// `$cache_lock_timeout`: how long a miss waits for the filling request.
+    LockTimeout,
+    /// `$cache_lock_timeout_wait`: the old "got the lock quickly" threshold.
+    LockTimeoutWait,
+    /// `$cache_skip_fetch`: header marking the module's own refresh requests.
+    SkipFetch,
+}
+
+impl Var {
+    /// Number of variables.
+    pub const COUNT: usize = 11;
+
+    /// Every variable, in index order.
+    pub const ALL: [Var; Var::COUNT] = [
+        Var::Lock,
+        Var::Ttl,
+        Var::Key,
+        Var::Persist,
+        Var::Methods,
+        Var::Stale,
+        Var::LockExptime,
+        Var::BackendLockTimeout,
+        Var::LockTimeout,
+        Var::LockTimeoutWait,
+        Var::SkipFetch,
+    ];
+
+    /// The variable's name without the `$`, as nginx looks it up.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Var::Lock => "cache_lock",
+            Var::Ttl => "cache_ttl",
+            Var::Key => "cache_key",
+            Var::Persist => "cache_persist",
+            Var::Methods => "cache_methods",
+            Var::Stale => "cache_stale",
+            Var::LockExptime => "cache_lock_exptime",
+            Var::BackendLockTimeout => "cache_backend_lock_timeout",
+            Var::LockTimeout => "cache_lock_timeout",
+            Var::LockTimeoutWait => "cache_lock_timeout_wait",
+            Var::SkipFetch => "cache_skip_fetch",
+        }
+    }
+
+    /// Position in [`Var::ALL`] and in [`RawVars`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for Var {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "${}", self.name())
+    }
+}
+
+/// The raw values of the variables for one request, borrowed from nginx.
+/// An empty value counts as unset, as `set $x "";` does in the Lua original.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RawVars<'a> {
+    values: [Option<&'a [u8]>; Var::COUNT],
+}
+
+impl<'a> RawVars<'a> {
+    /// All variables unset.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the value of `var`; `None` or empty means unset.
+    pub fn set(&mut self, var: Var, value: Option<&'a [u8]>) {
+        self.values[var.index()] = value.filter(|v| !v.is_empty());
+    }
+
+    /// Builder form of [`RawVars::set`], handy for literals and tests.
+    pub fn with(mut self, var: Var, value: &'a [u8]) -> Self {
+        self.set(var, Some(value));
+        self
+    }
+
+    /// The value of `var`, `None` when unset or empty.
+    pub fn get(&self, var: Var) -> Option<&'a [u8]> {
+        self.values[var.index()]
+    }
+}
+
+/* ------------------------------------------------------------------ errors */
+
+/// Why a number of seconds was rejected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DurationError {
+    /// Not a plain decimal number (empty, junk, exponent, sign, ...).
+    NotANumber,
+    /// A negative number.
+    Negative,
+    /// More than [`MAX_DURATION_MS`].
+    TooLarge,
+}
+
+impl fmt::Display for DurationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::NotANumber => f.write_str("is not a number of seconds"),
+            Self::Negative => f.write_str("is a negative number of seconds"),
+            Self::TooLarge => write!(
+                f,
+                "is more than a year ({} seconds)",
+                MAX_DURATION_MS / 1000
+            ),
+        }
+    }
+}
+
+impl std::error::Error for DurationError {}
+
+/// What is wrong with a variable's value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// A required variable is unset while another required one is set; the
+    /// named one is set, to point at the half-done configuration.
+    Missing {
+        /// A required variable that is set.
+        while_set: Var,
+    },
+    /// A duration that does not parse.
+    Duration(DurationError),
+    /// A duration that must not be zero (a lock that expires at once).
+    Zero,
+    /// Longer than the limit, in bytes.
+    TooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// Contains bytes that cannot appear in the value (controls, spaces).
+    BadByte,
+    /// Not a location URI (does not start with `/`).
+    NotUri {
+        /// Whether `off` would also have been accepted.
+        off_allowed: bool,
+    },
+    /// An entry of `$cache_methods` that is not an HTTP token.
+    BadMethod(Vec<u8>),
+    /// `$cache_methods` holds separators only, or too many entries.
+    BadMethodList,
+    /// `$cache_skip_fetch` is not an HTTP header name.
+    BadHeaderName,
+}
+
+/// A variable with an unusable value; Display fits an error log line, e.g.
+/// `$cache_stale: "abc" is not a number of seconds`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SettingsError {
+    /// The variable at fault.
+    pub var: Var,
+    /// Its value, `None` when unset.
+    pub value: Option<Vec<u8>>,
+    /// What is wrong with it.
+    pub problem: Problem,
+}
+
+impl SettingsError {
+    fn new(var: Var, value: &[u8], problem: Problem) -> Self {
+        Self {
+            var,
+            value: Some(value.to_vec()),
+            problem,
+        }
+    }
+}
+
+/// Shows a value quoted, escaped and cut short, because values may come from
+/// client headers and keys can be kilobytes long.
+struct Quoted<'a>(&'a [u8]);
+
+impl fmt::Display for Quoted<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const SHOWN: usize = 64;
+        let shown = &self.0[..self.0.len().min(SHOWN)];
+        write!(f, "\"{}", shown.escape_ascii())?;
+        if self.0.len() > SHOWN {
+            f.write_str("...")?;
+        }
+        f.write_str("\"")
+    }
+}
+
+impl fmt::Display for SettingsError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.var)?;
+        let value = match (&self.problem, &self.value) {
+            (Problem::Missing { while_set }, _) => {
+                return write!(f, "not set, but {while_set} is");
+            }
+            (_, Some(value)) => Quoted(value),
+            (_, None) => Quoted(b""),
+        };
+        match &self.problem {
+            Problem::Missing { .. } => Ok(()),
+            Problem::Duration(err) => write!(f, "{value} {err}"),
+            Problem::Zero => write!(f, "{value} must be more than zero seconds"),
+            Problem::TooLong { max } => write!(f, "{value} is longer than {max} bytes"),
+            Problem::BadByte => write!(f, "{value} contains spaces or control characters"),
+            Problem::NotUri { off_allowed: false } => {
+                write!(f, "{value} is not a location URI (must start with \"/\")")
+            }
+            Problem::NotUri { off_allowed: true } => write!(
+                f,
+                "{value} is not a location URI (must start with \"/\") or \"off\""
+            ),
+            Problem::BadMethod(method) => write!(
+                f,
+                "{value}: {} is not an HTTP method name",
+                Quoted(method)
+            ),
+            Problem::BadMethodList => write!(
+                f,
+                "{value} must list 1 to {MAX_METHODS} method names separated by spaces, \",\" or \"|\""
+            ),
+            Problem::BadHeaderName => write!(f, "{value} is not an HTTP header name"),
+        }
+    }
+}
+
+impl std::error::Error for SettingsError {}
+
+/* --------------------------------------------------------------- durations */
+
+/// Parses non-negative decimal seconds (`3`, `0.01`, `.5`, `100.`) into
+/// milliseconds, rounding up so that a tiny non-zero value never becomes zero
+/// (zero often means "do not wait at all"). Surrounding blanks are ignored, as
+/// Lua's `tonumber` did; signs, exponents, `inf` and `nan` are rejected.
+pub fn parse_duration_secs(text: &[u8]) -> Result<u64, DurationError> {
+    let text = text.trim_ascii();
+    let text = match text.strip_prefix(b"-") {
+        Some(rest) if is_decimal(rest) && rest.iter().any(|&b| b != b'0' && b != b'.') => {
+            return Err(DurationError::Negative)
+        }
+        // "-0" is zero, not negative; a sign is still not accepted syntax.
+        Some(_) => return Err(DurationError::NotANumber),
+        None => text,
+    };
+    if !is_decimal(text) {
+        return Err(DurationError::NotANumber);
+    }
+    let (whole, frac) = match text.iter().position(|&b| b == b'.') {
+        Some(dot) => (&text[..dot], &text[dot + 1..]),
+        None => (text, &text[..0]),
+    };
+
+    let too_large = DurationError::TooLarge;
+    let mut secs: u64 = 0;
+    for &digit in whole {
+        secs = secs
+            .checked_mul(10)
+            .and_then(|s| s.checked_add(u64::from(digit - b'0')))
+            .ok_or(too_large)?;
+    }
+    let mut ms = secs.checked_mul(1000).ok_or(too_large)?;
+    let mut scale = 100;
+    for (i, &digit) in frac.iter().enumerate() {
+        let digit = u64::from(digit - b'0');
+        if i < 3 {
+            ms += digit * scale;
+            scale /= 10;
+        } else if digit != 0 {
+            // Sub-millisecond remainder: round up.
+            ms = ms.checked_add(1).ok_or(too_large)?;
+            break;
+        }
+    }
+    if ms > MAX_DURATION_MS {
+        return Err(too_large);
+    }
+    Ok(ms)
+}
+
+/// Digits with at most one dot and at least one digit.
+fn is_decimal(text: &[u8]) -> bool {
+    let mut digits = 0;
+    let mut dots = 0;
+    for &b in text {
+        match b {
+            b'0'..=b'9' => digits += 1,
+            b'.' => dots += 1,
+            _ => return false,
+        }
+    }
+    digits > 0 && dots <= 1
+}
+
+/* ----------------------------------------------------------------- methods */
+
+/// The request methods the module handles (`$cache_methods`), upper-cased.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Methods {
+    names: Vec<Vec<u8>>,
+}
+
+impl Default for Methods {
+    fn default() -> Self {
+        Self {
+            names: vec![DEFAULT_METHODS.to_vec()],
+        }
+    }
+}
+
+impl Methods {
+    /// Parses a list separated by spaces, tabs, commas or `|` (all forms seen in
+    /// existing configurations), matching case-insensitively.
+    pub fn parse(text: &[u8]) -> Result<Methods, Problem> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let separators = |b: &u8| matches!(b, b' ' | b'\t' | b',' | b'|');
+        for name in text.split(separators).filter(|n| !n.is_empty()) {
+            if !is_token(name) {
+                return Err(Problem::BadMethod(name.to_vec()));
+            }
+            let name = name.to_ascii_uppercase();
+            if !names.contains(&name) {
+                if names.len() == MAX_METHODS {
+                    return Err(Problem::BadMethodList);
+                }
+                names.push(name);
+            }
+        }
+        if names.is_empty() {
+            return Err(Problem::BadMethodList);
+        }
+        Ok(Methods { names })
+    }
+
+    /// Whether requests with this method are handled.
+    pub fn allows(&self, method: &[u8]) -> bool {
+        self.names.iter().any(|n| n.eq_ignore_ascii_case(method))
+    }
+
+    /// The listed methods, upper-cased, without duplicates.
+    pub fn names(&self) -> impl Iterator<Item = &[u8]> {
+        self.names.iter().map(Vec::as_slice)
+    }
+}
+
+/// RFC 9110 `token`: what method and header names are made of.
+fn is_token(text: &[u8]) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_NAME_LEN
+        && text
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/* ---------------------------------------------------------------- settings */
+
+/// Everything the module needs from the variables for one request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// Name of the lock zone (`$cache_lock`).
+    pub lock_zone: Vec<u8>,
+    /// Location answering Redis `TTL` (`$cache_ttl`); `?key=...` is appended.
+    pub ttl_uri: Vec<u8>,
+    /// The cache key (`$cache_key`), at most [`MAX_KEY_LEN`] bytes.
+    pub key: Vec<u8>,
+    /// Location answering Redis `PERSIST`, `None` when off (`$cache_persist`).
+    pub persist_uri: Option<Vec<u8>>,
+    /// Methods handled (`$cache_methods`).
+    pub methods: Methods,
+    /// The stale window (`$cache_stale`) in milliseconds.
+    pub stale_ms: u64,
+    /// The stale window in whole seconds, rounded up: Redis `TTL` answers
+    /// integers, and `ttl < 2.5` holds for the same integers as `ttl < 3`.
+    pub stale_secs: u64,
+    /// Longest life of a lock (`$cache_lock_exptime`), never zero.
+    pub lock_exptime_ms: u64,
+    /// How long a stale hit may wait for the refresh lock
+    /// (`$cache_backend_lock_timeout`).
+    pub backend_lock_timeout_ms: u64,
+    /// How long a miss waits for the filling request (`$cache_lock_timeout`).
+    pub lock_timeout_ms: u64,
+    /// `$cache_lock_timeout_wait`. It no longer picks the filler (the request
+    /// that takes the lock fills, and waiters are woken when it is released),
+    /// so it is only validated and kept, for the nginx side to use at most as
+    /// the interval at which waiters re-check the lock.
+    pub lock_timeout_wait_ms: u64,
+    /// Header marking the module's own refresh requests (`$cache_skip_fetch`).
+    pub skip_fetch: Vec<u8>,
+}
+
+impl Settings {
+    /// Validates the variables of one request. `Ok(None)` means the module is
+    /// inactive for it: `$cache_lock`, `$cache_ttl` and `$cache_key` are all
+    /// unset, where the Lua original silently did nothing.
+    pub fn parse(vars: &RawVars<'_>) -> Result<Option<Settings>, SettingsError> {
+        let required = [Var::Lock, Var::Ttl, Var::Key];
+        let Some(while_set) = required.into_iter().find(|&v| vars.get(v).is_some()) else {
+            return Ok(None);
+        };
+        let need = |var: Var| {
+            vars.get(var).ok_or(SettingsError {
+                var,
+                value: None,
+                problem: Problem::Missing { while_set },
+            })
+        };
+        let (lock, ttl, key) = (need(Var::Lock)?, need(Var::Ttl)?, need(Var::Key)?);
+
+        let lock_zone = parse_name(Var::Lock, lock)?;
+        let ttl_uri = parse_uri(Var::Ttl, ttl, false)?.to_vec();
+        if key.len() > MAX_KEY_LEN {
+            return Err(SettingsError::new(
+                Var::Key,
+                key,
+                Problem::TooLong { max: MAX_KEY_LEN },
+            ));
+        }
+        let persist_uri = match vars.get(Var::Persist) {
+            None => None,
+            Some(v) if v.eq_ignore_ascii_case(b"off") => None,
+            Some(v) => Some(parse_uri(Var::Persist, v, true)?.to_vec()),
+        };
+        let methods = match vars.get(Var::Methods) {
+            None => Methods::default(),
+            Some(v) => Methods::parse(v).map_err(|p| SettingsError::new(Var::Methods, v, p))?,
+        };
+        let duration = |var: Var, default: u64| match vars.get(var) {
+            None => Ok(default),
+            Some(v) => {
+                parse_duration_secs(v).map_err(|e| SettingsError::new(var, v, Problem::Duration(e)))
+            }
+        };
+        let stale_ms = duration(Var::Stale, DEFAULT_STALE_MS)?;
+        let lock_exptime_ms = duration(Var::LockExptime, DEFAULT_LOCK_EXPTIME_MS)?;
+        if lock_exptime_ms == 0 {
+            let value = vars.get(Var::LockExptime).unwrap_or_default();
+            return Err(SettingsError::new(Var::LockExptime, value, Problem::Zero));
+        }
+        let skip_fetch = match vars.get(Var::SkipFetch) {
+            None => DEFAULT_SKIP_FETCH.to_vec(),
+            Some(v) if is_token(v) => v.to_vec(),
+            Some(v) => {
+                return Err(SettingsError::new(
+                    Var::SkipFetch,
+                    v,
+                    Problem::BadHeaderName,
+                ))
+            }
+        };
+
+        Ok(Some(Settings {
+            lock_zone,
+            ttl_uri,
+            key: key.to_vec(),
+            persist_uri,
+            methods,
+            stale_ms,
+            stale_secs: stale_ms.div_ceil(1000),
+            lock_exptime_ms,
+            backend_lock_timeout_ms: duration(
+                Var::BackendLockTimeout,
+                DEFAULT_BACKEND_LOCK_TIMEOUT_MS,
+            )?,
+            lock_timeout_ms: duration(Var::LockTimeout, DEFAULT_LOCK_TIMEOUT_MS)?,
+            lock_timeout_wait_ms: duration(Var::LockTimeoutWait, DEFAULT_LOCK_TIMEOUT_WAIT_MS)?,
+            skip_fetch,
+        }))
+    }
+
+    /// Whether requests with this method are handled.
+    pub fn allows(&self, method: &[u8]) -> bool {
+        self.methods.allows(method)
+    }
+
+    /// Whether `uri` is one of the module's own lookup locations; the original
+    /// skipped those so the TTL/PERSIST subrequests do not recurse.
+    pub fn is_lookup_uri(&self, uri: &[u8]) -> bool {
+        uri == self.ttl_uri.as_slice() || self.persist_uri.as_deref() == Some(uri)
+    }
+}
+
+fn check_name(var: Var, value: &[u8]) -> Result<(), SettingsError> {
+    if value.len() > MAX_NAME_LEN {
+        return Err(SettingsError::new(
+            var,
+            value,
+            Problem::TooLong { max: MAX_NAME_LEN },
+        ));
+    }
+    if value.iter().any(|&b| b <= b' ' || b == 0x7f) {
+        return Err(SettingsError::new(var, value, Problem::BadByte));
+    }
+    Ok(())
+}
+
+fn parse_name(var: Var, value: &[u8]) -> Result<Vec<u8>, SettingsError> {
+    check_name(var, value)?;
+    Ok(value.to_vec())
+}
+
+fn parse_uri(var: Var, value: &[u8], off_allowed: bool) -> Result<&[u8], SettingsError> {
+    check_name(var, value)?;
+    if !value.starts_with(b"/") {
+        return Err(SettingsError::new(
+            var,
+            value,
+            Problem::NotUri { off_allowed },
+        ));
+    }
+    Ok(value)
+}
+
+/* ------------------------------------------------------------------- tests */
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn base() -> RawVars<'static> {
+        RawVars::new()
+            .with(Var::Lock, b"srcache_locks")
+            .with(Var::Ttl, b"/redisttl")
+            .with(Var::Key, b"Mozilla|/api/x")
+    }
+
+    fn parse(vars: RawVars<'_>) -> Settings {
+        Settings::parse(&vars).unwrap().unwrap()
+    }
+
+    fn err(vars: RawVars<'_>) -> SettingsError {
+        Settings::parse(&vars).unwrap_err()
+    }
+
+    #[test]
+    fn durations_accept_decimal_seconds() {
+        let cases: &[(&[u8], u64)] = &[
+            (b"3", 3000),
+            (b"0.01", 10),
+            (b".5", 500),
+            (b"100", 100_000),
+            (b"100.", 100_000),
+            (b"0", 0),
+            (b"0.000", 0),
+            (b"00012", 12_000),
+            (b"0.06", 60),
+            (b"1.2345", 1235),
+            (b"0.0001", 1),
+            (b"0.0000000000000000000001", 1),
+            (b"2.5000000", 2500),
+            (b" 30\t", 30_000),
+            (b"31536000", MAX_DURATION_MS),
+        ];
+        for &(text, ms) in cases {
+            assert_eq!(parse_duration_secs(text), Ok(ms), "{}", text.escape_ascii());
+        }
+    }
+
+    #[test]
+    fn durations_reject_junk() {
+        use DurationError::*;
+        let cases: &[(&[u8], DurationError)] = &[
+            (b"", NotANumber),
+            (b"   ", NotANumber),
+            (b".", NotANumber),
+            (b"abc", NotANumber),
+            (b"3s", NotANumber),
+            (b"1.2.3", NotANumber),
+            (b"1e3", NotANumber),
+            (b"+3", NotANumber),
+            (b"nan", NotANumber),
+            (b"NaN", NotANumber),
+            (b"inf", NotANumber),
+            (b"0x10", NotANumber),
+            (b"1 2", NotANumber),
+            (b"-", NotANumber),
+            (b"-0", NotANumber),
+            (b"-abc", NotANumber),
+            (b"-1", Negative),
+            (b"-0.5", Negative),
+            (b"31536000.001", TooLarge),
+            (b"99999999999", TooLarge),
+            (b"99999999999999999999999999999", TooLarge),
+        ];
+        for &(text, expected) in cases {
+            assert_eq!(
+                parse_duration_secs(text),
+                Err(expected),
+                "{}",
+                text.escape_ascii()
+            );
+        }
+    }
+
+    #[test]
+    fn defaults_match_the_lua_original() {
+        let s = parse(base());
+        assert_eq!(s.lock_zone, b"srcache_locks");
+        assert_eq!(s.ttl_uri, b"/redisttl");
+        assert_eq!(s.key, b"Mozilla|/api/x");
+        assert_eq!(s.persist_uri, None);
+        assert!(s.allows(b"GET"));
+        assert!(!s.allows(b"HEAD"));
+        assert!(!s.allows(b"POST"));
+        assert_eq!(s.stale_ms, 100_000);
+        assert_eq!(s.stale_secs, 100);
+        assert_eq!(s.lock_exptime_ms, 30_000);
+        assert_eq!(s.backend_lock_timeout_ms, 10);
+        assert_eq!(s.lock_timeout_ms, 3_000);
+        assert_eq!(s.lock_timeout_wait_ms, 60);
+        assert_eq!(s.skip_fetch, b"X-Skip-Fetch");
+    }
+
+    #[test]
+    fn documented_configuration_parses() {
+        let vars = base()
+            .with(Var::Persist, b"/redispersist")
+            .with(Var::Stale, b"100")
+            .with(Var::LockExptime, b"30")
+            .with(Var::BackendLockTimeout, b"0.01")
+            .with(Var::LockTimeout, b"3")
+            .with(Var::LockTimeoutWait, b"0.06")
+            .with(Var::SkipFetch, b"X-Skip-Fetch");
+        let s = parse(vars);
+        assert_eq!(s.persist_uri.as_deref(), Some(&b"/redispersist"[..]));
+        assert_eq!(s, {
+            let mut d = parse(base());
+            d.persist_uri = Some(b"/redispersist".to_vec());
+            d
+        });
+        assert!(s.is_lookup_uri(b"/redisttl"));
+        assert!(s.is_lookup_uri(b"/redispersist"));
+        assert!(!s.is_lookup_uri(b"/api"));
+        assert!(!s.is_lookup_uri(b"/redisttl/"));
+    }
+
+    #[test]
+    fn inactive_when_required_all_unset() {
+        assert_eq!(Settings::parse(&RawVars::new()), Ok(None));
+        let only_optional = RawVars::new()
+            .with(Var::Stale, b"abc")
+            .with(Var::Persist, b"/p");
+        assert_eq!(Settings::parse(&only_optional), Ok(None));
+        let mut empty = RawVars::new();
+        empty.set(Var::Lock, Some(b""));
+        empty.set(Var::Key, None);
+        assert_eq!(Settings::parse(&empty), Ok(None));
+    }
+
+    #[test]
+    fn partial_required_names_the_missing_one() {
+        let e = err(RawVars::new().with(Var::Key, b"k"));
+        assert_eq!(e.var, Var::Lock);
+        assert_eq!(
+            e.problem,
+            Problem::Missing {
+                while_set: Var::Key
+            }
+        );
+        assert_eq!(e.to_string(), "$cache_lock: not set, but $cache_key is");
+
+        let e = err(RawVars::new().with(Var::Lock, b"z").with(Var::Key, b"k"));
+        assert_eq!(e.var, Var::Ttl);
+        assert_eq!(e.to_string(), "$cache_ttl: not set, but $cache_lock is");
+
+        let e = err(RawVars::new().with(Var::Lock, b"z").with(Var::Ttl, b"/t"));
+        assert_eq!(e.var, Var::Key);
+        assert_eq!(e.value, None);
+    }
+
+    #[test]
+    fn error_messages_name_variable_and_value() {
+        let e = err(base().with(Var::Stale, b"abc"));
+        assert_eq!(
+            e.to_string(),
+            "$cache_stale: \"abc\" is not a number of seconds"
+        );
+        let e = err(base().with(Var::LockTimeout, b"-1"));
+        assert_eq!(
+            e.to_string(),
+            "$cache_lock_timeout: \"-1\" is a negative number of seconds"
+        );
+        let e = err(base().with(Var::BackendLockTimeout, b"1e9"));
+        assert_eq!(e.var, Var::BackendLockTimeout);
+        let e = err(base().with(Var::LockTimeoutWait, b"99999999"));
+        assert_eq!(
+            e.to_string(),
+            "$cache_lock_timeout_wait: \"99999999\" is more than a year (31536000 seconds)"
+        );
+        let e = err(base().with(Var::LockExptime, b"0"));
+        assert_eq!(
+            e.to_string(),
+            "$cache_lock_exptime: \"0\" must be more than zero seconds"
+        );
+        let e = err(base().with(Var::Stale, b"\x01\"x"));
+        assert_eq!(
+            e.to_string(),
+            "$cache_stale: \"\\x01\\\"x\" is not a number of seconds"
+        );
+    }
+
+    #[test]
+    fn stale_whole_seconds_round_up() {
+        let s = parse(base().with(Var::Stale, b"2.5"));
+        assert_eq!((s.stale_ms, s.stale_secs), (2500, 3));
+        let s = parse(base().with(Var::Stale, b"0"));
+        assert_eq!((s.stale_ms, s.stale_secs), (0, 0));
+        let s = parse(base().with(Var::Stale, b"0.001"));
+        assert_eq!((s.stale_ms, s.stale_secs), (1, 1));
+        let s = parse(base().with(Var::Stale, b"7"));
+        assert_eq!((s.stale_ms, s.stale_secs), (7000, 7));
+    }
+
+    #[test]
+    fn uris_must_be_absolute() {
+        let e = err(base().with(Var::Ttl, b"redisttl"));
+        assert_eq!(
+            e.to_string(),
+            "$cache_ttl: \"redisttl\" is not a location URI (must start with \"/\")"
+        );
+        let e = err(base().with(Var::Persist, b"persist"));
+        assert_eq!(e.var, Var::Persist);
+        assert_eq!(e.problem, Problem::NotUri { off_allowed: true });
+        assert_eq!(
+            err(base().with(Var::Ttl, b"/a b")).problem,
+            Problem::BadByte
+        );
+        assert_eq!(
+            err(base().with(Var::Ttl, b"/a\nb")).problem,
+            Problem::BadByte
+        );
+        let long = [b'/'; MAX_NAME_LEN + 1];
+        assert_eq!(
+            err(base().with(Var::Ttl, &long)).problem,
+            Problem::TooLong { max: MAX_NAME_LEN }
+        );
+    }
+
+    #[test]
+    fn persist_off_forms() {
+        for off in [&b"off"[..], b"OFF", b"Off"] {
+            assert_eq!(parse(base().with(Var::Persist, off)).persist_uri, None);
+        }
+        let mut vars = base();
+        vars.set(Var::Persist, Some(b""));
+        assert_eq!(parse(vars).persist_uri, None);
+    }
+
+    #[test]
+    fn lock_zone_checked() {
+        assert_eq!(
+            err(base().with(Var::Lock, b"a zone")).problem,
+            Problem::BadByte
+        );
+        assert_eq!(parse(base().with(Var::Lock, b"z")).lock_zone, b"z");
+    }
+
+    #[test]
+    fn key_length_limit() {
+        let key = vec![b'k'; MAX_KEY_LEN];
+        assert_eq!(parse(base().with(Var::Key, &key)).key.len(), MAX_KEY_LEN);
+        let key = vec![b'k'; MAX_KEY_LEN + 1];
+        let e = err(base().with(Var::Key, &key));
+        assert_eq!(e.problem, Problem::TooLong { max: MAX_KEY_LEN });
+        let text = e.to_string();
+        assert!(text.starts_with("$cache_key: \"kkkk"), "{text}");
+        assert!(text.ends_with("...\" is longer than 4096 bytes"), "{text}");
+        assert!(text.len() < 200);
+        // Keys may hold any byte, spaces included.
+        assert!(Settings::parse(&base().with(Var::Key, b"a b\x00c")).is_ok());
+    }
+
+    #[test]
+    fn method_lists() {
+        let s = parse(base().with(Var::Methods, b"get, HEAD|post  Options"));
+        for m in [
+            &b"GET"[..],
+            b"get",
+            b"HEAD",
+            b"POST",
+            b"OPTIONS",
+            b"oPtIoNs",
+        ] {
+            assert!(s.allows(m), "{}", m.escape_ascii());
+        }
+        assert!(!s.allows(b"PUT"));
+        assert!(!s.allows(b""));
+        assert!(!s.allows(b"GE"));
+        let names: Vec<&[u8]> = s.methods.names().collect();
+        assert_eq!(names, [&b"GET"[..], b"HEAD", b"POST", b"OPTIONS"]);
+
+        let dup = Methods::parse(b"GET get GET").unwrap();
+        assert_eq!(dup.names().count(), 1);
+        let custom = Methods::parse(b"PROPFIND,M-SEARCH").unwrap();
+        assert!(custom.allows(b"m-search"));
+    }
+
+    #[test]
+    fn bad_method_lists() {
+        let e = err(base().with(Var::Methods, b"GET, P(OST"));
+        assert_eq!(e.problem, Problem::BadMethod(b"P(OST".to_vec()));
+        assert_eq!(
+            e.to_string(),
+            "$cache_methods: \"GET, P(OST\": \"P(OST\" is not an HTTP method name"
+        );
+        assert_eq!(
+            err(base().with(Var::Methods, b" ,| ")).problem,
+            Problem::BadMethodList
+        );
+        let many: Vec<u8> = (0..=MAX_METHODS)
+            .flat_map(|i| format!("M{i} ").into_bytes())
+            .collect();
+        assert_eq!(
+            err(base().with(Var::Methods, &many)).problem,
+            Problem::BadMethodList
+        );
+        assert_eq!(
+            Methods::parse(b"GET\x7f").unwrap_err(),
+            Problem::BadMethod(b"GET\x7f".to_vec())
+        );
+    }
+
+    #[test]
+    fn skip_fetch_must_be_header_name() {
+        assert_eq!(
+            parse(base().with(Var::SkipFetch, b"X-Refresh")).skip_fetch,
+            b"X-Refresh"
+        );
+        for bad in [&b"X Skip"[..], b"X-Skip:", b"X\xffSkip", b"(x)"] {
+            let e = err(base().with(Var::SkipFetch, bad));
+            assert_eq!(e.problem, Problem::BadHeaderName);
+        }
+        assert_eq!(
+            err(base().with(Var::SkipFetch, b"a:b")).to_string(),
+            "$cache_skip_fetch: \"a:b\" is not an HTTP header name"
+        );
+    }
+
+    #[test]
+    fn vars_table_is_consistent() {
+        for (i, var) in Var::ALL.iter().enumerate() {
+            assert_eq!(var.index(), i);
+            assert!(var.name().starts_with("cache_"));
+        }
+        assert_eq!(Var::Stale.to_string(), "$cache_stale");
+        let mut vars = RawVars::new();
+        vars.set(Var::Key, Some(b"k"));
+        assert_eq!(vars.get(Var::Key), Some(&b"k"[..]));
+        vars.set(Var::Key, Some(b""));
+        assert_eq!(vars.get(Var::Key), None);
+    }
+}
