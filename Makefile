@@ -44,7 +44,8 @@ $(NGINX_BUILD_DIR)/ngx_auto_config.h:
 module: $(NGINX_BUILD_DIR)/ngx_auto_config.h
 	cargo build $(CARGO_PROFILE_FLAG) --lib
 	@mkdir -p $(BUILD)
-	cp $(CARGO_SO) $(MODULE_SO)
+	@# Replace, never rewrite in place: a running nginx has the old file mapped.
+	cp $(CARGO_SO) $(MODULE_SO).tmp && mv -f $(MODULE_SO).tmp $(MODULE_SO)
 	@echo "built $(MODULE_SO)"
 
 unit: $(NGINX_BUILD_DIR)/ngx_auto_config.h

@@ -14,7 +14,8 @@ use Fcntl qw(F_GETFL F_SETFL O_NONBLOCK);
 use POSIX qw(WNOHANG EAGAIN EINPROGRESS EINTR EWOULDBLOCK);
 use Time::HiRes qw(time sleep);
 use File::Path qw(make_path remove_tree);
-use File::Basename qw(dirname);
+use File::Basename qw(dirname basename);
+use File::Copy ();
 use Cwd qw(abs_path);
 use JSON::PP ();
 
@@ -35,7 +36,7 @@ my $OUR_MOD  = $ENV{STALE_CACHE_MODULE} || 'build/ngx_http_stale_cache_module.so
 $OUR_MOD = "$ROOT/$OUR_MOD" unless $OUR_MOD =~ m{^/};
 
 my $PARENT = $$;
-my (%PORT, %USED_PORT, $SPEC, $REPEAT, $STARTED);
+my (%PORT, %USED_PORT, $SPEC, $REPEAT, $STARTED, $MOD_COPY);
 my ($NGINX_PID, $REDIS_PID, $BACKEND_PID, $BLACKHOLE_PID);
 my ($CUR_NAME, $LOG_OFFSET, @RESPONSES, $TIMEOUT) = ('', 0);
 our ($TEST_NGINX_SERVER_PORT, $TEST_NGINX_REDIS_PORT, $TEST_NGINX_BACKEND_PORT,
@@ -201,6 +202,16 @@ sub start_services {
     remove_tree($SERVROOT);
     make_path(map "$SERVROOT/$_", qw(conf logs html redis),
               map "temp/$_", qw(client_body proxy fastcgi uwsgi scgi));
+    # nginx loads a snapshot of the module: a rebuild that rewrites the .so
+    # in place must not crash (SIGBUS) the running workers
+    if ($ENV{TEST_NGINX_NO_STALE_CACHE}) {
+    } elsif (-f $OUR_MOD) {
+        make_path("$SERVROOT/modules");
+        $MOD_COPY = "$SERVROOT/modules/" . basename($OUR_MOD);
+        File::Copy::copy($OUR_MOD, $MOD_COPY) or die "copy $OUR_MOD: $!\n";
+    } else {
+        Test::More::diag("$OUR_MOD not found: not loading the stale cache module");
+    }
     start_redis();
     $BACKEND_PID = spawn("$SERVROOT/logs/backend.log", $PYTHON,
                          "$ROOT/t/lib/backend.py", '--port', $PORT{backend});
@@ -338,7 +349,7 @@ sub redis {
     my @args = @_;
     my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $PORT{redis},
                                   Timeout => 3) or die "redis: cannot connect: $!\n";
-    for (@args) { $_ //= ''; utf8::encode($_) if utf8::is_utf8($_) }
+    for (@args) { $_ //= ''; utf8::downgrade($_, 1) or utf8::encode($_) }
     my $req = '*' . @args . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @args;
     while (length $req) {
         my $n = syswrite($s, $req) // die "redis: write: $!\n";
@@ -579,6 +590,7 @@ sub build_request {    # Test::Nginx style "GET /t" [+ "\nbody"] -> raw request
            && !$has{'content-length'} && !$has{'transfer-encoding'};
     my $raw = "$method $uri $proto\r\n" . join('', map { "$_->[0]: $_->[1]\r\n" } @h)
             . "\r\n" . ($body // '');
+    utf8::downgrade($raw, 1) or utf8::encode($raw);
     return { raw => $raw, head => $method eq 'HEAD' };
 }
 
@@ -685,19 +697,12 @@ sub write_conf {
     my $b = shift;
     my @mods = map { "$MODDIR/$_" } qw(ndk_http_module.so ngx_http_set_misc_module.so
                                        ngx_http_echo_module.so ngx_http_srcache_filter_module.so);
-    unless ($ENV{TEST_NGINX_NO_STALE_CACHE}) {
-        if (-f $OUR_MOD) {
-            push @mods, $OUR_MOD;
-        } else {
-            our $warned_mod;
-            Test::More::diag("$OUR_MOD not found: not loading the stale cache module")
-                unless $warned_mod++;
-        }
-    }
+    push @mods, $MOD_COPY if $MOD_COPY;
     my $workers = $b->{workers} || 1;
     my $level = $b->{log_level} || 'debug';
     my $user = $> == 0 ? "user root;\n" : '';
-    my $conf = join('', map { "load_module $_;\n" } @mods) . <<"EOF";
+    my $conf = ($MOD_COPY ? "# $MOD_COPY is a copy of $OUR_MOD\n" : '')
+             . join('', map { "load_module $_;\n" } @mods) . <<"EOF";
 ${user}daemon off;
 master_process on;
 worker_processes $workers;
