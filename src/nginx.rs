@@ -2,6 +2,7 @@
 
 mod conf;
 mod handler;
+mod literals;
 mod module;
 mod redis;
 mod refresh;

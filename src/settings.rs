@@ -537,6 +537,21 @@ impl Settings {
     }
 }
 
+/// Checks one `$cache_*` value written as a literal in the configuration (`set $cache_stale
+/// abc;`), so the mistake fails `nginx -t` instead of being logged at run time. The other
+/// variables get valid stand-ins, so only an error about `var` itself is reported.
+pub fn check_literal(var: Var, value: &[u8]) -> Result<(), SettingsError> {
+    let mut raw = RawVars::new()
+        .with(Var::Lock, b"zone")
+        .with(Var::Ttl, b"/ttl")
+        .with(Var::Key, b"key");
+    raw.set(var, Some(value));
+    match Settings::parse(&raw) {
+        Err(e) if e.var == var => Err(e),
+        _ => Ok(()),
+    }
+}
+
 fn check_name(var: Var, value: &[u8]) -> Result<(), SettingsError> {
     if value.len() > MAX_NAME_LEN {
         return Err(SettingsError::new(
@@ -905,5 +920,23 @@ mod tests {
         assert_eq!(vars.get(Var::Key), Some(&b"k"[..]));
         vars.set(Var::Key, Some(b""));
         assert_eq!(vars.get(Var::Key), None);
+    }
+
+    #[test]
+    fn literal_checks_report_only_the_literal_variable() {
+        assert!(check_literal(Var::Stale, b"100").is_ok());
+        assert!(check_literal(Var::Methods, b"GET HEAD").is_ok());
+        let e = check_literal(Var::Stale, b"abc").unwrap_err();
+        assert_eq!(e.var, Var::Stale);
+        assert!(e.to_string().contains("abc"), "{e}");
+        assert_eq!(
+            check_literal(Var::Ttl, b"redisttl").unwrap_err().var,
+            Var::Ttl
+        );
+        assert_eq!(
+            check_literal(Var::Methods, b"G(T").unwrap_err().var,
+            Var::Methods
+        );
+        assert!(check_literal(Var::Persist, b"off").is_ok());
     }
 }

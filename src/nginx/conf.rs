@@ -18,6 +18,7 @@ use super::refresh::RefreshTarget;
 use super::util::{conf_args, pool_str, str_bytes, CONF_ERROR, CONF_OK};
 use super::vars::VarIndexes;
 use super::zone::Zone;
+use crate::settings::{check_literal, Var};
 use ngx::ffi::ngx_http_request_t;
 
 /// Defaults of the Redis locations: Redis on loopback answers in well under a millisecond, so
@@ -308,6 +309,9 @@ pub unsafe extern "C" fn merge_loc_conf(
     if conf.stale.refresh_target.is_none() {
         conf.stale.refresh_target = prev.stale.refresh_target.clone();
     }
+    if conf.stale.enabled == 1 && !check_literal_variables(cf) {
+        return CONF_ERROR;
+    }
     if conf.redis.reply == ReplyMode::Unset {
         conf.redis.reply = default_reply_mode(&conf.redis.commands);
     }
@@ -328,6 +332,35 @@ pub unsafe extern "C" fn merge_loc_conf(
         return CONF_ERROR;
     }
     CONF_OK
+}
+
+/// Rejects bad `$cache_*` values that the location sets as literals.
+fn check_literal_variables(cf: *mut ngx_conf_t) -> bool {
+    let mcf = main_conf_of(cf);
+    for (index, value) in super::literals::literal_sets(cf) {
+        let Some(var) = Var::ALL.into_iter().find(|v| mcf.vars[v.index()] == index) else {
+            continue;
+        };
+        if value.is_empty() {
+            continue;
+        }
+        if let Err(e) = check_literal(var, &value) {
+            ngx_conf_log_error!(NGX_LOG_EMERG, cf, "stale_cache: {}", e);
+            return false;
+        }
+        if var == Var::Lock && !mcf.zones.iter().any(|z| z.name == value) {
+            ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "stale_cache: $cache_lock: \"{}\" names no zone; add \"stale_cache_zone {} 1m;\" \
+                 to the http block",
+                String::from_utf8_lossy(&value),
+                String::from_utf8_lossy(&value)
+            );
+            return false;
+        }
+    }
+    true
 }
 
 /// `value` for a location whose only command is a literal GET (the srcache fetch location),
