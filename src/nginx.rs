@@ -6,6 +6,6 @@ mod literals;
 mod module;
 mod redis;
 mod refresh;
-mod util;
+pub(crate) mod util;
 mod vars;
 mod zone;

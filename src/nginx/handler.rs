@@ -17,7 +17,7 @@ use ngx::ffi::{
     ngx_http_post_subrequest_t, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_http_subrequest, ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add,
     ngx_post_event, ngx_posted_events, ngx_str_t, ngx_table_elt_t, ngx_variable_value_t,
-    NGX_HTTP_SUBREQUEST_WAITED, NGX_LOG_ERR, NGX_LOG_WARN,
+    NGX_HTTP_SUBREQUEST_WAITED, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 
 use super::conf::{LocConf, MainConf};
@@ -26,7 +26,7 @@ use super::refresh::{self, RefreshOutcome, RefreshTarget};
 use super::util::{now_ms, pool_str, str_bytes};
 use super::vars;
 use super::zone::{self, Zone};
-use crate::locktable::{LockKind, LockOutcome};
+use crate::locktable::{LockKind, LockOutcome, MemoOutcome};
 use crate::policy::{decide, Action, CacheStatus, FailReason, LogLimiter};
 use crate::replay::{key_argument, secret_matches, Replay};
 use crate::resp::{parse_integer_reply, ReplyError};
@@ -146,10 +146,21 @@ fn log_of(r: &ngx_http_request_t) -> *mut ngx::ffi::ngx_log_t {
 
 /// Logs at most one line per LOG_INTERVAL_MS for `kind` in this worker.
 fn log_limited(log: *mut ngx::ffi::ngx_log_t, level: u32, kind: &'static str, message: &str) {
+    log_every(LOG_INTERVAL_MS, log, level, kind, message);
+}
+
+/// Logs at most one line per `interval_ms` for `kind` in this worker.
+fn log_every(
+    interval_ms: u64,
+    log: *mut ngx::ffi::ngx_log_t,
+    level: u32,
+    kind: &'static str,
+    message: &str,
+) {
     let allowed = LIMITERS.with(|l| {
         l.borrow_mut()
             .entry(kind)
-            .or_insert_with(|| LogLimiter::new(LOG_INTERVAL_MS))
+            .or_insert_with(|| LogLimiter::new(interval_ms))
             .allow(now_ms())
     });
     if let Some(suppressed) = allowed {
@@ -608,7 +619,23 @@ fn after_lookup(
         Action::ServeFresh { memo_ms } => {
             if lcf.memo_enabled() && memo_ms > 0 {
                 let key = settings.key.clone();
-                zone.with_table(|t| t.memo_set(t.fingerprint(&key), now + memo_ms, now));
+                let stored =
+                    zone.with_table(|t| t.memo_set(t.fingerprint(&key), now + memo_ms, now));
+                if let Some(MemoOutcome::StoredEvicted(_)) = stored {
+                    // Once per worker: it says the zone is too small, not that anything failed.
+                    log_every(
+                        u64::MAX,
+                        log_of(req),
+                        NGX_LOG_NOTICE,
+                        "evict",
+                        &format!(
+                            "stale_cache: zone \"{}\" is full: evicting the least recently \
+                             used freshness memos (requests stay correct; a bigger zone saves \
+                             TTL lookups)",
+                            String::from_utf8_lossy(&zone.name)
+                        ),
+                    );
+                }
             }
             state.status = Some(CacheStatus::Fresh);
             state.phase = Phase::Done;

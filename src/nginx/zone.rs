@@ -91,6 +91,18 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
     }
     pool.data = region as *mut c_void;
     zone.data = region as *mut c_void;
+    let slots = LockTable::slots_for_len(table_len);
+    let capacity = LockTable::capacity_for_len(table_len);
+    ngx::ngx_log_error!(
+        ngx::ffi::NGX_LOG_NOTICE,
+        zone.shm.log,
+        "stale_cache: zone \"{}\": {} slots of {} bytes, room for {} entries (locks and \
+         freshness memos together)",
+        String::from_utf8_lossy(crate::nginx::util::str_bytes(&zone.shm.name)),
+        slots,
+        LockTable::bytes_per_slot(),
+        capacity
+    );
     NGX_OK
 }
 
