@@ -1,6 +1,5 @@
 //! Location configuration and the directive handlers of the native Redis locations.
 
-use core::cell::Cell;
 use core::ffi::{c_char, c_void};
 use core::mem;
 use core::ptr;
@@ -58,8 +57,6 @@ pub struct RedisConf {
     pub commands: Vec<Vec<RedisArg>>,
     pub reply: ReplyMode,
     pub backoff: ngx_msec_t,
-    /// Per worker: after a connect failure or timeout, answer 502 at once until this time.
-    pub down_until: Cell<ngx_msec_t>,
     pub uses_request_body: bool,
     /// `stale_cache_redis_pass` appears in this very location (not inherited).
     pub has_pass: bool,
@@ -211,7 +208,6 @@ impl LocConf {
                 commands: Vec::new(),
                 reply: ReplyMode::Unset,
                 backoff: UNSET_MSEC,
-                down_until: Cell::new(0),
                 uses_request_body: false,
                 has_pass: false,
             },

@@ -6,13 +6,15 @@
 
 use core::ffi::c_void;
 use core::ptr;
+use std::cell::RefCell;
+use std::collections::HashMap;
 
 use ngx::core::Pool;
 use ngx::ffi::{
     ngx_alloc_chain_link, ngx_buf_t, ngx_chain_get_free_buf, ngx_chain_t, ngx_create_temp_buf,
     ngx_http_complex_value, ngx_http_discard_request_body, ngx_http_read_client_request_body,
     ngx_http_request_t, ngx_http_upstream_create, ngx_http_upstream_init, ngx_http_upstream_t,
-    ngx_int_t, ngx_str_t, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT,
+    ngx_int_t, ngx_msec_t, ngx_str_t, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT,
     NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_NOT_FOUND, NGX_HTTP_OK, NGX_HTTP_SPECIAL_RESPONSE,
     NGX_LOG_ERR,
 };
@@ -63,6 +65,18 @@ fn peer_name(u: &ngx_http_upstream_t) -> String {
     String::from_utf8_lossy(str_bytes(unsafe { &*u.peer.name })).into_owned()
 }
 
+thread_local! {
+    /// Per worker and Redis server group: after a connect failure or timeout, every location
+    /// using the group answers 502 at once until this time (srcache's fetch and store
+    /// locations share one outage, and its one log line).
+    static DOWN_UNTIL: RefCell<HashMap<usize, ngx_msec_t>> = RefCell::new(HashMap::new());
+}
+
+fn down_until(conf: &RedisConf) -> ngx_msec_t {
+    let group = conf.upstream.upstream as usize;
+    DOWN_UNTIL.with(|d| d.borrow().get(&group).copied().unwrap_or(0))
+}
+
 /// Content handler of a location with `stale_cache_redis_pass`.
 pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls content handlers with a live request.
@@ -71,7 +85,7 @@ pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
 
     // A server that just failed is not asked again for `backoff`: one log line per outage
     // instead of one per request, and callers fail over at once instead of after a timeout.
-    if current_msec() < conf.down_until.get() {
+    if current_msec() < down_until(conf) {
         if conf.uses_request_body {
             // SAFETY: live request; discarding is how a handler refuses a body.
             unsafe { ngx_http_discard_request_body(r) };
@@ -536,7 +550,8 @@ unsafe extern "C" fn finalize_request(r: *mut ngx_http_request_t, rc: ngx_int_t)
         let u = unsafe { &*req.upstream };
         if u.headers_in.status_n == 0 {
             let conf = conf_of(req);
-            conf.down_until.set(current_msec() + conf.backoff);
+            let group = conf.upstream.upstream as usize;
+            DOWN_UNTIL.with(|d| d.borrow_mut().insert(group, current_msec() + conf.backoff));
         }
     }
 }

@@ -27,7 +27,7 @@ our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  start_redis fake_redis_blackhole nginx_pids sleep_ms);
 
 my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
-my $SERVROOT = "$ROOT/t/servroot";
+my $SERVROOT = $ENV{TEST_NGINX_SERVROOT} || "$ROOT/t/servroot";
 my $NGINX    = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
 my $MODDIR   = $ENV{TEST_NGINX_MODULES_DIR} || '/usr/lib/nginx/modules';
 my $REDIS    = $ENV{TEST_NGINX_REDIS_SERVER} || '/usr/bin/redis-server';

@@ -1,0 +1,160 @@
+#!/usr/bin/env bash
+# `make bench`: plain srcache vs the module, side by side in one run, on loopback.
+# BENCH_SMOKE=1 runs a seconds-long version (CI uses it to prove the bench still runs).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+prefix=$root/build/bench
+module=${STALE_CACHE_MODULE:-$root/build/ngx_http_stale_cache_module.so}
+if [ "${BENCH_SMOKE:-0}" = 1 ]; then
+    duration=1; rounds=1; cold_sizes="20"; stale_duration=1
+else
+    duration=${BENCH_DURATION:-4}; rounds=${BENCH_ROUNDS:-3}; cold_sizes="100 1000"; stale_duration=5
+fi
+connections=${BENCH_CONNECTIONS:-50}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+nginx_port=$(free_port); redis_port=$(free_port); backend_port=$(free_port)
+
+rm -rf "$prefix" && mkdir -p "$prefix"/{logs,conf,redis,modules}
+cp "$module" "$prefix/modules/"
+ulimit -n 16384 2>/dev/null || true
+pids=()
+cleanup() {
+    [ -f "$prefix/logs/nginx.pid" ] && kill -QUIT "$(cat "$prefix/logs/nginx.pid")" 2>/dev/null || true
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+
+redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+    --dir "$prefix/redis" --logfile "$prefix/logs/redis.log" &
+pids+=($!)
+python3 "$root/t/lib/backend.py" --port "$backend_port" >"$prefix/logs/backend.log" 2>&1 &
+pids+=($!)
+
+# One server, one location per row, so every row runs against the same processes.
+common='set $cache_key $uri; set_escape_uri $escaped_key $cache_key;
+        srcache_fetch GET /redis $cache_key;
+        add_header X-Stale-Cache $stale_cache_status;
+        proxy_pass http://www;'
+module_vars='set $cache_lock bench; set $cache_ttl /redisttl; set $cache_stale 100; stale_cache on;'
+store_fresh='srcache_store PUT /redis2 key=$escaped_key&exptime=3600;'
+cat >"$prefix/conf/nginx.conf" <<CONF
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_set_misc_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_echo_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_srcache_filter_module.so;
+load_module $prefix/modules/ngx_http_stale_cache_module.so;
+worker_processes 2;
+worker_rlimit_nofile 16384;
+error_log logs/error.log notice;
+pid logs/nginx.pid;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    upstream redis { server 127.0.0.1:$redis_port; keepalive 64; }
+    upstream www { server 127.0.0.1:$backend_port; keepalive 64; }
+    stale_cache_zone bench 1m;
+    server {
+        listen 127.0.0.1:$nginx_port backlog=4096;
+        location /a/ { $common $store_fresh }
+        location /b/ { $module_vars $common $store_fresh }
+        location /c/ { $module_vars stale_cache_memo off; $common $store_fresh }
+        # Stored already stale (50 s < 100 s): every hit is stale and a refresh is running.
+        location /d/ { $module_vars $common proxy_set_header X-Backend-Delay 1;
+                       srcache_store PUT /redis2 key=\$escaped_key&exptime=50; }
+        location /e/ { $module_vars $common proxy_set_header X-Backend-Delay 0.3; $store_fresh }
+        location = /redisttl { internal; set_unescape_uri \$key \$arg_key; set_md5 \$key;
+            stale_cache_redis_pass redis; stale_cache_redis_command TTL \$key; }
+        location = /redis { internal; set_md5 \$redis_key \$args;
+            stale_cache_redis_pass redis; stale_cache_redis_command GET \$redis_key; }
+        location = /redis2 { internal; set_unescape_uri \$exptime \$arg_exptime;
+            set_unescape_uri \$key \$arg_key; set_md5 \$key; stale_cache_redis_pass redis;
+            stale_cache_redis_command SET \$key \$request_body;
+            stale_cache_redis_command EXPIRE \$key \$exptime; }
+    }
+}
+CONF
+for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+nginx -p "$prefix" -c conf/nginx.conf
+sleep 0.5
+url=http://127.0.0.1:$nginx_port
+
+# Fill the fresh entries once (and the stale one, whose first fill takes 1 s).
+for p in a b c; do curl -s -o /dev/null "$url/$p/item"; done
+curl -s -o /dev/null "$url/d/item"
+sleep 0.2
+
+# wrk: prints "rps p50_ms p99_ms".
+run_wrk() {
+    wrk -t2 -c"$connections" -d"$2"s --latency "$1" 2>/dev/null | python3 -c '
+import re, sys
+text = sys.stdin.read()
+def ms(v):
+    n, u = float(re.match(r"[\d.]+", v).group()), re.sub(r"[\d.]+", "", v)
+    return n * {"us": 0.001, "ms": 1, "s": 1000, "m": 60000}[u]
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"50%\s+(\S+)", text).group(1))
+p99 = ms(re.search(r"99%\s+(\S+)", text).group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+print(rps, p50, p99, non2xx.group(1) if non2xx else 0)'
+}
+
+declare -A rps p50 p99
+for round in $(seq "$rounds"); do
+    for p in a b c; do
+        read -r r l50 l99 bad < <(run_wrk "$url/$p/item" "$duration")
+        [ "$bad" = 0 ] || echo "warning: row $p had $bad non-2xx responses" >&2
+        rps[$p]+="$r "; p50[$p]+="$l50 "; p99[$p]+="$l99 "
+    done
+done
+read -r d_rps d50 d99 d_bad < <(run_wrk "$url/d/item" "$stale_duration")
+
+median() { python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))' $1; }
+cold=()
+for n in $cold_sizes; do
+    key=/e/cold-$n-$RANDOM
+    json=$(python3 "$root/bench/coldmiss.py" 127.0.0.1 "$nginx_port" "$key" "$n")
+    hits=$(curl -s "http://127.0.0.1:$backend_port/__backend/hits?path=$key")
+    cold+=("$n|$hits|$json")
+done
+zone_line=$(grep -o 'zone "bench": [^(]*' "$prefix/logs/error.log" | head -1)
+
+python3 - "$(median "${rps[a]}")" "$(median "${rps[b]}")" "$(median "${rps[c]}")" \
+    "$(median "${p50[a]}")" "$(median "${p50[b]}")" "$(median "${p50[c]}")" \
+    "$(median "${p99[a]}")" "$(median "${p99[b]}")" "$(median "${p99[c]}")" \
+    "$d_rps" "$d50" "$d99" "$zone_line" "$rounds" "$duration" "${cold[@]}" <<'PY'
+import json, re, subprocess, sys
+a = sys.argv[1:]
+ra, rb, rc = map(float, a[0:3]); pa50, pb50, pc50 = map(float, a[3:6]); pa99, pb99, pc99 = map(float, a[6:9])
+drps, d50, d99 = map(float, a[9:12]); zone = a[12]; rounds, duration = a[13], a[14]; cold = a[15:]
+def ver(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True).stderr.strip() or subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+    except Exception:
+        return "?"
+cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+print(f"Machine: {cores} cores; {ver(['nginx', '-v'])}; {ver(['redis-server', '--version']).split(' sha')[0]}; "
+      f"wrk -t2 -c{sys.argv[0] and ''}50; throughput = median of {rounds} alternating {duration} s runs\n")
+print("| row | what | req/s | p50 ms | p99 ms |")
+print("|---|---|---:|---:|---:|")
+print(f"| A | plain srcache, fresh hits (ceiling) | {ra:.0f} | {pa50:.2f} | {pa99:.2f} |")
+print(f"| B | module, fresh hits, memo on | {rb:.0f} | {pb50:.2f} | {pb99:.2f} |")
+print(f"| C | module, fresh hits, memo off | {rc:.0f} | {pc50:.2f} | {pc99:.2f} |")
+print(f"| D | module, stale hits, refresh running (backend 1 s) | {drps:.0f} | {d50:.2f} | {d99:.2f} |")
+print()
+print("| E: cold misses | backend hits | 200s | client p50 ms | client p99 ms | wake-up p50 ms | wake-up p99 ms |")
+print("|---|---:|---:|---:|---:|---:|---:|")
+for row in cold:
+    n, hits, js = row.split("|", 2)
+    r = json.loads(js)
+    f = lambda v: "-" if v is None else f"{v:.1f}"
+    print(f"| N = {n} (backend 300 ms) | {hits} | {r['ok']}/{n} | {f(r['p50_ms'])} | {f(r['p99_ms'])} | {f(r['wake_p50_ms'])} | {f(r['wake_p99_ms'])} |")
+print()
+m = re.search(r"(\d+) slots of (\d+) bytes, room for (\d+) entries", zone)
+if m:
+    slots, size, cap = map(int, m.groups())
+    print(f"F: zone: {size} bytes per lock and per memo entry (one slot each); a 1 MiB zone holds {cap} entries "
+          f"({slots} slots at most 85 % full), locks and memos together.\n")
+print(f"Ratios: B/A = {rb/ra:.2f}, C/A = {rc/ra:.2f}, D-p99 / B-p99 = {d99/pb99:.2f}")
+PY
