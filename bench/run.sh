@@ -11,6 +11,7 @@ else
     duration=${BENCH_DURATION:-4}; rounds=${BENCH_ROUNDS:-3}; cold_sizes="100 1000"; stale_duration=5
 fi
 connections=${BENCH_CONNECTIONS:-50}
+export BENCH_CONNECTIONS=$connections
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 nginx_port=$(free_port); redis_port=$(free_port); backend_port=$(free_port)
@@ -26,7 +27,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --tcp-backlog 4096 \
     --dir "$prefix/redis" --logfile "$prefix/logs/redis.log" &
 pids+=($!)
 python3 "$root/t/lib/backend.py" --port "$backend_port" >"$prefix/logs/backend.log" 2>&1 &
@@ -124,7 +125,7 @@ python3 - "$(median "${rps[a]}")" "$(median "${rps[b]}")" "$(median "${rps[c]}")
     "$(median "${p50[a]}")" "$(median "${p50[b]}")" "$(median "${p50[c]}")" \
     "$(median "${p99[a]}")" "$(median "${p99[b]}")" "$(median "${p99[c]}")" \
     "$d_rps" "$d50" "$d99" "$zone_line" "$rounds" "$duration" "${cold[@]}" <<'PY'
-import json, re, subprocess, sys
+import json, os, re, subprocess, sys
 a = sys.argv[1:]
 ra, rb, rc = map(float, a[0:3]); pa50, pb50, pc50 = map(float, a[3:6]); pa99, pb99, pc99 = map(float, a[6:9])
 drps, d50, d99 = map(float, a[9:12]); zone = a[12]; rounds, duration = a[13], a[14]; cold = a[15:]
@@ -135,7 +136,7 @@ def ver(cmd):
         return "?"
 cores = subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
 print(f"Machine: {cores} cores; {ver(['nginx', '-v'])}; {ver(['redis-server', '--version']).split(' sha')[0]}; "
-      f"wrk -t2 -c{sys.argv[0] and ''}50; throughput = median of {rounds} alternating {duration} s runs\n")
+      f"wrk -t2 -c{os.environ.get('BENCH_CONNECTIONS', '50')}; throughput = median of {rounds} alternating {duration} s runs\n")
 print("| row | what | req/s | p50 ms | p99 ms |")
 print("|---|---|---:|---:|---:|")
 print(f"| A | plain srcache, fresh hits (ceiling) | {ra:.0f} | {pa50:.2f} | {pa99:.2f} |")

@@ -481,16 +481,28 @@ fn start(
     };
     state.zone = zone;
     let now = now_ms();
-    if lcf.memo_enabled() {
-        let fresh = zone
-            .with_table(|t| t.memo_get(t.fingerprint(&settings.key), now))
-            .flatten();
-        if fresh.is_some() {
-            state.status = Some(CacheStatus::Fresh);
-            state.phase = Phase::Done;
-            state.settings = Some(settings);
-            return None;
-        }
+    let memo = lcf.memo_enabled();
+    let (fresh, filling) = zone
+        .with_table(|t| {
+            let fp = t.fingerprint(&settings.key);
+            let fresh = if memo { t.memo_get(fp, now) } else { None };
+            (fresh, t.lock_state(fp, now))
+        })
+        .unwrap_or((None, None));
+    if fresh.is_some() {
+        state.status = Some(CacheStatus::Fresh);
+        state.phase = Phase::Done;
+        state.settings = Some(settings);
+        return None;
+    }
+    if let Some(info) = filling.filter(|i| i.kind == LockKind::Fill) {
+        // A fill of this key is under way, so the key is missing: wait for it without asking
+        // Redis (a burst of misses costs one TTL lookup, not one per request).
+        let (key, timeout) = (settings.key.clone(), settings.lock_timeout_ms);
+        state.lookup_started = now;
+        state.settings = Some(settings);
+        start_waiting(state, req, zone, key, info.token.get(), timeout);
+        return Some(NGX_AGAIN);
     }
     state.lookup_started = now;
     let ttl_uri = settings.ttl_uri.clone();
