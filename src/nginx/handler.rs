@@ -13,11 +13,13 @@ use std::collections::HashMap;
 
 use ngx::ffi::{
     ngx_chain_t, ngx_del_timer, ngx_delete_posted_event, ngx_event_t, ngx_http_block_reading,
-    ngx_http_core_run_phases, ngx_http_output_body_filter_pt, ngx_http_output_header_filter_pt,
-    ngx_http_post_subrequest_t, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_output_body_filter_pt,
+    ngx_http_output_header_filter_pt, ngx_http_post_subrequest_t,
+    ngx_http_read_client_request_body, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_http_subrequest, ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add,
-    ngx_post_event, ngx_posted_events, ngx_str_t, ngx_table_elt_t, ngx_variable_value_t,
-    NGX_HTTP_SUBREQUEST_WAITED, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
+    ngx_post_event, ngx_posted_events, ngx_read_file, ngx_str_t, ngx_table_elt_t,
+    ngx_variable_value_t, NGX_HTTP_SPECIAL_RESPONSE, NGX_HTTP_SUBREQUEST_WAITED, NGX_LOG_ERR,
+    NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 
 use super::conf::{LocConf, MainConf};
@@ -35,6 +37,7 @@ use crate::settings::Settings;
 const NGX_OK: ngx_int_t = 0;
 const NGX_ERROR: ngx_int_t = -1;
 const NGX_AGAIN: ngx_int_t = -2;
+const NGX_DONE: ngx_int_t = -4;
 const NGX_DECLINED: ngx_int_t = -5;
 
 /// The header the module's own refresh requests carry the per-start secret in.
@@ -44,6 +47,8 @@ const CAPTURE_LIMIT: usize = 256;
 /// How often a worker re-checks, in shared memory, locks that waiters of it wait for; a
 /// release in the same worker wakes its waiters at once instead.
 const WAIT_POLL_MS: ngx_msec_t = 2;
+/// The largest request body a refresh replays.
+const MAX_REPLAY_BODY: usize = 1 << 20;
 const STATE_MAGIC: u64 = u64::from_le_bytes(*b"stalecac");
 /// One error line per this interval and kind, however many requests hit the problem.
 const LOG_INTERVAL_MS: u64 = 10_000;
@@ -55,6 +60,7 @@ static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
 enum Phase {
     Start,
     LookingUp,
+    ReadingBody,
     Persisting,
     Waiting,
     Done,
@@ -102,6 +108,10 @@ pub struct RequestState {
     capture: Capture,
     ttl: i64,
     fill: Option<HeldLock>,
+    /// The refresh lock, held while the body is read and the refresh is prepared.
+    refresh_lock: Option<HeldLock>,
+    persist_pending: bool,
+    body_read: bool,
     refresh: Option<PendingRefresh>,
     wait_event: ngx_event_t,
     /// The lock holder being waited for, to tell its release from a new holder.
@@ -203,6 +213,10 @@ unsafe extern "C" fn state_cleanup(data: *mut c_void) {
         let filled = (200..300).contains(&status) && !client_error;
         release(&lock, filled);
     }
+    if let Some(lock) = state.refresh_lock.take() {
+        // The request ended before its refresh could be prepared.
+        release(&lock, false);
+    }
     if let Some(pending) = state.refresh.take() {
         let lock = pending.lock;
         refresh::start(
@@ -255,6 +269,9 @@ fn state_of<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
             capture: Capture::default(),
             ttl: 0,
             fill: None,
+            refresh_lock: None,
+            persist_pending: false,
+            body_read: false,
             refresh: None,
             wait_event: core::mem::zeroed(),
             waited_token: 0,
@@ -386,6 +403,15 @@ pub unsafe extern "C" fn preaccess_handler(r: *mut ngx_http_request_t) -> ngx_in
                     return NGX_AGAIN;
                 }
                 match after_lookup(state, req, lcf) {
+                    Some(rc) => return rc,
+                    None => continue,
+                }
+            }
+            Phase::ReadingBody => {
+                if !state.body_read {
+                    return NGX_AGAIN;
+                }
+                match finish_stale(state, req, lcf) {
                     Some(rc) => return rc,
                     None => continue,
                 }
@@ -680,26 +706,119 @@ fn after_lookup(
                 }
                 return None;
             }
-            let lock = HeldLock { zone, key, token };
-            match refresh_request(state, req, lcf, lock) {
-                Ok(pending) => state.refresh = Some(pending),
-                Err((lock, why)) => {
-                    log_limited(log_of(req), NGX_LOG_ERR, "refresh", why);
-                    release(&lock, false);
-                    return None;
-                }
+            state.refresh_lock = Some(HeldLock { zone, key, token });
+            state.persist_pending = persist;
+            if has_body(req) {
+                // The refresh replays the body too: read it now (proxying reuses it).
+                return Some(read_body(state, req));
             }
-            if persist {
-                let uri = settings.persist_uri.clone().unwrap_or_default();
-                let args = key_argument(&settings.key);
-                if start_lookup(state, req, &uri, &args).is_ok() {
-                    state.phase = Phase::Persisting;
-                    return Some(NGX_AGAIN);
-                }
-            }
-            None
+            finish_stale(state, req, lcf)
         }
     }
+}
+
+/// The stale path once the refresh lock is held (and the body read, if any): prepare the
+/// refresh, then PERSIST the key if asked.
+fn finish_stale(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    lcf: &LocConf,
+) -> Option<ngx_int_t> {
+    state.phase = Phase::Done;
+    let Some(lock) = state.refresh_lock.take() else {
+        return None;
+    };
+    match refresh_request(state, req, lcf, lock) {
+        Ok(pending) => state.refresh = Some(pending),
+        Err((lock, why)) => {
+            log_limited(log_of(req), NGX_LOG_ERR, "refresh", why);
+            release(&lock, false);
+            return None;
+        }
+    }
+    if state.persist_pending {
+        let settings = state
+            .settings
+            .as_ref()
+            .expect("settings parsed before lookup");
+        let uri = settings.persist_uri.clone().unwrap_or_default();
+        let args = key_argument(&settings.key);
+        if start_lookup(state, req, &uri, &args).is_ok() {
+            state.phase = Phase::Persisting;
+            return Some(NGX_AGAIN);
+        }
+    }
+    None
+}
+
+fn has_body(req: &ngx_http_request_t) -> bool {
+    req.headers_in.content_length_n > 0 || req.headers_in.chunked() != 0
+}
+
+/// Starts reading the request body; the phases resume in `body_read`.
+fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> ngx_int_t {
+    state.phase = Phase::ReadingBody;
+    // SAFETY: live main request; nginx holds it (r->main->count) while reading.
+    let rc = unsafe { ngx_http_read_client_request_body(req, Some(body_read)) };
+    if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+        if let Some(lock) = state.refresh_lock.take() {
+            release(&lock, false);
+        }
+        state.phase = Phase::Done;
+        return rc;
+    }
+    // SAFETY: balances the reference reading took; the request lives on.
+    unsafe { ngx_http_finalize_request(req, NGX_DONE) };
+    NGX_DONE
+}
+
+unsafe extern "C" fn body_read(r: *mut ngx_http_request_t) {
+    let Some(state) = existing_state(r) else {
+        return;
+    };
+    state.body_read = true;
+    // SAFETY: live request; the body stays for the proxy, and the phases go on from here.
+    unsafe {
+        (*r).set_preserve_body(1);
+        (*r).write_event_handler = Some(ngx_http_core_run_phases);
+        ngx_http_core_run_phases(r);
+    }
+}
+
+/// The request body's bytes, from memory and temp-file buffers; `None` when too large.
+fn body_bytes(req: &ngx_http_request_t) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    if req.request_body.is_null() {
+        return Some(out);
+    }
+    // SAFETY: the read body's chain and buffers live in the request pool; file buffers
+    // refer to the body's temp file, open while the request lives.
+    unsafe {
+        let mut cl = (*req.request_body).bufs;
+        while !cl.is_null() {
+            let b = &mut *(*cl).buf;
+            if b.in_file() != 0 && b.memory() == 0 && b.temporary() == 0 {
+                let len = (b.file_last - b.file_pos) as usize;
+                if out.len() + len > MAX_REPLAY_BODY {
+                    return None;
+                }
+                let start = out.len();
+                out.resize(start + len, 0);
+                let n = ngx_read_file(b.file, out.as_mut_ptr().add(start), len, b.file_pos);
+                if n != len as isize {
+                    return None;
+                }
+            } else {
+                let len = b.last.offset_from(b.pos) as usize;
+                if out.len() + len > MAX_REPLAY_BODY {
+                    return None;
+                }
+                out.extend_from_slice(core::slice::from_raw_parts(b.pos, len));
+            }
+            cl = (*cl).next;
+        }
+    }
+    Some(out)
 }
 
 fn zone_full(req: &ngx_http_request_t, zone: &Zone) {
@@ -964,12 +1083,26 @@ fn refresh_request(
         .collect();
     let host = str_bytes(&req.headers_in.server);
     let secret = main_conf().secret.as_bytes();
+    let body = if has_body(req) {
+        match body_bytes(req) {
+            Some(body) => Some(body),
+            None => {
+                return Err((
+                    lock,
+                    "stale_cache: the request body is too large to replay (over 1 MiB) or \
+                     unreadable; no refresh for this stale entry",
+                ))
+            }
+        }
+    } else {
+        None
+    };
     let replay = Replay {
         method: str_bytes(&req.method_name),
         target: str_bytes(&req.unparsed_uri),
         host,
         headers: &header_pairs,
-        body: None,
+        body: body.as_deref(),
         skip_header: &settings.skip_fetch,
         secret_header: SECRET_HEADER.as_bytes(),
         secret,
