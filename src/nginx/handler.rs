@@ -725,9 +725,7 @@ fn finish_stale(
     lcf: &LocConf,
 ) -> Option<ngx_int_t> {
     state.phase = Phase::Done;
-    let Some(lock) = state.refresh_lock.take() else {
-        return None;
-    };
+    let lock = state.refresh_lock.take()?;
     match refresh_request(state, req, lcf, lock) {
         Ok(pending) => state.refresh = Some(pending),
         Err((lock, why)) => {
