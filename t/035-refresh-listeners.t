@@ -1,0 +1,138 @@
+# The background refresh reaches this nginx over the listener the client used (IPv4, IPv6,
+# unix socket), or over stale_cache_refresh_address when that is set.
+use lib 't/lib';
+use Test::StaleCache;
+run_tests();
+__DATA__
+
+=== TEST 1: a client on an IPv6 listener: the refresh goes over [::1]
+--- http_config
+    stale_cache_zone locks 1m;
+--- config
+    listen [::1]:$TEST_NGINX_SERVER_PORT;
+    location /api {
+        set $cache_lock locks;
+        set $cache_ttl /redisttl;
+        set $cache_key $uri;
+        set_escape_uri $escaped_key $cache_key;
+        stale_cache on;
+        stale_cache_memo off;
+        if ($http_x_skip_fetch != TRUE) { srcache_fetch GET /redis $cache_key; }
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
+        add_header X-Stale-Cache $stale_cache_status;
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    location = /redis { internal; set_md5 $redis_key $args;
+        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
+        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET $key $request_body;
+        stale_cache_redis_command EXPIRE $key $exptime; }
+--- request
+GET /api/six
+--- response_body
+backend GET /api/six hit 1
+--- check
+use Digest::MD5 qw(md5_hex);
+my $key = md5_hex('/api/six');
+redis('EXPIRE', $key, 50);
+my $out = `curl -s -g -i 'http://[::1]:$TEST_NGINX_SERVER_PORT/api/six'`;
+like($out, qr/X-Stale-Cache: STALE/, 'IPv6 client gets the stale copy');
+like($out, qr/hit 1/, 'stale body');
+sleep_ms(500);
+is(backend_hits('/api/six'), 2, 'one refresh reached the backend');
+cmp_ok(redis('TTL', $key), '>', 100, 'the refresh stored a fresh entry');
+like(error_log_text(), qr/refresh of "\/api\/six" via \[::1\]:$TEST_NGINX_SERVER_PORT 200/,
+     'refresh went over the IPv6 listener');
+
+=== TEST 2: a client on a unix-socket listener: the refresh goes over the socket
+--- http_config
+    stale_cache_zone locks 1m;
+--- config
+    listen unix:$TEST_NGINX_SERVROOT/client.sock;
+    location /api {
+        set $cache_lock locks;
+        set $cache_ttl /redisttl;
+        set $cache_key $uri;
+        set_escape_uri $escaped_key $cache_key;
+        stale_cache on;
+        stale_cache_memo off;
+        if ($http_x_skip_fetch != TRUE) { srcache_fetch GET /redis $cache_key; }
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
+        add_header X-Stale-Cache $stale_cache_status;
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    location = /redis { internal; set_md5 $redis_key $args;
+        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
+        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET $key $request_body;
+        stale_cache_redis_command EXPIRE $key $exptime; }
+--- request
+GET /api/unix
+--- response_body
+backend GET /api/unix hit 1
+--- check
+use Digest::MD5 qw(md5_hex);
+my $key = md5_hex('/api/unix');
+redis('EXPIRE', $key, 50);
+my $out = `curl -s -i --unix-socket $TEST_NGINX_SERVROOT/client.sock 'http://localhost/api/unix'`;
+like($out, qr/X-Stale-Cache: STALE/, 'unix-socket client gets the stale copy');
+sleep_ms(500);
+is(backend_hits('/api/unix'), 2, 'one refresh reached the backend');
+cmp_ok(redis('TTL', $key), '>', 100, 'the refresh stored a fresh entry');
+like(error_log_text(), qr/refresh of "\/api\/unix" via unix:\S*client\.sock 200/,
+     'refresh went over the unix socket');
+
+=== TEST 3: stale_cache_refresh_address sends refreshes to the configured listener
+--- http_config
+    stale_cache_zone locks 1m;
+--- config
+    listen unix:$TEST_NGINX_SERVROOT/refresh.sock;
+    stale_cache_refresh_address unix:$TEST_NGINX_SERVROOT/refresh.sock;
+    location /api {
+        set $cache_lock locks;
+        set $cache_ttl /redisttl;
+        set $cache_key $uri;
+        set_escape_uri $escaped_key $cache_key;
+        stale_cache on;
+        stale_cache_memo off;
+        srcache_fetch_skip $stale_cache_skip_fetch;
+        srcache_fetch GET /redis $cache_key;
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
+        add_header X-Stale-Cache $stale_cache_status;
+        proxy_set_header X-Seen-Status $stale_cache_status;
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    location = /redis { internal; set_md5 $redis_key $args;
+        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
+        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET $key $request_body;
+        stale_cache_redis_command EXPIRE $key $exptime; }
+--- request
+GET /api/addr?x=1
+--- response_body
+backend GET /api/addr?x=1 hit 1
+--- check
+use Digest::MD5 qw(md5_hex);
+my $key = md5_hex('/api/addr');
+redis('EXPIRE', $key, 50);
+my $r = http_get('/api/addr?x=1', { 'X-Custom' => 'abc' });
+is($r->{headers}{'x-stale-cache'}, 'STALE', 'stale copy served');
+sleep_ms(500);
+is(backend_hits('/api/addr'), 2, 'one refresh reached the backend');
+like(error_log_text(), qr/refresh of "\/api\/addr\?x=1" via unix:\S*refresh\.sock 200/,
+     'refresh went to the configured address');
+my @log = backend_log('/api/addr?x=1');
+my $refresh = $log[-1];
+is($refresh->{headers}{'x-seen-status'}, 'REFRESH', 'the refresh request has status REFRESH');
+is($refresh->{headers}{'x-custom'}, 'abc', 'client headers are replayed');
+my $r2 = http_get('/api/addr?x=1');
+like($r2->{body}, qr/hit 2/, 'the next request gets the refreshed body');
