@@ -895,9 +895,8 @@ fn start_waiting(
     state.phase = Phase::Waiting;
     state.waiting = true;
     state.waited_token = holder;
-    let me = state as *mut RequestState as *mut c_void;
     let ev = &mut state.wait_event;
-    ev.data = me;
+    ev.data = no_connection();
     ev.handler = Some(wait_event_handler);
     ev.log = log_of(req);
     // Notice a client that gives up while waiting, as limit_req does.
@@ -963,8 +962,12 @@ fn wake(state: &mut RequestState, status: CacheStatus) {
 }
 
 unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
-    // SAFETY: the event's data is its RequestState, live while the event is armed.
-    let state = unsafe { &mut *((*ev).data as *mut RequestState) };
+    // SAFETY: the event is the `wait_event` field of a RequestState, live while armed.
+    let state = unsafe {
+        &mut *(ev
+            .byte_sub(core::mem::offset_of!(RequestState, wait_event))
+            .cast::<RequestState>())
+    };
     // SAFETY: live event.
     if unsafe { (*ev).timedout() } != 0 {
         // SAFETY: as above.
@@ -996,6 +999,21 @@ unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
     }
 }
 
+/// What timer events that belong to no connection point `data` at: nginx's debug log reads
+/// `((ngx_connection_t *) ev->data)->fd` for every timer, so it must be a connection, and
+/// fd -1 says "none".
+fn no_connection() -> *mut c_void {
+    thread_local! {
+        static NONE: Box<ngx::ffi::ngx_connection_t> = {
+            // SAFETY: a zeroed connection is inert; only its fd is ever read.
+            let mut c: Box<ngx::ffi::ngx_connection_t> = Box::new(unsafe { core::mem::zeroed() });
+            c.fd = -1;
+            c
+        };
+    }
+    NONE.with(|c| &**c as *const ngx::ffi::ngx_connection_t as *mut c_void)
+}
+
 fn arm_poll_timer() {
     POLL_EVENT.with(|p| {
         let mut p = p.borrow_mut();
@@ -1003,6 +1021,7 @@ fn arm_poll_timer() {
             // SAFETY: a zeroed event is nginx's initial state for one.
             let mut ev: Box<ngx_event_t> = Box::new(unsafe { core::mem::zeroed() });
             ev.handler = Some(poll_waiters);
+            ev.data = no_connection();
             // SAFETY: the cycle log lives as long as the worker.
             ev.log = unsafe { (*ngx::ffi::ngx_cycle).log };
             ev.set_cancelable(1);

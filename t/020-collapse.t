@@ -1,0 +1,375 @@
+# Collapsed forwarding of misses: one filler per key, waiters woken when the
+# fill ends, lock timeouts, lock release on client abort, no double fill.
+use lib 't/lib';
+use Test::StaleCache;
+use Digest::MD5 qw(md5_hex);
+use IO::Socket::INET;
+use IO::Select;
+use Time::HiRes ();
+
+our $BASE_HTTP = <<'_EOC_';
+    stale_cache_zone srcache_locks 1m;
+_EOC_
+
+# The brief's base location; LOCK_TIMEOUT and TTL_URI are filled in per block.
+our $BASE = <<'_EOC_';
+    location /api {
+        set $cache_lock srcache_locks;
+        set $cache_ttl TTL_URI;
+        set $cache_persist /redispersist;
+        set $cache_key "$http_user_agent|$uri";
+        set $cache_stale 100;
+        set $cache_lock_exptime 30;
+        set $cache_backend_lock_timeout 0.01;
+        set $cache_lock_timeout LOCK_TIMEOUT;
+        set $cache_lock_timeout_wait 0.06;
+        set $cache_skip_fetch "X-Skip-Fetch";
+        set_escape_uri $escaped_key $cache_key;
+        stale_cache on;
+        if ($http_x_skip_fetch != TRUE){ srcache_fetch GET /redis $cache_key;}
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
+        add_header X-Cache $srcache_fetch_status;
+        add_header X-Store $srcache_store_status;
+        add_header X-Stale-Cache $stale_cache_status;
+        add_header X-Worker $pid;
+        proxy_set_header X-Status-Seen $stale_cache_status;
+        LOCATION_EXTRA
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command PERSIST $key; }
+    location = /redis { internal; set_md5 $redis_key $args; stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command SET $key $request_body; stale_cache_redis_command EXPIRE $key $exptime; }
+_EOC_
+
+sub base_config {
+    my (%o) = @_;
+    my $c = $BASE;
+    my $lt = $o{lock_timeout} // 3;
+    my $ttl = $o{ttl} // '/redisttl';
+    $c =~ s/LOCK_TIMEOUT/$lt/;
+    $c =~ s/TTL_URI/$ttl/;
+    my $le = $o{location_extra} // '';
+    $c =~ s/LOCATION_EXTRA/$le/;
+    return $c . ($o{extra} // '');
+}
+
+# The Redis key of "$http_user_agent|$uri" (the harness sends no User-Agent).
+sub rkey { md5_hex('|' . $_[0]) }
+
+sub by_status {
+    my %n;
+    $n{ $_->{headers}{'x-stale-cache'} // '(none)' }++ for @_;
+    return \%n;
+}
+
+
+# A free port for an extra listener (same range as the harness's ports).
+sub free_port {
+    for (1 .. 200) {
+        my $p = 20000 + int(rand(12000));
+        next if grep { $_ == $p } $TEST_NGINX_SERVER_PORT, $TEST_NGINX_REDIS_PORT,
+                                  $TEST_NGINX_BACKEND_PORT;
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p,
+                                      Listen => 1, ReuseAddr => 1) or next;
+        close $s;
+        return $p;
+    }
+    die "no free port\n";
+}
+our $PORT2 = free_port();
+
+# Opens $n connections at once, sends $raw on each (Connection: close) and
+# reads every answer to EOF. Returns hashrefs {status, headers, body, end, error};
+# `end` (seconds from the start) is when nginx closed the connection, i.e. when
+# the request and its subrequests were finished.
+sub blast {
+    my ($port, $n, $raw, $timeout) = @_;
+    my $t0 = Time::HiRes::time();
+    my (@c, @out);
+    for my $i (0 .. $n - 1) {
+        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 2);
+        unless ($s) { $out[$i] = { error => "connect: $!" }; next }
+        syswrite($s, $raw) == length $raw or $out[$i] = { error => "write: $!" };
+        $s->blocking(0);
+        push @c, { s => $s, i => $i, buf => '' };
+    }
+    my $sel = IO::Select->new(map { $_->{s} } @c);
+    my %by = map { fileno($_->{s}) => $_ } @c;
+    while ($sel->count && Time::HiRes::time() - $t0 < $timeout) {
+        for my $s ($sel->can_read(0.1)) {
+            my $c = $by{ fileno $s };
+            my $got = sysread($s, my $chunk, 65536);
+            next if !defined $got && $!{EAGAIN};
+            if ($got) { $c->{buf} .= $chunk; next }
+            $sel->remove($s);
+            close $s;
+            my ($head, $body) = split /\r\n\r\n/, $c->{buf}, 2;
+            my ($status) = ($head // '') =~ m{^HTTP/1\.\d (\d{3})};
+            my %h;
+            for (split /\r\n/, $head // '') { $h{ lc $1 } = $2 if /^([^:]+):\s*(.*)$/ }
+            $out[ $c->{i} ] = { status => $status // 0, headers => \%h, body => $body,
+                                end => Time::HiRes::time() - $t0,
+                                error => defined $status ? undef : 'no response' };
+        }
+    }
+    $out[ $_->{i} ] //= { error => 'timeout', status => 0, headers => {} } for @c;
+    return @out;
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: 100 concurrent misses, 300 ms backend: one fill, 99 collapsed, woken at once
+--- log_level: info
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config()
+--- request
+GET /api/x
+--- more_headers
+X-Backend-Delay: 0.3
+--- concurrency: 100
+--- timeout: 10
+--- response_body
+backend GET /api/x hit 1
+--- response_headers_like
+X-Stale-Cache: ^(MISS|COLLAPSED)$
+--- backend_hits: 1
+--- redis_check eval
+[[["EXISTS", ::rkey('/api/x')], 1], [["TTL", ::rkey('/api/x')], qr/^10[0-5]$/]]
+--- check
+my @r = responses();
+is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 100, 'all 100 answered 200');
+my $n = by_status(@r);
+is($n->{MISS}, 1, 'exactly one MISS');
+is($n->{COLLAPSED}, 99, 'the other 99 COLLAPSED') or diag(explain $n);
+my ($miss) = grep { ($_->{headers}{'x-stale-cache'} // '') eq 'MISS' } @r;
+my @waiters = grep { ($_->{headers}{'x-stale-cache'} // '') eq 'COLLAPSED' } @r;
+is(scalar(grep { ($_->{headers}{'x-cache'} // '') eq 'HIT' } @waiters), 99,
+   'waiters were served from the stored copy (X-Cache: HIT)');
+is($miss->{headers}{'x-cache'}, 'MISS', 'filler: X-Cache MISS');
+is($miss->{headers}{'x-store'}, 'STORE', 'filler: X-Store STORE');
+cmp_ok($miss->{end}, '>=', 0.29, 'filler waited for the backend');
+my ($last) = sort { $b <=> $a } map { $_->{end} } @waiters;
+my ($first) = sort { $a <=> $b } map { $_->{end} } @waiters;
+cmp_ok($first, '>=', 0.29, 'no waiter answered before the fill');
+cmp_ok($last - $miss->{end}, '<=', 0.05,
+       sprintf('last waiter answered within 50 ms of the fill end (fill end %.3f, last %.3f)',
+               $miss->{end}, $last));
+my %bodies = map { $_->{body} => 1 } @r;
+is(scalar keys %bodies, 1, 'one body for all');
+my @log = backend_log('/api/x');
+is($log[0]{headers}{'x-status-seen'}, 'MISS', 'backend saw the filler (MISS)');
+--- no_error_log
+[error]
+[warn]
+
+
+
+=== TEST 2: same with 2 workers: requests spread over both (reuseport listener), one fill
+# The harness's listener is shared by the workers and the kernel may hand every
+# connection to one of them; a reuseport listener spreads them over both.
+--- workers: 2
+--- log_level: info
+--- http_config eval: $::BASE_HTTP
+--- config eval
+"    listen 127.0.0.1:$::PORT2 reuseport;\n" . ::base_config()
+--- check
+my @r = blast($::PORT2, 100, "GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Backend-Delay: 0.3\r\nConnection: close\r\n\r\n", 10);
+is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 100, 'all 100 answered 200')
+    or diag(explain [grep { $_->{error} } @r]);
+is(scalar(grep { ($_->{body} // '') eq "backend GET /api/x hit 1\n" } @r), 100,
+   'all 100 got the one backend body');
+is(backend_hits('/api/x'), 1, 'one backend hit');
+my $n = by_status(@r);
+is($n->{MISS}, 1, 'exactly one MISS');
+is($n->{COLLAPSED}, 99, 'the other 99 COLLAPSED') or diag(explain $n);
+my (undef, @workers) = nginx_pids();
+is(scalar @workers, 2, 'two workers');
+my %by_worker;
+$by_worker{ $_->{headers}{'x-worker'} // '?' }++ for @r;
+is(scalar(grep { $by_worker{$_} } @workers), 2, 'both workers served requests')
+    or diag(explain \%by_worker);
+my ($miss) = grep { ($_->{headers}{'x-stale-cache'} // '') eq 'MISS' } @r;
+SKIP: {
+    skip 'no MISS response', 3 unless $miss;
+    my @other = grep { ($_->{headers}{'x-worker'} // '') ne $miss->{headers}{'x-worker'} } @r;
+    cmp_ok(scalar @other, '>=', 10, scalar(@other) . ' requests were in the other worker than the filler');
+    is(scalar(grep { $_->{headers}{'x-stale-cache'} eq 'COLLAPSED'
+                     && $_->{headers}{'x-cache'} eq 'HIT' } @other), scalar @other,
+       'other worker\'s requests collapsed and were served from the stored copy');
+    my ($last) = sort { $b <=> $a } map { $_->{end} } @other;
+    my ($first) = sort { $a <=> $b } map { $_->{end} } @other;
+    cmp_ok($first, '>=', 0.29, 'no waiter of the other worker answered before the fill');
+    cmp_ok($last - $miss->{end}, '<=', 0.05,
+           sprintf('last waiter of the other worker answered within 50 ms of the fill end (%.3f vs %.3f)',
+                   $last, $miss->{end}));
+}
+--- no_error_log
+[error]
+[warn]
+
+
+
+=== TEST 3: backend slower than $cache_lock_timeout: waiters give up on time, filler stores, no lock left
+# Waiters that timed out get "Cache-Control: no-store" from the backend (through
+# the map), so srcache does not store their copies: what Redis holds is the filler's.
+--- log_level: info
+--- http_config eval
+$::BASE_HTTP . <<'_E_'
+    map $stale_cache_status $timeout_no_store { TIMEOUT "Cache-Control: no-store"; default ""; }
+_E_
+--- config eval
+::base_config(lock_timeout => 0.5,
+              location_extra => 'proxy_set_header X-Backend-Header $timeout_no_store;')
+--- request
+GET /api/x
+--- more_headers
+X-Backend-Delay: 1.5
+--- concurrency: 10
+--- timeout: 10
+--- response_body_like: ^backend GET /api/x hit \d+$
+--- response_headers_like
+X-Stale-Cache: ^(MISS|TIMEOUT)$
+--- check
+my @r = responses();
+my $n = by_status(@r);
+is($n->{MISS}, 1, 'one MISS (the filler)');
+is($n->{TIMEOUT}, 9, 'nine TIMEOUT') or diag(explain $n);
+my ($miss) = grep { $_->{headers}{'x-stale-cache'} eq 'MISS' } @r;
+my @to = grep { $_->{headers}{'x-stale-cache'} eq 'TIMEOUT' } @r;
+cmp_ok($miss->{end}, '>=', 1.45, 'filler took the backend delay');
+cmp_ok($miss->{end}, '<', 1.9, 'filler not delayed further');
+# waiters: 0.5 s wait, then their own 1.5 s backend request
+for my $w (@to) {
+    cmp_ok($w->{end}, '>=', 1.95, "waiter #$w->{index} ended after wait + backend");
+    cmp_ok($w->{end}, '<', 2.5, "waiter #$w->{index} gave up on time");
+}
+my @log = sort { $a->{time} <=> $b->{time} } backend_log('/api/x');
+is(scalar @log, 10, '10 backend hits (waiters proceeded to the backend)');
+my $t0 = $log[0]{time};
+is($log[0]{headers}{'x-status-seen'}, 'MISS', 'first backend hit is the filler');
+for my $l (@log[1 .. $#log]) {
+    my $d = $l->{time} - $t0;
+    ok($d >= 0.45 && $d <= 0.65, sprintf('waiter reached the backend %.3f s after the filler', $d));
+    is($l->{headers}{'x-status-seen'}, 'TIMEOUT', 'backend saw TIMEOUT');
+}
+my $k = rkey('/api/x');
+is($miss->{headers}{'x-store'}, 'STORE', 'filler: X-Store STORE');
+is(scalar(grep { ($_->{headers}{'x-store'} // '') eq 'BYPASS' } @to), 9,
+   'timed-out waiters\' (no-store) copies were not stored');
+like(redis('GET', $k) // '', qr/\r\n\r\nbackend GET \/api\/x hit 1\n\z/, 'Redis holds the filler\'s copy (hit 1)');
+my $ttl = redis('TTL', $k);
+ok($ttl >= 100 && $ttl <= 105, "stored with exptime 105 (TTL $ttl)");
+# no lock outlives its request: a new miss fills at once
+redis('DEL', $k);
+my $x = http_get('/api/x');
+is($x->{status}, 200, 'new request 200');
+is($x->{headers}{'x-stale-cache'}, 'MISS', 'new request is a MISS (lock free)');
+cmp_ok($x->{elapsed}, '<', 0.3, sprintf('new request not delayed (%.3f s)', $x->{elapsed}));
+is(redis('EXISTS', $k), 1, 'stored again');
+--- error_log eval
+[qr/\[warn\].*stale_cache: waited \$cache_lock_timeout for the request filling "\|\/api\/x"; going on without it/]
+--- no_error_log
+[error]
+
+
+
+=== TEST 4: client disconnects while filling: the lock is released, the next request is not stuck
+--- log_level: info
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config()
+--- pre
+my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$TEST_NGINX_SERVER_PORT", Timeout => 2)
+    or die "connect: $!";
+print $s "GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Backend-Delay: 1\r\nConnection: close\r\n\r\n";
+sleep_ms(100);
+close $s;
+sleep_ms(100);
+--- request
+GET /api/x
+--- response_body
+backend GET /api/x hit 2
+--- response_headers
+X-Stale-Cache: MISS
+X-Cache: MISS
+--- check
+my @r = responses();
+cmp_ok($r[0]{elapsed}, '<', 0.5,
+       sprintf('next request not held by the aborted fill (%.3f s, lock_timeout 3 s)', $r[0]{elapsed}));
+my @log = backend_log('/api/x');
+is(scalar @log, 2, 'aborted request reached the backend, next one too');
+is($log[0]{headers}{'x-status-seen'}, 'MISS', 'the aborted request was the filler');
+sleep_ms(1100);   # the aborted request's backend answer is never stored
+my $v = redis('GET', rkey('/api/x'));
+like($v, qr/hit 2\n\z/, 'stored copy is the second request\'s');
+my $y = http_get('/api/x');
+is($y->{headers}{'x-cache'}, 'HIT', 'then served from cache');
+is(backend_hits('/api/x'), 2, 'no further backend hit');
+--- error_log
+client prematurely closed connection
+
+
+
+=== TEST 5: sequential requests after a fill: one backend hit
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config()
+--- request eval
+["GET /api/x", "GET /api/x", "GET /api/x", "GET /api/x"]
+--- response_body
+backend GET /api/x hit 1
+--- response_headers eval
+["X-Stale-Cache: MISS\nX-Cache: MISS\nX-Store: STORE",
+ "X-Stale-Cache: FRESH\nX-Cache: HIT", "X-Stale-Cache: FRESH\nX-Cache: HIT",
+ "X-Stale-Cache: FRESH\nX-Cache: HIT"]
+--- backend_hits: 1
+
+
+
+=== TEST 6: a lookup that races a finished fill does not fill again
+# /slowttl answers "missing" after $http_x_ttl_delay: request B's lookup starts
+# with A's (before A holds the lock, at 0.1 s) but answers at 0.6 s, after A's
+# fill ended (0.3 s); B must not fill a second time.
+--- http_config eval: $::BASE_HTTP
+--- config eval
+::base_config(ttl => '/slowttl', extra => <<'_E_')
+    location = /slowttl { internal; echo_sleep $http_x_ttl_delay; echo -n ":-2\r\n"; }
+_E_
+--- request eval
+["GET /api/x", "GET /api/x"]
+--- more_headers eval
+["X-Ttl-Delay: 0.1\nX-Backend-Delay: 0.2", "X-Ttl-Delay: 0.6"]
+--- concurrency: 2
+--- response_body
+backend GET /api/x hit 1
+--- response_headers eval
+["X-Stale-Cache: MISS\nX-Cache: MISS", "X-Stale-Cache: COLLAPSED\nX-Cache: HIT"]
+--- backend_hits: 1
+--- check
+my @r = responses();
+cmp_ok($r[1]{end}, '>=', 0.55, 'B answered after its slow lookup');
+cmp_ok($r[0]{end}, '<', 0.5, 'A finished before B\'s lookup answered');
+
+
+
+=== TEST 7: waiting for a fill with a debug-level error_log does not crash the worker
+# The harness's default log level is debug (nginx is built --with-debug).
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config()
+--- request
+GET /api/x
+--- more_headers
+X-Backend-Delay: 0.3
+--- concurrency: 5
+--- response_body
+backend GET /api/x hit 1
+--- response_headers_like
+X-Stale-Cache: ^(MISS|COLLAPSED)$
+--- backend_hits: 1
+--- check
+my $n = by_status(responses());
+is($n->{MISS}, 1, 'one MISS');
+is($n->{COLLAPSED}, 4, 'four COLLAPSED') or diag(explain $n);
+--- no_error_log
+exited on signal

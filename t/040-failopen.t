@@ -1,0 +1,354 @@
+# Fail open: whatever goes wrong with Redis, the TTL location or the $cache_*
+# variables, the request is served by the backend (never a 500, never a hang),
+# with $stale_cache_status ERROR and one rate-limited error line.
+use lib 't/lib';
+use Test::StaleCache;
+use Digest::MD5 qw(md5_hex);
+
+our $BASE_HTTP = <<'_EOC_';
+    stale_cache_zone srcache_locks 1m;
+_EOC_
+
+# The brief's base configuration. VARS replaces the $cache_* block when given;
+# TTL_CMD is the command line of /redisttl; EXTRA goes after the locations.
+our $BASE = <<'_EOC_';
+    location /api {
+VARS
+        set_escape_uri $escaped_key $cache_key;
+        stale_cache on;
+        if ($http_x_skip_fetch != TRUE){ srcache_fetch GET /redis $cache_key;}
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
+        add_header X-Cache $srcache_fetch_status;
+        add_header X-Store $srcache_store_status;
+        add_header X-Stale-Cache $stale_cache_status;
+        proxy_set_header X-Status-Seen $stale_cache_status;
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; TTL_CMD }
+    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command PERSIST $key; }
+    location = /redis { internal; set_md5 $redis_key $args; stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command SET $key $request_body; stale_cache_redis_command EXPIRE $key $exptime; }
+_EOC_
+
+our $VARS = <<'_EOC_';
+        set $cache_lock srcache_locks;
+        set $cache_ttl TTL_URI;
+        set $cache_persist /redispersist;
+        set $cache_key "$http_user_agent|$uri";
+        set $cache_stale STALE;
+        set $cache_lock_exptime 30;
+        set $cache_backend_lock_timeout 0.01;
+        set $cache_lock_timeout 3;
+        set $cache_lock_timeout_wait 0.06;
+        set $cache_skip_fetch "X-Skip-Fetch";
+_EOC_
+
+sub base_config {
+    my (%o) = @_;
+    my $vars = $o{vars} // $VARS;
+    my $ttl_uri = $o{ttl} // '/redisttl';
+    my $stale = $o{stale} // 100;
+    $vars =~ s/TTL_URI/$ttl_uri/;
+    $vars =~ s/STALE/$stale/;
+    my $c = $BASE;
+    my $cmd = $o{ttl_cmd} // 'stale_cache_redis_command TTL $key;';
+    $c =~ s/VARS\n/$vars/;
+    $c =~ s/TTL_CMD/$cmd/;
+    return $c . ($o{extra} // '');
+}
+
+sub rkey { md5_hex('|' . $_[0]) }
+
+sub count_in_log {
+    my $re = shift;
+    my $n = () = error_log_text() =~ /$re/g;
+    return $n;
+}
+
+# Redis's count of TTL commands since CONFIG RESETSTAT (0 when never called).
+sub ttl_calls {
+    my ($n) = redis('INFO', 'commandstats') =~ /^cmdstat_ttl:calls=(\d+)/m;
+    return $n // 0;
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: Redis stopped: 20 concurrent + 5 sequential requests served by the backend, one error line
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config()
+--- pre
+stop_redis();
+--- request
+GET /api/x
+--- concurrency: 20
+--- timeout: 3
+--- response_body_like: ^backend GET /api/x hit \d+$
+--- response_headers
+X-Stale-Cache: ERROR
+--- check
+my @r = responses();
+my ($slowest) = sort { $b <=> $a } map { $_->{end} } @r;
+cmp_ok($slowest, '<', 1, sprintf('all 20 concurrent answered within 1 s (slowest %.3f s)', $slowest));
+for my $i (1 .. 5) {
+    my $x = http_get('/api/x');
+    is($x->{status}, 200, "sequential $i: 200");
+    is($x->{headers}{'x-stale-cache'}, 'ERROR', "sequential $i: ERROR");
+    like($x->{body}, qr/^backend GET \/api\/x hit \d+$/, "sequential $i: backend body");
+    cmp_ok($x->{elapsed}, '<', 1, sprintf("sequential $i: within 1 s (%.3f s)", $x->{elapsed}));
+}
+is(backend_hits('/api/x'), 25, 'all 25 went to the backend');
+is(count_in_log(qr/stale_cache: TTL lookup failed for "\/api\/x"; serving without the stale cache layer/), 1,
+   'one "TTL lookup failed" line for 25 requests (rate-limited)');
+--- error_log
+stale_cache: TTL lookup failed for "/api/x"
+--- no_error_log
+[crit]
+[alert]
+
+
+
+=== TEST 2: Redis answers -ERR to the TTL command: backend 200, ERROR, the redis error logged once
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config(ttl_cmd => 'stale_cache_redis_command TTL $key extra;')
+--- request eval
+["GET /api/x", "GET /api/x", "GET /api/x", "GET /api/x", "GET /api/x"]
+--- response_body
+backend GET /api/x hit 1
+--- response_headers
+X-Stale-Cache: ERROR
+--- backend_hits: 1
+--- check
+is(count_in_log(qr/stale_cache: the TTL lookup got a redis error: "ERR wrong number of arguments for 'ttl' command"/), 1,
+   'the redis error text is logged once');
+cmp_ok(count_in_log(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"/), '<=', 1,
+       'at most one fail-open line');
+--- no_error_log
+[crit]
+[alert]
+
+
+
+=== TEST 3: TTL location answers garbage: backend 200, ERROR, one line
+--- http_config eval: $::BASE_HTTP
+--- config eval
+::base_config(ttl => '/garbage', extra => <<'_E_')
+    location = /garbage { internal; echo hello; }
+_E_
+--- request eval
+["GET /api/x", "GET /api/x", "GET /api/x"]
+--- response_body
+backend GET /api/x hit 1
+--- response_headers
+X-Stale-Cache: ERROR
+--- backend_hits: 1
+--- check
+is(count_in_log(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"; serving without the stale cache layer/), 1,
+   'one "answered no integer" line');
+--- no_error_log
+[crit]
+[alert]
+
+
+
+=== TEST 4: Redis never answers (blackhole): bounded by the redis timeouts, backend 200, ERROR
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config()
+--- pre
+fake_redis_blackhole();
+--- request eval
+["GET /api/x", "GET /api/x", "GET /api/x"]
+--- timeout: 5
+--- response_body_like: ^backend GET /api/x hit \d+$
+--- response_headers
+X-Stale-Cache: ERROR
+--- backend_hits: 3
+--- check
+my @r = responses();
+for my $i (0 .. $#r) {
+    cmp_ok($r[$i]{elapsed}, '<', 1.5, sprintf("request $i: answered within 1.5 s (%.3f s)", $r[$i]{elapsed}));
+}
+is(count_in_log(qr/stale_cache: TTL lookup failed for "\/api\/x"/), 1, 'one "TTL lookup failed" line');
+--- error_log
+upstream timed out
+--- no_error_log
+[crit]
+[alert]
+
+
+
+=== TEST 5: POST with the default $cache_methods (GET): BYPASS, backend hit, nothing looked up or stored
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config()
+--- redis_setup
+CONFIG RESETSTAT
+--- request
+POST /api/x
+hello
+--- response_body
+backend POST /api/x hit 1
+--- response_headers
+X-Stale-Cache: BYPASS
+--- backend_hits: 1
+--- redis_check eval
+[[["DBSIZE"], 0], [["EXISTS", ::rkey('/api/x')], 0]]
+--- check
+is(ttl_calls(), 0, 'no TTL lookup in Redis');
+my ($l) = backend_log('/api/x');
+is($l->{body}, 'hello', 'request body reached the backend');
+is($l->{headers}{'x-status-seen'}, 'BYPASS', 'backend saw BYPASS');
+--- no_error_log
+[error]
+
+
+
+=== TEST 6: $cache_stale "abc" (from a variable): untouched request, ERROR, one line naming the variable and value
+# A literal `set $cache_stale abc;` is rejected by nginx -t (TEST 7); through
+# another variable the value is only known per request.
+--- http_config eval: $::BASE_HTTP
+--- config eval
+my $c = ::base_config(stale => '$stale_value');
+$c =~ s/(\n\s+set \$cache_stale)/\n        set \$stale_value abc;$1/; $c
+--- redis_setup
+CONFIG RESETSTAT
+--- request eval
+["GET /api/x", "GET /api/x", "GET /api/x"]
+--- response_body
+backend GET /api/x hit 1
+--- response_headers eval
+["X-Stale-Cache: ERROR\nX-Cache: MISS", "X-Stale-Cache: ERROR\nX-Cache: HIT", "X-Stale-Cache: ERROR\nX-Cache: HIT"]
+--- backend_hits: 1
+--- check
+is(ttl_calls(), 0, 'no TTL lookup');
+is(count_in_log(qr/\[error\].*stale_cache: \$cache_stale: "abc" is not a number of seconds; the request passes through untouched/), 1,
+   'one line naming $cache_stale and "abc"');
+--- no_error_log
+[crit]
+[alert]
+
+
+
+=== TEST 7: literal set $cache_stale abc: refused by nginx -t, naming the variable and value
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config(stale => 'abc')
+--- must_die
+--- error_log
+stale_cache: $cache_stale: "abc" is not a number of seconds
+
+
+
+=== TEST 8: only $cache_key set: ERROR, the line names the missing $cache_lock
+--- http_config eval: $::BASE_HTTP
+--- config eval
+::base_config(vars => <<'_E_')
+        set $cache_key "$http_user_agent|$uri";
+_E_
+--- redis_setup
+CONFIG RESETSTAT
+--- request eval
+["GET /api/x", "GET /api/x"]
+--- response_body
+backend GET /api/x hit 1
+--- response_headers
+X-Stale-Cache: ERROR
+--- backend_hits: 1
+--- check
+is(ttl_calls(), 0, 'no TTL lookup');
+is(count_in_log(qr/stale_cache: \$cache_lock: not set, but \$cache_key is; the request passes through untouched/), 1,
+   'one line naming the missing variable');
+--- no_error_log
+[crit]
+[alert]
+
+
+
+=== TEST 9: $cache_key and $cache_lock set, $cache_ttl missing: the line names $cache_ttl
+--- http_config eval: $::BASE_HTTP
+--- config eval
+::base_config(vars => <<'_E_')
+        set $cache_lock srcache_locks;
+        set $cache_key "$http_user_agent|$uri";
+_E_
+--- request
+GET /api/x
+--- response_body
+backend GET /api/x hit 1
+--- response_headers
+X-Stale-Cache: ERROR
+--- error_log eval
+qr/stale_cache: \$cache_ttl: not set, but \$cache_lock is; the request passes through untouched/
+
+
+
+=== TEST 10: $cache_lock names an unknown zone (from a variable): ERROR and a line
+--- http_config eval: $::BASE_HTTP
+--- config eval
+my $c = ::base_config(); $c =~ s/set \$cache_lock srcache_locks;/set \$zone_name nozone; set \$cache_lock \$zone_name;/; $c
+--- redis_setup
+CONFIG RESETSTAT
+--- request eval
+["GET /api/x", "GET /api/x"]
+--- response_body
+backend GET /api/x hit 1
+--- response_headers
+X-Stale-Cache: ERROR
+--- backend_hits: 1
+--- check
+is(ttl_calls(), 0, 'no TTL lookup');
+is(count_in_log(qr/stale_cache: \$cache_lock names "nozone" but no "stale_cache_zone nozone SIZE;" is configured/), 1,
+   'one line naming the zone');
+--- no_error_log
+[crit]
+[alert]
+
+
+
+=== TEST 11: literal $cache_lock naming an unknown zone: refused by nginx -t
+--- http_config eval: $::BASE_HTTP
+--- config eval
+my $c = ::base_config(); $c =~ s/set \$cache_lock srcache_locks;/set \$cache_lock nozone;/; $c
+--- must_die
+--- error_log
+stale_cache: $cache_lock: "nozone" names no zone
+
+
+
+=== TEST 12: all of $cache_lock/ttl/key unset: BYPASS and the "are unset" line
+--- http_config eval: $::BASE_HTTP
+--- config eval
+::base_config(vars => "        set \$cache_key_unused 1;\n")
+--- request
+GET /api/x
+--- response_body
+backend GET /api/x hit 1
+--- response_headers
+X-Stale-Cache: BYPASS
+--- error_log
+"stale_cache on" but $cache_lock, $cache_ttl and $cache_key are unset
+
+
+
+=== TEST 13: subrequests are never touched (echo_location into the stale_cache location)
+--- log_level: info
+--- http_config eval: $::BASE_HTTP
+--- config eval
+::base_config(extra => <<'_E_')
+    location = /agg { echo_location /api/x; echo_location /api/x; }
+_E_
+--- redis_setup
+CONFIG RESETSTAT
+--- request
+GET /agg
+--- response_body
+backend GET /api/x hit 1
+backend GET /api/x hit 2
+--- backend_hits: 2
+--- check
+is(ttl_calls(), 0, 'no TTL lookup for the subrequests');
+for my $l (backend_log('/api/x')) {
+    ok(!exists $l->{headers}{'x-status-seen'}, 'no $stale_cache_status in the subrequest')
+        or diag($l->{headers}{'x-status-seen'});
+}
+--- no_error_log eval
+[qr/stale_cache: (?!zone "srcache_locks": \d+ slots)/, "[error]"]

@@ -1,0 +1,193 @@
+# Clients cannot bypass or overwrite the cache with the skip header, cannot fake
+# a refresh with X-Stale-Cache-Refresh, and the refresh secret never reaches the
+# backend.
+use lib 't/lib';
+use Test::StaleCache;
+use Digest::MD5 qw(md5_hex);
+
+our $BASE_HTTP = <<'_EOC_';
+    stale_cache_zone srcache_locks 1m;
+_EOC_
+
+# FETCH is the srcache_fetch line: the brief's `if` form or the srcache_fetch_skip form.
+our $BASE = <<'_EOC_';
+    location /api {
+        set $cache_lock srcache_locks;
+        set $cache_ttl /redisttl;
+        set $cache_persist /redispersist;
+        set $cache_key "$http_user_agent|$uri";
+        set $cache_stale 100;
+        set $cache_lock_exptime 30;
+        set $cache_backend_lock_timeout 0.01;
+        set $cache_lock_timeout 3;
+        set $cache_lock_timeout_wait 0.06;
+        set $cache_skip_fetch "X-Skip-Fetch";
+        set_escape_uri $escaped_key $cache_key;
+        stale_cache on;
+        stale_cache_memo off;
+        FETCH
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
+        add_header X-Cache $srcache_fetch_status;
+        add_header X-Store $srcache_store_status;
+        add_header X-Stale-Cache $stale_cache_status;
+        add_header X-Skip-Var "[$stale_cache_skip_fetch]";
+        proxy_set_header X-Status-Seen $stale_cache_status;
+        proxy_set_header X-Skip-Seen "[$stale_cache_skip_fetch]";
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command PERSIST $key; }
+    location = /redis { internal; set_md5 $redis_key $args; stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command SET $key $request_body; stale_cache_redis_command EXPIRE $key $exptime; }
+_EOC_
+
+our $IF_FETCH = 'if ($http_x_skip_fetch != TRUE){ srcache_fetch GET /redis $cache_key;}';
+our $SKIP_FETCH = 'srcache_fetch GET /redis $cache_key; srcache_fetch_skip $stale_cache_skip_fetch;';
+
+sub base_config {
+    my $fetch = shift;
+    (my $c = $BASE) =~ s/FETCH/$fetch/;
+    return $c;
+}
+
+sub rkey { md5_hex('|' . $_[0]) }
+
+# The spoofing requests: the first fills the cache, the others carry spoofed headers.
+our @SPOOF_REQS = ("GET /api/x") x 6;
+our @SPOOF_HEADERS = (
+    "",
+    "X-Skip-Fetch: TRUE",
+    "X-Skip-Fetch: yes",
+    "x-skip-fetch: true",
+    "X-Skip-Fetch: TRUE\nX-Stale-Cache-Refresh: anything",
+    "X-Skip-Fetch: TRUE\nX-Stale-Cache-Refresh: " . ('0123456789abcdef' x 4),
+);
+our @SPOOF_EXPECT = (
+    "X-Stale-Cache: MISS\nX-Cache: MISS\nX-Store: STORE\nX-Skip-Var: []",
+    ("X-Stale-Cache: FRESH\nX-Cache: HIT\nX-Store: BYPASS\nX-Skip-Var: []") x 5,
+);
+
+# Checks shared by the blocks, run in --- check after the spoofing requests.
+sub check_spoofing {
+    my $k = rkey('/api/x');
+    is(backend_hits('/api/x'), 1, 'backend hit only by the first request');
+    like(redis('GET', $k) // '', qr/\r\n\r\nbackend GET \/api\/x hit 1\n\z/,
+         'Redis still holds the first copy');
+    my @log = backend_log('/api/x');
+    is($log[0]{headers}{'x-skip-seen'}, '[]', '$stale_cache_skip_fetch empty in the client\'s request');
+    ok(!grep({ ($_->{headers}{'x-stale-cache-refresh'} // '') =~ /anything|0123456789abcdef/ } @log),
+       'no spoofed refresh header value reached the backend');
+}
+
+# A genuine refresh: make the entry stale, request it, then look at what the
+# backend saw. The secret must not reach it, and the refresh must store.
+sub check_genuine_refresh {
+    my $k = rkey('/api/x');
+    redis('EXPIRE', $k, 50);
+    my $r = http_get('/api/x');
+    is($r->{status}, 200, 'stale request 200');
+    is($r->{headers}{'x-stale-cache'}, 'STALE', 'stale request: STALE');
+    like($r->{body}, qr/hit 1\n\z/, 'stale copy served');
+    my $t = 0;
+    sleep_ms(50), $t += 50 while backend_hits('/api/x') < 2 && $t < 3000;
+    sleep_ms(300);
+    is(backend_hits('/api/x'), 2, 'one refresh reached the backend');
+    my (undef, $refresh) = backend_log('/api/x');
+    is($refresh->{headers}{'x-status-seen'}, 'REFRESH', 'the backend saw a REFRESH');
+    is($refresh->{headers}{'x-skip-seen'}, '[1]', '$stale_cache_skip_fetch is 1 in the refresh');
+    my $secret = $refresh->{headers}{'x-stale-cache-refresh'};
+    ok(!defined $secret || length($secret) < 8,
+       'the refresh secret did not reach the backend (' . ($secret // 'absent') . ')');
+    for my $l (backend_log()) {
+        for my $h (@{ $l->{header_list} }) {
+            next unless lc $h->[0] eq 'x-stale-cache-refresh';
+            ok(length($h->[1]) < 8, "backend hit $l->{seq}: no secret-looking X-Stale-Cache-Refresh ($h->[1])");
+        }
+    }
+    like(redis('GET', $k) // '', qr/hit 2\n\z/, 'the refresh stored the new copy');
+    my $ttl = redis('TTL', $k);
+    ok($ttl >= 100, "refreshed entry has its full exptime again (TTL $ttl)");
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: if form: spoofed X-Skip-Fetch (TRUE, yes, true) is served from cache and stores nothing
+--- log_level: info
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config($::IF_FETCH)
+--- request eval: [@::SPOOF_REQS[0 .. 3]]
+--- more_headers eval: [@::SPOOF_HEADERS[0 .. 3]]
+--- response_body
+backend GET /api/x hit 1
+--- response_headers eval: [@::SPOOF_EXPECT[0 .. 3]]
+--- backend_hits: 1
+--- check
+check_spoofing();
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: if form: spoofed X-Stale-Cache-Refresh + X-Skip-Fetch is not a refresh; the real secret never reaches the backend
+--- log_level: info
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config($::IF_FETCH)
+--- request eval: [@::SPOOF_REQS[0, 4, 5]]
+--- more_headers eval: [@::SPOOF_HEADERS[0, 4, 5]]
+--- response_body
+backend GET /api/x hit 1
+--- response_headers eval: [@::SPOOF_EXPECT[0, 4, 5]]
+--- backend_hits: 1
+--- check
+check_spoofing();
+check_genuine_refresh();
+--- error_log eval
+[qr/stale_cache: refresh of "\/api\/x" via 127\.0\.0\.1:\d+ 200 in \d+ ms/]
+--- no_error_log
+[error]
+
+
+
+=== TEST 3: spoofed refresh header on a miss: not a refresh, the guess does not reach the backend
+--- log_level: info
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config($::IF_FETCH)
+--- request
+GET /api/x
+--- more_headers
+X-Stale-Cache-Refresh: 0123456789abcdef0123456789abcdef
+X-Skip-Fetch: TRUE
+--- response_body
+backend GET /api/x hit 1
+--- response_headers
+X-Stale-Cache: MISS
+X-Cache: MISS
+X-Store: STORE
+X-Skip-Var: []
+--- backend_hits: 1
+--- check
+my ($l) = backend_log('/api/x');
+is($l->{headers}{'x-status-seen'}, 'MISS', 'backend saw MISS, not REFRESH');
+unlike($l->{headers}{'x-stale-cache-refresh'} // '', qr/0123456789abcdef/, 'the guessed value was not forwarded');
+
+
+
+=== TEST 4: srcache_fetch_skip $stale_cache_skip_fetch form: same guarantees
+--- log_level: info
+--- http_config eval: $::BASE_HTTP
+--- config eval: ::base_config($::SKIP_FETCH)
+--- request eval: [@::SPOOF_REQS]
+--- more_headers eval: [@::SPOOF_HEADERS]
+--- response_body
+backend GET /api/x hit 1
+--- response_headers eval: [@::SPOOF_EXPECT]
+--- backend_hits: 1
+--- check
+check_spoofing();
+check_genuine_refresh();
+--- error_log eval
+[qr/stale_cache: refresh of "\/api\/x" via 127\.0\.0\.1:\d+ 200 in \d+ ms/]
+--- no_error_log
+[error]
