@@ -14,7 +14,11 @@ const HOP_BY_HOP: &[&[u8]] = &[
     b"content-length",
     b"expect",
     b"host",
+    b"x-stale-cache-restore",
 ];
+
+/// The header asking a refresh-authenticated request to give a key its expiry back.
+pub const RESTORE_HEADER: &[u8] = b"X-Stale-Cache-Restore";
 
 /// What the refresh replays of the client's request.
 pub struct Replay<'a> {
@@ -30,6 +34,8 @@ pub struct Replay<'a> {
     /// The header carrying the per-start secret and its value.
     pub secret_header: &'a [u8],
     pub secret: &'a [u8],
+    /// Makes the request an expiry restore of this many seconds instead of a refresh.
+    pub restore_ttl: Option<u64>,
 }
 
 impl Replay<'_> {
@@ -56,6 +62,9 @@ impl Replay<'_> {
         }
         push_header(&mut out, self.skip_header, b"TRUE");
         push_header(&mut out, self.secret_header, self.secret);
+        if let Some(ttl) = self.restore_ttl {
+            push_header(&mut out, RESTORE_HEADER, ttl.to_string().as_bytes());
+        }
         if let Some(body) = self.body {
             push_header(
                 &mut out,
@@ -138,6 +147,7 @@ mod tests {
             skip_header: b"X-Skip-Fetch",
             secret_header: b"X-Stale-Cache-Refresh",
             secret: b"s3cr3t",
+            restore_ttl: None,
         }
     }
 
@@ -175,6 +185,16 @@ mod tests {
         let headers: &[(&[u8], &[u8])] = &[(b"X-Evil", b"a\r\nX-Injected: 1")];
         let bytes = replay(headers, None).to_bytes();
         assert!(!bytes.windows(10).any(|w| w == b"X-Injected"));
+    }
+
+    #[test]
+    fn restore_request_carries_its_ttl_and_drops_client_copies() {
+        let headers: &[(&[u8], &[u8])] = &[(b"X-Stale-Cache-Restore", b"999")];
+        let mut r = replay(headers, None);
+        r.restore_ttl = Some(42);
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(text.contains("X-Stale-Cache-Restore: 42\r\n"), "{text}");
+        assert!(!text.contains("999"), "{text}");
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub enum Var {
     Key,
     /// `$cache_persist`: internal location answering Redis `PERSIST`, or `off`.
     Persist,
+    /// `$cache_expire`: internal location answering Redis `EXPIRE` for
+    /// `?key=...&ttl=N`, or `off`; lets a failed refresh give a PERSISTed
+    /// key its remaining life back (new; the original had no such location).
+    Expire,
     /// `$cache_methods`: request methods the module handles.
     Methods,
     /// `$cache_stale`: seconds of TTL below which an entry is stale.
@@ -70,7 +74,7 @@ pub enum Var {
 
 impl Var {
     /// Number of variables.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
 
     /// Every variable, in index order.
     pub const ALL: [Var; Var::COUNT] = [
@@ -78,6 +82,7 @@ impl Var {
         Var::Ttl,
         Var::Key,
         Var::Persist,
+        Var::Expire,
         Var::Methods,
         Var::Stale,
         Var::LockExptime,
@@ -94,6 +99,7 @@ impl Var {
             Var::Ttl => "cache_ttl",
             Var::Key => "cache_key",
             Var::Persist => "cache_persist",
+            Var::Expire => "cache_expire",
             Var::Methods => "cache_methods",
             Var::Stale => "cache_stale",
             Var::LockExptime => "cache_lock_exptime",
@@ -423,6 +429,8 @@ pub struct Settings {
     pub key: Vec<u8>,
     /// Location answering Redis `PERSIST`, `None` when off (`$cache_persist`).
     pub persist_uri: Option<Vec<u8>>,
+    /// Location answering Redis `EXPIRE`, `None` when off (`$cache_expire`).
+    pub expire_uri: Option<Vec<u8>>,
     /// Methods handled (`$cache_methods`).
     pub methods: Methods,
     /// The stale window (`$cache_stale`) in milliseconds.
@@ -478,6 +486,11 @@ impl Settings {
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
             Some(v) => Some(parse_uri(Var::Persist, v, true)?.to_vec()),
         };
+        let expire_uri = match vars.get(Var::Expire) {
+            None => None,
+            Some(v) if v.eq_ignore_ascii_case(b"off") => None,
+            Some(v) => Some(parse_uri(Var::Expire, v, true)?.to_vec()),
+        };
         let methods = match vars.get(Var::Methods) {
             None => Methods::default(),
             Some(v) => Methods::parse(v).map_err(|p| SettingsError::new(Var::Methods, v, p))?,
@@ -511,6 +524,7 @@ impl Settings {
             ttl_uri,
             key: key.to_vec(),
             persist_uri,
+            expire_uri,
             methods,
             stale_ms,
             stale_secs: stale_ms.div_ceil(1000),
@@ -533,7 +547,9 @@ impl Settings {
     /// Whether `uri` is one of the module's own lookup locations; the original
     /// skipped those so the TTL/PERSIST subrequests do not recurse.
     pub fn is_lookup_uri(&self, uri: &[u8]) -> bool {
-        uri == self.ttl_uri.as_slice() || self.persist_uri.as_deref() == Some(uri)
+        uri == self.ttl_uri.as_slice()
+            || self.persist_uri.as_deref() == Some(uri)
+            || self.expire_uri.as_deref() == Some(uri)
     }
 }
 

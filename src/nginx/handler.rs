@@ -18,8 +18,8 @@ use ngx::ffi::{
     ngx_http_read_client_request_body, ngx_http_request_t, ngx_http_run_posted_requests,
     ngx_http_subrequest, ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_pool_cleanup_add,
     ngx_post_event, ngx_posted_events, ngx_read_file, ngx_str_t, ngx_table_elt_t,
-    ngx_variable_value_t, NGX_HTTP_SPECIAL_RESPONSE, NGX_HTTP_SUBREQUEST_WAITED, NGX_LOG_ERR,
-    NGX_LOG_NOTICE, NGX_LOG_WARN,
+    ngx_variable_value_t, NGX_HTTP_NO_CONTENT, NGX_HTTP_SPECIAL_RESPONSE,
+    NGX_HTTP_SUBREQUEST_WAITED, NGX_LOG_ERR, NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 
 use super::conf::{LocConf, MainConf};
@@ -30,7 +30,7 @@ use super::vars;
 use super::zone::{self, Zone};
 use crate::locktable::{LockKind, LockOutcome, MemoOutcome};
 use crate::policy::{decide, Action, CacheStatus, FailReason, LogLimiter};
-use crate::replay::{key_argument, secret_matches, Replay};
+use crate::replay::{key_argument, secret_matches, Replay, RESTORE_HEADER};
 use crate::resp::{parse_integer_reply, ReplyError};
 use crate::settings::Settings;
 
@@ -62,6 +62,7 @@ enum Phase {
     LookingUp,
     ReadingBody,
     Persisting,
+    Restoring,
     Waiting,
     Done,
 }
@@ -90,6 +91,8 @@ struct PendingRefresh {
     target: RefreshTarget,
     timeout: u64,
     lock: HeldLock,
+    /// Sent if the refresh fails, to give the key it PERSISTed its expiry back.
+    restore: Option<Vec<u8>>,
 }
 
 /// Everything the module keeps for one main request. Owned by a cleanup of the request's
@@ -102,6 +105,8 @@ pub struct RequestState {
     phase: Phase,
     status: Option<CacheStatus>,
     is_refresh: bool,
+    /// A refresh-authenticated request asking to restore the key's expiry (seconds).
+    restore_ttl: Option<u64>,
     settings: Option<Settings>,
     zone: *const Zone,
     lookup_started: u64,
@@ -218,15 +223,36 @@ unsafe extern "C" fn state_cleanup(data: *mut c_void) {
         release(&lock, false);
     }
     if let Some(pending) = state.refresh.take() {
-        let lock = pending.lock;
+        let PendingRefresh {
+            request,
+            uri,
+            target,
+            timeout,
+            lock,
+            restore,
+        } = pending;
+        let (restore_target, restore_uri) = (target.clone(), uri.clone());
         refresh::start(
-            &pending.target,
-            pending.request,
-            pending.uri,
-            pending.timeout,
+            &target,
+            request,
+            uri,
+            "refresh",
+            timeout,
             Box::new(move |outcome: &RefreshOutcome, _ms| {
                 let ok = matches!(outcome, RefreshOutcome::Status(s) if (200..300).contains(s));
                 release(&lock, ok);
+                if let (false, Some(bytes)) = (ok, restore) {
+                    // The key was PERSISTed for this refresh, which failed: without its
+                    // expiry back, a deleted page would be served forever.
+                    refresh::start(
+                        &restore_target,
+                        bytes,
+                        restore_uri,
+                        "expiry restore",
+                        timeout,
+                        Box::new(|_: &RefreshOutcome, _| {}),
+                    );
+                }
             }),
         );
     }
@@ -263,6 +289,7 @@ fn state_of<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
             phase: Phase::Start,
             status: None,
             is_refresh: false,
+            restore_ttl: None,
             settings: None,
             zone: ptr::null(),
             lookup_started: 0,
@@ -319,6 +346,7 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
     }
     let skip_name = loc_conf(req).skip_header_name();
     let mut is_refresh = false;
+    let mut restore_ttl = None;
     let mut skip_headers: Vec<*mut ngx_table_elt_t> = Vec::new();
     for h in headers(req) {
         // SAFETY: list elements are valid header entries.
@@ -334,6 +362,12 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
                     data: c"1".as_ptr() as *mut u8,
                 };
             }
+        } else if name.eq_ignore_ascii_case(RESTORE_HEADER) {
+            restore_ttl = core::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok());
+            // SAFETY: header entries are writable request memory.
+            unsafe { (*h).hash = 0 };
         } else if name.eq_ignore_ascii_case(skip_name) {
             skip_headers.push(h);
         }
@@ -348,6 +382,7 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
     }
     if let Some(state) = state_of(r) {
         state.is_refresh = true;
+        state.restore_ttl = restore_ttl;
     }
     NGX_DECLINED
 }
@@ -416,6 +451,22 @@ pub unsafe extern "C" fn preaccess_handler(r: *mut ngx_http_request_t) -> ngx_in
                     None => continue,
                 }
             }
+            Phase::Restoring => {
+                if !state.capture.done {
+                    return NGX_AGAIN;
+                }
+                state.phase = Phase::Done;
+                if state.capture.failed_rc != 0 || state.capture.status != 200 {
+                    log_limited(
+                        log_of(req),
+                        NGX_LOG_ERR,
+                        "restore",
+                        "stale_cache: giving a PERSISTed key its expiry back failed; check \
+                         the $cache_expire location",
+                    );
+                }
+                return NGX_HTTP_NO_CONTENT as ngx_int_t;
+            }
             Phase::Persisting => {
                 if !state.capture.done {
                     return NGX_AGAIN;
@@ -452,6 +503,9 @@ fn start(
     if state.is_refresh {
         state.status = Some(CacheStatus::Refresh);
         state.phase = Phase::Done;
+        if let Some(ttl) = state.restore_ttl {
+            return Some(restore_expiry(state, req, ttl));
+        }
         return None;
     }
     let mcf = main_conf();
@@ -539,6 +593,26 @@ fn start(
     }
     state.phase = Phase::LookingUp;
     Some(NGX_AGAIN)
+}
+
+/// An expiry-restore request (sent by this module after a failed refresh of a key it had
+/// PERSISTed): EXPIRE the key through `$cache_expire`, then answer 204 without the backend.
+fn restore_expiry(state: &mut RequestState, req: &mut ngx_http_request_t, ttl: u64) -> ngx_int_t {
+    let raw = vars::read_cache_variables(req, &main_conf().vars);
+    let Ok(Some(settings)) = Settings::parse(&raw) else {
+        return NGX_HTTP_NO_CONTENT as ngx_int_t;
+    };
+    let Some(uri) = settings.expire_uri.clone() else {
+        return NGX_HTTP_NO_CONTENT as ngx_int_t;
+    };
+    let mut args = key_argument(&settings.key);
+    args.extend_from_slice(format!("&ttl={}", ttl.max(1)).as_bytes());
+    state.settings = Some(settings);
+    if start_lookup(state, req, &uri, &args).is_err() {
+        return NGX_HTTP_NO_CONTENT as ngx_int_t;
+    }
+    state.phase = Phase::Restoring;
+    NGX_AGAIN
 }
 
 /// Issues a waited subrequest to a lookup location; its answer lands in `state.capture`.
@@ -1114,7 +1188,11 @@ fn refresh_request(
     } else {
         None
     };
-    let replay = Replay {
+    // Only a key this request PERSISTs can need its expiry back, and only with a location to
+    // send EXPIRE to.
+    let restore_ttl =
+        (state.persist_pending && settings.expire_uri.is_some()).then_some(state.ttl.max(1) as u64);
+    let mut replay = Replay {
         method: str_bytes(&req.method_name),
         target: str_bytes(&req.unparsed_uri),
         host,
@@ -1123,9 +1201,16 @@ fn refresh_request(
         skip_header: &settings.skip_fetch,
         secret_header: SECRET_HEADER.as_bytes(),
         secret,
+        restore_ttl: None,
     };
+    let request = replay.to_bytes();
+    let restore = restore_ttl.map(|ttl| {
+        replay.restore_ttl = Some(ttl);
+        replay.to_bytes()
+    });
     Ok(PendingRefresh {
-        request: replay.to_bytes(),
+        request,
+        restore,
         uri: String::from_utf8_lossy(str_bytes(&req.unparsed_uri)).into_owned(),
         target,
         timeout: settings.lock_exptime_ms,

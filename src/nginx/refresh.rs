@@ -46,14 +46,22 @@ struct Refresh {
     head: Vec<u8>,
     deadline: ngx_msec_t,
     started: ngx_msec_t,
-    /// For the log lines: the refreshed URI.
+    /// For the log lines: the refreshed URI and what the request is for.
     uri: String,
+    what: &'static str,
     log: *mut ngx_log_t,
     on_done: Option<OnDone>,
 }
 
 /// Starts a refresh; `on_done` runs exactly once, when it ends or fails.
-pub fn start(target: &RefreshTarget, request: Vec<u8>, uri: String, timeout: u64, on_done: OnDone) {
+pub fn start(
+    target: &RefreshTarget,
+    request: Vec<u8>,
+    uri: String,
+    what: &'static str,
+    timeout: u64,
+    on_done: OnDone,
+) {
     let timeout = timeout as ngx_msec_t;
     // SAFETY: ngx_cycle is set for the worker's lifetime; its log outlives every refresh.
     let log = unsafe { (*ngx::ffi::ngx_cycle).log };
@@ -69,6 +77,7 @@ pub fn start(target: &RefreshTarget, request: Vec<u8>, uri: String, timeout: u64
         deadline: now + timeout,
         started: now,
         uri,
+        what,
         log,
         on_done: Some(on_done),
     });
@@ -247,7 +256,8 @@ unsafe fn finish(raw: *mut Refresh, outcome: RefreshOutcome) {
     ngx::ngx_log_error!(
         level,
         refresh.log,
-        "stale_cache: refresh of \"{}\" via {} {} in {} ms",
+        "stale_cache: {} of \"{}\" via {} {} in {} ms",
+        refresh.what,
         refresh.uri,
         refresh.target.name,
         text,

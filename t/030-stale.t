@@ -1,0 +1,396 @@
+# The stale path of "stale_cache on": a stale entry is served at once, one background
+# refresh per key replays the request to the backend and srcache_store stores the new copy.
+# Every block uses the drop-in base configuration (see api_config) with
+# "stale_cache_memo off;", fills an entry through nginx in --- pre, then moves it into
+# the stale window with EXPIRE key 50 (TTL 50 < $cache_stale 100).
+use lib 't/lib';
+use Test::StaleCache;
+use Digest::MD5 qw(md5_hex);
+
+# The Redis key of a request: md5("$http_user_agent|$uri"); the harness's client sends no
+# User-Agent unless a block adds one.
+sub key_of { my ($uri, $ua) = @_; md5_hex(($ua // '') . "|$uri") }
+
+# The base configuration's /api location plus the Redis locations; $extra goes into /api
+# after the base "set"s (so it can override them).
+sub api_config {
+    my $extra = shift // '';
+    my $conf = <<'EOF';
+    location /api {
+        set $cache_lock srcache_locks;
+        set $cache_ttl /redisttl;
+        set $cache_persist /redispersist;
+        set $cache_key "$http_user_agent|$uri";
+        set $cache_stale 100;
+        set $cache_lock_exptime 30;
+        set $cache_backend_lock_timeout 0.01;
+        set $cache_lock_timeout 3;
+        set $cache_lock_timeout_wait 0.06;
+        set $cache_skip_fetch "X-Skip-Fetch";
+        stale_cache_memo off;
+        __EXTRA__
+        set_escape_uri $escaped_key $cache_key;
+        stale_cache on;
+        if ($http_x_skip_fetch != TRUE){ srcache_fetch GET /redis $cache_key;}
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
+        add_header X-Cache $srcache_fetch_status;
+        add_header X-Store $srcache_store_status;
+        add_header X-Stale-Cache $stale_cache_status;
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command PERSIST $key; }
+    location = /redis { internal; set_md5 $redis_key $args; stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command SET $key $request_body; stale_cache_redis_command EXPIRE $key $exptime; }
+EOF
+    $conf =~ s/__EXTRA__/$extra/;
+    return $conf;
+}
+
+# Fills $uri through nginx (MISS, stored with TTL 105), then puts it into the stale window.
+# Afterwards the backend answers $uri as configured by %cfg (e.g. delay => 1).
+sub fill_and_stale {
+    my ($uri, $headers, %cfg) = @_;
+    my $path = $uri =~ s/\?.*//r;
+    my $r = http_get($uri, $headers);
+    Test::More::is($r->{status}, 200, "fill $uri: status 200");
+    Test::More::is($r->{headers}{'x-stale-cache'}, 'MISS', "fill $uri: MISS");
+    Test::More::is($r->{body}, "backend GET $uri hit 1\n", "fill $uri: body of hit 1");
+    my $key = key_of($path, $headers && $headers->{'User-Agent'});
+    my $ttl = redis('TTL', $key);
+    Test::More::ok($ttl >= 100 && $ttl <= 105, "fill $uri: stored with TTL ~105 (got $ttl)");
+    Test::More::is(redis('EXPIRE', $key, 50), 1, "fill $uri: EXPIRE 50 (stale window)");
+    backend_config($path, %cfg) if %cfg;
+    return $key;
+}
+
+# A second port for a reuseport listener (from the harness's port picker, so it cannot
+# collide with the ports it uses).
+my $port2;
+sub port2 { $port2 ||= Test::StaleCache::pick_port() }
+
+sub persist_calls {
+    my ($line) = grep { /^cmdstat_persist:/ } split /\r?\n/, redis('INFO', 'commandstats');
+    return $line && $line =~ /calls=(\d+)/ ? $1 : 0;
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: 50 concurrent stale hits: stale body at once, exactly one refresh, then the new copy
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config eval
+api_config()
+--- pre
+$main::key = fill_and_stale('/api/s', undef, delay => 1);
+--- request
+GET /api/s
+--- concurrency: 50
+--- response_body
+backend GET /api/s hit 1
+--- response_headers
+X-Stale-Cache: STALE
+X-Cache: HIT
+--- wait: 1.6
+--- check
+my @r = responses();
+is(scalar @r, 50, '50 responses');
+my ($max) = sort { $b <=> $a } map { $_->{elapsed} } @r;
+cmp_ok($max, '<', 0.3, "every stale hit answered in < 300 ms (slowest ${max}s)");
+is(backend_hits('/api/s'), 2, 'backend hits: the fill + exactly one refresh');
+my $r = http_get('/api/s');
+is($r->{body}, "backend GET /api/s hit 2\n", 'next request gets the refreshed copy');
+is($r->{headers}{'x-stale-cache'}, 'FRESH', 'next request is FRESH');
+is($r->{headers}{'x-cache'}, 'HIT', 'next request is a cache HIT');
+my $ttl = redis('TTL', $main::key);
+ok($ttl >= 100 && $ttl <= 105, "TTL back to ~105 after the refresh (got $ttl)");
+like(redis('GET', $main::key), qr/backend GET \/api\/s hit 2/, 'Redis holds the new copy');
+is(backend_hits('/api/s'), 2, 'no further backend hit');
+my @lines = grep { /stale_cache: refresh of / } split /\n/, error_log_text();
+is(scalar @lines, 1, 'one refresh logged') or diag(join "\n", @lines);
+--- error_log eval
+[qr{\[info\].*stale_cache: refresh of "/api/s" via 127\.0\.0\.1:\d+ 200 in \d+ ms}]
+
+
+
+=== TEST 2: the client's next request on the same keep-alive connection is not delayed by the refresh
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config eval
+api_config() . '    location = /plain { return 200 "plain\n"; }'
+--- pre
+$main::key = fill_and_stale('/api/k', undef, delay => 1);
+--- keepalive_requests eval
+["GET /api/k", "GET /api/k", "GET /plain"]
+--- response_body eval
+["backend GET /api/k hit 1\n", "backend GET /api/k hit 1\n", "plain\n"]
+--- response_headers eval
+["X-Stale-Cache: STALE", "X-Stale-Cache: STALE", "!X-Stale-Cache"]
+--- check
+my @r = responses();
+is(scalar @r, 3, '3 responses on the connection');
+cmp_ok($r[$_]{elapsed}, '<', 0.3, "request $_ on the keep-alive connection took < 300 ms ($r[$_]{elapsed}s)")
+    for 0 .. 2;
+cmp_ok($r[2]{end}, '<', 0.6, "all three done long before the 1 s refresh ends ($r[2]{end}s)");
+is(backend_hits('/api/k'), 2, 'the refresh reached the backend meanwhile');
+sleep_ms(1300);
+my $r = http_get('/api/k');
+is($r->{body}, "backend GET /api/k hit 2\n", 'refreshed copy afterwards');
+is(backend_hits('/api/k'), 2, 'exactly one refresh');
+
+
+
+=== TEST 3: the refresh replays method, URI with args, Host, client headers, and adds X-Skip-Fetch: TRUE
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config eval
+api_config('proxy_set_header Host $host;')
+--- pre
+$main::h = { 'Host' => 'stale.example', 'X-Custom' => 'abc', 'User-Agent' => 'tester/1.0',
+             'Accept-Language' => 'de' };
+$main::key = fill_and_stale('/api/r?a=1&b=x%20y', $main::h);
+--- request
+GET /api/r?a=1&b=x%20y
+--- more_headers
+Host: stale.example
+X-Custom: abc
+User-Agent: tester/1.0
+Accept-Language: de
+--- response_body
+backend GET /api/r?a=1&b=x%20y hit 1
+--- response_headers
+X-Stale-Cache: STALE
+--- wait: 0.5
+--- check
+my @log = backend_log('/api/r');
+is(scalar @log, 2, 'fill + refresh reached the backend');
+my ($fill, $refresh) = @log;
+ok(!defined $fill->{headers}{'x-skip-fetch'}, 'the fill carries no X-Skip-Fetch');
+is($refresh->{method}, 'GET', 'refresh: same method');
+is($refresh->{path}, '/api/r?a=1&b=x%20y', 'refresh: same URI with query args');
+is($refresh->{headers}{host}, 'stale.example', 'refresh: same Host');
+is($refresh->{headers}{'x-custom'}, 'abc', 'refresh: custom header replayed');
+is($refresh->{headers}{'user-agent'}, 'tester/1.0', 'refresh: User-Agent replayed');
+is($refresh->{headers}{'accept-language'}, 'de', 'refresh: Accept-Language replayed');
+is($refresh->{headers}{'x-skip-fetch'}, 'TRUE', 'refresh: X-Skip-Fetch: TRUE');
+my $ttl = redis('TTL', $main::key);
+ok($ttl >= 100 && $ttl <= 105, "the refresh stored under the same key (TTL $ttl)");
+like(redis('GET', $main::key), qr{backend GET /api/r\?a=1&b=x%20y hit 2}, 'new copy stored');
+--- error_log eval
+[qr{stale_cache: refresh of "/api/r\?a=1&b=x%20y" via 127\.0\.0\.1:\d+ 200}]
+
+
+
+=== TEST 4: PERSIST set + slow refresh: TTL -1 right after the stale hit, ~105 once the refresh stored
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config eval
+api_config()
+--- pre
+$main::key = fill_and_stale('/api/p', undef, delay => 1);
+$main::persist_before = persist_calls();
+--- request
+GET /api/p
+--- response_body
+backend GET /api/p hit 1
+--- response_headers
+X-Stale-Cache: STALE
+--- check
+is(redis('TTL', $main::key), -1, 'right after the stale hit the key is PERSISTed (TTL -1)');
+is(persist_calls() - $main::persist_before, 1, 'one PERSIST sent');
+sleep_ms(500);
+is(redis('TTL', $main::key), -1, 'still persisted while the 1 s refresh runs');
+like(redis('GET', $main::key), qr{hit 1}, 'stale copy still there during the refresh');
+sleep_ms(1000);
+my $ttl = redis('TTL', $main::key);
+ok($ttl >= 100 && $ttl <= 105, "after the refresh stored: TTL ~105 (got $ttl)");
+like(redis('GET', $main::key), qr{hit 2}, 'new copy stored');
+is(backend_hits('/api/p'), 2, 'fill + one refresh');
+is(persist_calls() - $main::persist_before, 1, 'still one PERSIST in total');
+
+
+
+=== TEST 5: set $cache_persist off: no PERSIST, the TTL keeps counting down during the refresh
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config eval
+api_config('set $cache_persist off;')
+--- pre
+$main::key = fill_and_stale('/api/np', undef, delay => 1);
+$main::persist_before = persist_calls();
+--- request
+GET /api/np
+--- response_body
+backend GET /api/np hit 1
+--- response_headers
+X-Stale-Cache: STALE
+--- check
+my $ttl = redis('TTL', $main::key);
+ok($ttl >= 45 && $ttl <= 50, "right after the stale hit the TTL still counts down (got $ttl)");
+sleep_ms(500);
+$ttl = redis('TTL', $main::key);
+ok($ttl >= 44 && $ttl <= 50, "during the refresh: not persisted (got $ttl)");
+is(persist_calls() - $main::persist_before, 0, 'no PERSIST sent');
+sleep_ms(1000);
+$ttl = redis('TTL', $main::key);
+ok($ttl >= 100 && $ttl <= 105, "after the refresh: TTL ~105 (got $ttl)");
+is(backend_hits('/api/np'), 2, 'fill + one refresh');
+
+
+
+=== TEST 6: ttl == -1 (no expiry): served STALE, refreshed, never PERSISTed
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config eval
+api_config()
+--- pre
+$main::key = fill_and_stale('/api/m');
+is(redis('PERSIST', $main::key), 1, 'key PERSISTed beforehand');
+is(redis('TTL', $main::key), -1, 'TTL -1');
+$main::persist_before = persist_calls();
+--- request
+GET /api/m
+--- response_body
+backend GET /api/m hit 1
+--- response_headers
+X-Stale-Cache: STALE
+--- wait: 0.5
+--- check
+is(backend_hits('/api/m'), 2, 'refreshed: fill + one refresh');
+my $ttl = redis('TTL', $main::key);
+ok($ttl >= 100 && $ttl <= 105, "TTL back to ~105 after the refresh (got $ttl)");
+is(persist_calls() - $main::persist_before, 0, 'no PERSIST sent for a key without expiry');
+my $r = http_get('/api/m');
+is($r->{body}, "backend GET /api/m hit 2\n", 'refreshed copy served');
+is($r->{headers}{'x-stale-cache'}, 'FRESH', 'FRESH afterwards');
+
+
+
+=== TEST 7: the refresh request has status REFRESH and bypasses srcache_fetch (goes to the backend)
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+    log_format sc '$request_uri status=$stale_cache_status fetch=$srcache_fetch_status store=$srcache_store_status skip=$http_x_skip_fetch';
+--- config eval
+api_config('proxy_set_header X-Seen-Status $stale_cache_status; access_log logs/sc.log sc;')
+--- pre
+$main::key = fill_and_stale('/api/rs');
+--- request
+GET /api/rs
+--- response_body
+backend GET /api/rs hit 1
+--- response_headers
+X-Stale-Cache: STALE
+X-Cache: HIT
+--- wait: 0.5
+--- check
+my @log = backend_log('/api/rs');
+is(scalar @log, 2, 'fill + refresh reached the backend');
+is($log[0]{headers}{'x-seen-status'}, 'MISS', 'the fill had status MISS');
+is($log[1]{headers}{'x-seen-status'}, 'REFRESH', 'the refresh had status REFRESH');
+is($log[1]{headers}{'x-skip-fetch'}, 'TRUE', 'the refresh carried X-Skip-Fetch: TRUE');
+open my $fh, '<', "$TEST_NGINX_SERVROOT/logs/sc.log" or die "sc.log: $!";
+my @lines = <$fh>;
+my @refresh = grep { /status=REFRESH/ } @lines;
+is(scalar @refresh, 1, 'one REFRESH request in the access log') or diag(@lines);
+like($refresh[0] // '', qr{^/api/rs status=REFRESH fetch=BYPASS store=STORE skip=TRUE$},
+     'the refresh skipped srcache_fetch and stored');
+like(redis('GET', $main::key), qr{hit 2}, 'Redis holds the refreshed copy');
+
+
+
+=== TEST 8: two workers, 50 concurrent stale hits: exactly one refresh across workers
+The /api server listens with reuseport on a second port, so the kernel spreads the
+connections (the front server proxies each request on a new connection) over both workers.
+--- workers: 2
+--- http_config eval
+"    stale_cache_zone srcache_locks 1m;\n"
+. "    server {\n        listen 127.0.0.1:" . port2() . " reuseport;\n        server_name localhost;\n"
+. api_config('add_header X-Pid $pid;') . "    }\n"
+--- config eval
+"    location /api { proxy_pass http://127.0.0.1:" . port2() . "; }\n"
+--- pre
+$main::key = fill_and_stale('/api/w', undef, delay => 0.5);
+--- request
+GET /api/w
+--- concurrency: 50
+--- response_body
+backend GET /api/w hit 1
+--- response_headers
+X-Stale-Cache: STALE
+--- wait: 1.2
+--- check
+my ($max) = sort { $b <=> $a } map { $_->{elapsed} } responses();
+cmp_ok($max, '<', 0.3, "every stale hit answered in < 300 ms (slowest ${max}s)");
+my %pids;
+$pids{ $_->{headers}{'x-pid'} // '?' }++ for responses();
+is(scalar keys %pids, 2, 'both workers served stale hits') or diag(explain(\%pids));
+is(backend_hits('/api/w'), 2, 'the fill + exactly one refresh across both workers');
+my @lines = grep { /stale_cache: refresh of / } split /\n/, error_log_text();
+is(scalar @lines, 1, 'one refresh logged') or diag(join "\n", @lines);
+my $r = http_get('/api/w');
+is($r->{body}, "backend GET /api/w hit 2\n", 'the refreshed copy is served');
+--- error_log eval
+[qr{stale_cache: refresh of "/api/w" via 127\.0\.0\.1:\d+ 200}]
+
+
+
+=== TEST 9: a failing refresh (backend 500): stale copy still served, warn logged, nothing stored
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config eval
+api_config()
+--- pre
+$main::key = fill_and_stale('/api/f', undef, status => 500);
+--- request
+GET /api/f
+--- response_body
+backend GET /api/f hit 1
+--- response_headers
+X-Stale-Cache: STALE
+--- wait: 0.5
+--- check
+is(backend_hits('/api/f'), 2, 'the refresh reached the backend');
+like(redis('GET', $main::key), qr{backend GET /api/f hit 1}, 'the stale copy is untouched');
+unlike(redis('GET', $main::key), qr{hit 2}, 'the 500 was not stored');
+my $ttl = redis('TTL', $main::key);
+ok($ttl == -1 || ($ttl >= 0 && $ttl <= 50), "TTL not renewed (got $ttl)");
+my $r = http_get('/api/f');
+is($r->{status}, 200, 'next request: 200');
+is($r->{body}, "backend GET /api/f hit 1\n", 'next request: still the stale copy');
+is($r->{headers}{'x-stale-cache'}, 'STALE', 'next request: STALE');
+sleep_ms(500);
+is(backend_hits('/api/f'), 3, 'the refresh lock was released: the next stale hit refreshed again');
+--- error_log eval
+[qr{\[warn\].*stale_cache: refresh of "/api/f" via 127\.0\.0\.1:\d+ status 500 in \d+ ms}]
+
+
+
+=== TEST 10: a failing refresh of a PERSISTed entry does not pin the stale copy forever (ORIGINAL.md defect 7)
+Deleted page: the refresh gets 404, which srcache does not store. The PERSIST sent before the
+refresh must not outlive the failed refresh, or the stale copy never expires: with
+$cache_expire set, the module gives the key its expiry back.
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config eval
+api_config('set $cache_expire /redisexpire;') . <<'EOF';
+    location = /redisexpire { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command EXPIRE $key $arg_ttl; }
+EOF
+--- pre
+$main::key = fill_and_stale('/api/gone', undef, status => 404);
+--- request
+GET /api/gone
+--- response_body
+backend GET /api/gone hit 1
+--- response_headers
+X-Stale-Cache: STALE
+--- wait: 0.5
+--- check
+is(backend_hits('/api/gone'), 2, 'the refresh reached the backend (404)');
+like(redis('GET', $main::key), qr{hit 1}, 'the 404 was not stored');
+my $ttl = redis('TTL', $main::key);
+ok($ttl >= 0 && $ttl <= 50, "after the failed refresh the entry still expires within its stale window (TTL $ttl, -1 = pinned forever)");
+--- error_log eval
+[qr{\[warn\].*stale_cache: refresh of "/api/gone" via 127\.0\.0\.1:\d+ status 404},
+ qr{stale_cache: expiry restore of "/api/gone" via 127\.0\.0\.1:\d+ 204 in}]
