@@ -25,7 +25,9 @@ else
   CONFIGURE_NGINX := rm -rf $(NGINX_SOURCE_DIR) && cp -r $(PACKAGED_NGINX_SRC) $(NGINX_SOURCE_DIR) \
     && cd $(NGINX_SOURCE_DIR) && source ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" >configure.log
 endif
-export NGINX_SOURCE_DIR NGINX_BUILD_DIR
+# Passed to cargo explicitly rather than exported, so that a recursive make still tells a
+# user-given NGINX_SOURCE_DIR from the packaged default.
+CARGO := NGINX_SOURCE_DIR=$(NGINX_SOURCE_DIR) NGINX_BUILD_DIR=$(NGINX_BUILD_DIR) cargo
 
 MODULE_SO := $(BUILD)/ngx_http_stale_cache_module.so
 CARGO_SO := $(ROOT)/target/$(CARGO_PROFILE_DIR)/libngx_http_stale_cache_module.so
@@ -42,14 +44,14 @@ $(NGINX_BUILD_DIR)/ngx_auto_config.h:
 	$(CONFIGURE_NGINX)
 
 module: $(NGINX_BUILD_DIR)/ngx_auto_config.h
-	cargo build $(CARGO_PROFILE_FLAG) --lib
+	$(CARGO) build $(CARGO_PROFILE_FLAG) --lib
 	@mkdir -p $(BUILD)
 	@# Replace, never rewrite in place: a running nginx has the old file mapped.
 	cp $(CARGO_SO) $(MODULE_SO).tmp && mv -f $(MODULE_SO).tmp $(MODULE_SO)
 	@echo "built $(MODULE_SO)"
 
 unit: $(NGINX_BUILD_DIR)/ngx_auto_config.h
-	cargo test --lib
+	$(CARGO) test --lib
 
 prove: module
 	STALE_CACHE_MODULE=$(MODULE_SO) prove -r t
@@ -59,7 +61,7 @@ test: deps
 
 lint: $(NGINX_BUILD_DIR)/ngx_auto_config.h
 	cargo fmt --check
-	cargo clippy --lib -- -D warnings
+	$(CARGO) clippy --lib -- -D warnings
 
 run: deps
 	$(MAKE) module
