@@ -48,6 +48,8 @@ async def main():
         for r in results
         if fill_end is not None and r["cache"] == "COLLAPSED"
     ]
+    first_end = min(r["end"] for r in results)
+    after_first = [(r["end"] - first_end) * 1000 for r in results]
     print(json.dumps({
         "n": n,
         "ok": sum(1 for r in results if r["status"] == "200"),
@@ -58,6 +60,8 @@ async def main():
         "wake_p50_ms": pct(wakeups, 50),
         "wake_p99_ms": pct(wakeups, 99),
         "spread_ms": (max(r["end"] for r in results) - t0) * 1000,
+        "after_first_p50_ms": pct(after_first, 50),
+        "after_first_p99_ms": pct(after_first, 99),
     }))
 
 

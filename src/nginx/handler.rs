@@ -575,14 +575,26 @@ fn start(
         state.settings = Some(settings);
         return None;
     }
-    if let Some(info) = filling.filter(|i| i.kind == LockKind::Fill) {
-        // A fill of this key is under way, so the key is missing: wait for it without asking
-        // Redis (a burst of misses costs one TTL lookup, not one per request).
-        let (key, timeout) = (settings.key.clone(), settings.lock_timeout_ms);
-        state.lookup_started = now;
-        state.settings = Some(settings);
-        start_waiting(state, req, zone, key, info.token.get(), timeout);
-        return Some(NGX_AGAIN);
+    match filling {
+        Some(info) if info.kind == LockKind::Fill => {
+            // A fill of this key is under way, so the key is missing: wait for it without
+            // asking Redis (a burst of misses costs one TTL lookup, not one per request).
+            let (key, timeout) = (settings.key.clone(), settings.lock_timeout_ms);
+            state.lookup_started = now;
+            state.settings = Some(settings);
+            start_waiting(state, req, zone, key, info.token.get(), timeout);
+            return Some(NGX_AGAIN);
+        }
+        Some(_) => {
+            // A refresh of this key is under way: it is stale, and its copy lives at least as
+            // long as the refresh lock (taken no longer than the copy's TTL), so srcache can
+            // serve it without a TTL lookup.
+            state.status = Some(CacheStatus::Stale);
+            state.phase = Phase::Done;
+            state.settings = Some(settings);
+            return None;
+        }
+        None => {}
     }
     state.lookup_started = now;
     let ttl_uri = settings.ttl_uri.clone();
@@ -763,7 +775,13 @@ fn after_lookup(
             }
             let token = new_token();
             let key = settings.key.clone();
-            let ttl_ms = settings.lock_exptime_ms;
+            // The lock must not outlive the stale copy it vouches for (see `start`): unless
+            // PERSIST keeps the copy, it expires with the copy at the latest.
+            let ttl_ms = if ttl >= 0 && !persist {
+                settings.lock_exptime_ms.min((ttl as u64).max(1) * 1000)
+            } else {
+                settings.lock_exptime_ms
+            };
             let outcome = zone.with_table(|t| {
                 t.try_lock(
                     t.fingerprint(&key),
