@@ -1,0 +1,108 @@
+# The freshness memo: fresh keys skip the TTL lookup until their fresh time runs out; a full
+# zone evicts the least recently used memos and keeps serving.
+use lib 't/lib';
+use Test::StaleCache;
+run_tests();
+
+sub ttl_calls {
+    my $stats = redis('INFO', 'commandstats');
+    return $stats =~ /cmdstat_ttl:calls=(\d+)/ ? $1 : 0;
+}
+__DATA__
+
+=== TEST 1: the memo skips TTL lookups while fresh and looks up again when it runs out
+--- http_config
+    stale_cache_zone locks 1m;
+--- config
+    location /m {
+        set $cache_lock locks;
+        set $cache_ttl /redisttl;
+        set $cache_key $uri;
+        set $cache_stale 100;
+        stale_cache on;
+        add_header X-Stale-Cache $stale_cache_status;
+        echo ok;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+--- pre
+redis('CONFIG', 'RESETSTAT');
+# Fresh for 2 more seconds: TTL 102 with a 100 s stale window.
+redis('SET', '/m/a', 'x', 'EX', 102);
+--- request
+GET /m/a
+--- response_headers
+X-Stale-Cache: FRESH
+--- check
+my $after_first = main::ttl_calls();
+is($after_first, 1, 'the first request looked the TTL up');
+for (1 .. 10) {
+    my $r = http_get('/m/a');
+    is($r->{headers}{'x-stale-cache'}, 'FRESH', "request $_ within the memo is FRESH");
+}
+is(main::ttl_calls(), 1, 'no TTL lookup while the memo holds');
+# Redis rounds TTL to the nearest second: 102 s - 2.7 s answers 99, inside the window.
+sleep_ms(2700);
+my $r = http_get('/m/a');
+is(main::ttl_calls(), 2, 'the memo ran out: looked up again');
+is($r->{headers}{'x-stale-cache'}, 'STALE', 'and the key is now in its stale window');
+
+=== TEST 2: stale_cache_memo off looks up every time
+--- http_config
+    stale_cache_zone locks 1m;
+--- config
+    location /m {
+        set $cache_lock locks;
+        set $cache_ttl /redisttl;
+        set $cache_key $uri;
+        stale_cache on;
+        stale_cache_memo off;
+        add_header X-Stale-Cache $stale_cache_status;
+        echo ok;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+--- pre
+redis('CONFIG', 'RESETSTAT');
+redis('SET', '/m/b', 'x', 'EX', 1000);
+--- request
+GET /m/b
+--- check
+http_get('/m/b') for 1 .. 5;
+is(main::ttl_calls(), 6, 'one TTL lookup per request');
+
+=== TEST 3: a full zone evicts least recently used memos, logs it once and keeps serving
+--- http_config
+    stale_cache_zone tiny 32k;
+--- config
+    location /m {
+        set $cache_lock tiny;
+        set $cache_ttl /redisttl;
+        set $cache_key $uri;
+        stale_cache on;
+        add_header X-Stale-Cache $stale_cache_status;
+        echo ok;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+--- pre
+redis('CONFIG', 'RESETSTAT');
+redis('SET', "/m/k$_", 'x', 'EX', 1000) for 1 .. 600;
+--- request
+GET /m/k1
+--- check
+my ($capacity) = error_log_text() =~ /zone "tiny": \d+ slots of \d+ bytes, room for (\d+) entries/;
+ok($capacity && $capacity < 600, "the zone holds fewer entries than the keys used ($capacity)");
+my $bad = 0;
+for my $i (1 .. 600) {
+    my $r = http_get("/m/k$i");
+    $bad++ unless $r->{status} == 200 && $r->{headers}{'x-stale-cache'} eq 'FRESH';
+}
+is($bad, 0, 'every request was served FRESH while the zone evicted');
+my $before = main::ttl_calls();
+http_get('/m/k600');
+is(main::ttl_calls(), $before, 'a recently used key is still remembered');
+http_get('/m/k2');
+is(main::ttl_calls(), $before + 1, 'a least recently used key was evicted and is looked up again');
+my @lines = error_log_text() =~ /(is full: evicting the least recently used freshness memos)/g;
+is(scalar @lines, 1, 'the eviction is logged once');
