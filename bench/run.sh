@@ -35,6 +35,7 @@ pids+=($!)
 
 # One server, one location per row, so every row runs against the same processes.
 common='set $cache_key $uri; set_escape_uri $escaped_key $cache_key;
+        srcache_fetch_skip $stale_cache_skip_fetch;
         srcache_fetch GET /redis $cache_key;
         add_header X-Stale-Cache $stale_cache_status;
         proxy_pass http://www;'
@@ -53,7 +54,7 @@ pid logs/nginx.pid;
 events { worker_connections 8192; }
 http {
     access_log off;
-    upstream redis { server 127.0.0.1:$redis_port; keepalive 64; }
+    upstream redis { server 127.0.0.1:$redis_port; keepalive 1024; }
     upstream www { server 127.0.0.1:$backend_port; keepalive 64; }
     stale_cache_zone bench 1m;
     server {
@@ -114,6 +115,10 @@ done
 read -r d_rps d50 d99 d_bad < <(run_wrk "$url/d/item" "$stale_duration")
 
 median() { python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))' $1; }
+# The floor of the wake-up measurement: the same client, N answers that need no waiting
+# (fresh hits). It also fills each worker's idle Redis pool, as a busy site's would be.
+floor_n=${cold_sizes##* }
+floor=$(python3 "$root/bench/coldmiss.py" 127.0.0.1 "$nginx_port" /b/item "$floor_n")
 cold=()
 for n in $cold_sizes; do
     key=/e/cold-$n-$RANDOM
@@ -121,9 +126,6 @@ for n in $cold_sizes; do
     hits=$(curl -s "http://127.0.0.1:$backend_port/__backend/hits?path=$key")
     cold+=("$n|$hits|$json")
 done
-# The floor of that measurement: the same client, N answers that need no waiting (fresh hits).
-floor_n=${cold_sizes##* }
-floor=$(python3 "$root/bench/coldmiss.py" 127.0.0.1 "$nginx_port" /b/item "$floor_n")
 cold+=("floor:$floor_n|0|$floor")
 zone_line=$(grep -o 'zone "bench": [^(]*' "$prefix/logs/error.log" | head -1)
 

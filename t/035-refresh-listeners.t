@@ -136,3 +136,39 @@ is($refresh->{headers}{'x-seen-status'}, 'REFRESH', 'the refresh request has sta
 is($refresh->{headers}{'x-custom'}, 'abc', 'client headers are replayed');
 my $r2 = http_get('/api/addr?x=1');
 like($r2->{body}, qr/hit 2/, 'the next request gets the refreshed body');
+
+=== TEST 4: a configuration that lets refreshes be served from the cache is told so
+--- http_config
+    stale_cache_zone locks 1m;
+--- config
+    location /api {
+        set $cache_lock locks;
+        set $cache_ttl /redisttl;
+        set $cache_key $uri;
+        set_escape_uri $escaped_key $cache_key;
+        stale_cache on;
+        stale_cache_memo off;
+        srcache_fetch GET /redis $cache_key;
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
+        add_header X-Stale-Cache $stale_cache_status;
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    location = /redis { internal; set_md5 $redis_key $args;
+        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
+        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET $key $request_body;
+        stale_cache_redis_command EXPIRE $key $exptime; }
+--- request
+GET /api/noskip
+--- check
+use Digest::MD5 qw(md5_hex);
+redis('EXPIRE', md5_hex('/api/noskip'), 50);
+my $r = http_get('/api/noskip');
+is($r->{headers}{'x-stale-cache'}, 'STALE', 'stale copy served');
+sleep_ms(300);
+is(backend_hits('/api/noskip'), 1, 'the refresh never reached the backend');
+--- error_log
+the refresh of "/api/noskip" was answered from the cache, so nothing was refreshed

@@ -1275,6 +1275,12 @@ fn capture_of<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
 }
 
 pub unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls filters with a live request.
+    if unsafe { (*r).main } == r {
+        if let Some(state) = existing_state(r).filter(|s| s.is_refresh) {
+            warn_if_refresh_was_a_hit(state);
+        }
+    }
     if let Some(state) = capture_of(r) {
         // SAFETY: live subrequest.
         unsafe {
@@ -1322,6 +1328,40 @@ pub unsafe extern "C" fn body_filter(
     }
     // SAFETY: the saved next filter of the chain, set in postconfiguration.
     unsafe { NEXT_BODY_FILTER.map_or(NGX_ERROR, |next| next(r, chain)) }
+}
+
+/// A refresh that srcache answered from the cache refreshes nothing: say how to fix the
+/// configuration (once per interval).
+fn warn_if_refresh_was_a_hit(state: &RequestState) {
+    let name = b"srcache_fetch_status";
+    let mut key = ngx_str_t {
+        len: name.len(),
+        data: name.as_ptr() as *mut u8,
+    };
+    // SAFETY: a live main request; nginx looks the variable up by name (not found: empty).
+    let hit = unsafe {
+        let hash = ngx::ffi::ngx_hash_key(key.data, key.len);
+        let v = ngx::ffi::ngx_http_get_variable(state.r, &mut key, hash);
+        !v.is_null()
+            && (*v).valid() != 0
+            && (*v).not_found() == 0
+            && core::slice::from_raw_parts((*v).data, (*v).len() as usize) == b"HIT"
+    };
+    if hit {
+        // SAFETY: the request is live while its state is.
+        let req = unsafe { &*state.r };
+        log_limited(
+            log_of(req),
+            NGX_LOG_WARN,
+            "refresh-hit",
+            &format!(
+                "stale_cache: the refresh of \"{}\" was answered from the cache, so nothing was \
+                 refreshed; skip srcache_fetch for refreshes with \"srcache_fetch_skip \
+                 $stale_cache_skip_fetch;\" (or the \"if ($http_x_skip_fetch != TRUE)\" line)",
+                String::from_utf8_lossy(str_bytes(&req.unparsed_uri))
+            ),
+        );
+    }
 }
 
 /// Puts the capture filters at the top of the output chains.
