@@ -8,7 +8,7 @@ module=${STALE_CACHE_MODULE:-$root/build/ngx_http_stale_cache_module.so}
 if [ "${BENCH_SMOKE:-0}" = 1 ]; then
     duration=1; rounds=1; cold_sizes="20"; stale_duration=1
 else
-    duration=${BENCH_DURATION:-4}; rounds=${BENCH_ROUNDS:-3}; cold_sizes="100 1000"; stale_duration=5
+    duration=${BENCH_DURATION:-5}; rounds=${BENCH_ROUNDS:-5}; cold_sizes="100 1000"; stale_duration=5
 fi
 connections=${BENCH_CONNECTIONS:-50}
 export BENCH_CONNECTIONS=$connections
@@ -49,7 +49,7 @@ load_module /usr/lib/nginx/modules/ngx_http_srcache_filter_module.so;
 load_module $prefix/modules/ngx_http_stale_cache_module.so;
 worker_processes 2;
 worker_rlimit_nofile 16384;
-error_log logs/error.log notice;
+error_log logs/error.log ${BENCH_LOG_LEVEL:-notice};
 pid logs/nginx.pid;
 events { worker_connections 8192; }
 http {
@@ -84,8 +84,13 @@ url=http://127.0.0.1:$nginx_port
 
 # Fill the fresh entries once (and the stale one, whose first fill takes 1 s).
 for p in a b c; do curl -s -o /dev/null "$url/$p/item"; done
-curl -s -o /dev/null "$url/d/item"
 sleep 0.2
+
+# BENCH_HOLD=1: keep everything up for profiling (perf, callgrind) until interrupted.
+if [ "${BENCH_HOLD:-0}" = 1 ]; then
+    echo "holding: $url/{a,b,c,d,e}/item, nginx logs in $prefix/logs; Ctrl-C stops"
+    while :; do sleep 1; done
+fi
 
 # wrk: prints "rps p50_ms p99_ms".
 run_wrk() {
@@ -112,6 +117,8 @@ for round in $(seq "$rounds"); do
         rps[$p]+="$r "; p50[$p]+="$l50 "; p99[$p]+="$l99 "
     done
 done
+# Filled just before its row (a 1 s fill): stored for 50 s, below the 100 s stale window.
+curl -s -o /dev/null "$url/d/item"
 read -r d_rps d50 d99 d_bad < <(run_wrk "$url/d/item" "$stale_duration")
 
 median() { python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))' $1; }
@@ -132,11 +139,13 @@ zone_line=$(grep -o 'zone "bench": [^(]*' "$prefix/logs/error.log" | head -1)
 python3 - "$(median "${rps[a]}")" "$(median "${rps[b]}")" "$(median "${rps[c]}")" \
     "$(median "${p50[a]}")" "$(median "${p50[b]}")" "$(median "${p50[c]}")" \
     "$(median "${p99[a]}")" "$(median "${p99[b]}")" "$(median "${p99[c]}")" \
-    "$d_rps" "$d50" "$d99" "$zone_line" "$rounds" "$duration" "${cold[@]}" <<'PY'
+    "$d_rps" "$d50" "$d99" "$zone_line" "$rounds" "$duration" "${rps[a]}" "${rps[b]}" "${rps[c]}" \
+    "${cold[@]}" <<'PY'
 import json, os, re, subprocess, sys
 a = sys.argv[1:]
 ra, rb, rc = map(float, a[0:3]); pa50, pb50, pc50 = map(float, a[3:6]); pa99, pb99, pc99 = map(float, a[6:9])
-drps, d50, d99 = map(float, a[9:12]); zone = a[12]; rounds, duration = a[13], a[14]; cold = a[15:]
+drps, d50, d99 = map(float, a[9:12]); zone = a[12]; rounds, duration = a[13], a[14]
+runs = {"A": a[15], "B": a[16], "C": a[17]}; cold = a[18:]
 def ver(cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True).stderr.strip() or subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
@@ -170,4 +179,5 @@ if m:
     print(f"F: zone: {size} bytes per lock and per memo entry (one slot each); a 1 MiB zone holds {cap} entries "
           f"({slots} slots at most 85 % full), locks and memos together.\n")
 print(f"Ratios: B/A = {rb/ra:.2f}, C/A = {rc/ra:.2f}, D-p99 / B-p99 = {d99/pb99:.2f}")
+print("Runs (req/s, in order): " + "; ".join(f"{k}: {' '.join(f'{float(x):.0f}' for x in v.split())}" for k, v in runs.items()))
 PY

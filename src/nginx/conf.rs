@@ -643,6 +643,7 @@ pub unsafe extern "C" fn set_zone(
     mcf.zones.push(Zone {
         name: name_bytes,
         shm,
+        seed: core::cell::Cell::new(None),
     });
     CONF_OK
 }

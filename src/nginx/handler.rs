@@ -387,24 +387,41 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
     NGX_DECLINED
 }
 
-/// The request's live (not deleted) header entries.
-fn headers(r: &ngx_http_request_t) -> Vec<*mut ngx_table_elt_t> {
-    let mut out = Vec::new();
-    let mut part = &r.headers_in.headers.part as *const ngx::ffi::ngx_list_part_t;
-    // SAFETY: walks nginx's header list; each part holds `nelts` elements.
-    unsafe {
-        while !part.is_null() {
-            let elts = (*part).elts as *mut ngx_table_elt_t;
-            for i in 0..(*part).nelts {
-                let h = elts.add(i);
-                if (*h).hash != 0 {
-                    out.push(h);
+/// The request's live (not deleted) header entries, walked in place.
+fn headers(r: &ngx_http_request_t) -> Headers {
+    Headers {
+        part: &r.headers_in.headers.part,
+        index: 0,
+    }
+}
+
+struct Headers {
+    part: *const ngx::ffi::ngx_list_part_t,
+    index: usize,
+}
+
+impl Iterator for Headers {
+    type Item = *mut ngx_table_elt_t;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // SAFETY: walks nginx's header list of a live request; each part holds `nelts`
+        // elements and the last part's `next` is null.
+        unsafe {
+            while !self.part.is_null() {
+                if self.index < (*self.part).nelts {
+                    let h = ((*self.part).elts as *mut ngx_table_elt_t).add(self.index);
+                    self.index += 1;
+                    if (*h).hash != 0 {
+                        return Some(h);
+                    }
+                } else {
+                    self.part = (*self.part).next;
+                    self.index = 0;
                 }
             }
-            part = (*part).next;
         }
+        None
     }
-    out
 }
 
 /* ----------------------------------------------------------------- PREACCESS */
@@ -563,10 +580,12 @@ fn start(
     let now = now_ms();
     let memo = lcf.memo_enabled();
     let (fresh, filling) = zone
-        .with_table(|t| {
-            let fp = t.fingerprint(&settings.key);
-            let fresh = if memo { t.memo_get(fp, now) } else { None };
-            (fresh, t.lock_state(fp, now))
+        .fingerprint(&settings.key)
+        .and_then(|fp| {
+            zone.with_table(|t| {
+                let fresh = if memo { t.memo_get(fp, now) } else { None };
+                (fresh, t.lock_state(fp, now))
+            })
         })
         .unwrap_or((None, None));
     if fresh.is_some() {

@@ -7,7 +7,9 @@ use ngx::ffi::{
     ngx_int_t, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t,
 };
 
-use crate::locktable::LockTable;
+use core::cell::Cell;
+
+use crate::locktable::{Fingerprint, LockTable};
 
 const NGX_OK: ngx_int_t = 0;
 const NGX_ERROR: ngx_int_t = -1;
@@ -16,9 +18,24 @@ const NGX_ERROR: ngx_int_t = -1;
 pub struct Zone {
     pub name: Vec<u8>,
     pub shm: *mut ngx_shm_zone_t,
+    /// The table's fingerprint seed, read once per worker so keys hash outside the mutex.
+    pub seed: Cell<Option<u64>>,
 }
 
 impl Zone {
+    /// The fingerprint of `key` in this zone's table; `None` before the zone is mapped.
+    pub fn fingerprint(&self, key: &[u8]) -> Option<Fingerprint> {
+        let seed = match self.seed.get() {
+            Some(seed) => seed,
+            None => {
+                let seed = self.with_table(|t| t.seed())?;
+                self.seed.set(Some(seed));
+                seed
+            }
+        };
+        Some(Fingerprint::of(seed, key))
+    }
+
     /// Runs `f` on the table with the zone's mutex held; `None` before the zone is mapped.
     pub fn with_table<R>(&self, f: impl FnOnce(&mut LockTable) -> R) -> Option<R> {
         // SAFETY: `shm` is the zone nginx created for this configuration; `data` is set by
