@@ -1205,7 +1205,6 @@ fn refresh_request(
         Err(why) => return Err((lock, why)),
     };
     let header_pairs: Vec<(&[u8], &[u8])> = headers(req)
-        .into_iter()
         // SAFETY: live header entries of the live request.
         .map(|h| unsafe { (str_bytes(&(*h).key), str_bytes(&(*h).value)) })
         .collect();
