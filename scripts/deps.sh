@@ -9,7 +9,7 @@ packages=(
   libnginx-mod-http-ndk libnginx-mod-http-srcache-filter
   libnginx-mod-http-set-misc libnginx-mod-http-echo
   redis-server libtest-base-perl libclang-dev wrk
-  libpcre2-dev libssl-dev zlib1g-dev python3 make gcc pkg-config
+  libpcre2-dev libssl-dev zlib1g-dev python3 make gcc pkg-config curl
 )
 
 missing=()
