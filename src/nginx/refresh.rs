@@ -132,22 +132,34 @@ unsafe fn refresh_of(ev: *mut ngx_event_t) -> (*mut Refresh, *mut ngx_connection
     }
 }
 
+/// The refresh of a connection event, or `None` after finishing it because the event timed
+/// out.
+///
+/// # Safety
+/// `ev` must be an event of a live connection created by `start`.
+unsafe fn live_refresh(
+    ev: *mut ngx_event_t,
+    on_timeout: &'static str,
+) -> Option<(*mut Refresh, *mut ngx_connection_t)> {
+    // SAFETY: (caller) a live event of one of our connections.
+    unsafe {
+        let (raw, c) = refresh_of(ev);
+        if (*ev).timedout() != 0 {
+            // Frees `raw` once; the caller returns without touching it.
+            finish(raw, RefreshOutcome::Failed(on_timeout));
+            return None;
+        }
+        Some((raw, c))
+    }
+}
+
 unsafe extern "C" fn on_write(ev: *mut ngx_event_t) {
     // SAFETY: nginx calls this with a write event of a refresh connection.
-    let (raw, c) = unsafe { refresh_of(ev) };
+    let Some((raw, c)) = (unsafe { live_refresh(ev, "timed out connecting or sending") }) else {
+        return;
+    };
     // SAFETY: the Refresh lives until `finish`.
     let r = unsafe { &mut *raw };
-    // SAFETY: live event.
-    if unsafe { (*ev).timedout() } != 0 {
-        // SAFETY: finishing frees `raw` once; nothing touches it afterwards.
-        unsafe {
-            finish(
-                raw,
-                RefreshOutcome::Failed("timed out connecting or sending"),
-            )
-        };
-        return;
-    }
     while r.sent < r.request.len() {
         let rest = &r.request[r.sent..];
         // SAFETY: `c` is the live connection; `send` reads at most `rest.len()` bytes.
@@ -188,19 +200,11 @@ unsafe extern "C" fn ignore_event(_ev: *mut ngx_event_t) {}
 
 unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
     // SAFETY: nginx calls this with a read event of a refresh connection.
-    let (raw, c) = unsafe { refresh_of(ev) };
+    let Some((raw, c)) = (unsafe { live_refresh(ev, "timed out waiting for the response") }) else {
+        return;
+    };
     // SAFETY: the Refresh lives until `finish`.
     let r = unsafe { &mut *raw };
-    // SAFETY: live event.
-    if unsafe { (*ev).timedout() } != 0 {
-        unsafe {
-            finish(
-                raw,
-                RefreshOutcome::Failed("timed out waiting for the response"),
-            )
-        };
-        return;
-    }
     if r.sent < r.request.len() {
         return; // a read event before the request is out: nothing to read yet
     }
@@ -216,6 +220,7 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
             return;
         }
         if n < 0 {
+            // SAFETY: `raw` is live; finished once, then the handler returns.
             unsafe { finish(raw, RefreshOutcome::Failed("connection error")) };
             return;
         }
@@ -226,6 +231,7 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
                 Some(status) => RefreshOutcome::Status(status),
                 None => RefreshOutcome::Failed("no valid HTTP response"),
             };
+            // SAFETY: as above.
             unsafe { finish(raw, outcome) };
             return;
         }
