@@ -260,6 +260,11 @@ unsafe extern "C" fn state_cleanup(data: *mut c_void) {
 
 /// The state of main request `r`, created on first use.
 fn state_of<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
+    find_state(r, true)
+}
+
+/// The state of main request `r`; `create`: make one if it has none.
+fn find_state<'a>(r: *mut ngx_http_request_t, create: bool) -> Option<&'a mut RequestState> {
     // SAFETY: r is a live main request; its module ctx slot is ours.
     unsafe {
         let ctx = *(*r).ctx.add(module().ctx_index) as *mut RequestState;
@@ -278,6 +283,9 @@ fn state_of<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
                 return Some(&mut *state);
             }
             c = (*c).next;
+        }
+        if !create {
+            return None;
         }
         let cleanup = ngx_pool_cleanup_add((*r).pool, 0);
         if cleanup.is_null() {
@@ -316,18 +324,11 @@ fn state_of<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
     }
 }
 
-/// The state if the request already has one (no allocation).
+/// The state if the request already has one (no allocation), also after an internal
+/// redirect cleared the module context.
 fn existing_state<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
-    // SAFETY: r is live; only this module writes its ctx slot.
-    unsafe {
-        let main = (*r).main;
-        let ctx = *(*main).ctx.add(module().ctx_index) as *mut RequestState;
-        if ctx.is_null() {
-            None
-        } else {
-            Some(&mut *ctx)
-        }
-    }
+    // SAFETY: r is live; its main request shares the pool the state hangs on.
+    find_state(unsafe { (*r).main }, false)
 }
 
 /* ----------------------------------------------------------------- POST_READ */
