@@ -637,9 +637,9 @@ impl<'a> LockTable<'a> {
     }
 
     /// Releases the lock of `key` if `token` owns it (even if it expired and
-    /// nobody took it over yet); returns whether it did. `filled`: a `Fill`
-    /// lock's fill succeeded, which later [`LockTable::try_lock`] calls
-    /// report as [`LockOutcome::RecentlyFilled`].
+    /// nobody took it over yet); returns whether it did. `filled`: the
+    /// holder's fill (or refresh) stored the entry, which later `Fill`
+    /// [`LockTable::try_lock`] calls report as [`LockOutcome::RecentlyFilled`].
     pub fn unlock<K: TableKey>(
         &mut self,
         key: K,
@@ -654,8 +654,10 @@ impl<'a> LockTable<'a> {
         if slot.kind == KIND_NONE || slot.token != token.get() {
             return false;
         }
-        if filled && slot.kind == LockKind::Fill as u32 {
-            // 0 means "never"; only a test clock reads 0.
+        if filled {
+            // A refresh that stored counts too: requests that found the key missing while
+            // it ran were waiting for exactly that store. 0 means "never"; only a test clock
+            // reads 0.
             slot.fill_done_ms = now_ms.max(1);
         }
         slot.token = 0;
@@ -1530,12 +1532,16 @@ mod tests {
                 took_over_expired: false
             }
         );
-        // A refresh completing does not count as a fill.
+        // A refresh that stored counts as a store: waiters for the key see it.
         assert!(t.unlock(k, token(4), 1_800, true));
-        assert_eq!(t.slots[t.find(k).unwrap()].fill_done_ms, 1_600);
+        assert_eq!(t.slots[t.find(k).unwrap()].fill_done_ms, 1_800);
+        assert_eq!(
+            t.try_lock(k, FILL, token(5), 30_000, 1_700, 1_900),
+            LockOutcome::RecentlyFilled
+        );
         // After the memory window the entry is garbage and goes away.
-        assert_eq!(t.lock_state(k, 1_600 + FILL_MEMORY_MS), None);
-        t.memo_get(k, 1_600 + FILL_MEMORY_MS);
+        assert_eq!(t.lock_state(k, 1_800 + FILL_MEMORY_MS), None);
+        t.memo_get(k, 1_800 + FILL_MEMORY_MS);
         assert!(t.is_empty());
     }
 
@@ -1823,7 +1829,7 @@ mod tests {
             if lock.token.get() != tok {
                 return false;
             }
-            if filled && lock.kind == FILL {
+            if filled {
                 e.fill_done = now.max(1);
             }
             e.lock = None;

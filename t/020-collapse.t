@@ -373,3 +373,55 @@ is($n->{MISS}, 1, 'one MISS');
 is($n->{COLLAPSED}, 4, 'four COLLAPSED') or diag(explain $n);
 --- no_error_log
 exited on signal
+
+=== TEST 8: after a failed fill one waiter fills in its place; the others keep waiting
+The first request's backend call fails (500, not stored). Instead of all waiters going to the
+backend at once, one of them takes the lock and fills; the rest are served what it stored.
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config
+    location /api {
+        set $cache_lock srcache_locks;
+        set $cache_ttl /redisttl;
+        set $cache_key $uri;
+        set_escape_uri $escaped_key $cache_key;
+        stale_cache on;
+        srcache_fetch_skip $stale_cache_skip_fetch;
+        srcache_fetch GET /redis $cache_key;
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
+        add_header X-Stale-Cache $stale_cache_status always;
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    location = /redis { internal; set_md5 $redis_key $args;
+        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
+        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET $key $request_body;
+        stale_cache_redis_command EXPIRE $key $exptime; }
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+my $dir = "$TEST_NGINX_SERVROOT/failfill";
+mkdir $dir;
+my $url = "http://127.0.0.1:$TEST_NGINX_SERVER_PORT/api/f";
+system("curl -s -o /dev/null -w '%{http_code}' -H 'X-Backend-Delay: 0.3' -H 'X-Backend-Status: 500' $url > $dir/filler &");
+sleep_ms(100);
+for my $i (1 .. 5) {
+    system("curl -s -D $dir/h$i -o $dir/b$i -H 'X-Backend-Delay: 0.3' $url &");
+}
+sleep_ms(1500);
+my $slurp = sub { open my $fh, '<', $_[0] or return ''; local $/; <$fh> };
+is($slurp->("$dir/filler"), '500', 'the first fill failed');
+is(backend_hits('/api/f'), 2, 'one waiter refilled; the others did not reach the backend');
+my (%status, %body);
+for my $i (1 .. 5) {
+    my ($s) = $slurp->("$dir/h$i") =~ /X-Stale-Cache: (\w+)/i;
+    $status{$s // 'none'}++;
+    $body{ $slurp->("$dir/b$i") }++;
+}
+is($status{MISS}, 1, 'one waiter became the filler');
+is($status{COLLAPSED}, 4, 'the others were served its fill');
+is_deeply([keys %body], ["backend GET /api/f hit 2\n"], 'every waiter got the refill');

@@ -122,6 +122,8 @@ pub struct RequestState {
     /// The lock holder being waited for, to tell its release from a new holder.
     waited_token: u64,
     waiting: bool,
+    /// When this request stops waiting for fills, whatever happens (0: not waiting yet).
+    wait_deadline: u64,
     post_subrequest: ngx_http_post_subrequest_t,
 }
 
@@ -311,6 +313,7 @@ fn find_state<'a>(r: *mut ngx_http_request_t, create: bool) -> Option<&'a mut Re
             wait_event: core::mem::zeroed(),
             waited_token: 0,
             waiting: false,
+            wait_deadline: 0,
             post_subrequest: ngx_http_post_subrequest_t {
                 handler: Some(lookup_done),
                 data: ptr::null_mut(),
@@ -503,7 +506,19 @@ pub unsafe extern "C" fn preaccess_handler(r: *mut ngx_http_request_t) -> ngx_in
                 if state.waiting {
                     return NGX_AGAIN;
                 }
-                state.phase = Phase::Done;
+                if state.status == Some(CacheStatus::Timeout) {
+                    state.phase = Phase::Done;
+                    continue;
+                }
+                // Woken: the lock went. If the holder stored the entry this is COLLAPSED;
+                // if its fill failed (or it died), this request fills in its place and the
+                // others wait on, instead of all going to the backend at once.
+                // SAFETY: the zone was set before waiting and lives for the cycle.
+                let zone = unsafe { &*state.zone };
+                match fill_or_wait(state, req, zone, now_ms()) {
+                    Some(rc) => return rc,
+                    None => continue,
+                }
             }
             Phase::Done => return NGX_DECLINED,
         }
@@ -601,6 +616,7 @@ fn start(
             // asking Redis (a burst of misses costs one TTL lookup, not one per request).
             let (key, timeout) = (settings.key.clone(), settings.lock_timeout_ms);
             state.lookup_started = now;
+            state.wait_deadline = now + timeout;
             state.settings = Some(settings);
             start_waiting(state, req, zone, key, info.token.get(), timeout);
             return Some(NGX_AGAIN);
@@ -981,8 +997,16 @@ fn fill_or_wait(
             None
         }
         Some(LockOutcome::Held(info)) => {
-            let holder = info.token.get();
-            start_waiting(state, req, zone, key, holder, timeout);
+            // One budget for all the waits of this request, however often it is woken.
+            if state.wait_deadline == 0 {
+                state.wait_deadline = now + timeout;
+            }
+            let left = state.wait_deadline.saturating_sub(now);
+            if left == 0 {
+                give_up_waiting(state, req);
+                return None;
+            }
+            start_waiting(state, req, zone, key, info.token.get(), left);
             Some(NGX_AGAIN)
         }
         Some(LockOutcome::Full) | None => {
@@ -1073,6 +1097,24 @@ fn wake(state: &mut RequestState, status: CacheStatus) {
     }
 }
 
+/// `$cache_lock_timeout` is over: go on without the fill (logged at warn).
+fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
+    state.status = Some(CacheStatus::Timeout);
+    state.phase = Phase::Done;
+    let key = state
+        .settings
+        .as_ref()
+        .map(|s| String::from_utf8_lossy(&s.key).into_owned())
+        .unwrap_or_default();
+    ngx::ngx_log_error!(
+        NGX_LOG_WARN,
+        log_of(req),
+        "stale_cache: waited $cache_lock_timeout for the request filling \"{}\"; going on \
+         without it",
+        key
+    );
+}
+
 unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
     // SAFETY: the event is the `wait_event` field of a RequestState, live while armed.
     let state = unsafe {
@@ -1085,21 +1127,9 @@ unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
         // SAFETY: as above.
         unsafe { (*ev).set_timedout(0) };
         stop_waiting(state);
-        state.status = Some(CacheStatus::Timeout);
         // SAFETY: the request is live while its state is.
         let req = unsafe { &*state.r };
-        let key = state
-            .settings
-            .as_ref()
-            .map(|s| String::from_utf8_lossy(&s.key).into_owned())
-            .unwrap_or_default();
-        ngx::ngx_log_error!(
-            NGX_LOG_WARN,
-            log_of(req),
-            "stale_cache: waited $cache_lock_timeout for the request filling \"{}\"; \
-             going on without it",
-            key
-        );
+        give_up_waiting(state, req);
     }
     let r = state.r;
     // SAFETY: resume the request's phases where the wait stopped them.
