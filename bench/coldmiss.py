@@ -20,12 +20,14 @@ async def one(host, port, path, results):
     writer.close()
     head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     status = head.split(" ", 2)[1] if " " in head else "?"
-    cache = ""
+    cache, wake = "", None
     for line in head.split("\r\n")[1:]:
         name, _, value = line.partition(":")
         if name.lower() == "x-stale-cache":
             cache = value.strip()
-    results.append({"start": start, "end": end, "status": status, "cache": cache})
+        elif name.lower() == "x-wake-delay":
+            wake = float(value.strip())
+    results.append({"start": start, "end": end, "status": status, "cache": cache, "wake": wake})
 
 
 def pct(values, p):
@@ -48,6 +50,7 @@ async def main():
         for r in results
         if fill_end is not None and r["cache"] == "COLLAPSED"
     ]
+    nginx_wakes = [r["wake"] for r in results if r["wake"] is not None]
     first_end = min(r["end"] for r in results)
     after_first = [(r["end"] - first_end) * 1000 for r in results]
     print(json.dumps({
@@ -60,6 +63,9 @@ async def main():
         "wake_p50_ms": pct(wakeups, 50),
         "wake_p99_ms": pct(wakeups, 99),
         "spread_ms": (max(r["end"] for r in results) - t0) * 1000,
+        "nginx_wake_p50_ms": pct(nginx_wakes, 50),
+        "nginx_wake_p99_ms": pct(nginx_wakes, 99),
+        "nginx_wake_max_ms": max(nginx_wakes) if nginx_wakes else None,
         "after_first_p50_ms": pct(after_first, 50),
         "after_first_p99_ms": pct(after_first, 99),
     }))

@@ -673,6 +673,15 @@ impl<'a> LockTable<'a> {
             .and_then(|idx| self.slots[idx].live_lock(now_ms))
     }
 
+    /// When a lock holder last stored `key` (a successful fill or refresh),
+    /// if that is still remembered; waiters use it to time their wake-up.
+    pub fn last_store_ms<K: TableKey>(&self, key: K, now_ms: u64) -> Option<u64> {
+        self.find(key.fingerprint(self.hdr.seed))
+            .map(|idx| &self.slots[idx])
+            .filter(|slot| slot.fill_recent(now_ms))
+            .map(|slot| slot.fill_done_ms)
+    }
+
     /// The remembered "fresh until" time of `key`, if still in the future.
     /// Refreshes the key's LRU position.
     pub fn memo_get<K: TableKey>(&mut self, key: K, now_ms: u64) -> Option<u64> {
@@ -1534,6 +1543,8 @@ mod tests {
         );
         // A refresh that stored counts as a store: waiters for the key see it.
         assert!(t.unlock(k, token(4), 1_800, true));
+        assert_eq!(t.last_store_ms(k, 1_850), Some(1_800));
+        assert_eq!(t.last_store_ms(k, 1_800 + FILL_MEMORY_MS), None);
         assert_eq!(t.slots[t.find(k).unwrap()].fill_done_ms, 1_800);
         assert_eq!(
             t.try_lock(k, FILL, token(5), 30_000, 1_700, 1_900),

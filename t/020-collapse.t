@@ -31,6 +31,7 @@ our $BASE = <<'_EOC_';
         add_header X-Cache $srcache_fetch_status;
         add_header X-Store $srcache_store_status;
         add_header X-Stale-Cache $stale_cache_status;
+        add_header X-Wake-Delay $stale_cache_wake_delay;
         add_header X-Worker $pid;
         proxy_set_header X-Status-Seen $stale_cache_status;
         LOCATION_EXTRA
@@ -159,6 +160,10 @@ cmp_ok($last - $miss->{end}, '<=', 0.05,
                $miss->{end}, $last));
 my %bodies = map { $_->{body} => 1 } @r;
 is(scalar keys %bodies, 1, 'one body for all');
+my @delays = map { $_->{headers}{'x-wake-delay'} } @waiters;
+is(scalar(grep { defined && /^\d+$/ && $_ <= 20 } @delays), 99,
+   '$stale_cache_wake_delay: every waiter resumed within 20 ms of the store');
+ok(!defined $miss->{headers}{'x-wake-delay'}, 'the filler has no wake delay');
 my @log = backend_log('/api/x');
 is($log[0]{headers}{'x-status-seen'}, 'MISS', 'backend saw the filler (MISS)');
 --- no_error_log

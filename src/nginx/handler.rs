@@ -124,6 +124,10 @@ pub struct RequestState {
     waiting: bool,
     /// When this request stops waiting for fills, whatever happens (0: not waiting yet).
     wait_deadline: u64,
+    /// When a wake-up resumed this request (precise clock; 0: never woken).
+    resumed_ms: u64,
+    /// For `$stale_cache_wake_delay`: from the fill's store to this request resuming.
+    wake_delay_ms: Option<u64>,
     post_subrequest: ngx_http_post_subrequest_t,
 }
 
@@ -314,6 +318,8 @@ fn find_state<'a>(r: *mut ngx_http_request_t, create: bool) -> Option<&'a mut Re
             waited_token: 0,
             waiting: false,
             wait_deadline: 0,
+            resumed_ms: 0,
+            wake_delay_ms: None,
             post_subrequest: ngx_http_post_subrequest_t {
                 handler: Some(lookup_done),
                 data: ptr::null_mut(),
@@ -974,16 +980,13 @@ fn fill_or_wait(
     let key = settings.key.clone();
     let (ttl_ms, started) = (settings.lock_exptime_ms, state.lookup_started);
     let timeout = settings.lock_timeout_ms;
-    let outcome = zone.with_table(|t| {
-        t.try_lock(
-            t.fingerprint(&key),
-            LockKind::Fill,
-            token,
-            ttl_ms,
-            started,
-            now,
-        )
-    });
+    let (outcome, stored_at) = zone
+        .with_table(|t| {
+            let fp = t.fingerprint(&key);
+            let outcome = t.try_lock(fp, LockKind::Fill, token, ttl_ms, started, now);
+            (Some(outcome), t.last_store_ms(fp, now))
+        })
+        .unwrap_or((None, None));
     match outcome {
         Some(LockOutcome::Acquired { .. }) => {
             state.fill = Some(HeldLock { zone, key, token });
@@ -992,6 +995,9 @@ fn fill_or_wait(
             None
         }
         Some(LockOutcome::RecentlyFilled) => {
+            if state.resumed_ms != 0 {
+                state.wake_delay_ms = stored_at.map(|at| state.resumed_ms.saturating_sub(at));
+            }
             state.status = Some(CacheStatus::Collapsed);
             state.phase = Phase::Done;
             None
@@ -1130,6 +1136,10 @@ unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
         // SAFETY: the request is live while its state is.
         let req = unsafe { &*state.r };
         give_up_waiting(state, req);
+    } else {
+        // SAFETY: nginx's own clock update, safe to call from the event loop.
+        unsafe { ngx::ffi::ngx_time_update() };
+        state.resumed_ms = now_ms();
     }
     let r = state.r;
     // SAFETY: resume the request's phases where the wait stopped them.
@@ -1213,6 +1223,10 @@ unsafe extern "C" fn poll_waiters(_ev: *mut ngx_event_t) {
 fn release(lock: &HeldLock, filled: bool) {
     // SAFETY: zones live for the cycle; the lock was taken in this cycle.
     let zone = unsafe { &*lock.zone };
+    // The release time dates the store that waiters are woken for: read the clock afresh
+    // (nginx's cached time can be a whole event-loop iteration old).
+    // SAFETY: nginx's own clock update, safe to call from the event loop.
+    unsafe { ngx::ffi::ngx_time_update() };
     let now = now_ms();
     zone.with_table(|t| t.unlock(t.fingerprint(&lock.key), lock.token, now, filled));
     wake_waiters(lock.zone, &lock.key);
@@ -1294,6 +1308,24 @@ pub unsafe extern "C" fn status_variable(
 ) -> ngx_int_t {
     match existing_state(r).and_then(|s| s.status) {
         Some(status) => vars::set_value(v, status.as_str().as_bytes()),
+        None => vars::set_not_found(v),
+    }
+    NGX_OK
+}
+
+pub unsafe extern "C" fn wake_delay_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    let Some(delay) = existing_state(r).and_then(|s| s.wake_delay_ms) else {
+        vars::set_not_found(v);
+        return NGX_OK;
+    };
+    let text = delay.to_string();
+    // SAFETY: r is live; the value is copied into its pool so it lives as long as it.
+    match pool_str(unsafe { (*r).pool }, text.as_bytes()) {
+        Some(s) => vars::set_value(v, str_bytes(&s)),
         None => vars::set_not_found(v),
     }
     NGX_OK

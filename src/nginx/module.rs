@@ -181,8 +181,9 @@ unsafe extern "C" fn preconfiguration(cf: *mut ngx_conf_t) -> ngx_int_t {
         return NGX_ERROR;
     };
     main_conf_of(cf).vars = indexes;
-    let outputs: [(&'static str, ngx::ffi::ngx_http_get_variable_pt); 2] = [
+    let outputs: [(&'static str, ngx::ffi::ngx_http_get_variable_pt); 3] = [
         ("stale_cache_status", Some(handler::status_variable)),
+        ("stale_cache_wake_delay", Some(handler::wake_delay_variable)),
         ("stale_cache_skip_fetch", Some(handler::skip_fetch_variable)),
     ];
     for (name, get) in outputs {
