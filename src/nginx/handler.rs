@@ -46,7 +46,7 @@ pub const SECRET_HEADER: &str = "X-Stale-Cache-Refresh";
 const CAPTURE_LIMIT: usize = 256;
 /// How often a worker re-checks, in shared memory, locks that waiters of it wait for; a
 /// release in the same worker wakes its waiters at once instead.
-const WAIT_POLL_MS: ngx_msec_t = 2;
+const WAIT_POLL_MS: ngx_msec_t = 1;
 /// The largest request body a refresh replays.
 const MAX_REPLAY_BODY: usize = 1 << 20;
 const STATE_MAGIC: u64 = u64::from_le_bytes(*b"stalecac");
