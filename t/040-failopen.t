@@ -352,3 +352,39 @@ for my $l (backend_log('/api/x')) {
 }
 --- no_error_log eval
 [qr/stale_cache: (?!zone "srcache_locks": \d+ slots)/, "[error]"]
+
+=== TEST 14: Redis down with error_page set: the lookup's error never reaches the client
+A failing TTL subrequest (502) would be redirected by error_page; its output must stay a
+capture, not be written in front of the client's response.
+--- log_level: info
+--- http_config eval: $::BASE_HTTP
+--- config eval
+"    error_page 500 502 503 504 /50x.html;\n    location = /50x.html { echo 'ERROR PAGE'; }\n" . ::base_config()
+--- pre
+stop_redis();
+--- request eval
+["GET /api/ep", "GET /api/ep"]
+--- error_code eval
+[200, 200]
+--- response_body eval
+["backend GET /api/ep hit 1\n", "backend GET /api/ep hit 2\n"]
+--- response_headers
+X-Stale-Cache: ERROR
+
+=== TEST 15: a TTL location whose server speaks garbage mid-reply: fail open, connection kept
+The TTL location points at the HTTP backend: the "reply" starts with "HTTP/1.1", not RESP.
+--- log_level: info
+--- http_config eval: $::BASE_HTTP
+--- config eval
+::base_config(ttl => '/garbagettl', extra => <<'_E_')
+    location = /garbagettl { internal; stale_cache_redis_pass 127.0.0.1:$TEST_NGINX_BACKEND_PORT;
+        stale_cache_redis_command TTL $arg_key; }
+_E_
+--- keepalive_requests eval
+["GET /api/g", "GET /api/g"]
+--- check
+my @r = responses();
+is(scalar @r, 2, 'both requests answered on one connection');
+is($_->{status}, 200, 'answered 200') for @r;
+is($_->{headers}{'x-stale-cache'}, 'ERROR', 'failed open') for @r;
+like(error_log_text(), qr/sent an invalid reply/, 'the garbage is logged');

@@ -539,9 +539,16 @@ pub unsafe extern "C" fn create_main_conf(cf: *mut ngx_conf_t) -> *mut c_void {
     pool.allocate(MainConf {
         zones: Vec::new(),
         vars: [0; crate::settings::Var::COUNT],
-        secret: new_secret(),
+        secret: process_secret(),
         in_use: false,
     }) as *mut c_void
+}
+
+/// The secret refresh requests carry: made once per master process, so a reload (new
+/// configuration, new workers) does not invalidate refreshes still under way.
+fn process_secret() -> String {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(new_secret).clone()
 }
 
 /// 128 random bits as hex: refresh requests prove with it that this nginx sent them.

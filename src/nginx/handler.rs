@@ -124,6 +124,8 @@ pub struct RequestState {
     waiting: bool,
     /// When this request stops waiting for fills, whatever happens (0: not waiting yet).
     wait_deadline: u64,
+    /// Woken, but the posted wake-up event has not run yet.
+    wake_pending: bool,
     /// When a wake-up resumed this request (precise clock; 0: never woken).
     resumed_ms: u64,
     /// For `$stale_cache_wake_delay`: from the fill's store to this request resuming.
@@ -206,7 +208,9 @@ fn new_token() -> NonZeroU64 {
     });
     // SAFETY: ngx_pid is set once per process.
     let pid = unsafe { ngx::ffi::ngx_pid } as u64;
-    NonZeroU64::new((pid << 40) | (n & ((1 << 40) - 1)) | 1).unwrap_or(NonZeroU64::MIN)
+    // Odd and distinct for 2^39 consecutive locks of this worker; the pid tells workers apart.
+    let low = ((n << 1) | 1) & ((1 << 40) - 1);
+    NonZeroU64::new((pid << 40) | low).unwrap_or(NonZeroU64::MIN)
 }
 
 /* ---------------------------------------------------------------- request state */
@@ -318,6 +322,7 @@ fn find_state<'a>(r: *mut ngx_http_request_t, create: bool) -> Option<&'a mut Re
             waited_token: 0,
             waiting: false,
             wait_deadline: 0,
+            wake_pending: false,
             resumed_ms: 0,
             wake_delay_ms: None,
             post_subrequest: ngx_http_post_subrequest_t {
@@ -509,7 +514,9 @@ pub unsafe extern "C" fn preaccess_handler(r: *mut ngx_http_request_t) -> ngx_in
                 state.phase = Phase::Done;
             }
             Phase::Waiting => {
-                if state.waiting {
+                // Until the wake-up event itself has run, other events (a writable client
+                // socket) must not move the request on: the event would resume it twice.
+                if state.waiting || state.wake_pending {
                     return NGX_AGAIN;
                 }
                 if state.status == Some(CacheStatus::Timeout) {
@@ -696,14 +703,13 @@ fn start_lookup(
     if rc != NGX_OK || sr.is_null() {
         return Err(());
     }
-    // Mark the subrequest as a capture: the filters keep its output from the client.
-    // SAFETY: sr is the new subrequest with its own ctx array.
-    unsafe {
-        *(*sr).ctx.add(module().ctx_index) = state as *mut RequestState as *mut c_void;
-        (*sr).set_header_only(0);
-    }
+    // The filters recognise the subrequest by its post_subrequest record and keep its
+    // output from the client.
     Ok(())
 }
+
+type LookupDoneFn =
+    unsafe extern "C" fn(*mut ngx_http_request_t, *mut c_void, ngx_int_t) -> ngx_int_t;
 
 unsafe extern "C" fn lookup_done(
     sr: *mut ngx_http_request_t,
@@ -713,15 +719,20 @@ unsafe extern "C" fn lookup_done(
     // SAFETY: data is the RequestState given with the subrequest; sr is live.
     let state = unsafe { &mut *(data as *mut RequestState) };
     state.capture.done = true;
-    if rc >= 300 {
-        state.capture.failed_rc = rc;
-    } else if rc == NGX_ERROR {
-        state.capture.failed_rc = 500;
-    }
     // SAFETY: as above.
-    let status = unsafe { (*sr).headers_out.status };
+    let (status, client_gone) = unsafe { ((*sr).headers_out.status, (*(*sr).connection).error()) };
     if status != 0 {
         state.capture.status = status;
+    }
+    if rc == NGX_ERROR && client_gone != 0 {
+        return rc;
+    }
+    if rc >= 300 || rc == NGX_ERROR {
+        // A failed lookup is recorded and the request fails open. Ending the subrequest
+        // quietly keeps nginx from answering it with an error page (or, for NGX_ERROR,
+        // from closing the client's connection): its output is not the client's.
+        state.capture.failed_rc = if rc == NGX_ERROR { 500 } else { rc };
+        return NGX_OK;
     }
     rc
 }
@@ -1015,8 +1026,22 @@ fn fill_or_wait(
             start_waiting(state, req, zone, key, info.token.get(), left);
             Some(NGX_AGAIN)
         }
-        Some(LockOutcome::Full) | None => {
+        Some(LockOutcome::Full) => {
             zone_full(req, zone);
+            state.status = Some(CacheStatus::Miss);
+            state.phase = Phase::Done;
+            None
+        }
+        None => {
+            log_limited(
+                log_of(req),
+                NGX_LOG_ERR,
+                "zone-unusable",
+                &format!(
+                    "stale_cache: zone \"{}\" cannot be used; no collapsing until nginx restarts",
+                    String::from_utf8_lossy(&zone.name)
+                ),
+            );
             state.status = Some(CacheStatus::Miss);
             state.phase = Phase::Done;
             None
@@ -1057,17 +1082,18 @@ fn start_waiting(
 
 /// Removes the request from the waiters and cancels its timer and posted wake-up.
 fn stop_waiting(state: &mut RequestState) {
-    if !state.waiting {
-        return;
+    if state.waiting {
+        state.waiting = false;
+        let me = state as *mut RequestState;
+        WAITERS.with(|w| {
+            w.borrow_mut().retain(|_, list| {
+                list.retain(|&s| s != me);
+                !list.is_empty()
+            })
+        });
     }
-    state.waiting = false;
-    let me = state as *mut RequestState;
-    WAITERS.with(|w| {
-        w.borrow_mut().retain(|_, list| {
-            list.retain(|&s| s != me);
-            !list.is_empty()
-        })
-    });
+    // Also when already woken: the wake-up may still sit in the posted queue, and must not
+    // run after the request (and this state) is gone.
     let ev = &mut state.wait_event;
     // SAFETY: the event is ours; removing a timer/post only touches nginx's queues.
     unsafe {
@@ -1092,6 +1118,7 @@ fn wake_waiters(zone: *const Zone, key: &[u8]) {
 
 fn wake(state: &mut RequestState, status: CacheStatus) {
     state.waiting = false;
+    state.wake_pending = true;
     state.status = Some(status);
     let ev = &mut state.wait_event;
     // SAFETY: the event is ours and armed while waiting.
@@ -1128,6 +1155,7 @@ unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
             .byte_sub(core::mem::offset_of!(RequestState, wait_event))
             .cast::<RequestState>())
     };
+    state.wake_pending = false;
     // SAFETY: live event.
     if unsafe { (*ev).timedout() } != 0 {
         // SAFETY: as above.
@@ -1344,14 +1372,21 @@ pub unsafe extern "C" fn skip_fetch_variable(
 /* ------------------------------------------------------------------- filters */
 
 /// The capture state of `r` if it is one of this module's lookup subrequests.
+///
+/// Recognised by its post-subrequest handler, which (unlike module contexts) survives an
+/// internal redirect of the subrequest, e.g. by `error_page` when Redis is down.
 fn capture_of<'a>(r: *mut ngx_http_request_t) -> Option<&'a mut RequestState> {
-    // SAFETY: r is live; for subrequests only start_lookup sets this module's ctx.
+    // SAFETY: r is live; a subrequest's post_subrequest record is null or valid, and
+    // lookup_done is only ever given a RequestState as data.
     unsafe {
-        if (*r).main == r {
+        if (*r).main == r || (*r).post_subrequest.is_null() {
             return None;
         }
-        let ctx = *(*r).ctx.add(module().ctx_index) as *mut RequestState;
-        (!ctx.is_null()).then(|| &mut *ctx)
+        let ps = &*(*r).post_subrequest;
+        let ours = ps
+            .handler
+            .is_some_and(|h| core::ptr::fn_addr_eq(h, lookup_done as LookupDoneFn));
+        (ours && !ps.data.is_null()).then(|| &mut *(ps.data as *mut RequestState))
     }
 }
 

@@ -48,6 +48,8 @@ struct RedisCtx {
     commands: usize,
     /// `raw` mode: counts complete replies so the response ends exactly after the last one.
     framer: ReplyFramer,
+    /// The server answered something unparsable (it is reachable: no backoff).
+    invalid_reply: core::cell::Cell<bool>,
     value: ValueState,
 }
 
@@ -115,6 +117,7 @@ pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
         mode: conf.reply,
         commands: conf.commands.len(),
         framer: ReplyFramer::new(),
+        invalid_reply: core::cell::Cell::new(false),
         value: ValueState::new(conf.commands.len()),
     });
     if ctx.is_null() {
@@ -267,6 +270,8 @@ unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
                                 return NGX_ERROR;
                             }
                             *copy = *b;
+                            // A retry on another server resends from `start`.
+                            (*copy).start = (*copy).pos;
                             copy
                         };
                         if !push_buf(pool, &mut tail, copy) {
@@ -418,6 +423,8 @@ fn redis_error_reply(u: &mut ngx_http_upstream_t, ctx: &RedisCtx, message: &str)
 }
 
 fn protocol_error(u: &mut ngx_http_upstream_t, ctx: &RedisCtx, what: &str) -> ngx_int_t {
+    // A server answering garbage is up: no backoff for it (see finalize_request).
+    ctx.invalid_reply.set(true);
     let name = peer_name(u);
     // SAFETY: the ctx's request is the live request that owns this upstream.
     let log = unsafe { (*(*ctx.request).connection).log };
@@ -490,19 +497,19 @@ unsafe extern "C" fn filter(data: *mut c_void, bytes: isize) -> ngx_int_t {
                     u.length = 1 + body.remaining_payload() as i64;
                     (split.payload, split.consumed, body.is_complete())
                 }
-                Err(e) => {
-                    protocol_error(u, ctx, &e.to_string());
-                    return NGX_ERROR;
-                }
+                Err(e) => return end_on_garbage(u, ctx, &e.to_string()),
             },
-            None => (0, 0, true),
+            None => {
+                // The answer (404, 502) is already decided; whatever follows is not read,
+                // so the connection cannot be reused.
+                u.length = 0;
+                u.set_keepalive(0);
+                return NGX_OK;
+            }
         },
         _ => match ctx.framer.feed_until(incoming, ctx.commands) {
             Ok(used) => (used, used, ctx.framer.complete_replies() >= ctx.commands),
-            Err(e) => {
-                protocol_error(u, ctx, &e.to_string());
-                return NGX_ERROR;
-            }
+            Err(e) => return end_on_garbage(u, ctx, &e.to_string()),
         },
     };
 
@@ -533,10 +540,21 @@ unsafe extern "C" fn filter(data: *mut c_void, bytes: isize) -> ngx_int_t {
         u.length = 0;
         if consumed < incoming.len() {
             protocol_error(u, ctx, "extra data after the last reply");
+            u.set_keepalive(0);
         } else {
             u.set_keepalive(1);
         }
     }
+    NGX_OK
+}
+
+/// Garbage in the middle of a reply: log it, end the response here and drop the connection.
+/// Ending quietly (not NGX_ERROR, which would close the client's connection once the header
+/// is out) lets the caller see a short or unparsable answer and fail open.
+fn end_on_garbage(u: &mut ngx_http_upstream_t, ctx: &RedisCtx, what: &str) -> ngx_int_t {
+    protocol_error(u, ctx, what);
+    u.length = 0;
+    u.set_keepalive(0);
     NGX_OK
 }
 
@@ -548,7 +566,10 @@ unsafe extern "C" fn finalize_request(r: *mut ngx_http_request_t, rc: ngx_int_t)
         // SAFETY: called by the upstream framework with a live request and upstream.
         let req = unsafe { &*r };
         let u = unsafe { &*req.upstream };
-        if u.headers_in.status_n == 0 {
+        let ctx = u.input_filter_ctx as *const RedisCtx;
+        // SAFETY: when set, the ctx redis_handler allocated in the request pool.
+        let invalid = !ctx.is_null() && unsafe { (*ctx).invalid_reply.get() };
+        if u.headers_in.status_n == 0 && !invalid {
             let conf = conf_of(req);
             let group = conf.upstream.upstream as usize;
             DOWN_UNTIL.with(|d| d.borrow_mut().insert(group, current_msec() + conf.backoff));

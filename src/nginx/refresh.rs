@@ -144,9 +144,17 @@ unsafe fn live_refresh(
     // SAFETY: (caller) a live event of one of our connections.
     unsafe {
         let (raw, c) = refresh_of(ev);
-        if (*ev).timedout() != 0 {
+        // `close`: the worker is shutting down (worker_shutdown_timeout) and asks us to go.
+        let failure = if (*c).close() != 0 {
+            Some("worker shutting down")
+        } else if (*ev).timedout() != 0 {
+            Some(on_timeout)
+        } else {
+            None
+        };
+        if let Some(why) = failure {
             // Frees `raw` once; the caller returns without touching it.
-            finish(raw, RefreshOutcome::Failed(on_timeout));
+            finish(raw, RefreshOutcome::Failed(why));
             return None;
         }
         Some((raw, c))

@@ -75,7 +75,22 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
     // SAFETY: nginx passes the zone being initialised (in the master, before workers start).
     let zone = unsafe { &mut *shm_zone };
     if !data.is_null() {
-        // Reload with an unchanged size: the old mapping and its table carry over.
+        // Reload with an unchanged size: the old mapping and its table carry over, if this
+        // module version reads the same layout (else the reload fails and says why).
+        // SAFETY: `data` is the block this function made for the previous cycle.
+        let (region, len) = unsafe { table_region(data as *mut u8) };
+        // SAFETY: the block stays mapped; no worker of the new cycle runs yet.
+        if let Err(e) = unsafe { LockTable::attach_raw(region, len) } {
+            ngx::ngx_log_error!(
+                ngx::ffi::NGX_LOG_EMERG,
+                zone.shm.log,
+                "stale_cache: zone \"{}\" from the running configuration has another layout \
+                 ({}); restart nginx instead of reloading it",
+                String::from_utf8_lossy(crate::nginx::util::str_bytes(&zone.shm.name)),
+                e
+            );
+            return NGX_ERROR;
+        }
         zone.data = data;
         return NGX_OK;
     }
