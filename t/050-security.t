@@ -191,3 +191,62 @@ check_genuine_refresh();
 [qr/stale_cache: refresh of "\/api\/x" via 127\.0\.0\.1:\d+ 200 in \d+ ms/]
 --- no_error_log
 [error]
+
+=== TEST 5: a custom skip header is hidden once stale_cache_skip_header names it
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+    stale_cache_skip_header X-Refresh-Me;
+--- config
+    location /api {
+        set $cache_lock srcache_locks;
+        set $cache_ttl /redisttl;
+        set $cache_key $uri;
+        set $cache_skip_fetch X-Refresh-Me;
+        set_escape_uri $escaped_key $cache_key;
+        stale_cache on;
+        if ($http_x_refresh_me != TRUE) { srcache_fetch GET /redis $cache_key; }
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
+        add_header X-Cache $srcache_fetch_status;
+        add_header X-Stale-Cache $stale_cache_status;
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    location = /redis { internal; set_md5 $redis_key $args;
+        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
+        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET $key $request_body;
+        stale_cache_redis_command EXPIRE $key $exptime; }
+--- request eval
+["GET /api/custom", "GET /api/custom"]
+--- more_headers eval
+["", "X-Refresh-Me: TRUE"]
+--- response_body eval
+["backend GET /api/custom hit 1\n", "backend GET /api/custom hit 1\n"]
+--- response_headers eval
+["X-Cache: MISS", "X-Cache: HIT"]
+--- backend_hits: 1
+--- no_error_log
+$cache_skip_fetch is
+
+=== TEST 6: a $cache_skip_fetch that stale_cache_skip_header does not name is reported
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config
+    location /api {
+        set $cache_lock srcache_locks;
+        set $cache_ttl /redisttl;
+        set $cache_key $uri;
+        set $cache_skip_fetch X-Refresh-Me;
+        stale_cache on;
+        echo ok;
+    }
+    location = /redisttl { internal; set_unescape_uri $key $arg_key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+--- request
+GET /api/w
+--- response_body
+ok
+--- error_log
+$cache_skip_fetch is "X-Refresh-Me" but clients' "X-Skip-Fetch" headers are the ones hidden

@@ -582,6 +582,24 @@ fn start(
             return None;
         }
     };
+    if !settings
+        .skip_fetch
+        .eq_ignore_ascii_case(lcf.skip_header_name())
+    {
+        // Clients' copies of the header the refreshes use would not be hidden.
+        log_limited(
+            log_of(req),
+            NGX_LOG_WARN,
+            "skip-header",
+            &format!(
+                "stale_cache: $cache_skip_fetch is \"{}\" but clients' \"{}\" headers are the \
+                 ones hidden; add \"stale_cache_skip_header {};\" at http or server level",
+                String::from_utf8_lossy(&settings.skip_fetch),
+                String::from_utf8_lossy(lcf.skip_header_name()),
+                String::from_utf8_lossy(&settings.skip_fetch)
+            ),
+        );
+    }
     // SAFETY: method_name and uri are valid request strings.
     let (method, uri) = (str_bytes(&req.method_name), str_bytes(&req.uri));
     if !settings.allows(method) || settings.is_lookup_uri(uri) {
