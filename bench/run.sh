@@ -179,6 +179,12 @@ if m:
     slots, size, cap = map(int, m.groups())
     print(f"F: zone: {size} bytes per lock and per memo entry (one slot each); a 1 MiB zone holds {cap} entries "
           f"({slots} slots at most 85 % full), locks and memos together.\n")
-print(f"Ratios: B/A = {rb/ra:.2f}, C/A = {rc/ra:.2f}, D-p99 / B-p99 = {d99/pb99:.2f}")
+# Ratios per round (A, B and C run back to back), then the median: robust to the machine
+# speeding up or slowing down during the run.
+import statistics
+ra_runs, rb_runs, rc_runs = ([float(x) for x in runs[k].split()] for k in "ABC")
+ba = statistics.median(b / a for a, b in zip(ra_runs, rb_runs))
+ca = statistics.median(c / a for a, c in zip(ra_runs, rc_runs))
+print(f"Ratios (median of per-round ratios): B/A = {ba:.2f}, C/A = {ca:.2f}; D-p99 / B-p99 = {d99/pb99:.2f}")
 print("Runs (req/s, in order): " + "; ".join(f"{k}: {' '.join(f'{float(x):.0f}' for x in v.split())}" for k, v in runs.items()))
 PY
