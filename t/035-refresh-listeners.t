@@ -3,33 +3,39 @@
 use lib 't/lib';
 use Test::StaleCache;
 run_tests();
-__DATA__
 
+# A stale-cache location keyed by $uri (memo off, so tests can age entries), the lines in
+# %o{fetch} to fetch (default: the documented if-line), %o{extra} inside the location, and
+# %o{server} before it.
+sub api_config {
+    my (%o) = @_;
+    my $fetch = $o{fetch}
+        // 'if ($http_x_skip_fetch != TRUE) { srcache_fetch GET /redis $cache_key; }';
+    my $extra = $o{extra} // '';
+    my $server = $o{server} // '';
+    return <<"_EOC_" . redis_locations();
+    $server
+    location /api {
+        set \$cache_lock locks;
+        set \$cache_ttl /redisttl;
+        set \$cache_key \$uri;
+        set_escape_uri \$escaped_key \$cache_key;
+        stale_cache on;
+        stale_cache_memo off;
+        $fetch
+        srcache_store PUT /redis2 key=\$escaped_key&exptime=105;
+        add_header X-Stale-Cache \$stale_cache_status;
+        $extra
+        proxy_pass http://backend;
+    }
+_EOC_
+}
+__DATA__
 === TEST 1: a client on an IPv6 listener: the refresh goes over [::1]
 --- http_config
     stale_cache_zone locks 1m;
---- config
-    listen [::1]:$TEST_NGINX_SERVER_PORT;
-    location /api {
-        set $cache_lock locks;
-        set $cache_ttl /redisttl;
-        set $cache_key $uri;
-        set_escape_uri $escaped_key $cache_key;
-        stale_cache on;
-        stale_cache_memo off;
-        if ($http_x_skip_fetch != TRUE) { srcache_fetch GET /redis $cache_key; }
-        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
-        add_header X-Stale-Cache $stale_cache_status;
-        proxy_pass http://backend;
-    }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
-        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
-    location = /redis { internal; set_md5 $redis_key $args;
-        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
-        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
-        stale_cache_redis_command SET $key $request_body;
-        stale_cache_redis_command EXPIRE $key $exptime; }
+--- config eval
+::api_config(server => 'listen [::1]:$TEST_NGINX_SERVER_PORT;')
 --- request
 GET /api/six
 --- response_body
@@ -50,28 +56,8 @@ like(error_log_text(), qr/refresh of "\/api\/six" via \[::1\]:$TEST_NGINX_SERVER
 === TEST 2: a client on a unix-socket listener: the refresh goes over the socket
 --- http_config
     stale_cache_zone locks 1m;
---- config
-    listen unix:$TEST_NGINX_SERVROOT/client.sock;
-    location /api {
-        set $cache_lock locks;
-        set $cache_ttl /redisttl;
-        set $cache_key $uri;
-        set_escape_uri $escaped_key $cache_key;
-        stale_cache on;
-        stale_cache_memo off;
-        if ($http_x_skip_fetch != TRUE) { srcache_fetch GET /redis $cache_key; }
-        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
-        add_header X-Stale-Cache $stale_cache_status;
-        proxy_pass http://backend;
-    }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
-        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
-    location = /redis { internal; set_md5 $redis_key $args;
-        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
-        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
-        stale_cache_redis_command SET $key $request_body;
-        stale_cache_redis_command EXPIRE $key $exptime; }
+--- config eval
+::api_config(server => 'listen unix:$TEST_NGINX_SERVROOT/client.sock;')
 --- request
 GET /api/unix
 --- response_body
@@ -91,31 +77,8 @@ like(error_log_text(), qr/refresh of "\/api\/unix" via unix:\S*client\.sock 200/
 === TEST 3: stale_cache_refresh_address sends refreshes to the configured listener
 --- http_config
     stale_cache_zone locks 1m;
---- config
-    listen unix:$TEST_NGINX_SERVROOT/refresh.sock;
-    stale_cache_refresh_address unix:$TEST_NGINX_SERVROOT/refresh.sock;
-    location /api {
-        set $cache_lock locks;
-        set $cache_ttl /redisttl;
-        set $cache_key $uri;
-        set_escape_uri $escaped_key $cache_key;
-        stale_cache on;
-        stale_cache_memo off;
-        srcache_fetch_skip $stale_cache_skip_fetch;
-        srcache_fetch GET /redis $cache_key;
-        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
-        add_header X-Stale-Cache $stale_cache_status;
-        proxy_set_header X-Seen-Status $stale_cache_status;
-        proxy_pass http://backend;
-    }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
-        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
-    location = /redis { internal; set_md5 $redis_key $args;
-        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
-        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
-        stale_cache_redis_command SET $key $request_body;
-        stale_cache_redis_command EXPIRE $key $exptime; }
+--- config eval
+::api_config(server => 'listen unix:$TEST_NGINX_SERVROOT/refresh.sock; stale_cache_refresh_address unix:$TEST_NGINX_SERVROOT/refresh.sock;', fetch => 'srcache_fetch_skip $stale_cache_skip_fetch; srcache_fetch GET /redis $cache_key;', extra => 'proxy_set_header X-Seen-Status $stale_cache_status;')
 --- request
 GET /api/addr?x=1
 --- response_body
@@ -140,27 +103,8 @@ like($r2->{body}, qr/hit 2/, 'the next request gets the refreshed body');
 === TEST 4: a configuration that lets refreshes be served from the cache is told so
 --- http_config
     stale_cache_zone locks 1m;
---- config
-    location /api {
-        set $cache_lock locks;
-        set $cache_ttl /redisttl;
-        set $cache_key $uri;
-        set_escape_uri $escaped_key $cache_key;
-        stale_cache on;
-        stale_cache_memo off;
-        srcache_fetch GET /redis $cache_key;
-        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
-        add_header X-Stale-Cache $stale_cache_status;
-        proxy_pass http://backend;
-    }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
-        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
-    location = /redis { internal; set_md5 $redis_key $args;
-        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
-        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
-        stale_cache_redis_command SET $key $request_body;
-        stale_cache_redis_command EXPIRE $key $exptime; }
+--- config eval
+::api_config(fetch => 'srcache_fetch GET /redis $cache_key;')
 --- request
 GET /api/noskip
 --- check

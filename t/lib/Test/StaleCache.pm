@@ -24,7 +24,8 @@ my @TEST_MORE = qw(ok is isnt like unlike is_deeply cmp_ok diag note pass fail
 our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  redis backend_hits backend_log backend_config backend_pattern
                  responses error_log_text http_get http_request stop_redis
-                 start_redis fake_redis_blackhole nginx_pids sleep_ms);
+                 start_redis fake_redis_blackhole nginx_pids sleep_ms
+                 redis_locations);
 
 my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
 my $SERVROOT = $ENV{TEST_NGINX_SERVROOT} || "$ROOT/t/servroot";
@@ -601,6 +602,27 @@ sub http_request {
 }
 
 sub http_get { http_request('GET', @_[0, 1]) }
+
+# The documented internal Redis locations, written with the module's native directives:
+# TTL and PERSIST and EXPIRE (raw replies), GET for srcache_fetch, SET + EXPIRE for
+# srcache_store. Keys are md5 of the cache key, as in lua-resty-cache's configuration.
+sub redis_locations {
+    return <<'_EOC_';
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        stale_cache_redis_pass redis; stale_cache_redis_command PERSIST $key; }
+    location = /redisexpire { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        stale_cache_redis_pass redis; stale_cache_redis_command EXPIRE $key $arg_ttl; }
+    location = /redis { internal; set_md5 $redis_key $args;
+        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
+        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
+        client_max_body_size 16m;
+        stale_cache_redis_command SET $key $request_body;
+        stale_cache_redis_command EXPIRE $key $exptime; }
+_EOC_
+}
 sub responses { @RESPONSES }
 sub sleep_ms { sleep($_[0] / 1000) }
 
