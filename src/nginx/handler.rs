@@ -974,7 +974,9 @@ fn body_bytes(req: &ngx_http_request_t) -> Option<Vec<u8>> {
                 if out.len() + len > MAX_REPLAY_BODY {
                     return None;
                 }
-                out.extend_from_slice(core::slice::from_raw_parts(b.pos, len));
+                if len > 0 {
+                    out.extend_from_slice(core::slice::from_raw_parts(b.pos, len));
+                }
             }
             cl = (*cl).next;
         }

@@ -336,6 +336,9 @@ unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ngx_int_t {
 
 /// Buffer contents between `pos` and `last`.
 fn unread(b: &ngx_buf_t) -> &[u8] {
+    if b.pos.is_null() || b.last <= b.pos {
+        return &[];
+    }
     // SAFETY: nginx keeps `pos..last` inside the upstream buffer's allocation.
     unsafe { core::slice::from_raw_parts(b.pos, b.last.offset_from(b.pos) as usize) }
 }

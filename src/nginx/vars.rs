@@ -7,7 +7,6 @@ use ngx::ffi::{
     ngx_variable_value_t, NGX_HTTP_VAR_CHANGEABLE, NGX_HTTP_VAR_NOCACHEABLE,
 };
 
-use super::util::str_bytes;
 use crate::settings::{RawVars, Var};
 
 const NGX_OK: ngx_int_t = 0;
@@ -109,11 +108,11 @@ fn value_bytes<'a>(v: *mut ngx_variable_value_t) -> Option<&'a [u8]> {
         if (*v).not_found() != 0 || (*v).valid() == 0 {
             return None;
         }
-        let s = ngx_str_t {
-            len: (*v).len() as usize,
-            data: (*v).data,
-        };
-        Some(core::slice::from_raw_parts(s.data, str_bytes(&s).len()))
+        let (len, data) = ((*v).len() as usize, (*v).data);
+        if len == 0 || data.is_null() {
+            return Some(&[]);
+        }
+        Some(core::slice::from_raw_parts(data, len))
     }
 }
 
