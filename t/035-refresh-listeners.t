@@ -116,3 +116,33 @@ sleep_ms(300);
 is(backend_hits('/api/noskip'), 1, 'the refresh never reached the backend');
 --- error_log
 the refresh of "/api/noskip" was answered from the cache, so nothing was refreshed
+
+=== TEST 5: a TLS client without stale_cache_refresh_address: stale copy served, no refresh, clear error
+--- http_config
+    stale_cache_zone locks 1m;
+--- config eval
+# The certificate must exist before nginx -t: make it while building the configuration.
+system("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost "
+     . "-keyout $Test::StaleCache::TEST_NGINX_SERVROOT/tls.key "
+     . "-out $Test::StaleCache::TEST_NGINX_SERVROOT/tls.crt 2>/dev/null") == 0
+    or die "openssl failed";
+$ENV{TEST_NGINX_TLS_PORT} = Test::StaleCache::pick_port();
+::api_config(server => "listen 127.0.0.1:$ENV{TEST_NGINX_TLS_PORT} ssl; "
+    . 'ssl_certificate $TEST_NGINX_SERVROOT/tls.crt; '
+    . 'ssl_certificate_key $TEST_NGINX_SERVROOT/tls.key;')
+--- request
+GET /api/tls
+--- response_body
+backend GET /api/tls hit 1
+--- check
+use Digest::MD5 qw(md5_hex);
+redis('EXPIRE', md5_hex('/api/tls'), 50);
+my $url = "https://127.0.0.1:$ENV{TEST_NGINX_TLS_PORT}/api/tls";
+for my $n (1 .. 2) {
+    my $out = `curl -s -k -i '$url'`;
+    like($out, qr/X-Stale-Cache: STALE/, "TLS client $n gets the stale copy");
+}
+sleep_ms(300);
+is(backend_hits('/api/tls'), 1, 'no refresh reached the backend');
+my @lines = error_log_text() =~ /(came over TLS, HTTP\/2 or the PROXY protocol)/g;
+is(scalar @lines, 1, 'one (rate-limited) error line says to set stale_cache_refresh_address');
