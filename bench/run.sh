@@ -25,7 +25,9 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
-trap cleanup EXIT INT TERM
+# Stop everything on exit; a signal exits (and so runs the EXIT trap once).
+trap cleanup EXIT
+trap "exit 130" INT TERM
 
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --tcp-backlog 4096 \
     --dir "$prefix/redis" --logfile "$prefix/logs/redis.log" &

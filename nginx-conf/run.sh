@@ -12,13 +12,14 @@ config=${STALE_CACHE_CONF:-$root/nginx-conf/stock-debian.conf}
 rm -rf "$prefix" && mkdir -p "$prefix"/{logs,conf,redis}
 pids=()
 cleanup() {
-    trap - INT TERM EXIT
+    trap - EXIT
     [ -f "$prefix/logs/nginx.pid" ] && kill -QUIT "$(cat "$prefix/logs/nginx.pid")" 2>/dev/null || true
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
     echo "stopped."
 }
-trap cleanup INT TERM EXIT
+trap cleanup EXIT
+trap "exit 130" INT TERM
 
 redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
     --dir "$prefix/redis" --logfile "$prefix/logs/redis.log" &
