@@ -47,9 +47,6 @@ our $API = <<'EOF';
     }
 EOF
 
-# Number of lines of this block's error.log matching $re.
-sub count_log { my $re = shift; scalar grep { /$re/ } split /\n/, error_log_text() }
-
 sub redis_info_field {
     my ($section, $field) = @_;
     my ($v) = redis('INFO', $section) =~ /^\Q$field\E:(\d+)/m;
@@ -218,7 +215,7 @@ X-Cache: MISS
 --- backend_hits: 3
 --- check
 my $re = qr{connect\(\) failed \(111: Connection refused\) while connecting to upstream.*upstream: "redis://127\.0\.0\.1:$TEST_NGINX_REDIS_PORT"};
-my $n = count_log($re);
+my $n = error_log_count($re);
 is($n, 1, 'exactly one connect() failed line for fetch + store of 3 requests')
     or diag(join "\n", grep { /connect\(\) failed/ } split /\n/, error_log_text());
 is_deeply([nginx_pids()], \@main::WORKERS, 'same master and worker (no crash)');
@@ -358,7 +355,7 @@ SET num 5
 GET num => 6
 GET str => abc
 --- check
-my $n = count_log(qr{\[error\].*stale_cache: redis server 127\.0\.0\.1:$TEST_NGINX_REDIS_PORT replied with an error: "ERR value is not an integer or out of range"});
+my $n = error_log_count(qr{\[error\].*stale_cache: redis server 127\.0\.0\.1:$TEST_NGINX_REDIS_PORT replied with an error: "ERR value is not an integer or out of range"});
 is($n, 2, 'one error line per failing request');
 --- error_log eval
 [qr{stale_cache: redis server 127\.0\.0\.1:\d+ replied with an error: "ERR value is not an integer or out of range"}]

@@ -55,9 +55,6 @@ sub base_config {
     return $c . ($o{extra} // '');
 }
 
-# The Redis key of "$http_user_agent|$uri" (the harness sends no User-Agent).
-sub rkey { md5_hex('|' . $_[0]) }
-
 sub by_status {
     my %n;
     $n{ $_->{headers}{'x-stale-cache'} // '(none)' }++ for @_;
@@ -138,7 +135,7 @@ backend GET /api/x hit 1
 X-Stale-Cache: ^(MISS|COLLAPSED)$
 --- backend_hits: 1
 --- redis_check eval
-[[["EXISTS", ::rkey('/api/x')], 1], [["TTL", ::rkey('/api/x')], qr/^10[0-5]$/]]
+[[["EXISTS", redis_key('/api/x')], 1], [["TTL", redis_key('/api/x')], qr/^10[0-5]$/]]
 --- check
 my @r = responses();
 is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 100, 'all 100 answered 200');
@@ -260,7 +257,7 @@ for my $l (@log[1 .. $#log]) {
     ok($d >= 0.45 && $d <= 0.65, sprintf('waiter reached the backend %.3f s after the filler', $d));
     is($l->{headers}{'x-status-seen'}, 'TIMEOUT', 'backend saw TIMEOUT');
 }
-my $k = rkey('/api/x');
+my $k = redis_key('/api/x');
 is($miss->{headers}{'x-store'}, 'STORE', 'filler: X-Store STORE');
 is(scalar(grep { ($_->{headers}{'x-store'} // '') eq 'BYPASS' } @to), 9,
    'timed-out waiters\' (no-store) copies were not stored');
@@ -307,7 +304,7 @@ my @log = backend_log('/api/x');
 is(scalar @log, 2, 'aborted request reached the backend, next one too');
 is($log[0]{headers}{'x-status-seen'}, 'MISS', 'the aborted request was the filler');
 sleep_ms(1100);   # the aborted request's backend answer is never stored
-my $v = redis('GET', rkey('/api/x'));
+my $v = redis('GET', redis_key('/api/x'));
 like($v, qr/hit 2\n\z/, 'stored copy is the second request\'s');
 my $y = http_get('/api/x');
 is($y->{headers}{'x-cache'}, 'HIT', 'then served from cache');

@@ -7,72 +7,13 @@ use lib 't/lib';
 use Test::StaleCache;
 use Digest::MD5 qw(md5_hex);
 
-# The Redis key of a request: md5("$http_user_agent|$uri"); the harness's client sends no
-# User-Agent unless a block adds one.
-sub key_of { my ($uri, $ua) = @_; md5_hex(($ua // '') . "|$uri") }
-
-# The base configuration's /api location plus the Redis locations; $extra goes into /api
-# after the base "set"s (so it can override them).
-sub api_config {
-    my $extra = shift // '';
-    my $conf = <<'EOF';
-    location /api {
-        set $cache_lock srcache_locks;
-        set $cache_ttl /redisttl;
-        set $cache_persist /redispersist;
-        set $cache_key "$http_user_agent|$uri";
-        set $cache_stale 100;
-        set $cache_lock_exptime 30;
-        set $cache_backend_lock_timeout 0.01;
-        set $cache_lock_timeout 3;
-        set $cache_lock_timeout_wait 0.06;
-        set $cache_skip_fetch "X-Skip-Fetch";
-        stale_cache_memo off;
-        __EXTRA__
-        set_escape_uri $escaped_key $cache_key;
-        stale_cache on;
-        if ($http_x_skip_fetch != TRUE){ srcache_fetch GET /redis $cache_key;}
-        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
-        add_header X-Cache $srcache_fetch_status;
-        add_header X-Store $srcache_store_status;
-        add_header X-Stale-Cache $stale_cache_status;
-        proxy_pass http://backend;
-    }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
-    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command PERSIST $key; }
-    location = /redis { internal; set_md5 $redis_key $args; stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command SET $key $request_body; stale_cache_redis_command EXPIRE $key $exptime; }
-EOF
-    $conf =~ s/__EXTRA__/$extra/;
-    return $conf;
-}
-
-# Fills $uri through nginx (MISS, stored with TTL 105), then puts it into the stale window.
-# Afterwards the backend answers $uri as configured by %cfg (e.g. delay => 1).
-sub fill_and_stale {
-    my ($uri, $headers, %cfg) = @_;
-    my $path = $uri =~ s/\?.*//r;
-    my $r = http_get($uri, $headers);
-    Test::More::is($r->{status}, 200, "fill $uri: status 200");
-    Test::More::is($r->{headers}{'x-stale-cache'}, 'MISS', "fill $uri: MISS");
-    Test::More::is($r->{body}, "backend GET $uri hit 1\n", "fill $uri: body of hit 1");
-    my $key = key_of($path, $headers && $headers->{'User-Agent'});
-    my $ttl = redis('TTL', $key);
-    Test::More::ok($ttl >= 100 && $ttl <= 105, "fill $uri: stored with TTL ~105 (got $ttl)");
-    Test::More::is(redis('EXPIRE', $key, 50), 1, "fill $uri: EXPIRE 50 (stale window)");
-    backend_config($path, %cfg) if %cfg;
-    return $key;
-}
-
 # A second port for a reuseport listener (from the harness's port picker, so it cannot
 # collide with the ports it uses).
 my $port2;
 sub port2 { $port2 ||= Test::StaleCache::pick_port() }
 
-sub persist_calls {
-    my ($line) = grep { /^cmdstat_persist:/ } split /\r?\n/, redis('INFO', 'commandstats');
-    return $line && $line =~ /calls=(\d+)/ ? $1 : 0;
-}
+# The drop-in configuration with the memo off, so blocks can age entries at once.
+sub api_config { drop_in_config('stale_cache_memo off; ' . (shift // '')) }
 
 run_tests();
 
@@ -190,7 +131,7 @@ like(redis('GET', $main::key), qr{backend GET /api/r\?a=1&b=x%20y hit 2}, 'new c
 api_config()
 --- pre
 $main::key = fill_and_stale('/api/p', undef, delay => 1);
-$main::persist_before = persist_calls();
+$main::persist_before = redis_calls('persist');
 --- request
 GET /api/p
 --- response_body
@@ -199,7 +140,7 @@ backend GET /api/p hit 1
 X-Stale-Cache: STALE
 --- check
 is(redis('TTL', $main::key), -1, 'right after the stale hit the key is PERSISTed (TTL -1)');
-is(persist_calls() - $main::persist_before, 1, 'one PERSIST sent');
+is(redis_calls('persist') - $main::persist_before, 1, 'one PERSIST sent');
 sleep_ms(500);
 is(redis('TTL', $main::key), -1, 'still persisted while the 1 s refresh runs');
 like(redis('GET', $main::key), qr{hit 1}, 'stale copy still there during the refresh');
@@ -208,7 +149,7 @@ my $ttl = redis('TTL', $main::key);
 ok($ttl >= 100 && $ttl <= 105, "after the refresh stored: TTL ~105 (got $ttl)");
 like(redis('GET', $main::key), qr{hit 2}, 'new copy stored');
 is(backend_hits('/api/p'), 2, 'fill + one refresh');
-is(persist_calls() - $main::persist_before, 1, 'still one PERSIST in total');
+is(redis_calls('persist') - $main::persist_before, 1, 'still one PERSIST in total');
 
 
 
@@ -219,7 +160,7 @@ is(persist_calls() - $main::persist_before, 1, 'still one PERSIST in total');
 api_config('set $cache_persist off;')
 --- pre
 $main::key = fill_and_stale('/api/np', undef, delay => 1);
-$main::persist_before = persist_calls();
+$main::persist_before = redis_calls('persist');
 --- request
 GET /api/np
 --- response_body
@@ -232,7 +173,7 @@ ok($ttl >= 45 && $ttl <= 50, "right after the stale hit the TTL still counts dow
 sleep_ms(500);
 $ttl = redis('TTL', $main::key);
 ok($ttl >= 44 && $ttl <= 50, "during the refresh: not persisted (got $ttl)");
-is(persist_calls() - $main::persist_before, 0, 'no PERSIST sent');
+is(redis_calls('persist') - $main::persist_before, 0, 'no PERSIST sent');
 sleep_ms(1000);
 $ttl = redis('TTL', $main::key);
 ok($ttl >= 100 && $ttl <= 105, "after the refresh: TTL ~105 (got $ttl)");
@@ -249,7 +190,7 @@ api_config()
 $main::key = fill_and_stale('/api/m');
 is(redis('PERSIST', $main::key), 1, 'key PERSISTed beforehand');
 is(redis('TTL', $main::key), -1, 'TTL -1');
-$main::persist_before = persist_calls();
+$main::persist_before = redis_calls('persist');
 --- request
 GET /api/m
 --- response_body
@@ -261,7 +202,7 @@ X-Stale-Cache: STALE
 is(backend_hits('/api/m'), 2, 'refreshed: fill + one refresh');
 my $ttl = redis('TTL', $main::key);
 ok($ttl >= 100 && $ttl <= 105, "TTL back to ~105 after the refresh (got $ttl)");
-is(persist_calls() - $main::persist_before, 0, 'no PERSIST sent for a key without expiry');
+is(redis_calls('persist') - $main::persist_before, 0, 'no PERSIST sent for a key without expiry');
 my $r = http_get('/api/m');
 is($r->{body}, "backend GET /api/m hit 2\n", 'refreshed copy served');
 is($r->{headers}{'x-stale-cache'}, 'FRESH', 'FRESH afterwards');
@@ -374,9 +315,7 @@ $cache_expire set, the module gives the key its expiry back.
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config('set $cache_expire /redisexpire;') . <<'EOF';
-    location = /redisexpire { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command EXPIRE $key $arg_ttl; }
-EOF
+api_config('set $cache_expire /redisexpire;')
 --- pre
 $main::key = fill_and_stale('/api/gone', undef, status => 404);
 --- request

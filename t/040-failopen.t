@@ -57,20 +57,6 @@ sub base_config {
     return $c . ($o{extra} // '');
 }
 
-sub rkey { md5_hex('|' . $_[0]) }
-
-sub count_in_log {
-    my $re = shift;
-    my $n = () = error_log_text() =~ /$re/g;
-    return $n;
-}
-
-# Redis's count of TTL commands since CONFIG RESETSTAT (0 when never called).
-sub ttl_calls {
-    my ($n) = redis('INFO', 'commandstats') =~ /^cmdstat_ttl:calls=(\d+)/m;
-    return $n // 0;
-}
-
 run_tests();
 
 __DATA__
@@ -99,7 +85,7 @@ for my $i (1 .. 5) {
     cmp_ok($x->{elapsed}, '<', 1, sprintf("sequential $i: within 1 s (%.3f s)", $x->{elapsed}));
 }
 is(backend_hits('/api/x'), 25, 'all 25 went to the backend');
-is(count_in_log(qr/stale_cache: TTL lookup failed for "\/api\/x"; serving without the stale cache layer/), 1,
+is(error_log_count(qr/stale_cache: TTL lookup failed for "\/api\/x"; serving without the stale cache layer/), 1,
    'one "TTL lookup failed" line for 25 requests (rate-limited)');
 --- error_log
 stale_cache: TTL lookup failed for "/api/x"
@@ -120,9 +106,9 @@ backend GET /api/x hit 1
 X-Stale-Cache: ERROR
 --- backend_hits: 1
 --- check
-is(count_in_log(qr/stale_cache: the TTL lookup got a redis error: "ERR wrong number of arguments for 'ttl' command"/), 1,
+is(error_log_count(qr/stale_cache: the TTL lookup got a redis error: "ERR wrong number of arguments for 'ttl' command"/), 1,
    'the redis error text is logged once');
-cmp_ok(count_in_log(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"/), '<=', 1,
+cmp_ok(error_log_count(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"/), '<=', 1,
        'at most one fail-open line');
 --- no_error_log
 [crit]
@@ -144,7 +130,7 @@ backend GET /api/x hit 1
 X-Stale-Cache: ERROR
 --- backend_hits: 1
 --- check
-is(count_in_log(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"; serving without the stale cache layer/), 1,
+is(error_log_count(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"; serving without the stale cache layer/), 1,
    'one "answered no integer" line');
 --- no_error_log
 [crit]
@@ -169,7 +155,7 @@ my @r = responses();
 for my $i (0 .. $#r) {
     cmp_ok($r[$i]{elapsed}, '<', 1.5, sprintf("request $i: answered within 1.5 s (%.3f s)", $r[$i]{elapsed}));
 }
-is(count_in_log(qr/stale_cache: TTL lookup failed for "\/api\/x"/), 1, 'one "TTL lookup failed" line');
+is(error_log_count(qr/stale_cache: TTL lookup failed for "\/api\/x"/), 1, 'one "TTL lookup failed" line');
 --- error_log
 upstream timed out
 --- no_error_log
@@ -192,9 +178,9 @@ backend POST /api/x hit 1
 X-Stale-Cache: BYPASS
 --- backend_hits: 1
 --- redis_check eval
-[[["DBSIZE"], 0], [["EXISTS", ::rkey('/api/x')], 0]]
+[[["DBSIZE"], 0], [["EXISTS", redis_key('/api/x')], 0]]
 --- check
-is(ttl_calls(), 0, 'no TTL lookup in Redis');
+is(redis_calls('ttl'), 0, 'no TTL lookup in Redis');
 my ($l) = backend_log('/api/x');
 is($l->{body}, 'hello', 'request body reached the backend');
 is($l->{headers}{'x-status-seen'}, 'BYPASS', 'backend saw BYPASS');
@@ -220,8 +206,8 @@ backend GET /api/x hit 1
 ["X-Stale-Cache: ERROR\nX-Cache: MISS", "X-Stale-Cache: ERROR\nX-Cache: HIT", "X-Stale-Cache: ERROR\nX-Cache: HIT"]
 --- backend_hits: 1
 --- check
-is(ttl_calls(), 0, 'no TTL lookup');
-is(count_in_log(qr/\[error\].*stale_cache: \$cache_stale: "abc" is not a number of seconds; the request passes through untouched/), 1,
+is(redis_calls('ttl'), 0, 'no TTL lookup');
+is(error_log_count(qr/\[error\].*stale_cache: \$cache_stale: "abc" is not a number of seconds; the request passes through untouched/), 1,
    'one line naming $cache_stale and "abc"');
 --- no_error_log
 [crit]
@@ -254,8 +240,8 @@ backend GET /api/x hit 1
 X-Stale-Cache: ERROR
 --- backend_hits: 1
 --- check
-is(ttl_calls(), 0, 'no TTL lookup');
-is(count_in_log(qr/stale_cache: \$cache_lock: not set, but \$cache_key is; the request passes through untouched/), 1,
+is(redis_calls('ttl'), 0, 'no TTL lookup');
+is(error_log_count(qr/stale_cache: \$cache_lock: not set, but \$cache_key is; the request passes through untouched/), 1,
    'one line naming the missing variable');
 --- no_error_log
 [crit]
@@ -295,8 +281,8 @@ backend GET /api/x hit 1
 X-Stale-Cache: ERROR
 --- backend_hits: 1
 --- check
-is(ttl_calls(), 0, 'no TTL lookup');
-is(count_in_log(qr/stale_cache: \$cache_lock names "nozone" but no "stale_cache_zone nozone SIZE;" is configured/), 1,
+is(redis_calls('ttl'), 0, 'no TTL lookup');
+is(error_log_count(qr/stale_cache: \$cache_lock names "nozone" but no "stale_cache_zone nozone SIZE;" is configured/), 1,
    'one line naming the zone');
 --- no_error_log
 [crit]
@@ -345,7 +331,7 @@ backend GET /api/x hit 1
 backend GET /api/x hit 2
 --- backend_hits: 2
 --- check
-is(ttl_calls(), 0, 'no TTL lookup for the subrequests');
+is(redis_calls('ttl'), 0, 'no TTL lookup for the subrequests');
 for my $l (backend_log('/api/x')) {
     ok(!exists $l->{headers}{'x-status-seen'}, 'no $stale_cache_status in the subrequest')
         or diag($l->{headers}{'x-status-seen'});

@@ -50,8 +50,6 @@ sub base_config {
     return $c;
 }
 
-sub rkey { md5_hex('|' . $_[0]) }
-
 # The spoofing requests: the first fills the cache, the others carry spoofed headers.
 our @SPOOF_REQS = ("GET /api/x") x 6;
 our @SPOOF_HEADERS = (
@@ -69,7 +67,7 @@ our @SPOOF_EXPECT = (
 
 # Checks shared by the blocks, run in --- check after the spoofing requests.
 sub check_spoofing {
-    my $k = rkey('/api/x');
+    my $k = redis_key('/api/x');
     is(backend_hits('/api/x'), 1, 'backend hit only by the first request');
     like(redis('GET', $k) // '', qr/\r\n\r\nbackend GET \/api\/x hit 1\n\z/,
          'Redis still holds the first copy');
@@ -82,7 +80,7 @@ sub check_spoofing {
 # A genuine refresh: make the entry stale, request it, then look at what the
 # backend saw. The secret must not reach it, and the refresh must store.
 sub check_genuine_refresh {
-    my $k = rkey('/api/x');
+    my $k = redis_key('/api/x');
     redis('EXPIRE', $k, 50);
     my $r = http_get('/api/x');
     is($r->{status}, 200, 'stale request 200');

@@ -5,68 +5,6 @@ use lib 't/lib';
 use Test::StaleCache;
 use Digest::MD5 qw(md5_hex);
 
-# The Redis key of a request: md5("$http_user_agent|$uri"); the harness's client sends no
-# User-Agent unless a block adds one.
-sub key_of { my ($uri, $ua) = @_; md5_hex(($ua // '') . "|$uri") }
-
-# The base configuration's /api location (memo on, the default) plus the Redis locations; $extra goes into /api
-# after the base "set"s (so it can override them).
-sub api_config {
-    my $extra = shift // '';
-    my $conf = <<'EOF';
-    location /api {
-        set $cache_lock srcache_locks;
-        set $cache_ttl /redisttl;
-        set $cache_persist /redispersist;
-        set $cache_key "$http_user_agent|$uri";
-        set $cache_stale 100;
-        set $cache_lock_exptime 30;
-        set $cache_backend_lock_timeout 0.01;
-        set $cache_lock_timeout 3;
-        set $cache_lock_timeout_wait 0.06;
-        set $cache_skip_fetch "X-Skip-Fetch";
-        __EXTRA__
-        set_escape_uri $escaped_key $cache_key;
-        stale_cache on;
-        if ($http_x_skip_fetch != TRUE){ srcache_fetch GET /redis $cache_key;}
-        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
-        add_header X-Cache $srcache_fetch_status;
-        add_header X-Store $srcache_store_status;
-        add_header X-Stale-Cache $stale_cache_status;
-        proxy_pass http://backend;
-    }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
-    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command PERSIST $key; }
-    location = /redis { internal; set_md5 $redis_key $args; stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command SET $key $request_body; stale_cache_redis_command EXPIRE $key $exptime; }
-EOF
-    $conf =~ s/__EXTRA__/$extra/;
-    return $conf;
-}
-
-# Fills $uri through nginx (MISS, stored with TTL 105), then puts it into the stale window.
-# Afterwards the backend answers $uri as configured by %cfg (e.g. delay => 1).
-sub fill_and_stale {
-    my ($uri, $headers, %cfg) = @_;
-    my $path = $uri =~ s/\?.*//r;
-    my $r = http_get($uri, $headers);
-    Test::More::is($r->{status}, 200, "fill $uri: status 200");
-    Test::More::is($r->{headers}{'x-stale-cache'}, 'MISS', "fill $uri: MISS");
-    Test::More::is($r->{body}, "backend GET $uri hit 1\n", "fill $uri: body of hit 1");
-    my $key = key_of($path, $headers && $headers->{'User-Agent'});
-    my $ttl = redis('TTL', $key);
-    Test::More::ok($ttl >= 100 && $ttl <= 105, "fill $uri: stored with TTL ~105 (got $ttl)");
-    Test::More::is(redis('EXPIRE', $key, 50), 1, "fill $uri: EXPIRE 50 (stale window)");
-    backend_config($path, %cfg) if %cfg;
-    return $key;
-}
-
-sub cmd_calls {
-    my $cmd = shift;
-    my ($line) = grep { /^cmdstat_\Q$cmd\E:/ } split /\r?\n/, redis('INFO', 'commandstats');
-    return $line && $line =~ /calls=(\d+)/ ? $1 : 0;
-}
-
 # The X-Stale-Cache values of responses(), sorted.
 sub statuses { sort map { $_->{headers}{'x-stale-cache'} // '(none)' } responses() }
 
@@ -78,7 +16,7 @@ __DATA__
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config()
+drop_in_config()
 --- request eval
 ["GET /api/a", "GET /api/a"]
 --- response_body
@@ -87,7 +25,7 @@ backend GET /api/a hit 1
 ["X-Stale-Cache: MISS\nX-Cache: MISS\nX-Store: STORE", "X-Stale-Cache: FRESH\nX-Cache: HIT\nX-Store: BYPASS"]
 --- backend_hits: 1
 --- redis_check eval
-[[['TTL', key_of('/api/a')], qr/^10[0-5]$/]]
+[[['TTL', redis_key('/api/a')], qr/^10[0-5]$/]]
 
 
 
@@ -95,7 +33,7 @@ backend GET /api/a hit 1
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config()
+drop_in_config()
 --- pre
 fill_and_stale('/api/st');
 --- request
@@ -117,7 +55,7 @@ At the info level: at the debug level a waiting request crashes the worker (see 
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config()
+drop_in_config()
 --- pre
 backend_config('/api/c', delay => 0.5);
 --- request
@@ -140,7 +78,7 @@ for my $r (grep { ($_->{headers}{'x-stale-cache'} // '') eq 'COLLAPSED' } respon
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config('set $cache_lock_timeout 0.2;')
+drop_in_config('set $cache_lock_timeout 0.2;')
 --- pre
 backend_config('/api/t', delay => 0.6);
 --- request
@@ -167,7 +105,7 @@ logging of timer events ("event timer del: %d", which reads ((ngx_connection_t *
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config()
+drop_in_config()
 --- pre
 backend_config('/api/cd', delay => 0.3);
 --- request
@@ -185,7 +123,7 @@ is(join(' ', statuses()), 'COLLAPSED MISS', 'one MISS, one COLLAPSED');
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config('proxy_set_header X-Seen-Status $stale_cache_status;')
+drop_in_config('proxy_set_header X-Seen-Status $stale_cache_status;')
 --- pre
 fill_and_stale('/api/rf');
 --- request
@@ -205,9 +143,9 @@ is($log[1]{headers}{'x-seen-status'}, 'REFRESH', 'refresh: REFRESH');
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config()
+drop_in_config()
 --- pre
-$main::ttl_calls = cmd_calls('ttl');
+$main::ttl_calls = redis_calls('ttl');
 --- request
 POST /api/b
 hello
@@ -217,7 +155,7 @@ backend POST /api/b hit 1
 X-Stale-Cache: BYPASS
 --- backend_hits: 1
 --- check
-is(cmd_calls('ttl') - $main::ttl_calls, 0, 'no TTL lookup');
+is(redis_calls('ttl') - $main::ttl_calls, 0, 'no TTL lookup');
 is(redis('DBSIZE'), 0, 'nothing stored');
 
 
@@ -246,9 +184,9 @@ X-Stale-Cache: BYPASS
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config('set $cache_stale $arg_stale;')
+drop_in_config('set $cache_stale $arg_stale;')
 --- pre
-$main::ttl_calls = cmd_calls('ttl');
+$main::ttl_calls = redis_calls('ttl');
 --- request eval
 ["GET /api/bad?stale=abc", "GET /api/bad?stale=abc"]
 --- response_body eval
@@ -257,7 +195,7 @@ $main::ttl_calls = cmd_calls('ttl');
 ["X-Stale-Cache: ERROR\nX-Cache: MISS", "X-Stale-Cache: ERROR\nX-Cache: HIT"]
 --- backend_hits: 1
 --- check
-is(cmd_calls('ttl') - $main::ttl_calls, 0, 'no TTL lookup');
+is(redis_calls('ttl') - $main::ttl_calls, 0, 'no TTL lookup');
 my @l = grep { /is not a number of seconds/ } split /\n/, error_log_text();
 is(scalar @l, 1, 'the error is logged once (rate-limited)') or diag(join "\n", @l);
 --- error_log
@@ -270,7 +208,7 @@ stale_cache: $cache_stale: "abc" is not a number of seconds; the request passes 
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config('set $cache_stale abc;')
+drop_in_config('set $cache_stale abc;')
 --- must_die
 --- error_log
 stale_cache: $cache_stale: "abc" is not a number of seconds
@@ -281,7 +219,7 @@ stale_cache: $cache_stale: "abc" is not a number of seconds
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config()
+drop_in_config()
 --- pre
 stop_redis();
 --- request
@@ -329,7 +267,7 @@ remembers the key for 1 s only.
     location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command SET $key $request_body; stale_cache_redis_command EXPIRE $key $exptime; }
 --- check
 my $ua = { 'User-Agent' => 'e2e/1' };
-my $key = key_of('/api/e2e', 'e2e/1');
+my $key = redis_key('/api/e2e', 'e2e/1');
 my $step = sub {
     my ($what, $status, $cache, $hit) = @_;
     my $r = http_get('/api/e2e', $ua);
@@ -362,12 +300,12 @@ is(backend_hits('/api/e2e'), 2, 'no more backend hits');
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config()
+drop_in_config()
 --- pre
 http_get('/api/memo');    # MISS, fill
 my $r = http_get('/api/memo');
 is($r->{headers}{'x-stale-cache'}, 'FRESH', 'one FRESH lookup');
-$main::ttl_calls = cmd_calls('ttl');
+$main::ttl_calls = redis_calls('ttl');
 cmp_ok($main::ttl_calls, '>=', 2, "the MISS and the FRESH request each looked up the TTL ($main::ttl_calls)");
 --- request eval
 [("GET /api/memo") x 10]
@@ -378,8 +316,8 @@ X-Stale-Cache: FRESH
 X-Cache: HIT
 --- backend_hits: 1
 --- check
-is(cmd_calls('ttl') - $main::ttl_calls, 0, '10 requests within the fresh window: no TTL command');
-cmp_ok(cmd_calls('get'), '>=', 10, 'srcache_fetch still reads Redis');
+is(redis_calls('ttl') - $main::ttl_calls, 0, '10 requests within the fresh window: no TTL command');
+cmp_ok(redis_calls('get'), '>=', 10, 'srcache_fetch still reads Redis');
 
 
 
@@ -387,12 +325,12 @@ cmp_ok(cmd_calls('get'), '>=', 10, 'srcache_fetch still reads Redis');
 --- http_config
     stale_cache_zone srcache_locks 1m;
 --- config eval
-api_config('stale_cache_memo off;')
+drop_in_config('stale_cache_memo off;')
 --- pre
 http_get('/api/memo');    # MISS, fill
 my $r = http_get('/api/memo');
 is($r->{headers}{'x-stale-cache'}, 'FRESH', 'one FRESH lookup');
-$main::ttl_calls = cmd_calls('ttl');
+$main::ttl_calls = redis_calls('ttl');
 --- request eval
 [("GET /api/memo") x 10]
 --- response_body
@@ -402,4 +340,4 @@ X-Stale-Cache: FRESH
 X-Cache: HIT
 --- backend_hits: 1
 --- check
-is(cmd_calls('ttl') - $main::ttl_calls, 10, '10 requests: 10 TTL commands');
+is(redis_calls('ttl') - $main::ttl_calls, 10, '10 requests: 10 TTL commands');

@@ -4,10 +4,6 @@ use lib 't/lib';
 use Test::StaleCache;
 run_tests();
 
-sub ttl_calls {
-    my $stats = redis('INFO', 'commandstats');
-    return $stats =~ /cmdstat_ttl:calls=(\d+)/ ? $1 : 0;
-}
 __DATA__
 
 === TEST 1: the memo skips TTL lookups while fresh and looks up again when it runs out
@@ -34,17 +30,17 @@ GET /m/a
 --- response_headers
 X-Stale-Cache: FRESH
 --- check
-my $after_first = main::ttl_calls();
+my $after_first = redis_calls('ttl');
 is($after_first, 1, 'the first request looked the TTL up');
 for (1 .. 10) {
     my $r = http_get('/m/a');
     is($r->{headers}{'x-stale-cache'}, 'FRESH', "request $_ within the memo is FRESH");
 }
-is(main::ttl_calls(), 1, 'no TTL lookup while the memo holds');
+is(redis_calls('ttl'), 1, 'no TTL lookup while the memo holds');
 # Redis rounds TTL to the nearest second: 102 s - 2.7 s answers 99, inside the window.
 sleep_ms(2700);
 my $r = http_get('/m/a');
-is(main::ttl_calls(), 2, 'the memo ran out: looked up again');
+is(redis_calls('ttl'), 2, 'the memo ran out: looked up again');
 is($r->{headers}{'x-stale-cache'}, 'STALE', 'and the key is now in its stale window');
 
 === TEST 2: stale_cache_memo off looks up every time
@@ -69,7 +65,7 @@ redis('SET', '/m/b', 'x', 'EX', 1000);
 GET /m/b
 --- check
 http_get('/m/b') for 1 .. 5;
-is(main::ttl_calls(), 6, 'one TTL lookup per request');
+is(redis_calls('ttl'), 6, 'one TTL lookup per request');
 
 === TEST 3: a full zone evicts least recently used memos, logs it once and keeps serving
 --- http_config
@@ -99,10 +95,10 @@ for my $i (1 .. 600) {
     $bad++ unless $r->{status} == 200 && $r->{headers}{'x-stale-cache'} eq 'FRESH';
 }
 is($bad, 0, 'every request was served FRESH while the zone evicted');
-my $before = main::ttl_calls();
+my $before = redis_calls('ttl');
 http_get('/m/k600');
-is(main::ttl_calls(), $before, 'a recently used key is still remembered');
+is(redis_calls('ttl'), $before, 'a recently used key is still remembered');
 http_get('/m/k2');
-is(main::ttl_calls(), $before + 1, 'a least recently used key was evicted and is looked up again');
+is(redis_calls('ttl'), $before + 1, 'a least recently used key was evicted and is looked up again');
 my @lines = error_log_text() =~ /(is full: evicting the least recently used freshness memos)/g;
 is(scalar @lines, 1, 'the eviction is logged once');

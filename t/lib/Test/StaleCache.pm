@@ -18,6 +18,7 @@ use File::Basename qw(dirname basename);
 use File::Copy ();
 use Cwd qw(abs_path);
 use JSON::PP ();
+use Digest::MD5 ();
 
 my @TEST_MORE = qw(ok is isnt like unlike is_deeply cmp_ok diag note pass fail
                    plan done_testing skip explain BAIL_OUT subtest);
@@ -25,7 +26,8 @@ our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  redis backend_hits backend_log backend_config backend_pattern
                  responses error_log_text http_get http_request stop_redis
                  start_redis fake_redis_blackhole nginx_pids sleep_ms
-                 redis_locations);
+                 redis_locations drop_in_config redis_key redis_calls
+                 error_log_count fill_and_stale);
 
 my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
 my $SERVROOT = $ENV{TEST_NGINX_SERVROOT} || "$ROOT/t/servroot";
@@ -602,6 +604,67 @@ sub http_request {
 }
 
 sub http_get { http_request('GET', @_[0, 1]) }
+
+# The Redis key srcache uses for a request under the documented configuration:
+# md5("$http_user_agent|$uri"); the harness's client sends no User-Agent unless asked to.
+sub redis_key { my ($uri, $ua) = @_; Digest::MD5::md5_hex(($ua // '') . "|$uri") }
+
+# How many times Redis has run $cmd (INFO commandstats; CONFIG RESETSTAT clears it).
+sub redis_calls {
+    my $cmd = shift;
+    my ($n) = redis('INFO', 'commandstats') =~ /^cmdstat_\Q$cmd\E:calls=(\d+)/m;
+    return $n // 0;
+}
+
+# Lines of this block's error log matching $re.
+sub error_log_count { my $re = shift; scalar grep { /$re/ } split /\n/, error_log_text() }
+
+# lua-resty-cache's documented /api location with the two-line change (proxying to the
+# harness's backend, with X-Cache, X-Store and X-Stale-Cache headers), then the Redis
+# locations. $extra goes into /api after the documented "set"s, so it can override them.
+sub drop_in_config {
+    my $extra = shift // '';
+    return <<"_EOC_" . redis_locations();
+    location /api {
+        set \$cache_lock srcache_locks;
+        set \$cache_ttl /redisttl;
+        set \$cache_persist /redispersist;
+        set \$cache_key "\$http_user_agent|\$uri";
+        set \$cache_stale 100;
+        set \$cache_lock_exptime 30;
+        set \$cache_backend_lock_timeout 0.01;
+        set \$cache_lock_timeout 3;
+        set \$cache_lock_timeout_wait 0.06;
+        set \$cache_skip_fetch "X-Skip-Fetch";
+        $extra
+        set_escape_uri \$escaped_key \$cache_key;
+        stale_cache on;
+        if (\$http_x_skip_fetch != TRUE){ srcache_fetch GET /redis \$cache_key;}
+        srcache_store PUT /redis2 key=\$escaped_key&exptime=105;
+        add_header X-Cache \$srcache_fetch_status;
+        add_header X-Store \$srcache_store_status;
+        add_header X-Stale-Cache \$stale_cache_status;
+        proxy_pass http://backend;
+    }
+_EOC_
+}
+
+# Fills $uri through a drop_in_config location (MISS, stored with TTL 105), then puts it in
+# the stale window (EXPIRE 50). Afterwards the backend answers $uri as %cfg says (delay...).
+sub fill_and_stale {
+    my ($uri, $headers, %cfg) = @_;
+    my $path = $uri =~ s/\?.*//r;
+    my $r = http_get($uri, $headers);
+    Test::More::is($r->{status}, 200, "fill $uri: status 200");
+    Test::More::is($r->{headers}{'x-stale-cache'}, 'MISS', "fill $uri: MISS");
+    Test::More::is($r->{body}, "backend GET $uri hit 1\n", "fill $uri: body of hit 1");
+    my $key = redis_key($path, $headers && $headers->{'User-Agent'});
+    my $ttl = redis('TTL', $key);
+    Test::More::ok($ttl >= 100 && $ttl <= 105, "fill $uri: stored with TTL ~105 (got $ttl)");
+    Test::More::is(redis('EXPIRE', $key, 50), 1, "fill $uri: EXPIRE 50 (stale window)");
+    backend_config($path, %cfg) if %cfg;
+    return $key;
+}
 
 # The documented internal Redis locations, written with the module's native directives:
 # TTL and PERSIST and EXPIRE (raw replies), GET for srcache_fetch, SET + EXPIRE for
