@@ -381,7 +381,8 @@ The first request's backend call fails (500, not stored). Instead of all waiters
 backend at once, one of them takes the lock and fills; the rest are served what it stored.
 --- http_config
     stale_cache_zone srcache_locks 1m;
---- config
+--- config eval
+<<'_EOC_' . redis_locations()
     location /api {
         set $cache_lock srcache_locks;
         set $cache_ttl /redisttl;
@@ -394,14 +395,7 @@ backend at once, one of them takes the lock and fills; the rest are served what 
         add_header X-Stale-Cache $stale_cache_status always;
         proxy_pass http://backend;
     }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
-        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
-    location = /redis { internal; set_md5 $redis_key $args;
-        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
-        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
-        stale_cache_redis_command SET $key $request_body;
-        stale_cache_redis_command EXPIRE $key $exptime; }
+_EOC_
 --- request
 GET /t-unused
 --- ignore_response

@@ -194,7 +194,8 @@ check_genuine_refresh();
 --- http_config
     stale_cache_zone srcache_locks 1m;
     stale_cache_skip_header X-Refresh-Me;
---- config
+--- config eval
+<<'_EOC_' . redis_locations()
     location /api {
         set $cache_lock srcache_locks;
         set $cache_ttl /redisttl;
@@ -208,14 +209,7 @@ check_genuine_refresh();
         add_header X-Stale-Cache $stale_cache_status;
         proxy_pass http://backend;
     }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
-        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
-    location = /redis { internal; set_md5 $redis_key $args;
-        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
-        set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
-        stale_cache_redis_command SET $key $request_body;
-        stale_cache_redis_command EXPIRE $key $exptime; }
+_EOC_
 --- request eval
 ["GET /api/custom", "GET /api/custom"]
 --- more_headers eval
