@@ -627,12 +627,9 @@ fn start(
     let now = now_ms();
     let memo = lcf.memo_enabled();
     let (fresh, filling) = zone
-        .fingerprint(&settings.key)
-        .and_then(|fp| {
-            zone.with_table(|t| {
-                let fresh = if memo { t.memo_get(fp, now) } else { None };
-                (fresh, t.lock_state(fp, now))
-            })
+        .with_key(&settings.key, |t, fp| {
+            let fresh = if memo { t.memo_get(fp, now) } else { None };
+            (fresh, t.lock_state(fp, now))
         })
         .unwrap_or((None, None));
     if fresh.is_some() {
@@ -813,9 +810,8 @@ fn after_lookup(
     match decide(ttl, settings.stale_secs, settings.persist_uri.is_some()) {
         Action::ServeFresh { memo_ms } => {
             if lcf.memo_enabled() && memo_ms > 0 {
-                let key = settings.key.clone();
                 let stored =
-                    zone.with_table(|t| t.memo_set(t.fingerprint(&key), now + memo_ms, now));
+                    zone.with_key(&settings.key, |t, fp| t.memo_set(fp, now + memo_ms, now));
                 if let Some(MemoOutcome::StoredEvicted(_)) = stored {
                     // Once per worker: it says the zone is too small, not that anything failed.
                     log_every(
@@ -853,15 +849,8 @@ fn after_lookup(
             } else {
                 settings.lock_exptime_ms
             };
-            let outcome = zone.with_table(|t| {
-                t.try_lock(
-                    t.fingerprint(&key),
-                    LockKind::Refresh,
-                    token,
-                    ttl_ms,
-                    0,
-                    now,
-                )
+            let outcome = zone.with_key(&key, |t, fp| {
+                t.try_lock(fp, LockKind::Refresh, token, ttl_ms, 0, now)
             });
             if !matches!(outcome, Some(LockOutcome::Acquired { .. })) {
                 if matches!(outcome, Some(LockOutcome::Full)) {
@@ -1012,8 +1001,7 @@ fn fill_or_wait(
     let (ttl_ms, started) = (settings.lock_exptime_ms, state.lookup_started);
     let timeout = settings.lock_timeout_ms;
     let (outcome, stored_at) = zone
-        .with_table(|t| {
-            let fp = t.fingerprint(&key);
+        .with_key(&key, |t, fp| {
             let outcome = t.try_lock(fp, LockKind::Fill, token, ttl_ms, started, now);
             (Some(outcome), t.last_store_ms(fp, now))
         })
@@ -1242,9 +1230,7 @@ unsafe extern "C" fn poll_waiters(_ev: *mut ngx_event_t) {
     for (zone_id, key) in keys {
         // SAFETY: zone ids are addresses of zones in the main conf, live for the cycle.
         let zone = unsafe { &*(zone_id as *const Zone) };
-        let holder = zone
-            .with_table(|t| t.lock_state(t.fingerprint(&key), now))
-            .flatten();
+        let holder = zone.with_key(&key, |t, fp| t.lock_state(fp, now)).flatten();
         let waited: Vec<*mut RequestState> = WAITERS.with(|w| {
             w.borrow()
                 .get(&(zone_id, key.clone()))
@@ -1276,7 +1262,7 @@ fn release(lock: &HeldLock, filled: bool) {
     // SAFETY: nginx's own clock update, safe to call from the event loop.
     unsafe { ngx::ffi::ngx_time_update() };
     let now = now_ms();
-    zone.with_table(|t| t.unlock(t.fingerprint(&lock.key), lock.token, now, filled));
+    zone.with_key(&lock.key, |t, fp| t.unlock(fp, lock.token, now, filled));
     wake_waiters(lock.zone, &lock.key);
 }
 

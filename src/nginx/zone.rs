@@ -36,6 +36,16 @@ impl Zone {
         Some(Fingerprint::of(seed, key))
     }
 
+    /// Runs `f` on the table and `key`'s fingerprint, hashed before the mutex is taken.
+    pub fn with_key<R>(
+        &self,
+        key: &[u8],
+        f: impl FnOnce(&mut LockTable, Fingerprint) -> R,
+    ) -> Option<R> {
+        let fp = self.fingerprint(key)?;
+        self.with_table(|t| f(t, fp))
+    }
+
     /// Runs `f` on the table with the zone's mutex held; `None` before the zone is mapped.
     pub fn with_table<R>(&self, f: impl FnOnce(&mut LockTable) -> R) -> Option<R> {
         // SAFETY: `shm` is the zone nginx created for this configuration; `data` is set by
