@@ -161,6 +161,18 @@ impl ValueState {
     }
 }
 
+/// The `next` slot after the last link of the upstream's pending output.
+fn out_bufs_end(u: &mut ngx_http_upstream_t) -> *mut *mut ngx_chain_t {
+    let mut tail: *mut *mut ngx_chain_t = &mut u.out_bufs;
+    // SAFETY: walks the upstream's own output chain, whose links are valid to its end.
+    unsafe {
+        while !(*tail).is_null() {
+            tail = &mut (**tail).next;
+        }
+    }
+    tail
+}
+
 /// Appends a pool buffer holding `bytes` to `chain`.
 fn push_bytes(
     pool: *mut ngx::ffi::ngx_pool_t,
@@ -451,13 +463,7 @@ unsafe extern "C" fn filter_init(data: *mut c_void) -> ngx_int_t {
             if let Some(text) = ctx.value.scalar.take() {
                 // SAFETY: the request pool is live.
                 let pool = unsafe { (*ctx.request).pool };
-                let mut tail: *mut *mut ngx_chain_t = &mut u.out_bufs;
-                // SAFETY: walks the upstream's own output chain to its end.
-                unsafe {
-                    while !(*tail).is_null() {
-                        tail = &mut (**tail).next;
-                    }
-                }
+                let mut tail = out_bufs_end(u);
                 if !push_bytes(pool, &mut tail, &text) {
                     return NGX_ERROR;
                 }
@@ -531,11 +537,7 @@ unsafe extern "C" fn filter(data: *mut c_void, bytes: isize) -> ngx_int_t {
             (*b).pos = start;
             (*b).last = start.add(body_len);
             (*b).tag = u.output.tag;
-            let mut ll: *mut *mut ngx_chain_t = &mut u.out_bufs;
-            while !(*ll).is_null() {
-                ll = &mut (**ll).next;
-            }
-            *ll = cl;
+            *out_bufs_end(u) = cl;
         }
     }
 
