@@ -3,8 +3,10 @@
 //!
 //! The pure parts (RESP codec, settings parsing, policy, lock table) have no nginx symbols so
 //! `cargo test` links and runs them without nginx; everything that touches nginx lives under
-//! `nginx` and is left out of test builds.
+//! `nginx` (shared plumbing), `stale` (the stale/collapse layer) and `redis` (the Redis
+//! locations), left out of test builds.
 
+pub mod collapse;
 pub mod locktable;
 pub mod policy;
 pub mod replay;
@@ -13,3 +15,7 @@ pub mod settings;
 
 #[cfg(not(test))]
 mod nginx;
+#[cfg(not(test))]
+mod redis;
+#[cfg(not(test))]
+mod stale;

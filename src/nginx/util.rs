@@ -1,22 +1,48 @@
-//! Small wrappers around raw nginx pointers. Each `unsafe` block states why it is sound; the
-//! rest of the nginx glue works with the references these return.
+//! Small wrappers around raw nginx pointers and return codes, shared by both products. Each
+//! `unsafe` block states why it is sound; the rest of the code works with the references and
+//! Rust values these return.
 
-use core::ffi::c_char;
+use core::ffi::{c_char, c_void};
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_conf_t, ngx_http_request_t, ngx_module_t, ngx_msec_t, ngx_pnalloc, ngx_pool_t, ngx_str_t,
+    ngx_command_t, ngx_conf_t, ngx_connection_t, ngx_http_request_t, ngx_int_t, ngx_list_part_t,
+    ngx_log_t, ngx_msec_t, ngx_pnalloc, ngx_pool_t, ngx_str_t, ngx_table_elt_t, NGX_LOG_EMERG,
 };
 
-/// nginx's "return this from a directive handler to fail the configuration".
-pub const CONF_ERROR: *mut c_char = usize::MAX as *mut c_char;
-/// nginx's "directive accepted".
-pub const CONF_OK: *mut c_char = ptr::null_mut();
+/// nginx's return codes as `ngx_int_t`, from the bindings (which type them as u32/i32).
+pub const OK: ngx_int_t = ngx::ffi::NGX_OK as ngx_int_t;
+pub const ERROR: ngx_int_t = ngx::ffi::NGX_ERROR as ngx_int_t;
+pub const AGAIN: ngx_int_t = ngx::ffi::NGX_AGAIN as ngx_int_t;
+pub const DONE: ngx_int_t = ngx::ffi::NGX_DONE as ngx_int_t;
+pub const DECLINED: ngx_int_t = ngx::ffi::NGX_DECLINED as ngx_int_t;
+
+/// nginx's "directive accepted" and "configuration failed".
+pub const CONF_OK: *mut c_char = ngx::core::NGX_CONF_OK;
+pub const CONF_ERROR: *mut c_char = ngx::core::NGX_CONF_ERROR;
 
 /// The directive's arguments, `args[0]` being the directive name.
 pub fn conf_args(cf: &ngx_conf_t) -> &[ngx_str_t] {
-    // SAFETY: while a directive is being parsed, `cf.args` is a valid array of `ngx_str_t`.
+    // SAFETY: while a directive is being parsed, `cf.args` is a valid array of `ngx_str_t`
+    // living in the configuration pool, which outlives the borrow of `cf`.
     unsafe { (*cf.args).as_slice() }
+}
+
+/// The name of the directive being parsed, for error messages.
+pub fn directive_name(cmd: &ngx_command_t) -> String {
+    String::from_utf8_lossy(str_bytes(&cmd.name)).into_owned()
+}
+
+/// Fails a directive with `"name": message` at `nginx -t` time.
+pub fn conf_error(cf: *mut ngx_conf_t, cmd: &ngx_command_t, message: &str) -> *mut c_char {
+    ngx::ngx_conf_log_error!(
+        NGX_LOG_EMERG,
+        cf,
+        "\"{}\": {}",
+        directive_name(cmd),
+        message
+    );
+    CONF_ERROR
 }
 
 /// Bytes of an `ngx_str_t`, empty for a null data pointer.
@@ -24,7 +50,8 @@ pub fn str_bytes(s: &ngx_str_t) -> &[u8] {
     if s.len == 0 || s.data.is_null() {
         return &[];
     }
-    // SAFETY: a non-empty `ngx_str_t` points at `len` readable bytes.
+    // SAFETY: a non-empty `ngx_str_t` points at `len` readable bytes that live at least as
+    // long as the struct itself (nginx strings point into pools or static memory).
     unsafe { core::slice::from_raw_parts(s.data, s.len) }
 }
 
@@ -33,7 +60,8 @@ pub fn pool_str(pool: *mut ngx_pool_t, bytes: &[u8]) -> Option<ngx_str_t> {
     if bytes.is_empty() {
         return Some(ngx_str_t::default());
     }
-    // SAFETY: `pool` is a live nginx pool; the copy stays within the fresh allocation.
+    // SAFETY: `pool` is a live nginx pool (callers pass a request's or the configuration's);
+    // the copy writes exactly `bytes.len()` bytes into the fresh allocation.
     unsafe {
         let data = ngx_pnalloc(pool, bytes.len()) as *mut u8;
         if data.is_null() {
@@ -47,31 +75,96 @@ pub fn pool_str(pool: *mut ngx_pool_t, bytes: &[u8]) -> Option<ngx_str_t> {
     }
 }
 
-/// The location configuration of `module` for request `r`.
-///
-/// # Safety
-/// `T` must be the type `module` allocates for its location configuration.
-pub unsafe fn request_loc_conf<'a, T>(r: &ngx_http_request_t, module: &ngx_module_t) -> &'a T {
-    // SAFETY: (caller) T matches; loc_conf has an entry per HTTP module, valid for the request.
-    unsafe { &*((*r.loc_conf.add(module.ctx_index)) as *const T) }
-}
-
 /// nginx's cached millisecond clock, updated once per event-loop iteration.
 pub fn current_msec() -> ngx_msec_t {
-    // SAFETY: `ngx_current_msec` is a plain global written only by this (single) thread.
+    // SAFETY: `ngx_current_msec` is a plain global written only by this worker's (single)
+    // thread, between event handlers.
     unsafe { ngx::ffi::ngx_current_msec }
-}
-
-/// Writes `args` to `log` at `level` when the log is enabled for it.
-#[macro_export]
-macro_rules! log_at {
-    ($level:expr, $log:expr, $($arg:tt)+) => {
-        ngx::ngx_log_error!($level, $log, $($arg)+)
-    };
 }
 
 /// The same clock as u64 milliseconds, the unit of the pure modules and the lock table.
 /// It is monotonic and system-wide, so every worker reads the same time base.
 pub fn now_ms() -> u64 {
     current_msec() as u64
+}
+
+/// Refreshes nginx's cached clock, for times that must be precise (a lock release dates the
+/// store waiters are woken for; the cached time can be a whole loop iteration old).
+pub fn update_clock() {
+    // SAFETY: nginx's own clock update, meant to be called from the event loop's thread.
+    unsafe { ngx::ffi::ngx_time_update() };
+}
+
+/// The log of request `r`'s connection.
+pub fn request_log(r: &ngx_http_request_t) -> *mut ngx_log_t {
+    // SAFETY: a live request always has a live connection with a log.
+    unsafe { (*r.connection).log }
+}
+
+/// The worker's cycle log, for events that belong to no request.
+pub fn cycle_log() -> *mut ngx_log_t {
+    ngx::log::ngx_cycle_log().as_ptr()
+}
+
+/// This worker's process id.
+pub fn worker_pid() -> u64 {
+    // SAFETY: `ngx_pid` is set once when the process starts and only read afterwards.
+    (unsafe { ngx::ffi::ngx_pid }) as u64
+}
+
+/// What timer events that belong to no connection point `data` at: nginx's debug log reads
+/// `((ngx_connection_t *) ev->data)->fd` for every timer, so it must be a connection, and
+/// fd -1 says "none".
+pub fn no_connection() -> *mut c_void {
+    thread_local! {
+        static NONE: Box<ngx_connection_t> = {
+            // SAFETY: a zeroed connection is inert; only its fd is ever read.
+            let mut c: Box<ngx_connection_t> = Box::new(unsafe { core::mem::zeroed() });
+            c.fd = -1;
+            c
+        };
+    }
+    NONE.with(|c| &**c as *const ngx_connection_t as *mut c_void)
+}
+
+/// The request's live header entries, walked in place. Unlike `Request::headers_in_iterator`
+/// this skips deleted entries (hash 0, how the module hides headers) and yields the entries
+/// themselves, so a caller can hide one.
+pub fn live_headers(r: &ngx_http_request_t) -> LiveHeaders<'_> {
+    LiveHeaders {
+        part: &r.headers_in.headers.part,
+        index: 0,
+        _request: core::marker::PhantomData,
+    }
+}
+
+pub struct LiveHeaders<'r> {
+    part: *const ngx_list_part_t,
+    index: usize,
+    _request: core::marker::PhantomData<&'r ngx_http_request_t>,
+}
+
+impl<'r> Iterator for LiveHeaders<'r> {
+    type Item = &'r mut ngx_table_elt_t;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        // SAFETY: nginx's header list of a request live for 'r: each part holds `nelts`
+        // elements and the last part's `next` is null. Each element is yielded once, so no
+        // two yielded references alias.
+        unsafe {
+            while !self.part.is_null() {
+                if self.index < (*self.part).nelts {
+                    let h = ((*self.part).elts as *mut ngx_table_elt_t).add(self.index);
+                    self.index += 1;
+                    if (*h).hash != 0 {
+                        return Some(&mut *h);
+                    }
+                } else {
+                    self.part = (*self.part).next;
+                    self.index = 0;
+                }
+            }
+        }
+        None
+    }
 }

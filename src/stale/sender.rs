@@ -1,4 +1,4 @@
-//! The background refresh: an HTTP/1.1 request to this nginx, sent on the event loop after the
+//! Sending a refresh: an HTTP/1.1 request to this nginx, sent on the event loop after the
 //! client's response is complete, on a connection of its own (the client's keep-alive
 //! connection never waits for it). srcache stores only main requests, which is why this is a
 //! request and not a subrequest.
@@ -13,10 +13,7 @@ use ngx::ffi::{
     ngx_peer_connection_t, ngx_str_t, sockaddr, socklen_t, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 
-use super::util::current_msec;
-
-const NGX_OK: isize = 0;
-const NGX_AGAIN: isize = -2;
+use crate::nginx::util::{current_msec, cycle_log, AGAIN, OK};
 
 /// Where refresh requests go: this nginx's own listener, or `stale_cache_refresh_address`.
 #[derive(Clone)]
@@ -63,8 +60,8 @@ pub fn start(
     on_done: OnDone,
 ) {
     let timeout = timeout as ngx_msec_t;
-    // SAFETY: ngx_cycle is set for the worker's lifetime; its log outlives every refresh.
-    let log = unsafe { (*ngx::ffi::ngx_cycle).log };
+    // The cycle's log outlives every refresh.
+    let log = cycle_log();
     let now = current_msec();
     let mut refresh = Box::new(Refresh {
         // SAFETY: a zeroed peer connection is nginx's initial state for it.
@@ -97,14 +94,14 @@ pub fn start(
     // SAFETY: the peer connection is fully initialised above and lives in the Box, whose
     // address stays fixed until `finish` frees it.
     let rc = unsafe { ngx_event_connect_peer(&mut r.peer) };
-    if rc != NGX_OK && rc != NGX_AGAIN {
+    if rc != OK && rc != AGAIN {
         let raw = Box::into_raw(refresh);
         // SAFETY: `raw` was just leaked from a Box and is finished exactly once.
         unsafe { finish(raw, RefreshOutcome::Failed("cannot connect")) };
         return;
     }
     let raw = Box::into_raw(refresh);
-    // SAFETY: on NGX_OK/NGX_AGAIN nginx set up `peer.connection` with its two events.
+    // SAFETY: on OK/AGAIN nginx set up `peer.connection` with its two events.
     unsafe {
         let c = (*raw).peer.connection;
         (*c).data = raw as *mut c_void;
@@ -114,7 +111,7 @@ pub fn start(
         (*(*c).read).handler = Some(on_read);
         (*(*c).write).handler = Some(on_write);
         ngx_add_timer((*c).write, timeout);
-        if rc == NGX_OK {
+        if rc == OK {
             on_write((*c).write);
         }
     }
@@ -172,9 +169,10 @@ unsafe extern "C" fn on_write(ev: *mut ngx_event_t) {
         let rest = &r.request[r.sent..];
         // SAFETY: `c` is the live connection; `send` reads at most `rest.len()` bytes.
         let n = unsafe { (*c).send.unwrap()(c, rest.as_ptr() as *mut u8, rest.len()) };
-        if n == NGX_AGAIN {
+        if n == AGAIN {
             // SAFETY: live write event.
-            if unsafe { ngx_handle_write_event(ev, 0) } != NGX_OK {
+            if unsafe { ngx_handle_write_event(ev, 0) } != OK {
+                // SAFETY: `raw` is live; finished once, then the handler returns.
                 unsafe { finish(raw, RefreshOutcome::Failed("cannot wait for the socket")) };
             }
             return;
@@ -198,7 +196,7 @@ unsafe extern "C" fn on_write(ev: *mut ngx_event_t) {
         ngx_add_timer(rev, left);
         if (*rev).ready() != 0 {
             on_read(rev);
-        } else if ngx_handle_read_event(rev, 0) != NGX_OK {
+        } else if ngx_handle_read_event(rev, 0) != OK {
             finish(raw, RefreshOutcome::Failed("cannot wait for the socket"));
         }
     }
@@ -220,9 +218,10 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
     loop {
         // SAFETY: `c` is live; `recv` writes at most `buf.len()` bytes.
         let n = unsafe { (*c).recv.unwrap()(c, buf.as_mut_ptr(), buf.len()) };
-        if n == NGX_AGAIN {
+        if n == AGAIN {
             // SAFETY: live read event.
-            if unsafe { ngx_handle_read_event(ev, 0) } != NGX_OK {
+            if unsafe { ngx_handle_read_event(ev, 0) } != OK {
+                // SAFETY: `raw` is live; finished once, then the handler returns.
                 unsafe { finish(raw, RefreshOutcome::Failed("cannot wait for the socket")) };
             }
             return;
@@ -279,5 +278,44 @@ unsafe fn finish(raw: *mut Refresh, outcome: RefreshOutcome) {
     );
     if let Some(done) = refresh.on_done.take() {
         done(&outcome, elapsed);
+    }
+}
+
+/// The target for a listener's address, with a wildcard address replaced by loopback.
+pub fn loopback_if_wildcard(sockaddr: &[u8]) -> RefreshTarget {
+    let mut bytes = sockaddr.to_vec();
+    let family = if bytes.len() >= 2 {
+        i32::from(u16::from_ne_bytes([bytes[0], bytes[1]]))
+    } else {
+        libc::AF_UNSPEC
+    };
+    let name = match family {
+        libc::AF_INET if bytes.len() >= 8 => {
+            if bytes[4..8] == [0, 0, 0, 0] {
+                bytes[4..8].copy_from_slice(&[127, 0, 0, 1]);
+            }
+            let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+            let ip = std::net::Ipv4Addr::new(bytes[4], bytes[5], bytes[6], bytes[7]);
+            format!("{ip}:{port}")
+        }
+        libc::AF_INET6 if bytes.len() >= 24 => {
+            if bytes[8..24].iter().all(|&b| b == 0) {
+                bytes[23] = 1;
+            }
+            let port = u16::from_be_bytes([bytes[2], bytes[3]]);
+            let mut octets = [0u8; 16];
+            octets.copy_from_slice(&bytes[8..24]);
+            format!("[{}]:{}", std::net::Ipv6Addr::from(octets), port)
+        }
+        libc::AF_UNIX => {
+            let path = &bytes[2..];
+            let end = path.iter().position(|&b| b == 0).unwrap_or(path.len());
+            format!("unix:{}", String::from_utf8_lossy(&path[..end]))
+        }
+        _ => "this server".to_string(),
+    };
+    RefreshTarget {
+        sockaddr: bytes,
+        name,
     }
 }

@@ -1,0 +1,8 @@
+//! The native Redis locations (`stale_cache_redis_*`): what srcache's fetch/store locations and
+//! the module's own TTL/PERSIST/EXPIRE lookups talk to on stock distro nginx, where redis2 and
+//! HttpRedis are not packaged. A module of its own, independent of the stale-cache layer.
+
+pub mod conf;
+pub mod handler;
+pub mod module;
+mod reply;

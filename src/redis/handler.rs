@@ -1,0 +1,344 @@
+//! The native Redis locations' content handler, on nginx's upstream framework (keepalive
+//! pools, timeouts, next-server retries come from nginx): the backoff after an outage, the
+//! per-request context and the pipelined RESP request. Replies are read in `reply`.
+
+use core::ffi::c_void;
+use core::ptr;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use ngx::core::Pool;
+use ngx::ffi::{
+    ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_complex_value,
+    ngx_http_discard_request_body, ngx_http_read_client_request_body, ngx_http_request_t,
+    ngx_http_upstream_create, ngx_http_upstream_init, ngx_http_upstream_t, ngx_int_t, ngx_msec_t,
+    ngx_str_t, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_SPECIAL_RESPONSE,
+};
+use ngx::http::{HttpModule, HttpModuleLocationConf};
+
+use super::conf::{RedisArg, RedisConf, ReplyMode};
+use super::module::RedisModule;
+use super::reply::{filter, filter_init, process_header};
+use crate::nginx::util::{current_msec, str_bytes, DONE, ERROR, OK};
+use crate::resp::{self, BulkBody, ReplyFramer, ValueReader};
+
+/// Where a `value`-mode reply stands while it is read.
+pub(super) struct ValueState {
+    /// Skips the leading commands' replies (AUTH, SELECT, ...) and reads the value's head.
+    pub(super) reader: ValueReader,
+    /// The bulk payload being streamed, once its length is known.
+    pub(super) body: Option<BulkBody>,
+    /// An integer or simple-string value, sent from memory once the header is out.
+    pub(super) scalar: Option<Vec<u8>>,
+}
+
+/// Per-request state of a Redis location, reached through `u->input_filter_ctx`.
+pub(super) struct RedisCtx {
+    pub(super) request: *mut ngx_http_request_t,
+    pub(super) mode: ReplyMode,
+    pub(super) commands: usize,
+    /// `raw` mode: counts complete replies so the response ends exactly after the last one.
+    pub(super) framer: ReplyFramer,
+    /// The server answered something unparsable (it is reachable: no backoff).
+    pub(super) invalid_reply: core::cell::Cell<bool>,
+    pub(super) value: ValueState,
+}
+
+/// The location's settings, valid for the whole configuration cycle (ngx's accessor).
+fn conf_of(r: &ngx_http_request_t) -> &'static RedisConf {
+    RedisModule::location_conf(r).expect("every location has a RedisConf")
+}
+
+pub(super) fn peer_name(u: &ngx_http_upstream_t) -> String {
+    if u.peer.name.is_null() {
+        return "redis".into();
+    }
+    // SAFETY: `peer.name` points at the chosen peer's address string while connected.
+    String::from_utf8_lossy(str_bytes(unsafe { &*u.peer.name })).into_owned()
+}
+
+thread_local! {
+    /// Per worker and Redis server group: after a connect failure or timeout, every location
+    /// using the group answers 502 at once until this time (srcache's fetch and store
+    /// locations share one outage, and its one log line).
+    static DOWN_UNTIL: RefCell<HashMap<usize, ngx_msec_t>> = RefCell::new(HashMap::new());
+}
+
+fn down_until(conf: &RedisConf) -> ngx_msec_t {
+    let group = conf.upstream.upstream as usize;
+    DOWN_UNTIL.with(|d| d.borrow().get(&group).copied().unwrap_or(0))
+}
+
+/// Content handler of a location with `stale_cache_redis_pass`.
+pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls content handlers with a live request.
+    let req = unsafe { &mut *r };
+    let conf = conf_of(req);
+
+    // A server that just failed is not asked again for `backoff`: one log line per outage
+    // instead of one per request, and callers fail over at once instead of after a timeout.
+    if current_msec() < down_until(conf) {
+        if conf.uses_request_body {
+            // SAFETY: live request; discarding is how a handler refuses a body.
+            unsafe { ngx_http_discard_request_body(r) };
+        }
+        return NGX_HTTP_BAD_GATEWAY as ngx_int_t;
+    }
+
+    // SAFETY: live request; creates r->upstream from the request pool.
+    if unsafe { ngx_http_upstream_create(r) } != OK {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    // SAFETY: ngx_http_upstream_create just set a valid r->upstream.
+    let u = unsafe { &mut *req.upstream };
+    u.schema = ngx::ngx_string!("redis://");
+    u.output.tag = RedisModule::module() as *const _ as *mut c_void;
+    u.conf = &conf.upstream as *const _ as *mut _;
+    u.create_request = Some(create_request);
+    u.reinit_request = Some(reinit_request);
+    u.process_header = Some(process_header);
+    u.abort_request = Some(abort_request);
+    u.finalize_request = Some(finalize_request);
+
+    // SAFETY: the request pool outlives the upstream; the ctx is dropped with the pool.
+    let pool = unsafe { Pool::from_ngx_pool(req.pool) };
+    let ctx = pool.allocate(RedisCtx {
+        request: r,
+        mode: conf.reply,
+        commands: conf.commands.len(),
+        framer: ReplyFramer::new(),
+        invalid_reply: core::cell::Cell::new(false),
+        value: ValueState::new(conf.commands.len()),
+    });
+    if ctx.is_null() {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
+    }
+    u.input_filter_init = Some(filter_init);
+    u.input_filter = Some(filter);
+    u.input_filter_ctx = ctx as *mut c_void;
+
+    if conf.uses_request_body {
+        // srcache hands its store subrequest the response as request body; for subrequests
+        // this returns at once and calls ngx_http_upstream_init itself.
+        // SAFETY: live request; nginx takes its own reference on r->main while reading.
+        let rc = unsafe { ngx_http_read_client_request_body(r, Some(ngx_http_upstream_init)) };
+        if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
+            return rc;
+        }
+        return DONE;
+    }
+
+    // SAFETY: live request.
+    let rc = unsafe { ngx_http_discard_request_body(r) };
+    if rc != OK {
+        return rc;
+    }
+    // SAFETY: the upstream holds the request until it finalizes it; r->main is valid.
+    unsafe {
+        (*req.main).set_count((*req.main).count() + 1);
+        ngx_http_upstream_init(r);
+    }
+    DONE
+}
+
+impl ValueState {
+    pub(super) fn new(commands: usize) -> Self {
+        ValueState {
+            reader: ValueReader::new(commands.saturating_sub(1)),
+            body: None,
+            scalar: None,
+        }
+    }
+}
+
+/// The `next` slot after the last link of the upstream's pending output.
+pub(super) fn out_bufs_end(u: &mut ngx_http_upstream_t) -> *mut *mut ngx_chain_t {
+    let mut tail: *mut *mut ngx_chain_t = &mut u.out_bufs;
+    // SAFETY: walks the upstream's own output chain, whose links are valid to its end.
+    unsafe {
+        while !(*tail).is_null() {
+            tail = &mut (**tail).next;
+        }
+    }
+    tail
+}
+
+/// Appends a pool buffer holding `bytes` to `chain`.
+pub(super) fn push_bytes(
+    pool: *mut ngx::ffi::ngx_pool_t,
+    chain: &mut *mut *mut ngx_chain_t,
+    bytes: &[u8],
+) -> bool {
+    if bytes.is_empty() {
+        return true;
+    }
+    // SAFETY: `pool` is the live request pool; the buffer is sized for the copy.
+    unsafe {
+        let b = ngx_create_temp_buf(pool, bytes.len());
+        if b.is_null() {
+            return false;
+        }
+        ptr::copy_nonoverlapping(bytes.as_ptr(), (*b).last, bytes.len());
+        (*b).last = (*b).last.add(bytes.len());
+        push_buf(pool, chain, b)
+    }
+}
+
+/// Links `b` at the end of `chain` (a pointer to the last `next` field).
+fn push_buf(
+    pool: *mut ngx::ffi::ngx_pool_t,
+    chain: &mut *mut *mut ngx_chain_t,
+    b: *mut ngx_buf_t,
+) -> bool {
+    // SAFETY: `pool` is live; `*chain` points at the `next` slot of the last link (or head).
+    unsafe {
+        let cl = ngx_alloc_chain_link(pool);
+        if cl.is_null() {
+            return false;
+        }
+        (*cl).buf = b;
+        (*cl).next = ptr::null_mut();
+        **chain = cl;
+        *chain = &mut (*cl).next;
+    }
+    true
+}
+
+/// The request body as a list of buffers and its total length.
+fn request_body_bufs(r: &ngx_http_request_t) -> (Vec<*mut ngx_buf_t>, usize) {
+    let mut bufs = Vec::new();
+    let mut total = 0usize;
+    if r.request_body.is_null() {
+        return (bufs, 0);
+    }
+    // SAFETY: a read request body's chain links and buffers live in the request pool.
+    unsafe {
+        let mut cl = (*r.request_body).bufs;
+        while !cl.is_null() {
+            let b = (*cl).buf;
+            let size = if (*b).in_file() != 0 && (*b).memory() == 0 && (*b).temporary() == 0 {
+                ((*b).file_last - (*b).file_pos) as usize
+            } else {
+                (*b).last.offset_from((*b).pos) as usize
+            };
+            if size > 0 {
+                bufs.push(b);
+                total += size;
+            }
+            cl = (*cl).next;
+        }
+    }
+    (bufs, total)
+}
+
+unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: called by the upstream framework with the live request it serves.
+    let req = unsafe { &mut *r };
+    let conf = conf_of(req);
+    let pool = req.pool;
+    let mut head: *mut ngx_chain_t = ptr::null_mut();
+    let mut tail: *mut *mut ngx_chain_t = &mut head;
+    let mut pending: Vec<u8> = Vec::with_capacity(256);
+
+    for command in &conf.commands {
+        resp::encode_array_header(&mut pending, command.len());
+        for arg in command {
+            match arg {
+                RedisArg::Literal(bytes) => push_bulk(&mut pending, bytes),
+                RedisArg::Complex(cv) => {
+                    let mut value = ngx_str_t::default();
+                    // SAFETY: `cv` was compiled at configuration time; r is live.
+                    if unsafe { ngx_http_complex_value(r, *cv, &mut value) } != OK {
+                        return ERROR;
+                    }
+                    push_bulk(&mut pending, str_bytes(&value));
+                }
+                RedisArg::RequestBody => {
+                    let (bufs, total) = request_body_bufs(req);
+                    resp::encode_bulk_header(&mut pending, total);
+                    if !push_bytes(pool, &mut tail, &pending) {
+                        return ERROR;
+                    }
+                    pending.clear();
+                    for b in bufs {
+                        // A shallow copy: the upstream advances its own positions while
+                        // sending, and a retry on another server must start from the start.
+                        // SAFETY: `b` is a live body buffer; the copy comes from the pool.
+                        let copy = unsafe {
+                            let copy =
+                                ngx::ffi::ngx_pcalloc(pool, core::mem::size_of::<ngx_buf_t>())
+                                    as *mut ngx_buf_t;
+                            if copy.is_null() {
+                                return ERROR;
+                            }
+                            *copy = *b;
+                            // A retry on another server resends from `start`.
+                            (*copy).start = (*copy).pos;
+                            copy
+                        };
+                        if !push_buf(pool, &mut tail, copy) {
+                            return ERROR;
+                        }
+                    }
+                    pending.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+    }
+    if !push_bytes(pool, &mut tail, &pending) {
+        return ERROR;
+    }
+    // SAFETY: r->upstream is set while the upstream framework drives this request.
+    unsafe { (*req.upstream).request_bufs = head };
+    OK
+}
+
+fn push_bulk(out: &mut Vec<u8>, bytes: &[u8]) {
+    resp::encode_bulk_header(out, bytes.len());
+    out.extend_from_slice(bytes);
+    out.extend_from_slice(b"\r\n");
+}
+
+pub(super) fn ctx_of<'a>(u: &ngx_http_upstream_t) -> &'a mut RedisCtx {
+    // SAFETY: redis_handler stored a RedisCtx from the request pool as input_filter_ctx.
+    unsafe { &mut *(u.input_filter_ctx as *mut RedisCtx) }
+}
+
+unsafe extern "C" fn reinit_request(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: called by the upstream framework with a live request and upstream.
+    let u = unsafe { &mut *(*r).upstream };
+    let ctx = ctx_of(u);
+    ctx.framer = ReplyFramer::new();
+    ctx.value = ValueState::new(ctx.commands);
+    OK
+}
+
+pub(super) fn set_status(u: &mut ngx_http_upstream_t, status: u32, content_length: i64) {
+    u.headers_in.status_n = status as _;
+    u.headers_in.content_length_n = content_length;
+    if !u.state.is_null() {
+        // SAFETY: the upstream state entry of the current try, set by nginx.
+        unsafe { (*u.state).status = status as _ };
+    }
+}
+
+unsafe extern "C" fn abort_request(_r: *mut ngx_http_request_t) {}
+
+unsafe extern "C" fn finalize_request(r: *mut ngx_http_request_t, rc: ngx_int_t) {
+    // A failure before any reply (refused, unreachable, timed out) opens the backoff window.
+    if rc == NGX_HTTP_BAD_GATEWAY as ngx_int_t || rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t {
+        // SAFETY: called by the upstream framework with a live request and upstream.
+        let req = unsafe { &*r };
+        // SAFETY: as above, the upstream is set while the framework finalizes it.
+        let u = unsafe { &*req.upstream };
+        let ctx = u.input_filter_ctx as *const RedisCtx;
+        // SAFETY: when set, the ctx redis_handler allocated in the request pool.
+        let invalid = !ctx.is_null() && unsafe { (*ctx).invalid_reply.get() };
+        if u.headers_in.status_n == 0 && !invalid {
+            let conf = conf_of(req);
+            let group = conf.upstream.upstream as usize;
+            DOWN_UNTIL.with(|d| d.borrow_mut().insert(group, current_msec() + conf.backoff));
+        }
+    }
+}

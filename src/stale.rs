@@ -1,0 +1,26 @@
+//! The stale-while-revalidate and request-collapsing layer (`stale_cache*`), the drop-in for
+//! lua-resty-cache. A request's way through it:
+//!
+//! 1. `phases::post_read_handler`: recognise the module's own refreshes, hide the skip header;
+//! 2. `phases::preaccess_handler` runs the request's state machine (`state::Phase`), whose
+//!    steps are in `decide` (settings, memo, lock, wait, stale), `lookup` (TTL/PERSIST/EXPIRE
+//!    subrequests and the filters that capture their answers) and `waiters` (waiting for a
+//!    fill, waking, releasing locks);
+//! 3. `state`'s pool cleanup ends the request: releases its locks and starts its refresh
+//!    (`refresh` prepares it, `sender` sends it on a connection of its own).
+//!
+//! The rules themselves are pure and unit-tested outside nginx: `crate::policy` (fresh, stale,
+//! miss), `crate::collapse` (locks and waiting), `crate::settings`, `crate::replay`.
+
+pub mod conf;
+mod decide;
+mod error;
+mod literals;
+mod lookup;
+pub mod module;
+mod phases;
+mod refresh;
+mod sender;
+mod state;
+mod variables;
+mod waiters;

@@ -1,0 +1,335 @@
+//! Configuration of the stale-cache layer: the http-level zones and secret, the per-location
+//! switches, and their directives. Bad literal `$cache_*` values fail `nginx -t` here.
+
+use core::cell::Cell;
+use core::ffi::{c_char, c_void};
+use core::mem;
+use core::ptr;
+
+use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_parse_url, ngx_uint_t, ngx_url_t, NGX_LOG_EMERG};
+use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError};
+
+use super::module::StaleCacheModule;
+use super::sender::RefreshTarget;
+use crate::nginx::util::{conf_args, conf_error, str_bytes, CONF_ERROR, CONF_OK};
+use crate::nginx::zone::Zone;
+use crate::settings::{check_literal, Var, DEFAULT_SKIP_FETCH};
+
+/// Indexes of the `$cache_*` variables, in `Var::ALL` order.
+pub type VarIndexes = [ngx_uint_t; Var::COUNT];
+
+/// The module's http-level configuration.
+pub struct MainConf {
+    pub zones: Vec<Zone>,
+    pub vars: VarIndexes,
+    /// The per-start secret the refresh requests carry (hex); never logged.
+    pub secret: String,
+    /// Some location has `stale_cache on` (POST_READ work is skipped otherwise).
+    pub in_use: bool,
+}
+
+impl Default for MainConf {
+    fn default() -> Self {
+        MainConf {
+            zones: Vec::new(),
+            vars: [0; Var::COUNT],
+            secret: process_secret(),
+            in_use: false,
+        }
+    }
+}
+
+/// Settings of the stale-cache layer of a location (`stale_cache*`).
+pub struct StaleCacheConf {
+    /// `stale_cache on|off` (nginx flag; unset is -1).
+    pub enabled: isize,
+    /// `stale_cache_memo on|off`.
+    pub memo: isize,
+    /// `stale_cache_skip_header NAME`: the skip header hidden from clients' requests.
+    pub skip_header: Option<Vec<u8>>,
+    /// `stale_cache_refresh_address`: where refresh requests go instead of the listener the
+    /// client came in on.
+    pub refresh_target: Option<RefreshTarget>,
+}
+
+impl Default for StaleCacheConf {
+    fn default() -> Self {
+        StaleCacheConf {
+            enabled: -1,
+            memo: -1,
+            skip_header: None,
+            refresh_target: None,
+        }
+    }
+}
+
+impl StaleCacheConf {
+    pub fn enabled(&self) -> bool {
+        self.enabled == 1
+    }
+
+    pub fn memo_enabled(&self) -> bool {
+        self.memo != 0
+    }
+
+    pub fn skip_header_name(&self) -> &[u8] {
+        self.skip_header.as_deref().unwrap_or(DEFAULT_SKIP_FETCH)
+    }
+}
+
+impl Merge for StaleCacheConf {
+    fn merge(&mut self, prev: &Self) -> Result<(), MergeConfigError> {
+        if self.enabled == -1 {
+            self.enabled = if prev.enabled == -1 { 0 } else { prev.enabled };
+        }
+        if self.memo == -1 {
+            self.memo = if prev.memo == -1 { 1 } else { prev.memo };
+        }
+        if self.skip_header.is_none() {
+            self.skip_header = prev.skip_header.clone();
+        }
+        if self.refresh_target.is_none() {
+            self.refresh_target = prev.refresh_target.clone();
+        }
+        Ok(())
+    }
+}
+
+// SAFETY: create_main_conf and create_loc_conf (HttpModule's defaults) allocate exactly these
+// types for this module.
+unsafe impl HttpModuleMainConf for StaleCacheModule {
+    type MainConf = MainConf;
+}
+// SAFETY: as above.
+unsafe impl HttpModuleLocationConf for StaleCacheModule {
+    type LocationConf = StaleCacheConf;
+}
+
+/// Merges a location's settings; where the layer is on, checks its literal `$cache_*` values.
+pub unsafe extern "C" fn merge_loc_conf(
+    cf: *mut ngx_conf_t,
+    parent: *mut c_void,
+    child: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes two StaleCacheConf values made by create_loc_conf, parent and
+    // child, distinct allocations valid for the cycle.
+    let (prev, conf) = unsafe {
+        (
+            &*(parent as *const StaleCacheConf),
+            &mut *(child as *mut StaleCacheConf),
+        )
+    };
+    if conf.merge(prev).is_err() {
+        return CONF_ERROR;
+    }
+    if conf.enabled() {
+        if let Err(message) = check_literal_variables(cf) {
+            ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "stale_cache: {}", message);
+            return CONF_ERROR;
+        }
+    }
+    CONF_OK
+}
+
+/// Rejects bad `$cache_*` values that the location sets as literals.
+fn check_literal_variables(cf: *mut ngx_conf_t) -> Result<(), String> {
+    // SAFETY: merge runs inside `http` with a valid configuration context.
+    let mcf = super::module::main_conf(unsafe { &*cf });
+    for (index, value) in super::literals::literal_sets(cf) {
+        let Some(var) = Var::ALL.into_iter().find(|v| mcf.vars[v.index()] == index) else {
+            continue;
+        };
+        if value.is_empty() {
+            continue;
+        }
+        check_literal(var, &value).map_err(|e| e.to_string())?;
+        if var == Var::Lock && !mcf.zones.iter().any(|z| z.name == value) {
+            let name = String::from_utf8_lossy(&value);
+            return Err(format!(
+                "$cache_lock: \"{name}\" names no zone; add \"stale_cache_zone {name} 1m;\" to \
+                 the http block"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The secret refresh requests carry: made once per master process, so a reload (new
+/// configuration, new workers) does not invalidate refreshes still under way.
+fn process_secret() -> String {
+    static SECRET: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SECRET.get_or_init(new_secret).clone()
+}
+
+/// 128 random bits as hex: refresh requests prove with it that this nginx sent them.
+fn new_secret() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 16];
+    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if random.is_err() {
+        // Still unguessable enough to not be worth a startup failure: RandomState is
+        // seeded from the OS's random source.
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in bytes.chunks_mut(8) {
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(std::process::id() as u64);
+            chunk.copy_from_slice(&h.finish().to_ne_bytes());
+        }
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The arguments every directive handler of this module gets, as references.
+///
+/// # Safety
+/// `cf`, `cmd` and `conf` must be what nginx passes to a directive handler of this module;
+/// `conf` is only used by location-level directives (a `StaleCacheConf`).
+unsafe fn directive_args<'a>(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> (&'a ngx_conf_t, &'a ngx_command_t, &'a mut StaleCacheConf) {
+    // SAFETY: (caller) all three are valid for the duration of the directive's handling.
+    unsafe { (&*cf, &*cmd, &mut *(conf as *mut StaleCacheConf)) }
+}
+
+/// `stale_cache_zone NAME SIZE;` — the lock zone `$cache_lock` names.
+pub unsafe extern "C" fn set_zone(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the configuration being parsed and the command, valid during the
+    // call (the `conf` argument of an http-level directive is the main conf, not used here).
+    let (cfr, cmd) = unsafe { (&*cf, &*cmd) };
+    let args = conf_args(cfr);
+    let (mut name, mut size_arg) = (args[1], args[2]);
+    let name_bytes = str_bytes(&name).to_vec();
+    let valid_name = !name_bytes.is_empty()
+        && name_bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(b));
+    if !valid_name {
+        return conf_error(
+            cf,
+            cmd,
+            "the zone name must be letters, digits, '_', '-' or '.'",
+        );
+    }
+    // SAFETY: parses the argument string nginx owns.
+    let size = unsafe { ngx::ffi::ngx_parse_size(&mut size_arg) };
+    // SAFETY: read-only global set at startup.
+    let min = 8 * unsafe { ngx::ffi::ngx_pagesize };
+    if size < 0 || (size as usize) < min {
+        let message = format!(
+            "invalid size \"{}\" (a size like 1m; at least {} bytes)",
+            String::from_utf8_lossy(str_bytes(&size_arg)),
+            min
+        );
+        return conf_error(cf, cmd, &message);
+    }
+    let Some(mcf) = StaleCacheModule::main_conf_mut(cfr) else {
+        return CONF_ERROR;
+    };
+    if mcf.zones.iter().any(|z| z.name == name_bytes) {
+        let message = format!(
+            "zone \"{}\" is already defined",
+            String::from_utf8_lossy(&name_bytes)
+        );
+        return conf_error(cf, cmd, &message);
+    }
+    let tag = StaleCacheModule::module() as *const _ as *mut c_void;
+    // SAFETY: cf is valid; nginx creates (or finds, on reload) the named zone.
+    let shm = unsafe { ngx::ffi::ngx_shared_memory_add(cf, &mut name, size as usize, tag) };
+    // SAFETY: a non-null result is the zone nginx keeps for this cycle.
+    let Some(zone) = (unsafe { shm.as_mut() }) else {
+        return CONF_ERROR;
+    };
+    zone.init = Some(crate::nginx::zone::init_zone);
+    zone.data = ptr::null_mut();
+    mcf.zones.push(Zone {
+        name: name_bytes,
+        shm,
+        seed: Cell::new(None),
+    });
+    CONF_OK
+}
+
+/// `stale_cache on | off;`
+pub unsafe extern "C" fn set_stale_cache(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the location-level directive `stale_cache`.
+    let (cfr, cmd, scf) = unsafe { directive_args(cf, cmd, conf) };
+    if scf.enabled != -1 {
+        return conf_error(cf, cmd, "is duplicate");
+    }
+    scf.enabled = match str_bytes(&conf_args(cfr)[1]) {
+        b"on" => 1,
+        b"off" => 0,
+        _ => return conf_error(cf, cmd, "expected \"on\" or \"off\""),
+    };
+    if scf.enabled() {
+        let Some(mcf) = StaleCacheModule::main_conf_mut(cfr) else {
+            return CONF_ERROR;
+        };
+        mcf.in_use = true;
+    }
+    CONF_OK
+}
+
+/// `stale_cache_skip_header NAME;`
+pub unsafe extern "C" fn set_skip_header(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the location-level directive `stale_cache_skip_header`.
+    let (cfr, cmd, scf) = unsafe { directive_args(cf, cmd, conf) };
+    let value = str_bytes(&conf_args(cfr)[1]).to_vec();
+    let token = !value.is_empty()
+        && value
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b));
+    if !token {
+        return conf_error(cf, cmd, "expected an HTTP header name such as X-Skip-Fetch");
+    }
+    scf.skip_header = Some(value);
+    CONF_OK
+}
+
+/// `stale_cache_refresh_address host:port | unix:/path;`
+pub unsafe extern "C" fn set_refresh_address(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the location-level directive `stale_cache_refresh_address`.
+    let (cfr, cmd, scf) = unsafe { directive_args(cf, cmd, conf) };
+    let value = conf_args(cfr)[1];
+    // SAFETY: ngx_url_t is a plain C struct whose zero state is "nothing parsed yet".
+    let mut url: ngx_url_t = unsafe { mem::zeroed() };
+    url.url = value;
+    // SAFETY: url is initialised; the pool is live; resolves a host name at startup.
+    if unsafe { ngx_parse_url(cfr.pool, &mut url) } != 0 || url.naddrs == 0 {
+        let message = format!(
+            "invalid address \"{}\" (expected host:port or unix:/path of a plain HTTP listener \
+             of this nginx)",
+            String::from_utf8_lossy(str_bytes(&value))
+        );
+        return conf_error(cf, cmd, &message);
+    }
+    // SAFETY: ngx_parse_url filled at least one address, whose sockaddr spans socklen bytes.
+    let (addr, sockaddr) = unsafe {
+        let addr = &*url.addrs;
+        let bytes = core::slice::from_raw_parts(addr.sockaddr as *const u8, addr.socklen as usize);
+        (addr, bytes)
+    };
+    scf.refresh_target = Some(RefreshTarget {
+        sockaddr: sockaddr.to_vec(),
+        name: String::from_utf8_lossy(str_bytes(&addr.name)).into_owned(),
+    });
+    CONF_OK
+}

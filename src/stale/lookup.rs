@@ -1,0 +1,197 @@
+//! Lookups: waited subrequests to the `$cache_ttl`/`$cache_persist`/`$cache_expire`
+//! locations, and the output filters that capture their answers (a few bytes) instead of
+//! letting them reach the client.
+
+use core::ffi::c_void;
+use core::ptr;
+
+use ngx::ffi::{
+    ngx_chain_t, ngx_http_output_body_filter_pt, ngx_http_output_header_filter_pt,
+    ngx_http_request_t, ngx_http_subrequest, ngx_int_t, NGX_HTTP_SUBREQUEST_WAITED,
+};
+
+use super::error::StaleError;
+use super::state::RequestState;
+use crate::nginx::log::debug;
+use crate::nginx::util::{pool_str, request_log, ERROR, OK};
+
+/// The longest TTL/PERSIST reply kept; a valid one is a few bytes.
+const CAPTURE_LIMIT: usize = 256;
+
+/// What a lookup subrequest answered.
+#[derive(Default)]
+pub struct Capture {
+    pub done: bool,
+    /// The subrequest failed (500 for an nginx error), 0 otherwise.
+    pub failed_rc: ngx_int_t,
+    pub status: usize,
+    pub body: Vec<u8>,
+    /// The answer was longer than CAPTURE_LIMIT: not a reply to a lookup.
+    pub overflow: bool,
+}
+
+impl Capture {
+    /// The lookup ran and its location answered 200.
+    pub fn answered_ok(&self) -> bool {
+        self.failed_rc == 0 && self.status == 200 && !self.overflow
+    }
+}
+
+/// Issues a waited subrequest to `uri?args`; its answer lands in `state.capture`, and the
+/// request's phases resume when it is done.
+pub fn start(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    uri: &[u8],
+    args: &[u8],
+) -> Result<(), StaleError> {
+    let pool = req.pool;
+    let mut uri_str = pool_str(pool, uri).ok_or(StaleError::NoMemory)?;
+    let mut args_str = pool_str(pool, args).ok_or(StaleError::NoMemory)?;
+    state.capture = Capture::default();
+    let mut sr: *mut ngx_http_request_t = ptr::null_mut();
+    // SAFETY: req is the live main request; uri/args live in its pool; the post-subrequest
+    // record lives in the state, which outlives the subrequest.
+    let rc = unsafe {
+        ngx_http_subrequest(
+            req,
+            &mut uri_str,
+            &mut args_str,
+            &mut sr,
+            &mut state.post_subrequest,
+            NGX_HTTP_SUBREQUEST_WAITED as _,
+        )
+    };
+    if rc != OK || sr.is_null() {
+        return Err(StaleError::Subrequest);
+    }
+    debug!(
+        request_log(req),
+        "stale_cache: lookup sent: {}?{}",
+        String::from_utf8_lossy(uri),
+        String::from_utf8_lossy(args)
+    );
+    Ok(())
+}
+
+type LookupDoneFn =
+    unsafe extern "C" fn(*mut ngx_http_request_t, *mut c_void, ngx_int_t) -> ngx_int_t;
+
+/// The end of a lookup subrequest.
+pub unsafe extern "C" fn lookup_done(
+    sr: *mut ngx_http_request_t,
+    data: *mut c_void,
+    rc: ngx_int_t,
+) -> ngx_int_t {
+    // SAFETY: nginx calls this with the live subrequest and the data given with it, the
+    // main request's state; no step of the main request runs while a subrequest ends.
+    let (sr, state) = unsafe { (&*sr, &mut *(data as *mut RequestState)) };
+    state.capture.done = true;
+    if sr.headers_out.status != 0 {
+        state.capture.status = sr.headers_out.status;
+    }
+    debug!(
+        request_log(sr),
+        "stale_cache: lookup answered: rc {}, status {}, {} bytes",
+        rc,
+        state.capture.status,
+        state.capture.body.len()
+    );
+    // SAFETY: a live subrequest has a live connection.
+    let client_gone = unsafe { (*sr.connection).error() } != 0;
+    if rc == ERROR && client_gone {
+        return rc;
+    }
+    if rc >= 300 || rc == ERROR {
+        // A failed lookup is recorded and the request fails open. Ending the subrequest
+        // quietly keeps nginx from answering it with an error page (or, for NGX_ERROR,
+        // from closing the client's connection): its output is not the client's.
+        state.capture.failed_rc = if rc == ERROR { 500 } else { rc };
+        return OK;
+    }
+    rc
+}
+
+/* ------------------------------------------------------------------- filters */
+
+static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
+static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
+
+/// The state waiting for `r`'s answer if `r` is one of this layer's lookup subrequests.
+///
+/// Recognised by its post-subrequest handler, which (unlike module contexts) survives an
+/// internal redirect of the subrequest, e.g. by `error_page` when Redis is down.
+fn capture_of(r: &ngx_http_request_t) -> Option<*mut RequestState> {
+    if ptr::eq(r.main, r) {
+        return None;
+    }
+    // SAFETY: a subrequest's post_subrequest record is null or valid while it runs.
+    let ps = unsafe { r.post_subrequest.as_ref()? };
+    let ours = ps
+        .handler
+        .is_some_and(|h| core::ptr::fn_addr_eq(h, lookup_done as LookupDoneFn));
+    (ours && !ps.data.is_null()).then_some(ps.data as *mut RequestState)
+}
+
+unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls filters with a live request.
+    let req = unsafe { &mut *r };
+    if ptr::eq(req.main, req) {
+        super::refresh::warn_if_refresh_was_a_hit(req);
+    } else if let Some(state) = capture_of(req) {
+        // SAFETY: the main request's state is live while its subrequest runs; no step of the
+        // main request runs while the subrequest's output is filtered.
+        unsafe { (*state).capture.status = req.headers_out.status };
+        req.set_header_sent(1);
+        return OK;
+    }
+    // SAFETY: the saved next filter of the chain, set once in postconfiguration.
+    unsafe { NEXT_HEADER_FILTER.map_or(ERROR, |next| next(r)) }
+}
+
+unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
+    // SAFETY: nginx calls filters with a live request.
+    let Some(state) = capture_of(unsafe { &*r }) else {
+        // SAFETY: the saved next filter of the chain, set once in postconfiguration.
+        return unsafe { NEXT_BODY_FILTER.map_or(ERROR, |next| next(r, chain)) };
+    };
+    // SAFETY: as in header_filter.
+    let capture = unsafe { &mut (*state).capture };
+    let mut cl = chain;
+    // SAFETY: walks the chain handed to the filter; its links and buffers are valid, and
+    // memory buffers hold `pos..last`.
+    while let Some(link) = unsafe { cl.as_ref() } {
+        // SAFETY: as above; the filter owns the buffer's positions while it runs.
+        let b = unsafe { &mut *link.buf };
+        if b.in_file() == 0 || b.memory() != 0 || b.temporary() != 0 {
+            // SAFETY: as above.
+            let len = unsafe { b.last.offset_from(b.pos) } as usize;
+            if len > 0 {
+                // SAFETY: as above.
+                let bytes = unsafe { core::slice::from_raw_parts(b.pos, len) };
+                let room = CAPTURE_LIMIT.saturating_sub(capture.body.len());
+                capture.overflow |= bytes.len() > room;
+                capture
+                    .body
+                    .extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+            b.pos = b.last;
+        }
+        if b.in_file() != 0 {
+            b.file_pos = b.file_last;
+        }
+        cl = link.next;
+    }
+    OK
+}
+
+/// Puts the capture filters at the top of the output chains.
+pub fn install_filters() {
+    // SAFETY: called once from postconfiguration, single-threaded, like every nginx filter.
+    unsafe {
+        NEXT_HEADER_FILTER = ngx::ffi::ngx_http_top_header_filter;
+        ngx::ffi::ngx_http_top_header_filter = Some(header_filter);
+        NEXT_BODY_FILTER = ngx::ffi::ngx_http_top_body_filter;
+        ngx::ffi::ngx_http_top_body_filter = Some(body_filter);
+    }
+}

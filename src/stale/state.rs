@@ -1,0 +1,263 @@
+//! One `RequestState` per main request, and who owns it.
+//!
+//! The state is a heap allocation owned by a cleanup of the request's pool: it survives
+//! internal redirects (which clear module contexts), and its end, `end_of_request`, runs
+//! however the request ends (finished, failed, abandoned by its client): locks are released
+//! and the refresh is started there.
+//!
+//! Borrowing rule: each nginx callback that works on the state (a phase handler, the end of a
+//! lookup subrequest, the wake-up event, the end of a body read) turns the pointer into one
+//! `&mut RequestState` for its own duration, and nothing it calls re-enters another such
+//! callback for the same request: the body read that completes at once is noticed by a flag
+//! (see `phases`), wake-ups are posted events, and lookups are subrequests that run later.
+//! Variable handlers, which nginx may call while a step runs, only copy fields out through
+//! `peek`.
+
+use core::ffi::c_void;
+use core::ptr::{self, NonNull};
+
+use ngx::ffi::{ngx_http_post_subrequest_t, ngx_http_request_t, ngx_pool_cleanup_add};
+use ngx::http::HttpModule;
+
+use super::lookup::{lookup_done, Capture};
+use super::module::StaleCacheModule;
+use super::refresh::{self, PendingRefresh};
+use super::waiters::{self, HeldLock, Wait};
+use crate::collapse::fill_counts;
+use crate::nginx::log::{debug, Short};
+use crate::nginx::zone::Zone;
+use crate::policy::CacheStatus;
+use crate::settings::Settings;
+
+const STATE_MAGIC: u64 = u64::from_le_bytes(*b"stalecac");
+
+/// Where a request stands in the layer's state machine (run by `phases::preaccess_handler`).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Phase {
+    /// Not looked at yet.
+    Start,
+    /// Waiting for the TTL lookup's answer.
+    LookingUp,
+    /// Holding the refresh lock, reading the body the refresh will replay.
+    ReadingBody,
+    /// Waiting for the PERSIST of a stale key.
+    Persisting,
+    /// A restore request waiting for the EXPIRE of the key it restores.
+    Restoring,
+    /// Waiting for another request's fill.
+    Waiting,
+    /// The layer is done with the request: srcache and the backend take over.
+    Done,
+}
+
+/// Everything the layer keeps for one main request.
+pub struct RequestState {
+    /// Identifies a RequestState behind a pool cleanup.
+    magic: u64,
+    pub r: *mut ngx_http_request_t,
+    pub phase: Phase,
+    pub status: Option<CacheStatus>,
+    /// The request carries this nginx's refresh secret.
+    pub is_refresh: bool,
+    /// A refresh-authenticated request asking to restore the key's expiry (seconds).
+    pub restore_ttl: Option<u64>,
+    pub settings: Option<Settings>,
+    /// The zone `$cache_lock` names, once known.
+    pub zone: Option<ZoneRef>,
+    pub lookup_started: u64,
+    pub capture: Capture,
+    pub ttl: i64,
+    /// The fill lock this request holds: it goes to the backend for a missing key.
+    pub fill: Option<HeldLock>,
+    /// The refresh lock, held while the body is read and the refresh is prepared.
+    pub refresh_lock: Option<HeldLock>,
+    pub persist_pending: bool,
+    /// The request body has been read (for the refresh to replay it).
+    pub body_read: bool,
+    /// The refresh to send once this request is over.
+    pub refresh: Option<PendingRefresh>,
+    pub wait: Wait,
+    /// For `$stale_cache_wake_delay`: from the fill's store to this request resuming.
+    pub wake_delay_ms: Option<u64>,
+    /// Passed with every lookup subrequest; `lookup_done` finds the state through it.
+    pub post_subrequest: ngx_http_post_subrequest_t,
+}
+
+impl RequestState {
+    fn new(r: *mut ngx_http_request_t) -> Self {
+        RequestState {
+            magic: STATE_MAGIC,
+            r,
+            phase: Phase::Start,
+            status: None,
+            is_refresh: false,
+            restore_ttl: None,
+            settings: None,
+            zone: None,
+            lookup_started: 0,
+            capture: Capture::default(),
+            ttl: 0,
+            fill: None,
+            refresh_lock: None,
+            persist_pending: false,
+            body_read: false,
+            refresh: None,
+            wait: Wait::new(),
+            wake_delay_ms: None,
+            post_subrequest: ngx_http_post_subrequest_t {
+                handler: Some(lookup_done),
+                data: ptr::null_mut(),
+            },
+        }
+    }
+
+    /// The parsed settings; every step after `Start` has them.
+    pub fn settings(&self) -> &Settings {
+        self.settings
+            .as_ref()
+            .expect("settings are parsed before any lookup")
+    }
+
+    /// Ends the layer's work on the request with `status`.
+    pub fn finish(&mut self, status: CacheStatus) {
+        self.status = Some(status);
+        self.phase = Phase::Done;
+    }
+}
+
+/// A zone of the main configuration. A copyable handle, so a step can hold it while it
+/// changes the request's state; only made from a zone in the configuration.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ZoneRef(NonNull<Zone>);
+
+impl ZoneRef {
+    pub fn new(zone: &Zone) -> Self {
+        ZoneRef(NonNull::from(zone))
+    }
+
+    /// The zone's address, which identifies it among the configured ones.
+    pub fn id(self) -> usize {
+        self.0.as_ptr() as usize
+    }
+}
+
+impl core::ops::Deref for ZoneRef {
+    type Target = Zone;
+
+    fn deref(&self) -> &Zone {
+        // SAFETY: made from a zone of a cycle's main configuration, which outlives every
+        // request, wait and refresh of that cycle (the only places handles are kept).
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// The state of main request `r`, created on first use; `None` if the pool is exhausted.
+pub fn attach(r: &mut ngx_http_request_t) -> Option<NonNull<RequestState>> {
+    if let Some(state) = find(r) {
+        return Some(state);
+    }
+    let raw = r as *mut ngx_http_request_t;
+    // SAFETY: the request's pool is live; the cleanup record is zeroed by nginx.
+    let cleanup = unsafe { ngx_pool_cleanup_add(r.pool, 0).as_mut()? };
+    let state = Box::into_raw(Box::new(RequestState::new(raw)));
+    // SAFETY: `state` was just allocated and is not shared yet.
+    unsafe { (*state).post_subrequest.data = state as *mut c_void };
+    cleanup.handler = Some(end_of_request);
+    cleanup.data = state as *mut c_void;
+    set_ctx(raw, state);
+    NonNull::new(state)
+}
+
+/// The state of `r`'s main request if it has one (no allocation), also after an internal
+/// redirect cleared the module context.
+pub fn find(r: &ngx_http_request_t) -> Option<NonNull<RequestState>> {
+    // A live request's `main` is its live main request (possibly `r` itself: only raw
+    // pointers are used to reach it).
+    let main = r.main;
+    let index = StaleCacheModule::module().ctx_index;
+    // SAFETY: `ctx` has a slot per HTTP module; ours holds null or the state.
+    if let Some(state) = NonNull::new(unsafe { *(*main).ctx.add(index) } as *mut RequestState) {
+        return Some(state);
+    }
+    // After an internal redirect the ctx is gone but the cleanup still holds the state.
+    let ours = end_of_request as unsafe extern "C" fn(*mut c_void);
+    // SAFETY: the pool's cleanup list is a valid singly linked list of the live pool.
+    let mut c = unsafe { (*(*main).pool).cleanup };
+    // SAFETY: as above; entries whose handler is ours carry a RequestState, whose magic
+    // confirms it.
+    while let Some(entry) = unsafe { c.as_ref() } {
+        let mine = entry
+            .handler
+            .is_some_and(|h| core::ptr::fn_addr_eq(h, ours))
+            // SAFETY: an entry with our handler carries a RequestState.
+            && unsafe { (*(entry.data as *const RequestState)).magic } == STATE_MAGIC;
+        if mine {
+            let state = entry.data as *mut RequestState;
+            set_ctx(main, state);
+            return NonNull::new(state);
+        }
+        c = entry.next;
+    }
+    None
+}
+
+fn set_ctx(main: *mut ngx_http_request_t, state: *mut RequestState) {
+    let index = StaleCacheModule::module().ctx_index;
+    // SAFETY: `main` is a live main request; `ctx` has a slot per HTTP module, ours
+    // included. The slot is pool memory, not part of the request struct.
+    unsafe { *(*main).ctx.add(index) = state as *mut c_void };
+}
+
+/// Copies of the fields variable handlers read, without borrowing the state (a step may hold
+/// it while nginx evaluates a variable).
+pub struct Peek {
+    pub status: Option<CacheStatus>,
+    pub is_refresh: bool,
+    pub wake_delay_ms: Option<u64>,
+}
+
+/// What variable handlers and filters may know of `r`'s state.
+pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
+    let state = find(r)?.as_ptr();
+    // SAFETY: the state is live while its request is; the fields are copied through the raw
+    // pointer, no reference to the state is made.
+    unsafe {
+        Some(Peek {
+            status: ptr::addr_of!((*state).status).read(),
+            is_refresh: ptr::addr_of!((*state).is_refresh).read(),
+            wake_delay_ms: ptr::addr_of!((*state).wake_delay_ms).read(),
+        })
+    }
+}
+
+/// The pool cleanup: the request is over. Stops waiting, releases the locks it holds, and
+/// starts its refresh.
+unsafe extern "C" fn end_of_request(data: *mut c_void) {
+    // SAFETY: `data` is the state `attach` leaked; nginx runs each cleanup exactly once, after
+    // every callback of the request (and its subrequests) has run.
+    let mut state = unsafe { Box::from_raw(data as *mut RequestState) };
+    waiters::stop_waiting(&mut state);
+    // SAFETY: the request is being freed but its fields are still readable now.
+    let r = unsafe { &*state.r };
+    let log = crate::nginx::util::request_log(r);
+    if let Some(lock) = state.fill.take() {
+        // SAFETY: the connection is live until the request is gone.
+        let connection_error = unsafe { (*r.connection).error() } != 0;
+        let stored = fill_counts(r.headers_out.status, connection_error);
+        debug!(
+            log,
+            "stale_cache: fill of \"{}\" ended with status {}: {}",
+            Short(&lock.key),
+            r.headers_out.status,
+            if stored { "stored" } else { "not stored" }
+        );
+        waiters::release(&lock, stored);
+    }
+    if let Some(lock) = state.refresh_lock.take() {
+        // The request ended before its refresh could be prepared.
+        waiters::release(&lock, false);
+    }
+    if let Some(pending) = state.refresh.take() {
+        refresh::send(pending);
+    }
+}

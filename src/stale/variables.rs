@@ -1,0 +1,101 @@
+//! The layer's variables: the `$cache_*` inputs (declared here so an unset one is simply
+//! empty, as in the Lua original, instead of an "unknown variable" error) and its outputs
+//! (`$stale_cache_status`, `$stale_cache_wake_delay`, `$stale_cache_skip_fetch`).
+
+use ngx::ffi::{
+    ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_variable_value_t, NGX_HTTP_VAR_CHANGEABLE,
+};
+use ngx::http::HttpModuleMainConf;
+
+use super::module::StaleCacheModule;
+use super::state;
+use crate::nginx::util::pool_str;
+use crate::nginx::vars::{
+    add_output_variable, add_variable, indexed_value, set_not_found, set_value, set_value_in_pool,
+    value_slot, variable_index, VAR_OK,
+};
+use crate::settings::{RawVars, Var};
+
+unsafe extern "C" fn unset_variable(
+    _r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes the value slot being evaluated.
+    set_not_found(unsafe { value_slot(v) });
+    VAR_OK
+}
+
+/// Declares the `$cache_*` inputs as changeable (so `set` works on them), remembering their
+/// indexes in the main conf, and the output variables.
+pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
+    // SAFETY: preconfiguration runs inside `http` with a valid configuration context.
+    let mcf = StaleCacheModule::main_conf_mut(unsafe { &*cf })?;
+    for var in Var::ALL {
+        add_variable(
+            cf,
+            var.name(),
+            NGX_HTTP_VAR_CHANGEABLE,
+            Some(unset_variable),
+        )?;
+        mcf.vars[var.index()] = variable_index(cf, var.name())?;
+    }
+    add_output_variable(cf, "stale_cache_status", Some(status_variable))?;
+    add_output_variable(cf, "stale_cache_wake_delay", Some(wake_delay_variable))?;
+    add_output_variable(cf, "stale_cache_skip_fetch", Some(skip_fetch_variable))?;
+    Some(())
+}
+
+/// The request's `$cache_*` values, borrowed from the request's variable storage.
+pub fn read_cache_variables(r: &ngx_http_request_t) -> RawVars<'_> {
+    let indexes = &super::module::main_conf(r).vars;
+    let mut raw = RawVars::new();
+    for var in Var::ALL {
+        raw.set(var, indexed_value(r, indexes[var.index()]));
+    }
+    raw
+}
+
+unsafe extern "C" fn status_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the value slot being evaluated.
+    let (r, v) = unsafe { (&*r, value_slot(v)) };
+    match state::peek(r).and_then(|s| s.status) {
+        Some(status) => set_value(v, status.as_str().as_bytes()),
+        None => set_not_found(v),
+    }
+    VAR_OK
+}
+
+unsafe extern "C" fn wake_delay_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the value slot being evaluated.
+    let (r, v) = unsafe { (&*r, value_slot(v)) };
+    let text = state::peek(r)
+        .and_then(|s| s.wake_delay_ms)
+        .map(|d| d.to_string());
+    // The value is copied into the request's pool so it lives as long as the request.
+    match text.and_then(|t| pool_str(r.pool, t.as_bytes())) {
+        Some(s) => set_value_in_pool(v, crate::nginx::util::str_bytes(&s)),
+        None => set_not_found(v),
+    }
+    VAR_OK
+}
+
+unsafe extern "C" fn skip_fetch_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the value slot being evaluated.
+    let (r, v) = unsafe { (&*r, value_slot(v)) };
+    let refresh = state::peek(r).is_some_and(|s| s.is_refresh);
+    set_value(v, if refresh { b"1" } else { b"" });
+    VAR_OK
+}

@@ -1,0 +1,298 @@
+//! Locks held by requests, and requests waiting for them: this worker's registry of waiters,
+//! the poll that notices releases made by other workers, the wake-up, and the release.
+
+use core::num::NonZeroU64;
+use core::ptr::NonNull;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+use ngx::ffi::{
+    ngx_add_timer, ngx_del_timer, ngx_delete_posted_event, ngx_event_t, ngx_http_block_reading,
+    ngx_http_core_run_phases, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_http_test_reading, ngx_msec_t, ngx_post_event, ngx_posted_events, NGX_LOG_ERR,
+};
+
+use super::state::{Phase, RequestState, ZoneRef};
+use crate::collapse::lock_moved;
+use crate::nginx::log::{self, debug, Every, Short};
+use crate::nginx::util::{cycle_log, no_connection, now_ms, request_log, update_clock, worker_pid};
+use crate::nginx::zone::Zone;
+use crate::policy::CacheStatus;
+
+/// How often a worker re-checks, in shared memory, locks that waiters of it wait for; a
+/// release in the same worker wakes its waiters at once instead.
+const WAIT_POLL_MS: ngx_msec_t = 1;
+
+/// A lock this request holds, released when the request (or its refresh) ends.
+pub struct HeldLock {
+    pub zone: ZoneRef,
+    pub key: Vec<u8>,
+    pub token: NonZeroU64,
+}
+
+/// A request's waiting, inside its state.
+pub struct Wait {
+    /// Posted on wake-up, or fires at the request's wait deadline.
+    event: ngx_event_t,
+    /// The lock holder being waited for, to tell its release from a new holder.
+    pub waited_token: u64,
+    /// Registered in the waiter registry.
+    registered: bool,
+    /// When this request stops waiting for fills, whatever happens (0: not waiting yet).
+    pub deadline: u64,
+    /// Woken, but the posted wake-up event has not run yet.
+    pub wake_pending: bool,
+    /// When a wake-up resumed this request (precise clock; 0: never woken).
+    pub resumed_ms: u64,
+}
+
+impl Wait {
+    pub fn new() -> Self {
+        Wait {
+            // SAFETY: a zeroed event is nginx's initial state for one.
+            event: unsafe { core::mem::zeroed() },
+            waited_token: 0,
+            registered: false,
+            deadline: 0,
+            wake_pending: false,
+            resumed_ms: 0,
+        }
+    }
+
+    /// Still waiting, or woken but not yet resumed: other events must not move the request.
+    pub fn in_progress(&self) -> bool {
+        self.registered || self.wake_pending
+    }
+}
+
+/// Waiting requests by (zone address, key).
+type Registry = HashMap<(usize, Vec<u8>), Vec<NonNull<RequestState>>>;
+
+thread_local! {
+    /// This worker's waiting requests, by zone and key.
+    static WAITERS: RefCell<Registry> = RefCell::new(HashMap::new());
+    /// The poll timer that notices releases made by other workers.
+    static POLL_EVENT: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
+    static TOKEN_COUNTER: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A lock token unique across workers: the pid tells workers apart, the counter locks.
+pub fn new_token() -> NonZeroU64 {
+    let n = TOKEN_COUNTER.with(|c| {
+        c.set(c.get().wrapping_add(1));
+        c.get()
+    });
+    // Odd and distinct for 2^39 consecutive locks of this worker.
+    let low = ((n << 1) | 1) & ((1 << 40) - 1);
+    NonZeroU64::new((worker_pid() << 40) | low).unwrap_or(NonZeroU64::MIN)
+}
+
+/// Parks the request until `holder` releases the key's lock, or `timeout` ms pass.
+pub fn start_waiting(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    zone: ZoneRef,
+    holder: u64,
+    timeout: u64,
+) {
+    let key = state.settings().key.clone();
+    debug!(
+        request_log(req),
+        "stale_cache: waiting up to {} ms for the fill of \"{}\"",
+        timeout,
+        Short(&key)
+    );
+    state.phase = Phase::Waiting;
+    let wait = &mut state.wait;
+    wait.registered = true;
+    wait.waited_token = holder;
+    let ev = &mut wait.event;
+    ev.data = no_connection();
+    ev.handler = Some(wait_event_handler);
+    ev.log = request_log(req);
+    // Notice a client that gives up while waiting, as limit_req does.
+    req.read_event_handler = Some(ngx_http_test_reading);
+    // SAFETY: the event lives in the state, which outlives the wait (the request's end stops
+    // it first).
+    unsafe { ngx_add_timer(ev, timeout.max(1) as ngx_msec_t) };
+    let me = NonNull::from(&mut *state);
+    WAITERS.with(|w| w.borrow_mut().entry((zone.id(), key)).or_default().push(me));
+    arm_poll_timer();
+}
+
+/// Removes the request from the waiters and cancels its timer and posted wake-up.
+pub fn stop_waiting(state: &mut RequestState) {
+    if state.wait.registered {
+        state.wait.registered = false;
+        let me = NonNull::from(&mut *state);
+        WAITERS.with(|w| {
+            w.borrow_mut().retain(|_, list| {
+                list.retain(|&s| s != me);
+                !list.is_empty()
+            })
+        });
+    }
+    // Also when already woken: the wake-up may still sit in the posted queue, and must not
+    // run after the request (and this state) is gone.
+    let ev = &mut state.wait.event;
+    // SAFETY: the event is ours; removing its timer or post only touches nginx's queues.
+    unsafe {
+        if ev.timer_set() != 0 {
+            ngx_del_timer(ev);
+        }
+        if ev.posted() != 0 {
+            ngx_delete_posted_event(ev);
+        }
+    }
+}
+
+/// Wakes every request of this worker waiting on `key` in `zone`.
+fn wake_waiters(zone: ZoneRef, key: &[u8]) {
+    let woken = WAITERS.with(|w| w.borrow_mut().remove(&(zone.id(), key.to_vec())));
+    for mut waiter in woken.into_iter().flatten() {
+        // SAFETY: registered waiters are live until stop_waiting removes them; a waiter is
+        // never the request whose step is releasing the lock (a lock holder does not wait).
+        let waiter = unsafe { waiter.as_mut() };
+        waiter.wait.registered = false;
+        waiter.wait.wake_pending = true;
+        waiter.status = Some(CacheStatus::Collapsed);
+        let ev = &mut waiter.wait.event;
+        // SAFETY: the event is the waiter's own, armed while it waits.
+        unsafe {
+            if ev.timer_set() != 0 {
+                ngx_del_timer(ev);
+            }
+            ngx_post_event(ev, &raw mut ngx_posted_events);
+        }
+    }
+}
+
+/// `$cache_lock_timeout` is over: go on without the fill (logged at warn, rate-limited).
+pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
+    state.finish(CacheStatus::Timeout);
+    let key = &state.settings().key;
+    debug!(
+        request_log(req),
+        "stale_cache: wait for \"{}\" timed out",
+        Short(key)
+    );
+    log::limited(
+        request_log(req),
+        ngx::ffi::NGX_LOG_WARN,
+        "lock-timeout",
+        Every::Interval,
+        format_args!(
+            "stale_cache: waited $cache_lock_timeout for the request filling \"{}\"; going on \
+             without it",
+            Short(key)
+        ),
+    );
+}
+
+unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
+    let offset = core::mem::offset_of!(RequestState, wait) + core::mem::offset_of!(Wait, event);
+    // SAFETY: the event is the `wait.event` field of a live RequestState (the request's end
+    // cancels it); no step of the request runs while its posted event or timer fires.
+    let state = unsafe { &mut *(ev.byte_sub(offset).cast::<RequestState>()) };
+    state.wait.wake_pending = false;
+    let r = state.r;
+    // SAFETY: the request is live while its state is.
+    let req = unsafe { &*r };
+    if state.wait.event.timedout() != 0 {
+        state.wait.event.set_timedout(0);
+        stop_waiting(state);
+        give_up_waiting(state, req);
+    } else {
+        update_clock();
+        state.wait.resumed_ms = now_ms();
+        debug!(request_log(req), "stale_cache: woken");
+    }
+    // SAFETY: resumes the request's phases where the wait stopped them; the state borrow
+    // above is not used past this point.
+    unsafe {
+        (*r).read_event_handler = Some(ngx_http_block_reading);
+        let c = (*r).connection;
+        ngx_http_core_run_phases(r);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+fn arm_poll_timer() {
+    POLL_EVENT.with(|p| {
+        let mut p = p.borrow_mut();
+        let ev = p.get_or_insert_with(|| {
+            // SAFETY: a zeroed event is nginx's initial state for one.
+            let mut ev: Box<ngx_event_t> = Box::new(unsafe { core::mem::zeroed() });
+            ev.handler = Some(poll_waiters);
+            ev.data = no_connection();
+            ev.log = cycle_log();
+            ev.set_cancelable(1);
+            ev
+        });
+        if ev.timer_set() == 0 {
+            // SAFETY: the boxed event lives for the worker's lifetime.
+            unsafe { ngx_add_timer(&mut **ev, WAIT_POLL_MS) };
+        }
+    });
+}
+
+/// Re-checks the locks this worker's waiters wait for: a release or takeover by another
+/// worker wakes them.
+unsafe extern "C" fn poll_waiters(_ev: *mut ngx_event_t) {
+    let now = now_ms();
+    let keys: Vec<(usize, Vec<u8>)> = WAITERS.with(|w| w.borrow().keys().cloned().collect());
+    for (zone_id, key) in keys {
+        // SAFETY: zone ids are addresses of zones in the main conf, live for the cycle.
+        let zone = ZoneRef::new(unsafe { &*(zone_id as *const Zone) });
+        let holder = zone.with_key(&key, |t, fp| t.lock_state(fp, now)).flatten();
+        let moved = WAITERS.with(|w| {
+            w.borrow().get(&(zone_id, key.clone())).is_some_and(|list| {
+                // SAFETY: waiters are live while registered.
+                list.iter()
+                    .all(|s| lock_moved(holder, unsafe { s.as_ref() }.wait.waited_token))
+            })
+        });
+        if moved {
+            debug!(
+                cycle_log(),
+                "stale_cache: lock of \"{}\" moved; waking waiters",
+                Short(&key)
+            );
+            wake_waiters(zone, &key);
+        }
+    }
+    if WAITERS.with(|w| !w.borrow().is_empty()) {
+        arm_poll_timer();
+    }
+}
+
+/// Releases a lock this worker holds and wakes its local waiters at once. `stored`: the
+/// lock's work (fill or refresh) stored a new entry.
+pub fn release(lock: &HeldLock, stored: bool) {
+    // The release time dates the store that waiters are woken for: read the clock afresh.
+    update_clock();
+    let now = now_ms();
+    lock.zone
+        .with_key(&lock.key, |t, fp| t.unlock(fp, lock.token, now, stored));
+    debug!(
+        cycle_log(),
+        "stale_cache: lock of \"{}\" released ({})",
+        Short(&lock.key),
+        if stored { "stored" } else { "not stored" }
+    );
+    wake_waiters(lock.zone, &lock.key);
+}
+
+/// The zone has no room for another lock: say so once per interval.
+pub fn zone_full(req: &ngx_http_request_t, zone: &Zone) {
+    log::limited(
+        request_log(req),
+        NGX_LOG_ERR,
+        "zone-full",
+        Every::Interval,
+        format_args!(
+            "stale_cache: zone \"{}\" is full of locks; increase its size",
+            String::from_utf8_lossy(&zone.name)
+        ),
+    );
+}
