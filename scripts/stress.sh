@@ -53,8 +53,10 @@ for i in $(seq "$runs"); do
     else
         failed_runs=$((failed_runs + 1))
         printf 'run %d/%d: FAIL (%ds), see %s\n' "$i" "$runs" $((SECONDS - t0)) "$log"
-        # The failing checks with their file, then prove's per-file summary.
-        awk '/^t\/.*\.t \.+/ { f = $1 } /#   Failed test/ { print "    " f ": " $0 }' "$log" | head -20
+        # The failing checks and their blocks, labelled with their file: without a terminal
+        # prove prints a file's name after the file's diagnostics.
+        awk '/^#   (Failed test|at TEST)/ { sub(/^#   /, ""); p = p "\n      " $0 }
+             /^t\/.*\.t \.+/ { if (p != "") print "    " $1 ":" p; p = "" }' "$log" | head -40
         sed -n '/^Test Summary Report/,$p' "$log" | grep -E '^t/|Failed tests?:' | sed 's/^/    /'
     fi
 done
