@@ -25,7 +25,7 @@ my @TEST_MORE = qw(ok is isnt like unlike is_deeply cmp_ok diag note pass fail
 our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  redis backend_hits backend_log backend_config backend_pattern
                  responses error_log_text http_get http_request stop_redis
-                 start_redis fake_redis_blackhole nginx_pids sleep_ms sleep_until
+                 start_redis fake_redis_blackhole nginx_pids pick_port sleep_ms sleep_until
                  wait_until wait_log wait_backend_hits
                  redis_locations drop_in_config redis_key redis_calls
                  error_log_count fill_and_stale);
