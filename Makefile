@@ -32,7 +32,7 @@ CARGO := NGINX_SOURCE_DIR=$(NGINX_SOURCE_DIR) NGINX_BUILD_DIR=$(NGINX_BUILD_DIR)
 MODULE_SO := $(BUILD)/ngx_http_stale_cache_module.so
 CARGO_SO := $(ROOT)/target/$(CARGO_PROFILE_DIR)/libngx_http_stale_cache_module.so
 
-.PHONY: all deps module test unit prove run bench bench-smoke lint clean
+.PHONY: all deps module test unit prove stress run bench bench-smoke lint clean
 
 all: module
 
@@ -55,6 +55,10 @@ unit: $(NGINX_BUILD_DIR)/ngx_auto_config.h
 
 prove: module
 	STALE_CACHE_MODULE=$(MODULE_SO) prove -r t
+
+# The suite STRESS_RUNS times (default 5) with every core busy: see scripts/stress.sh.
+stress: module
+	STALE_CACHE_MODULE=$(MODULE_SO) scripts/stress.sh $(STRESS_RUNS)
 
 test: deps
 	$(MAKE) unit prove

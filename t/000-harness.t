@@ -281,3 +281,32 @@ GET /index.html
 --- response_headers_like
 Content-Type: ^text/html
 Last-Modified: GMT$
+
+
+
+=== TEST 17: wait_for / wait_until: polls for a condition, names it at the deadline
+--- pre
+# something that happens a while after the requests: a child sets a Redis key
+my $pid = fork // die "fork: $!";
+if (!$pid) { Time::HiRes::sleep(0.3); redis('SET', 'late', 'yes'); POSIX::_exit(0) }
+$main::child = $pid;
+--- wait_for
+redis('GET', 'late')
+--- check
+is(redis('GET', 'late'), 'yes', 'wait_for returned once the key was there');
+waitpid($main::child, 0);
+my $t0 = Time::HiRes::time();
+is(wait_until(sub { 42 }, 1, 'an immediate value'), 42, 'wait_until returns the value');
+cmp_ok(Time::HiRes::time() - $t0, '<', 0.5, 'without sleeping first');
+my @failed;
+{
+    no warnings 'redefine';
+    local *Test::More::fail = sub { push @failed, $_[0]; 0 };
+    $t0 = Time::HiRes::time();
+    ok(!wait_until(sub { 0 }, 0.2, 'the impossible'), 'false at the deadline');
+    ok(!wait_log(qr/no such line/, 0.1), 'wait_log false at the deadline');
+}
+cmp_ok(Time::HiRes::time() - $t0, '>=', 0.3, 'it waited for both deadlines');
+like($failed[0] // '', qr/waited 0\.2s for the impossible/, 'the failure names what it waited for');
+like($failed[1] // '', qr/waited 0\.1s for an error\.log line matching .*no such line/,
+     'wait_log names the pattern');

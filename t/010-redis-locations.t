@@ -242,7 +242,9 @@ X-Cache: MISS
 my ($r) = responses();
 cmp_ok($r->{elapsed}, '<', 1.5, "answered well under 2 s ($r->{elapsed} s)");
 cmp_ok($r->{elapsed}, '>=', 0.45, 'the fetch waited for the 500ms read timeout');
---- wait: 0.6
+--- wait_for
+# the store after the response: it fails at once (the fetch's timeout marked the server down)
+error_log_text() =~ /srcache_store subrequest failed/
 --- error_log eval
 [qr{upstream timed out \(110: Connection timed out\) while reading response header from upstream.*upstream: "redis://127\.0\.0\.1:\d+"}]
 

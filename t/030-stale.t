@@ -15,6 +15,13 @@ sub port2 { $port2 ||= Test::StaleCache::pick_port() }
 # The drop-in configuration with the memo off, so blocks can age entries at once.
 sub api_config { drop_in_config('stale_cache_memo off; ' . (shift // '')) }
 
+# True once the refresh of $uri has ended (its line is logged at the end) and Redis holds a
+# copy with its full expiry again (TTL over the 50 s the block left it).
+sub refreshed {
+    my ($uri, $key) = @_;
+    return error_log_text() =~ /stale_cache: refresh of "\Q$uri\E" via / && redis('TTL', $key) > 50;
+}
+
 run_tests();
 
 __DATA__
@@ -34,12 +41,13 @@ backend GET /api/s hit 1
 --- response_headers
 X-Stale-Cache: STALE
 X-Cache: HIT
---- wait: 1.6
+--- wait_for: refreshed('/api/s', $main::key)
 --- check
 my @r = responses();
 is(scalar @r, 50, '50 responses');
 my ($max) = sort { $b <=> $a } map { $_->{elapsed} } @r;
-cmp_ok($max, '<', 0.3, "every stale hit answered in < 300 ms (slowest ${max}s)");
+# a stale hit that waited for the refresh would take its 1 s
+cmp_ok($max, '<', 0.6, "every stale hit answered in < 600 ms (slowest ${max}s)");
 is(backend_hits('/api/s'), 2, 'backend hits: the fill + exactly one refresh');
 my $r = http_get('/api/s');
 is($r->{body}, "backend GET /api/s hit 2\n", 'next request gets the refreshed copy');
@@ -62,7 +70,7 @@ is(scalar @lines, 1, 'one refresh logged') or diag(join "\n", @lines);
 --- config eval
 api_config() . '    location = /plain { return 200 "plain\n"; }'
 --- pre
-$main::key = fill_and_stale('/api/k', undef, delay => 1);
+$main::key = fill_and_stale('/api/k', undef, delay => 1.5);
 --- keepalive_requests eval
 ["GET /api/k", "GET /api/k", "GET /plain"]
 --- response_body eval
@@ -72,11 +80,13 @@ $main::key = fill_and_stale('/api/k', undef, delay => 1);
 --- check
 my @r = responses();
 is(scalar @r, 3, '3 responses on the connection');
-cmp_ok($r[$_]{elapsed}, '<', 0.3, "request $_ on the keep-alive connection took < 300 ms ($r[$_]{elapsed}s)")
+# a request held up by the refresh would take its 1.5 s
+cmp_ok($r[$_]{elapsed}, '<', 0.5, "request $_ on the keep-alive connection took < 500 ms ($r[$_]{elapsed}s)")
     for 0 .. 2;
-cmp_ok($r[2]{end}, '<', 0.6, "all three done long before the 1 s refresh ends ($r[2]{end}s)");
+cmp_ok($r[2]{end}, '<', 1, "all three done long before the 1.5 s refresh ends ($r[2]{end}s)");
+wait_backend_hits('/api/k', 2);
 is(backend_hits('/api/k'), 2, 'the refresh reached the backend meanwhile');
-sleep_ms(1300);
+wait_until(sub { refreshed('/api/k', $main::key) }, 5, 'the refresh of /api/k to be stored');
 my $r = http_get('/api/k');
 is($r->{body}, "backend GET /api/k hit 2\n", 'refreshed copy afterwards');
 is(backend_hits('/api/k'), 2, 'exactly one refresh');
@@ -103,7 +113,7 @@ Accept-Language: de
 backend GET /api/r?a=1&b=x%20y hit 1
 --- response_headers
 X-Stale-Cache: STALE
---- wait: 0.5
+--- wait_for: refreshed('/api/r?a=1&b=x%20y', $main::key)
 --- check
 my @log = backend_log('/api/r');
 is(scalar @log, 2, 'fill + refresh reached the backend');
@@ -141,10 +151,11 @@ X-Stale-Cache: STALE
 --- check
 is(redis('TTL', $main::key), -1, 'right after the stale hit the key is PERSISTed (TTL -1)');
 is(redis_calls('persist') - $main::persist_before, 1, 'one PERSIST sent');
-sleep_ms(500);
+wait_backend_hits('/api/p', 2);    # the refresh is running (its backend answers 1 s later)
 is(redis('TTL', $main::key), -1, 'still persisted while the 1 s refresh runs');
 like(redis('GET', $main::key), qr{hit 1}, 'stale copy still there during the refresh');
-sleep_ms(1000);
+cmp_ok(Time::HiRes::time(), '<', (backend_log('/api/p'))[1]{time} + 1, 'checked before the refresh answered');
+wait_until(sub { refreshed('/api/p', $main::key) }, 5, 'the refresh of /api/p to be stored');
 my $ttl = redis('TTL', $main::key);
 ok($ttl >= 100 && $ttl <= 105, "after the refresh stored: TTL ~105 (got $ttl)");
 like(redis('GET', $main::key), qr{hit 2}, 'new copy stored');
@@ -170,11 +181,12 @@ X-Stale-Cache: STALE
 --- check
 my $ttl = redis('TTL', $main::key);
 ok($ttl >= 45 && $ttl <= 50, "right after the stale hit the TTL still counts down (got $ttl)");
-sleep_ms(500);
+wait_backend_hits('/api/np', 2);    # the refresh is running (its backend answers 1 s later)
 $ttl = redis('TTL', $main::key);
 ok($ttl >= 44 && $ttl <= 50, "during the refresh: not persisted (got $ttl)");
 is(redis_calls('persist') - $main::persist_before, 0, 'no PERSIST sent');
-sleep_ms(1000);
+cmp_ok(Time::HiRes::time(), '<', (backend_log('/api/np'))[1]{time} + 1, 'checked before the refresh answered');
+wait_until(sub { refreshed('/api/np', $main::key) }, 5, 'the refresh of /api/np to be stored');
 $ttl = redis('TTL', $main::key);
 ok($ttl >= 100 && $ttl <= 105, "after the refresh: TTL ~105 (got $ttl)");
 is(backend_hits('/api/np'), 2, 'fill + one refresh');
@@ -197,7 +209,7 @@ GET /api/m
 backend GET /api/m hit 1
 --- response_headers
 X-Stale-Cache: STALE
---- wait: 0.5
+--- wait_for: refreshed('/api/m', $main::key)
 --- check
 is(backend_hits('/api/m'), 2, 'refreshed: fill + one refresh');
 my $ttl = redis('TTL', $main::key);
@@ -224,7 +236,10 @@ backend GET /api/rs hit 1
 --- response_headers
 X-Stale-Cache: STALE
 X-Cache: HIT
---- wait: 0.5
+--- wait_for
+# the refresh's access log line is written when it has ended
+refreshed('/api/rs', $main::key)
+    && (Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/sc.log") // '') =~ /status=REFRESH/
 --- check
 my @log = backend_log('/api/rs');
 is(scalar @log, 2, 'fill + refresh reached the backend');
@@ -252,7 +267,7 @@ connections (the front server proxies each request on a new connection) over bot
 --- config eval
 "    location /api { proxy_pass http://127.0.0.1:" . port2() . "; }\n"
 --- pre
-$main::key = fill_and_stale('/api/w', undef, delay => 0.5);
+$main::key = fill_and_stale('/api/w', undef, delay => 1);
 --- request
 GET /api/w
 --- concurrency: 50
@@ -260,10 +275,11 @@ GET /api/w
 backend GET /api/w hit 1
 --- response_headers
 X-Stale-Cache: STALE
---- wait: 1.2
+--- wait_for: refreshed('/api/w', $main::key)
 --- check
 my ($max) = sort { $b <=> $a } map { $_->{elapsed} } responses();
-cmp_ok($max, '<', 0.3, "every stale hit answered in < 300 ms (slowest ${max}s)");
+# a stale hit that waited for the refresh would take its 1 s
+cmp_ok($max, '<', 0.6, "every stale hit answered in < 600 ms (slowest ${max}s)");
 my %pids;
 $pids{ $_->{headers}{'x-pid'} // '?' }++ for responses();
 is(scalar keys %pids, 2, 'both workers served stale hits') or diag(explain(\%pids));
@@ -290,7 +306,7 @@ GET /api/f
 backend GET /api/f hit 1
 --- response_headers
 X-Stale-Cache: STALE
---- wait: 0.5
+--- wait_for: error_log_text() =~ m{stale_cache: refresh of "/api/f" via \S+ status 500}
 --- check
 is(backend_hits('/api/f'), 2, 'the refresh reached the backend');
 like(redis('GET', $main::key), qr{backend GET /api/f hit 1}, 'the stale copy is untouched');
@@ -301,7 +317,7 @@ my $r = http_get('/api/f');
 is($r->{status}, 200, 'next request: 200');
 is($r->{body}, "backend GET /api/f hit 1\n", 'next request: still the stale copy');
 is($r->{headers}{'x-stale-cache'}, 'STALE', 'next request: STALE');
-sleep_ms(500);
+wait_backend_hits('/api/f', 3);
 is(backend_hits('/api/f'), 3, 'the refresh lock was released: the next stale hit refreshed again');
 --- error_log eval
 [qr{\[warn\].*stale_cache: refresh of "/api/f" via 127\.0\.0\.1:\d+ status 500 in \d+ ms}]
@@ -324,7 +340,7 @@ GET /api/gone
 backend GET /api/gone hit 1
 --- response_headers
 X-Stale-Cache: STALE
---- wait: 0.5
+--- wait_for: error_log_text() =~ m{stale_cache: expiry restore of "/api/gone" via \S+ 204}
 --- check
 is(backend_hits('/api/gone'), 2, 'the refresh reached the backend (404)');
 like(redis('GET', $main::key), qr{hit 1}, 'the 404 was not stored');

@@ -4,6 +4,13 @@ use lib 't/lib';
 use Test::StaleCache;
 run_tests();
 
+# True once the refresh of $uri has ended (its line is logged at the end) and stored a copy
+# with its full expiry (the block left the key at 50 s).
+sub refreshed {
+    my ($uri, $key) = @_;
+    return error_log_text() =~ /refresh of "\Q$uri\E" via / && redis('TTL', $key) > 50;
+}
+
 # A stale-cache location keyed by $uri (memo off, so tests can age entries), the lines in
 # %o{fetch} to fetch (default: the documented if-line), %o{extra} inside the location, and
 # %o{server} before it.
@@ -47,7 +54,7 @@ redis('EXPIRE', $key, 50);
 my $out = `curl -s -g -i 'http://[::1]:$TEST_NGINX_SERVER_PORT/api/six'`;
 like($out, qr/X-Stale-Cache: STALE/, 'IPv6 client gets the stale copy');
 like($out, qr/hit 1/, 'stale body');
-sleep_ms(500);
+wait_until(sub { refreshed('/api/six', $key) }, 5, 'the refresh of /api/six to be stored');
 is(backend_hits('/api/six'), 2, 'one refresh reached the backend');
 cmp_ok(redis('TTL', $key), '>', 100, 'the refresh stored a fresh entry');
 like(error_log_text(), qr/refresh of "\/api\/six" via \[::1\]:$TEST_NGINX_SERVER_PORT 200/,
@@ -68,7 +75,7 @@ my $key = md5_hex('/api/unix');
 redis('EXPIRE', $key, 50);
 my $out = `curl -s -i --unix-socket $TEST_NGINX_SERVROOT/client.sock 'http://localhost/api/unix'`;
 like($out, qr/X-Stale-Cache: STALE/, 'unix-socket client gets the stale copy');
-sleep_ms(500);
+wait_until(sub { refreshed('/api/unix', $key) }, 5, 'the refresh of /api/unix to be stored');
 is(backend_hits('/api/unix'), 2, 'one refresh reached the backend');
 cmp_ok(redis('TTL', $key), '>', 100, 'the refresh stored a fresh entry');
 like(error_log_text(), qr/refresh of "\/api\/unix" via unix:\S*client\.sock 200/,
@@ -89,7 +96,7 @@ my $key = md5_hex('/api/addr');
 redis('EXPIRE', $key, 50);
 my $r = http_get('/api/addr?x=1', { 'X-Custom' => 'abc' });
 is($r->{headers}{'x-stale-cache'}, 'STALE', 'stale copy served');
-sleep_ms(500);
+wait_until(sub { refreshed('/api/addr?x=1', $key) }, 5, 'the refresh of /api/addr to be stored');
 is(backend_hits('/api/addr'), 2, 'one refresh reached the backend');
 like(error_log_text(), qr/refresh of "\/api\/addr\?x=1" via unix:\S*refresh\.sock 200/,
      'refresh went to the configured address');
@@ -112,7 +119,7 @@ use Digest::MD5 qw(md5_hex);
 redis('EXPIRE', md5_hex('/api/noskip'), 50);
 my $r = http_get('/api/noskip');
 is($r->{headers}{'x-stale-cache'}, 'STALE', 'stale copy served');
-sleep_ms(300);
+wait_log('the refresh of "/api/noskip" was answered from the cache');    # it has ended
 is(backend_hits('/api/noskip'), 1, 'the refresh never reached the backend');
 --- error_log
 the refresh of "/api/noskip" was answered from the cache, so nothing was refreshed
@@ -142,7 +149,8 @@ for my $n (1 .. 2) {
     my $out = `curl -s -k -i '$url'`;
     like($out, qr/X-Stale-Cache: STALE/, "TLS client $n gets the stale copy");
 }
-sleep_ms(300);
+# logged where the module decides not to refresh
+wait_log('came over TLS, HTTP/2 or the PROXY protocol');
 is(backend_hits('/api/tls'), 1, 'no refresh reached the backend');
 my @lines = error_log_text() =~ /(came over TLS, HTTP\/2 or the PROXY protocol)/g;
 is(scalar @lines, 1, 'one (rate-limited) error line says to set stale_cache_refresh_address');

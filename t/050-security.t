@@ -86,9 +86,9 @@ sub check_genuine_refresh {
     is($r->{status}, 200, 'stale request 200');
     is($r->{headers}{'x-stale-cache'}, 'STALE', 'stale request: STALE');
     like($r->{body}, qr/hit 1\n\z/, 'stale copy served');
-    my $t = 0;
-    sleep_ms(50), $t += 50 while backend_hits('/api/x') < 2 && $t < 3000;
-    sleep_ms(300);
+    # the refresh's line is logged when it has ended; then the new copy is in Redis
+    wait_until(sub { error_log_text() =~ /stale_cache: refresh of "\/api\/x" via / && (redis('GET', $k) // '') =~ /hit 2\n\z/ },
+               5, 'the refresh of /api/x to be stored');
     is(backend_hits('/api/x'), 2, 'one refresh reached the backend');
     my (undef, $refresh) = backend_log('/api/x');
     is($refresh->{headers}{'x-status-seen'}, 'REFRESH', 'the backend saw a REFRESH');

@@ -6,42 +6,44 @@ run_tests();
 
 __DATA__
 
-=== TEST 1: the memo skips TTL lookups while fresh and looks up again when it runs out
+=== TEST 1: the memo skips TTL lookups while fresh (srcache still reads Redis) and looks up again when it runs out
+Through the drop-in configuration (memo on by default).
 --- http_config
-    stale_cache_zone locks 1m;
---- config
-    location /m {
-        set $cache_lock locks;
-        set $cache_ttl /redisttl;
-        set $cache_key $uri;
-        set $cache_stale 100;
-        stale_cache on;
-        add_header X-Stale-Cache $stale_cache_status;
-        echo ok;
-    }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key;
-        stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
+    stale_cache_zone srcache_locks 1m;
+--- config eval
+drop_in_config()
 --- pre
+my $r = http_get('/api/memo');
+is($r->{headers}{'x-stale-cache'}, 'MISS', 'the fill is a MISS');
+cmp_ok(redis_calls('ttl'), '>=', 1, 'the MISS looked the TTL up');
+# Fresh for 2 more seconds: TTL 102 with the 100 s stale window.
+redis('EXPIRE', redis_key('/api/memo'), 102);
+$main::expired_at = Time::HiRes::time();
 redis('CONFIG', 'RESETSTAT');
-# Fresh for 2 more seconds: TTL 102 with a 100 s stale window.
-redis('SET', '/m/a', 'x', 'EX', 102);
 --- request
-GET /m/a
+GET /api/memo
+--- response_body
+backend GET /api/memo hit 1
 --- response_headers
 X-Stale-Cache: FRESH
+X-Cache: HIT
 --- check
-my $after_first = redis_calls('ttl');
-is($after_first, 1, 'the first request looked the TTL up');
+is(redis_calls('ttl'), 1, 'the FRESH request looked the TTL up');
 for (1 .. 10) {
-    my $r = http_get('/m/a');
+    my $r = http_get('/api/memo');
     is($r->{headers}{'x-stale-cache'}, 'FRESH', "request $_ within the memo is FRESH");
+    is($r->{body}, "backend GET /api/memo hit 1\n", "request $_: the cached body");
 }
 is(redis_calls('ttl'), 1, 'no TTL lookup while the memo holds');
-# Redis rounds TTL to the nearest second: 102 s - 2.7 s answers 99, inside the window.
-sleep_ms(2700);
-my $r = http_get('/m/a');
+cmp_ok(redis_calls('get'), '>=', 11, 'srcache_fetch still read Redis every time');
+# The memo runs out 2 s after the lookup; Redis rounds TTL to the nearest second, so it
+# answers below 100 (stale) from 2.5 s after the EXPIRE on: wait until then, 0.5 s margin.
+sleep_until($main::expired_at + 2.5 + 0.5);
+my $r = http_get('/api/memo');
 is(redis_calls('ttl'), 2, 'the memo ran out: looked up again');
 is($r->{headers}{'x-stale-cache'}, 'STALE', 'and the key is now in its stale window');
+wait_log('stale_cache: refresh of "/api/memo"');    # let the refresh end before nginx stops
+is(backend_hits('/api/memo'), 2, 'the fill and one refresh');
 
 === TEST 2: stale_cache_memo off looks up every time
 --- http_config

@@ -25,7 +25,8 @@ my @TEST_MORE = qw(ok is isnt like unlike is_deeply cmp_ok diag note pass fail
 our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  redis backend_hits backend_log backend_config backend_pattern
                  responses error_log_text http_get http_request stop_redis
-                 start_redis fake_redis_blackhole nginx_pids sleep_ms
+                 start_redis fake_redis_blackhole nginx_pids pick_port sleep_ms sleep_until
+                 wait_until wait_log wait_backend_hits
                  redis_locations drop_in_config redis_key redis_calls
                  error_log_count fill_and_stale);
 
@@ -37,6 +38,13 @@ my $REDIS    = $ENV{TEST_NGINX_REDIS_SERVER} || '/usr/bin/redis-server';
 my $PYTHON   = $ENV{TEST_NGINX_PYTHON} || (-x '/usr/bin/python3' ? '/usr/bin/python3' : 'python3');
 my $OUR_MOD  = $ENV{STALE_CACHE_MODULE} || 'build/ngx_http_stale_cache_module.so';
 $OUR_MOD = "$ROOT/$OUR_MOD" unless $OUR_MOD =~ m{^/};
+my @STOCK_MODS = qw(ndk_http_module.so ngx_http_set_misc_module.so ngx_http_echo_module.so
+                    ngx_http_srcache_filter_module.so);
+# more load_module lines, e.g. a sanitizer or a module under test next to ours
+my @EXTRA_MODS = map { m{^/} ? $_ : "$ROOT/$_" } split ' ', $ENV{TEST_NGINX_EXTRA_MODULES} // '';
+# Ports come from here; the default stays below the ephemeral range (32768-60999), so
+# outgoing connections never take them.
+my ($PORT_LO, $PORT_HI) = port_range($ENV{TEST_NGINX_PORT_RANGE} // '20000-32000');
 
 my $PARENT = $$;
 my (%PORT, %USED_PORT, $SPEC, $REPEAT, $STARTED, $MOD_COPY);
@@ -73,10 +81,19 @@ sub setup_env {
     raise_nofile(8192);
 }
 
-# ports outside the ephemeral range, so outgoing connections never take them
+sub port_range {
+    my $spec = shift;
+    my ($lo, $hi) = $spec =~ /^\s*(\d+)\s*-\s*(\d+)\s*$/
+        or die "TEST_NGINX_PORT_RANGE: \"$spec\" is not LOW-HIGH (e.g. 20000-32000)\n";
+    die "TEST_NGINX_PORT_RANGE: \"$spec\" must be within 1024-65535, LOW < HIGH\n"
+        unless $lo >= 1024 && $hi <= 65535 && $lo < $hi;
+    return ($lo, $hi);
+}
+
+# A free port of TEST_NGINX_PORT_RANGE that this process has not handed out yet.
 sub pick_port {
     for (1 .. 500) {
-        my $p = 20000 + int(rand(12000));
+        my $p = $PORT_LO + int(rand($PORT_HI - $PORT_LO + 1));
         next if $USED_PORT{$p};
         my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p,
                                       Listen => 1, ReuseAddr => 1) or next;
@@ -84,7 +101,7 @@ sub pick_port {
         $USED_PORT{$p} = 1;
         return $p;
     }
-    die "cannot find a free port\n";
+    die "cannot find a free port in $PORT_LO-$PORT_HI (TEST_NGINX_PORT_RANGE)\n";
 }
 
 sub raise_nofile {
@@ -215,6 +232,7 @@ sub start_services {
     } else {
         Test::More::diag("$OUR_MOD not found: not loading the stale cache module");
     }
+    check_modules();
     start_redis();
     $BACKEND_PID = spawn("$SERVROOT/logs/backend.log", $PYTHON,
                          "$ROOT/t/lib/backend.py", '--port', $PORT{backend});
@@ -224,6 +242,35 @@ sub start_services {
             if time > $deadline || proc_dead($BACKEND_PID);
         sleep 0.05;
     }
+}
+
+# Missing module files would otherwise show up as a dlopen() error in every block.
+sub check_modules {
+    my @missing = grep { !-f } map({ "$MODDIR/$_" } @STOCK_MODS), @EXTRA_MODS;
+    return unless @missing;
+    die "module file(s) not found: @missing\n"
+      . "(stock modules come from TEST_NGINX_MODULES_DIR, default /usr/lib/nginx/modules;"
+      . " extra ones from TEST_NGINX_EXTRA_MODULES)\n";
+}
+
+# nginx -t output when a module was built for another nginx: a sentence saying which module,
+# which versions and what to set, or undef.
+sub module_mismatch {
+    my $out = shift;
+    my $v = sub { my $n = shift; sprintf '%d.%d.%d', int($n / 1000000), int($n / 1000) % 1000, $n % 1000 };
+    my $bin = ((`$NGINX -v 2>&1` // '') =~ m{nginx/(\S+)})[0] // 'unknown';
+    my $hint = "Stock modules come from TEST_NGINX_MODULES_DIR ($MODDIR), ours from "
+             . "STALE_CACHE_MODULE ($OUR_MOD, built against NGINX_SOURCE_DIR); extra ones from "
+             . "TEST_NGINX_EXTRA_MODULES. All must be built for the nginx in TEST_NGINX_BINARY.";
+    if ($out =~ /module "([^"]+)" version (\d+) instead of (\d+)/) {
+        return sprintf "%s was built for nginx %s, but TEST_NGINX_BINARY (%s) is nginx %s. %s",
+                       $1, $v->($2), $NGINX, $v->($3), $hint;
+    }
+    if ($out =~ /module "([^"]+)" is not binary compatible/) {
+        return "$1 is not binary compatible with TEST_NGINX_BINARY ($NGINX, nginx $bin): "
+             . "it was built with other configure flags. $hint";
+    }
+    return undef;
 }
 
 sub start_redis {
@@ -687,7 +734,45 @@ sub redis_locations {
 _EOC_
 }
 sub responses { @RESPONSES }
+
+# A fixed sleep, for when the passing time is itself what a block tests (an entry ageing, a
+# timeout elapsing). Anything else waits for its condition with wait_until.
 sub sleep_ms { sleep($_[0] / 1000) }
+sub sleep_until { my $t = shift; my $left = $t - time; sleep($left) if $left > 0 }
+
+# Polls $cond (every 20 ms) until it returns true and returns its value. At the deadline
+# ($timeout seconds, default 5) it fails a test naming $what and returns false, so the
+# block's own checks still run and show the state it stopped in.
+sub wait_until {
+    my ($cond, $timeout, $what) = @_;
+    $timeout //= 5;
+    $what //= 'a condition';
+    my $t0 = time;
+    my $deadline = $t0 + $timeout;
+    while (1) {
+        my $v = $cond->();
+        return $v if $v;
+        last if time >= $deadline;
+        sleep 0.02;
+    }
+    my $name = $CUR_NAME ? "$CUR_NAME - " : '';
+    Test::More::fail("${name}waited ${timeout}s for $what");
+    return 0;
+}
+
+# Waits until this block's error log has a line matching $re.
+sub wait_log {
+    my ($re, $timeout) = @_;
+    $re = qr/\Q$re\E/ unless ref $re;
+    return wait_until(sub { error_log_text() =~ $re }, $timeout, "an error.log line matching $re");
+}
+
+# Waits until the backend has had at least $n hits of $path (see backend_hits).
+sub wait_backend_hits {
+    my ($path, $n, $timeout) = @_;
+    return wait_until(sub { backend_hits($path) >= $n }, $timeout,
+                      "$n backend hit(s) of " . ($path // 'any path'));
+}
 
 sub error_log_text { slurp("$SERVROOT/logs/error.log", $LOG_OFFSET) // '' }
 
@@ -780,8 +865,7 @@ sub response_checks {
 
 sub write_conf {
     my $b = shift;
-    my @mods = map { "$MODDIR/$_" } qw(ndk_http_module.so ngx_http_set_misc_module.so
-                                       ngx_http_echo_module.so ngx_http_srcache_filter_module.so);
+    my @mods = ((map { "$MODDIR/$_" } @STOCK_MODS), @EXTRA_MODS);
     push @mods, $MOD_COPY if $MOD_COPY;
     my $workers = $b->{workers} || 1;
     my $level = $b->{log_level} || 'debug';
@@ -887,7 +971,7 @@ sub run_block {
     my %b;
     for my $sec (@{ $blk->_section_order }) {
         my $v = $blk->$sec;
-        $b{$sec} = $sec =~ /^(check|pre)$/ ? $v : subst($v);
+        $b{$sec} = $sec =~ /^(check|pre|wait_for)$/ ? $v : subst($v);
     }
     $TIMEOUT = seconds($b{timeout}) || 10;
 
@@ -899,6 +983,11 @@ sub run_block {
     write_conf(\%b);
 
     my ($t_ok, $t_out) = nginx_test();
+    # No block can pass with modules built for another nginx (a must_die block would pass
+    # for the wrong reason): stop the whole run with the reason.
+    if (!$t_ok and my $why = module_mismatch($t_out)) {
+        Test::More::BAIL_OUT($why);
+    }
     if (exists $b{must_die}) {
         Test::More::ok(!$t_ok, "$name - nginx -t should fail") or Test::More::diag($t_out);
         log_checks($name, \%b, $t_out, 0);
@@ -932,6 +1021,16 @@ sub run_block {
     run_requests($name, \%b);
 
     sleep(seconds($b{wait})) if $b{wait};
+    if (defined(my $cond = $b{wait_for})) {
+        (my $what = $cond) =~ s/\s+/ /g;
+        $what =~ s/^ | $//g;
+        my $code = eval_in_main("sub {\n$cond\n}", "$name --- wait_for");
+        if ($code) {
+            wait_until($code, seconds($b{wait_timeout}) || 5, "--- wait_for: $what");
+        } else {
+            Test::More::ok(0, "$name - --- wait_for code does not compile") or Test::More::diag($@);
+        }
+    }
 
     if (defined(my $h = $b{backend_hits})) {
         if (ref $h eq 'HASH') {
