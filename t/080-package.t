@@ -22,7 +22,7 @@ my $AVAILABLE = '/usr/share/nginx/modules-available/mod-http-stale-cache.conf';
 my $ENABLED   = '/etc/nginx/modules-enabled/60-mod-http-stale-cache.conf';
 my $DOC       = "/usr/share/doc/$PKG";
 my $NGINX     = $ENV{TEST_NGINX_BINARY} || '/usr/sbin/nginx';
-my $LOCK      = "/run/lock/$PKG-test.lock";
+my $LOCK      = (-d '/run/lock' ? '/run/lock' : '/tmp') . "/$PKG-test.lock";
 
 my $root   = abs_path('.');
 my $module = $ENV{STALE_CACHE_MODULE} || 'build/ngx_http_stale_cache_module.so';
