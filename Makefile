@@ -32,7 +32,7 @@ CARGO := NGINX_SOURCE_DIR=$(NGINX_SOURCE_DIR) NGINX_BUILD_DIR=$(NGINX_BUILD_DIR)
 MODULE_SO := $(BUILD)/ngx_http_stale_cache_module.so
 CARGO_SO := $(ROOT)/target/$(CARGO_PROFILE_DIR)/libngx_http_stale_cache_module.so
 
-.PHONY: all deps module test unit prove stress run bench bench-smoke lint clean
+.PHONY: all deps module test unit prove stress run bench bench-smoke lint deb clean
 
 all: module
 
@@ -78,6 +78,13 @@ bench: deps
 # Seconds-long run of the same bench: proves it still works (CI), measures nothing.
 bench-smoke: module
 	BENCH_SMOKE=1 bench/run.sh
+
+# libnginx-mod-http-stale-cache_<version>_<arch>.deb in build/ (scripts/build-deb.sh). The package
+# declares the installed nginx's ABI, so it only packages a release build of the default tree.
+deb: deps
+	$(if $(filter file,$(origin NGINX_SOURCE_DIR)),,$(error make deb packages the module built against the packaged nginx; unset NGINX_SOURCE_DIR))
+	$(MAKE) module PROFILE=release
+	scripts/build-deb.sh $(MODULE_SO) $(BUILD)
 
 clean:
 	cargo clean
