@@ -16,8 +16,11 @@
 //! LRU through a doubly linked list threaded through the slots).
 
 use std::fmt;
+use std::hash::Hasher;
 use std::mem::{align_of, size_of};
 use std::num::NonZeroU64;
+
+use siphasher::sip128::{Hash128, Hasher128, SipHasher24};
 
 /// Identifies an initialised region ("SWRLOCK" + layout generation).
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SWRLOCK1");
@@ -48,7 +51,9 @@ const KIND_NONE: u32 = 0;
 /* ------------------------------------------------------------- fingerprint */
 
 /// A cache key reduced to 128 bits with SipHash-2-4-128 keyed by the region's
-/// seed: every worker computes the same value, and clients cannot aim keys at
+/// seed (the `siphasher` crate: std's hashers are unspecified and may change
+/// between Rust releases, while the region outlives the binary's code on
+/// reload): every worker computes the same value, and clients cannot aim keys at
 /// one probe sequence without knowing the seed. Two keys sharing a fingerprint
 /// (about 2^-64 for a billion keys) only share a lock and a freshness memo,
 /// costing a missed or extra collapse, never wrong data: the data is in Redis
@@ -64,109 +69,18 @@ impl Fingerprint {
     pub fn of(seed: u64, key: &[u8]) -> Fingerprint {
         // A second key word derived from the seed, so one u64 seeds the hash.
         let k1 = seed.rotate_left(32) ^ u64::from_le_bytes(*b"staleKey");
-        let [lo, hi] = siphash24_128(seed, k1, key);
-        Fingerprint { hi, lo }
+        let mut hasher = SipHasher24::new_with_keys(seed, k1);
+        // `write`, not `Hash::hash`: the bytes alone, without a length prefix, so the value
+        // is plain SipHash of the key (checked against the reference vectors in the tests).
+        hasher.write(key);
+        let Hash128 { h1, h2 } = hasher.finish128();
+        Fingerprint { hi: h2, lo: h1 }
     }
 
     /// Both halves, e.g. for debug logs.
     pub fn parts(self) -> (u64, u64) {
         (self.hi, self.lo)
     }
-}
-
-/// What table operations accept as a key: a [`Fingerprint`] computed
-/// beforehand with [`Fingerprint::of`] (outside the zone mutex, once per
-/// request), or the cache key's bytes (then hashed under the mutex).
-pub trait TableKey {
-    /// The key's fingerprint under `seed`.
-    fn fingerprint(self, seed: u64) -> Fingerprint;
-}
-
-impl TableKey for Fingerprint {
-    fn fingerprint(self, _seed: u64) -> Fingerprint {
-        self
-    }
-}
-
-impl TableKey for &Fingerprint {
-    fn fingerprint(self, _seed: u64) -> Fingerprint {
-        *self
-    }
-}
-
-impl TableKey for &[u8] {
-    fn fingerprint(self, seed: u64) -> Fingerprint {
-        Fingerprint::of(seed, self)
-    }
-}
-
-impl<const N: usize> TableKey for &[u8; N] {
-    fn fingerprint(self, seed: u64) -> Fingerprint {
-        Fingerprint::of(seed, self)
-    }
-}
-
-impl TableKey for &Vec<u8> {
-    fn fingerprint(self, seed: u64) -> Fingerprint {
-        Fingerprint::of(seed, self)
-    }
-}
-
-fn sip_round(v: &mut [u64; 4]) {
-    v[0] = v[0].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(13) ^ v[0];
-    v[0] = v[0].rotate_left(32);
-    v[2] = v[2].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(16) ^ v[2];
-    v[0] = v[0].wrapping_add(v[3]);
-    v[3] = v[3].rotate_left(21) ^ v[0];
-    v[2] = v[2].wrapping_add(v[1]);
-    v[1] = v[1].rotate_left(17) ^ v[2];
-    v[2] = v[2].rotate_left(32);
-}
-
-fn sip_absorb(v: &mut [u64; 4], word: u64) {
-    v[3] ^= word;
-    sip_round(v);
-    sip_round(v);
-    v[0] ^= word;
-}
-
-/// SipHash-2-4 with 128-bit output (Aumasson & Bernstein), written here
-/// because std's hashers are unspecified and may change between Rust releases,
-/// while the region outlives the binary's code on reload. Returns the output
-/// as two little-endian words.
-fn siphash24_128(k0: u64, k1: u64, data: &[u8]) -> [u64; 2] {
-    let mut v = [
-        k0 ^ 0x736f_6d65_7073_6575,
-        k1 ^ 0x646f_7261_6e64_6f6d ^ 0xee,
-        k0 ^ 0x6c79_6765_6e65_7261,
-        k1 ^ 0x7465_6462_7974_6573,
-    ];
-    let mut words = data.chunks_exact(8);
-    for word in &mut words {
-        let mut buf = [0u8; 8];
-        buf.copy_from_slice(word);
-        sip_absorb(&mut v, u64::from_le_bytes(buf));
-    }
-    let mut last = [0u8; 8];
-    last[..words.remainder().len()].copy_from_slice(words.remainder());
-    last[7] = data.len() as u8;
-    sip_absorb(&mut v, u64::from_le_bytes(last));
-
-    let mut out = [0u64; 2];
-    for (i, fold) in [0xee, 0xdd].into_iter().enumerate() {
-        if i == 0 {
-            v[2] ^= fold;
-        } else {
-            v[1] ^= fold;
-        }
-        for _ in 0..4 {
-            sip_round(&mut v);
-        }
-        out[i] = v[0] ^ v[1] ^ v[2] ^ v[3];
-    }
-    out
 }
 
 /* ------------------------------------------------------------------ layout */
@@ -598,16 +512,15 @@ impl<'a> LockTable<'a> {
     /// unique to the caller). Refreshes the key's LRU position.
     /// `lookup_started_ms` is when the caller started the `TTL` lookup that
     /// found the key missing (used for `Fill` only).
-    pub fn try_lock<K: TableKey>(
+    pub fn try_lock(
         &mut self,
-        key: K,
+        fp: Fingerprint,
         kind: LockKind,
         token: NonZeroU64,
         ttl_ms: u64,
         lookup_started_ms: u64,
         now_ms: u64,
     ) -> LockOutcome {
-        let fp = key.fingerprint(self.hdr.seed);
         let idx = match self.find(fp) {
             Some(idx) => idx,
             None => match self.insert(fp, now_ms) {
@@ -640,14 +553,14 @@ impl<'a> LockTable<'a> {
     /// nobody took it over yet); returns whether it did. `filled`: the
     /// holder's fill (or refresh) stored the entry, which later `Fill`
     /// [`LockTable::try_lock`] calls report as [`LockOutcome::RecentlyFilled`].
-    pub fn unlock<K: TableKey>(
+    pub fn unlock(
         &mut self,
-        key: K,
+        fp: Fingerprint,
         token: NonZeroU64,
         now_ms: u64,
         filled: bool,
     ) -> bool {
-        let Some(idx) = self.find(key.fingerprint(self.hdr.seed)) else {
+        let Some(idx) = self.find(fp) else {
             return false;
         };
         let slot = &mut self.slots[idx];
@@ -668,15 +581,15 @@ impl<'a> LockTable<'a> {
     }
 
     /// The live lock of `key`, if any; waiters poll this.
-    pub fn lock_state<K: TableKey>(&self, key: K, now_ms: u64) -> Option<LockInfo> {
-        self.find(key.fingerprint(self.hdr.seed))
+    pub fn lock_state(&self, fp: Fingerprint, now_ms: u64) -> Option<LockInfo> {
+        self.find(fp)
             .and_then(|idx| self.slots[idx].live_lock(now_ms))
     }
 
     /// When a lock holder last stored `key` (a successful fill or refresh),
     /// if that is still remembered; waiters use it to time their wake-up.
-    pub fn last_store_ms<K: TableKey>(&self, key: K, now_ms: u64) -> Option<u64> {
-        self.find(key.fingerprint(self.hdr.seed))
+    pub fn last_store_ms(&self, fp: Fingerprint, now_ms: u64) -> Option<u64> {
+        self.find(fp)
             .map(|idx| &self.slots[idx])
             .filter(|slot| slot.fill_recent(now_ms))
             .map(|slot| slot.fill_done_ms)
@@ -684,8 +597,8 @@ impl<'a> LockTable<'a> {
 
     /// The remembered "fresh until" time of `key`, if still in the future.
     /// Refreshes the key's LRU position.
-    pub fn memo_get<K: TableKey>(&mut self, key: K, now_ms: u64) -> Option<u64> {
-        let idx = self.find(key.fingerprint(self.hdr.seed))?;
+    pub fn memo_get(&mut self, fp: Fingerprint, now_ms: u64) -> Option<u64> {
+        let idx = self.find(fp)?;
         if self.slots[idx].memo_live(now_ms) {
             self.touch(idx);
             return Some(self.slots[idx].fresh_until_ms);
@@ -696,13 +609,7 @@ impl<'a> LockTable<'a> {
 
     /// Remembers that `key` is fresh until `fresh_until_ms`; a time not in the
     /// future clears the memo instead. Refreshes the key's LRU position.
-    pub fn memo_set<K: TableKey>(
-        &mut self,
-        key: K,
-        fresh_until_ms: u64,
-        now_ms: u64,
-    ) -> MemoOutcome {
-        let fp = key.fingerprint(self.hdr.seed);
+    pub fn memo_set(&mut self, fp: Fingerprint, fresh_until_ms: u64, now_ms: u64) -> MemoOutcome {
         if fresh_until_ms <= now_ms {
             self.memo_clear(fp, now_ms);
             return MemoOutcome::Stored;
@@ -723,8 +630,8 @@ impl<'a> LockTable<'a> {
     }
 
     /// Forgets the remembered freshness of `key` (e.g. after a failed refresh).
-    pub fn memo_clear<K: TableKey>(&mut self, key: K, now_ms: u64) {
-        if let Some(idx) = self.find(key.fingerprint(self.hdr.seed)) {
+    pub fn memo_clear(&mut self, fp: Fingerprint, now_ms: u64) {
+        if let Some(idx) = self.find(fp) {
             self.slots[idx].fresh_until_ms = 0;
             self.reclaim_if_garbage(idx, now_ms);
         }
@@ -1091,15 +998,16 @@ mod tests {
 
     /* ------------------------------------------------------------- hash */
 
-    fn bytes128(out: [u64; 2]) -> Vec<u8> {
-        let mut v = out[0].to_le_bytes().to_vec();
-        v.extend_from_slice(&out[1].to_le_bytes());
-        v
+    fn siphash24_128(k0: u64, k1: u64, data: &[u8]) -> Vec<u8> {
+        let mut hasher = SipHasher24::new_with_keys(k0, k1);
+        hasher.write(data);
+        hasher.finish128().as_bytes().to_vec()
     }
 
     #[test]
     fn siphash_reference_vectors() {
-        // Key 00..0f, message 00..len-1 (vectors_sip128 of the reference code).
+        // Key 00..0f, message 00..len-1 (vectors_sip128 of the reference code). Pins the
+        // crate's output: a change would silently re-key every table that survives a reload.
         let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
         let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
         let msg: Vec<u8> = (0..64).collect();
@@ -1162,12 +1070,18 @@ mod tests {
             ),
         ];
         for (len, expected) in cases {
-            assert_eq!(
-                bytes128(siphash24_128(k0, k1, &msg[..len])),
-                expected,
-                "len {len}"
-            );
+            assert_eq!(siphash24_128(k0, k1, &msg[..len]), expected, "len {len}");
         }
+    }
+
+    #[test]
+    fn fingerprint_values_are_pinned() {
+        // Values of the hand-written SipHash this module used before the crate: equal, so
+        // regions made by older builds keep their keys findable as far as hashing goes.
+        let f = Fingerprint::of(0x0123_4567_89ab_cdef, b"GET|example.com|/api/items?page=2");
+        assert_eq!(f.parts(), (0x16f6_c51f_63f1_1ad8, 0x0795_26dc_1819_4054));
+        let f = Fingerprint::of(0, b"");
+        assert_eq!(f.parts(), (0xca2a_9d17_02ea_7687, 0x6ee6_0361_f78c_f4c5));
     }
 
     #[test]
@@ -1381,45 +1295,18 @@ mod tests {
     /* ------------------------------------------------------------ locks */
 
     #[test]
-    fn key_bytes_and_fingerprints_are_interchangeable() {
+    fn table_fingerprint_matches_the_free_function() {
         let mut region = Region::with_slots(64);
         let mut t = region.init(0xabc);
         let raw: &[u8] = b"UA|/page";
-        let owned: Vec<u8> = raw.to_vec();
         let fp = Fingerprint::of(0xabc, raw);
         assert_eq!(t.fingerprint(raw), fp);
         assert!(matches!(
-            t.try_lock(raw, FILL, token(5), 1_000, 0, 0),
+            t.try_lock(t.fingerprint(raw), FILL, token(5), 1_000, 0, 0),
             LockOutcome::Acquired { .. }
         ));
-        assert_eq!(
-            t.lock_state(fp, 1),
-            Some(LockInfo {
-                kind: FILL,
-                token: token(5),
-                expires_at_ms: 1_000
-            })
-        );
-        assert_eq!(
-            t.lock_state(&owned, 1),
-            Some(LockInfo {
-                kind: FILL,
-                token: token(5),
-                expires_at_ms: 1_000
-            })
-        );
-        assert_eq!(
-            t.lock_state(b"UA|/page", 1),
-            Some(LockInfo {
-                kind: FILL,
-                token: token(5),
-                expires_at_ms: 1_000
-            })
-        );
-        t.memo_set(&owned, 500, 1);
-        assert_eq!(t.memo_get(fp, 2), Some(500));
+        assert_eq!(t.lock_state(fp, 1).unwrap().token, token(5));
         assert!(t.unlock(fp, token(5), 3, false));
-        t.memo_clear(raw, 3);
         assert!(t.is_empty());
     }
 
