@@ -2476,6 +2476,7 @@ mod tests {
         lock: Option<LockInfo>,
         fresh_until: u64,
         fill_done: u64,
+        pass_until: u64,
     }
 
     impl ModelEntry {
@@ -2483,6 +2484,7 @@ mod tests {
             lock: None,
             fresh_until: 0,
             fill_done: 0,
+            pass_until: 0,
         };
 
         fn live_lock(&self, now: u64) -> Option<LockInfo> {
@@ -2493,6 +2495,7 @@ mod tests {
             self.live_lock(now).is_none()
                 && self.fresh_until <= now
                 && (self.fill_done == 0 || now - self.fill_done >= FILL_MEMORY_MS)
+                && self.pass_until <= now
         }
     }
 
@@ -2500,6 +2503,12 @@ mod tests {
         order: Vec<(u64, ModelEntry)>,
         cap: usize,
         evictions: u64,
+        dead_owners: u64,
+    }
+
+    /// Pids the randomized tests treat as gone (0 = unknown owner).
+    fn model_alive(pid: u32) -> bool {
+        pid < 3
     }
 
     impl Model {
@@ -2549,33 +2558,97 @@ mod tests {
             }
         }
 
-        fn try_lock(
+        #[allow(clippy::too_many_arguments)]
+        fn try_lock_as(
             &mut self,
             k: u64,
             kind: LockKind,
             tok: u64,
+            pid: u32,
             ttl: u64,
             started: u64,
             now: u64,
-        ) -> LockOutcome {
+            honour_pass: bool,
+        ) -> LockAttempt {
             let Some((pos, _)) = self.entry(k, now) else {
-                return LockOutcome::Full;
+                return LockAttempt::Full;
             };
             let e = &mut self.order[pos].1;
+            if kind == FILL && honour_pass && e.pass_until > now {
+                return LockAttempt::Pass {
+                    left_ms: e.pass_until - now,
+                };
+            }
+            let mut how = TakeOver::Free;
             if let Some(info) = e.live_lock(now) {
-                return LockOutcome::Held(info);
+                // The legacy call (`honour_pass` false) checks no owners either.
+                if info.owner_pid == 0 || !honour_pass || model_alive(info.owner_pid) {
+                    return LockAttempt::Held(info);
+                }
+                e.lock = None;
+                self.dead_owners += 1;
+                how = TakeOver::DeadOwner {
+                    pid: info.owner_pid,
+                };
+            } else if e.lock.is_some() {
+                how = TakeOver::Expired;
             }
             if kind == FILL && e.fill_done != 0 && e.fill_done >= started {
-                return LockOutcome::RecentlyFilled;
+                return LockAttempt::RecentlyFilled;
             }
-            let took_over_expired = e.lock.is_some();
             e.lock = Some(LockInfo {
                 kind,
                 token: token(tok),
-                owner_pid: 0,
+                owner_pid: pid,
                 expires_at_ms: now + ttl,
             });
-            LockOutcome::Acquired { took_over_expired }
+            LockAttempt::Acquired(how)
+        }
+
+        fn release_if_owner_dead(&mut self, k: u64, now: u64) -> bool {
+            let Some(pos) = self.pos(k) else { return false };
+            let e = &mut self.order[pos].1;
+            match e.live_lock(now) {
+                Some(info) if info.owner_pid != 0 && !model_alive(info.owner_pid) => {
+                    e.lock = None;
+                    self.dead_owners += 1;
+                    self.reclaim(pos, now);
+                    true
+                }
+                _ => false,
+            }
+        }
+
+        fn pass_set(&mut self, k: u64, duration: u64, now: u64) -> MemoOutcome {
+            if duration == 0 {
+                self.pass_clear(k, now);
+                return MemoOutcome::Stored;
+            }
+            let Some((pos, evicted)) = self.entry(k, now) else {
+                return MemoOutcome::Full;
+            };
+            let e = &mut self.order[pos].1;
+            e.pass_until = now + duration;
+            e.fill_done = 0;
+            stored(evicted)
+        }
+
+        fn pass_left_ms(&mut self, k: u64, now: u64) -> Option<u64> {
+            let pos = self.pos(k)?;
+            let until = self.order[pos].1.pass_until;
+            if until > now {
+                self.touch(pos);
+                return Some(until - now);
+            }
+            self.reclaim(pos, now);
+            None
+        }
+
+        fn pass_clear(&mut self, k: u64, now: u64) {
+            if let Some(pos) = self.pos(k) {
+                self.order[pos].1.pass_until = 0;
+                self.reclaim(pos, now);
+            }
         }
 
         fn unlock(&mut self, k: u64, tok: u64, now: u64, filled: bool) -> bool {
@@ -2589,6 +2662,7 @@ mod tests {
             }
             if filled {
                 e.fill_done = now.max(1);
+                e.pass_until = 0;
             }
             e.lock = None;
             self.reclaim(pos, now);
@@ -2641,6 +2715,7 @@ mod tests {
             order: Vec::new(),
             cap: t.capacity(),
             evictions: 0,
+            dead_owners: 0,
         };
         let fps: Vec<Fingerprint> = (0..keys).map(|k| t.fingerprint(&k.to_le_bytes())).collect();
         let mut rng = Rng(seed | 1);
@@ -2651,7 +2726,7 @@ mod tests {
             now += rng.below(40);
             let k = rng.below(keys);
             let fp = fps[k as usize];
-            let op = rng.below(if with_locks { 8 } else { 4 });
+            let op = rng.below(if with_locks { 12 } else { 4 });
             match op {
                 0 | 1 => {
                     let until = now + rng.below(3_000);
@@ -2672,16 +2747,56 @@ mod tests {
                     let started = now.saturating_sub(rng.below(3_000));
                     let tok = next_token;
                     next_token += 1;
-                    let got = t.try_lock(fp, kind, token(tok), ttl, started, now);
-                    assert_eq!(
-                        got,
-                        model.try_lock(k, kind, tok, ttl, started, now),
-                        "step {step}"
-                    );
-                    if matches!(got, LockOutcome::Acquired { .. }) {
+                    // Op 4: the legacy call (pid unknown, marks ignored).
+                    let (pid, legacy) = if op == 4 {
+                        (0, true)
+                    } else {
+                        (rng.below(5) as u32, false)
+                    };
+                    let want = model.try_lock_as(k, kind, tok, pid, ttl, started, now, !legacy);
+                    let acquired = matches!(want, LockAttempt::Acquired(_));
+                    if legacy {
+                        let got = t.try_lock(fp, kind, token(tok), ttl, started, now);
+                        let want = match want {
+                            LockAttempt::Acquired(how) => LockOutcome::Acquired {
+                                took_over_expired: how != TakeOver::Free,
+                            },
+                            LockAttempt::Held(info) => LockOutcome::Held(info),
+                            LockAttempt::RecentlyFilled => LockOutcome::RecentlyFilled,
+                            LockAttempt::Pass { .. } | LockAttempt::Full => LockOutcome::Full,
+                        };
+                        assert_eq!(got, want, "step {step}");
+                    } else {
+                        let request = req(kind, tok, pid, ttl, started);
+                        let got = t.try_lock_as(fp, request, now, model_alive);
+                        assert_eq!(got, want, "step {step}");
+                    }
+                    if acquired {
                         tokens.insert(k, tok);
                     }
                 }
+                8 => {
+                    let duration = rng.below(3_000);
+                    assert_eq!(
+                        t.pass_set(fp, duration, now),
+                        model.pass_set(k, duration, now),
+                        "step {step}"
+                    );
+                }
+                9 => assert_eq!(
+                    t.pass_left_ms(fp, now),
+                    model.pass_left_ms(k, now),
+                    "step {step}"
+                ),
+                10 => {
+                    t.pass_clear(fp, now);
+                    model.pass_clear(k, now);
+                }
+                11 => assert_eq!(
+                    t.release_if_owner_dead(fp, now, model_alive),
+                    model.release_if_owner_dead(k, now),
+                    "step {step}"
+                ),
                 6 => {
                     // Mostly the right token, sometimes a stale one.
                     let tok = match tokens.get(&k) {
@@ -2717,6 +2832,7 @@ mod tests {
             }
         }
         assert_eq!(t.evictions(), model.evictions);
+        assert_eq!(t.stats().dead_owners, model.dead_owners);
         t.verify().unwrap();
     }
 
