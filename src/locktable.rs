@@ -1,5 +1,5 @@
-//! Per-key locks and remembered freshness, in one fixed-size table laid out in
-//! a raw memory region (an nginx shared memory zone).
+//! Per-key locks, remembered freshness and pass marks, in one fixed-size table
+//! laid out in a raw memory region (an nginx shared memory zone).
 //!
 //! Several worker processes map the region, possibly at different addresses,
 //! and it survives configuration reloads, so the layout holds no pointers: a
@@ -14,6 +14,14 @@
 //! slots are used, keeping probe sequences short. When the table is at that
 //! load, the least recently used entry without a live lock makes room (exact
 //! LRU through a doubly linked list threaded through the slots).
+//!
+//! A worker killed in the middle of an update can leave counts and links that
+//! disagree. No loop here trusts them: each stops within one lap of the table,
+//! an operation that meets damage records it in the header (so every worker's
+//! next [`LockTable::attach`] refuses the table) and answers as if the zone
+//! were full or the key unknown, and [`LockTable::rebuild`] empties the table
+//! keeping its seed. Holding the shared mutex, an endless loop would stop
+//! every worker; a forgotten lock or memo only costs one collapse.
 
 use std::fmt;
 use std::hash::Hasher;
@@ -992,7 +1000,7 @@ impl<'a> LockTable<'a> {
         })
     }
 
-    /// Checks every invariant (linear time, bounded even on garbage): each
+    /// Checks every invariant (about linear time, even on garbage): each
     /// entry findable, counts and the LRU list consistent, no damage recorded.
     /// `Zone` runs it when a reload reuses a region, rebuilding it on error.
     pub fn verify(&self) -> Result<(), LayoutError> {
@@ -1005,16 +1013,52 @@ impl<'a> LockTable<'a> {
         if h.max_entries as usize != max_entries(n) || h.entries > h.max_entries {
             return corrupt("entry count");
         }
+        // Linear, not a probe per entry (quadratic on a damaged region, which a
+        // reload would wait for with the mutex held). Walked from an empty slot,
+        // so no run of entries wraps around the walk's start.
+        let Some(empty) = self.slots.iter().position(|s| s.used == 0) else {
+            return corrupt("no empty slot");
+        };
         let mut used = 0;
-        for (idx, slot) in self.slots.iter().enumerate() {
+        // Fingerprints of the entries sharing the current home slot: Robin Hood
+        // order keeps them adjacent, so a duplicate (unreachable) is among them.
+        let mut group: Vec<(u64, u64)> = Vec::new();
+        let mut group_home = usize::MAX;
+        let duplicate = |group: &mut Vec<(u64, u64)>| {
+            group.sort_unstable();
+            let dup = group.windows(2).any(|w| w[0] == w[1]);
+            group.clear();
+            dup
+        };
+        for step in 1..=n {
+            let idx = (empty + step) % n;
+            let slot = &self.slots[idx];
             match slot.used {
-                0 => continue,
+                0 => {
+                    if duplicate(&mut group) {
+                        return corrupt("duplicated entry");
+                    }
+                    continue;
+                }
                 USED => used += 1,
                 _ => return corrupt("slot state"),
             }
-            if !matches!(self.probe(slot.fingerprint()), Ok(Probe::Found(i)) if i == idx) {
-                return corrupt("entry not findable or duplicated");
+            // An entry away from home follows an entry at most one step nearer
+            // its own home: by induction every slot from its home on is used and
+            // far enough from home that a probe walks on to it.
+            let dist = self.distance(idx);
+            let prev = self.prev(idx);
+            if dist > 0 && (self.slots[prev].used != USED || self.distance(prev) + 1 < dist) {
+                return corrupt("entry not findable");
             }
+            let home = self.home(slot.fingerprint());
+            if home != group_home {
+                if duplicate(&mut group) {
+                    return corrupt("duplicated entry");
+                }
+                group_home = home;
+            }
+            group.push((slot.fp_hi, slot.fp_lo));
             let unlocked_clean = slot.kind == KIND_NONE
                 && slot.token == 0
                 && slot.lock_expires_ms == 0
@@ -2386,6 +2430,43 @@ mod tests {
         t.hdr.lru_head = NIL;
         t.memo_clear(key(3), 1);
         assert!(t.damage().is_some());
+    }
+
+    #[test]
+    fn verify_finds_duplicates_and_stays_fast_on_garbage() {
+        let mut region = filled_region(64, 20);
+        {
+            let t = region.attach();
+            // A copy of an entry right after it: the copy is unreachable.
+            let idx = (0..20)
+                .map(|k| t.at(key(k)).unwrap())
+                .find(|&i| t.slots[t.next(i)].used == 0)
+                .unwrap();
+            t.slots[t.next(idx)] = Slot {
+                lru_prev: NIL,
+                lru_next: NIL,
+                ..t.slots[idx]
+            };
+            assert_eq!(t.verify(), Err(LayoutError::Corrupt("duplicated entry")));
+        }
+        // 65,535 entries all homed at slot 0, in order, each findable: a probe
+        // per entry would take about 2^31 steps.
+        let n = 1 << 16;
+        let err = finishes(move || {
+            let mut region = Region::with_slots(n);
+            let t = region.init(5);
+            for i in 0..n - 1 {
+                let fp = fp_at(n, 0, i as u64);
+                t.slots[i] = Slot {
+                    fp_hi: fp.hi,
+                    fp_lo: fp.lo,
+                    used: USED,
+                    ..Slot::EMPTY
+                };
+            }
+            t.verify()
+        });
+        assert_eq!(err, Err(LayoutError::Corrupt("entry count")));
     }
 
     #[test]
