@@ -8,8 +8,9 @@ use ngx::ffi::{
 };
 
 use core::cell::Cell;
+use core::ptr;
 
-use crate::locktable::{Fingerprint, LockTable};
+use crate::locktable::{Fingerprint, LayoutError, LockTable};
 
 const NGX_OK: ngx_int_t = 0;
 const NGX_ERROR: ngx_int_t = -1;
@@ -46,25 +47,98 @@ impl Zone {
         self.with_table(|t| f(t, fp))
     }
 
-    /// Runs `f` on the table with the zone's mutex held; `None` before the zone is mapped.
+    /// Runs `f` on the table with the zone's mutex held; `None` before the zone is mapped,
+    /// and when the table is unusable: the caller then works without the zone (fails open).
+    /// A table found damaged (a worker died in the middle of an update), before `f` or by
+    /// it, is emptied on the spot and logged; `f`'s answer from a damaged table is dropped.
     pub fn with_table<R>(&self, f: impl FnOnce(&mut LockTable) -> R) -> Option<R> {
-        // SAFETY: `shm` is the zone nginx created for this configuration; `data` is set by
-        // init_zone to the table region (null until then), `shm.addr` is its slab pool.
-        unsafe {
-            let zone = &*self.shm;
-            if zone.data.is_null() {
-                return None;
-            }
-            let pool = zone.shm.addr as *mut ngx_slab_pool_t;
-            ngx_shmtx_lock(&mut (*pool).mutex);
-            let (region, len) = table_region(zone.data as *mut u8);
-            let result = LockTable::attach_raw(region, len)
-                .ok()
-                .map(|mut t| f(&mut t));
-            ngx_shmtx_unlock(&mut (*pool).mutex);
-            result
+        // SAFETY: `shm` is the zone nginx created for this configuration; it lives as long as
+        // the cycle whose configuration holds this Zone.
+        let zone = unsafe { &*self.shm };
+        if zone.data.is_null() {
+            return None;
         }
+        // SAFETY: a non-null `data` was set by init_zone to the block it allocated and
+        // prefixed with the table's length.
+        let (region, len) = unsafe { table_region(zone.data as *mut u8) };
+        // SAFETY: `shm.addr` is the start of the mapped zone, where nginx keeps the slab pool
+        // whose mutex all workers share; addr_of_mut makes no reference to shared memory.
+        let mutex = unsafe { ptr::addr_of_mut!((*(zone.shm.addr as *mut ngx_slab_pool_t)).mutex) };
+        // SAFETY: nginx initialised that mutex with the pool; it is released below on every
+        // path (nothing in between unwinds: panics abort).
+        unsafe { ngx_shmtx_lock(mutex) };
+        // SAFETY: the region stays mapped for the cycle, and the mutex makes this worker its
+        // only user until the unlock below.
+        let (result, damage) = unsafe { run_locked(region, len, f) };
+        // SAFETY: the mutex locked above.
+        unsafe { ngx_shmtx_unlock(mutex) };
+        if let Some(why) = damage {
+            // After the unlock: a log write is a syscall other workers need not wait for.
+            ngx::ngx_log_error!(
+                ngx::ffi::NGX_LOG_WARN,
+                zone.shm.log,
+                "stale_cache: zone \"{}\" was damaged ({}), probably by a worker that died \
+                 while updating it; emptied it (locks and memos held then are forgotten)",
+                String::from_utf8_lossy(&self.name),
+                why
+            );
+        }
+        result
     }
+}
+
+/// `f` on the table in `region`, rebuilding it if it is or becomes damaged. Returns `f`'s
+/// answer (`None` when the table is unusable or `f` found it damaged) and the damage found.
+///
+/// # Safety
+/// As for [`LockTable::attach_raw`]: `region` valid for `len` bytes, zone mutex held.
+unsafe fn run_locked<R>(
+    region: *mut u8,
+    len: usize,
+    f: impl FnOnce(&mut LockTable) -> R,
+) -> (Option<R>, Option<LayoutError>) {
+    // SAFETY: (caller) valid region, mutex held.
+    match unsafe { LockTable::attach_raw(region, len) } {
+        Ok(mut table) => {
+            let result = f(&mut table);
+            let Some(why) = table.damage() else {
+                return (Some(result), None);
+            };
+            // SAFETY: (caller) as above; `table`, the only other view, is not used again.
+            let _ = unsafe { LockTable::rebuild_raw(region, len) };
+            (None, Some(why))
+        }
+        Err(why @ LayoutError::Corrupt(_)) => {
+            // Marked damaged by a worker that died before rebuilding it.
+            // SAFETY: (caller) as above; attach made no view.
+            match unsafe { LockTable::rebuild_raw(region, len) } {
+                Ok(mut table) => (Some(f(&mut table)), Some(why)),
+                Err(_) => (None, Some(why)),
+            }
+        }
+        Err(_) => (None, None),
+    }
+}
+
+/// On reload, checks the table a reused zone carries over in full, rebuilding it when
+/// damaged. `Ok(Some(why))`: rebuilt because of `why`; `Err`: another layout or size (the
+/// running workers read it with other code, so it must not be touched).
+///
+/// # Safety
+/// As for [`LockTable::attach_raw`]: `region` valid for `len` bytes, zone mutex held.
+unsafe fn check_reused(region: *mut u8, len: usize) -> Result<Option<LayoutError>, LayoutError> {
+    // SAFETY: (caller) valid region, mutex held.
+    let why = match unsafe { LockTable::attach_raw(region, len) } {
+        Ok(table) => match table.verify() {
+            Ok(()) => return Ok(None),
+            Err(why) => why,
+        },
+        Err(why @ LayoutError::Corrupt(_)) => why,
+        Err(other) => return Err(other),
+    };
+    // SAFETY: (caller) as above; the view made by attach is gone.
+    unsafe { LockTable::rebuild_raw(region, len) }?;
+    Ok(Some(why))
 }
 
 /// The zone block starts with the table's length; the table follows, aligned.
@@ -86,20 +160,43 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
     let zone = unsafe { &mut *shm_zone };
     if !data.is_null() {
         // Reload with an unchanged size: the old mapping and its table carry over, if this
-        // module version reads the same layout (else the reload fails and says why).
+        // module version reads the same layout (else the reload fails and says why), after a
+        // full check: a worker that died mid-update may have left it inconsistent.
         // SAFETY: `data` is the block this function made for the previous cycle.
         let (region, len) = unsafe { table_region(data as *mut u8) };
-        // SAFETY: the block stays mapped; no worker of the new cycle runs yet.
-        if let Err(e) = unsafe { LockTable::attach_raw(region, len) } {
-            ngx::ngx_log_error!(
-                ngx::ffi::NGX_LOG_EMERG,
-                zone.shm.log,
-                "stale_cache: zone \"{}\" from the running configuration has another layout \
-                 ({}); restart nginx instead of reloading it",
-                String::from_utf8_lossy(crate::nginx::util::str_bytes(&zone.shm.name)),
-                e
-            );
-            return NGX_ERROR;
+        // SAFETY: on reuse nginx maps the old zone at `shm.addr`, with the slab pool (and its
+        // mutex) the previous cycle initialised; addr_of_mut makes no reference.
+        let mutex = unsafe { ptr::addr_of_mut!((*(zone.shm.addr as *mut ngx_slab_pool_t)).mutex) };
+        // SAFETY: the old cycle's workers still use the table: check it under their mutex
+        // (nginx force-unlocks it if one of them dies holding it).
+        unsafe { ngx_shmtx_lock(mutex) };
+        // SAFETY: the block stays mapped; the mutex is held.
+        let checked = unsafe { check_reused(region, len) };
+        // SAFETY: the mutex locked above.
+        unsafe { ngx_shmtx_unlock(mutex) };
+        let name = String::from_utf8_lossy(crate::nginx::util::str_bytes(&zone.shm.name));
+        match checked {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                ngx::ngx_log_error!(
+                    ngx::ffi::NGX_LOG_NOTICE,
+                    zone.shm.log,
+                    "stale_cache: zone \"{}\" failed its check on reload ({}); emptied it",
+                    name,
+                    why
+                );
+            }
+            Err(e) => {
+                ngx::ngx_log_error!(
+                    ngx::ffi::NGX_LOG_EMERG,
+                    zone.shm.log,
+                    "stale_cache: zone \"{}\" from the running configuration has another \
+                     layout ({}); restart nginx instead of reloading it",
+                    name,
+                    e
+                );
+                return NGX_ERROR;
+            }
         }
         zone.data = data;
         return NGX_OK;
