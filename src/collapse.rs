@@ -1,17 +1,36 @@
-//! The rules of request collapsing, as pure functions: when a fill counts, what a request
+//! The rules of request collapsing, as pure functions: when a fill counts (it stored), what a request
 //! does after trying the fill lock (also after being woken), when waiters are woken, and how
 //! long a refresh lock may live. The nginx layer (`stale::`) only carries them out.
 
-use crate::locktable::{LockInfo, LockOutcome};
+use crate::locktable::{LockAttempt, LockInfo};
 use crate::policy::CacheStatus;
 
-/// Whether a fill's end counts as "stored" for its waiters: they are then served from the
-/// cache (COLLAPSED); otherwise one of them fills in its place.
-///
-/// Today a fill counts when its response was a 2xx and the client connection did not fail
-/// (srcache stores only complete 2xx responses by default).
-pub fn fill_counts(status: usize, connection_error: bool) -> bool {
-    (200..300).contains(&status) && !connection_error
+/// How a fill ended, judged when its request is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillEnd {
+    /// srcache's store subrequest answered 2xx: waiters are served from the cache.
+    Stored,
+    /// The answer was complete but nothing was stored (an uncacheable status or
+    /// `Cache-Control`, too large, store skipped or failed): waiting cannot help, so waiters go
+    /// to the backend at once and the key gets a pass mark (hit-for-miss).
+    NotStored,
+    /// The filler ended before its answer was complete (client gone, request failed early):
+    /// one waiter fills in its place, the others keep waiting.
+    Abandoned,
+}
+
+/// A fill counts only when its answer was stored: "filled" is an outcome in Redis, not a
+/// status code. `store_status` is the status of srcache's store subrequest, if one ran.
+pub fn fill_end(
+    response_status: usize,
+    connection_error: bool,
+    store_status: Option<usize>,
+) -> FillEnd {
+    match store_status {
+        Some(status) if (200..300).contains(&status) => FillEnd::Stored,
+        _ if connection_error || response_status == 0 => FillEnd::Abandoned,
+        _ => FillEnd::NotStored,
+    }
 }
 
 /// What a request does after asking for a key's fill lock.
@@ -32,6 +51,9 @@ pub enum AfterLock {
     GiveUp,
     /// No collapsing possible (zone full or unusable): go to the backend alone.
     Alone,
+    /// The key's last fill was not stored and its pass mark lasts: go to the backend now,
+    /// in parallel with the others (PASS).
+    Pass,
 }
 
 impl AfterLock {
@@ -39,6 +61,7 @@ impl AfterLock {
     pub fn status(self) -> Option<CacheStatus> {
         match self {
             AfterLock::Fill | AfterLock::Alone => Some(CacheStatus::Miss),
+            AfterLock::Pass => Some(CacheStatus::Pass),
             AfterLock::Served => Some(CacheStatus::Collapsed),
             AfterLock::GiveUp => Some(CacheStatus::Timeout),
             AfterLock::Wait { .. } => None,
@@ -48,11 +71,12 @@ impl AfterLock {
 
 /// The step after a fill-lock attempt. `outcome` is `None` when the zone could not be used;
 /// `deadline_ms` is when the request stops waiting, however often it is woken.
-pub fn after_lock(outcome: Option<LockOutcome>, now_ms: u64, deadline_ms: u64) -> AfterLock {
+pub fn after_lock(outcome: Option<LockAttempt>, now_ms: u64, deadline_ms: u64) -> AfterLock {
     match outcome {
-        Some(LockOutcome::Acquired { .. }) => AfterLock::Fill,
-        Some(LockOutcome::RecentlyFilled) => AfterLock::Served,
-        Some(LockOutcome::Held(info)) => {
+        Some(LockAttempt::Acquired(_)) => AfterLock::Fill,
+        Some(LockAttempt::RecentlyFilled) => AfterLock::Served,
+        Some(LockAttempt::Pass { .. }) => AfterLock::Pass,
+        Some(LockAttempt::Held(info)) => {
             let budget_ms = deadline_ms.saturating_sub(now_ms);
             if budget_ms == 0 {
                 AfterLock::GiveUp
@@ -63,7 +87,7 @@ pub fn after_lock(outcome: Option<LockOutcome>, now_ms: u64, deadline_ms: u64) -
                 }
             }
         }
-        Some(LockOutcome::Full) | None => AfterLock::Alone,
+        Some(LockAttempt::Full) | None => AfterLock::Alone,
     }
 }
 
@@ -87,40 +111,50 @@ pub fn refresh_lock_ms(ttl_secs: i64, persisted: bool, lock_exptime_ms: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::locktable::LockKind;
+    use crate::locktable::{LockKind, TakeOver};
     use std::num::NonZeroU64;
 
     fn held(token: u64) -> LockInfo {
         LockInfo {
             kind: LockKind::Fill,
             token: NonZeroU64::new(token).unwrap(),
+            owner_pid: 1,
             expires_at_ms: 1_000,
         }
     }
 
     #[test]
-    fn a_fill_counts_for_complete_2xx_only() {
-        assert!(fill_counts(200, false));
-        assert!(fill_counts(204, false));
-        assert!(!fill_counts(200, true));
-        assert!(!fill_counts(404, false));
-        assert!(!fill_counts(500, false));
-        assert!(!fill_counts(0, false));
-        assert!(!fill_counts(302, false));
+    fn a_fill_counts_when_it_was_stored() {
+        assert_eq!(fill_end(200, false, Some(200)), FillEnd::Stored);
+        assert_eq!(fill_end(302, false, Some(201)), FillEnd::Stored);
+        // A store that finished counts even if the client left after it.
+        assert_eq!(fill_end(200, true, Some(200)), FillEnd::Stored);
+        // Complete answers that were not stored: uncacheable, or the store failed.
+        assert_eq!(fill_end(200, false, None), FillEnd::NotStored);
+        assert_eq!(fill_end(404, false, None), FillEnd::NotStored);
+        assert_eq!(fill_end(500, false, None), FillEnd::NotStored);
+        assert_eq!(fill_end(200, false, Some(502)), FillEnd::NotStored);
+        // The filler did not finish its answer: someone else must fill.
+        assert_eq!(fill_end(200, true, None), FillEnd::Abandoned);
+        assert_eq!(fill_end(0, false, None), FillEnd::Abandoned);
     }
 
     #[test]
     fn after_lock_steps() {
-        let acquired = LockOutcome::Acquired {
-            took_over_expired: false,
-        };
+        let acquired = LockAttempt::Acquired(TakeOver::Free);
         assert_eq!(after_lock(Some(acquired), 10, 20), AfterLock::Fill);
+        let from_dead = LockAttempt::Acquired(TakeOver::DeadOwner { pid: 42 });
+        assert_eq!(after_lock(Some(from_dead), 10, 20), AfterLock::Fill);
         assert_eq!(
-            after_lock(Some(LockOutcome::RecentlyFilled), 10, 20),
+            after_lock(Some(LockAttempt::RecentlyFilled), 10, 20),
             AfterLock::Served
         );
+        // A pass mark sends the request on at once, whatever its wait budget.
+        let pass = LockAttempt::Pass { left_ms: 500 };
+        assert_eq!(after_lock(Some(pass), 10, 20), AfterLock::Pass);
+        assert_eq!(after_lock(Some(pass), 30, 20), AfterLock::Pass);
         assert_eq!(
-            after_lock(Some(LockOutcome::Held(held(7))), 10, 25),
+            after_lock(Some(LockAttempt::Held(held(7))), 10, 25),
             AfterLock::Wait {
                 holder: 7,
                 budget_ms: 15
@@ -128,15 +162,15 @@ mod tests {
         );
         // The budget is one for all waits of a request: spent means give up, not wait again.
         assert_eq!(
-            after_lock(Some(LockOutcome::Held(held(7))), 25, 25),
+            after_lock(Some(LockAttempt::Held(held(7))), 25, 25),
             AfterLock::GiveUp
         );
         assert_eq!(
-            after_lock(Some(LockOutcome::Held(held(7))), 30, 25),
+            after_lock(Some(LockAttempt::Held(held(7))), 30, 25),
             AfterLock::GiveUp
         );
         assert_eq!(
-            after_lock(Some(LockOutcome::Full), 10, 20),
+            after_lock(Some(LockAttempt::Full), 10, 20),
             AfterLock::Alone
         );
         assert_eq!(after_lock(None, 10, 20), AfterLock::Alone);
@@ -147,6 +181,7 @@ mod tests {
         assert_eq!(AfterLock::Fill.status(), Some(CacheStatus::Miss));
         assert_eq!(AfterLock::Alone.status(), Some(CacheStatus::Miss));
         assert_eq!(AfterLock::Served.status(), Some(CacheStatus::Collapsed));
+        assert_eq!(AfterLock::Pass.status(), Some(CacheStatus::Pass));
         assert_eq!(AfterLock::GiveUp.status(), Some(CacheStatus::Timeout));
         let wait = AfterLock::Wait {
             holder: 1,

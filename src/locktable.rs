@@ -361,9 +361,9 @@ pub enum LockAttempt {
     Full,
 }
 
-/// Result of [`LockTable::try_lock`], the variant without owner pids and pass
-/// marks the nginx layer calls today; remove both once it calls
-/// [`LockTable::try_lock_as`].
+/// Result of [`LockTable::try_lock`], the tests' shorthand without owner pids
+/// and pass marks (the nginx layer calls [`LockTable::try_lock_as`]).
+#[cfg(test)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockOutcome {
     /// The caller holds the lock now. `took_over_expired`: a previous owner let
@@ -741,8 +741,9 @@ impl<'a> LockTable<'a> {
         })
     }
 
-    /// [`LockTable::try_lock_as`] as the nginx layer calls it today: owner pid
-    /// unknown, no dead-owner check, pass marks ignored.
+    /// [`LockTable::try_lock_as`] as the tests' shorthand: owner pid unknown,
+    /// no dead-owner check, pass marks ignored.
+    #[cfg(test)]
     pub fn try_lock(
         &mut self,
         fp: Fingerprint,

@@ -188,11 +188,18 @@ pub enum CacheStatus {
     Bypass,
     /// The lookup failed; the module stepped aside.
     Error,
+    /// The key's last fill was not stored (an uncacheable answer): this request went to the
+    /// backend without waiting, in parallel with the others (hit-for-miss).
+    Pass,
+    /// The module expected a cached entry (fresh, stale or just filled) but srcache's fetch
+    /// found none (deleted, evicted, Redis restarted or down) and the request went to the
+    /// backend without collapsing; counted as a miss.
+    Gone,
 }
 
 impl CacheStatus {
     /// Number of statuses, for counter arrays.
-    pub const COUNT: usize = 8;
+    pub const COUNT: usize = 10;
 
     /// Every status, in [`CacheStatus::index`] order.
     pub const ALL: [CacheStatus; CacheStatus::COUNT] = [
@@ -204,6 +211,8 @@ impl CacheStatus {
         CacheStatus::Refresh,
         CacheStatus::Bypass,
         CacheStatus::Error,
+        CacheStatus::Pass,
+        CacheStatus::Gone,
     ];
 
     /// The variable's value.
@@ -217,6 +226,8 @@ impl CacheStatus {
             CacheStatus::Refresh => "REFRESH",
             CacheStatus::Bypass => "BYPASS",
             CacheStatus::Error => "ERROR",
+            CacheStatus::Pass => "PASS",
+            CacheStatus::Gone => "GONE",
         }
     }
 
@@ -423,7 +434,9 @@ mod tests {
                 "TIMEOUT",
                 "REFRESH",
                 "BYPASS",
-                "ERROR"
+                "ERROR",
+                "PASS",
+                "GONE"
             ]
         );
         for (i, s) in CacheStatus::ALL.iter().enumerate() {

@@ -35,6 +35,11 @@ pub const DEFAULT_BACKEND_LOCK_TIMEOUT_MS: u64 = 10;
 pub const DEFAULT_LOCK_TIMEOUT_MS: u64 = 3_000;
 /// Default of `$cache_lock_timeout_wait` in milliseconds (0.06 s).
 pub const DEFAULT_LOCK_TIMEOUT_WAIT_MS: u64 = 60;
+/// Default of `$cache_pass_ttl` in milliseconds (10 s): how long a key whose fill was not
+/// stored goes to the backend without collapsing. Long enough that a burst of an
+/// uncacheable URL does not queue behind a lock that cannot help, short enough that a URL
+/// turning cacheable collapses again soon (a stored answer also ends it at once).
+pub const DEFAULT_PASS_TTL_MS: u64 = 10_000;
 /// Default of `$cache_skip_fetch`, as in lua-resty-cache.
 pub const DEFAULT_SKIP_FETCH: &[u8] = b"X-Skip-Fetch";
 
@@ -70,11 +75,14 @@ pub enum Var {
     LockTimeoutWait,
     /// `$cache_skip_fetch`: header marking the module's own refresh requests.
     SkipFetch,
+    /// `$cache_pass_ttl`: how long a key whose fill was not stored is passed to the backend
+    /// without collapsing (hit-for-miss); 0 turns pass marks off (new).
+    PassTtl,
 }
 
 impl Var {
     /// Number of variables.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 
     /// Every variable, in index order.
     pub const ALL: [Var; Var::COUNT] = [
@@ -90,6 +98,7 @@ impl Var {
         Var::LockTimeout,
         Var::LockTimeoutWait,
         Var::SkipFetch,
+        Var::PassTtl,
     ];
 
     /// The variable's name without the `$`, as nginx looks it up.
@@ -107,6 +116,7 @@ impl Var {
             Var::LockTimeout => "cache_lock_timeout",
             Var::LockTimeoutWait => "cache_lock_timeout_wait",
             Var::SkipFetch => "cache_skip_fetch",
+            Var::PassTtl => "cache_pass_ttl",
         }
     }
 
@@ -452,6 +462,8 @@ pub struct Settings {
     pub lock_timeout_wait_ms: u64,
     /// Header marking the module's own refresh requests (`$cache_skip_fetch`).
     pub skip_fetch: Vec<u8>,
+    /// How long a key whose fill was not stored skips collapsing (`$cache_pass_ttl`); 0: never.
+    pub pass_ttl_ms: u64,
 }
 
 impl Settings {
@@ -536,6 +548,7 @@ impl Settings {
             lock_timeout_ms: duration(Var::LockTimeout, DEFAULT_LOCK_TIMEOUT_MS)?,
             lock_timeout_wait_ms: duration(Var::LockTimeoutWait, DEFAULT_LOCK_TIMEOUT_WAIT_MS)?,
             skip_fetch,
+            pass_ttl_ms: duration(Var::PassTtl, DEFAULT_PASS_TTL_MS)?,
         }))
     }
 
@@ -697,6 +710,17 @@ mod tests {
         assert_eq!(s.lock_timeout_ms, 3_000);
         assert_eq!(s.lock_timeout_wait_ms, 60);
         assert_eq!(s.skip_fetch, b"X-Skip-Fetch");
+        assert_eq!(s.pass_ttl_ms, 10_000);
+    }
+
+    #[test]
+    fn pass_ttl_is_a_duration_and_zero_turns_it_off() {
+        assert_eq!(parse(base().with(Var::PassTtl, b"2.5")).pass_ttl_ms, 2_500);
+        assert_eq!(parse(base().with(Var::PassTtl, b"0")).pass_ttl_ms, 0);
+        let e = err(base().with(Var::PassTtl, b"soon"));
+        assert_eq!(e.var, Var::PassTtl);
+        assert!(check_literal(Var::PassTtl, b"soon").is_err());
+        assert!(check_literal(Var::PassTtl, b"3").is_ok());
     }
 
     #[test]

@@ -6,12 +6,15 @@
 //!    steps are in `decide` (settings, memo, lock, wait, stale), `lookup` (TTL/PERSIST/EXPIRE
 //!    subrequests and the filters that capture their answers) and `waiters` (waiting for a
 //!    fill, waking, releasing locks);
-//! 3. `state`'s pool cleanup ends the request: releases its locks and starts its refresh
+//! 3. `after_fetch::precontent_handler`, reached only when srcache did not serve the request:
+//!    an entry the layer expected but srcache missed makes the request join collapsing;
+//! 4. `state`'s pool cleanup ends the request: releases its locks and starts its refresh
 //!    (`refresh` prepares it, `sender` sends it on a connection of its own).
 //!
 //! The rules themselves are pure and unit-tested outside nginx: `crate::policy` (fresh, stale,
 //! miss), `crate::collapse` (locks and waiting), `crate::settings`, `crate::replay`.
 
+mod after_fetch;
 pub mod conf;
 mod decide;
 mod error;

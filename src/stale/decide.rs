@@ -11,10 +11,12 @@ use super::phases::{read_body, Next};
 use super::refresh::{self, has_body};
 use super::state::{Phase, RequestState, ZoneRef};
 use super::variables::read_cache_variables;
-use super::waiters::{self, new_token, start_waiting, zone_full, HeldLock};
-use super::{lookup, module::main_conf};
+use super::waiters::{
+    self, lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock,
+};
+use super::{after_fetch, lookup, module::main_conf};
 use crate::collapse::{after_lock, refresh_lock_ms, AfterLock};
-use crate::locktable::{LockKind, LockOutcome, MemoOutcome};
+use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
 use crate::nginx::zone;
@@ -68,18 +70,32 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     let now = now_ms();
     state.lookup_started = now;
     let memo = scf.memo_enabled();
-    let (fresh, lock) = zone
+    let (fresh, pass, lock) = zone
         .with_key(&settings.key, |t, fp| {
             let fresh = if memo { t.memo_get(fp, now) } else { None };
-            (fresh, t.lock_state(fp, now))
+            let pass = t.pass_left_ms(fp, now);
+            // A lock whose worker died (crash, kill -9) is let go at once, not at its expiry.
+            t.release_if_owner_dead(fp, now, owner_alive);
+            (fresh, pass, t.lock_state(fp, now))
         })
-        .unwrap_or((None, None));
+        .unwrap_or((None, None, None));
     let log = request_log(req);
     let key = settings.key.clone();
     state.settings = Some(settings);
     if fresh.is_some() {
         debug!(log, "stale_cache: \"{}\" fresh by the memo", Short(&key));
         state.finish(CacheStatus::Fresh);
+        return Ok(Next::Continue);
+    }
+    if let Some(left) = pass {
+        // The last fill stored nothing: no lookup, no lock, no waiting while the mark lasts.
+        debug!(
+            log,
+            "stale_cache: \"{}\" passed for {} ms more",
+            Short(&key),
+            left
+        );
+        state.finish(CacheStatus::Pass);
         return Ok(Next::Continue);
     }
     match lock {
@@ -211,12 +227,11 @@ fn serve_stale(
     let token = new_token();
     let key = settings.key.clone();
     let lock_ms = refresh_lock_ms(state.ttl, persist, settings.lock_exptime_ms);
-    let outcome = zone.with_key(&key, |t, fp| {
-        t.try_lock(fp, LockKind::Refresh, token, lock_ms, 0, now)
-    });
+    let lock = lock_request(LockKind::Refresh, token, lock_ms, 0);
+    let outcome = zone.with_key(&key, |t, fp| t.try_lock_as(fp, lock, now, owner_alive));
     match outcome {
-        Some(LockOutcome::Acquired { .. }) => {}
-        Some(LockOutcome::Full) => {
+        Some(LockAttempt::Acquired(_)) => {}
+        Some(LockAttempt::Full) => {
             zone_full(req, &zone);
             return Next::Continue;
         }
@@ -282,9 +297,10 @@ fn fill_or_wait(
         // One budget for all the waits of this request, however often it is woken.
         state.wait.deadline = now + settings.lock_timeout_ms;
     }
+    let lock = lock_request(LockKind::Fill, token, lock_ms, started);
     let (outcome, stored_at) = zone
         .with_key(&key, |t, fp| {
-            let outcome = t.try_lock(fp, LockKind::Fill, token, lock_ms, started, now);
+            let outcome = t.try_lock_as(fp, lock, now, owner_alive);
             (Some(outcome), t.last_store_ms(fp, now))
         })
         .unwrap_or((None, None));
@@ -297,11 +313,17 @@ fn fill_or_wait(
     );
     match next {
         AfterLock::Fill => state.fill = Some(HeldLock { zone, key, token }),
-        AfterLock::Served if state.wait.resumed_ms != 0 => {
-            let resumed = state.wait.resumed_ms;
-            state.wake_delay_ms = stored_at.map(|at| resumed.saturating_sub(at));
+        AfterLock::Served => {
+            if state.wait.resumed_ms != 0 {
+                let resumed = state.wait.resumed_ms;
+                state.wake_delay_ms = stored_at.map(|at| resumed.saturating_sub(at));
+            }
+            if state.after_fetch {
+                // srcache's fetch already ran for this request: let it fetch again.
+                return after_fetch::refetch(state, req);
+            }
         }
-        AfterLock::Served => {}
+        AfterLock::Pass => {}
         AfterLock::Wait { holder, budget_ms } => {
             start_waiting(state, req, zone, holder, budget_ms);
             return Next::Return(AGAIN);
@@ -317,7 +339,8 @@ fn fill_or_wait(
             "zone-unusable",
             Every::Interval,
             format_args!(
-                "stale_cache: zone \"{}\" cannot be used; no collapsing until nginx restarts",
+                "stale_cache: zone \"{}\" was found damaged and is being rebuilt; this request \
+                 goes on without collapsing",
                 String::from_utf8_lossy(&zone.name)
             ),
         ),

@@ -62,9 +62,14 @@ pub fn start(
             NGX_HTTP_SUBREQUEST_WAITED as _,
         )
     };
-    if rc != OK || sr.is_null() {
+    // SAFETY: a subrequest nginx just created from the live main request.
+    let Some(sr) = (unsafe { sr.as_mut() }).filter(|_| rc == OK) else {
         return Err(StaleError::Subrequest);
-    }
+    };
+    // The subrequest copies the client's headers; a lookup has no body, so the client's body
+    // size must not meet the lookup location's client_max_body_size (a 413 would fail it).
+    sr.headers_in.content_length_n = -1;
+    sr.headers_in.set_chunked(0);
     debug!(
         request_log(req),
         "stale_cache: lookup sent: {}?{}",
@@ -144,6 +149,8 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
         unsafe { (*state).capture.status = req.headers_out.status };
         req.set_header_sent(1);
         return OK;
+    } else {
+        note_store(req);
     }
     // SAFETY: the saved next filter of the chain, set once in postconfiguration.
     unsafe { NEXT_HEADER_FILTER.map_or(ERROR, |next| next(r)) }
@@ -183,6 +190,28 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
         cl = link.next;
     }
     OK
+}
+
+/// Records the answer of srcache's store subrequest in the main request's state: a fill
+/// counts only when its answer was stored. The store is recognised as the subrequest that
+/// carries a body (the response to cache) and starts after the main response's header went
+/// out; srcache's fetch, the only other subrequest srcache makes, runs before it.
+fn note_store(sr: &ngx_http_request_t) {
+    // SAFETY: a live subrequest's main request is live.
+    let main = unsafe { &*sr.main };
+    if sr.request_body.is_null() || main.header_sent() == 0 {
+        return;
+    }
+    let Some(state) = super::state::find(sr) else {
+        return;
+    };
+    // SAFETY: as in header_filter: no step of the main request runs while a subrequest's
+    // output is filtered; a single field is written through the pointer.
+    unsafe { (*state.as_ptr()).store_status = Some(sr.headers_out.status) };
+    debug!(
+        request_log(sr),
+        "stale_cache: store subrequest answered {}", sr.headers_out.status
+    );
 }
 
 /// Puts the capture filters at the top of the output chains.

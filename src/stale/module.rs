@@ -6,10 +6,10 @@ use core::ptr;
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
-    ngx_http_phases_NGX_HTTP_POST_READ_PHASE, ngx_http_phases_NGX_HTTP_PREACCESS_PHASE, ngx_int_t,
-    ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    ngx_http_phases_NGX_HTTP_POST_READ_PHASE, ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
+    ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
+    NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
@@ -17,7 +17,7 @@ use ngx::ngx_string;
 use super::conf::{
     merge_loc_conf, set_refresh_address, set_skip_header, set_stale_cache, set_zone, StaleCacheConf,
 };
-use super::{lookup, phases, variables};
+use super::{after_fetch, lookup, phases, variables};
 use crate::nginx::util::{ERROR, OK};
 
 /// The stale-cache layer as an nginx HTTP module.
@@ -44,7 +44,7 @@ impl HttpModule for StaleCacheModule {
         let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
             return ERROR;
         };
-        let handlers: [(u32, ngx_http_handler_pt); 2] = [
+        let handlers: [(u32, ngx_http_handler_pt); 3] = [
             (
                 ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
                 Some(phases::post_read_handler),
@@ -52,6 +52,10 @@ impl HttpModule for StaleCacheModule {
             (
                 ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
                 Some(phases::preaccess_handler),
+            ),
+            (
+                ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
+                Some(after_fetch::precontent_handler),
             ),
         ];
         for (phase, handler) in handlers {

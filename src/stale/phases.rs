@@ -113,7 +113,11 @@ pub unsafe extern "C" fn preaccess_handler(r: *mut ngx_http_request_t) -> ngx_in
 }
 
 /// Runs the request's steps until one has to wait or the layer is done.
-fn run(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheConf) -> ngx_int_t {
+pub fn run(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+) -> ngx_int_t {
     loop {
         let step = match state.phase {
             Phase::Start => decide::start(state, req, scf),
@@ -128,7 +132,7 @@ fn run(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheC
             // Until the wake-up event itself has run, other events (a writable client
             // socket) must not move the request on: the event would resume it twice.
             Phase::Waiting if state.wait.in_progress() => Ok(Next::Return(AGAIN)),
-            Phase::Waiting => decide::after_wake(state, req),
+            Phase::Waiting | Phase::Missed => decide::after_wake(state, req),
             Phase::Done => Ok(Next::Return(DECLINED)),
         };
         match step {

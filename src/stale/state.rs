@@ -23,7 +23,7 @@ use super::lookup::{lookup_done, Capture};
 use super::module::StaleCacheModule;
 use super::refresh::{self, PendingRefresh};
 use super::waiters::{self, HeldLock, Wait};
-use crate::collapse::fill_counts;
+use crate::collapse::{fill_end, FillEnd};
 use crate::nginx::log::{debug, Short};
 use crate::nginx::zone::Zone;
 use crate::policy::CacheStatus;
@@ -46,6 +46,8 @@ pub enum Phase {
     Restoring,
     /// Waiting for another request's fill.
     Waiting,
+    /// srcache missed an entry the layer expected: take the fill lock or wait for its holder.
+    Missed,
     /// The layer is done with the request: srcache and the backend take over.
     Done,
 }
@@ -79,6 +81,13 @@ pub struct RequestState {
     pub wait: Wait,
     /// For `$stale_cache_wake_delay`: from the fill's store to this request resuming.
     pub wake_delay_ms: Option<u64>,
+    /// The status of srcache's store subrequest, if one ran (`lookup::note_store`).
+    pub store_status: Option<usize>,
+    /// srcache's fetch has answered (and missed): the steps now run in PRECONTENT.
+    pub after_fetch: bool,
+    /// The request was sent through its location again to let srcache fetch the entry a
+    /// fill just stored; it happens once.
+    pub refetched: bool,
     /// Passed with every lookup subrequest; `lookup_done` finds the state through it.
     pub post_subrequest: ngx_http_post_subrequest_t,
 }
@@ -104,6 +113,9 @@ impl RequestState {
             refresh: None,
             wait: Wait::new(),
             wake_delay_ms: None,
+            store_status: None,
+            after_fetch: false,
+            refetched: false,
             post_subrequest: ngx_http_post_subrequest_t {
                 handler: Some(lookup_done),
                 data: ptr::null_mut(),
@@ -116,6 +128,17 @@ impl RequestState {
         self.settings
             .as_ref()
             .expect("settings are parsed before any lookup")
+    }
+
+    /// The state whose wait event `ev` is.
+    ///
+    /// # Safety
+    /// `ev` must be the `wait` event of a live RequestState that nothing else borrows (nginx
+    /// runs an event's handler when no step of its request runs).
+    pub unsafe fn of_wait_event<'a>(ev: *mut ngx::ffi::ngx_event_t) -> &'a mut RequestState {
+        let offset = core::mem::offset_of!(RequestState, wait) + Wait::EVENT_OFFSET;
+        // SAFETY: (caller) the event sits at this offset inside a live, unborrowed state.
+        unsafe { &mut *(ev.byte_sub(offset).cast::<RequestState>()) }
     }
 
     /// Ends the layer's work on the request with `status`.
@@ -240,18 +263,28 @@ unsafe extern "C" fn end_of_request(data: *mut c_void) {
     // SAFETY: the request is being freed but its fields are still readable now.
     let r = unsafe { &*state.r };
     let log = crate::nginx::util::request_log(r);
+    // SAFETY: the connection is live until the request is gone.
+    let connection_error = unsafe { (*r.connection).error() } != 0;
+    let end = fill_end(r.headers_out.status, connection_error, state.store_status);
     if let Some(lock) = state.fill.take() {
-        // SAFETY: the connection is live until the request is gone.
-        let connection_error = unsafe { (*r.connection).error() } != 0;
-        let stored = fill_counts(r.headers_out.status, connection_error);
         debug!(
             log,
-            "stale_cache: fill of \"{}\" ended with status {}: {}",
+            "stale_cache: fill of \"{}\" ended with status {}: {:?}",
             Short(&lock.key),
             r.headers_out.status,
-            if stored { "stored" } else { "not stored" }
+            end
         );
-        waiters::release(&lock, stored);
+        let pass_ms = match (end, &state.settings) {
+            (FillEnd::NotStored, Some(settings)) => settings.pass_ttl_ms,
+            _ => 0,
+        };
+        waiters::release_with_pass(&lock, end == FillEnd::Stored, pass_ms);
+    } else if end == FillEnd::Stored && state.status == Some(CacheStatus::Pass) {
+        // A passed key answered something cacheable: collapsing resumes at once.
+        if let (Some(zone), Some(settings)) = (state.zone, &state.settings) {
+            let now = crate::nginx::util::now_ms();
+            zone.with_key(&settings.key, |t, fp| t.pass_clear(fp, now));
+        }
     }
     if let Some(lock) = state.refresh_lock.take() {
         // The request ended before its refresh could be prepared.

@@ -14,6 +14,7 @@ use ngx::ffi::{
 
 use super::state::{Phase, RequestState, ZoneRef};
 use crate::collapse::lock_moved;
+use crate::locktable::{LockKind, LockRequest, Owner};
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{cycle_log, no_connection, now_ms, request_log, update_clock, worker_pid};
 use crate::nginx::zone::Zone;
@@ -22,6 +23,9 @@ use crate::policy::CacheStatus;
 /// How often a worker re-checks, in shared memory, locks that waiters of it wait for; a
 /// release in the same worker wakes its waiters at once instead.
 const WAIT_POLL_MS: ngx_msec_t = 1;
+/// How often the poll also checks that the workers holding waited-for locks still run: a
+/// killed holder's waiters resume within this (plus a poll), not at the lock's expiry.
+const OWNER_CHECK_MS: u64 = 200;
 
 /// A lock this request holds, released when the request (or its refresh) ends.
 pub struct HeldLock {
@@ -59,9 +63,17 @@ impl Wait {
         }
     }
 
+    /// Where the event sits in a Wait, to find the state from the event.
+    pub const EVENT_OFFSET: usize = core::mem::offset_of!(Wait, event);
+
     /// Still waiting, or woken but not yet resumed: other events must not move the request.
     pub fn in_progress(&self) -> bool {
         self.registered || self.wake_pending
+    }
+
+    /// The event, to post a resumption of the request on it.
+    pub fn event_mut(&mut self) -> &mut ngx_event_t {
+        &mut self.event
     }
 }
 
@@ -74,6 +86,34 @@ thread_local! {
     /// The poll timer that notices releases made by other workers.
     static POLL_EVENT: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
     static TOKEN_COUNTER: Cell<u64> = const { Cell::new(0) };
+    static LAST_OWNER_CHECK: Cell<u64> = const { Cell::new(0) };
+}
+
+/// A lock request of this worker (its pid lets others take the lock over if it dies).
+pub fn lock_request(kind: LockKind, token: NonZeroU64, ttl_ms: u64, started: u64) -> LockRequest {
+    LockRequest {
+        kind,
+        owner: Owner {
+            token,
+            pid: worker_pid() as u32,
+        },
+        ttl_ms,
+        lookup_started_ms: started,
+    }
+}
+
+/// Whether the worker that holds a lock still runs. Asked with the zone's mutex held, so it
+/// is one `kill(pid, 0)`; in doubt (a pid of another user: EPERM) it is alive.
+pub fn owner_alive(pid: u32) -> bool {
+    if u64::from(pid) == worker_pid() {
+        return true;
+    }
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return true;
+    };
+    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
 }
 
 /// A lock token unique across workers: the pid tells workers apart, the counter locks.
@@ -190,10 +230,9 @@ pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
 }
 
 unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
-    let offset = core::mem::offset_of!(RequestState, wait) + core::mem::offset_of!(Wait, event);
     // SAFETY: the event is the `wait.event` field of a live RequestState (the request's end
     // cancels it); no step of the request runs while its posted event or timer fires.
-    let state = unsafe { &mut *(ev.byte_sub(offset).cast::<RequestState>()) };
+    let state = unsafe { RequestState::of_wait_event(ev) };
     state.wait.wake_pending = false;
     let r = state.r;
     // SAFETY: the request is live while its state is.
@@ -240,11 +279,26 @@ fn arm_poll_timer() {
 /// worker wakes them.
 unsafe extern "C" fn poll_waiters(_ev: *mut ngx_event_t) {
     let now = now_ms();
+    let check_owners = now.saturating_sub(LAST_OWNER_CHECK.get()) >= OWNER_CHECK_MS;
+    if check_owners {
+        LAST_OWNER_CHECK.set(now);
+    }
     let keys: Vec<(usize, Vec<u8>)> = WAITERS.with(|w| w.borrow().keys().cloned().collect());
     for (zone_id, key) in keys {
         // SAFETY: zone ids are addresses of zones in the main conf, live for the cycle.
         let zone = ZoneRef::new(unsafe { &*(zone_id as *const Zone) });
-        let holder = zone.with_key(&key, |t, fp| t.lock_state(fp, now)).flatten();
+        let holder = zone
+            .with_key(&key, |t, fp| {
+                if check_owners && t.release_if_owner_dead(fp, now, owner_alive) {
+                    debug!(
+                        cycle_log(),
+                        "stale_cache: the worker holding \"{}\" is gone; lock released",
+                        Short(&key)
+                    );
+                }
+                t.lock_state(fp, now)
+            })
+            .flatten();
         let moved = WAITERS.with(|w| {
             w.borrow().get(&(zone_id, key.clone())).is_some_and(|list| {
                 // SAFETY: waiters are live while registered.
@@ -269,11 +323,21 @@ unsafe extern "C" fn poll_waiters(_ev: *mut ngx_event_t) {
 /// Releases a lock this worker holds and wakes its local waiters at once. `stored`: the
 /// lock's work (fill or refresh) stored a new entry.
 pub fn release(lock: &HeldLock, stored: bool) {
+    release_with_pass(lock, stored, 0);
+}
+
+/// [`release`], also marking the key as passed for `pass_ms` (a fill that stored nothing),
+/// in the same hold of the mutex, so no waiter sees the lock gone before the mark is there.
+pub fn release_with_pass(lock: &HeldLock, stored: bool, pass_ms: u64) {
     // The release time dates the store that waiters are woken for: read the clock afresh.
     update_clock();
     let now = now_ms();
-    lock.zone
-        .with_key(&lock.key, |t, fp| t.unlock(fp, lock.token, now, stored));
+    lock.zone.with_key(&lock.key, |t, fp| {
+        if pass_ms > 0 {
+            t.pass_set(fp, pass_ms, now);
+        }
+        t.unlock(fp, lock.token, now, stored)
+    });
     debug!(
         cycle_log(),
         "stale_cache: lock of \"{}\" released ({})",
