@@ -28,7 +28,7 @@ our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  start_redis fake_redis_blackhole nginx_pids pick_port sleep_ms sleep_until
                  wait_until wait_log wait_backend_hits
                  redis_locations drop_in_config redis_key redis_calls
-                 error_log_count fill_and_stale);
+                 error_log_count fill_and_stale concurrent_get);
 
 my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
 my $SERVROOT = $ENV{TEST_NGINX_SERVROOT} || "$ROOT/t/servroot";
@@ -651,6 +651,14 @@ sub http_request {
 }
 
 sub http_get { http_request('GET', @_[0, 1]) }
+
+# Sends `GET $path` $n times at once, each on its own connection, with %$headers; returns the
+# responses (each with start, end and elapsed, in seconds from the first send).
+sub concurrent_get {
+    my ($path, $n, $headers, $timeout) = @_;
+    my $req = build_request("GET $path", $headers);
+    return run_jobs([map { { port => $PORT{nginx}, reqs => [$req] } } 1 .. $n], $timeout // 10);
+}
 
 # The Redis key srcache uses for a request under the documented configuration:
 # md5("$http_user_agent|$uri"); the harness's client sends no User-Agent unless asked to.

@@ -1,0 +1,247 @@
+# Collapsing under real traffic: answers that are not stored (pass marks), entries that
+# vanish behind the freshness memo, and lock holders that die.
+use lib 't/lib';
+use Test::StaleCache;
+use Time::HiRes qw(time);
+
+our $HTTP = <<'_EOC_';
+    stale_cache_zone srcache_locks 1m;
+_EOC_
+
+# The drop-in configuration with statuses on every answer (errors too), a short pass mark
+# unless asked otherwise, and the filling worker's pid passed to the backend.
+sub config {
+    my (%o) = @_;
+    return drop_in_config(join "\n        ",
+        "set \$cache_pass_ttl " . ($o{pass_ttl} // 3) . ';',
+        'add_header X-Status $stale_cache_status always;',
+        'proxy_set_header X-Worker $pid;',
+        $o{extra} // ());
+}
+
+sub statuses {
+    my %n;
+    $n{ $_->{headers}{'x-status'} // ($_->{error} ? "error: $_->{error}" : '(none)') }++ for @_;
+    return \%n;
+}
+
+sub p99 {
+    my @e = sort { $a <=> $b } map { $_->{elapsed} } @_;
+    return $e[ int(0.99 * $#e) ];
+}
+
+# One uncacheable answer kind: 100 concurrent (one fills, the rest pass at once when its answer
+# is not stored), 100 more inside the pass mark (nobody waits), then, once the answer is
+# cacheable and the mark is over, 100 concurrent collapse onto one fill again.
+sub uncacheable_round {
+    my ($path, $what, $code, %answer) = @_;
+    my %slow = ('X-Backend-Delay' => '0.3');
+    backend_config($path, %answer);
+    my @r = concurrent_get($path, 100, \%slow);
+    is(scalar(grep { ($_->{status} // 0) == $code } @r), 100, "$what: 100 answered $code");
+    my $n = statuses(@r);
+    is($n->{MISS}, 1, "$what: one filler") or diag(explain $n);
+    is(($n->{PASS} // 0) + 1, 100, "$what: the other 99 passed (no TIMEOUT, no waiting in line)")
+        or diag(explain $n);
+    is(backend_hits($path), 100, "$what: every request reached the backend once");
+    my ($filler) = grep { ($_->{headers}{'x-status'} // '') eq 'MISS' } @r;
+    my $slowest = (sort { $b <=> $a } map { $_->{end} } @r)[0];
+    # The old module serialized them until $cache_lock_timeout (3 s): 3.3 s for all.
+    cmp_ok($slowest - $filler->{end}, '<', 0.3 + 0.4,
+           sprintf("$what: waiters went to the backend when the fill ended (%.3f s after it)",
+                   $slowest - $filler->{end}));
+    my $mark_set = time - ($r[0]{end} - $filler->{end});
+
+    my @in_mark = concurrent_get($path, 100, \%slow);
+    is(statuses(@in_mark)->{PASS}, 100, "$what: inside the pass mark all 100 PASS")
+        or diag(explain statuses(@in_mark));
+    cmp_ok(p99(@in_mark), '<', 0.3 + 0.35,
+           sprintf("$what: nobody waited (p99 %.3f s, backend 0.3 s)", p99(@in_mark)));
+    is(backend_hits($path), 200, "$what: 100 more backend hits");
+
+    backend_config($path, clear => 1);
+    sleep_until($mark_set + 3 + 0.3);    # the 3 s mark is over
+    my @again = concurrent_get($path, 100, \%slow);
+    is(scalar(grep { ($_->{status} // 0) == 200 } @again), 100, "$what, then cacheable: 100 answered 200");
+    my $m = statuses(@again);
+    is($m->{MISS}, 1, "$what, then cacheable: one fill") or diag(explain $m);
+    is($m->{COLLAPSED}, 99, "$what, then cacheable: 99 collapsed onto it") or diag(explain $m);
+    is(backend_hits($path), 201, "$what, then cacheable: one backend hit for 100");
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: uncacheable answers (500, 404, Cache-Control private, no-store): pass marks, no queue
+--- http_config eval: $::HTTP
+--- config eval: ::config()
+--- timeout: 20
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+::uncacheable_round('/api/e500', '500', 500, status => 500);
+::uncacheable_round('/api/e404', '404', 404, status => 404);
+::uncacheable_round('/api/private', 'private', 200, header => 'Cache-Control: private');
+::uncacheable_round('/api/nostore', 'no-store', 200, header => 'Cache-Control: no-store');
+--- no_error_log
+waited $cache_lock_timeout
+
+
+
+=== TEST 2: a cacheable answer ends a pass mark at once
+--- http_config eval: $::HTTP
+--- config eval: ::config(pass_ttl => 60)
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+backend_config('/api/flip', status => 500);
+my $r = http_get('/api/flip');
+is($r->{headers}{'x-status'}, 'MISS', 'the fill answered 500');
+is(http_get('/api/flip')->{headers}{'x-status'}, 'PASS', 'the key is passed (60 s mark)');
+backend_config('/api/flip', clear => 1);
+my $ok = http_get('/api/flip');
+is($ok->{headers}{'x-status'}, 'PASS', 'still passed: the mark lasts');
+is($ok->{headers}{'x-store'}, 'STORE', 'but its answer is cacheable and stored');
+is(redis('DEL', redis_key('/api/flip')), 1, 'the entry is deleted again');
+my @r = concurrent_get('/api/flip', 50, { 'X-Backend-Delay' => '0.3' });
+my $n = ::statuses(@r);
+is($n->{MISS}, 1, 'collapsing is back: one fill') or diag(explain $n);
+is($n->{COLLAPSED}, 49, 'and 49 collapsed') or diag(explain $n);
+is(backend_hits('/api/flip'), 4, 'one backend hit for the 50');
+
+
+
+=== TEST 3: $cache_pass_ttl 0: no pass marks, a failed fill is handed over as before
+--- http_config eval: $::HTTP
+--- config eval: ::config(pass_ttl => 0)
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+backend_config('/api/nopass', status => 500);
+is(http_get('/api/nopass')->{headers}{'x-status'}, 'MISS', 'a fill that answered 500');
+is(http_get('/api/nopass')->{headers}{'x-status'}, 'MISS', 'no mark: the next one fills again');
+
+
+
+=== TEST 4: DEL of a memo-fresh key, then 100 concurrent: they collapse onto one fill
+--- http_config eval: $::HTTP
+--- config eval: ::config()
+--- timeout: 15
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+is(http_get('/api/del')->{headers}{'x-status'}, 'MISS', 'filled');
+my $f = http_get('/api/del');
+is($f->{headers}{'x-status'}, 'FRESH', 'fresh: the memo remembers it for 5 s');
+is(redis('DEL', redis_key('/api/del')), 1, 'an operator deletes the entry in Redis');
+my @r = concurrent_get('/api/del', 100, { 'X-Backend-Delay' => '0.3' });
+is(scalar(grep { ($_->{status} // 0) == 200 } @r), 100, 'all 100 answered 200');
+cmp_ok(backend_hits('/api/del'), '<=', 3, 'at most 2 backend hits for the 100 (1 before)');
+my @lies = grep { ($_->{headers}{'x-status'} // '') eq 'FRESH'
+                  && ($_->{headers}{'x-cache'} // '') eq 'MISS' } @r;
+is(scalar @lies, 0, 'no response reported FRESH while srcache missed');
+my $n = ::statuses(@r);
+cmp_ok($n->{MISS} // 0, '>=', 1, 'one of them filled') or diag(explain $n);
+is(($n->{MISS} // 0) + ($n->{COLLAPSED} // 0) + ($n->{FRESH} // 0) + ($n->{GONE} // 0), 100,
+   'the others were collapsed (or came after the store)') or diag(explain $n);
+my @hits = grep { ($_->{headers}{'x-cache'} // '') eq 'HIT' } @r;
+cmp_ok(scalar @hits, '>=', 98, 'and served from the cache the fill stored');
+is(redis('EXISTS', redis_key('/api/del')), 1, 'the entry is back in Redis');
+
+
+
+=== TEST 5: Redis restarted empty behind the memo: statuses say what happened
+--- http_config eval: $::HTTP
+--- config eval: ::config()
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+is(http_get('/api/gone')->{headers}{'x-status'}, 'MISS', 'filled');
+is(http_get('/api/gone')->{headers}{'x-status'}, 'FRESH', 'fresh by the memo');
+redis('FLUSHALL');
+my $r = http_get('/api/gone');
+is($r->{headers}{'x-cache'}, 'MISS', 'srcache missed');
+is($r->{headers}{'x-status'}, 'MISS', 'reported as the miss it was (it filled), not FRESH');
+is($r->{headers}{'x-store'}, 'STORE', 'and stored again');
+is(http_get('/api/gone')->{headers}{'x-cache'}, 'HIT', 'the next one hits');
+
+
+
+=== TEST 6: kill -9 of the filling worker: waiters in the other worker resume within 1 s
+--- workers: 2
+--- http_config eval: $::HTTP
+--- config eval: ::config(extra => 'add_header X-Worker $pid always;')
+--- timeout: 15
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+my $dir = "$TEST_NGINX_SERVROOT/kill";
+mkdir $dir;
+my $url = "http://127.0.0.1:$TEST_NGINX_SERVER_PORT/api/k";
+system("curl -s -o /dev/null -H 'X-Backend-Delay: 10' $url &");
+wait_backend_hits('/api/k', 1);
+my $filler = (backend_log('/api/k'))[0]{headers}{'x-worker'};
+ok($filler, "the filler runs in worker $filler");
+for my $i (1 .. 20) {
+    system("(curl -s -D $dir/h$i -o $dir/b$i -H 'X-Backend-Delay: 0.3' $url; touch $dir/done$i) &");
+}
+wait_until(sub { error_log_count(qr/stale_cache: waiting up to/) >= 20 }, 10, '20 waiters parked');
+my $killed = time;
+kill 'KILL', $filler;
+my $t = time;
+my $new = http_get('/api/k', { 'X-Backend-Delay' => '0.3' });
+my $new_elapsed = time - $t;
+is($new->{status}, 200, 'a new request after the kill is answered');
+cmp_ok($new_elapsed, '<', 0.3 + 0.5, sprintf('in backend time + 0.5 s (%.3f s)', $new_elapsed));
+wait_until(sub { !grep { !-e "$dir/done$_" } 1 .. 20 }, 10, 'the 20 waiters to end');
+my $slurp = sub { open my $fh, '<', $_[0] or return ''; local $/; <$fh> };
+my ($survivors, $late) = (0, 0);
+for my $i (1 .. 20) {
+    my $h = $slurp->("$dir/h$i");
+    my ($w) = $h =~ /X-Worker: (\d+)/i;
+    next unless $w && $w != $filler;    # the killed worker's waiters died with it
+    $survivors++;
+    like($h, qr{^HTTP/1\.1 200}, "waiter $i (worker $w) answered 200");
+    my $done = (stat "$dir/done$i")[9];
+    $late++ if $done - $killed > 1 + 0.3 + 1;    # stat's mtime is in whole seconds
+}
+cmp_ok($survivors, '>=', 1, "waiters in the other worker: $survivors");
+is($late, 0, 'none of them waited for the lock to expire (30 s) or the lock timeout');
+cmp_ok(backend_hits('/api/k'), '<=', 3, 'the killed fill, one new fill (and the new request)');
+--- error_log eval
+qr/\[alert\].*exited on signal 9/
+
+
+
+=== TEST 7: a refresh whose worker was killed does not leave the key un-refreshed
+--- http_config eval: $::HTTP
+--- config eval: ::config()
+--- timeout: 15
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+my $key = fill_and_stale('/api/r', undef, delay => 5);
+my $s = http_get('/api/r');
+is($s->{headers}{'x-status'}, 'STALE', 'stale hit; its refresh runs for 5 s');
+wait_backend_hits('/api/r', 2);
+is(redis('TTL', $key), -1, 'the key is PERSISTed for the refresh');
+my ($worker) = grep { $_ != (nginx_pids())[0] } nginx_pids();
+kill 'KILL', $worker;
+backend_config('/api/r', clear => 1);
+wait_until(sub { my @p = nginx_pids(); @p == 2 && !grep { $_ == $worker } @p }, 5,
+           'the master to start a new worker');
+my $again = http_get('/api/r');
+is($again->{headers}{'x-status'}, 'STALE', 'still stale (the killed refresh stored nothing)');
+wait_until(sub { my $t = redis('TTL', $key); $t > 50 }, 5,
+           'a new refresh to store the entry with an expiry');
+cmp_ok(backend_hits('/api/r'), '>=', 3, 'a new refresh reached the backend');
+--- error_log eval
+qr/\[alert\].*exited on signal 9/
