@@ -19,6 +19,7 @@ pub mod conf;
 mod decide;
 mod error;
 mod literals;
+mod locations;
 mod lookup;
 pub mod module;
 mod phases;

@@ -3,6 +3,7 @@
 use lib 't/lib';
 use Test::StaleCache;
 use Time::HiRes qw(time);
+use IO::Socket::INET;
 
 our $HTTP = <<'_EOC_';
     stale_cache_zone srcache_locks 1m;
@@ -245,3 +246,116 @@ wait_until(sub { my $t = redis('TTL', $key); $t > 50 }, 5,
 cmp_ok(backend_hits('/api/r'), '>=', 3, 'a new refresh reached the backend');
 --- error_log eval
 qr/\[alert\].*exited on signal 9/
+
+
+
+=== TEST 8: $cache_ttl naming no location fails nginx -t, naming the variable
+--- http_config eval: $::HTTP
+--- config
+    location /api {
+        set $cache_lock srcache_locks;
+        set $cache_ttl /no-such-location;
+        set $cache_key $uri;
+        stale_cache on;
+    }
+    location = /redisttl { internal; return 200; }
+--- must_die
+--- error_log
+$cache_ttl: "/no-such-location" names no location of this server
+
+
+
+=== TEST 9: $cache_persist and $cache_expire are checked too; a prefix or regex location is enough
+--- http_config eval: $::HTTP
+--- config
+    location /api {
+        set $cache_lock srcache_locks;
+        set $cache_ttl /lookups/ttl;
+        set $cache_persist /lookups/persist;
+        set $cache_expire /nowhere;
+        set $cache_key $uri;
+        stale_cache on;
+    }
+    location /lookups/ { internal; return 200; }
+--- must_die
+--- error_log
+$cache_expire: "/nowhere" names no location of this server
+
+
+
+=== TEST 10: prefix and regex locations satisfy the check
+--- http_config eval: $::HTTP
+--- config
+    location /api {
+        set $cache_lock srcache_locks;
+        set $cache_ttl /lookups/ttl;
+        set $cache_persist /rx/persist;
+        set $cache_expire off;
+        set $cache_key $uri;
+        stale_cache on;
+        return 200 "ok\n";
+    }
+    location /lookups/ { internal; return 200; }
+    location ~ ^/rx/ { internal; return 200; }
+--- request
+GET /t-unused
+--- error_code: 404
+
+
+
+=== TEST 11: an HTTP/1.0 request without Host on a stale key: the refresh carries a Host and stores
+--- http_config eval: $::HTTP
+--- config eval: ::config()
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+my $key = fill_and_stale('/api/h10');
+my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$TEST_NGINX_SERVER_PORT", Timeout => 2)
+    or die "connect: $!";
+print $s "GET /api/h10 HTTP/1.0\r\n\r\n";
+my $answer = do { local $/; <$s> };
+like($answer, qr/^HTTP\/1\.1 200/, 'the Host-less request is answered 200');
+like($answer, qr/X-Status: STALE/i, 'stale');
+wait_until(sub { redis('TTL', $key) > 50 }, 5, 'the refresh to store the entry');
+my @log = backend_log('/api/h10');
+is(scalar @log, 2, 'the refresh reached the backend');
+ok(length($log[1]{headers}{host} // ''), "with a Host: $log[1]{headers}{host}");
+wait_log(qr/refresh of "\/api\/h10" via \S+ 200/);
+
+
+
+=== TEST 12: a 2 MB POST with POST in $cache_methods: the lookups do not inherit its body size
+--- http_config eval: $::HTTP
+--- config eval: ::config(extra => 'set $cache_methods "GET POST"; client_max_body_size 4m; srcache_methods GET POST;')
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+my $r = http_request('POST', '/api/post', {}, 'x' x (2 * 1024 * 1024));
+is($r->{status}, 200, 'answered 200');
+is($r->{headers}{'x-status'}, 'MISS', 'looked up and filled (not ERROR)');
+--- no_error_log
+TTL lookup failed
+
+
+
+=== TEST 13: 20 waiters timing out log one line, with the long key shortened
+--- http_config eval: $::HTTP
+--- config eval: ::config(extra => 'set $cache_lock_timeout 0.3; set $cache_key "$arg_k|$uri";')
+--- timeout: 10
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+my $k = 'k' x 3000;
+system("curl -s -o /dev/null -H 'X-Backend-Delay: 2' 'http://127.0.0.1:$TEST_NGINX_SERVER_PORT/api/slow?k=$k' &");
+wait_backend_hits('/api/slow', 1);
+my @r = concurrent_get("/api/slow?k=$k", 20, {});
+is(::statuses(@r)->{TIMEOUT}, 20, 'the 20 waiters gave up');
+my @lines = grep { /waited \$cache_lock_timeout/ } split /\n/, error_log_text();
+is(scalar @lines, 1, 'one warn line for the 20');
+my ($shown) = $lines[0] =~ /filling "(.*?)"/;
+cmp_ok(length($shown // ''), '<', 100, 'the 3010-byte key is not logged whole')
+    or diag($shown);
+like($shown, qr/\.\.\.\(3010 bytes\)$/, 'its length is');

@@ -9,6 +9,7 @@ use core::ptr;
 use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_parse_url, ngx_uint_t, ngx_url_t, NGX_LOG_EMERG};
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError};
 
+use super::locations::reaches_a_location;
 use super::module::StaleCacheModule;
 use super::sender::RefreshTarget;
 use crate::nginx::util::{conf_args, conf_error, str_bytes, CONF_ERROR, CONF_OK};
@@ -143,6 +144,17 @@ fn check_literal_variables(cf: *mut ngx_conf_t) -> Result<(), String> {
             continue;
         }
         check_literal(var, &value).map_err(|e| e.to_string())?;
+        let location_var = matches!(var, Var::Ttl | Var::Persist | Var::Expire);
+        // SAFETY: merge runs with a valid configuration context.
+        let cfr = unsafe { &*cf };
+        if location_var && !value.eq_ignore_ascii_case(b"off") && !reaches_a_location(cfr, &value) {
+            return Err(format!(
+                "{var}: \"{}\" names no location of this server; add \"location = {} {{ \
+                 internal; ... }}\" (see nginx-conf/) or fix the URI",
+                String::from_utf8_lossy(&value),
+                String::from_utf8_lossy(&value)
+            ));
+        }
         if var == Var::Lock && !mcf.zones.iter().any(|z| z.name == value) {
             let name = String::from_utf8_lossy(&value);
             return Err(format!(

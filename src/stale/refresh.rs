@@ -13,6 +13,7 @@ use super::waiters::{release, HeldLock};
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{live_headers, request_log, str_bytes};
 use crate::replay::Replay;
+use ngx::http::{HttpModuleServerConf, NgxHttpCoreModule};
 
 /// The header the module's own refresh requests carry the per-start secret in.
 pub const SECRET_HEADER: &str = "X-Stale-Cache-Refresh";
@@ -103,7 +104,7 @@ fn build(
     let mut replay = Replay {
         method: str_bytes(&req.method_name),
         target: str_bytes(&req.unparsed_uri),
-        host: str_bytes(&req.headers_in.server),
+        host: replay_host(req, &target),
         headers: &header_pairs,
         body: body.as_deref(),
         skip_header: &settings.skip_fetch,
@@ -169,6 +170,21 @@ pub fn send(pending: PendingRefresh) {
             }
         }),
     );
+}
+
+/// The Host the refresh sends: the client's; for a request without one (HTTP/1.0), the
+/// server's name, else the address the refresh goes to (HTTP/1.1 requires a Host).
+fn replay_host<'a>(req: &'a ngx_http_request_t, target: &'a RefreshTarget) -> &'a [u8] {
+    let client = str_bytes(&req.headers_in.server);
+    if !client.is_empty() {
+        return client;
+    }
+    let server_name =
+        NgxHttpCoreModule::server_conf(req).map_or(&[][..], |cscf| str_bytes(&cscf.server_name));
+    if !server_name.is_empty() {
+        return server_name;
+    }
+    target.name.as_bytes()
 }
 
 pub fn has_body(req: &ngx_http_request_t) -> bool {
