@@ -108,6 +108,101 @@ pub fn refresh_lock_ms(ttl_secs: i64, persisted: bool, lock_exptime_ms: u64) -> 
     }
 }
 
+/// The first backoff after a failed refresh of a key; each further failure doubles it.
+pub const BACKOFF_BASE_MS: u64 = 1_000;
+/// The longest backoff.
+pub const BACKOFF_CAP_MS: u64 = 60_000;
+
+/// How long a key is left alone after its `failures`-th failed refresh in a row: no new
+/// refresh (stale hits are served without one), and in the error grace band the stored copy
+/// is served at once. 1 s, 2 s, 4 s, ... up to 60 s.
+pub fn backoff_ms(failures: u8) -> u64 {
+    let doublings = u32::from(failures.max(1) - 1).min(16);
+    (BACKOFF_BASE_MS << doublings).min(BACKOFF_CAP_MS)
+}
+
+/// How a refresh (a request of the module's own to this nginx) ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RefreshEnd {
+    /// It answered 2xx: the new entry is stored.
+    Stored,
+    /// It answered this status (not 2xx).
+    Status(u16),
+    /// It did not answer in time.
+    Timeout,
+    /// It could not be sent or its connection failed.
+    Error,
+}
+
+/// Which refresh failures let the error grace band serve the stored copy, as in
+/// `proxy_cache_use_stale` (`stale_cache_use_stale`). A bit per word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UseStale(u16);
+
+impl UseStale {
+    const WORDS: [(&'static str, u16); 9] = [
+        ("error", 1),
+        ("timeout", 1 << 1),
+        ("http_500", 1 << 2),
+        ("http_502", 1 << 3),
+        ("http_503", 1 << 4),
+        ("http_504", 1 << 5),
+        ("http_403", 1 << 6),
+        ("http_404", 1 << 7),
+        ("http_429", 1 << 8),
+    ];
+
+    /// `error timeout http_500 http_502 http_503 http_504`.
+    pub const DEFAULT: UseStale = UseStale(0b11_1111);
+    /// `off`.
+    pub const OFF: UseStale = UseStale(0);
+
+    /// Parses the directive's words; `off` alone turns it off.
+    pub fn parse<'a>(words: impl IntoIterator<Item = &'a [u8]>) -> Result<UseStale, String> {
+        let mut bits = 0;
+        let mut off = false;
+        for word in words {
+            if word == b"off" {
+                off = true;
+                continue;
+            }
+            let Some((_, bit)) = Self::WORDS.iter().find(|(w, _)| w.as_bytes() == word) else {
+                return Err(format!(
+                    "unknown value \"{}\" (expected off, or any of error, timeout, http_500, \
+                     http_502, http_503, http_504, http_403, http_404, http_429)",
+                    String::from_utf8_lossy(word)
+                ));
+            };
+            bits |= bit;
+        }
+        match (off, bits) {
+            (true, 0) => Ok(UseStale::OFF),
+            (true, _) => Err("\"off\" cannot be combined with other values".into()),
+            (false, 0) => Err("expected at least one value".into()),
+            (false, _) => Ok(UseStale(bits)),
+        }
+    }
+
+    /// Whether the stored copy stands in for a refresh that ended like this. A refresh goes
+    /// through this nginx's proxy, so a backend that refuses connections answers 502 and one
+    /// that times out 504: `error` and `timeout` cover those too.
+    pub fn covers(self, end: RefreshEnd) -> bool {
+        let has = |word: &str| {
+            Self::WORDS
+                .iter()
+                .any(|(w, bit)| *w == word && self.0 & bit != 0)
+        };
+        match end {
+            RefreshEnd::Stored => false,
+            RefreshEnd::Error => has("error"),
+            RefreshEnd::Timeout => has("timeout"),
+            RefreshEnd::Status(502) => has("http_502") || has("error"),
+            RefreshEnd::Status(504) => has("http_504") || has("timeout"),
+            RefreshEnd::Status(code) => has(&format!("http_{code}")),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,6 +290,44 @@ mod tests {
         assert!(lock_moved(None, 7));
         assert!(lock_moved(Some(held(8)), 7));
         assert!(!lock_moved(Some(held(7)), 7));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_a_minute() {
+        assert_eq!(backoff_ms(0), 1_000);
+        assert_eq!(backoff_ms(1), 1_000);
+        assert_eq!(backoff_ms(2), 2_000);
+        assert_eq!(backoff_ms(3), 4_000);
+        assert_eq!(backoff_ms(6), 32_000);
+        assert_eq!(backoff_ms(7), 60_000);
+        assert_eq!(backoff_ms(255), 60_000);
+    }
+
+    #[test]
+    fn use_stale_words() {
+        let parse = |s: &str| UseStale::parse(s.split(' ').map(str::as_bytes));
+        let d = UseStale::DEFAULT;
+        assert_eq!(parse("error timeout http_500 http_502 http_503 http_504"), Ok(d));
+        assert!(d.covers(RefreshEnd::Error));
+        assert!(d.covers(RefreshEnd::Timeout));
+        for code in [500, 502, 503, 504] {
+            assert!(d.covers(RefreshEnd::Status(code)), "{code}");
+        }
+        assert!(!d.covers(RefreshEnd::Status(404)));
+        assert!(!d.covers(RefreshEnd::Status(400)));
+        assert!(!d.covers(RefreshEnd::Stored));
+        let only_404 = parse("http_404").unwrap();
+        assert!(only_404.covers(RefreshEnd::Status(404)));
+        assert!(!only_404.covers(RefreshEnd::Error));
+        // The proxy's answers to connection errors and timeouts count as those.
+        let conn = parse("error timeout").unwrap();
+        assert!(conn.covers(RefreshEnd::Status(502)));
+        assert!(conn.covers(RefreshEnd::Status(504)));
+        assert!(!conn.covers(RefreshEnd::Status(500)));
+        assert_eq!(parse("off"), Ok(UseStale::OFF));
+        assert!(!UseStale::OFF.covers(RefreshEnd::Error));
+        assert!(parse("off error").is_err());
+        assert!(parse("http_418").unwrap_err().contains("http_418"));
     }
 
     #[test]

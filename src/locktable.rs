@@ -35,7 +35,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"SWRLOCK1");
 
 /// Bumped whenever the header, the slots or the fingerprint function change,
 /// so a region left by another module version is re-created, not misread.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Bytes reserved for the header at the start of the region; slots follow.
 pub const HEADER_SIZE: usize = 128;
@@ -65,6 +65,14 @@ const FILL_NONE: u8 = 0;
 const FILL_STORED: u8 = 1;
 /// `fill_ms` is when the pass mark expires.
 const FILL_PASS: u8 = 2;
+/// `fill_ms` is when the error mark expires: the key's last fill or refresh failed, so
+/// until then nobody retries it (refresh backoff) and, in the error grace band, the stored
+/// copy is served at once (stale-if-error).
+const FILL_ERROR: u8 = 3;
+
+/// How long after an error mark expires its count of consecutive failures is kept, so the
+/// next failure backs off longer instead of starting over.
+pub const ERROR_MEMORY_MS: u64 = 60_000;
 
 /* ------------------------------------------------------------- fingerprint */
 
@@ -171,9 +179,10 @@ struct Slot {
     used: u8,
     /// A LockKind, or KIND_NONE when unlocked.
     kind: u8,
-    /// FILL_NONE, FILL_STORED or FILL_PASS.
+    /// FILL_NONE, FILL_STORED, FILL_PASS or FILL_ERROR.
     fill: u8,
-    _reserved: u8,
+    /// Consecutive failed fills or refreshes (FILL_ERROR only; 0 otherwise).
+    failures: u8,
 }
 
 const SLOT_SIZE: usize = size_of::<Slot>();
@@ -195,7 +204,7 @@ impl Slot {
         used: 0,
         kind: KIND_NONE,
         fill: FILL_NONE,
-        _reserved: 0,
+        failures: 0,
     };
 
     fn fingerprint(&self) -> Fingerprint {
@@ -241,12 +250,30 @@ impl Slot {
         (self.fill == FILL_PASS && self.fill_ms > now_ms).then(|| self.fill_ms - now_ms)
     }
 
+    /// Milliseconds the error mark has left, if it is live.
+    fn error_left(&self, now_ms: u64) -> Option<u64> {
+        (self.fill == FILL_ERROR && self.fill_ms > now_ms).then(|| self.fill_ms - now_ms)
+    }
+
+    /// The failure count is still remembered (for the next backoff).
+    fn failures_kept(&self, now_ms: u64) -> bool {
+        self.fill == FILL_ERROR && self.fill_ms.saturating_add(ERROR_MEMORY_MS) > now_ms
+    }
+
+    /// Replaces what the last fill left behind.
+    fn set_fill(&mut self, fill: u8, fill_ms: u64) {
+        self.fill = fill;
+        self.fill_ms = fill_ms;
+        self.failures = 0;
+    }
+
     /// Holds nothing anyone still needs: may be dropped at any time.
     fn is_garbage(&self, now_ms: u64) -> bool {
         self.live_lock(now_ms).is_none()
             && !self.memo_live(now_ms)
             && self.recent_store(now_ms).is_none()
             && self.pass_left(now_ms).is_none()
+            && !self.failures_kept(now_ms)
     }
 }
 
@@ -850,9 +877,9 @@ impl<'a> LockTable<'a> {
             }
             if filled {
                 // A refresh that stored counts too: requests that found the key missing
-                // while it ran were waiting for exactly that store.
-                slot.fill = FILL_STORED;
-                slot.fill_ms = now_ms;
+                // while it ran were waiting for exactly that store. It also ends an error
+                // mark and its count of failures.
+                slot.set_fill(FILL_STORED, now_ms);
             }
             slot.clear_lock();
             t.reclaim_if_garbage(idx, now_ms)?;
@@ -962,9 +989,7 @@ impl<'a> LockTable<'a> {
             let Some((idx, evicted)) = t.entry(fp, now_ms)? else {
                 return Ok(MemoOutcome::Full);
             };
-            let slot = &mut t.slots[idx];
-            slot.fill = FILL_PASS;
-            slot.fill_ms = now_ms.saturating_add(duration_ms);
+            t.slots[idx].set_fill(FILL_PASS, now_ms.saturating_add(duration_ms));
             Ok(stored(evicted))
         })
     }
@@ -992,12 +1017,55 @@ impl<'a> LockTable<'a> {
             if let Some(idx) = t.find(fp)? {
                 let slot = &mut t.slots[idx];
                 if slot.fill == FILL_PASS {
-                    slot.fill = FILL_NONE;
-                    slot.fill_ms = 0;
+                    slot.set_fill(FILL_NONE, 0);
                 }
                 t.reclaim_if_garbage(idx, now_ms)?;
             }
             Ok(())
+        })
+    }
+
+    /// Records a failed fill or refresh of `fp`: an error mark for `backoff(failures)`
+    /// milliseconds, `failures` counting this one and the ones before it that are still
+    /// remembered (see [`ERROR_MEMORY_MS`]). Replaces a pass mark or the memory of a store.
+    /// Returns the mark's duration, or `None` when there is no room.
+    pub fn error_mark(
+        &mut self,
+        fp: Fingerprint,
+        now_ms: u64,
+        backoff: impl FnOnce(u8) -> u64,
+    ) -> Option<u64> {
+        self.guarded(None, |t| {
+            let Some((idx, _)) = t.entry(fp, now_ms)? else {
+                return Ok(None);
+            };
+            let slot = &mut t.slots[idx];
+            let before = if slot.failures_kept(now_ms) {
+                slot.failures
+            } else {
+                0
+            };
+            let failures = before.saturating_add(1);
+            let duration = backoff(failures);
+            slot.set_fill(FILL_ERROR, now_ms.saturating_add(duration));
+            slot.failures = failures;
+            Ok(Some(duration))
+        })
+    }
+
+    /// Milliseconds the error mark of `fp` has left (at least 1), if it is live.
+    pub fn error_left_ms(&mut self, fp: Fingerprint, now_ms: u64) -> Option<u64> {
+        self.guarded(None, |t| {
+            let Some(idx) = t.find(fp)? else {
+                return Ok(None);
+            };
+            let left = t.slots[idx].error_left(now_ms);
+            if left.is_some() {
+                t.touch(idx)?;
+            } else {
+                t.reclaim_if_garbage(idx, now_ms)?;
+            }
+            Ok(left)
         })
     }
 
@@ -1069,7 +1137,10 @@ impl<'a> LockTable<'a> {
             }
             match slot.fill {
                 FILL_NONE if slot.fill_ms != 0 => return corrupt("fill state"),
-                FILL_NONE | FILL_STORED | FILL_PASS => {}
+                FILL_NONE | FILL_STORED | FILL_PASS if slot.failures != 0 => {
+                    return corrupt("failure count")
+                }
+                FILL_NONE | FILL_STORED | FILL_PASS | FILL_ERROR => {}
                 _ => return corrupt("fill state"),
             }
         }
@@ -2263,6 +2334,49 @@ mod tests {
         assert_eq!(t.pass_set(k, 0, 3_500), MemoOutcome::Stored);
         assert_eq!(t.pass_left_ms(k, 3_500), None);
         assert!(t.is_empty());
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn error_marks_back_off_longer_and_a_store_ends_them() {
+        let mut region = Region::with_slots(64);
+        let mut t = region.init(1);
+        let k = key(1);
+        let backoff = |n: u8| 1_000u64 << (n - 1);
+        assert_eq!(t.error_mark(k, 1_000, backoff), Some(1_000));
+        assert_eq!(t.error_left_ms(k, 1_500), Some(500));
+        // Fills are not blocked by the mark (the caller decides what it means).
+        assert!(matches!(
+            t.try_lock_as(k, req(FILL, 1, 10, 30_000, 1_600), 1_600, alive),
+            LockAttempt::Acquired(_)
+        ));
+        assert!(t.unlock(k, token(1), 1_700, false));
+        // Expired, but the count is remembered: the next failure backs off twice as long.
+        assert_eq!(t.error_left_ms(k, 2_100), None);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.error_mark(k, 2_100, backoff), Some(2_000));
+        assert_eq!(t.error_mark(k, 4_200, backoff), Some(4_000));
+        t.verify().unwrap();
+        // A store ends the mark and its count.
+        t.try_lock_as(k, req(REFRESH, 2, 10, 30_000, 0), 5_000, alive);
+        assert!(t.unlock(k, token(2), 5_100, true));
+        assert_eq!(t.error_left_ms(k, 5_100), None);
+        assert_eq!(t.error_mark(k, 5_200, backoff), Some(1_000));
+        // Forgotten after ERROR_MEMORY_MS past its end: the entry goes, the count restarts.
+        let late = 6_200 + ERROR_MEMORY_MS;
+        assert_eq!(t.error_left_ms(k, late), None);
+        assert!(t.is_empty());
+        assert_eq!(t.error_mark(k, late, backoff), Some(1_000));
+        // The count saturates instead of wrapping.
+        let mut now = late;
+        for _ in 0..300 {
+            now += 1;
+            t.error_mark(k, now, |n| u64::from(n));
+        }
+        assert_eq!(t.error_mark(k, now + 1, |n| u64::from(n)), Some(255));
+        // A pass mark replaces it, with no count left behind.
+        t.pass_set(k, 1_000, now + 2);
+        assert_eq!(t.error_left_ms(k, now + 3), None);
         t.verify().unwrap();
     }
 

@@ -60,32 +60,40 @@ pub enum Freshness {
         /// Whether a `PERSIST` may pin the copy during the refresh.
         persist_allowed: bool,
     },
+    /// `0 <= ttl < grace`: the last part of the entry's life, kept only for errors: a request
+    /// goes to the backend (one per key, the others wait) and the copy is served only if
+    /// the backend fails (stale-if-error).
+    ErrorGrace,
     /// `ttl == -2`: no entry.
     Missing,
     /// `ttl < -2`: not an answer Redis gives.
     Invalid,
 }
 
-/// Classifies a `TTL` answer against the stale window in whole seconds.
+/// Classifies a `TTL` answer against the stale window and the error grace band (the last
+/// `grace_secs` of the entry's life, `$cache_stale_if_error`; 0 = none), in whole seconds:
+/// fresh down to `stale + grace`, stale down to `grace`, then the band.
 ///
 /// `ttl == -1` counts as stale, as in the original: on Redis ≥ 2.8 it is a
 /// key without expiry, typically a stale copy a previous refresh `PERSIST`ed
 /// whose refresh failed (defect 7). Serving it and refreshing it lets the
 /// refresh replace it with an expiring entry. (Redis < 2.8 also answered -1
 /// for missing keys; those versions are not supported.)
-pub fn classify(ttl: i64, stale_secs: u64) -> Freshness {
+pub fn classify(ttl: i64, stale_secs: u64, grace_secs: u64) -> Freshness {
+    let stale_from = stale_secs.saturating_add(grace_secs);
     match TtlReply::from_redis(ttl) {
         None => Freshness::Invalid,
         Some(TtlReply::Missing) => Freshness::Missing,
         Some(TtlReply::NoExpiry) => Freshness::Stale {
             persist_allowed: false,
         },
-        Some(TtlReply::Seconds(secs)) if secs >= stale_secs => Freshness::Fresh {
-            fresh_for_ms: (secs - stale_secs).saturating_mul(1000),
+        Some(TtlReply::Seconds(secs)) if secs >= stale_from => Freshness::Fresh {
+            fresh_for_ms: (secs - stale_from).saturating_mul(1000),
         },
-        Some(TtlReply::Seconds(secs)) => Freshness::Stale {
+        Some(TtlReply::Seconds(secs)) if secs >= grace_secs => Freshness::Stale {
             persist_allowed: secs > 0,
         },
+        Some(TtlReply::Seconds(_)) => Freshness::ErrorGrace,
     }
 }
 
@@ -131,6 +139,10 @@ pub enum Action {
     /// No entry: take the fill lock and go to the backend, or wait for the
     /// request holding it and then let srcache serve what it stored.
     FillOrWait,
+    /// In the error grace band: like a miss, one request per key asks the backend (in the
+    /// background) while the others wait; its new answer is served if stored, the old
+    /// copy if the backend failed.
+    TryBackend,
     /// Let srcache serve the stale copy at once; `PERSIST` it first if
     /// `persist`; start a background refresh if `refresh` and the refresh lock
     /// is free. `refresh` is true for every stale entry today; it is a field so
@@ -150,12 +162,13 @@ pub enum Action {
 
 /// The decision for a `TTL` answer. `persist_configured`: `$cache_persist`
 /// names a location.
-pub fn decide(ttl: i64, stale_secs: u64, persist_configured: bool) -> Action {
-    match classify(ttl, stale_secs) {
+pub fn decide(ttl: i64, stale_secs: u64, grace_secs: u64, persist_configured: bool) -> Action {
+    match classify(ttl, stale_secs, grace_secs) {
         Freshness::Fresh { fresh_for_ms } => Action::ServeFresh {
             memo_ms: fresh_for_ms,
         },
         Freshness::Missing => Action::FillOrWait,
+        Freshness::ErrorGrace => Action::TryBackend,
         Freshness::Stale { persist_allowed } => Action::ServeStale {
             persist: persist_allowed && persist_configured,
             refresh: true,
@@ -195,11 +208,14 @@ pub enum CacheStatus {
     /// found none (deleted, evicted, Redis restarted or down) and the request went to the
     /// backend without collapsing; counted as a miss.
     Gone,
+    /// In the error grace band: the backend failed (or is backing off after failing), so the
+    /// stored copy was served (stale-if-error).
+    StaleError,
 }
 
 impl CacheStatus {
     /// Number of statuses, for counter arrays.
-    pub const COUNT: usize = 10;
+    pub const COUNT: usize = 11;
 
     /// Every status, in [`CacheStatus::index`] order.
     pub const ALL: [CacheStatus; CacheStatus::COUNT] = [
@@ -213,6 +229,7 @@ impl CacheStatus {
         CacheStatus::Error,
         CacheStatus::Pass,
         CacheStatus::Gone,
+        CacheStatus::StaleError,
     ];
 
     /// The variable's value.
@@ -228,6 +245,7 @@ impl CacheStatus {
             CacheStatus::Error => "ERROR",
             CacheStatus::Pass => "PASS",
             CacheStatus::Gone => "GONE",
+            CacheStatus::StaleError => "STALE-ERROR",
         }
     }
 
@@ -314,61 +332,61 @@ mod tests {
 
     #[test]
     fn classify_boundaries() {
-        assert_eq!(classify(105, 100), Freshness::Fresh { fresh_for_ms: 5000 });
-        assert_eq!(classify(100, 100), Freshness::Fresh { fresh_for_ms: 0 });
+        assert_eq!(classify(105, 100, 0), Freshness::Fresh { fresh_for_ms: 5000 });
+        assert_eq!(classify(100, 100, 0), Freshness::Fresh { fresh_for_ms: 0 });
         assert_eq!(
-            classify(99, 100),
+            classify(99, 100, 0),
             Freshness::Stale {
                 persist_allowed: true
             }
         );
         assert_eq!(
-            classify(1, 100),
+            classify(1, 100, 0),
             Freshness::Stale {
                 persist_allowed: true
             }
         );
         assert_eq!(
-            classify(0, 100),
+            classify(0, 100, 0),
             Freshness::Stale {
                 persist_allowed: false
             }
         );
         assert_eq!(
-            classify(-1, 100),
+            classify(-1, 100, 0),
             Freshness::Stale {
                 persist_allowed: false
             }
         );
-        assert_eq!(classify(-2, 100), Freshness::Missing);
-        assert_eq!(classify(-3, 100), Freshness::Invalid);
-        assert_eq!(classify(i64::MIN, 100), Freshness::Invalid);
+        assert_eq!(classify(-2, 100, 0), Freshness::Missing);
+        assert_eq!(classify(-3, 100, 0), Freshness::Invalid);
+        assert_eq!(classify(i64::MIN, 100, 0), Freshness::Invalid);
     }
 
     #[test]
     fn classify_without_stale_window() {
-        assert_eq!(classify(0, 0), Freshness::Fresh { fresh_for_ms: 0 });
-        assert_eq!(classify(7, 0), Freshness::Fresh { fresh_for_ms: 7000 });
+        assert_eq!(classify(0, 0, 0), Freshness::Fresh { fresh_for_ms: 0 });
+        assert_eq!(classify(7, 0, 0), Freshness::Fresh { fresh_for_ms: 7000 });
         // A key without expiry is stale even then, so it gets replaced.
         assert_eq!(
-            classify(-1, 0),
+            classify(-1, 0, 0),
             Freshness::Stale {
                 persist_allowed: false
             }
         );
-        assert_eq!(classify(-2, 0), Freshness::Missing);
+        assert_eq!(classify(-2, 0, 0), Freshness::Missing);
     }
 
     #[test]
     fn classify_extremes_do_not_overflow() {
         assert_eq!(
-            classify(i64::MAX, 0),
+            classify(i64::MAX, 0, 0),
             Freshness::Fresh {
                 fresh_for_ms: u64::MAX
             }
         );
         assert_eq!(
-            classify(i64::MAX, u64::MAX),
+            classify(i64::MAX, u64::MAX, 0),
             Freshness::Stale {
                 persist_allowed: true
             }
@@ -377,17 +395,17 @@ mod tests {
 
     #[test]
     fn decide_follows_classification() {
-        assert_eq!(decide(105, 100, true), Action::ServeFresh { memo_ms: 5000 });
-        assert_eq!(decide(-2, 100, true), Action::FillOrWait);
+        assert_eq!(decide(105, 100, 0, true), Action::ServeFresh { memo_ms: 5000 });
+        assert_eq!(decide(-2, 100, 0, true), Action::FillOrWait);
         assert_eq!(
-            decide(50, 100, true),
+            decide(50, 100, 0, true),
             Action::ServeStale {
                 persist: true,
                 refresh: true
             }
         );
         assert_eq!(
-            decide(50, 100, false),
+            decide(50, 100, 0, false),
             Action::ServeStale {
                 persist: false,
                 refresh: true
@@ -396,7 +414,7 @@ mod tests {
         // Never PERSIST a key that has no expiry or is about to vanish.
         for ttl in [-1, 0] {
             assert_eq!(
-                decide(ttl, 100, true),
+                decide(ttl, 100, 0, true),
                 Action::ServeStale {
                     persist: false,
                     refresh: true
@@ -404,7 +422,7 @@ mod tests {
             );
         }
         assert_eq!(
-            decide(-5, 100, true),
+            decide(-5, 100, 0, true),
             Action::FailOpen {
                 reason: FailReason::InvalidTtl(-5)
             }
@@ -422,6 +440,42 @@ mod tests {
     }
 
     #[test]
+    fn error_grace_band_is_the_end_of_the_life() {
+        // 60 s of grace under a 100 s stale window: fresh from 160 s, stale down to 60 s.
+        assert_eq!(classify(165, 100, 60), Freshness::Fresh { fresh_for_ms: 5000 });
+        assert_eq!(classify(160, 100, 60), Freshness::Fresh { fresh_for_ms: 0 });
+        assert_eq!(
+            classify(159, 100, 60),
+            Freshness::Stale {
+                persist_allowed: true
+            }
+        );
+        assert_eq!(
+            classify(60, 100, 60),
+            Freshness::Stale {
+                persist_allowed: true
+            }
+        );
+        assert_eq!(classify(59, 100, 60), Freshness::ErrorGrace);
+        assert_eq!(classify(0, 100, 60), Freshness::ErrorGrace);
+        // A key without expiry or a missing one is not in any band.
+        assert_eq!(
+            classify(-1, 100, 60),
+            Freshness::Stale {
+                persist_allowed: false
+            }
+        );
+        assert_eq!(classify(-2, 100, 60), Freshness::Missing);
+        assert_eq!(decide(30, 100, 60, true), Action::TryBackend);
+        assert_eq!(decide(30, 100, 0, true), Action::ServeStale { persist: true, refresh: true });
+        // No overflow at the edges.
+        assert_eq!(
+            classify(i64::MAX, u64::MAX, u64::MAX),
+            Freshness::ErrorGrace
+        );
+    }
+
+    #[test]
     fn status_names() {
         let names: Vec<&str> = CacheStatus::ALL.iter().map(|s| s.as_str()).collect();
         assert_eq!(
@@ -436,7 +490,8 @@ mod tests {
                 "BYPASS",
                 "ERROR",
                 "PASS",
-                "GONE"
+                "GONE",
+                "STALE-ERROR"
             ]
         );
         for (i, s) in CacheStatus::ALL.iter().enumerate() {

@@ -78,11 +78,14 @@ pub enum Var {
     /// `$cache_pass_ttl`: how long a key whose fill was not stored is passed to the backend
     /// without collapsing (hit-for-miss); 0 turns pass marks off (new).
     PassTtl,
+    /// `$cache_stale_if_error`: the last seconds of an entry's Redis life kept for backend
+    /// errors (stale-if-error); `off` or 0 by default (new).
+    StaleIfError,
 }
 
 impl Var {
     /// Number of variables.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Every variable, in index order.
     pub const ALL: [Var; Var::COUNT] = [
@@ -99,6 +102,7 @@ impl Var {
         Var::LockTimeoutWait,
         Var::SkipFetch,
         Var::PassTtl,
+        Var::StaleIfError,
     ];
 
     /// The variable's name without the `$`, as nginx looks it up.
@@ -117,6 +121,7 @@ impl Var {
             Var::LockTimeoutWait => "cache_lock_timeout_wait",
             Var::SkipFetch => "cache_skip_fetch",
             Var::PassTtl => "cache_pass_ttl",
+            Var::StaleIfError => "cache_stale_if_error",
         }
     }
 
@@ -464,6 +469,9 @@ pub struct Settings {
     pub skip_fetch: Vec<u8>,
     /// How long a key whose fill was not stored skips collapsing (`$cache_pass_ttl`); 0: never.
     pub pass_ttl_ms: u64,
+    /// The error grace band at the end of an entry's life, in whole seconds rounded up
+    /// (`$cache_stale_if_error`); 0: none.
+    pub grace_secs: u64,
 }
 
 impl Settings {
@@ -549,6 +557,10 @@ impl Settings {
             lock_timeout_wait_ms: duration(Var::LockTimeoutWait, DEFAULT_LOCK_TIMEOUT_WAIT_MS)?,
             skip_fetch,
             pass_ttl_ms: duration(Var::PassTtl, DEFAULT_PASS_TTL_MS)?,
+            grace_secs: match vars.get(Var::StaleIfError) {
+                Some(v) if v.eq_ignore_ascii_case(b"off") => 0,
+                _ => duration(Var::StaleIfError, 0)?.div_ceil(1000),
+            },
         }))
     }
 
@@ -721,6 +733,15 @@ mod tests {
         assert_eq!(e.var, Var::PassTtl);
         assert!(check_literal(Var::PassTtl, b"soon").is_err());
         assert!(check_literal(Var::PassTtl, b"3").is_ok());
+    }
+
+    #[test]
+    fn stale_if_error_is_off_by_default_and_rounds_up() {
+        assert_eq!(parse(base()).grace_secs, 0);
+        assert_eq!(parse(base().with(Var::StaleIfError, b"off")).grace_secs, 0);
+        assert_eq!(parse(base().with(Var::StaleIfError, b"60")).grace_secs, 60);
+        assert_eq!(parse(base().with(Var::StaleIfError, b"0.5")).grace_secs, 1);
+        assert_eq!(err(base().with(Var::StaleIfError, b"-1")).var, Var::StaleIfError);
     }
 
     #[test]
