@@ -307,7 +307,10 @@ mod tests {
     fn use_stale_words() {
         let parse = |s: &str| UseStale::parse(s.split(' ').map(str::as_bytes));
         let d = UseStale::DEFAULT;
-        assert_eq!(parse("error timeout http_500 http_502 http_503 http_504"), Ok(d));
+        assert_eq!(
+            parse("error timeout http_500 http_502 http_503 http_504"),
+            Ok(d)
+        );
         assert!(d.covers(RefreshEnd::Error));
         assert!(d.covers(RefreshEnd::Timeout));
         for code in [500, 502, 503, 504] {

@@ -332,7 +332,10 @@ mod tests {
 
     #[test]
     fn classify_boundaries() {
-        assert_eq!(classify(105, 100, 0), Freshness::Fresh { fresh_for_ms: 5000 });
+        assert_eq!(
+            classify(105, 100, 0),
+            Freshness::Fresh { fresh_for_ms: 5000 }
+        );
         assert_eq!(classify(100, 100, 0), Freshness::Fresh { fresh_for_ms: 0 });
         assert_eq!(
             classify(99, 100, 0),
@@ -395,7 +398,10 @@ mod tests {
 
     #[test]
     fn decide_follows_classification() {
-        assert_eq!(decide(105, 100, 0, true), Action::ServeFresh { memo_ms: 5000 });
+        assert_eq!(
+            decide(105, 100, 0, true),
+            Action::ServeFresh { memo_ms: 5000 }
+        );
         assert_eq!(decide(-2, 100, 0, true), Action::FillOrWait);
         assert_eq!(
             decide(50, 100, 0, true),
@@ -442,7 +448,10 @@ mod tests {
     #[test]
     fn error_grace_band_is_the_end_of_the_life() {
         // 60 s of grace under a 100 s stale window: fresh from 160 s, stale down to 60 s.
-        assert_eq!(classify(165, 100, 60), Freshness::Fresh { fresh_for_ms: 5000 });
+        assert_eq!(
+            classify(165, 100, 60),
+            Freshness::Fresh { fresh_for_ms: 5000 }
+        );
         assert_eq!(classify(160, 100, 60), Freshness::Fresh { fresh_for_ms: 0 });
         assert_eq!(
             classify(159, 100, 60),
@@ -467,7 +476,13 @@ mod tests {
         );
         assert_eq!(classify(-2, 100, 60), Freshness::Missing);
         assert_eq!(decide(30, 100, 60, true), Action::TryBackend);
-        assert_eq!(decide(30, 100, 0, true), Action::ServeStale { persist: true, refresh: true });
+        assert_eq!(
+            decide(30, 100, 0, true),
+            Action::ServeStale {
+                persist: true,
+                refresh: true
+            }
+        );
         // No overflow at the edges.
         assert_eq!(
             classify(i64::MAX, u64::MAX, u64::MAX),

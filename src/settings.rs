@@ -741,7 +741,10 @@ mod tests {
         assert_eq!(parse(base().with(Var::StaleIfError, b"off")).grace_secs, 0);
         assert_eq!(parse(base().with(Var::StaleIfError, b"60")).grace_secs, 60);
         assert_eq!(parse(base().with(Var::StaleIfError, b"0.5")).grace_secs, 1);
-        assert_eq!(err(base().with(Var::StaleIfError, b"-1")).var, Var::StaleIfError);
+        assert_eq!(
+            err(base().with(Var::StaleIfError, b"-1")).var,
+            Var::StaleIfError
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 # the stale window with EXPIRE key 50 (TTL 50 < $cache_stale 100).
 use lib 't/lib';
 use Test::StaleCache;
+use Time::HiRes ();
 use Digest::MD5 qw(md5_hex);
 
 # A second port for a reuseport listener (from the harness's port picker, so it cannot
@@ -313,12 +314,16 @@ like(redis('GET', $main::key), qr{backend GET /api/f hit 1}, 'the stale copy is 
 unlike(redis('GET', $main::key), qr{hit 2}, 'the 500 was not stored');
 my $ttl = redis('TTL', $main::key);
 ok($ttl == -1 || ($ttl >= 0 && $ttl <= 50), "TTL not renewed (got $ttl)");
+my $failed_at = Time::HiRes::time();
 my $r = http_get('/api/f');
 is($r->{status}, 200, 'next request: 200');
 is($r->{body}, "backend GET /api/f hit 1\n", 'next request: still the stale copy');
 is($r->{headers}{'x-stale-cache'}, 'STALE', 'next request: STALE');
+is(backend_hits('/api/f'), 2, 'inside the 1 s backoff after the failure: no new refresh');
+sleep_until($failed_at + 1.2);    # the first backoff is 1 s
+is(http_get('/api/f')->{headers}{'x-stale-cache'}, 'STALE', 'after the backoff: STALE');
 wait_backend_hits('/api/f', 3);
-is(backend_hits('/api/f'), 3, 'the refresh lock was released: the next stale hit refreshed again');
+is(backend_hits('/api/f'), 3, 'and a new refresh went to the backend');
 --- error_log eval
 [qr{\[warn\].*stale_cache: refresh of "/api/f" via 127\.0\.0\.1:\d+ status 500 in \d+ ms}]
 

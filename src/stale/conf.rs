@@ -12,6 +12,7 @@ use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, M
 use super::locations::reaches_a_location;
 use super::module::StaleCacheModule;
 use super::sender::RefreshTarget;
+use crate::collapse::UseStale;
 use crate::nginx::util::{conf_args, conf_error, str_bytes, CONF_ERROR, CONF_OK};
 use crate::nginx::zone::Zone;
 use crate::settings::{check_literal, Var, DEFAULT_SKIP_FETCH};
@@ -51,6 +52,9 @@ pub struct StaleCacheConf {
     /// `stale_cache_refresh_address`: where refresh requests go instead of the listener the
     /// client came in on.
     pub refresh_target: Option<RefreshTarget>,
+    /// `stale_cache_use_stale`: which refresh failures the error grace band answers with the
+    /// stored copy (None: unset, merged to the default).
+    pub use_stale: Option<UseStale>,
 }
 
 impl Default for StaleCacheConf {
@@ -60,6 +64,7 @@ impl Default for StaleCacheConf {
             memo: -1,
             skip_header: None,
             refresh_target: None,
+            use_stale: None,
         }
     }
 }
@@ -71,6 +76,10 @@ impl StaleCacheConf {
 
     pub fn memo_enabled(&self) -> bool {
         self.memo != 0
+    }
+
+    pub fn use_stale(&self) -> UseStale {
+        self.use_stale.unwrap_or(UseStale::DEFAULT)
     }
 
     pub fn skip_header_name(&self) -> &[u8] {
@@ -91,6 +100,9 @@ impl Merge for StaleCacheConf {
         }
         if self.refresh_target.is_none() {
             self.refresh_target = prev.refresh_target.clone();
+        }
+        if self.use_stale.is_none() {
+            self.use_stale = Some(prev.use_stale.unwrap_or(UseStale::DEFAULT));
         }
         Ok(())
     }
@@ -343,5 +355,23 @@ pub unsafe extern "C" fn set_refresh_address(
         sockaddr: sockaddr.to_vec(),
         name: String::from_utf8_lossy(str_bytes(&addr.name)).into_owned(),
     });
+    CONF_OK
+}
+
+/// `stale_cache_use_stale error | timeout | http_500 | ... | off;`
+pub unsafe extern "C" fn set_use_stale(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the location-level directive `stale_cache_use_stale`.
+    let (cfr, cmd, scf) = unsafe { directive_args(cf, cmd, conf) };
+    if scf.use_stale.is_some() {
+        return conf_error(cf, cmd, "is duplicate");
+    }
+    match UseStale::parse(conf_args(cfr)[1..].iter().map(str_bytes)) {
+        Ok(use_stale) => scf.use_stale = Some(use_stale),
+        Err(message) => return conf_error(cf, cmd, &message),
+    }
     CONF_OK
 }

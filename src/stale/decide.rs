@@ -169,7 +169,8 @@ pub fn after_lookup(
     let zone = state.zone.expect("the zone is known before the lookup");
     let settings = state.settings();
     let now = now_ms();
-    let action = decide(ttl, settings.stale_secs, settings.persist_uri.is_some());
+    let persist = settings.persist_uri.is_some();
+    let action = decide(ttl, settings.stale_secs, settings.grace_secs, persist);
     debug!(
         request_log(req),
         "stale_cache: \"{}\" ttl {}: {:?}",
@@ -202,7 +203,11 @@ pub fn after_lookup(
             Ok(Next::Continue)
         }
         Action::FailOpen { reason } => Err(StaleError::Lookup(reason)),
-        Action::FillOrWait => Ok(fill_or_wait(state, req, zone, now)),
+        Action::FillOrWait => Ok(fill_or_wait(state, req, scf, zone, now)),
+        Action::TryBackend => {
+            state.in_grace = true;
+            Ok(fill_or_wait(state, req, scf, zone, now))
+        }
         Action::ServeStale { persist, refresh } => {
             state.finish(CacheStatus::Stale);
             if !refresh {
@@ -228,7 +233,24 @@ fn serve_stale(
     let key = settings.key.clone();
     let lock_ms = refresh_lock_ms(state.ttl, persist, settings.lock_exptime_ms);
     let lock = lock_request(LockKind::Refresh, token, lock_ms, 0);
-    let outcome = zone.with_key(&key, |t, fp| t.try_lock_as(fp, lock, now, owner_alive));
+    let outcome = zone.with_key(&key, |t, fp| match t.error_left_ms(fp, now) {
+        // The key's last refresh failed: no new one until its backoff is over.
+        Some(left) => Err(left),
+        None => Ok(t.try_lock_as(fp, lock, now, owner_alive)),
+    });
+    let outcome = match outcome {
+        Some(Err(left)) => {
+            debug!(
+                request_log(req),
+                "stale_cache: refresh of \"{}\" backing off for {} ms",
+                Short(&key),
+                left
+            );
+            return Next::Continue;
+        }
+        Some(Ok(outcome)) => Some(outcome),
+        None => None,
+    };
     match outcome {
         Some(LockAttempt::Acquired(_)) => {}
         Some(LockAttempt::Full) => {
@@ -260,7 +282,11 @@ pub fn finish_stale(
     scf: &StaleCacheConf,
 ) -> Next {
     state.phase = Phase::Done;
+    let token = state.refresh_lock.as_ref().map(|l| l.token);
     refresh::prepare(state, req, scf);
+    if state.in_grace {
+        return try_backend_now(state, req, token);
+    }
     if state.refresh.is_none() || !state.persist_pending {
         return Next::Continue;
     }
@@ -274,18 +300,43 @@ pub fn finish_stale(
     Next::Return(AGAIN)
 }
 
+/// In the error grace band, the request holding the key's fill lock asks the backend through
+/// a refresh sent now (the stored copy stays untouched in Redis meanwhile), and waits for it
+/// like every other request of the key: when it ends, all are served the new copy if it was
+/// stored, or the old one if the backend failed (`waiters::end_refresh` leaves the marks).
+fn try_backend_now(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    token: Option<core::num::NonZeroU64>,
+) -> Next {
+    let (Some(pending), Some(token), Some(zone)) = (state.refresh.take(), token, state.zone) else {
+        // No refresh could be prepared (logged): the stored copy it is.
+        state.finish(CacheStatus::StaleError);
+        return Next::Continue;
+    };
+    refresh::send(pending);
+    let budget = state.wait.deadline.saturating_sub(now_ms()).max(1);
+    start_waiting(state, req, zone, token.get(), budget);
+    Next::Return(AGAIN)
+}
+
 /// Woken: the lock went. If the holder stored the entry this is COLLAPSED; if its fill failed
 /// (or it died), this request fills in its place and the others wait on, instead of all going
 /// to the backend at once.
-pub fn after_wake(state: &mut RequestState, req: &mut ngx_http_request_t) -> Step {
+pub fn after_wake(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+) -> Step {
     let zone = state.zone.expect("the zone is known before waiting");
-    Ok(fill_or_wait(state, req, zone, now_ms()))
+    Ok(fill_or_wait(state, req, scf, zone, now_ms()))
 }
 
 /// A missing key: fill it, or wait for the request filling it.
 fn fill_or_wait(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
     zone: ZoneRef,
     now: u64,
 ) -> Next {
@@ -298,12 +349,24 @@ fn fill_or_wait(
         state.wait.deadline = now + settings.lock_timeout_ms;
     }
     let lock = lock_request(LockKind::Fill, token, lock_ms, started);
-    let (outcome, stored_at) = zone
-        .with_key(&key, |t, fp| {
-            let outcome = t.try_lock_as(fp, lock, now, owner_alive);
-            (Some(outcome), t.last_store_ms(fp, now))
-        })
-        .unwrap_or((None, None));
+    let in_grace = state.in_grace;
+    let found = zone.with_key(&key, |t, fp| {
+        // In the error grace band, a key whose backend just failed is not asked again
+        // before its backoff ends: the stored copy is served at once.
+        let failing = in_grace && t.error_left_ms(fp, now).is_some();
+        let outcome = (!failing).then(|| t.try_lock_as(fp, lock, now, owner_alive));
+        (failing, outcome, t.last_store_ms(fp, now))
+    });
+    let (failing, outcome, stored_at) = found.unwrap_or((false, None, None));
+    if failing {
+        debug!(
+            request_log(req),
+            "stale_cache: \"{}\" failing: the stored copy is served",
+            Short(&key)
+        );
+        state.finish(CacheStatus::StaleError);
+        return Next::Continue;
+    }
     let next = after_lock(outcome, now, state.wait.deadline);
     debug!(
         request_log(req),
@@ -312,6 +375,19 @@ fn fill_or_wait(
         next
     );
     match next {
+        AfterLock::Fill if in_grace => {
+            // The backend is asked by a refresh this request prepares, and everyone waits.
+            state.refresh_lock = Some(HeldLock { zone, key, token });
+            if has_body(req) {
+                return read_body(state, req);
+            }
+            return finish_stale(state, req, scf);
+        }
+        AfterLock::GiveUp | AfterLock::Alone if in_grace => {
+            // No answer in time (or no lock to wait on): the stored copy is still there.
+            state.finish(CacheStatus::StaleError);
+            return Next::Continue;
+        }
         AfterLock::Fill => state.fill = Some(HeldLock { zone, key, token }),
         AfterLock::Served => {
             if state.wait.resumed_ms != 0 {

@@ -8,14 +8,16 @@ use ngx::ffi::{
     ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
     ngx_http_phases_NGX_HTTP_POST_READ_PHASE, ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
     ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
-    NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
-    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
+    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE,
+    NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use super::conf::{
-    merge_loc_conf, set_refresh_address, set_skip_header, set_stale_cache, set_zone, StaleCacheConf,
+    merge_loc_conf, set_refresh_address, set_skip_header, set_stale_cache, set_use_stale, set_zone,
+    StaleCacheConf,
 };
 use super::{after_fetch, lookup, phases, variables};
 use crate::nginx::util::{ERROR, OK};
@@ -110,7 +112,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 6] = [
+static mut COMMANDS: [ngx_command_t; 7] = [
     directive(
         ngx_string!("stale_cache_zone"),
         NGX_HTTP_MAIN_CONF as ngx_uint_t | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -143,6 +145,13 @@ static mut COMMANDS: [ngx_command_t; 6] = [
         ngx_string!("stale_cache_refresh_address"),
         ANY_LEVEL | NGX_CONF_TAKE1 as ngx_uint_t,
         set_refresh_address,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx_string!("stale_cache_use_stale"),
+        ANY_LEVEL | NGX_CONF_1MORE as ngx_uint_t,
+        set_use_stale,
         NGX_HTTP_LOC_CONF_OFFSET,
         0,
     ),

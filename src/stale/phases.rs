@@ -132,7 +132,7 @@ pub fn run(
             // Until the wake-up event itself has run, other events (a writable client
             // socket) must not move the request on: the event would resume it twice.
             Phase::Waiting if state.wait.in_progress() => Ok(Next::Return(AGAIN)),
-            Phase::Waiting | Phase::Missed => decide::after_wake(state, req),
+            Phase::Waiting | Phase::Missed => decide::after_wake(state, req, scf),
             Phase::Done => Ok(Next::Return(DECLINED)),
         };
         match step {

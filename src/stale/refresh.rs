@@ -9,7 +9,8 @@ use ngx::ffi::{ngx_http_request_t, ngx_read_file, ngx_str_t, NGX_LOG_ERR};
 use super::conf::StaleCacheConf;
 use super::sender::{self, RefreshOutcome, RefreshTarget};
 use super::state::{self, RequestState};
-use super::waiters::{release, HeldLock};
+use super::waiters::{end_refresh, release, HeldLock, RefreshPolicy};
+use crate::collapse::RefreshEnd;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{live_headers, request_log, str_bytes};
 use crate::replay::Replay;
@@ -29,6 +30,8 @@ pub struct PendingRefresh {
     lock: HeldLock,
     /// Sent if the refresh fails, to give the key it PERSISTed its expiry back.
     restore: Option<Vec<u8>>,
+    /// What its end leaves behind (backoff, stale-if-error).
+    policy: RefreshPolicy,
 }
 
 /// Why a stale hit starts no refresh.
@@ -126,6 +129,11 @@ fn build(
         target,
         timeout: settings.lock_exptime_ms,
         lock,
+        policy: RefreshPolicy {
+            grace: state.in_grace,
+            pass_ms: settings.pass_ttl_ms,
+            use_stale: scf.use_stale(),
+        },
     })
 }
 
@@ -139,6 +147,7 @@ pub fn send(pending: PendingRefresh) {
         timeout,
         lock,
         restore,
+        policy,
     } = pending;
     debug!(
         crate::nginx::util::cycle_log(),
@@ -154,8 +163,14 @@ pub fn send(pending: PendingRefresh) {
         "refresh",
         timeout,
         Box::new(move |outcome: &RefreshOutcome, _ms| {
-            let ok = matches!(outcome, RefreshOutcome::Status(s) if (200..300).contains(s));
-            release(&lock, ok);
+            let end = match outcome {
+                RefreshOutcome::Status(s) if (200..300).contains(s) => RefreshEnd::Stored,
+                RefreshOutcome::Status(s) => RefreshEnd::Status(*s),
+                RefreshOutcome::Failed(why) if why.starts_with("timed out") => RefreshEnd::Timeout,
+                RefreshOutcome::Failed(_) => RefreshEnd::Error,
+            };
+            let ok = end == RefreshEnd::Stored;
+            end_refresh(&lock, end, policy);
             if let (false, Some(bytes)) = (ok, restore) {
                 // The key was PERSISTed for this refresh, which failed: without its expiry
                 // back, a deleted page would be served forever.

@@ -83,6 +83,8 @@ pub struct RequestState {
     pub wake_delay_ms: Option<u64>,
     /// The status of srcache's store subrequest, if one ran (`lookup::note_store`).
     pub store_status: Option<usize>,
+    /// The entry is in its error grace band (`$cache_stale_if_error`).
+    pub in_grace: bool,
     /// srcache's fetch has answered (and missed): the steps now run in PRECONTENT.
     pub after_fetch: bool,
     /// The request was sent through its location again to let srcache fetch the entry a
@@ -114,6 +116,7 @@ impl RequestState {
             wait: Wait::new(),
             wake_delay_ms: None,
             store_status: None,
+            in_grace: false,
             after_fetch: false,
             refetched: false,
             post_subrequest: ngx_http_post_subrequest_t {

@@ -14,6 +14,7 @@ use crate::nginx::vars::{
     add_output_variable, add_variable, indexed_value, set_not_found, set_value, set_value_in_pool,
     value_slot, variable_index, VAR_OK,
 };
+use crate::policy::CacheStatus;
 use crate::settings::{RawVars, Var};
 
 unsafe extern "C" fn unset_variable(
@@ -95,7 +96,9 @@ unsafe extern "C" fn skip_fetch_variable(
 ) -> ngx_int_t {
     // SAFETY: nginx passes a live request and the value slot being evaluated.
     let (r, v) = unsafe { (&*r, value_slot(v)) };
-    let refresh = state::peek(r).is_some_and(|s| s.is_refresh);
-    set_value(v, if refresh { b"1" } else { b"" });
+    // Refreshes, and passed requests (their key's last answer was not stored: in the error
+    // grace band srcache would otherwise serve the old copy in place of the backend's).
+    let skip = state::peek(r).is_some_and(|s| s.is_refresh || s.status == Some(CacheStatus::Pass));
+    set_value(v, if skip { b"1" } else { b"" });
     VAR_OK
 }

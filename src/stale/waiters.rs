@@ -13,7 +13,7 @@ use ngx::ffi::{
 };
 
 use super::state::{Phase, RequestState, ZoneRef};
-use crate::collapse::lock_moved;
+use crate::collapse::{backoff_ms, lock_moved, RefreshEnd, UseStale};
 use crate::locktable::{LockKind, LockRequest, Owner};
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{cycle_log, no_connection, now_ms, request_log, update_clock, worker_pid};
@@ -343,6 +343,47 @@ pub fn release_with_pass(lock: &HeldLock, stored: bool, pass_ms: u64) {
         "stale_cache: lock of \"{}\" released ({})",
         Short(&lock.key),
         if stored { "stored" } else { "not stored" }
+    );
+    wake_waiters(lock.zone, &lock.key);
+}
+
+/// What the end of a refresh leaves behind besides releasing its lock.
+#[derive(Clone, Copy)]
+pub struct RefreshPolicy {
+    /// The refresh asks the backend for a key in its error grace band.
+    pub grace: bool,
+    /// `$cache_pass_ttl`.
+    pub pass_ms: u64,
+    /// `stale_cache_use_stale`.
+    pub use_stale: UseStale,
+}
+
+/// Ends a refresh: a failure backs the key off (an error mark: no new refresh, and in the
+/// error grace band the stored copy is served until it ends), except that in the band an
+/// answer the stored copy must not stand in for (say a 404) passes the key instead; then the
+/// lock is released and its waiters woken.
+pub fn end_refresh(lock: &HeldLock, end: RefreshEnd, policy: RefreshPolicy) {
+    update_clock();
+    let now = now_ms();
+    let stored = end == RefreshEnd::Stored;
+    let marked = lock.zone.with_key(&lock.key, |t, fp| {
+        let mark = if stored {
+            None
+        } else if policy.grace && !policy.use_stale.covers(end) {
+            t.pass_set(fp, policy.pass_ms, now);
+            None
+        } else {
+            t.error_mark(fp, now, backoff_ms)
+        };
+        t.unlock(fp, lock.token, now, stored);
+        mark
+    });
+    debug!(
+        cycle_log(),
+        "stale_cache: the refresh for \"{}\" ended: {:?}; backing off {:?} ms",
+        Short(&lock.key),
+        end,
+        marked.flatten()
     );
     wake_waiters(lock.zone, &lock.key);
 }
