@@ -17,6 +17,22 @@ const HOP_BY_HOP: &[&[u8]] = &[
     b"x-stale-cache-restore",
 ];
 
+/// Headers that carry a client's identity: a refresh replays them only when
+/// `stale_cache_refresh_credentials on` says the cache key includes them, so a stale hit of a
+/// logged-in user cannot have a personalized page stored for everyone.
+const CREDENTIALS: &[&[u8]] = &[b"cookie", b"authorization", b"proxy-authorization"];
+
+/// Whether two header names are the same to nginx's `$http_*` variables: case ignored and
+/// `-` and `_` alike (a client may spell `X-Skip-Fetch` as `x_skip_fetch` where
+/// `underscores_in_headers` or `ignore_invalid_headers off` lets it through).
+pub fn same_header_name(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| match c {
+        b'_' => b'-',
+        c => c.to_ascii_lowercase(),
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
+}
+
 /// The header asking a refresh-authenticated request to give a key its expiry back.
 pub const RESTORE_HEADER: &[u8] = b"X-Stale-Cache-Restore";
 
@@ -36,6 +52,8 @@ pub struct Replay<'a> {
     pub secret: &'a [u8],
     /// Makes the request an expiry restore of this many seconds instead of a refresh.
     pub restore_ttl: Option<u64>,
+    /// Replay Cookie and Authorization too (`stale_cache_refresh_credentials on`).
+    pub credentials: bool,
 }
 
 impl Replay<'_> {
@@ -51,9 +69,10 @@ impl Replay<'_> {
         out.extend_from_slice(self.host);
         out.extend_from_slice(b"\r\n");
         for (name, value) in self.headers {
-            let skip = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-                || name.eq_ignore_ascii_case(self.skip_header)
-                || name.eq_ignore_ascii_case(self.secret_header)
+            let skip = HOP_BY_HOP.iter().any(|h| same_header_name(name, h))
+                || (!self.credentials && CREDENTIALS.iter().any(|h| same_header_name(name, h)))
+                || same_header_name(name, self.skip_header)
+                || same_header_name(name, self.secret_header)
                 || has_line_break(name)
                 || has_line_break(value);
             if !skip {
@@ -148,7 +167,50 @@ mod tests {
             secret_header: b"X-Stale-Cache-Refresh",
             secret: b"s3cr3t",
             restore_ttl: None,
+            credentials: false,
         }
+    }
+
+    #[test]
+    fn header_names_match_with_dash_and_underscore_alike() {
+        for spelling in [
+            &b"X-Skip-Fetch"[..],
+            b"x_skip_fetch",
+            b"X_Skip-Fetch",
+            b"X-SKIP-FETCH",
+        ] {
+            assert!(same_header_name(spelling, b"X-Skip-Fetch"), "{spelling:?}");
+        }
+        assert!(!same_header_name(b"X-Skip-Fetch2", b"X-Skip-Fetch"));
+        assert!(!same_header_name(b"X.Skip.Fetch", b"X-Skip-Fetch"));
+        assert!(!same_header_name(b"", b"X-Skip-Fetch"));
+    }
+
+    #[test]
+    fn credentials_are_dropped_unless_asked_for() {
+        let headers: &[(&[u8], &[u8])] = &[
+            (b"Cookie", b"session=alice"),
+            (b"authorization", b"Basic YWxpY2U6eA=="),
+            (b"Proxy_Authorization", b"Basic eA=="),
+            (b"X_Skip_Fetch", b"TRUE"),
+            (b"x-stale-cache_refresh", b"guess"),
+            (b"Accept", b"*/*"),
+        ];
+        let text = String::from_utf8(replay(headers, None).to_bytes()).unwrap();
+        assert!(!text.contains("alice") && !text.contains("eA=="), "{text}");
+        assert!(
+            !text.contains("guess") && !text.contains("X_Skip_Fetch"),
+            "{text}"
+        );
+        assert!(text.contains("Accept: */*\r\n"), "{text}");
+        let mut r = replay(headers, None);
+        r.credentials = true;
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(text.contains("Cookie: session=alice\r\n"), "{text}");
+        assert!(
+            text.contains("authorization: Basic YWxpY2U6eA==\r\n"),
+            "{text}"
+        );
     }
 
     #[test]

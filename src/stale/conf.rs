@@ -50,6 +50,10 @@ pub struct StaleCacheConf {
     /// `stale_cache_refresh_address`: where refresh requests go instead of the listener the
     /// client came in on.
     pub refresh_target: Option<RefreshTarget>,
+    /// `stale_cache_refresh_credentials on|off`: replay Cookie and Authorization.
+    pub refresh_credentials: isize,
+    /// `stale_cache_refresh_limit N`: refreshes in flight per worker.
+    pub refresh_limit: usize,
 }
 
 impl Default for StaleCacheConf {
@@ -59,11 +63,22 @@ impl Default for StaleCacheConf {
             memo: -1,
             skip_header: None,
             refresh_target: None,
+            refresh_credentials: -1,
+            refresh_limit: usize::MAX,
         }
     }
 }
 
+/// Refreshes in flight per worker unless `stale_cache_refresh_limit` says otherwise. Each
+/// costs up to four connections of the worker (to the listener, the request it becomes, the
+/// backend, Redis), so 32 stay far below the usual 768-1024 `worker_connections`.
+pub const DEFAULT_REFRESH_LIMIT: usize = 32;
+
 impl StaleCacheConf {
+    pub fn replays_credentials(&self) -> bool {
+        self.refresh_credentials == 1
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled == 1
     }
@@ -90,6 +105,16 @@ impl Merge for StaleCacheConf {
         }
         if self.refresh_target.is_none() {
             self.refresh_target = prev.refresh_target.clone();
+        }
+        if self.refresh_credentials == -1 {
+            self.refresh_credentials = prev.refresh_credentials.max(0);
+        }
+        if self.refresh_limit == usize::MAX {
+            self.refresh_limit = if prev.refresh_limit == usize::MAX {
+                DEFAULT_REFRESH_LIMIT
+            } else {
+                prev.refresh_limit
+            };
         }
         Ok(())
     }
@@ -331,5 +356,33 @@ pub unsafe extern "C" fn set_refresh_address(
         sockaddr: sockaddr.to_vec(),
         name: String::from_utf8_lossy(str_bytes(&addr.name)).into_owned(),
     });
+    CONF_OK
+}
+
+/// `stale_cache_refresh_limit N;` — refreshes in flight per worker (at least 1).
+pub unsafe extern "C" fn set_refresh_limit(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the location-level directive `stale_cache_refresh_limit`.
+    let (cfr, cmd, scf) = unsafe { directive_args(cf, cmd, conf) };
+    if scf.refresh_limit != usize::MAX {
+        return conf_error(cf, cmd, "is duplicate");
+    }
+    let value = str_bytes(&conf_args(cfr)[1]);
+    match core::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(n) if (1..=1_000_000).contains(&n) => scf.refresh_limit = n,
+        _ => {
+            return conf_error(
+                cf,
+                cmd,
+                "expected a number of refreshes in flight per worker, 1 or more",
+            )
+        }
+    }
     CONF_OK
 }

@@ -7,7 +7,7 @@ use ngx::ffi::{ngx_http_request_t, NGX_HTTP_NO_CONTENT, NGX_LOG_ERR, NGX_LOG_NOT
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
-use super::phases::{read_body, Next};
+use super::phases::Next;
 use super::refresh::{self, has_body};
 use super::state::{Phase, RequestState, ZoneRef};
 use super::variables::read_cache_variables;
@@ -207,9 +207,15 @@ fn serve_stale(
     persist: bool,
     now: u64,
 ) -> Next {
+    if has_body(req) && !state.body_read {
+        return Next::Continue; // never reached: bodies are read before the first step
+    }
     let settings = state.settings();
-    let token = new_token();
     let key = settings.key.clone();
+    let Some(slot) = refresh::take_slot(req, scf, &key) else {
+        return Next::Continue;
+    };
+    let token = new_token();
     let lock_ms = refresh_lock_ms(state.ttl, persist, settings.lock_exptime_ms);
     let outcome = zone.with_key(&key, |t, fp| {
         t.try_lock(fp, LockKind::Refresh, token, lock_ms, 0, now)
@@ -229,17 +235,14 @@ fn serve_stale(
         lock_ms
     );
     state.refresh_lock = Some(HeldLock { zone, key, token });
+    state.refresh_slot = Some(slot);
     state.persist_pending = persist;
-    if has_body(req) {
-        // The refresh replays the body too: read it now (proxying reuses it).
-        return read_body(state, req);
-    }
     finish_stale(state, req, scf)
 }
 
-/// The stale path once the refresh lock is held (and the body read, if any): prepare the
+/// The stale path once the refresh lock is held (the body, if any, is read): prepare the
 /// refresh, then PERSIST the key if asked.
-pub fn finish_stale(
+fn finish_stale(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,

@@ -15,7 +15,8 @@ use ngx::http::{HttpModule, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use super::conf::{
-    merge_loc_conf, set_refresh_address, set_skip_header, set_stale_cache, set_zone, StaleCacheConf,
+    merge_loc_conf, set_refresh_address, set_refresh_limit, set_skip_header, set_stale_cache,
+    set_zone, StaleCacheConf,
 };
 use super::{lookup, phases, variables};
 use crate::nginx::util::{ERROR, OK};
@@ -106,7 +107,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 6] = [
+static mut COMMANDS: [ngx_command_t; 8] = [
     directive(
         ngx_string!("stale_cache_zone"),
         NGX_HTTP_MAIN_CONF as ngx_uint_t | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -139,6 +140,20 @@ static mut COMMANDS: [ngx_command_t; 6] = [
         ngx_string!("stale_cache_refresh_address"),
         ANY_LEVEL | NGX_CONF_TAKE1 as ngx_uint_t,
         set_refresh_address,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx_string!("stale_cache_refresh_credentials"),
+        ANY_LEVEL | NGX_CONF_FLAG as ngx_uint_t,
+        ngx_conf_set_flag_slot,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        offset_of!(StaleCacheConf, refresh_credentials),
+    ),
+    directive(
+        ngx_string!("stale_cache_refresh_limit"),
+        ANY_LEVEL | NGX_CONF_TAKE1 as ngx_uint_t,
+        set_refresh_limit,
         NGX_HTTP_LOC_CONF_OFFSET,
         0,
     ),

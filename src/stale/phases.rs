@@ -16,13 +16,15 @@ use super::conf::StaleCacheConf;
 use super::decide;
 use super::error::fail_open;
 use super::module::{main_conf, StaleCacheModule};
+use super::refresh::has_body;
 use super::refresh::SECRET_HEADER;
 use super::state::{self, Phase, RequestState};
-use super::waiters::release;
+use super::variables::read_cache_variables;
 use crate::nginx::log::{self, debug, Every};
 use crate::nginx::util::{live_headers, request_log, str_bytes, AGAIN, DECLINED, DONE};
 use crate::policy::CacheStatus;
-use crate::replay::{secret_matches, RESTORE_HEADER};
+use crate::replay::{same_header_name, secret_matches, RESTORE_HEADER};
+use crate::settings::Settings;
 
 /// What the state machine does after a step.
 pub enum Next {
@@ -50,7 +52,9 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
     let mut skip_headers = Vec::new();
     for h in live_headers(req) {
         let name = str_bytes(&h.key);
-        if name.eq_ignore_ascii_case(SECRET_HEADER.as_bytes()) {
+        // `-`/`_` alike and case ignored, as nginx's `$http_*` variables match them: a client's
+        // `X_Skip_Fetch` must be hidden wherever `underscores_in_headers` lets it through.
+        if same_header_name(name, SECRET_HEADER.as_bytes()) {
             is_refresh |= secret_matches(str_bytes(&h.value), secret);
             // Never forward or expose the secret (nor a guess at it).
             h.hash = 0;
@@ -58,12 +62,12 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
                 len: 1,
                 data: c"1".as_ptr() as *mut u8,
             };
-        } else if name.eq_ignore_ascii_case(RESTORE_HEADER) {
+        } else if same_header_name(name, RESTORE_HEADER) {
             restore_ttl = core::str::from_utf8(str_bytes(&h.value))
                 .ok()
                 .and_then(|v| v.parse::<u64>().ok());
             h.hash = 0;
-        } else if name.eq_ignore_ascii_case(skip_name) {
+        } else if same_header_name(name, skip_name) {
             skip_headers.push(h);
         }
     }
@@ -116,11 +120,16 @@ pub unsafe extern "C" fn preaccess_handler(r: *mut ngx_http_request_t) -> ngx_in
 fn run(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheConf) -> ngx_int_t {
     loop {
         let step = match state.phase {
+            Phase::Start if needs_body(state, req) => Ok(read_body(state, req)),
             Phase::Start => decide::start(state, req, scf),
             Phase::LookingUp if !state.capture.done => Ok(Next::Return(AGAIN)),
             Phase::LookingUp => decide::after_lookup(state, req, scf),
             Phase::ReadingBody if !state.body_read => Ok(Next::Return(AGAIN)),
-            Phase::ReadingBody => Ok(decide::finish_stale(state, req, scf)),
+            // The body is whole: only now may the request take a lock.
+            Phase::ReadingBody => {
+                state.phase = Phase::Start;
+                Ok(Next::Continue)
+            }
             Phase::Persisting if !state.capture.done => Ok(Next::Return(AGAIN)),
             Phase::Persisting => Ok(persisted(state, req)),
             Phase::Restoring if !state.capture.done => Ok(Next::Return(AGAIN)),
@@ -181,9 +190,24 @@ thread_local! {
     static READ_COMPLETED_INLINE: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
-/// Reads the request body (the refresh replays it); the step goes on at once if it was
-/// already buffered, or when `body_read` runs.
-pub fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next {
+/// Whether the request must read its body before its first step: a request with a body in
+/// `$cache_methods` may take a fill or refresh lock, and a client that stalls its body must
+/// not hold one (nor its key's refresh). Refreshes and bypassed requests are left alone.
+fn needs_body(state: &RequestState, req: &ngx_http_request_t) -> bool {
+    if state.is_refresh || state.body_read || !has_body(req) {
+        return false;
+    }
+    match Settings::parse(&read_cache_variables(req)) {
+        Ok(Some(settings)) => settings.allows(str_bytes(&req.method_name)),
+        _ => false,
+    }
+}
+
+/// Reads the request body before any decision (the refresh replays it, and no lock may be
+/// taken before it is whole); the step goes on at once if it was already buffered, or when
+/// `body_read` runs. A body that never arrives ends the request (nginx answers 408) with no
+/// lock taken and no status.
+fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next {
     state.phase = Phase::ReadingBody;
     // The body stays for the proxy after the refresh has copied it.
     req.set_preserve_body(1);
@@ -193,9 +217,6 @@ pub fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next
     let completed_inline = READ_COMPLETED_INLINE.replace(None) == Some(true);
     if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
         // nginx answers the request with the error (and dropped its reference itself).
-        if let Some(lock) = state.refresh_lock.take() {
-            release(&lock, false);
-        }
         state.phase = Phase::Done;
         return Next::Return(rc);
     }
@@ -206,7 +227,10 @@ pub fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next
         state.body_read = true;
         return Next::Continue;
     }
-    debug!(request_log(req), "stale_cache: reading the body to replay");
+    debug!(
+        request_log(req),
+        "stale_cache: reading the body before deciding"
+    );
     Next::Return(DONE)
 }
 

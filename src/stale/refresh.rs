@@ -2,9 +2,10 @@
 //! the access phase (a replay of that request, and where to send it), sending it when the
 //! request is over, and releasing the refresh lock with its outcome.
 
+use core::cell::Cell;
 use core::fmt;
 
-use ngx::ffi::{ngx_http_request_t, ngx_read_file, ngx_str_t, NGX_LOG_ERR};
+use ngx::ffi::{ngx_http_request_t, ngx_read_file, ngx_str_t, NGX_LOG_ERR, NGX_LOG_WARN};
 
 use super::conf::StaleCacheConf;
 use super::sender::{self, RefreshOutcome, RefreshTarget};
@@ -28,6 +29,51 @@ pub struct PendingRefresh {
     lock: HeldLock,
     /// Sent if the refresh fails, to give the key it PERSISTed its expiry back.
     restore: Option<Vec<u8>>,
+    slot: Slot,
+}
+
+thread_local! {
+    /// Refreshes of this worker prepared or in flight (each holds a `Slot`).
+    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+    /// Stale hits served without a refresh because of the limit, for the log line.
+    static SKIPPED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// One of this worker's `stale_cache_refresh_limit` refreshes; given back when dropped,
+/// however the refresh ends.
+pub struct Slot(());
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        IN_FLIGHT.set(IN_FLIGHT.get().saturating_sub(1));
+    }
+}
+
+/// A slot for a refresh of `key`, or `None` (counted, logged once per interval) when the
+/// worker has `stale_cache_refresh_limit` refreshes in flight: the stale copy is served
+/// without one, so many stale keys cannot turn into as many connections.
+pub fn take_slot(req: &ngx_http_request_t, scf: &StaleCacheConf, key: &[u8]) -> Option<Slot> {
+    let n = IN_FLIGHT.get();
+    if n >= scf.refresh_limit {
+        SKIPPED.set(SKIPPED.get() + 1);
+        log::limited(
+            request_log(req),
+            NGX_LOG_WARN,
+            "refresh-limit",
+            Every::Interval,
+            format_args!(
+                "stale_cache: {} refreshes in flight in this worker (stale_cache_refresh_limit \
+                 {}): stale hit of \"{}\" served without a refresh ({} such hits so far)",
+                n,
+                scf.refresh_limit,
+                Short(key),
+                SKIPPED.get()
+            ),
+        );
+        return None;
+    }
+    IN_FLIGHT.set(n + 1);
+    Some(Slot(()))
 }
 
 /// Why a stale hit starts no refresh.
@@ -58,10 +104,10 @@ impl fmt::Display for RefreshError {
 /// Prepares the refresh for the refresh lock this request holds. On failure the lock is
 /// released and the reason logged (rate-limited): the client still gets the stale copy.
 pub fn prepare(state: &mut RequestState, req: &ngx_http_request_t, scf: &StaleCacheConf) {
-    let Some(lock) = state.refresh_lock.take() else {
+    let (Some(lock), Some(slot)) = (state.refresh_lock.take(), state.refresh_slot.take()) else {
         return;
     };
-    match build(state, req, scf, lock) {
+    match build(state, req, scf, lock, slot) {
         Ok(pending) => state.refresh = Some(pending),
         Err((lock, error)) => {
             log::limited(
@@ -82,6 +128,7 @@ fn build(
     req: &ngx_http_request_t,
     scf: &StaleCacheConf,
     lock: HeldLock,
+    slot: Slot,
 ) -> Result<PendingRefresh, (HeldLock, RefreshError)> {
     let settings = state.settings();
     let target = match target(scf, req) {
@@ -110,6 +157,7 @@ fn build(
         secret_header: SECRET_HEADER.as_bytes(),
         secret,
         restore_ttl: None,
+        credentials: scf.replays_credentials(),
     };
     let request = replay.to_bytes();
     // Only a key this request PERSISTs can need its expiry back, and only with a location to
@@ -125,6 +173,7 @@ fn build(
         target,
         timeout: settings.lock_exptime_ms,
         lock,
+        slot,
     })
 }
 
@@ -138,6 +187,7 @@ pub fn send(pending: PendingRefresh) {
         timeout,
         lock,
         restore,
+        slot,
     } = pending;
     debug!(
         crate::nginx::util::cycle_log(),
@@ -164,7 +214,7 @@ pub fn send(pending: PendingRefresh) {
                     restore_uri,
                     "expiry restore",
                     timeout,
-                    Box::new(|_: &RefreshOutcome, _| {}),
+                    Box::new(move |_: &RefreshOutcome, _| drop(slot)),
                 );
             }
         }),

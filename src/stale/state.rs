@@ -71,6 +71,8 @@ pub struct RequestState {
     pub fill: Option<HeldLock>,
     /// The refresh lock, held while the body is read and the refresh is prepared.
     pub refresh_lock: Option<HeldLock>,
+    /// This worker's count of refreshes in flight, taken with the refresh lock.
+    pub refresh_slot: Option<refresh::Slot>,
     pub persist_pending: bool,
     /// The request body has been read (for the refresh to replay it).
     pub body_read: bool,
@@ -99,6 +101,7 @@ impl RequestState {
             ttl: 0,
             fill: None,
             refresh_lock: None,
+            refresh_slot: None,
             persist_pending: false,
             body_read: false,
             refresh: None,
