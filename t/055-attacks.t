@@ -105,19 +105,19 @@ check_not_bypassed();
 
 === TEST 5: a stale hit whose body never arrives takes no refresh lock: the next stale hit refreshes
 --- http_config eval: $::HTTP . "    log_format st '\$request_uri \$status [\$stale_cache_status]';\n"
---- config eval: "client_body_timeout 2s;\naccess_log logs/st.log st;\n" . drop_in_config()
+--- config eval: "client_body_timeout 4s;\naccess_log logs/st.log st;\n" . drop_in_config()
 --- check
 my $key = fill_and_stale('/api/body');
 my $t0 = error_log_text() =~ tr/\n//;
 my $s = stall_body('/api/body');
-wait_log(qr/reading the body before deciding/);    # the stalled request is parked
+wait_log(qr/http header: "Content-Length: 10"/);    # the stalled request's head is in
 my $r = http_get('/api/body');
 is($r->{headers}{'x-stale-cache'}, 'STALE', 'the next client gets the stale copy');
-wait_backend_hits('/api/body', 2, 5);               # its refresh was not held up
+wait_backend_hits('/api/body', 2, 2);    # its refresh is not held up by the stalled one
 wait_until(sub { redis('TTL', $key) > 100 }, 5, 'the refresh to be stored');
 like(http_get('/api/body')->{body}, qr/hit 2/, 'then the refreshed copy');
 # client_body_timeout ends the stalled request with a 408 it reports as nothing else
-my $line = wait_until(sub { (Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/st.log") // '') =~ /^(\/api\/body 408 .*)$/m && $1 }, 6, 'the stalled request to time out');
+my $line = wait_until(sub { (Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/st.log") // '') =~ /^(\/api\/body 408 .*)$/m && $1 }, 8, 'the stalled request to time out');
 is($line, '/api/body 408 [-]', 'the stalled request: 408, no cache status (no lock, not served stale)');
 close $s;
 is(backend_hits('/api/body'), 2, 'fill + one refresh, nothing for the stalled request');
@@ -130,7 +130,7 @@ is(backend_hits('/api/body'), 2, 'fill + one refresh, nothing for the stalled re
 --- pre
 backend_config('/api/gone', delay => 0.3);
 $::STALLED = stall_body('/api/gone');
-wait_log(qr/reading the body before deciding/);
+wait_log(qr/http header: "Content-Length: 10"/);
 --- request
 GET /api/gone
 --- concurrency: 20
@@ -170,7 +170,23 @@ wait_backend_hits('/api/k40', 1, 5);
 
 
 
-=== TEST 8: a refresh does not replay Cookie or Authorization by default
+=== TEST 8: the default cap (32 per worker): 40 stale keys at once, 32 refreshes
+--- log_level: info
+--- http_config eval: $::HTTP
+--- config eval: drop_in_config()
+--- check
+my $stored = do { http_get('/api/k0'); redis('GET', redis_key('/api/k0')) };
+redis('SET', redis_key("/api/k$_"), $stored, 'EX', 50) for 0 .. 39;
+my @jobs = map { my $c = $_; ka_job([map { "/api/k" . ($c * 10 + $_) } 0 .. 9], { 'X-Backend-Delay' => 4 }) } 0 .. 3;
+my @r = Test::StaleCache::run_jobs(\@jobs, 10);
+is(scalar(grep { ($_->{headers}{'x-stale-cache'} // '') eq 'STALE' } @r), 40, '40 stale hits served');
+wait_until(sub { backend_hits() >= 33 }, 5, '32 refreshes to reach the backend');
+is(backend_hits(), 33, 'the fill and 32 refreshes, no more');
+like(error_log_text(), qr/32 refreshes in flight in this worker \(stale_cache_refresh_limit 32\)/, 'the skip is logged');
+
+
+
+=== TEST 9: a refresh does not replay Cookie or Authorization by default
 --- http_config eval: $::HTTP
 --- config eval: drop_in_config()
 --- check
@@ -186,7 +202,7 @@ is($refresh->{headers}{'x-other'}, 'kept', 'other headers are replayed');
 
 
 
-=== TEST 9: stale_cache_refresh_credentials on replays them (for keys that include them)
+=== TEST 10: stale_cache_refresh_credentials on replays them (for keys that include them)
 --- http_config eval: $::HTTP
 --- config eval: drop_in_config('stale_cache_refresh_credentials on;')
 --- check

@@ -3,7 +3,7 @@
 //! after a wake-up). The decisions are made by `crate::policy` and `crate::collapse`; these
 //! steps gather their inputs and carry them out.
 
-use ngx::ffi::{ngx_http_request_t, NGX_HTTP_NO_CONTENT, NGX_LOG_ERR, NGX_LOG_NOTICE};
+use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
@@ -19,7 +19,7 @@ use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
 use crate::nginx::zone;
 use crate::policy::{decide, Action, CacheStatus, FailReason};
-use crate::replay::key_argument;
+use crate::replay::{keep_copy, key_argument, KeepCopy};
 use crate::resp::{parse_integer_reply, ReplyError};
 use crate::settings::Settings;
 
@@ -29,10 +29,7 @@ type Step = Result<Next, StaleError>;
 pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheConf) -> Step {
     if state.is_refresh {
         state.finish(CacheStatus::Refresh);
-        return match state.restore_ttl {
-            Some(ttl) => Ok(restore_expiry(state, req, ttl)),
-            None => Ok(Next::Continue),
-        };
+        return Ok(Next::Continue);
     }
     let settings = match Settings::parse(&read_cache_variables(req)) {
         Ok(Some(s)) => s,
@@ -109,26 +106,6 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     lookup::start(state, req, &ttl_uri, &key_argument(&key))?;
     state.phase = Phase::LookingUp;
     Ok(Next::Return(AGAIN))
-}
-
-/// An expiry-restore request (sent by this module after a failed refresh of a key it had
-/// PERSISTed): EXPIRE the key through `$cache_expire`, then answer 204 without the backend.
-fn restore_expiry(state: &mut RequestState, req: &mut ngx_http_request_t, ttl: u64) -> Next {
-    let no_content = Next::Return(NGX_HTTP_NO_CONTENT as _);
-    let Ok(Some(settings)) = Settings::parse(&read_cache_variables(req)) else {
-        return no_content;
-    };
-    let Some(uri) = settings.expire_uri.clone() else {
-        return no_content;
-    };
-    let mut args = key_argument(&settings.key);
-    args.extend_from_slice(format!("&ttl={}", ttl.max(1)).as_bytes());
-    state.settings = Some(settings);
-    if lookup::start(state, req, &uri, &args).is_err() {
-        return no_content;
-    }
-    state.phase = Phase::Restoring;
-    Next::Return(AGAIN)
 }
 
 /// The TTL lookup's answer, read strictly: anything but an integer reply fails open.
@@ -241,7 +218,7 @@ fn serve_stale(
 }
 
 /// The stale path once the refresh lock is held (the body, if any, is read): prepare the
-/// refresh, then PERSIST the key if asked.
+/// refresh, then keep the stale copy until it ends (see `replay::keep_copy`).
 fn finish_stale(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
@@ -249,13 +226,26 @@ fn finish_stale(
 ) -> Next {
     state.phase = Phase::Done;
     refresh::prepare(state, req, scf);
-    if state.refresh.is_none() || !state.persist_pending {
+    if state.refresh.is_none() {
         return Next::Continue;
     }
     let settings = state.settings();
-    let uri = settings.persist_uri.clone().unwrap_or_default();
-    let args = key_argument(&settings.key);
-    if lookup::start(state, req, &uri, &args).is_err() {
+    let step = keep_copy(
+        state.ttl,
+        state.persist_pending,
+        settings.expire_uri.is_some(),
+        settings.lock_exptime_ms,
+    );
+    let (uri, args) = match step {
+        KeepCopy::Nothing => return Next::Continue,
+        KeepCopy::Persist => (settings.persist_uri.clone(), key_argument(&settings.key)),
+        KeepCopy::Expire(secs) => {
+            let mut args = key_argument(&settings.key);
+            args.extend_from_slice(format!("&ttl={secs}").as_bytes());
+            (settings.expire_uri.clone(), args)
+        }
+    };
+    if lookup::start(state, req, &uri.unwrap_or_default(), &args).is_err() {
         return Next::Continue;
     }
     state.phase = Phase::Persisting;

@@ -6,10 +6,10 @@ use core::ptr;
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
-    ngx_http_phases_NGX_HTTP_POST_READ_PHASE, ngx_http_phases_NGX_HTTP_PREACCESS_PHASE, ngx_int_t,
-    ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2,
-    NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET,
-    NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
+    ngx_http_phases_NGX_HTTP_PREACCESS_PHASE, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
+    NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
@@ -45,7 +45,7 @@ impl HttpModule for StaleCacheModule {
         let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
             return ERROR;
         };
-        let handlers: [(u32, ngx_http_handler_pt); 2] = [
+        let handlers: [(u32, ngx_http_handler_pt); 3] = [
             (
                 ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
                 Some(phases::post_read_handler),
@@ -53,6 +53,10 @@ impl HttpModule for StaleCacheModule {
             (
                 ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
                 Some(phases::preaccess_handler),
+            ),
+            (
+                ngx_http_phases_NGX_HTTP_LOG_PHASE,
+                Some(phases::log_handler),
             ),
         ];
         for (phase, handler) in handlers {
@@ -65,6 +69,9 @@ impl HttpModule for StaleCacheModule {
             }
             // SAFETY: the slot is a fresh, writable element of the handler array.
             unsafe { *slot = handler };
+        }
+        if super::conf::check_refresh_addresses(cf, cmcf).is_err() {
+            return ERROR;
         }
         lookup::install_filters();
         OK

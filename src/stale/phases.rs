@@ -7,8 +7,7 @@ use core::cell::Cell;
 
 use ngx::ffi::{
     ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_read_client_request_body,
-    ngx_http_request_t, ngx_int_t, ngx_str_t, NGX_HTTP_NO_CONTENT, NGX_HTTP_SPECIAL_RESPONSE,
-    NGX_LOG_ERR, NGX_LOG_WARN,
+    ngx_http_request_t, ngx_int_t, ngx_str_t, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_WARN,
 };
 use ngx::http::HttpModuleLocationConf;
 
@@ -23,7 +22,7 @@ use super::variables::read_cache_variables;
 use crate::nginx::log::{self, debug, Every};
 use crate::nginx::util::{live_headers, request_log, str_bytes, AGAIN, DECLINED, DONE};
 use crate::policy::CacheStatus;
-use crate::replay::{same_header_name, secret_matches, RESTORE_HEADER};
+use crate::replay::{same_header_name, secret_matches};
 use crate::settings::Settings;
 
 /// What the state machine does after a step.
@@ -48,7 +47,6 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
     let secret = main_conf(req).secret.as_bytes();
     let skip_name = scf.skip_header_name();
     let mut is_refresh = false;
-    let mut restore_ttl = None;
     let mut skip_headers = Vec::new();
     for h in live_headers(req) {
         let name = str_bytes(&h.key);
@@ -62,11 +60,6 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
                 len: 1,
                 data: c"1".as_ptr() as *mut u8,
             };
-        } else if same_header_name(name, RESTORE_HEADER) {
-            restore_ttl = core::str::from_utf8(str_bytes(&h.value))
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok());
-            h.hash = 0;
         } else if same_header_name(name, skip_name) {
             skip_headers.push(h);
         }
@@ -82,8 +75,20 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
         // SAFETY: POST_READ is the request's first step; nothing else borrows its state.
         let state = unsafe { state.as_mut() };
         state.is_refresh = true;
-        state.restore_ttl = restore_ttl;
         debug!(request_log(req), "stale_cache: refresh request recognised");
+    }
+    DECLINED
+}
+
+/* ----------------------------------------------------------------------- LOG */
+
+/// After the response (srcache's store subrequest included): reports responses srcache did
+/// not store where the module relied on it (see `refresh::check_stored`).
+pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx runs phase handlers with a live request.
+    let req = unsafe { &mut *r };
+    if core::ptr::eq(req.main, r) && main_conf(req).in_use {
+        super::refresh::check_stored(req);
     }
     DECLINED
 }
@@ -132,13 +137,15 @@ fn run(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheC
             }
             Phase::Persisting if !state.capture.done => Ok(Next::Return(AGAIN)),
             Phase::Persisting => Ok(persisted(state, req)),
-            Phase::Restoring if !state.capture.done => Ok(Next::Return(AGAIN)),
-            Phase::Restoring => Ok(restored(state, req)),
             // Until the wake-up event itself has run, other events (a writable client
             // socket) must not move the request on: the event would resume it twice.
             Phase::Waiting if state.wait.in_progress() => Ok(Next::Return(AGAIN)),
             Phase::Waiting => decide::after_wake(state, req),
-            Phase::Done => Ok(Next::Return(DECLINED)),
+            Phase::Done => {
+                // The stale path's own steps are over: the refresh may start.
+                super::refresh::arm(state);
+                Ok(Next::Return(DECLINED))
+            }
         };
         match step {
             Ok(Next::Continue) => {}
@@ -148,7 +155,7 @@ fn run(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheC
     }
 }
 
-/// The PERSIST of a stale key answered: the stale copy is served either way.
+/// The PERSIST (or EXPIRE) of a stale key answered: the stale copy is served either way.
 fn persisted(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
     if !state.capture.answered_ok() {
         log::limited(
@@ -156,29 +163,13 @@ fn persisted(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
             NGX_LOG_WARN,
             "persist",
             Every::Interval,
-            format_args!("stale_cache: PERSIST lookup failed; serving the stale copy anyway"),
+            format_args!(
+                "stale_cache: PERSIST/EXPIRE of a stale key failed; serving the stale copy anyway"
+            ),
         );
     }
     state.phase = Phase::Done;
     Next::Continue
-}
-
-/// The EXPIRE of a restore request answered: the request ends here, without the backend.
-fn restored(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
-    state.phase = Phase::Done;
-    if !state.capture.answered_ok() {
-        log::limited(
-            request_log(req),
-            NGX_LOG_ERR,
-            "restore",
-            Every::Interval,
-            format_args!(
-                "stale_cache: giving a PERSISTed key its expiry back failed; check the \
-                 $cache_expire location"
-            ),
-        );
-    }
-    Next::Return(NGX_HTTP_NO_CONTENT as ngx_int_t)
 }
 
 /* ------------------------------------------------------------------ the body */

@@ -42,8 +42,6 @@ pub enum Phase {
     ReadingBody,
     /// Waiting for the PERSIST of a stale key.
     Persisting,
-    /// A restore request waiting for the EXPIRE of the key it restores.
-    Restoring,
     /// Waiting for another request's fill.
     Waiting,
     /// The layer is done with the request: srcache and the backend take over.
@@ -59,8 +57,6 @@ pub struct RequestState {
     pub status: Option<CacheStatus>,
     /// The request carries this nginx's refresh secret.
     pub is_refresh: bool,
-    /// A refresh-authenticated request asking to restore the key's expiry (seconds).
-    pub restore_ttl: Option<u64>,
     pub settings: Option<Settings>,
     /// The zone `$cache_lock` names, once known.
     pub zone: Option<ZoneRef>,
@@ -93,7 +89,6 @@ impl RequestState {
             phase: Phase::Start,
             status: None,
             is_refresh: false,
-            restore_ttl: None,
             settings: None,
             zone: None,
             lookup_started: 0,
@@ -260,7 +255,5 @@ unsafe extern "C" fn end_of_request(data: *mut c_void) {
         // The request ended before its refresh could be prepared.
         waiters::release(&lock, false);
     }
-    if let Some(pending) = state.refresh.take() {
-        refresh::send(pending);
-    }
+    refresh::request_ended(state.r, state.refresh.take());
 }
