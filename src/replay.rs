@@ -14,11 +14,23 @@ const HOP_BY_HOP: &[&[u8]] = &[
     b"content-length",
     b"expect",
     b"host",
-    b"x-stale-cache-restore",
 ];
 
-/// The header asking a refresh-authenticated request to give a key its expiry back.
-pub const RESTORE_HEADER: &[u8] = b"X-Stale-Cache-Restore";
+/// Headers that carry a client's identity: a refresh replays them only when
+/// `stale_cache_refresh_credentials on` says the cache key includes them, so a stale hit of a
+/// logged-in user cannot have a personalized page stored for everyone.
+const CREDENTIALS: &[&[u8]] = &[b"cookie", b"authorization", b"proxy-authorization"];
+
+/// Whether two header names are the same to nginx's `$http_*` variables: case ignored and
+/// `-` and `_` alike (a client may spell `X-Skip-Fetch` as `x_skip_fetch` where
+/// `underscores_in_headers` or `ignore_invalid_headers off` lets it through).
+pub fn same_header_name(a: &[u8], b: &[u8]) -> bool {
+    let fold = |c: u8| match c {
+        b'_' => b'-',
+        c => c.to_ascii_lowercase(),
+    };
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| fold(x) == fold(y))
+}
 
 /// What the refresh replays of the client's request.
 pub struct Replay<'a> {
@@ -34,8 +46,8 @@ pub struct Replay<'a> {
     /// The header carrying the per-start secret and its value.
     pub secret_header: &'a [u8],
     pub secret: &'a [u8],
-    /// Makes the request an expiry restore of this many seconds instead of a refresh.
-    pub restore_ttl: Option<u64>,
+    /// Replay Cookie and Authorization too (`stale_cache_refresh_credentials on`).
+    pub credentials: bool,
 }
 
 impl Replay<'_> {
@@ -51,9 +63,10 @@ impl Replay<'_> {
         out.extend_from_slice(self.host);
         out.extend_from_slice(b"\r\n");
         for (name, value) in self.headers {
-            let skip = HOP_BY_HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
-                || name.eq_ignore_ascii_case(self.skip_header)
-                || name.eq_ignore_ascii_case(self.secret_header)
+            let skip = HOP_BY_HOP.iter().any(|h| same_header_name(name, h))
+                || (!self.credentials && CREDENTIALS.iter().any(|h| same_header_name(name, h)))
+                || same_header_name(name, self.skip_header)
+                || same_header_name(name, self.secret_header)
                 || has_line_break(name)
                 || has_line_break(value);
             if !skip {
@@ -62,9 +75,6 @@ impl Replay<'_> {
         }
         push_header(&mut out, self.skip_header, b"TRUE");
         push_header(&mut out, self.secret_header, self.secret);
-        if let Some(ttl) = self.restore_ttl {
-            push_header(&mut out, RESTORE_HEADER, ttl.to_string().as_bytes());
-        }
         if let Some(body) = self.body {
             push_header(
                 &mut out,
@@ -91,6 +101,33 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// What a stale hit that starts a refresh does to keep the stale copy until the refresh ends.
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeepCopy {
+    Nothing,
+    /// `$cache_persist` (lua-resty-cache's way): the key loses its expiry until the refresh
+    /// stores a new copy, so a refresh that fails or stores nothing pins it.
+    Persist,
+    /// `$cache_expire` with this many seconds: the copy outlives the refresh lock, and no key
+    /// is ever left without an expiry, whatever the refresh does.
+    Expire(u64),
+}
+
+/// The step for a stale key with `ttl` seconds left (-1: no expiry), when the policy asks to
+/// keep the copy (`persist`: `$cache_persist` set and `ttl > 0`), `$cache_expire` is set
+/// (`expire`), and refresh locks last `lock_ms`. With `$cache_expire`, a key without expiry
+/// (pinned by an earlier PERSIST, or written so) gets one back on its next stale hit.
+pub fn keep_copy(ttl: i64, persist: bool, expire: bool, lock_ms: u64) -> KeepCopy {
+    let window = lock_ms.div_ceil(1000).max(1);
+    match (expire, persist) {
+        (true, _) if ttl == -1 => KeepCopy::Expire(window),
+        (true, true) if ttl >= 0 && (ttl as u64) < window => KeepCopy::Expire(window),
+        (true, _) => KeepCopy::Nothing,
+        (false, true) => KeepCopy::Persist,
+        (false, false) => KeepCopy::Nothing,
+    }
+}
+
 /// The status code of an `HTTP/1.x NNN ...` status line at the start of `head`.
 pub fn parse_status_line(head: &[u8]) -> Option<u16> {
     let rest = head.strip_prefix(b"HTTP/1.")?;
@@ -103,6 +140,53 @@ pub fn parse_status_line(head: &[u8]) -> Option<u16> {
     }
     code.iter()
         .try_fold(0u16, |n, d| Some(n * 10 + u16::from(d - b'0')))
+}
+
+/// Whether the response head `head` (status line and header lines, possibly cut) has a
+/// header named `name`; only complete lines before the blank line count.
+pub fn head_has_header(head: &[u8], name: &[u8]) -> bool {
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .take_while(|line| !line.is_empty() && *line != b"\r")
+        .any(|line| {
+            line.len() > name.len()
+                && line[name.len()] == b':'
+                && same_header_name(&line[..name.len()], name)
+        })
+}
+
+/// How well a `listen` address (a `struct sockaddr`'s bytes) serves a refresh sent to
+/// `target`: `Some(true)` the same address, `Some(false)` through a wildcard listener of the
+/// same port, `None` not at all.
+pub fn listener_serves(target: &[u8], listen: &[u8]) -> Option<bool> {
+    let family = |s: &[u8]| (s.len() >= 2).then(|| i32::from(u16::from_ne_bytes([s[0], s[1]])));
+    let fam = family(target)?;
+    if family(listen)? != fam {
+        return None;
+    }
+    let (addr, len) = match fam {
+        libc::AF_INET => (4, 4),
+        libc::AF_INET6 => (8, 16),
+        libc::AF_UNIX => {
+            let path = |s: &[u8]| {
+                let p = &s[2..];
+                p[..p.iter().position(|&b| b == 0).unwrap_or(p.len())].to_vec()
+            };
+            return (path(target) == path(listen)).then_some(true);
+        }
+        _ => return None,
+    };
+    if target.len() < addr + len || listen.len() < addr + len || target[2..4] != listen[2..4] {
+        return None;
+    }
+    let (t, l) = (&target[addr..addr + len], &listen[addr..addr + len]);
+    if t == l {
+        Some(true)
+    } else if l.iter().all(|&b| b == 0) {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// `key=<key>` with every byte but unreserved ones percent-encoded, so the lookup location's
@@ -147,8 +231,50 @@ mod tests {
             skip_header: b"X-Skip-Fetch",
             secret_header: b"X-Stale-Cache-Refresh",
             secret: b"s3cr3t",
-            restore_ttl: None,
+            credentials: false,
         }
+    }
+
+    #[test]
+    fn header_names_match_with_dash_and_underscore_alike() {
+        for spelling in [
+            &b"X-Skip-Fetch"[..],
+            b"x_skip_fetch",
+            b"X_Skip-Fetch",
+            b"X-SKIP-FETCH",
+        ] {
+            assert!(same_header_name(spelling, b"X-Skip-Fetch"), "{spelling:?}");
+        }
+        assert!(!same_header_name(b"X-Skip-Fetch2", b"X-Skip-Fetch"));
+        assert!(!same_header_name(b"X.Skip.Fetch", b"X-Skip-Fetch"));
+        assert!(!same_header_name(b"", b"X-Skip-Fetch"));
+    }
+
+    #[test]
+    fn credentials_are_dropped_unless_asked_for() {
+        let headers: &[(&[u8], &[u8])] = &[
+            (b"Cookie", b"session=alice"),
+            (b"authorization", b"Basic YWxpY2U6eA=="),
+            (b"Proxy_Authorization", b"Basic eA=="),
+            (b"X_Skip_Fetch", b"TRUE"),
+            (b"x-stale-cache_refresh", b"guess"),
+            (b"Accept", b"*/*"),
+        ];
+        let text = String::from_utf8(replay(headers, None).to_bytes()).unwrap();
+        assert!(!text.contains("alice") && !text.contains("eA=="), "{text}");
+        assert!(
+            !text.contains("guess") && !text.contains("X_Skip_Fetch"),
+            "{text}"
+        );
+        assert!(text.contains("Accept: */*\r\n"), "{text}");
+        let mut r = replay(headers, None);
+        r.credentials = true;
+        let text = String::from_utf8(r.to_bytes()).unwrap();
+        assert!(text.contains("Cookie: session=alice\r\n"), "{text}");
+        assert!(
+            text.contains("authorization: Basic YWxpY2U6eA==\r\n"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -188,13 +314,75 @@ mod tests {
     }
 
     #[test]
-    fn restore_request_carries_its_ttl_and_drops_client_copies() {
-        let headers: &[(&[u8], &[u8])] = &[(b"X-Stale-Cache-Restore", b"999")];
-        let mut r = replay(headers, None);
-        r.restore_ttl = Some(42);
-        let text = String::from_utf8(r.to_bytes()).unwrap();
-        assert!(text.contains("X-Stale-Cache-Restore: 42\r\n"), "{text}");
-        assert!(!text.contains("999"), "{text}");
+    fn keep_copy_never_leaves_a_key_without_expiry_when_expire_is_configured() {
+        use KeepCopy::*;
+        // (ttl, persist asked, $cache_expire set, lock 30 s) -> step
+        assert_eq!(keep_copy(50, true, false, 30_000), Persist);
+        assert_eq!(keep_copy(50, false, false, 30_000), Nothing);
+        assert_eq!(keep_copy(-1, false, false, 30_000), Nothing);
+        // with $cache_expire: extend only a copy that could expire during the refresh
+        assert_eq!(keep_copy(50, true, true, 30_000), Nothing);
+        assert_eq!(keep_copy(30, true, true, 30_000), Nothing);
+        assert_eq!(keep_copy(29, true, true, 30_000), Expire(30));
+        assert_eq!(keep_copy(1, true, true, 1_500), Expire(2));
+        assert_eq!(keep_copy(10, false, true, 30_000), Nothing);
+        // a key without expiry gets one, PERSIST configured or not
+        assert_eq!(keep_copy(-1, false, true, 30_000), Expire(30));
+        assert_eq!(keep_copy(-1, true, true, 30_000), Expire(30));
+    }
+
+    #[test]
+    fn confirmation_header_in_a_response_head() {
+        let head = b"HTTP/1.1 200 OK\r\nServer: x\r\nx-stale-cache-refreshed: 1\r\n\r\nbody";
+        assert!(head_has_header(head, b"X-Stale-Cache-Refreshed"));
+        let foreign = b"HTTP/1.1 200 OK\r\nServer: x\r\n\r\nX-Stale-Cache-Refreshed: 1\r\n";
+        assert!(
+            !head_has_header(foreign, b"X-Stale-Cache-Refreshed"),
+            "in the body"
+        );
+        assert!(!head_has_header(
+            b"X-Stale-Cache-Refreshed: 1\r\n",
+            b"X-Stale-Cache-Refreshed"
+        ));
+        assert!(!head_has_header(
+            b"HTTP/1.1 200 OK\r\nX-Stale-Cache-Refreshed-Not: 1\r\n\r\n",
+            b"X-Stale-Cache-Refreshed"
+        ));
+    }
+
+    fn inet(ip: [u8; 4], port: u16) -> Vec<u8> {
+        let mut s = (libc::AF_INET as u16).to_ne_bytes().to_vec();
+        s.extend_from_slice(&port.to_be_bytes());
+        s.extend_from_slice(&ip);
+        s.extend_from_slice(&[0; 8]);
+        s
+    }
+
+    fn unix(path: &str) -> Vec<u8> {
+        let mut s = (libc::AF_UNIX as u16).to_ne_bytes().to_vec();
+        s.extend_from_slice(path.as_bytes());
+        s.push(0);
+        s
+    }
+
+    #[test]
+    fn refresh_address_against_listeners() {
+        let target = inet([127, 0, 0, 1], 8080);
+        assert_eq!(
+            listener_serves(&target, &inet([127, 0, 0, 1], 8080)),
+            Some(true)
+        );
+        assert_eq!(
+            listener_serves(&target, &inet([0, 0, 0, 0], 8080)),
+            Some(false)
+        );
+        assert_eq!(listener_serves(&target, &inet([127, 0, 0, 1], 8081)), None);
+        assert_eq!(listener_serves(&target, &inet([10, 0, 0, 1], 8080)), None);
+        assert_eq!(listener_serves(&target, &unix("/run/a.sock")), None);
+        let sock = unix("/run/a.sock");
+        assert_eq!(listener_serves(&sock, &unix("/run/a.sock")), Some(true));
+        assert_eq!(listener_serves(&sock, &unix("/run/b.sock")), None);
+        assert_eq!(listener_serves(&[], &sock), None);
     }
 
     #[test]

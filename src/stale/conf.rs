@@ -6,7 +6,10 @@ use core::ffi::{c_char, c_void};
 use core::mem;
 use core::ptr;
 
-use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_parse_url, ngx_uint_t, ngx_url_t, NGX_LOG_EMERG};
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_t, ngx_parse_url, ngx_uint_t, ngx_url_t, NGX_LOG_EMERG, NGX_LOG_NOTICE,
+    NGX_LOG_WARN,
+};
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError};
 
 use super::locations::reaches_a_location;
@@ -28,6 +31,8 @@ pub struct MainConf {
     pub secret: String,
     /// Some location has `stale_cache on` (POST_READ work is skipped otherwise).
     pub in_use: bool,
+    /// Every `stale_cache_refresh_address`, as written, checked against the `listen`s.
+    pub refresh_addresses: Vec<(RefreshTarget, String)>,
 }
 
 impl Default for MainConf {
@@ -37,6 +42,7 @@ impl Default for MainConf {
             vars: [0; Var::COUNT],
             secret: process_secret(),
             in_use: false,
+            refresh_addresses: Vec::new(),
         }
     }
 }
@@ -55,6 +61,10 @@ pub struct StaleCacheConf {
     /// `stale_cache_use_stale`: which refresh failures the error grace band answers with the
     /// stored copy (None: unset, merged to the default).
     pub use_stale: Option<UseStale>,
+    /// `stale_cache_refresh_credentials on|off`: replay Cookie and Authorization.
+    pub refresh_credentials: isize,
+    /// `stale_cache_refresh_limit N`: refreshes in flight per worker.
+    pub refresh_limit: usize,
 }
 
 impl Default for StaleCacheConf {
@@ -65,11 +75,22 @@ impl Default for StaleCacheConf {
             skip_header: None,
             refresh_target: None,
             use_stale: None,
+            refresh_credentials: -1,
+            refresh_limit: usize::MAX,
         }
     }
 }
 
+/// Refreshes in flight per worker unless `stale_cache_refresh_limit` says otherwise. Each
+/// costs up to four connections of the worker (to the listener, the request it becomes, the
+/// backend, Redis), so 32 stay far below the usual 768-1024 `worker_connections`.
+pub const DEFAULT_REFRESH_LIMIT: usize = 32;
+
 impl StaleCacheConf {
+    pub fn replays_credentials(&self) -> bool {
+        self.refresh_credentials == 1
+    }
+
     pub fn enabled(&self) -> bool {
         self.enabled == 1
     }
@@ -104,6 +125,16 @@ impl Merge for StaleCacheConf {
         if self.use_stale.is_none() {
             self.use_stale = Some(prev.use_stale.unwrap_or(UseStale::DEFAULT));
         }
+        if self.refresh_credentials == -1 {
+            self.refresh_credentials = prev.refresh_credentials.max(0);
+        }
+        if self.refresh_limit == usize::MAX {
+            self.refresh_limit = if prev.refresh_limit == usize::MAX {
+                DEFAULT_REFRESH_LIMIT
+            } else {
+                prev.refresh_limit
+            };
+        }
         Ok(())
     }
 }
@@ -136,12 +167,103 @@ pub unsafe extern "C" fn merge_loc_conf(
         return CONF_ERROR;
     }
     if conf.enabled() {
+        warn_persist_without_expire(cf);
         if let Err(message) = check_literal_variables(cf) {
             ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "stale_cache: {}", message);
             return CONF_ERROR;
         }
     }
     CONF_OK
+}
+
+/// PERSIST without `$cache_expire` can leave a key without expiry (a refresh that fails or
+/// stores nothing never gives it back): said at `nginx -t` (warn), and at start (notice).
+fn warn_persist_without_expire(cf: *mut ngx_conf_t) {
+    // SAFETY: merge runs inside `http` with a valid configuration context.
+    let mcf = super::module::main_conf(unsafe { &*cf });
+    let sets = super::literals::literal_sets(cf);
+    let literal = |var: Var| {
+        sets.iter()
+            .rev()
+            .find(|(index, _)| mcf.vars[var.index()] == *index)
+            .map(|(_, v)| v.clone())
+    };
+    let on =
+        |v: Option<Vec<u8>>| v.is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case(b"off"));
+    if !on(literal(Var::Persist)) || on(literal(Var::Expire)) {
+        return;
+    }
+    // SAFETY: a plain global nginx sets once from its command line.
+    let level = if unsafe { ngx::ffi::ngx_test_config } != 0 {
+        NGX_LOG_WARN
+    } else {
+        NGX_LOG_NOTICE
+    };
+    ngx::ngx_conf_log_error!(
+        level,
+        cf,
+        "stale_cache: $cache_persist without $cache_expire: a key PERSISTed for a refresh that \
+         fails or stores nothing keeps no expiry; add \"set $cache_expire /redisexpire;\" and \
+         a location answering Redis EXPIRE $key $arg_ttl (see README), and the module will \
+         extend the stale copy's expiry instead of removing it"
+    );
+}
+
+/// Checks every `stale_cache_refresh_address` against the `listen` addresses of this nginx
+/// (called from postconfiguration, before nginx merges the listeners): it must be one of them
+/// (or served by a wildcard listener of its port), and a plain HTTP one.
+pub fn check_refresh_addresses(
+    cf: *mut ngx_conf_t,
+    cmcf: &ngx::ffi::ngx_http_core_main_conf_t,
+) -> Result<(), ()> {
+    // SAFETY: postconfiguration runs inside `http` with a valid configuration context.
+    let mcf = super::module::main_conf(unsafe { &*cf });
+    for (target, written) in &mcf.refresh_addresses {
+        let mut best: Option<(bool, &ngx::ffi::ngx_http_listen_opt_t)> = None;
+        // SAFETY: during postconfiguration cmcf.ports is null or the array of
+        // ngx_http_conf_port_t built from the `listen`s, each with its array of
+        // ngx_http_conf_addr_t; every opt.sockaddr spans opt.socklen bytes.
+        unsafe {
+            let ports: &[ngx::ffi::ngx_http_conf_port_t] =
+                cmcf.ports.as_ref().map_or(&[], |a| a.as_slice());
+            for port in ports {
+                let addrs: &[ngx::ffi::ngx_http_conf_addr_t] = port.addrs.as_slice();
+                for addr in addrs {
+                    let opt = &addr.opt;
+                    let bytes = core::slice::from_raw_parts(
+                        opt.sockaddr as *const u8,
+                        opt.socklen as usize,
+                    );
+                    if let Some(exact) = crate::replay::listener_serves(&target.sockaddr, bytes) {
+                        if best.is_none_or(|(e, _)| exact && !e) {
+                            best = Some((exact, opt));
+                        }
+                    }
+                }
+            }
+        }
+        let problem = match best {
+            None => Some("no \"listen\" of this nginx has this address"),
+            Some((_, opt)) if opt.ssl() != 0 => Some("its \"listen\" has \"ssl\""),
+            Some((_, opt)) if opt.http2() != 0 => Some("its \"listen\" has \"http2\""),
+            Some((_, opt)) if opt.proxy_protocol() != 0 => {
+                Some("its \"listen\" has \"proxy_protocol\"")
+            }
+            Some(_) => None,
+        };
+        if let Some(problem) = problem {
+            ngx::ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "\"stale_cache_refresh_address\" {}: {}; refreshes must go to a plain HTTP \
+                 listener of this nginx serving the same locations",
+                written,
+                problem
+            );
+            return Err(());
+        }
+    }
+    Ok(())
 }
 
 /// Rejects bad `$cache_*` values that the location sets as literals.
@@ -351,10 +473,44 @@ pub unsafe extern "C" fn set_refresh_address(
         let bytes = core::slice::from_raw_parts(addr.sockaddr as *const u8, addr.socklen as usize);
         (addr, bytes)
     };
-    scf.refresh_target = Some(RefreshTarget {
+    let target = RefreshTarget {
         sockaddr: sockaddr.to_vec(),
         name: String::from_utf8_lossy(str_bytes(&addr.name)).into_owned(),
-    });
+    };
+    let Some(mcf) = StaleCacheModule::main_conf_mut(cfr) else {
+        return CONF_ERROR;
+    };
+    let written = String::from_utf8_lossy(str_bytes(&value)).into_owned();
+    mcf.refresh_addresses.push((target.clone(), written));
+    scf.refresh_target = Some(target);
+    CONF_OK
+}
+
+/// `stale_cache_refresh_limit N;` — refreshes in flight per worker (at least 1).
+pub unsafe extern "C" fn set_refresh_limit(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the location-level directive `stale_cache_refresh_limit`.
+    let (cfr, cmd, scf) = unsafe { directive_args(cf, cmd, conf) };
+    if scf.refresh_limit != usize::MAX {
+        return conf_error(cf, cmd, "is duplicate");
+    }
+    let value = str_bytes(&conf_args(cfr)[1]);
+    match core::str::from_utf8(value)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(n) if (1..=1_000_000).contains(&n) => scf.refresh_limit = n,
+        _ => {
+            return conf_error(
+                cf,
+                cmd,
+                "expected a number of refreshes in flight per worker, 1 or more",
+            )
+        }
+    }
     CONF_OK
 }
 

@@ -3,11 +3,11 @@
 //! after a wake-up). The decisions are made by `crate::policy` and `crate::collapse`; these
 //! steps gather their inputs and carry them out.
 
-use ngx::ffi::{ngx_http_request_t, NGX_HTTP_NO_CONTENT, NGX_LOG_ERR, NGX_LOG_NOTICE};
+use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
-use super::phases::{read_body, Next};
+use super::phases::Next;
 use super::refresh::{self, has_body};
 use super::state::{Phase, RequestState, ZoneRef};
 use super::variables::read_cache_variables;
@@ -21,7 +21,7 @@ use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
 use crate::nginx::zone;
 use crate::policy::{decide, Action, CacheStatus, FailReason};
-use crate::replay::key_argument;
+use crate::replay::{keep_copy, key_argument, KeepCopy};
 use crate::resp::{parse_integer_reply, ReplyError};
 use crate::settings::Settings;
 
@@ -31,10 +31,7 @@ type Step = Result<Next, StaleError>;
 pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheConf) -> Step {
     if state.is_refresh {
         state.finish(CacheStatus::Refresh);
-        return match state.restore_ttl {
-            Some(ttl) => Ok(restore_expiry(state, req, ttl)),
-            None => Ok(Next::Continue),
-        };
+        return Ok(Next::Continue);
     }
     let settings = match Settings::parse(&read_cache_variables(req)) {
         Ok(Some(s)) => s,
@@ -127,26 +124,6 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     Ok(Next::Return(AGAIN))
 }
 
-/// An expiry-restore request (sent by this module after a failed refresh of a key it had
-/// PERSISTed): EXPIRE the key through `$cache_expire`, then answer 204 without the backend.
-fn restore_expiry(state: &mut RequestState, req: &mut ngx_http_request_t, ttl: u64) -> Next {
-    let no_content = Next::Return(NGX_HTTP_NO_CONTENT as _);
-    let Ok(Some(settings)) = Settings::parse(&read_cache_variables(req)) else {
-        return no_content;
-    };
-    let Some(uri) = settings.expire_uri.clone() else {
-        return no_content;
-    };
-    let mut args = key_argument(&settings.key);
-    args.extend_from_slice(format!("&ttl={}", ttl.max(1)).as_bytes());
-    state.settings = Some(settings);
-    if lookup::start(state, req, &uri, &args).is_err() {
-        return no_content;
-    }
-    state.phase = Phase::Restoring;
-    Next::Return(AGAIN)
-}
-
 /// The TTL lookup's answer, read strictly: anything but an integer reply fails open.
 fn ttl_of(state: &RequestState) -> Result<i64, StaleError> {
     if !state.capture.answered_ok() {
@@ -228,9 +205,15 @@ fn serve_stale(
     persist: bool,
     now: u64,
 ) -> Next {
+    if has_body(req) && !state.body_read {
+        return Next::Continue; // never reached: bodies are read before the first step
+    }
     let settings = state.settings();
-    let token = new_token();
     let key = settings.key.clone();
+    let Some(slot) = refresh::take_slot(req, scf, &key) else {
+        return Next::Continue;
+    };
+    let token = new_token();
     let lock_ms = refresh_lock_ms(state.ttl, persist, settings.lock_exptime_ms);
     let lock = lock_request(LockKind::Refresh, token, lock_ms, 0);
     let outcome = zone.with_key(&key, |t, fp| match t.error_left_ms(fp, now) {
@@ -266,17 +249,14 @@ fn serve_stale(
         lock_ms
     );
     state.refresh_lock = Some(HeldLock { zone, key, token });
+    state.refresh_slot = Some(slot);
     state.persist_pending = persist;
-    if has_body(req) {
-        // The refresh replays the body too: read it now (proxying reuses it).
-        return read_body(state, req);
-    }
     finish_stale(state, req, scf)
 }
 
-/// The stale path once the refresh lock is held (and the body read, if any): prepare the
-/// refresh, then PERSIST the key if asked.
-pub fn finish_stale(
+/// The stale path once the refresh lock is held (the body, if any, is read): prepare the
+/// refresh, then keep the stale copy until it ends (see `replay::keep_copy`).
+fn finish_stale(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
@@ -287,13 +267,26 @@ pub fn finish_stale(
     if state.in_grace {
         return try_backend_now(state, req, token);
     }
-    if state.refresh.is_none() || !state.persist_pending {
+    if state.refresh.is_none() {
         return Next::Continue;
     }
     let settings = state.settings();
-    let uri = settings.persist_uri.clone().unwrap_or_default();
-    let args = key_argument(&settings.key);
-    if lookup::start(state, req, &uri, &args).is_err() {
+    let step = keep_copy(
+        state.ttl,
+        state.persist_pending,
+        settings.expire_uri.is_some(),
+        settings.lock_exptime_ms,
+    );
+    let (uri, args) = match step {
+        KeepCopy::Nothing => return Next::Continue,
+        KeepCopy::Persist => (settings.persist_uri.clone(), key_argument(&settings.key)),
+        KeepCopy::Expire(secs) => {
+            let mut args = key_argument(&settings.key);
+            args.extend_from_slice(format!("&ttl={secs}").as_bytes());
+            (settings.expire_uri.clone(), args)
+        }
+    };
+    if lookup::start(state, req, &uri.unwrap_or_default(), &args).is_err() {
         return Next::Continue;
     }
     state.phase = Phase::Persisting;
@@ -377,10 +370,16 @@ fn fill_or_wait(
     match next {
         AfterLock::Fill if in_grace => {
             // The backend is asked by a refresh this request prepares, and everyone waits.
-            state.refresh_lock = Some(HeldLock { zone, key, token });
-            if has_body(req) {
-                return read_body(state, req);
-            }
+            // (A body to replay was read before any lock: see `phases`.)
+            let lock = HeldLock { zone, key, token };
+            let Some(slot) = refresh::take_slot(req, scf, &lock.key) else {
+                // Too many refreshes in flight: the stored copy it is, this time.
+                waiters::release(&lock, false);
+                state.finish(CacheStatus::StaleError);
+                return Next::Continue;
+            };
+            state.refresh_lock = Some(lock);
+            state.refresh_slot = Some(slot);
             return finish_stale(state, req, scf);
         }
         AfterLock::GiveUp | AfterLock::Alone if in_grace => {

@@ -142,7 +142,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls filters with a live request.
     let req = unsafe { &mut *r };
     if ptr::eq(req.main, req) {
-        super::refresh::warn_if_refresh_was_a_hit(req);
+        super::refresh::on_response_header(req);
     } else if let Some(state) = capture_of(req) {
         // SAFETY: the main request's state is live while its subrequest runs; no step of the
         // main request runs while the subrequest's output is filtered.
@@ -160,7 +160,14 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
     // SAFETY: nginx calls filters with a live request.
     let Some(state) = capture_of(unsafe { &*r }) else {
         // SAFETY: the saved next filter of the chain, set once in postconfiguration.
-        return unsafe { NEXT_BODY_FILTER.map_or(ERROR, |next| next(r, chain)) };
+        let rc = unsafe { NEXT_BODY_FILTER.map_or(ERROR, |next| next(r, chain)) };
+        // SAFETY: as above; the chain's links and buffers are valid during the call.
+        let last = unsafe { ptr::eq((*r).main, r) && chain_has_last_buf(chain) };
+        if last {
+            // SAFETY: a live main request.
+            super::refresh::output_done(unsafe { &*r });
+        }
+        return rc;
     };
     // SAFETY: as in header_filter.
     let capture = unsafe { &mut (*state).capture };
@@ -212,6 +219,22 @@ fn note_store(sr: &ngx_http_request_t) {
         request_log(sr),
         "stale_cache: store subrequest answered {}", sr.headers_out.status
     );
+}
+
+/// Whether `chain` carries the response's last buffer.
+///
+/// # Safety
+/// `chain` must be null or a valid chain whose links and buffers are valid.
+unsafe fn chain_has_last_buf(mut chain: *mut ngx_chain_t) -> bool {
+    // SAFETY: (caller) valid links and buffers.
+    while let Some(link) = unsafe { chain.as_ref() } {
+        // SAFETY: (caller) as above.
+        if unsafe { link.buf.as_ref() }.is_some_and(|b| b.last_buf() != 0) {
+            return true;
+        }
+        chain = link.next;
+    }
+    false
 }
 
 /// Puts the capture filters at the top of the output chains.

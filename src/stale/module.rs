@@ -6,18 +6,18 @@ use core::ptr;
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
-    ngx_http_phases_NGX_HTTP_POST_READ_PHASE, ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
-    ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, ngx_int_t, ngx_module_t, ngx_str_t, ngx_uint_t,
-    NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF,
-    NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE,
-    NGX_HTTP_SRV_CONF,
+    ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
+    ngx_http_phases_NGX_HTTP_PREACCESS_PHASE, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, ngx_int_t,
+    ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1,
+    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
+    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use super::conf::{
-    merge_loc_conf, set_refresh_address, set_skip_header, set_stale_cache, set_use_stale, set_zone,
-    StaleCacheConf,
+    merge_loc_conf, set_refresh_address, set_refresh_limit, set_skip_header, set_stale_cache,
+    set_use_stale, set_zone, StaleCacheConf,
 };
 use super::{after_fetch, lookup, phases, variables};
 use crate::nginx::util::{ERROR, OK};
@@ -46,7 +46,7 @@ impl HttpModule for StaleCacheModule {
         let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
             return ERROR;
         };
-        let handlers: [(u32, ngx_http_handler_pt); 3] = [
+        let handlers: [(u32, ngx_http_handler_pt); 4] = [
             (
                 ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
                 Some(phases::post_read_handler),
@@ -59,6 +59,10 @@ impl HttpModule for StaleCacheModule {
                 ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
                 Some(after_fetch::precontent_handler),
             ),
+            (
+                ngx_http_phases_NGX_HTTP_LOG_PHASE,
+                Some(phases::log_handler),
+            ),
         ];
         for (phase, handler) in handlers {
             // SAFETY: the core module initialised the phase arrays before postconfiguration.
@@ -70,6 +74,9 @@ impl HttpModule for StaleCacheModule {
             }
             // SAFETY: the slot is a fresh, writable element of the handler array.
             unsafe { *slot = handler };
+        }
+        if super::conf::check_refresh_addresses(cf, cmcf).is_err() {
+            return ERROR;
         }
         lookup::install_filters();
         OK
@@ -112,7 +119,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 7] = [
+static mut COMMANDS: [ngx_command_t; 9] = [
     directive(
         ngx_string!("stale_cache_zone"),
         NGX_HTTP_MAIN_CONF as ngx_uint_t | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -152,6 +159,20 @@ static mut COMMANDS: [ngx_command_t; 7] = [
         ngx_string!("stale_cache_use_stale"),
         ANY_LEVEL | NGX_CONF_1MORE as ngx_uint_t,
         set_use_stale,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx_string!("stale_cache_refresh_credentials"),
+        ANY_LEVEL | NGX_CONF_FLAG as ngx_uint_t,
+        ngx_conf_set_flag_slot,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        offset_of!(StaleCacheConf, refresh_credentials),
+    ),
+    directive(
+        ngx_string!("stale_cache_refresh_limit"),
+        ANY_LEVEL | NGX_CONF_TAKE1 as ngx_uint_t,
+        set_refresh_limit,
         NGX_HTTP_LOC_CONF_OFFSET,
         0,
     ),

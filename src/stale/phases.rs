@@ -7,8 +7,7 @@ use core::cell::Cell;
 
 use ngx::ffi::{
     ngx_http_core_run_phases, ngx_http_finalize_request, ngx_http_read_client_request_body,
-    ngx_http_request_t, ngx_int_t, ngx_str_t, NGX_HTTP_NO_CONTENT, NGX_HTTP_SPECIAL_RESPONSE,
-    NGX_LOG_ERR, NGX_LOG_WARN,
+    ngx_http_request_t, ngx_int_t, ngx_str_t, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_WARN,
 };
 use ngx::http::HttpModuleLocationConf;
 
@@ -16,13 +15,15 @@ use super::conf::StaleCacheConf;
 use super::decide;
 use super::error::fail_open;
 use super::module::{main_conf, StaleCacheModule};
+use super::refresh::has_body;
 use super::refresh::SECRET_HEADER;
 use super::state::{self, Phase, RequestState};
-use super::waiters::release;
+use super::variables::read_cache_variables;
 use crate::nginx::log::{self, debug, Every};
 use crate::nginx::util::{live_headers, request_log, str_bytes, AGAIN, DECLINED, DONE};
 use crate::policy::CacheStatus;
-use crate::replay::{secret_matches, RESTORE_HEADER};
+use crate::replay::{same_header_name, secret_matches};
+use crate::settings::Settings;
 
 /// What the state machine does after a step.
 pub enum Next {
@@ -46,11 +47,12 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
     let secret = main_conf(req).secret.as_bytes();
     let skip_name = scf.skip_header_name();
     let mut is_refresh = false;
-    let mut restore_ttl = None;
     let mut skip_headers = Vec::new();
     for h in live_headers(req) {
         let name = str_bytes(&h.key);
-        if name.eq_ignore_ascii_case(SECRET_HEADER.as_bytes()) {
+        // `-`/`_` alike and case ignored, as nginx's `$http_*` variables match them: a client's
+        // `X_Skip_Fetch` must be hidden wherever `underscores_in_headers` lets it through.
+        if same_header_name(name, SECRET_HEADER.as_bytes()) {
             is_refresh |= secret_matches(str_bytes(&h.value), secret);
             // Never forward or expose the secret (nor a guess at it).
             h.hash = 0;
@@ -58,12 +60,7 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
                 len: 1,
                 data: c"1".as_ptr() as *mut u8,
             };
-        } else if name.eq_ignore_ascii_case(RESTORE_HEADER) {
-            restore_ttl = core::str::from_utf8(str_bytes(&h.value))
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok());
-            h.hash = 0;
-        } else if name.eq_ignore_ascii_case(skip_name) {
+        } else if same_header_name(name, skip_name) {
             skip_headers.push(h);
         }
     }
@@ -78,8 +75,20 @@ pub unsafe extern "C" fn post_read_handler(r: *mut ngx_http_request_t) -> ngx_in
         // SAFETY: POST_READ is the request's first step; nothing else borrows its state.
         let state = unsafe { state.as_mut() };
         state.is_refresh = true;
-        state.restore_ttl = restore_ttl;
         debug!(request_log(req), "stale_cache: refresh request recognised");
+    }
+    DECLINED
+}
+
+/* ----------------------------------------------------------------------- LOG */
+
+/// After the response (srcache's store subrequest included): reports responses srcache did
+/// not store where the module relied on it (see `refresh::check_stored`).
+pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx runs phase handlers with a live request.
+    let req = unsafe { &mut *r };
+    if core::ptr::eq(req.main, r) && main_conf(req).in_use {
+        super::refresh::check_stored(req);
     }
     DECLINED
 }
@@ -120,20 +129,27 @@ pub fn run(
 ) -> ngx_int_t {
     loop {
         let step = match state.phase {
+            Phase::Start if needs_body(state, req) => Ok(read_body(state, req)),
             Phase::Start => decide::start(state, req, scf),
             Phase::LookingUp if !state.capture.done => Ok(Next::Return(AGAIN)),
             Phase::LookingUp => decide::after_lookup(state, req, scf),
             Phase::ReadingBody if !state.body_read => Ok(Next::Return(AGAIN)),
-            Phase::ReadingBody => Ok(decide::finish_stale(state, req, scf)),
+            // The body is whole: only now may the request take a lock.
+            Phase::ReadingBody => {
+                state.phase = Phase::Start;
+                Ok(Next::Continue)
+            }
             Phase::Persisting if !state.capture.done => Ok(Next::Return(AGAIN)),
             Phase::Persisting => Ok(persisted(state, req)),
-            Phase::Restoring if !state.capture.done => Ok(Next::Return(AGAIN)),
-            Phase::Restoring => Ok(restored(state, req)),
             // Until the wake-up event itself has run, other events (a writable client
             // socket) must not move the request on: the event would resume it twice.
             Phase::Waiting if state.wait.in_progress() => Ok(Next::Return(AGAIN)),
             Phase::Waiting | Phase::Missed => decide::after_wake(state, req, scf),
-            Phase::Done => Ok(Next::Return(DECLINED)),
+            Phase::Done => {
+                // The stale path's own steps are over: the refresh may start.
+                super::refresh::arm(state);
+                Ok(Next::Return(DECLINED))
+            }
         };
         match step {
             Ok(Next::Continue) => {}
@@ -143,7 +159,7 @@ pub fn run(
     }
 }
 
-/// The PERSIST of a stale key answered: the stale copy is served either way.
+/// The PERSIST (or EXPIRE) of a stale key answered: the stale copy is served either way.
 fn persisted(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
     if !state.capture.answered_ok() {
         log::limited(
@@ -151,29 +167,13 @@ fn persisted(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
             NGX_LOG_WARN,
             "persist",
             Every::Interval,
-            format_args!("stale_cache: PERSIST lookup failed; serving the stale copy anyway"),
+            format_args!(
+                "stale_cache: PERSIST/EXPIRE of a stale key failed; serving the stale copy anyway"
+            ),
         );
     }
     state.phase = Phase::Done;
     Next::Continue
-}
-
-/// The EXPIRE of a restore request answered: the request ends here, without the backend.
-fn restored(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
-    state.phase = Phase::Done;
-    if !state.capture.answered_ok() {
-        log::limited(
-            request_log(req),
-            NGX_LOG_ERR,
-            "restore",
-            Every::Interval,
-            format_args!(
-                "stale_cache: giving a PERSISTed key its expiry back failed; check the \
-                 $cache_expire location"
-            ),
-        );
-    }
-    Next::Return(NGX_HTTP_NO_CONTENT as ngx_int_t)
 }
 
 /* ------------------------------------------------------------------ the body */
@@ -185,9 +185,24 @@ thread_local! {
     static READ_COMPLETED_INLINE: Cell<Option<bool>> = const { Cell::new(None) };
 }
 
-/// Reads the request body (the refresh replays it); the step goes on at once if it was
-/// already buffered, or when `body_read` runs.
-pub fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next {
+/// Whether the request must read its body before its first step: a request with a body in
+/// `$cache_methods` may take a fill or refresh lock, and a client that stalls its body must
+/// not hold one (nor its key's refresh). Refreshes and bypassed requests are left alone.
+fn needs_body(state: &RequestState, req: &ngx_http_request_t) -> bool {
+    if state.is_refresh || state.body_read || !has_body(req) {
+        return false;
+    }
+    match Settings::parse(&read_cache_variables(req)) {
+        Ok(Some(settings)) => settings.allows(str_bytes(&req.method_name)),
+        _ => false,
+    }
+}
+
+/// Reads the request body before any decision (the refresh replays it, and no lock may be
+/// taken before it is whole); the step goes on at once if it was already buffered, or when
+/// `body_read` runs. A body that never arrives ends the request (nginx answers 408) with no
+/// lock taken and no status.
+fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next {
     state.phase = Phase::ReadingBody;
     // The body stays for the proxy after the refresh has copied it.
     req.set_preserve_body(1);
@@ -197,9 +212,6 @@ pub fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next
     let completed_inline = READ_COMPLETED_INLINE.replace(None) == Some(true);
     if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
         // nginx answers the request with the error (and dropped its reference itself).
-        if let Some(lock) = state.refresh_lock.take() {
-            release(&lock, false);
-        }
         state.phase = Phase::Done;
         return Next::Return(rc);
     }
@@ -210,7 +222,10 @@ pub fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next
         state.body_read = true;
         return Next::Continue;
     }
-    debug!(request_log(req), "stale_cache: reading the body to replay");
+    debug!(
+        request_log(req),
+        "stale_cache: reading the body before deciding"
+    );
     Next::Return(DONE)
 }
 

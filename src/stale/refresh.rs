@@ -2,19 +2,28 @@
 //! the access phase (a replay of that request, and where to send it), sending it when the
 //! request is over, and releasing the refresh lock with its outcome.
 
+use core::cell::{Cell, RefCell};
 use core::fmt;
+use std::collections::HashMap;
 
-use ngx::ffi::{ngx_http_request_t, ngx_read_file, ngx_str_t, NGX_LOG_ERR};
+use core::ptr;
+
+use ngx::ffi::{
+    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_request_t, ngx_msec_t, ngx_read_file,
+    ngx_str_t, ngx_table_elt_t, NGX_LOG_ERR, NGX_LOG_WARN,
+};
 
 use super::conf::StaleCacheConf;
+use super::module::StaleCacheModule;
 use super::sender::{self, RefreshOutcome, RefreshTarget};
 use super::state::{self, RequestState};
 use super::waiters::{end_refresh, release, HeldLock, RefreshPolicy};
 use crate::collapse::RefreshEnd;
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{live_headers, request_log, str_bytes};
+use crate::nginx::util::{cycle_log, live_headers, no_connection, request_log, str_bytes};
+use crate::policy::CacheStatus;
 use crate::replay::Replay;
-use ngx::http::{HttpModuleServerConf, NgxHttpCoreModule};
+use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf, NgxHttpCoreModule};
 
 /// The header the module's own refresh requests carry the per-start secret in.
 pub const SECRET_HEADER: &str = "X-Stale-Cache-Refresh";
@@ -28,10 +37,53 @@ pub struct PendingRefresh {
     target: RefreshTarget,
     timeout: u64,
     lock: HeldLock,
-    /// Sent if the refresh fails, to give the key it PERSISTed its expiry back.
-    restore: Option<Vec<u8>>,
     /// What its end leaves behind (backoff, stale-if-error).
     policy: RefreshPolicy,
+    slot: Slot,
+}
+
+thread_local! {
+    /// Refreshes of this worker prepared or in flight (each holds a `Slot`).
+    static IN_FLIGHT: Cell<usize> = const { Cell::new(0) };
+    /// Stale hits served without a refresh because of the limit, for the log line.
+    static SKIPPED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// One of this worker's `stale_cache_refresh_limit` refreshes; given back when dropped,
+/// however the refresh ends.
+pub struct Slot(());
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        IN_FLIGHT.set(IN_FLIGHT.get().saturating_sub(1));
+    }
+}
+
+/// A slot for a refresh of `key`, or `None` (counted, logged once per interval) when the
+/// worker has `stale_cache_refresh_limit` refreshes in flight: the stale copy is served
+/// without one, so many stale keys cannot turn into as many connections.
+pub fn take_slot(req: &ngx_http_request_t, scf: &StaleCacheConf, key: &[u8]) -> Option<Slot> {
+    let n = IN_FLIGHT.get();
+    if n >= scf.refresh_limit {
+        SKIPPED.set(SKIPPED.get() + 1);
+        log::limited(
+            request_log(req),
+            NGX_LOG_WARN,
+            "refresh-limit",
+            Every::Interval,
+            format_args!(
+                "stale_cache: {} refreshes in flight in this worker (stale_cache_refresh_limit \
+                 {}): stale hit of \"{}\" served without a refresh ({} such hits so far)",
+                n,
+                scf.refresh_limit,
+                Short(key),
+                SKIPPED.get()
+            ),
+        );
+        return None;
+    }
+    IN_FLIGHT.set(n + 1);
+    Some(Slot(()))
 }
 
 /// Why a stale hit starts no refresh.
@@ -62,10 +114,10 @@ impl fmt::Display for RefreshError {
 /// Prepares the refresh for the refresh lock this request holds. On failure the lock is
 /// released and the reason logged (rate-limited): the client still gets the stale copy.
 pub fn prepare(state: &mut RequestState, req: &ngx_http_request_t, scf: &StaleCacheConf) {
-    let Some(lock) = state.refresh_lock.take() else {
+    let (Some(lock), Some(slot)) = (state.refresh_lock.take(), state.refresh_slot.take()) else {
         return;
     };
-    match build(state, req, scf, lock) {
+    match build(state, req, scf, lock, slot) {
         Ok(pending) => state.refresh = Some(pending),
         Err((lock, error)) => {
             log::limited(
@@ -80,12 +132,13 @@ pub fn prepare(state: &mut RequestState, req: &ngx_http_request_t, scf: &StaleCa
     }
 }
 
-/// The refresh request (a replay of this one), where it goes, and its expiry restore.
+/// The refresh request (a replay of this one) and where it goes.
 fn build(
     state: &RequestState,
     req: &ngx_http_request_t,
     scf: &StaleCacheConf,
     lock: HeldLock,
+    slot: Slot,
 ) -> Result<PendingRefresh, (HeldLock, RefreshError)> {
     let settings = state.settings();
     let target = match target(scf, req) {
@@ -104,7 +157,7 @@ fn build(
         .map(|h| (str_bytes(&h.key), str_bytes(&h.value)))
         .collect();
     let secret = super::module::main_conf(req).secret.as_bytes();
-    let mut replay = Replay {
+    let replay = Replay {
         method: str_bytes(&req.method_name),
         target: str_bytes(&req.unparsed_uri),
         host: replay_host(req, &target),
@@ -113,18 +166,11 @@ fn build(
         skip_header: &settings.skip_fetch,
         secret_header: SECRET_HEADER.as_bytes(),
         secret,
-        restore_ttl: None,
+        credentials: scf.replays_credentials(),
     };
     let request = replay.to_bytes();
-    // Only a key this request PERSISTs can need its expiry back, and only with a location to
-    // send EXPIRE to.
-    let restore = (state.persist_pending && settings.expire_uri.is_some()).then(|| {
-        replay.restore_ttl = Some(state.ttl.max(1) as u64);
-        replay.to_bytes()
-    });
     Ok(PendingRefresh {
         request,
-        restore,
         uri: String::from_utf8_lossy(str_bytes(&req.unparsed_uri)).into_owned(),
         target,
         timeout: settings.lock_exptime_ms,
@@ -134,11 +180,95 @@ fn build(
             pass_ms: settings.pass_ttl_ms,
             use_stale: scf.use_stale(),
         },
+        slot,
     })
 }
 
-/// Sends a prepared refresh; when it ends, releases its lock and, if it failed, restores the
-/// expiry of the key it PERSISTed.
+/// The longest a prepared refresh waits for the stale response to be handed to nginx's
+/// output: a slow or stalled client never holds the key's refresh longer than this.
+pub const START_BOUND_MS: u64 = 100;
+
+/// A prepared refresh waiting for its start: the stale response handed to nginx's output,
+/// `START_BOUND_MS`, or the request's end, whichever comes first.
+#[repr(C)]
+struct Armed {
+    /// First field: the timer handler finds the `Armed` from its event.
+    ev: ngx_event_t,
+    request: usize,
+    pending: Option<PendingRefresh>,
+}
+
+thread_local! {
+    /// This worker's armed refreshes, by the address of their (live) main request.
+    static ARMED: RefCell<HashMap<usize, Box<Armed>>> = RefCell::new(HashMap::new());
+}
+
+/// Arms the refresh `state` prepared, once the stale path's own steps (PERSIST/EXPIRE) are
+/// done: it starts when the stale response has been handed to nginx's output, and within
+/// `START_BOUND_MS` at the latest, however slowly the client reads.
+pub fn arm(state: &mut RequestState) {
+    let Some(pending) = state.refresh.take() else {
+        return;
+    };
+    let request = state.r as usize;
+    let mut armed = Box::new(Armed {
+        // SAFETY: a zeroed event is nginx's initial state for one.
+        ev: unsafe { core::mem::zeroed() },
+        request,
+        pending: Some(pending),
+    });
+    armed.ev.data = no_connection();
+    armed.ev.handler = Some(armed_timer);
+    armed.ev.log = cycle_log();
+    // Shutting down drops the timer; the request's end still sends the refresh.
+    armed.ev.set_cancelable(1);
+    // SAFETY: the event lives in the Box, whose address is fixed until `start_armed` takes it
+    // out of ARMED and deletes the timer first.
+    unsafe { ngx_add_timer(&mut armed.ev, START_BOUND_MS as ngx_msec_t) };
+    ARMED.with(|a| a.borrow_mut().insert(request, armed));
+}
+
+/// Starts the armed refresh of main request `request`, if any.
+fn start_armed(request: usize, why: &str) {
+    let Some(mut armed) = ARMED.with(|a| a.borrow_mut().remove(&request)) else {
+        return;
+    };
+    if armed.ev.timer_set() != 0 {
+        // SAFETY: the timer was added by `arm` and has not fired.
+        unsafe { ngx_del_timer(&mut armed.ev) };
+    }
+    if let Some(pending) = armed.pending.take() {
+        debug!(cycle_log(), "stale_cache: refresh starts: {}", why);
+        send(pending);
+    }
+}
+
+unsafe extern "C" fn armed_timer(ev: *mut ngx_event_t) {
+    // SAFETY: `ev` is the first field of a live, #[repr(C)] `Armed` (its timer is deleted
+    // before the Box is dropped).
+    let request = unsafe { (*(ev as *mut Armed)).request };
+    start_armed(request, "the stale response is still being written");
+}
+
+/// The main request's last buffer has been handed to nginx's output.
+pub fn output_done(r: &ngx_http_request_t) {
+    if ARMED.with(|a| !a.borrow().is_empty()) {
+        start_armed(
+            r as *const _ as usize,
+            "the stale response was handed to the output",
+        );
+    }
+}
+
+/// The request is over: its refresh starts now if it has not yet.
+pub fn request_ended(r: *mut ngx_http_request_t, unarmed: Option<PendingRefresh>) {
+    start_armed(r as usize, "the request ended");
+    if let Some(pending) = unarmed {
+        send(pending);
+    }
+}
+
+/// Sends a prepared refresh; when it ends, releases its lock and its slot.
 pub fn send(pending: PendingRefresh) {
     let PendingRefresh {
         request,
@@ -146,8 +276,8 @@ pub fn send(pending: PendingRefresh) {
         target,
         timeout,
         lock,
-        restore,
         policy,
+        slot,
     } = pending;
     debug!(
         crate::nginx::util::cycle_log(),
@@ -155,7 +285,6 @@ pub fn send(pending: PendingRefresh) {
         Short(&lock.key),
         target.name
     );
-    let (restore_target, restore_uri) = (target.clone(), uri.clone());
     sender::start(
         &target,
         request,
@@ -167,22 +296,12 @@ pub fn send(pending: PendingRefresh) {
                 RefreshOutcome::Status(s) if (200..300).contains(s) => RefreshEnd::Stored,
                 RefreshOutcome::Status(s) => RefreshEnd::Status(*s),
                 RefreshOutcome::Failed(why) if why.starts_with("timed out") => RefreshEnd::Timeout,
-                RefreshOutcome::Failed(_) => RefreshEnd::Error,
+                // Whatever answered is not this nginx's stale-cache layer: nothing is known
+                // about the backend, and nothing was stored.
+                RefreshOutcome::Failed(_) | RefreshOutcome::Unconfirmed(_) => RefreshEnd::Error,
             };
-            let ok = end == RefreshEnd::Stored;
             end_refresh(&lock, end, policy);
-            if let (false, Some(bytes)) = (ok, restore) {
-                // The key was PERSISTed for this refresh, which failed: without its expiry
-                // back, a deleted page would be served forever.
-                sender::start(
-                    &restore_target,
-                    bytes,
-                    restore_uri,
-                    "expiry restore",
-                    timeout,
-                    Box::new(|_: &RefreshOutcome, _| {}),
-                );
-            }
+            drop(slot);
         }),
     );
 }
@@ -275,29 +394,40 @@ fn target(scf: &StaleCacheConf, r: &ngx_http_request_t) -> Result<RefreshTarget,
     Ok(sender::loopback_if_wildcard(sockaddr))
 }
 
-/// A refresh that srcache answered from the cache refreshes nothing: say how to fix the
-/// configuration (once per interval). Called for main requests as their header goes out.
-pub fn warn_if_refresh_was_a_hit(req: &mut ngx_http_request_t) {
-    if !state::peek(req).is_some_and(|s| s.is_refresh) {
-        return;
-    }
-    let name = b"srcache_fetch_status";
+/// The header a refresh's response carries when this nginx's stale-cache layer handled it as a
+/// refresh; the sender counts a 2xx without it as failed (a foreign server answered).
+pub const CONFIRM_HEADER: &str = "X-Stale-Cache-Refreshed";
+
+/// The value of variable `name` of `req`, if set.
+fn variable(req: &mut ngx_http_request_t, name: &[u8]) -> Option<Vec<u8>> {
     let mut key = ngx_str_t {
         len: name.len(),
         data: name.as_ptr() as *mut u8,
     };
-    // SAFETY: a live main request; nginx looks the variable up by name (not found: null or
+    // SAFETY: a live request; nginx looks the variable up by name (not found: null or
     // not_found), and its value lives in the request pool.
-    let hit = unsafe {
+    unsafe {
         let hash = ngx::ffi::ngx_hash_key(key.data, key.len);
         let v = ngx::ffi::ngx_http_get_variable(req, &mut key, hash);
-        v.as_ref().is_some_and(|v| {
-            v.valid() != 0
-                && v.not_found() == 0
-                && core::slice::from_raw_parts(v.data, v.len() as usize) == b"HIT"
-        })
-    };
-    if hit {
+        v.as_ref()
+            .filter(|v| v.valid() != 0 && v.not_found() == 0)
+            .map(|v| core::slice::from_raw_parts(v.data, v.len() as usize).to_vec())
+    }
+}
+
+/// For main requests, as their header goes out: a refresh's response is marked for the
+/// sender, and a refresh that srcache answered from the cache (it refreshes nothing) is
+/// reported with how to fix the configuration (once per interval).
+pub fn on_response_header(req: &mut ngx_http_request_t) {
+    if !state::peek(req).is_some_and(|s| s.is_refresh) {
+        return;
+    }
+    // Only a location that runs this layer confirms: a refresh that lands anywhere else (a
+    // wrong stale_cache_refresh_address) refreshes nothing.
+    if StaleCacheModule::location_conf(req).is_some_and(|c| c.enabled()) {
+        add_confirm_header(req);
+    }
+    if variable(req, b"srcache_fetch_status").as_deref() == Some(b"HIT") {
         super::error::warn(
             req,
             "refresh-hit",
@@ -306,6 +436,78 @@ pub fn warn_if_refresh_was_a_hit(req: &mut ngx_http_request_t) {
                  refreshed; skip srcache_fetch for refreshes with \"srcache_fetch_skip \
                  $stale_cache_skip_fetch;\" (or the \"if ($http_x_skip_fetch != TRUE)\" line)",
                 String::from_utf8_lossy(str_bytes(&req.unparsed_uri))
+            ),
+        );
+    }
+}
+
+fn add_confirm_header(req: &mut ngx_http_request_t) {
+    // SAFETY: a live request's headers_out list; the pushed element is fresh pool memory
+    // that is fully written below, with static name and value strings.
+    unsafe {
+        let h = ngx::ffi::ngx_list_push(&mut req.headers_out.headers) as *mut ngx_table_elt_t;
+        let Some(h) = h.as_mut() else {
+            return;
+        };
+        h.hash = 1;
+        h.key = ngx_str_t {
+            len: CONFIRM_HEADER.len(),
+            data: CONFIRM_HEADER.as_ptr() as *mut u8,
+        };
+        h.value = ngx_str_t {
+            len: 1,
+            data: c"1".as_ptr() as *mut u8,
+        };
+        h.lowcase_key = ptr::null_mut();
+    }
+}
+
+/// The LOG phase of a main request: reports, once per interval, a refresh that answered 2xx
+/// but that srcache did not store, and (once) a method of `$cache_methods` that srcache does
+/// not cache, both of which make the module's work useless.
+pub fn check_stored(req: &mut ngx_http_request_t) {
+    let Some(peek) = state::peek(req) else {
+        return;
+    };
+    let status = req.headers_out.status;
+    if !(200..300).contains(&status) {
+        return;
+    }
+    let stored = variable(req, b"srcache_store_status").as_deref() == Some(b"STORE");
+    if stored {
+        return;
+    }
+    let uri = String::from_utf8_lossy(str_bytes(&req.unparsed_uri)).into_owned();
+    if peek.is_refresh {
+        log::limited(
+            request_log(req),
+            NGX_LOG_WARN,
+            "refresh-not-stored",
+            Every::Interval,
+            format_args!(
+                "stale_cache: the refresh of \"{uri}\" answered {status} but srcache stored \
+                 nothing, so the stale copy was not refreshed; check srcache_store, \
+                 srcache_store_statuses, srcache_methods and the response's Cache-Control"
+            ),
+        );
+        return;
+    }
+    let method = str_bytes(&req.method_name);
+    let filled = matches!(peek.status, Some(CacheStatus::Miss));
+    if filled && method != b"GET" && method != b"HEAD" {
+        log::limited(
+            request_log(req),
+            NGX_LOG_WARN,
+            "srcache-methods",
+            Every::Once,
+            format_args!(
+                "stale_cache: $cache_methods lists {} but srcache did not store the {} \
+                 response of \"{uri}\": srcache caches GET and HEAD only unless \
+                 \"srcache_methods\" lists {} too; until then these requests are collapsed \
+                 but never cached",
+                String::from_utf8_lossy(method),
+                String::from_utf8_lossy(method),
+                String::from_utf8_lossy(method)
             ),
         );
     }

@@ -13,7 +13,13 @@ use ngx::ffi::{
     ngx_peer_connection_t, ngx_str_t, sockaddr, socklen_t, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 
+use super::refresh::CONFIRM_HEADER;
+use crate::nginx::log::{self, Every};
 use crate::nginx::util::{current_msec, cycle_log, AGAIN, OK};
+use crate::replay::{head_has_header, parse_status_line};
+
+/// How much of a refresh's response is kept: its status line and headers.
+const HEAD_LIMIT: usize = 8192;
 
 /// Where refresh requests go: this nginx's own listener, or `stale_cache_refresh_address`.
 #[derive(Clone)]
@@ -26,8 +32,12 @@ pub struct RefreshTarget {
 /// How a refresh ended, for the lock release and the log.
 #[derive(Debug)]
 pub enum RefreshOutcome {
-    /// The response's status code (the refresh request ran to completion).
+    /// The response's status code (the refresh request ran to completion), confirmed by this
+    /// nginx's stale-cache layer.
     Status(u16),
+    /// A status without the layer's confirmation header: whatever answered is not a
+    /// stale-cache location of this nginx (a wrong `stale_cache_refresh_address`).
+    Unconfirmed(u16),
     Failed(&'static str),
 }
 
@@ -39,7 +49,7 @@ struct Refresh {
     peer_name: ngx_str_t,
     request: Vec<u8>,
     sent: usize,
-    /// The start of the response, enough for its status line.
+    /// The start of the response, enough for its status line and headers.
     head: Vec<u8>,
     deadline: ngx_msec_t,
     started: ngx_msec_t,
@@ -70,7 +80,7 @@ pub fn start(
         peer_name: ngx_str_t::default(),
         request,
         sent: 0,
-        head: Vec::with_capacity(64),
+        head: Vec::with_capacity(512),
         deadline: now + timeout,
         started: now,
         uri,
@@ -234,15 +244,20 @@ unsafe extern "C" fn on_read(ev: *mut ngx_event_t) {
         if n == 0 {
             // The server closes the connection (we sent "Connection: close") only after the
             // request, srcache's store subrequest included, is completely finished.
-            let outcome = match crate::replay::parse_status_line(&r.head) {
-                Some(status) => RefreshOutcome::Status(status),
+            let confirmed = head_has_header(&r.head, CONFIRM_HEADER.as_bytes());
+            let outcome = match parse_status_line(&r.head) {
+                // Only a success needs confirming: an error status is a failure anyway.
+                Some(status) if confirmed || !(200..300).contains(&status) => {
+                    RefreshOutcome::Status(status)
+                }
+                Some(status) => RefreshOutcome::Unconfirmed(status),
                 None => RefreshOutcome::Failed("no valid HTTP response"),
             };
             // SAFETY: as above.
             unsafe { finish(raw, outcome) };
             return;
         }
-        let keep = (64 - r.head.len().min(64)).min(n as usize);
+        let keep = (HEAD_LIMIT - r.head.len().min(HEAD_LIMIT)).min(n as usize);
         r.head.extend_from_slice(&buf[..keep]);
     }
 }
@@ -264,18 +279,26 @@ unsafe fn finish(raw: *mut Refresh, outcome: RefreshOutcome) {
     let (level, text) = match &outcome {
         RefreshOutcome::Status(s) if (200..300).contains(s) => (NGX_LOG_INFO, format!("{s}")),
         RefreshOutcome::Status(s) => (NGX_LOG_WARN, format!("status {s}")),
+        RefreshOutcome::Unconfirmed(s) => (
+            NGX_LOG_ERR,
+            format!(
+                "answered {s} without the {CONFIRM_HEADER} header: the address is not a plain \
+                 HTTP listener of this nginx serving this location with stale_cache on; fix \
+                 stale_cache_refresh_address"
+            ),
+        ),
         RefreshOutcome::Failed(why) => (NGX_LOG_ERR, format!("failed: {why}")),
     };
-    ngx::ngx_log_error!(
-        level,
-        refresh.log,
+    let args = format_args!(
         "stale_cache: {} of \"{}\" via {} {} in {} ms",
-        refresh.what,
-        refresh.uri,
-        refresh.target.name,
-        text,
-        elapsed
+        refresh.what, refresh.uri, refresh.target.name, text, elapsed
     );
+    if level == NGX_LOG_INFO {
+        ngx::ngx_log_error!(level, refresh.log, "{}", args);
+    } else {
+        // A misconfigured address fails every refresh: one line per interval says so.
+        log::limited(refresh.log, level, "refresh-failed", Every::Interval, args);
+    }
     if let Some(done) = refresh.on_done.take() {
         done(&outcome, elapsed);
     }

@@ -42,8 +42,6 @@ pub enum Phase {
     ReadingBody,
     /// Waiting for the PERSIST of a stale key.
     Persisting,
-    /// A restore request waiting for the EXPIRE of the key it restores.
-    Restoring,
     /// Waiting for another request's fill.
     Waiting,
     /// srcache missed an entry the layer expected: take the fill lock or wait for its holder.
@@ -61,8 +59,6 @@ pub struct RequestState {
     pub status: Option<CacheStatus>,
     /// The request carries this nginx's refresh secret.
     pub is_refresh: bool,
-    /// A refresh-authenticated request asking to restore the key's expiry (seconds).
-    pub restore_ttl: Option<u64>,
     pub settings: Option<Settings>,
     /// The zone `$cache_lock` names, once known.
     pub zone: Option<ZoneRef>,
@@ -73,6 +69,8 @@ pub struct RequestState {
     pub fill: Option<HeldLock>,
     /// The refresh lock, held while the body is read and the refresh is prepared.
     pub refresh_lock: Option<HeldLock>,
+    /// This worker's count of refreshes in flight, taken with the refresh lock.
+    pub refresh_slot: Option<refresh::Slot>,
     pub persist_pending: bool,
     /// The request body has been read (for the refresh to replay it).
     pub body_read: bool,
@@ -102,7 +100,6 @@ impl RequestState {
             phase: Phase::Start,
             status: None,
             is_refresh: false,
-            restore_ttl: None,
             settings: None,
             zone: None,
             lookup_started: 0,
@@ -110,6 +107,7 @@ impl RequestState {
             ttl: 0,
             fill: None,
             refresh_lock: None,
+            refresh_slot: None,
             persist_pending: false,
             body_read: false,
             refresh: None,
@@ -293,7 +291,5 @@ unsafe extern "C" fn end_of_request(data: *mut c_void) {
         // The request ended before its refresh could be prepared.
         waiters::release(&lock, false);
     }
-    if let Some(pending) = state.refresh.take() {
-        refresh::send(pending);
-    }
+    refresh::request_ended(state.r, state.refresh.take());
 }

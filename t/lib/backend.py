@@ -137,7 +137,7 @@ def find_config(target):
     return STATE.config.get(target) or STATE.config.get(path) or {}
 
 
-async def serve_hit(method, target, version, headers, hmap, body):
+async def serve_hit(method, target, version, headers, hmap, body, conn=None):
     path = target.split("?", 1)[0]
     STATE.total += 1
     n = STATE.hits[path] = STATE.hits.get(path, 0) + 1
@@ -145,7 +145,7 @@ async def serve_hit(method, target, version, headers, hmap, body):
         "method": method, "path": target, "version": version,
         "headers": hmap, "header_list": headers,
         "body": body.decode("latin-1"), "hit": n, "seq": STATE.total,
-        "time": time.time(),
+        "time": time.time(), "conn": conn,
     })
     cfg = find_config(target)
 
@@ -185,7 +185,9 @@ async def handle(reader, writer):
             if target.startswith("/__backend/"):
                 status, rheaders, rbody = control(method, target)
             else:
-                status, rheaders, rbody = await serve_hit(*req)
+                # the client's port tells connections apart (keep-alive tests)
+                peer = writer.get_extra_info("peername")
+                status, rheaders, rbody = await serve_hit(*req, conn=peer and peer[1])
             conn = hmap.get("connection", "").lower()
             keep = (version == "HTTP/1.1" and "close" not in conn) or \
                    (version == "HTTP/1.0" and "keep-alive" in conn)

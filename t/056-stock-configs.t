@@ -1,0 +1,120 @@
+# The configurations shipped in nginx-conf/, run as they are (their server block, with the
+# harness's backend and Redis): responses with Set-Cookie are not stored (issue 13), backend
+# connections are kept alive (issue 12), and a POST in $cache_methods that srcache does not
+# cache is reported. drop-in-redis2.conf needs redis2/HttpRedis, built once into
+# build/reference-modules (about 20 s).
+BEGIN {
+    my $dir = 'build/reference-modules';
+    my @so = map { "$dir/$_" } qw(ngx_http_redis2_module.so ngx_http_redis_module.so);
+    if (grep { !-f } @so) {
+        my $src = $ENV{TEST_NGINX_THIRD_PARTY} // '/work/shared/third-party';
+        system("$src/build-reference-modules.sh $dir >/dev/null") == 0
+            or die "building the reference modules failed\n";
+    }
+    $ENV{TEST_NGINX_EXTRA_MODULES} = join ' ', grep { length } $ENV{TEST_NGINX_EXTRA_MODULES}, @so;
+}
+use lib 't/lib';
+use Test::StaleCache;
+
+our $HTTP = "    stale_cache_zone srcache_locks 1m;\n";
+
+# The server block of nginx-conf/$file without its listen line, proxying to the harness's
+# backend; $extra goes into /api after its "set"s.
+sub stock {
+    my ($file, $extra) = @_;
+    my $text = Test::StaleCache::slurp("nginx-conf/$file") // die "nginx-conf/$file: $!";
+    my ($server) = $text =~ /\n    server \{\n(.*)\n    \}\n\}\s*\z/s or die "no server in $file";
+    $server =~ s/^\s*listen [^\n]*\n//m;
+    $server =~ s{http://www;}{http://backend;}g;
+    $server =~ s/(stale_cache on;)/$1\n$extra/ if $extra;
+    return $server;
+}
+
+sub check_set_cookie {
+    is(backend_hits('/api/sc'), 2, 'both requests went to the backend');
+    is(redis('EXISTS', redis_key('/api/sc')), 0, 'nothing stored for the Set-Cookie response');
+    like(redis('GET', redis_key('/api/plain')) // '', qr/hit 1\n\z/, 'a plain response is stored');
+}
+
+sub check_keepalive {
+    my @log = backend_log();
+    is(scalar @log, 100, '100 backend requests');
+    my %conns = map { $_->{conn} => 1 } @log;
+    my $n = keys %conns;
+    ok($n <= 2, "100 requests used $n backend connection(s)");
+    ok(!grep({ ($_->{headers}{connection} // '') =~ /close/i } @log), 'no Connection: close');
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: stock-debian.conf: a response with Set-Cookie is not stored
+--- http_config eval: $::HTTP
+--- config eval: ::stock('stock-debian.conf')
+--- pre
+backend_config('/api/sc', header => ['Set-Cookie: session=alice']);
+--- request eval
+["GET /api/sc", "GET /api/sc", "GET /api/plain"]
+--- response_headers eval
+["X-Stale-Cache: MISS\nX-Store: BYPASS", "X-Store: BYPASS", "X-Store: STORE"]
+--- check
+check_set_cookie();
+
+
+
+=== TEST 2: drop-in-redis2.conf: same
+--- http_config eval: $::HTTP
+--- config eval: ::stock('drop-in-redis2.conf')
+--- pre
+backend_config('/api/sc', header => ['Set-Cookie: session=alice']);
+--- request eval
+["GET /api/sc", "GET /api/sc", "GET /api/plain"]
+--- response_headers eval
+["X-Stale-Cache: MISS\nX-Store: BYPASS", "X-Store: BYPASS", "X-Store: STORE"]
+--- check
+check_set_cookie();
+
+
+
+=== TEST 3: stock-debian.conf: 100 requests reuse kept-alive backend connections
+--- http_config eval: $::HTTP
+--- config eval: ::stock('stock-debian.conf')
+--- request eval
+[map { "GET /api/ka$_" } 1 .. 100]
+--- check
+check_keepalive();
+
+
+
+=== TEST 4: drop-in-redis2.conf: same
+--- http_config eval: $::HTTP
+--- config eval: ::stock('drop-in-redis2.conf')
+--- request eval
+[map { "GET /api/ka$_" } 1 .. 100]
+--- check
+check_keepalive();
+
+
+
+=== TEST 5: POST in $cache_methods without srcache_methods: collapsed but not cached, reported once
+--- http_config eval: $::HTTP
+--- config eval: ::stock('stock-debian.conf', 'set $cache_methods "GET POST";')
+--- request eval
+["POST /api/p\nx", "POST /api/p\nx"]
+--- response_headers eval
+["X-Stale-Cache: MISS\nX-Store: BYPASS", "X-Store: BYPASS"]
+--- check
+is(error_log_count(qr/\$cache_methods lists POST but srcache did not store the POST response of "\/api\/p": srcache caches GET and HEAD only unless "srcache_methods" lists POST too/), 1, 'reported once');
+
+
+
+=== TEST 6: with srcache_methods GET HEAD POST the POST is cached, nothing reported
+--- http_config eval: $::HTTP
+--- config eval: ::stock('stock-debian.conf', 'set $cache_methods "GET POST"; srcache_methods GET HEAD POST;')
+--- request eval
+["POST /api/p\nx", "POST /api/p\nx"]
+--- response_headers eval
+["X-Stale-Cache: MISS\nX-Store: STORE", "X-Stale-Cache: FRESH\nX-Cache: HIT"]
+--- no_error_log
+srcache did not store
