@@ -115,10 +115,11 @@ pub const BACKOFF_CAP_MS: u64 = 60_000;
 
 /// How long a key is left alone after its `failures`-th failed refresh in a row: no new
 /// refresh (stale hits are served without one), and in the error grace band the stored copy
-/// is served at once. 1 s, 2 s, 4 s, ... up to 60 s.
-pub fn backoff_ms(failures: u8) -> u64 {
-    let doublings = u32::from(failures.max(1) - 1).min(16);
-    (BACKOFF_BASE_MS << doublings).min(BACKOFF_CAP_MS)
+/// is served at once. `base`, twice that, four times, ... up to `cap`
+/// (`stale_cache_refresh_backoff`, 1 s and 60 s by default).
+pub fn backoff_ms(failures: u8, base_ms: u64, cap_ms: u64) -> u64 {
+    let doublings = u32::from(failures.max(1) - 1).min(32);
+    base_ms.saturating_mul(1u64 << doublings).min(cap_ms)
 }
 
 /// How a refresh (a request of the module's own to this nginx) ended.
@@ -294,13 +295,17 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {
-        assert_eq!(backoff_ms(0), 1_000);
-        assert_eq!(backoff_ms(1), 1_000);
-        assert_eq!(backoff_ms(2), 2_000);
-        assert_eq!(backoff_ms(3), 4_000);
-        assert_eq!(backoff_ms(6), 32_000);
-        assert_eq!(backoff_ms(7), 60_000);
-        assert_eq!(backoff_ms(255), 60_000);
+        let default = |n| backoff_ms(n, BACKOFF_BASE_MS, BACKOFF_CAP_MS);
+        assert_eq!(default(0), 1_000);
+        assert_eq!(default(1), 1_000);
+        assert_eq!(default(2), 2_000);
+        assert_eq!(default(3), 4_000);
+        assert_eq!(default(6), 32_000);
+        assert_eq!(default(7), 60_000);
+        assert_eq!(default(255), 60_000);
+        assert_eq!(backoff_ms(40, u64::MAX / 2, u64::MAX), u64::MAX);
+        assert_eq!(backoff_ms(3, 50, 50), 50);
+        assert_eq!(backoff_ms(3, 0, 60_000), 0);
     }
 
     #[test]

@@ -20,28 +20,14 @@ use Socket qw(SOL_SOCKET SO_RCVBUF);
 
 our $HTTP = "    stale_cache_zone srcache_locks 1m;\n";
 
-# The drop-in-redis2.conf locations (redis2 for TTL/PERSIST/EXPIRE/store, HttpRedis fetch).
-sub redis2_locations {
-    return <<'_EOC_';
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
-        redis2_query ttl $key; redis2_pass redis; }
-    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key;
-        redis2_query persist $key; redis2_pass redis; }
-    location = /redisexpire { internal; set_unescape_uri $key $arg_key; set_md5 $key;
-        redis2_query expire $key $arg_ttl; redis2_pass redis; }
-    location = /redis { internal; set_md5 $redis_key $args; redis_pass redis; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
-        set_unescape_uri $key $arg_key; set_md5 $key; client_max_body_size 16m;
-        redis2_query set $key $echo_request_body; redis2_query expire $key $exptime;
-        redis2_pass redis; }
-_EOC_
-}
-
 # The documented /api location with PERSIST and EXPIRE configured, refreshes sent to
 # $addr, plus $server (another server block) and the Redis locations of $variant.
 sub cfg {
     my ($variant, $addr, $server) = @_;
+    # A short refresh backoff: each episode's refresh is sent (the default pauses a second,
+    # then two, after a failure).
     my $c = drop_in_config("set \$cache_expire /redisexpire; stale_cache_memo off;\n"
+                           . "        stale_cache_refresh_backoff 1ms 1ms;\n"
                            . ($addr ? "        stale_cache_refresh_address $addr;\n" : ''));
     if ($variant eq 'redis2') {
         my $native = redis_locations();

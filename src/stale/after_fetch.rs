@@ -72,7 +72,12 @@ pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_i
 fn expected_an_entry(state: &RequestState) -> bool {
     matches!(
         state.status,
-        Some(CacheStatus::Fresh | CacheStatus::Stale | CacheStatus::Collapsed)
+        Some(
+            CacheStatus::Fresh
+                | CacheStatus::Stale
+                | CacheStatus::Collapsed
+                | CacheStatus::StaleError
+        )
     ) && state.settings.is_some()
 }
 

@@ -15,7 +15,7 @@ use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, M
 use super::locations::reaches_a_location;
 use super::module::StaleCacheModule;
 use super::sender::RefreshTarget;
-use crate::collapse::UseStale;
+use crate::collapse::{UseStale, BACKOFF_BASE_MS, BACKOFF_CAP_MS};
 use crate::nginx::util::{conf_args, conf_error, str_bytes, CONF_ERROR, CONF_OK};
 use crate::nginx::zone::Zone;
 use crate::settings::{check_literal, Var, DEFAULT_SKIP_FETCH};
@@ -61,6 +61,8 @@ pub struct StaleCacheConf {
     /// `stale_cache_use_stale`: which refresh failures the error grace band answers with the
     /// stored copy (None: unset, merged to the default).
     pub use_stale: Option<UseStale>,
+    /// `stale_cache_refresh_backoff BASE [CAP]` in ms (None: unset).
+    pub refresh_backoff: Option<(u64, u64)>,
     /// `stale_cache_refresh_credentials on|off`: replay Cookie and Authorization.
     pub refresh_credentials: isize,
     /// `stale_cache_refresh_limit N`: refreshes in flight per worker.
@@ -75,6 +77,7 @@ impl Default for StaleCacheConf {
             skip_header: None,
             refresh_target: None,
             use_stale: None,
+            refresh_backoff: None,
             refresh_credentials: -1,
             refresh_limit: usize::MAX,
         }
@@ -99,6 +102,11 @@ impl StaleCacheConf {
         self.memo != 0
     }
 
+    pub fn refresh_backoff(&self) -> (u64, u64) {
+        self.refresh_backoff
+            .unwrap_or((BACKOFF_BASE_MS, BACKOFF_CAP_MS))
+    }
+
     pub fn use_stale(&self) -> UseStale {
         self.use_stale.unwrap_or(UseStale::DEFAULT)
     }
@@ -121,6 +129,9 @@ impl Merge for StaleCacheConf {
         }
         if self.refresh_target.is_none() {
             self.refresh_target = prev.refresh_target.clone();
+        }
+        if self.refresh_backoff.is_none() {
+            self.refresh_backoff = prev.refresh_backoff;
         }
         if self.use_stale.is_none() {
             self.use_stale = Some(prev.use_stale.unwrap_or(UseStale::DEFAULT));
@@ -529,5 +540,40 @@ pub unsafe extern "C" fn set_use_stale(
         Ok(use_stale) => scf.use_stale = Some(use_stale),
         Err(message) => return conf_error(cf, cmd, &message),
     }
+    CONF_OK
+}
+
+/// `stale_cache_refresh_backoff BASE [CAP];` — how long a key's refreshes pause after a failure
+/// (doubling per failure in a row, up to CAP).
+pub unsafe extern "C" fn set_refresh_backoff(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the location-level directive `stale_cache_refresh_backoff`.
+    let (cfr, cmd, scf) = unsafe { directive_args(cf, cmd, conf) };
+    if scf.refresh_backoff.is_some() {
+        return conf_error(cf, cmd, "is duplicate");
+    }
+    let mut times = Vec::new();
+    for arg in &conf_args(cfr)[1..] {
+        let mut value = *arg;
+        // SAFETY: parses a string nginx owns; `0`: the value is in milliseconds.
+        let ms = unsafe { ngx::ffi::ngx_parse_time(&mut value, 0) };
+        if ms < 0 {
+            let message = format!(
+                "invalid time \"{}\" (a time like 500ms, 1s or 1m)",
+                String::from_utf8_lossy(str_bytes(arg))
+            );
+            return conf_error(cf, cmd, &message);
+        }
+        times.push(ms as u64);
+    }
+    let base = times[0];
+    let cap = times.get(1).copied().unwrap_or(BACKOFF_CAP_MS.max(base));
+    if cap < base {
+        return conf_error(cf, cmd, "the longest backoff is shorter than the first");
+    }
+    scf.refresh_backoff = Some((base, cap));
     CONF_OK
 }

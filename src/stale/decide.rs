@@ -143,6 +143,7 @@ pub fn after_lookup(
 ) -> Step {
     let ttl = ttl_of(state)?;
     state.ttl = ttl;
+    state.looked_up = true;
     let zone = state.zone.expect("the zone is known before the lookup");
     let settings = state.settings();
     let now = now_ms();
@@ -343,10 +344,14 @@ fn fill_or_wait(
     }
     let lock = lock_request(LockKind::Fill, token, lock_ms, started);
     let in_grace = state.in_grace;
+    // A request that waited without a lookup (a fill was under way) may be waiting for a
+    // grace-band refresh: a live error mark says that one failed, and since only refreshes of
+    // stored entries leave error marks, the stored copy is there to serve.
+    let may_be_grace = in_grace || (!state.looked_up && !state.after_fetch);
     let found = zone.with_key(&key, |t, fp| {
         // In the error grace band, a key whose backend just failed is not asked again
         // before its backoff ends: the stored copy is served at once.
-        let failing = in_grace && t.error_left_ms(fp, now).is_some();
+        let failing = may_be_grace && t.error_left_ms(fp, now).is_some();
         let outcome = (!failing).then(|| t.try_lock_as(fp, lock, now, owner_alive));
         (failing, outcome, t.last_store_ms(fp, now))
     });

@@ -9,15 +9,15 @@ use ngx::ffi::{
     ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
     ngx_http_phases_NGX_HTTP_PREACCESS_PHASE, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, ngx_int_t,
     ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF,
-    NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
+    NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use super::conf::{
-    merge_loc_conf, set_refresh_address, set_refresh_limit, set_skip_header, set_stale_cache,
-    set_use_stale, set_zone, StaleCacheConf,
+    merge_loc_conf, set_refresh_address, set_refresh_backoff, set_refresh_limit, set_skip_header,
+    set_stale_cache, set_use_stale, set_zone, StaleCacheConf,
 };
 use super::{after_fetch, lookup, phases, variables};
 use crate::nginx::util::{ERROR, OK};
@@ -119,7 +119,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 9] = [
+static mut COMMANDS: [ngx_command_t; 10] = [
     directive(
         ngx_string!("stale_cache_zone"),
         NGX_HTTP_MAIN_CONF as ngx_uint_t | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -173,6 +173,13 @@ static mut COMMANDS: [ngx_command_t; 9] = [
         ngx_string!("stale_cache_refresh_limit"),
         ANY_LEVEL | NGX_CONF_TAKE1 as ngx_uint_t,
         set_refresh_limit,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx_string!("stale_cache_refresh_backoff"),
+        ANY_LEVEL | NGX_CONF_TAKE12 as ngx_uint_t,
+        set_refresh_backoff,
         NGX_HTTP_LOC_CONF_OFFSET,
         0,
     ),

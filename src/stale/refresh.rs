@@ -179,6 +179,7 @@ fn build(
             grace: state.in_grace,
             pass_ms: settings.pass_ttl_ms,
             use_stale: scf.use_stale(),
+            backoff: scf.refresh_backoff(),
         },
         slot,
     })

@@ -83,6 +83,8 @@ pub struct RequestState {
     pub store_status: Option<usize>,
     /// The entry is in its error grace band (`$cache_stale_if_error`).
     pub in_grace: bool,
+    /// The TTL lookup answered (a request can also wait for a fill without one).
+    pub looked_up: bool,
     /// srcache's fetch has answered (and missed): the steps now run in PRECONTENT.
     pub after_fetch: bool,
     /// The request was sent through its location again to let srcache fetch the entry a
@@ -115,6 +117,7 @@ impl RequestState {
             wake_delay_ms: None,
             store_status: None,
             in_grace: false,
+            looked_up: false,
             after_fetch: false,
             refetched: false,
             post_subrequest: ngx_http_post_subrequest_t {

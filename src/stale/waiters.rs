@@ -356,6 +356,8 @@ pub struct RefreshPolicy {
     pub pass_ms: u64,
     /// `stale_cache_use_stale`.
     pub use_stale: UseStale,
+    /// `stale_cache_refresh_backoff`: first and longest backoff.
+    pub backoff: (u64, u64),
 }
 
 /// Ends a refresh: a failure backs the key off (an error mark: no new refresh, and in the
@@ -373,15 +375,17 @@ pub fn end_refresh(lock: &HeldLock, end: RefreshEnd, policy: RefreshPolicy) {
             t.pass_set(fp, policy.pass_ms, now);
             None
         } else {
-            t.error_mark(fp, now, backoff_ms)
+            let (base, cap) = policy.backoff;
+            t.error_mark(fp, now, |n| backoff_ms(n, base, cap))
         };
         t.unlock(fp, lock.token, now, stored);
         mark
     });
     debug!(
         cycle_log(),
-        "stale_cache: the refresh for \"{}\" ended: {:?}; backing off {:?} ms",
+        "stale_cache: lock of \"{}\" released ({}): the refresh ended {:?}; backoff {:?} ms",
         Short(&lock.key),
+        if stored { "stored" } else { "not stored" },
         end,
         marked.flatten()
     );

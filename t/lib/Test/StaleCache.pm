@@ -28,7 +28,7 @@ our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  start_redis fake_redis_blackhole nginx_pids pick_port sleep_ms sleep_until
                  wait_until wait_log wait_backend_hits
                  redis_locations drop_in_config redis_key redis_calls
-                 error_log_count fill_and_stale concurrent_get);
+                 error_log_count fill_and_stale concurrent_get redis2_locations);
 
 my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
 my $SERVROOT = $ENV{TEST_NGINX_SERVROOT} || "$ROOT/t/servroot";
@@ -676,10 +676,14 @@ sub error_log_count { my $re = shift; scalar grep { /$re/ } split /\n/, error_lo
 
 # lua-resty-cache's documented /api location with the two-line change (proxying to the
 # harness's backend, with X-Cache, X-Store and X-Stale-Cache headers), then the Redis
-# locations. $extra goes into /api after the documented "set"s, so it can override them.
+# locations (native ones, or with $variant 'redis2' those of redis2/HttpRedis: the block then
+# needs `--- redis2`). $extra goes into /api after the documented "set"s, so it can override
+# them.
 sub drop_in_config {
-    my $extra = shift // '';
-    return <<"_EOC_" . redis_locations();
+    my ($extra, $variant) = @_;
+    $extra //= '';
+    my $locations = ($variant // '') eq 'redis2' ? redis2_locations() : redis_locations();
+    return <<"_EOC_" . $locations;
     location /api {
         set \$cache_lock srcache_locks;
         set \$cache_ttl /redisttl;
@@ -741,6 +745,41 @@ sub redis_locations {
         stale_cache_redis_command EXPIRE $key $exptime; }
 _EOC_
 }
+# The same locations as lua-resty-cache's own configuration writes them, with redis2
+# (redis2_query/redis2_pass) and HttpRedis (redis_pass), as in nginx-conf/drop-in-redis2.conf;
+# a block using them says `--- redis2` so the harness loads those modules.
+sub redis2_locations {
+    return <<'_EOC_';
+    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        redis2_query ttl $key; redis2_pass redis; }
+    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        redis2_query persist $key; redis2_pass redis; }
+    location = /redisexpire { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        redis2_query expire $key $arg_ttl; redis2_pass redis; }
+    location = /redis { internal; set_md5 $redis_key $args; redis_pass redis; }
+    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
+        set_unescape_uri $key $arg_key; set_md5 $key;
+        client_max_body_size 16m;
+        redis2_query set $key $echo_request_body; redis2_query expire $key $exptime;
+        redis2_pass redis; }
+_EOC_
+}
+
+# redis2 and HttpRedis as dynamic modules for the nginx under test, built once into
+# build/reference-modules by the project's shared build-reference-modules.sh (about 20 s).
+sub reference_modules {
+    my $dir = "$ROOT/build/reference-modules";
+    my @so = map { "$dir/$_" } qw(ngx_http_redis2_module.so ngx_http_redis_module.so);
+    return @so unless grep { !-f } @so;
+    my $script = $ENV{TEST_NGINX_REFERENCE_BUILD}
+        // "$ROOT/../shared/third-party/build-reference-modules.sh";
+    -f $script or die "redis2/HttpRedis are needed by this block but $script is missing "
+                    . "(set TEST_NGINX_REFERENCE_BUILD to build-reference-modules.sh)\n";
+    my @src = $ENV{TEST_NGINX_SOURCE_DIR} ? ($ENV{TEST_NGINX_SOURCE_DIR}) : ();
+    system('bash', $script, $dir, @src) == 0 or die "building redis2/HttpRedis failed\n";
+    return @so;
+}
+
 sub responses { @RESPONSES }
 
 # A fixed sleep, for when the passing time is itself what a block tests (an entry ageing, a
@@ -874,6 +913,7 @@ sub response_checks {
 sub write_conf {
     my $b = shift;
     my @mods = ((map { "$MODDIR/$_" } @STOCK_MODS), @EXTRA_MODS);
+    push @mods, reference_modules() if defined $b->{redis2};
     push @mods, $MOD_COPY if $MOD_COPY;
     my $workers = $b->{workers} || 1;
     my $level = $b->{log_level} || 'debug';
