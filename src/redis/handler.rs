@@ -4,23 +4,25 @@
 
 use core::ffi::c_void;
 use core::ptr;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use ngx::core::Pool;
 use ngx::ffi::{
-    ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_complex_value,
-    ngx_http_discard_request_body, ngx_http_read_client_request_body, ngx_http_request_t,
-    ngx_http_upstream_create, ngx_http_upstream_init, ngx_http_upstream_t, ngx_int_t, ngx_msec_t,
-    ngx_str_t, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_SPECIAL_RESPONSE,
+    ngx_add_timer, ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_create_temp_buf,
+    ngx_del_timer, ngx_event_t, ngx_http_complex_value, ngx_http_discard_request_body,
+    ngx_http_read_client_request_body, ngx_http_request_t, ngx_http_upstream_create,
+    ngx_http_upstream_init, ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_int_t,
+    ngx_msec_t, ngx_str_t, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT,
+    NGX_HTTP_INTERNAL_SERVER_ERROR, NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 
 use super::conf::{RedisArg, RedisConf, ReplyMode};
 use super::module::RedisModule;
 use super::reply::{filter, filter_init, process_header};
-use crate::nginx::util::{current_msec, str_bytes, DONE, ERROR, OK};
+use crate::nginx::log::{limited, Every};
+use crate::nginx::util::{current_msec, request_log, str_bytes, DONE, ERROR, OK};
 use crate::resp::{self, BulkBody, ReplyFramer, ValueReader};
 
 /// Where a `value`-mode reply stands while it is read.
@@ -43,6 +45,100 @@ pub(super) struct RedisCtx {
     /// The server answered something unparsable (it is reachable: no backoff).
     pub(super) invalid_reply: core::cell::Cell<bool>,
     pub(super) value: ValueState,
+    pub(super) deadline: Deadline,
+}
+
+/// The one deadline of a Redis request. nginx's upstream timeouts are per step and its read
+/// timeout restarts at every read, so a server trickling a reply byte by byte would hold the
+/// request (and the client behind srcache) for as long as it likes. This timer ends the
+/// request `connect_timeout + read_timeout` after it started, whatever it is waiting for.
+#[repr(C)]
+pub(super) struct Deadline {
+    /// First, so the timer handler can go from the event to the whole struct.
+    event: ngx_event_t,
+    request: *mut ngx_http_request_t,
+    /// The deadline ended the request: the server is not answering usefully, as after a
+    /// timeout, so the backoff starts even if a reply had begun.
+    hit: Cell<bool>,
+}
+
+impl Deadline {
+    fn new(request: *mut ngx_http_request_t) -> Self {
+        Deadline {
+            // SAFETY: ngx_event_t is a plain C struct; zeroed is its initial, unarmed state.
+            event: unsafe { core::mem::zeroed() },
+            request,
+            hit: Cell::new(false),
+        }
+    }
+
+    /// Starts the timer once per request (retries on another server share the deadline).
+    fn arm(&mut self, r: &ngx_http_request_t, total: ngx_msec_t) {
+        if self.event.timer_set() != 0 || self.event.handler.is_some() {
+            return;
+        }
+        // nginx's debug log reads the connection behind a timer's data.
+        self.event.data = r.connection as *mut c_void;
+        self.event.log = request_log(r);
+        self.event.handler = Some(deadline_handler);
+        self.event.set_cancelable(1);
+        // SAFETY: the event lives in the request's ctx, whose drop (pool cleanup) and the
+        // upstream's finalization both remove the timer before the memory goes.
+        unsafe { ngx_add_timer(&mut self.event, total.max(1)) };
+    }
+
+    fn disarm(&mut self) {
+        if self.event.timer_set() != 0 {
+            // SAFETY: the event is ours and armed; removing it only touches nginx's tree.
+            unsafe { ngx_del_timer(&mut self.event) };
+        }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+/// The deadline passed: end the request through nginx's own read-timeout path, so the
+/// upstream is finalized (504 before a reply began, a cut-off body after) the usual way.
+unsafe extern "C" fn deadline_handler(ev: *mut ngx_event_t) {
+    // SAFETY: the event is the first field of a live Deadline (repr(C)); see Deadline::arm.
+    let deadline = unsafe { &*(ev as *const Deadline) };
+    // SAFETY: the request outlives its ctx, and with it this armed timer.
+    let req = unsafe { &*deadline.request };
+    if req.upstream.is_null() {
+        return;
+    }
+    // SAFETY: the upstream of a live request.
+    let u = unsafe { &*req.upstream };
+    let c = u.peer.connection;
+    if c.is_null() {
+        return;
+    }
+    deadline.hit.set(true);
+    let conf = conf_of(req);
+    limited(
+        request_log(req),
+        NGX_LOG_ERR,
+        "redis deadline",
+        Every::Interval,
+        format_args!(
+            "stale_cache: redis server {} sent no complete reply within {} ms, giving up",
+            peer_name(u),
+            conf.upstream.connect_timeout + conf.upstream.read_timeout
+        ),
+    );
+    // SAFETY: `c` is the upstream's live connection; its read handler is nginx's upstream
+    // handler, which checks `timedout` first and finalizes the request.
+    unsafe {
+        let rev = (*c).read;
+        (*rev).set_timedout(1);
+        if let Some(handler) = (*rev).handler {
+            handler(rev);
+        }
+    }
 }
 
 /// The location's settings, valid for the whole configuration cycle (ngx's accessor).
@@ -68,6 +164,25 @@ thread_local! {
 fn down_until(conf: &RedisConf) -> ngx_msec_t {
     let group = conf.upstream.upstream as usize;
     DOWN_UNTIL.with(|d| d.borrow().get(&group).copied().unwrap_or(0))
+}
+
+/// Whether this worker's Redis locations of `group` (null: of any group) are in backoff,
+/// i.e. answer 502 without asking Redis (`$stale_cache_redis_down`).
+pub(super) fn group_down(group: *mut ngx_http_upstream_srv_conf_t) -> bool {
+    let now = current_msec();
+    DOWN_UNTIL.with(|d| {
+        let d = d.borrow();
+        if group.is_null() {
+            d.values().any(|&until| now < until)
+        } else {
+            d.get(&(group as usize)).is_some_and(|&until| now < until)
+        }
+    })
+}
+
+fn start_backoff(conf: &RedisConf) {
+    let group = conf.upstream.upstream as usize;
+    DOWN_UNTIL.with(|d| d.borrow_mut().insert(group, current_msec() + conf.backoff));
 }
 
 /// Content handler of a location with `stale_cache_redis_pass`.
@@ -108,8 +223,9 @@ pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
         mode: conf.reply,
         commands: conf.commands.len(),
         framer: ReplyFramer::new(),
-        invalid_reply: core::cell::Cell::new(false),
+        invalid_reply: Cell::new(false),
         value: ValueState::new(conf.commands.len()),
+        deadline: Deadline::new(r),
     });
     if ctx.is_null() {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
@@ -237,6 +353,10 @@ unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
     let req = unsafe { &mut *r };
     let conf = conf_of(req);
     let pool = req.pool;
+    let total = conf.upstream.connect_timeout + conf.upstream.read_timeout;
+    // SAFETY: r->upstream is set while the upstream framework drives this request.
+    let u = unsafe { &*req.upstream };
+    ctx_of(u).deadline.arm(req, total);
     let mut head: *mut ngx_chain_t = ptr::null_mut();
     let mut tail: *mut *mut ngx_chain_t = &mut head;
     let mut pending: Vec<u8> = Vec::with_capacity(256);
@@ -326,19 +446,24 @@ pub(super) fn set_status(u: &mut ngx_http_upstream_t, status: u32, content_lengt
 unsafe extern "C" fn abort_request(_r: *mut ngx_http_request_t) {}
 
 unsafe extern "C" fn finalize_request(r: *mut ngx_http_request_t, rc: ngx_int_t) {
+    // SAFETY: called by the upstream framework with a live request and upstream.
+    let req = unsafe { &*r };
+    // SAFETY: as above, the upstream is set while the framework finalizes it.
+    let u = unsafe { &*req.upstream };
+    let ctx = u.input_filter_ctx as *mut RedisCtx;
+    // SAFETY: when set, the ctx redis_handler allocated in the request pool.
+    let Some(ctx) = (unsafe { ctx.as_mut() }) else {
+        return;
+    };
+    ctx.deadline.disarm();
+    if ctx.deadline.hit.get() {
+        start_backoff(conf_of(req));
+        return;
+    }
     // A failure before any reply (refused, unreachable, timed out) opens the backoff window.
-    if rc == NGX_HTTP_BAD_GATEWAY as ngx_int_t || rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t {
-        // SAFETY: called by the upstream framework with a live request and upstream.
-        let req = unsafe { &*r };
-        // SAFETY: as above, the upstream is set while the framework finalizes it.
-        let u = unsafe { &*req.upstream };
-        let ctx = u.input_filter_ctx as *const RedisCtx;
-        // SAFETY: when set, the ctx redis_handler allocated in the request pool.
-        let invalid = !ctx.is_null() && unsafe { (*ctx).invalid_reply.get() };
-        if u.headers_in.status_n == 0 && !invalid {
-            let conf = conf_of(req);
-            let group = conf.upstream.upstream as usize;
-            DOWN_UNTIL.with(|d| d.borrow_mut().insert(group, current_msec() + conf.backoff));
-        }
+    let failed =
+        rc == NGX_HTTP_BAD_GATEWAY as ngx_int_t || rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t;
+    if failed && u.headers_in.status_n == 0 && !ctx.invalid_reply.get() {
+        start_backoff(conf_of(req));
     }
 }
