@@ -199,7 +199,7 @@ SET present "hello\r\nworld"
 
 
 
-=== TEST 6: redis stopped: MISS, backend answers, one connect() error line (backoff)
+=== TEST 6: redis stopped: MISS, backend answers, one error line naming the server (backoff)
 --- log_level: info
 --- config eval
 $::API
@@ -214,10 +214,12 @@ stop_redis();
 X-Cache: MISS
 --- backend_hits: 3
 --- check
-my $re = qr{connect\(\) failed \(111: Connection refused\) while connecting to upstream.*upstream: "redis://127\.0\.0\.1:$TEST_NGINX_REDIS_PORT"};
+my $re = qr{\[info\].*connect\(\) failed \(111: Connection refused\) while connecting to upstream.*upstream: "redis://127\.0\.0\.1:$TEST_NGINX_REDIS_PORT"};
 my $n = error_log_count($re);
-is($n, 1, 'exactly one connect() failed line for fetch + store of 3 requests')
+is($n, 1, 'exactly one connect() failed line (at info) for fetch + store of 3 requests')
     or diag(join "\n", grep { /connect\(\) failed/ } split /\n/, error_log_text());
+$re = qr{\[error\].*stale_cache: redis server 127\.0\.0\.1:$TEST_NGINX_REDIS_PORT failed .* answer 502 for 1000 ms};
+is(error_log_count($re), 1, 'one error line: the server failed, its locations back off');
 is_deeply([nginx_pids()], \@main::WORKERS, 'same master and worker (no crash)');
 --- no_error_log eval
 [qr/\[(alert|crit|emerg)\]/, qr/exited on signal/]
