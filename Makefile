@@ -18,13 +18,26 @@ CARGO_PROFILE_FLAG := $(if $(filter release,$(PROFILE)),--release,)
 PACKAGED_NGINX_SRC := /usr/share/nginx/src
 ifdef NGINX_SOURCE_DIR
   NGINX_BUILD_DIR ?= $(NGINX_SOURCE_DIR)/objs
-  CONFIGURE_NGINX := cd $(NGINX_SOURCE_DIR) && ./configure --with-compat $(NGINX_CONFIGURE_ARGS)
+  # A release tarball has ./configure; a git checkout of nginx has only auto/configure, which
+  # is run from the top of the tree the same way.
+  CONFIGURE_NGINX := cd $(NGINX_SOURCE_DIR) && $$(if [ -x configure ]; then echo ./configure; \
+    else echo auto/configure; fi) --with-compat $(NGINX_CONFIGURE_ARGS)
+  # The suite tests the nginx the module is built for: the binary of that tree by default.
+  DEFAULT_TEST_NGINX := $(NGINX_SOURCE_DIR)/objs/nginx
 else
   NGINX_SOURCE_DIR := $(BUILD)/nginx
   NGINX_BUILD_DIR := $(NGINX_SOURCE_DIR)/objs
   CONFIGURE_NGINX := rm -rf $(NGINX_SOURCE_DIR) && cp -r $(PACKAGED_NGINX_SRC) $(NGINX_SOURCE_DIR) \
     && cd $(NGINX_SOURCE_DIR) && source ./conf_flags && ./configure "$${NGX_CONF_FLAGS[@]}" >configure.log
 endif
+DEFAULT_TEST_NGINX ?= /usr/sbin/nginx
+# NGINX_BINARY: the nginx the `.t` suite runs (default: the one the module is built for). Its
+# srcache/set-misc/echo/ndk modules come from TEST_NGINX_MODULES_DIR (default: the packaged
+# ones, which only load into the packaged nginx).
+NGINX_BINARY ?= $(DEFAULT_TEST_NGINX)
+TEST_ENV := TEST_NGINX_BINARY=$(NGINX_BINARY) \
+  $(if $(TEST_NGINX_MODULES_DIR),TEST_NGINX_MODULES_DIR=$(TEST_NGINX_MODULES_DIR))
+
 # Passed to cargo explicitly rather than exported, so that a recursive make still tells a
 # user-given NGINX_SOURCE_DIR from the packaged default.
 CARGO := NGINX_SOURCE_DIR=$(NGINX_SOURCE_DIR) NGINX_BUILD_DIR=$(NGINX_BUILD_DIR) cargo
@@ -32,7 +45,7 @@ CARGO := NGINX_SOURCE_DIR=$(NGINX_SOURCE_DIR) NGINX_BUILD_DIR=$(NGINX_BUILD_DIR)
 MODULE_SO := $(BUILD)/ngx_http_stale_cache_module.so
 CARGO_SO := $(ROOT)/target/$(CARGO_PROFILE_DIR)/libngx_http_stale_cache_module.so
 
-.PHONY: all deps module test unit prove stress run bench bench-smoke lint deb clean
+.PHONY: all deps module test unit prove check-test-nginx stress run bench bench-smoke lint deb clean
 
 all: module
 
@@ -53,8 +66,26 @@ module: $(NGINX_BUILD_DIR)/ngx_auto_config.h
 unit: $(NGINX_BUILD_DIR)/ngx_auto_config.h
 	$(CARGO) test --lib
 
-prove: module
-	STALE_CACHE_MODULE=$(MODULE_SO) prove -r t
+prove: module check-test-nginx
+	STALE_CACHE_MODULE=$(MODULE_SO) $(TEST_ENV) prove -r t
+
+# Stops before the suite when it could not test the nginx the module was built for: every
+# block would fail on the version check otherwise.
+check-test-nginx: $(NGINX_BUILD_DIR)/ngx_auto_config.h
+	@built=$$(sed -n 's/^#define NGINX_VERSION *"\(.*\)"/\1/p' $(NGINX_SOURCE_DIR)/src/core/nginx.h); \
+	if [ ! -x "$(NGINX_BINARY)" ]; then \
+	  echo "make: cannot test: the module is built for nginx $$built ($(NGINX_SOURCE_DIR))," \
+	       "but $(NGINX_BINARY) does not exist. Build that nginx (make -C $(NGINX_SOURCE_DIR))" \
+	       "or set NGINX_BINARY=/path/to/nginx-$$built." >&2; exit 1; fi; \
+	tested=$$($(NGINX_BINARY) -v 2>&1 | sed -n 's|.*nginx/\([0-9.]*\).*|\1|p'); \
+	if [ "$$built" != "$$tested" ]; then \
+	  echo "make: cannot test: the module is built for nginx $$built ($(NGINX_SOURCE_DIR))," \
+	       "but NGINX_BINARY=$(NGINX_BINARY) is nginx $$tested. Set NGINX_BINARY to an nginx" \
+	       "$$built, or NGINX_SOURCE_DIR to the source of $(NGINX_BINARY)." >&2; exit 1; fi; \
+	if [ "$(NGINX_BINARY)" != /usr/sbin/nginx ] && [ -z "$(TEST_NGINX_MODULES_DIR)" ]; then \
+	  echo "make: cannot test $(NGINX_BINARY) with the packaged srcache/set-misc/echo/ndk" \
+	       "modules (they load only into /usr/sbin/nginx): build them for nginx $$built and" \
+	       "set TEST_NGINX_MODULES_DIR to their folder." >&2; exit 1; fi
 
 # The suite STRESS_RUNS times (default 5) with every core busy: see scripts/stress.sh.
 stress: module

@@ -6,3 +6,4 @@ pub mod conf;
 pub mod handler;
 pub mod module;
 mod reply;
+mod variables;

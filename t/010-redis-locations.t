@@ -199,7 +199,7 @@ SET present "hello\r\nworld"
 
 
 
-=== TEST 6: redis stopped: MISS, backend answers, one connect() error line (backoff)
+=== TEST 6: redis stopped: MISS, backend answers, one error line naming the server (backoff)
 --- log_level: info
 --- config eval
 $::API
@@ -214,10 +214,12 @@ stop_redis();
 X-Cache: MISS
 --- backend_hits: 3
 --- check
-my $re = qr{connect\(\) failed \(111: Connection refused\) while connecting to upstream.*upstream: "redis://127\.0\.0\.1:$TEST_NGINX_REDIS_PORT"};
+my $re = qr{\[info\].*connect\(\) failed \(111: Connection refused\) while connecting to upstream.*upstream: "redis://127\.0\.0\.1:$TEST_NGINX_REDIS_PORT"};
 my $n = error_log_count($re);
-is($n, 1, 'exactly one connect() failed line for fetch + store of 3 requests')
+is($n, 1, 'exactly one connect() failed line (at info) for fetch + store of 3 requests')
     or diag(join "\n", grep { /connect\(\) failed/ } split /\n/, error_log_text());
+$re = qr{\[error\].*stale_cache: redis server 127\.0\.0\.1:$TEST_NGINX_REDIS_PORT failed .* answer 502 for 1000 ms};
+is(error_log_count($re), 1, 'one error line: the server failed, its locations back off');
 is_deeply([nginx_pids()], \@main::WORKERS, 'same master and worker (no crash)');
 --- no_error_log eval
 [qr/\[(alert|crit|emerg)\]/, qr/exited on signal/]
@@ -412,3 +414,80 @@ GET k => v
 [[["GET", "a b\r\nc\0d"], "x\0y\r\nz \$*1"], [["STRLEN", "a b\r\nc\0d"], 10], [["DBSIZE"], 1]]
 --- no_error_log
 [error]
+
+
+
+=== TEST 17: stale_cache_redis_variable with an unknown transformation fails nginx -t
+--- http_config
+    stale_cache_redis_variable $rk $arg_key unescape sha1;
+--- config
+    location = /r { return 200; }
+--- must_die
+--- error_log
+"stale_cache_redis_variable": unknown transformation "sha1", expected "escape", "unescape" or "md5"
+
+
+
+=== TEST 18: stale_cache_redis_variable needs a $name, and one no other directive sets
+--- http_config
+    stale_cache_redis_variable rk $arg_key md5;
+--- config
+    location = /r { return 200; }
+--- must_die
+--- error_log
+"stale_cache_redis_variable": invalid variable name "rk" (expected $name)
+
+
+
+=== TEST 19: stale_cache_redis_variable on a variable that "set" also sets fails nginx -t
+--- http_config
+    stale_cache_redis_variable $rk $arg_key md5;
+--- config
+    location = /r { set $rk x; return 200; }
+--- must_die
+--- error_log
+the duplicate "rk" variable
+
+
+
+=== TEST 20: stale_cache_redis_watch with a bad address fails nginx -t naming the directive
+--- config
+    location = /r { stale_cache_redis_watch 127.0.0.1:99999; return 200; }
+--- must_die
+--- error_log
+"stale_cache_redis_watch": invalid port in "127.0.0.1:99999"
+
+
+
+=== TEST 21: a derived key in the native locations: md5 of the unescaped ?key=, like set-misc
+--- http_config
+    stale_cache_redis_variable $rk $arg_key unescape md5;
+--- config
+    location = /set { stale_cache_redis_pass redis; stale_cache_redis_command SET $rk $arg_v; }
+    location = /get { stale_cache_redis_pass redis; stale_cache_redis_command GET $rk; }
+--- request eval
+["GET /set?key=a%7Cb+c%2F&v=one", "GET /get?key=a%7Cb+c%2F"]
+--- response_body eval
+["+OK\r\n", "one"]
+--- redis_check eval
+[[['GET', Digest::MD5::md5_hex('a|b c/')], 'one']]
+
+
+
+=== TEST 22: $stale_cache_redis_down follows the watched group's backoff only
+--- http_config
+    upstream other { server 127.0.0.1:1; }
+    stale_cache_redis_backoff 30s;   # outlasts the block on a loaded machine
+--- config
+    location = /get { stale_cache_redis_pass redis; stale_cache_redis_command GET k; }
+    location = /down { stale_cache_redis_watch redis; return 200 "down=$stale_cache_redis_down\n"; }
+    location = /other { stale_cache_redis_watch other; return 200 "down=$stale_cache_redis_down\n"; }
+    location = /any { return 200 "down=$stale_cache_redis_down\n"; }
+--- pre
+stop_redis();
+--- request eval
+["GET /down", "GET /get", "GET /down", "GET /other", "GET /any"]
+--- error_code eval
+[200, 502, 200, 200, 200]
+--- response_body eval
+["down=\n", undef, "down=1\n", "down=\n", "down=1\n"]

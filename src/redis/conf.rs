@@ -6,13 +6,14 @@ use core::ptr;
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_t, ngx_http_compile_complex_value, ngx_http_compile_complex_value_t,
-    ngx_http_complex_value_t, ngx_http_upstream_add, ngx_http_upstream_conf_t, ngx_msec_t,
-    ngx_parse_url, ngx_url_t, NGX_CONF_BITMASK_SET, NGX_HTTP_UPSTREAM_FT_ERROR,
-    NGX_HTTP_UPSTREAM_FT_TIMEOUT, NGX_LOG_EMERG,
+    ngx_http_complex_value_t, ngx_http_upstream_add, ngx_http_upstream_conf_t,
+    ngx_http_upstream_srv_conf_t, ngx_msec_t, ngx_parse_url, ngx_url_t, NGX_CONF_BITMASK_SET,
+    NGX_HTTP_UPSTREAM_FT_ERROR, NGX_HTTP_UPSTREAM_FT_TIMEOUT, NGX_LOG_EMERG,
 };
 use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError, NgxHttpCoreModule};
 
 use super::module::RedisModule;
+use crate::keyderive::Transform;
 use crate::nginx::util::{conf_args, conf_error, pool_str, str_bytes, CONF_ERROR, CONF_OK};
 
 /// Defaults of the Redis locations: Redis on loopback answers in well under a millisecond, so
@@ -56,6 +57,9 @@ pub struct RedisConf {
     pub uses_request_body: bool,
     /// `stale_cache_redis_pass` appears in this very location (not inherited).
     pub has_pass: bool,
+    /// `stale_cache_redis_watch`: the server group `$stale_cache_redis_down` reports on;
+    /// null means any group a Redis location uses.
+    pub watch: *mut ngx_http_upstream_srv_conf_t,
 }
 
 impl Default for RedisConf {
@@ -87,6 +91,7 @@ impl Default for RedisConf {
             backoff: UNSET_MSEC,
             uses_request_body: false,
             has_pass: false,
+            watch: ptr::null_mut(),
         }
     }
 }
@@ -140,6 +145,9 @@ impl Merge for RedisConf {
             | NGX_HTTP_UPSTREAM_FT_TIMEOUT) as usize;
         if c.upstream.is_null() {
             c.upstream = p.upstream;
+        }
+        if self.watch.is_null() {
+            self.watch = prev.watch;
         }
         if self.reply == ReplyMode::Unset {
             self.reply = default_reply_mode(&self.commands);
@@ -196,15 +204,38 @@ pub unsafe extern "C" fn set_redis_pass(
     if rcf.has_pass {
         return conf_error(cf, cmd, "is duplicate");
     }
-    let address = conf_args(cfr)[1];
+    let Some(upstream) = server_group(cf, cmd, conf_args(cfr)[1]) else {
+        return CONF_ERROR;
+    };
+    rcf.upstream.upstream = upstream;
+    rcf.has_pass = true;
+
+    let Some(clcf) = NgxHttpCoreModule::location_conf_mut(cfr) else {
+        return CONF_ERROR;
+    };
+    clcf.handler = Some(super::handler::redis_handler);
+    if str_bytes(&clcf.name).last() == Some(&b'/') {
+        clcf.set_auto_redirect(1);
+    }
+    CONF_OK
+}
+
+/// The server group named by `address` (`host:port`, `unix:/path` or an `upstream` name):
+/// the same group every directive naming the same address gets, which is what lets
+/// `stale_cache_redis_watch` find the backoff of the Redis locations' group.
+fn server_group(
+    cf: *mut ngx_conf_t,
+    cmd: &ngx_command_t,
+    address: ngx::ffi::ngx_str_t,
+) -> Option<*mut ngx_http_upstream_srv_conf_t> {
     // SAFETY: ngx_url_t is a plain C struct whose zero state is "nothing parsed yet".
     let mut url: ngx_url_t = unsafe { mem::zeroed() };
     url.url = address;
     url.set_no_resolve(1);
     // Parse once here only to give a message naming the directive; nginx parses it again.
     let mut probe = url;
-    // SAFETY: `probe` is initialised and `cf.pool` is live.
-    if unsafe { ngx_parse_url(cfr.pool, &mut probe) } != 0 {
+    // SAFETY: `probe` is initialised and the configuration's pool is live.
+    if unsafe { ngx_parse_url((*cf).pool, &mut probe) } != 0 {
         let reason = if probe.err.is_null() {
             "invalid address".to_string()
         } else {
@@ -218,24 +249,78 @@ pub unsafe extern "C" fn set_redis_pass(
             reason,
             String::from_utf8_lossy(str_bytes(&address))
         );
-        return conf_error(cf, cmd, &message);
+        conf_error(cf, cmd, &message);
+        return None;
     }
     // SAFETY: as above; ngx_http_upstream_add returns the (possibly shared) server group.
     let upstream = unsafe { ngx_http_upstream_add(cf, &mut url, 0) };
-    if upstream.is_null() {
-        return CONF_ERROR;
-    }
-    rcf.upstream.upstream = upstream;
-    rcf.has_pass = true;
+    (!upstream.is_null()).then_some(upstream)
+}
 
-    let Some(clcf) = NgxHttpCoreModule::location_conf_mut(cfr) else {
+/// `stale_cache_redis_watch host:port | unix:/path | upstream_name;` — in the locations that
+/// use `$stale_cache_redis_down`: which Redis server group it reports on.
+pub unsafe extern "C" fn set_redis_watch(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the configuration being parsed, the command and this module's
+    // location configuration, all valid during the call.
+    let (cfr, cmd, rcf) = unsafe { (&*cf, &*cmd, conf_mut(conf)) };
+    if !rcf.watch.is_null() {
+        return conf_error(cf, cmd, "is duplicate");
+    }
+    match server_group(cf, cmd, conf_args(cfr)[1]) {
+        Some(group) => {
+            rcf.watch = group;
+            CONF_OK
+        }
+        None => CONF_ERROR,
+    }
+}
+
+/// `stale_cache_redis_variable $name value [escape | unescape | md5]...;` (http level):
+/// declares `$name`, evaluated per use as `value` with the transformations applied in order.
+pub unsafe extern "C" fn set_redis_variable(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the configuration being parsed and the command, valid during the
+    // call.
+    let (cfr, cmd) = unsafe { (&*cf, &*cmd) };
+    let args = conf_args(cfr);
+    let name = str_bytes(&args[1]);
+    let Some(name) = name
+        .strip_prefix(b"$")
+        .filter(|n| !n.is_empty() && n.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'_'))
+    else {
+        let message = format!(
+            "invalid variable name \"{}\" (expected $name)",
+            String::from_utf8_lossy(name)
+        );
+        return conf_error(cf, cmd, &message);
+    };
+    let mut steps = Vec::new();
+    for arg in &args[3..] {
+        match Transform::parse(str_bytes(arg)) {
+            Some(step) => steps.push(step),
+            None => {
+                let message = format!(
+                    "unknown transformation \"{}\", expected \"escape\", \"unescape\" or \"md5\"",
+                    String::from_utf8_lossy(str_bytes(arg))
+                );
+                return conf_error(cf, cmd, &message);
+            }
+        }
+    }
+    let Some(value) = compile_complex_value(cf, &args[2]) else {
         return CONF_ERROR;
     };
-    clcf.handler = Some(super::handler::redis_handler);
-    if str_bytes(&clcf.name).last() == Some(&b'/') {
-        clcf.set_auto_redirect(1);
+    match super::variables::declare_derived(cf, name, value, steps) {
+        Ok(()) => CONF_OK,
+        Err(message) => conf_error(cf, cmd, message),
     }
-    CONF_OK
 }
 
 /// `stale_cache_redis_command NAME [ARG...];` — may be repeated; commands are pipelined.

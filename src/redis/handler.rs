@@ -4,23 +4,26 @@
 
 use core::ffi::c_void;
 use core::ptr;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use ngx::core::Pool;
 use ngx::ffi::{
-    ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_complex_value,
-    ngx_http_discard_request_body, ngx_http_read_client_request_body, ngx_http_request_t,
-    ngx_http_upstream_create, ngx_http_upstream_init, ngx_http_upstream_t, ngx_int_t, ngx_msec_t,
-    ngx_str_t, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR,
-    NGX_HTTP_SPECIAL_RESPONSE,
+    ngx_add_timer, ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t,
+    ngx_connection_log_error_e_NGX_ERROR_INFO, ngx_create_temp_buf, ngx_del_timer, ngx_event_t,
+    ngx_http_complex_value, ngx_http_discard_request_body, ngx_http_read_client_request_body,
+    ngx_http_request_t, ngx_http_upstream_create, ngx_http_upstream_init,
+    ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_int_t, ngx_msec_t, ngx_str_t,
+    NGX_HTTP_BAD_GATEWAY, NGX_HTTP_GATEWAY_TIME_OUT, NGX_HTTP_INTERNAL_SERVER_ERROR,
+    NGX_HTTP_SPECIAL_RESPONSE, NGX_LOG_ERR,
 };
 use ngx::http::{HttpModule, HttpModuleLocationConf};
 
 use super::conf::{RedisArg, RedisConf, ReplyMode};
 use super::module::RedisModule;
 use super::reply::{filter, filter_init, process_header};
-use crate::nginx::util::{current_msec, str_bytes, DONE, ERROR, OK};
+use crate::nginx::log::{limited, Every};
+use crate::nginx::util::{current_msec, request_log, str_bytes, DONE, ERROR, OK};
 use crate::resp::{self, BulkBody, ReplyFramer, ValueReader};
 
 /// Where a `value`-mode reply stands while it is read.
@@ -43,6 +46,102 @@ pub(super) struct RedisCtx {
     /// The server answered something unparsable (it is reachable: no backoff).
     pub(super) invalid_reply: core::cell::Cell<bool>,
     pub(super) value: ValueState,
+    pub(super) deadline: Deadline,
+    /// This request is the one trying a server group in backoff.
+    probe: bool,
+}
+
+/// The one deadline of a Redis request. nginx's upstream timeouts are per step and its read
+/// timeout restarts at every read, so a server trickling a reply byte by byte would hold the
+/// request (and the client behind srcache) for as long as it likes. This timer ends the
+/// request `connect_timeout + read_timeout` after it started, whatever it is waiting for.
+#[repr(C)]
+pub(super) struct Deadline {
+    /// First, so the timer handler can go from the event to the whole struct.
+    event: ngx_event_t,
+    request: *mut ngx_http_request_t,
+    /// The deadline ended the request: the server is not answering usefully, as after a
+    /// timeout, so the backoff starts even if a reply had begun.
+    hit: Cell<bool>,
+}
+
+impl Deadline {
+    fn new(request: *mut ngx_http_request_t) -> Self {
+        Deadline {
+            // SAFETY: ngx_event_t is a plain C struct; zeroed is its initial, unarmed state.
+            event: unsafe { core::mem::zeroed() },
+            request,
+            hit: Cell::new(false),
+        }
+    }
+
+    /// Starts the timer once per request (retries on another server share the deadline).
+    fn arm(&mut self, r: &ngx_http_request_t, total: ngx_msec_t) {
+        if self.event.timer_set() != 0 || self.event.handler.is_some() {
+            return;
+        }
+        // nginx's debug log reads the connection behind a timer's data.
+        self.event.data = r.connection as *mut c_void;
+        self.event.log = request_log(r);
+        self.event.handler = Some(deadline_handler);
+        self.event.set_cancelable(1);
+        // SAFETY: the event lives in the request's ctx, whose drop (pool cleanup) and the
+        // upstream's finalization both remove the timer before the memory goes.
+        unsafe { ngx_add_timer(&mut self.event, total.max(1)) };
+    }
+
+    fn disarm(&mut self) {
+        if self.event.timer_set() != 0 {
+            // SAFETY: the event is ours and armed; removing it only touches nginx's tree.
+            unsafe { ngx_del_timer(&mut self.event) };
+        }
+    }
+}
+
+impl Drop for Deadline {
+    fn drop(&mut self) {
+        self.disarm();
+    }
+}
+
+/// The deadline passed: end the request through nginx's own read-timeout path, so the
+/// upstream is finalized (504 before a reply began, a cut-off body after) the usual way.
+unsafe extern "C" fn deadline_handler(ev: *mut ngx_event_t) {
+    // SAFETY: the event is the first field of a live Deadline (repr(C)); see Deadline::arm.
+    let deadline = unsafe { &*(ev as *const Deadline) };
+    // SAFETY: the request outlives its ctx, and with it this armed timer.
+    let req = unsafe { &*deadline.request };
+    if req.upstream.is_null() {
+        return;
+    }
+    // SAFETY: the upstream of a live request.
+    let u = unsafe { &*req.upstream };
+    let c = u.peer.connection;
+    if c.is_null() {
+        return;
+    }
+    deadline.hit.set(true);
+    let conf = conf_of(req);
+    limited(
+        request_log(req),
+        NGX_LOG_ERR,
+        "redis deadline",
+        Every::Interval,
+        format_args!(
+            "stale_cache: redis server {} sent no complete reply within {} ms, giving up",
+            peer_name(u),
+            conf.upstream.connect_timeout + conf.upstream.read_timeout
+        ),
+    );
+    // SAFETY: `c` is the upstream's live connection; its read handler is nginx's upstream
+    // handler, which checks `timedout` first and finalizes the request.
+    unsafe {
+        let rev = (*c).read;
+        (*rev).set_timedout(1);
+        if let Some(handler) = (*rev).handler {
+            handler(rev);
+        }
+    }
 }
 
 /// The location's settings, valid for the whole configuration cycle (ngx's accessor).
@@ -58,16 +157,117 @@ pub(super) fn peer_name(u: &ngx_http_upstream_t) -> String {
     String::from_utf8_lossy(str_bytes(unsafe { &*u.peer.name })).into_owned()
 }
 
-thread_local! {
-    /// Per worker and Redis server group: after a connect failure or timeout, every location
-    /// using the group answers 502 at once until this time (srcache's fetch and store
-    /// locations share one outage, and its one log line).
-    static DOWN_UNTIL: RefCell<HashMap<usize, ngx_msec_t>> = RefCell::new(HashMap::new());
+/// A server group's state in this worker after a failure (absent: up).
+#[derive(Clone, Copy)]
+struct Backoff {
+    /// Until then, every location using the group answers 502 without trying.
+    until: ngx_msec_t,
+    /// Once `until` has passed, one request (the probe) tries the server while the others
+    /// still answer 502; set when it started, 0 when none runs.
+    probe_since: ngx_msec_t,
+    /// How long a probe may run before another may start (a probe whose request never
+    /// reached the upstream finalizer must not keep the group down for ever).
+    probe_limit: ngx_msec_t,
 }
 
-fn down_until(conf: &RedisConf) -> ngx_msec_t {
-    let group = conf.upstream.upstream as usize;
-    DOWN_UNTIL.with(|d| d.borrow().get(&group).copied().unwrap_or(0))
+impl Backoff {
+    fn probing(&self, now: ngx_msec_t) -> bool {
+        self.probe_since != 0 && now.wrapping_sub(self.probe_since) < self.probe_limit
+    }
+
+    /// Whether requests are answered 502 without trying the server.
+    fn refusing(&self, now: ngx_msec_t) -> bool {
+        now < self.until || self.probing(now)
+    }
+}
+
+thread_local! {
+    /// Per worker and Redis server group: after a connect failure or timeout, every location
+    /// using the group answers 502 at once (srcache's fetch and store locations share one
+    /// outage, and its one log line), then one request at a time probes the server.
+    static BACKOFF: RefCell<HashMap<usize, Backoff>> = RefCell::new(HashMap::new());
+}
+
+fn group_of(conf: &RedisConf) -> usize {
+    conf.upstream.upstream as usize
+}
+
+/// What a request to `conf`'s group does now: `None` to answer 502 at once, `Some(probe)` to
+/// go to the server (`probe`: it is the one request trying a group in backoff).
+fn admit(conf: &RedisConf) -> Option<bool> {
+    let now = current_msec();
+    BACKOFF.with(|b| {
+        let mut b = b.borrow_mut();
+        let Some(state) = b.get_mut(&group_of(conf)) else {
+            return Some(false);
+        };
+        if state.refusing(now) {
+            return None;
+        }
+        state.probe_since = now.max(1);
+        Some(true)
+    })
+}
+
+/// Whether this worker's Redis locations of `group` (null: of any group) answer 502 without
+/// asking Redis right now (`$stale_cache_redis_down`).
+pub(super) fn group_down(group: *mut ngx_http_upstream_srv_conf_t) -> bool {
+    let now = current_msec();
+    BACKOFF.with(|b| {
+        let b = b.borrow();
+        if group.is_null() {
+            b.values().any(|state| state.refusing(now))
+        } else {
+            b.get(&(group as usize))
+                .is_some_and(|state| state.refusing(now))
+        }
+    })
+}
+
+/// A request to the group failed (connect, timeout, deadline): refuse for `backoff`. The
+/// failure that ends a working period is logged; a failed probe (the server is still down)
+/// is logged once per log interval; the requests in flight with either fail quietly
+/// (nginx's own line for each is at info, see redis_handler).
+fn start_backoff(r: &ngx_http_request_t, u: &ngx_http_upstream_t, conf: &RedisConf) {
+    let now = current_msec();
+    let previous = BACKOFF.with(|b| {
+        b.borrow_mut().insert(
+            group_of(conf),
+            Backoff {
+                until: now + conf.backoff,
+                probe_since: 0,
+                probe_limit: conf.backoff
+                    + conf.upstream.connect_timeout
+                    + conf.upstream.send_timeout
+                    + conf.upstream.read_timeout,
+            },
+        )
+    });
+    let message = format_args!(
+        "stale_cache: redis server {} failed (connection refused, reset or timed out); its \
+         locations answer 502 for {} ms at a time until one request gets through",
+        peer_name(u),
+        conf.backoff
+    );
+    match previous {
+        None => {
+            ngx::ngx_log_error!(NGX_LOG_ERR, request_log(r), "{}", message);
+        }
+        Some(state) if now >= state.until => limited(
+            request_log(r),
+            NGX_LOG_ERR,
+            "redis still down",
+            Every::Interval,
+            message,
+        ),
+        // Already in backoff: a request that was in flight when the server went away.
+        Some(_) => {}
+    }
+}
+
+/// A request reached the server and got an answer: the group is up again.
+fn end_backoff(conf: &RedisConf) {
+    BACKOFF.with(|b| b.borrow_mut().remove(&group_of(conf)));
 }
 
 /// Content handler of a location with `stale_cache_redis_pass`.
@@ -78,13 +278,13 @@ pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
 
     // A server that just failed is not asked again for `backoff`: one log line per outage
     // instead of one per request, and callers fail over at once instead of after a timeout.
-    if current_msec() < down_until(conf) {
+    let Some(probe) = admit(conf) else {
         if conf.uses_request_body {
             // SAFETY: live request; discarding is how a handler refuses a body.
             unsafe { ngx_http_discard_request_body(r) };
         }
         return NGX_HTTP_BAD_GATEWAY as ngx_int_t;
-    }
+    };
 
     // SAFETY: live request; creates r->upstream from the request pool.
     if unsafe { ngx_http_upstream_create(r) } != OK {
@@ -93,6 +293,11 @@ pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
     // SAFETY: ngx_http_upstream_create just set a valid r->upstream.
     let u = unsafe { &mut *req.upstream };
     u.schema = ngx::ngx_string!("redis://");
+    // nginx logs every failed connect/recv/send of an upstream at error level: during an
+    // outage, one line per request in flight. Those go to info; the failure that starts the
+    // backoff is logged once by start_backoff.
+    u.peer
+        .set_log_error(ngx_connection_log_error_e_NGX_ERROR_INFO);
     u.output.tag = RedisModule::module() as *const _ as *mut c_void;
     u.conf = &conf.upstream as *const _ as *mut _;
     u.create_request = Some(create_request);
@@ -108,8 +313,10 @@ pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
         mode: conf.reply,
         commands: conf.commands.len(),
         framer: ReplyFramer::new(),
-        invalid_reply: core::cell::Cell::new(false),
+        invalid_reply: Cell::new(false),
         value: ValueState::new(conf.commands.len()),
+        deadline: Deadline::new(r),
+        probe,
     });
     if ctx.is_null() {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
@@ -237,6 +444,10 @@ unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
     let req = unsafe { &mut *r };
     let conf = conf_of(req);
     let pool = req.pool;
+    let total = conf.upstream.connect_timeout + conf.upstream.read_timeout;
+    // SAFETY: r->upstream is set while the upstream framework drives this request.
+    let u = unsafe { &*req.upstream };
+    ctx_of(u).deadline.arm(req, total);
     let mut head: *mut ngx_chain_t = ptr::null_mut();
     let mut tail: *mut *mut ngx_chain_t = &mut head;
     let mut pending: Vec<u8> = Vec::with_capacity(256);
@@ -326,19 +537,25 @@ pub(super) fn set_status(u: &mut ngx_http_upstream_t, status: u32, content_lengt
 unsafe extern "C" fn abort_request(_r: *mut ngx_http_request_t) {}
 
 unsafe extern "C" fn finalize_request(r: *mut ngx_http_request_t, rc: ngx_int_t) {
-    // A failure before any reply (refused, unreachable, timed out) opens the backoff window.
-    if rc == NGX_HTTP_BAD_GATEWAY as ngx_int_t || rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t {
-        // SAFETY: called by the upstream framework with a live request and upstream.
-        let req = unsafe { &*r };
-        // SAFETY: as above, the upstream is set while the framework finalizes it.
-        let u = unsafe { &*req.upstream };
-        let ctx = u.input_filter_ctx as *const RedisCtx;
-        // SAFETY: when set, the ctx redis_handler allocated in the request pool.
-        let invalid = !ctx.is_null() && unsafe { (*ctx).invalid_reply.get() };
-        if u.headers_in.status_n == 0 && !invalid {
-            let conf = conf_of(req);
-            let group = conf.upstream.upstream as usize;
-            DOWN_UNTIL.with(|d| d.borrow_mut().insert(group, current_msec() + conf.backoff));
-        }
+    // SAFETY: called by the upstream framework with a live request and upstream.
+    let req = unsafe { &*r };
+    // SAFETY: as above, the upstream is set while the framework finalizes it.
+    let u = unsafe { &*req.upstream };
+    let ctx = u.input_filter_ctx as *mut RedisCtx;
+    // SAFETY: when set, the ctx redis_handler allocated in the request pool.
+    let Some(ctx) = (unsafe { ctx.as_mut() }) else {
+        return;
+    };
+    ctx.deadline.disarm();
+    let conf = conf_of(req);
+    // A failure before any reply (refused, unreachable, timed out), or a reply that did not
+    // arrive by the deadline, opens the backoff window.
+    let failed =
+        rc == NGX_HTTP_BAD_GATEWAY as ngx_int_t || rc == NGX_HTTP_GATEWAY_TIME_OUT as ngx_int_t;
+    if ctx.deadline.hit.get() || (failed && u.headers_in.status_n == 0 && !ctx.invalid_reply.get())
+    {
+        start_backoff(req, u, conf);
+    } else if ctx.probe || u.headers_in.status_n != 0 {
+        end_backoff(conf);
     }
 }

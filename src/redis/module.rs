@@ -5,13 +5,16 @@ use core::ptr;
 
 use ngx::ffi::{
     ngx_command_t, ngx_conf_set_msec_slot, ngx_conf_set_size_slot, ngx_http_module_t, ngx_module_t,
-    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF,
+    ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_2MORE, NGX_CONF_TAKE1, NGX_HTTP_LOC_CONF,
     NGX_HTTP_LOC_CONF_OFFSET, NGX_HTTP_MAIN_CONF, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::HttpModule;
 use ngx::ngx_string;
 
-use super::conf::{merge_loc_conf, set_redis_command, set_redis_pass, set_redis_reply, RedisConf};
+use super::conf::{
+    merge_loc_conf, set_redis_command, set_redis_pass, set_redis_reply, set_redis_variable,
+    set_redis_watch, RedisConf,
+};
 
 /// The Redis locations as an nginx HTTP module.
 pub struct RedisModule;
@@ -25,7 +28,7 @@ impl HttpModule for RedisModule {
 }
 
 static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
-    preconfiguration: None,
+    preconfiguration: Some(preconfiguration),
     postconfiguration: None,
     create_main_conf: None,
     init_main_conf: None,
@@ -34,6 +37,13 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     create_loc_conf: Some(RedisModule::create_loc_conf),
     merge_loc_conf: Some(merge_loc_conf),
 };
+
+unsafe extern "C" fn preconfiguration(cf: *mut ngx::ffi::ngx_conf_t) -> ngx::ffi::ngx_int_t {
+    match super::variables::declare(cf) {
+        Some(()) => crate::nginx::util::OK,
+        None => crate::nginx::util::ERROR,
+    }
+}
 
 const ANY_LEVEL: ngx_uint_t = (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF) as _;
 const LOCATION: ngx_uint_t = NGX_HTTP_LOC_CONF as _;
@@ -62,7 +72,7 @@ const fn msec(name: ngx_str_t, offset: usize) -> ngx_command_t {
     directive(name, ANY_LEVEL | TAKE1, ngx_conf_set_msec_slot, offset)
 }
 
-static mut COMMANDS: [ngx_command_t; 9] = [
+static mut COMMANDS: [ngx_command_t; 11] = [
     directive(
         ngx_string!("stale_cache_redis_pass"),
         LOCATION | TAKE1,
@@ -103,6 +113,20 @@ static mut COMMANDS: [ngx_command_t; 9] = [
         ngx_conf_set_size_slot,
         offset_of!(RedisConf, upstream.buffer_size),
     ),
+    directive(
+        ngx_string!("stale_cache_redis_watch"),
+        ANY_LEVEL | TAKE1,
+        set_redis_watch,
+        0,
+    ),
+    ngx_command_t {
+        name: ngx_string!("stale_cache_redis_variable"),
+        type_: (NGX_HTTP_MAIN_CONF | NGX_CONF_2MORE) as ngx_uint_t,
+        set: Some(set_redis_variable),
+        conf: 0,
+        offset: 0,
+        post: ptr::null_mut(),
+    },
     ngx_command_t::empty(),
 ];
 
