@@ -45,7 +45,7 @@ CARGO := NGINX_SOURCE_DIR=$(NGINX_SOURCE_DIR) NGINX_BUILD_DIR=$(NGINX_BUILD_DIR)
 MODULE_SO := $(BUILD)/ngx_http_stale_cache_module.so
 CARGO_SO := $(ROOT)/target/$(CARGO_PROFILE_DIR)/libngx_http_stale_cache_module.so
 
-.PHONY: all deps module test unit prove check-test-nginx stress run bench bench-smoke lint deb clean
+.PHONY: all deps module test unit prove check-test-nginx stress run bench bench-smoke lint deb fuzz clean
 
 all: module
 
@@ -116,6 +116,21 @@ deb: deps
 	$(if $(filter file,$(origin NGINX_SOURCE_DIR)),,$(error make deb packages the module built against the packaged nginx; unset NGINX_SOURCE_DIR))
 	$(MAKE) module PROFILE=release
 	scripts/build-deb.sh $(MODULE_SO) $(BUILD)
+
+# Coverage-guided fuzzing of the RESP reader (fuzz/, see README). Not part of `test`: it
+# needs nightly and runs for minutes. One fuzzer process at a time, FUZZ_SECONDS per
+# target; new inputs go to fuzz/corpus (ignored by git), crashes to fuzz/artifacts.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= framer value_reader bulk_body parse_reply integer_reply
+
+fuzz:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	cd fuzz && for target in $(FUZZ_TARGETS); do \
+	  mkdir -p corpus/$$target && \
+	  cargo +nightly fuzz run $$target corpus/$$target seeds/$$target -- \
+	    -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 || exit 1; \
+	done
 
 clean:
 	cargo clean
