@@ -30,6 +30,13 @@ sub stock {
     return $server;
 }
 
+# The http-level lines of nginx-conf/$file the server needs (the module's key variables).
+sub stock_http {
+    my ($file) = @_;
+    my $text = Test::StaleCache::slurp("nginx-conf/$file") // die "nginx-conf/$file: $!";
+    return $::HTTP . join '', map { "$_\n" } $text =~ /^(\s*stale_cache_redis_variable [^\n]*)$/mg;
+}
+
 sub check_set_cookie {
     is(backend_hits('/api/sc'), 2, 'both requests went to the backend');
     is(redis('EXISTS', redis_key('/api/sc')), 0, 'nothing stored for the Set-Cookie response');
@@ -50,7 +57,7 @@ run_tests();
 __DATA__
 
 === TEST 1: stock-debian.conf: a response with Set-Cookie is not stored
---- http_config eval: $::HTTP
+--- http_config eval: ::stock_http('stock-debian.conf')
 --- config eval: ::stock('stock-debian.conf')
 --- pre
 backend_config('/api/sc', header => ['Set-Cookie: session=alice']);
@@ -64,7 +71,7 @@ check_set_cookie();
 
 
 === TEST 2: drop-in-redis2.conf: same
---- http_config eval: $::HTTP
+--- http_config eval: ::stock_http('drop-in-redis2.conf')
 --- config eval: ::stock('drop-in-redis2.conf')
 --- pre
 backend_config('/api/sc', header => ['Set-Cookie: session=alice']);
@@ -78,7 +85,7 @@ check_set_cookie();
 
 
 === TEST 3: stock-debian.conf: 100 requests reuse kept-alive backend connections
---- http_config eval: $::HTTP
+--- http_config eval: ::stock_http('stock-debian.conf')
 --- config eval: ::stock('stock-debian.conf')
 --- request eval
 [map { "GET /api/ka$_" } 1 .. 100]
@@ -88,7 +95,7 @@ check_keepalive();
 
 
 === TEST 4: drop-in-redis2.conf: same
---- http_config eval: $::HTTP
+--- http_config eval: ::stock_http('drop-in-redis2.conf')
 --- config eval: ::stock('drop-in-redis2.conf')
 --- request eval
 [map { "GET /api/ka$_" } 1 .. 100]
@@ -98,7 +105,7 @@ check_keepalive();
 
 
 === TEST 5: POST in $cache_methods without srcache_methods: collapsed but not cached, reported once
---- http_config eval: $::HTTP
+--- http_config eval: ::stock_http('stock-debian.conf')
 --- config eval: ::stock('stock-debian.conf', 'set $cache_methods "GET POST";')
 --- request eval
 ["POST /api/p\nx", "POST /api/p\nx"]
@@ -110,7 +117,7 @@ is(error_log_count(qr/\$cache_methods lists POST but srcache did not store the P
 
 
 === TEST 6: with srcache_methods GET HEAD POST the POST is cached, nothing reported
---- http_config eval: $::HTTP
+--- http_config eval: ::stock_http('stock-debian.conf')
 --- config eval: ::stock('stock-debian.conf', 'set $cache_methods "GET POST"; srcache_methods GET HEAD POST;')
 --- request eval
 ["POST /api/p\nx", "POST /api/p\nx"]
