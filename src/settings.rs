@@ -78,11 +78,14 @@ pub enum Var {
     /// `$cache_pass_ttl`: how long a key whose fill was not stored is passed to the backend
     /// without collapsing (hit-for-miss); 0 turns pass marks off (new).
     PassTtl,
+    /// `$cache_purge`: internal location answering Redis `DEL` for `?key=...`, or `off`;
+    /// what `stale_cache_purge` deletes the entry through (new).
+    Purge,
 }
 
 impl Var {
     /// Number of variables.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Every variable, in index order.
     pub const ALL: [Var; Var::COUNT] = [
@@ -99,6 +102,7 @@ impl Var {
         Var::LockTimeoutWait,
         Var::SkipFetch,
         Var::PassTtl,
+        Var::Purge,
     ];
 
     /// The variable's name without the `$`, as nginx looks it up.
@@ -117,6 +121,7 @@ impl Var {
             Var::LockTimeoutWait => "cache_lock_timeout_wait",
             Var::SkipFetch => "cache_skip_fetch",
             Var::PassTtl => "cache_pass_ttl",
+            Var::Purge => "cache_purge",
         }
     }
 
@@ -464,6 +469,8 @@ pub struct Settings {
     pub skip_fetch: Vec<u8>,
     /// How long a key whose fill was not stored skips collapsing (`$cache_pass_ttl`); 0: never.
     pub pass_ttl_ms: u64,
+    /// Location answering Redis `DEL`, `None` when off (`$cache_purge`).
+    pub purge_uri: Option<Vec<u8>>,
 }
 
 impl Settings {
@@ -502,6 +509,11 @@ impl Settings {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
             Some(v) => Some(parse_uri(Var::Expire, v, true)?.to_vec()),
+        };
+        let purge_uri = match vars.get(Var::Purge) {
+            None => None,
+            Some(v) if v.eq_ignore_ascii_case(b"off") => None,
+            Some(v) => Some(parse_uri(Var::Purge, v, true)?.to_vec()),
         };
         let methods = match vars.get(Var::Methods) {
             None => Methods::default(),
@@ -549,6 +561,7 @@ impl Settings {
             lock_timeout_wait_ms: duration(Var::LockTimeoutWait, DEFAULT_LOCK_TIMEOUT_WAIT_MS)?,
             skip_fetch,
             pass_ttl_ms: duration(Var::PassTtl, DEFAULT_PASS_TTL_MS)?,
+            purge_uri,
         }))
     }
 
@@ -563,6 +576,7 @@ impl Settings {
         uri == self.ttl_uri.as_slice()
             || self.persist_uri.as_deref() == Some(uri)
             || self.expire_uri.as_deref() == Some(uri)
+            || self.purge_uri.as_deref() == Some(uri)
     }
 }
 

@@ -51,6 +51,8 @@ pub struct StaleCacheConf {
     /// `stale_cache_refresh_address`: where refresh requests go instead of the listener the
     /// client came in on.
     pub refresh_target: Option<RefreshTarget>,
+    /// `stale_cache_purge`: the methods that purge the URL's entry (empty: `off`).
+    pub purge_methods: Option<Vec<Vec<u8>>>,
 }
 
 impl Default for StaleCacheConf {
@@ -60,6 +62,7 @@ impl Default for StaleCacheConf {
             memo: -1,
             skip_header: None,
             refresh_target: None,
+            purge_methods: None,
         }
     }
 }
@@ -91,6 +94,9 @@ impl Merge for StaleCacheConf {
         }
         if self.refresh_target.is_none() {
             self.refresh_target = prev.refresh_target.clone();
+        }
+        if self.purge_methods.is_none() {
+            self.purge_methods = prev.purge_methods.clone();
         }
         Ok(())
     }
@@ -144,7 +150,7 @@ fn check_literal_variables(cf: *mut ngx_conf_t) -> Result<(), String> {
             continue;
         }
         check_literal(var, &value).map_err(|e| e.to_string())?;
-        let location_var = matches!(var, Var::Ttl | Var::Persist | Var::Expire);
+        let location_var = matches!(var, Var::Ttl | Var::Persist | Var::Expire | Var::Purge);
         // SAFETY: merge runs with a valid configuration context.
         let cfr = unsafe { &*cf };
         if location_var && !value.eq_ignore_ascii_case(b"off") && !reaches_a_location(cfr, &value) {

@@ -10,6 +10,7 @@ use super::conf::StaleCacheConf;
 use super::sender::{self, RefreshOutcome, RefreshTarget};
 use super::state::{self, RequestState};
 use super::waiters::{release, HeldLock};
+use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{live_headers, request_log, str_bytes};
 use crate::replay::Replay;
@@ -147,6 +148,7 @@ pub fn send(pending: PendingRefresh) {
         target.name
     );
     let (restore_target, restore_uri) = (target.clone(), uri.clone());
+    super::metrics::count(Some(lock.zone), Counter::RefreshesSent);
     sender::start(
         &target,
         request,
@@ -155,6 +157,12 @@ pub fn send(pending: PendingRefresh) {
         timeout,
         Box::new(move |outcome: &RefreshOutcome, _ms| {
             let ok = matches!(outcome, RefreshOutcome::Status(s) if (200..300).contains(s));
+            let counter = if ok {
+                Counter::RefreshesSucceeded
+            } else {
+                Counter::RefreshesFailed
+            };
+            super::metrics::count(Some(lock.zone), counter);
             release(&lock, ok);
             if let (false, Some(bytes)) = (ok, restore) {
                 // The key was PERSISTed for this refresh, which failed: without its expiry
