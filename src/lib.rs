@@ -6,9 +6,11 @@
 //! `nginx` (shared plumbing), `stale` (the stale/collapse layer) and `redis` (the Redis
 //! locations), left out of test builds.
 
+pub mod cache_status;
 pub mod collapse;
 pub mod keyderive;
 pub mod locktable;
+pub mod metrics;
 pub mod policy;
 pub mod replay;
 pub mod resp;

@@ -422,6 +422,17 @@ pub enum MemoOutcome {
     Full,
 }
 
+/// What [`LockTable::forget`] found live.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Forgotten {
+    /// A freshness memo, now dropped.
+    pub memo: bool,
+    /// A pass mark, now dropped.
+    pub pass_mark: bool,
+    /// A lock, kept.
+    pub locked: bool,
+}
+
 /// Table counters, read in constant time (e.g. for metrics). Event counts
 /// start at 0 when the table is laid out or rebuilt.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -1066,6 +1077,27 @@ impl<'a> LockTable<'a> {
                 t.reclaim_if_garbage(idx, now_ms)?;
             }
             Ok(left)
+        })
+    }
+
+    /// Forgets what the table knows of `fp`'s entry (a purge): its memo, its
+    /// pass mark and the memory of its last store. A held lock stays: its
+    /// holder releases it and its waiters depend on it. Returns what was live.
+    pub fn forget(&mut self, fp: Fingerprint, now_ms: u64) -> Forgotten {
+        self.guarded(Forgotten::default(), |t| {
+            let Some(idx) = t.find(fp)? else {
+                return Ok(Forgotten::default());
+            };
+            let slot = &mut t.slots[idx];
+            let gone = Forgotten {
+                memo: slot.memo_live(now_ms),
+                pass_mark: slot.pass_left(now_ms).is_some(),
+                locked: slot.live_lock(now_ms).is_some(),
+            };
+            slot.fresh_until_ms = 0;
+            slot.set_fill(FILL_NONE, 0);
+            t.reclaim_if_garbage(idx, now_ms)?;
+            Ok(gone)
         })
     }
 
@@ -2266,6 +2298,41 @@ mod tests {
             t.try_lock_as(k, req(FILL, 2, 10, 30_000, 50), 250, alive),
             LockAttempt::Acquired(TakeOver::Free)
         );
+    }
+
+    #[test]
+    fn forget_drops_memo_mark_and_store_memory_but_not_locks() {
+        let mut region = Region::with_slots(64);
+        let mut t = region.init(1);
+        let (a, b, c) = (key(1), key(2), key(3));
+        assert_eq!(t.forget(a, 1_000), Forgotten::default());
+        t.memo_set(a, 9_000, 1_000);
+        assert_eq!(
+            t.forget(a, 1_000),
+            Forgotten {
+                memo: true,
+                ..Forgotten::default()
+            }
+        );
+        assert_eq!(t.memo_get(a, 1_001), None);
+        assert_eq!(t.len(), 0);
+        t.pass_set(b, 5_000, 1_000);
+        assert!(t.forget(b, 1_100).pass_mark);
+        assert_eq!(t.pass_left_ms(b, 1_200), None);
+        assert_eq!(t.len(), 0);
+        // A fill under way keeps its lock; the memory of a store is dropped so a request
+        // that looked up before the purge does not take the entry for just filled.
+        t.try_lock_as(c, req(FILL, 1, 10, 30_000, 0), 1_000, alive);
+        t.memo_set(c, 9_000, 1_000);
+        let gone = t.forget(c, 1_100);
+        assert!(gone.locked && gone.memo);
+        assert!(t.lock_state(c, 1_100).is_some());
+        assert!(t.unlock(c, token(1), 1_200, true));
+        assert_eq!(t.last_store_ms(c, 1_300), Some(1_200));
+        assert!(!t.forget(c, 1_300).locked);
+        assert_eq!(t.last_store_ms(c, 1_300), None);
+        assert_eq!(t.len(), 0);
+        assert!(t.verify().is_ok());
     }
 
     #[test]

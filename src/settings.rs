@@ -81,11 +81,14 @@ pub enum Var {
     /// `$cache_stale_if_error`: the last seconds of an entry's Redis life kept for backend
     /// errors (stale-if-error); `off` or 0 by default (new).
     StaleIfError,
+    /// `$cache_purge`: internal location answering Redis `DEL` for `?key=...`, or `off`;
+    /// what `stale_cache_purge` deletes the entry through (new).
+    Purge,
 }
 
 impl Var {
     /// Number of variables.
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
 
     /// Every variable, in index order.
     pub const ALL: [Var; Var::COUNT] = [
@@ -103,6 +106,7 @@ impl Var {
         Var::SkipFetch,
         Var::PassTtl,
         Var::StaleIfError,
+        Var::Purge,
     ];
 
     /// The variable's name without the `$`, as nginx looks it up.
@@ -122,6 +126,7 @@ impl Var {
             Var::SkipFetch => "cache_skip_fetch",
             Var::PassTtl => "cache_pass_ttl",
             Var::StaleIfError => "cache_stale_if_error",
+            Var::Purge => "cache_purge",
         }
     }
 
@@ -472,6 +477,8 @@ pub struct Settings {
     /// The error grace band at the end of an entry's life, in whole seconds rounded up
     /// (`$cache_stale_if_error`); 0: none.
     pub grace_secs: u64,
+    /// Location answering Redis `DEL`, `None` when off (`$cache_purge`).
+    pub purge_uri: Option<Vec<u8>>,
 }
 
 impl Settings {
@@ -510,6 +517,11 @@ impl Settings {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
             Some(v) => Some(parse_uri(Var::Expire, v, true)?.to_vec()),
+        };
+        let purge_uri = match vars.get(Var::Purge) {
+            None => None,
+            Some(v) if v.eq_ignore_ascii_case(b"off") => None,
+            Some(v) => Some(parse_uri(Var::Purge, v, true)?.to_vec()),
         };
         let methods = match vars.get(Var::Methods) {
             None => Methods::default(),
@@ -561,6 +573,7 @@ impl Settings {
                 Some(v) if v.eq_ignore_ascii_case(b"off") => 0,
                 _ => duration(Var::StaleIfError, 0)?.div_ceil(1000),
             },
+            purge_uri,
         }))
     }
 
@@ -575,6 +588,7 @@ impl Settings {
         uri == self.ttl_uri.as_slice()
             || self.persist_uri.as_deref() == Some(uri)
             || self.expire_uri.as_deref() == Some(uri)
+            || self.purge_uri.as_deref() == Some(uri)
     }
 }
 

@@ -11,6 +11,7 @@ use core::cell::Cell;
 use core::ptr;
 
 use crate::locktable::{Fingerprint, LayoutError, LockTable};
+use crate::metrics::{self, Counters};
 
 const NGX_OK: ngx_int_t = 0;
 const NGX_ERROR: ngx_int_t = -1;
@@ -35,6 +36,19 @@ impl Zone {
             }
         };
         Some(Fingerprint::of(seed, key))
+    }
+
+    /// The zone's counters (atomics, used without the mutex); `None` before the zone is
+    /// mapped.
+    pub fn counters(&self) -> Option<&Counters> {
+        // SAFETY: `shm` is the zone nginx created for this configuration (see with_table).
+        let data = unsafe { (*self.shm).data };
+        if data.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null `data` is the block init_zone made, whose counters it laid out
+        // (or checked, on reuse) before any worker ran; the block stays mapped for the cycle.
+        Some(unsafe { &*counters_of(data as *mut u8) })
     }
 
     /// Runs `f` on the table and `key`'s fingerprint, hashed before the mutex is taken.
@@ -141,8 +155,34 @@ unsafe fn check_reused(region: *mut u8, len: usize) -> Result<Option<LayoutError
     Ok(Some(why))
 }
 
-/// The zone block starts with the table's length; the table follows, aligned.
+/// The zone block starts with the table's length and the counters' magic; the table follows,
+/// aligned, then the counters block.
 const PREFIX: usize = 64;
+
+/// The counters block of a zone block made by `init_zone`: after the table.
+///
+/// # Safety
+/// `block` must be the block `init_zone` allocated and prefixed.
+unsafe fn counters_of(block: *mut u8) -> *const Counters {
+    // SAFETY: (caller) as for table_region; the counters follow the table.
+    unsafe {
+        let (region, len) = table_region(block);
+        region.add(len) as *const Counters
+    }
+}
+
+/// Whether a block from the running configuration has this build's counters: the magic in
+/// its prefix, and a valid block after the table.
+///
+/// # Safety
+/// `block` must be a block `init_zone` (of any build) allocated and prefixed.
+unsafe fn has_counters(block: *mut u8) -> bool {
+    // SAFETY: (caller) the prefix is PREFIX bytes; older builds left its second word unused
+    // (never metrics::MAGIC); only when it is set do the counters follow the table.
+    unsafe {
+        (block as *const u64).add(1).read() == metrics::MAGIC && (*counters_of(block)).is_valid()
+    }
+}
 
 /// The table region inside a zone block made by `init_zone`.
 ///
@@ -162,7 +202,20 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
         // Reload with an unchanged size: the old mapping and its table carry over, if this
         // module version reads the same layout (else the reload fails and says why), after a
         // full check: a worker that died mid-update may have left it inconsistent.
-        // SAFETY: `data` is the block this function made for the previous cycle.
+        let name = String::from_utf8_lossy(crate::nginx::util::str_bytes(&zone.shm.name));
+        // SAFETY: `data` is the block this function (of this or another build) made for the
+        // previous cycle.
+        if !unsafe { has_counters(data as *mut u8) } {
+            ngx::ngx_log_error!(
+                ngx::ffi::NGX_LOG_EMERG,
+                zone.shm.log,
+                "stale_cache: zone \"{}\" from the running configuration has another layout \
+                 (no counters block); restart nginx instead of reloading it",
+                name
+            );
+            return NGX_ERROR;
+        }
+        // SAFETY: as above.
         let (region, len) = unsafe { table_region(data as *mut u8) };
         // SAFETY: on reuse nginx maps the old zone at `shm.addr`, with the slab pool (and its
         // mutex) the previous cycle initialised; addr_of_mut makes no reference.
@@ -174,7 +227,6 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
         let checked = unsafe { check_reused(region, len) };
         // SAFETY: the mutex locked above.
         unsafe { ngx_shmtx_unlock(mutex) };
-        let name = String::from_utf8_lossy(crate::nginx::util::str_bytes(&zone.shm.name));
         match checked {
             Ok(None) => {}
             Ok(Some(why)) => {
@@ -219,14 +271,19 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
     if region.is_null() {
         return NGX_ERROR;
     }
-    let table_len = bytes - PREFIX;
+    let table_len = bytes - PREFIX - metrics::BLOCK_SIZE;
     // SAFETY: `region` is a fresh, page-aligned allocation of `bytes` bytes owned by this
-    // zone: the prefix holds the length, the table the rest.
+    // zone: the prefix holds the length and the counters' magic, the table follows, the
+    // counters block (8-aligned: both sizes are multiples of 8) ends it.
     unsafe {
         (region as *mut usize).write(table_len);
+        (region as *mut u64).add(1).write(metrics::MAGIC);
         if LockTable::init_raw(region.add(PREFIX), table_len, random_seed()).is_err() {
             return NGX_ERROR;
         }
+        let counters = region.add(PREFIX + table_len) as *mut Counters;
+        counters.write_bytes(0, 1);
+        (*counters).init();
     }
     pool.data = region as *mut c_void;
     zone.data = region as *mut c_void;

@@ -21,6 +21,11 @@ use crate::policy::CacheStatus;
 
 /// Whether srcache issued a fetch for `r` and it missed (`$srcache_fetch_status` is MISS).
 fn srcache_fetch_missed(r: &mut ngx_http_request_t) -> bool {
+    srcache_fetch_status(r) == Some(b"MISS".as_slice())
+}
+
+/// `$srcache_fetch_status` (HIT, MISS, BYPASS); `None` when srcache is not loaded.
+pub fn srcache_fetch_status(r: &mut ngx_http_request_t) -> Option<&[u8]> {
     let name = b"srcache_fetch_status";
     let mut key = ngx_str_t {
         len: name.len(),
@@ -30,12 +35,9 @@ fn srcache_fetch_missed(r: &mut ngx_http_request_t) -> bool {
     // not loaded: null or not found) and its value lives in the request pool.
     unsafe {
         let hash = ngx_hash_key(key.data, key.len);
-        let v = ngx_http_get_variable(r, &mut key, hash);
-        v.as_ref().is_some_and(|v| {
-            v.valid() != 0
-                && v.not_found() == 0
-                && core::slice::from_raw_parts(v.data, v.len() as usize) == b"MISS"
-        })
+        let v = ngx_http_get_variable(r, &mut key, hash).as_ref()?;
+        (v.valid() != 0 && v.not_found() == 0)
+            .then(|| core::slice::from_raw_parts(v.data, v.len() as usize))
     }
 }
 

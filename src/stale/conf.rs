@@ -67,6 +67,8 @@ pub struct StaleCacheConf {
     pub refresh_credentials: isize,
     /// `stale_cache_refresh_limit N`: refreshes in flight per worker.
     pub refresh_limit: usize,
+    /// `stale_cache_purge`: the methods that purge the URL's entry (empty: `off`).
+    pub purge_methods: Option<Vec<Vec<u8>>>,
 }
 
 impl Default for StaleCacheConf {
@@ -80,6 +82,7 @@ impl Default for StaleCacheConf {
             refresh_backoff: None,
             refresh_credentials: -1,
             refresh_limit: usize::MAX,
+            purge_methods: None,
         }
     }
 }
@@ -145,6 +148,9 @@ impl Merge for StaleCacheConf {
             } else {
                 prev.refresh_limit
             };
+        }
+        if self.purge_methods.is_none() {
+            self.purge_methods = prev.purge_methods.clone();
         }
         Ok(())
     }
@@ -289,7 +295,7 @@ fn check_literal_variables(cf: *mut ngx_conf_t) -> Result<(), String> {
             continue;
         }
         check_literal(var, &value).map_err(|e| e.to_string())?;
-        let location_var = matches!(var, Var::Ttl | Var::Persist | Var::Expire);
+        let location_var = matches!(var, Var::Ttl | Var::Persist | Var::Expire | Var::Purge);
         // SAFETY: merge runs with a valid configuration context.
         let cfr = unsafe { &*cf };
         if location_var && !value.eq_ignore_ascii_case(b"off") && !reaches_a_location(cfr, &value) {

@@ -14,9 +14,10 @@ use super::variables::read_cache_variables;
 use super::waiters::{
     self, lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock,
 };
-use super::{after_fetch, lookup, module::main_conf};
+use super::{after_fetch, lookup, metrics, module::main_conf};
 use crate::collapse::{after_lock, refresh_lock_ms, AfterLock};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
+use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
 use crate::nginx::zone;
@@ -79,8 +80,10 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     let log = request_log(req);
     let key = settings.key.clone();
     state.settings = Some(settings);
-    if fresh.is_some() {
+    if let Some(until) = fresh {
         debug!(log, "stale_cache: \"{}\" fresh by the memo", Short(&key));
+        state.ttl_left = Some((until.saturating_sub(now) / 1000) as i64);
+        metrics::count(state.zone, Counter::MemoHits);
         state.finish(CacheStatus::Fresh);
         return Ok(Next::Continue);
     }
@@ -144,6 +147,7 @@ pub fn after_lookup(
     let ttl = ttl_of(state)?;
     state.ttl = ttl;
     state.looked_up = true;
+    state.ttl_left = crate::cache_status::ttl_left(ttl, state.settings().stale_secs);
     let zone = state.zone.expect("the zone is known before the lookup");
     let settings = state.settings();
     let now = now_ms();
@@ -392,7 +396,10 @@ fn fill_or_wait(
             state.finish(CacheStatus::StaleError);
             return Next::Continue;
         }
-        AfterLock::Fill => state.fill = Some(HeldLock { zone, key, token }),
+        AfterLock::Fill => {
+            state.fill = Some(HeldLock { zone, key, token });
+            metrics::count(Some(zone), Counter::FillsStarted);
+        }
         AfterLock::Served => {
             if state.wait.resumed_ms != 0 {
                 let resumed = state.wait.resumed_ms;

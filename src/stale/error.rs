@@ -94,6 +94,11 @@ impl fmt::Display for Line<'_> {
 
 /// Logs `error` (rate-limited per kind) and lets the request through without the layer.
 pub fn fail_open(state: &mut RequestState, req: &ngx_http_request_t, error: StaleError) {
+    super::metrics::error(state, req, error.kind());
+    log_and_finish(state, req, error);
+}
+
+fn log_and_finish(state: &mut RequestState, req: &ngx_http_request_t, error: StaleError) {
     let line = Line(&error, str_bytes(&req.uri));
     log::limited(
         request_log(req),
@@ -104,7 +109,7 @@ pub fn fail_open(state: &mut RequestState, req: &ngx_http_request_t, error: Stal
     );
     if let StaleError::RedisError(_) = error {
         // The reply is logged above; the request is also logged as a failed lookup.
-        return fail_open(state, req, StaleError::Lookup(FailReason::BadReply));
+        return log_and_finish(state, req, StaleError::Lookup(FailReason::BadReply));
     }
     state.finish(error.status());
 }

@@ -8,8 +8,8 @@ use ngx::ffi::{
     ngx_command_t, ngx_conf_set_flag_slot, ngx_conf_t, ngx_http_handler_pt, ngx_http_module_t,
     ngx_http_phases_NGX_HTTP_LOG_PHASE, ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
     ngx_http_phases_NGX_HTTP_PREACCESS_PHASE, ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE, ngx_int_t,
-    ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_TAKE1,
-    NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
+    ngx_module_t, ngx_str_t, ngx_uint_t, NGX_CONF_1MORE, NGX_CONF_FLAG, NGX_CONF_NOARGS,
+    NGX_CONF_TAKE1, NGX_CONF_TAKE12, NGX_CONF_TAKE2, NGX_HTTP_LOC_CONF, NGX_HTTP_LOC_CONF_OFFSET,
     NGX_HTTP_MAIN_CONF, NGX_HTTP_MAIN_CONF_OFFSET, NGX_HTTP_MODULE, NGX_HTTP_SRV_CONF,
 };
 use ngx::http::{HttpModule, HttpModuleMainConf, NgxHttpCoreModule};
@@ -19,7 +19,7 @@ use super::conf::{
     merge_loc_conf, set_refresh_address, set_refresh_backoff, set_refresh_limit, set_skip_header,
     set_stale_cache, set_use_stale, set_zone, StaleCacheConf,
 };
-use super::{after_fetch, lookup, phases, variables};
+use super::{after_fetch, lookup, metrics, phases, purge, variables};
 use crate::nginx::util::{ERROR, OK};
 
 /// The stale-cache layer as an nginx HTTP module.
@@ -46,7 +46,7 @@ impl HttpModule for StaleCacheModule {
         let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
             return ERROR;
         };
-        let handlers: [(u32, ngx_http_handler_pt); 4] = [
+        let handlers: [(u32, ngx_http_handler_pt); 5] = [
             (
                 ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
                 Some(phases::post_read_handler),
@@ -62,6 +62,10 @@ impl HttpModule for StaleCacheModule {
             (
                 ngx_http_phases_NGX_HTTP_LOG_PHASE,
                 Some(phases::log_handler),
+            ),
+            (
+                ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
+                Some(purge::precontent_handler),
             ),
         ];
         for (phase, handler) in handlers {
@@ -119,7 +123,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 10] = [
+static mut COMMANDS: [ngx_command_t; 12] = [
     directive(
         ngx_string!("stale_cache_zone"),
         NGX_HTTP_MAIN_CONF as ngx_uint_t | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -180,6 +184,20 @@ static mut COMMANDS: [ngx_command_t; 10] = [
         ngx_string!("stale_cache_refresh_backoff"),
         ANY_LEVEL | NGX_CONF_TAKE12 as ngx_uint_t,
         set_refresh_backoff,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx_string!("stale_cache_metrics"),
+        NGX_HTTP_LOC_CONF as ngx_uint_t | NGX_CONF_NOARGS as ngx_uint_t,
+        metrics::set_metrics,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx_string!("stale_cache_purge"),
+        ANY_LEVEL | NGX_CONF_1MORE as ngx_uint_t,
+        purge::set_purge,
         NGX_HTTP_LOC_CONF_OFFSET,
         0,
     ),

@@ -19,6 +19,7 @@ use super::sender::{self, RefreshOutcome, RefreshTarget};
 use super::state::{self, RequestState};
 use super::waiters::{end_refresh, release, HeldLock, RefreshPolicy};
 use crate::collapse::RefreshEnd;
+use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{cycle_log, live_headers, no_connection, request_log, str_bytes};
 use crate::policy::CacheStatus;
@@ -286,6 +287,7 @@ pub fn send(pending: PendingRefresh) {
         Short(&lock.key),
         target.name
     );
+    super::metrics::count(Some(lock.zone), Counter::RefreshesSent);
     sender::start(
         &target,
         request,
@@ -301,6 +303,12 @@ pub fn send(pending: PendingRefresh) {
                 // about the backend, and nothing was stored.
                 RefreshOutcome::Failed(_) | RefreshOutcome::Unconfirmed(_) => RefreshEnd::Error,
             };
+            let counter = if end == RefreshEnd::Stored {
+                Counter::RefreshesSucceeded
+            } else {
+                Counter::RefreshesFailed
+            };
+            super::metrics::count(Some(lock.zone), counter);
             end_refresh(&lock, end, policy);
             drop(slot);
         }),

@@ -92,6 +92,10 @@ pub struct RequestState {
     pub refetched: bool,
     /// Passed with every lookup subrequest; `lookup_done` finds the state through it.
     pub post_subrequest: ngx_http_post_subrequest_t,
+    /// For `$stale_cache_rfc9211`: seconds of freshness left (negative: stale), when known.
+    pub ttl_left: Option<i64>,
+    /// A purge request's progress (`purge`); `None` for every other request.
+    pub purge: Option<super::purge::Purge>,
 }
 
 impl RequestState {
@@ -124,6 +128,8 @@ impl RequestState {
                 handler: Some(lookup_done),
                 data: ptr::null_mut(),
             },
+            ttl_left: None,
+            purge: None,
         }
     }
 
@@ -241,6 +247,7 @@ pub struct Peek {
     pub status: Option<CacheStatus>,
     pub is_refresh: bool,
     pub wake_delay_ms: Option<u64>,
+    pub ttl_left: Option<i64>,
 }
 
 /// What variable handlers and filters may know of `r`'s state.
@@ -253,6 +260,7 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
             status: ptr::addr_of!((*state).status).read(),
             is_refresh: ptr::addr_of!((*state).is_refresh).read(),
             wake_delay_ms: ptr::addr_of!((*state).wake_delay_ms).read(),
+            ttl_left: ptr::addr_of!((*state).ttl_left).read(),
         })
     }
 }
@@ -270,6 +278,7 @@ unsafe extern "C" fn end_of_request(data: *mut c_void) {
     // SAFETY: the connection is live until the request is gone.
     let connection_error = unsafe { (*r.connection).error() } != 0;
     let end = fill_end(r.headers_out.status, connection_error, state.store_status);
+    super::metrics::request_ended(&state, r, end);
     if let Some(lock) = state.fill.take() {
         debug!(
             log,

@@ -9,6 +9,7 @@ use ngx::http::HttpModuleMainConf;
 
 use super::module::StaleCacheModule;
 use super::state;
+use crate::cache_status::{member, Facts};
 use crate::nginx::util::pool_str;
 use crate::nginx::vars::{
     add_output_variable, add_variable, indexed_value, set_not_found, set_value, set_value_in_pool,
@@ -44,6 +45,7 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
     add_output_variable(cf, "stale_cache_status", Some(status_variable))?;
     add_output_variable(cf, "stale_cache_wake_delay", Some(wake_delay_variable))?;
     add_output_variable(cf, "stale_cache_skip_fetch", Some(skip_fetch_variable))?;
+    add_output_variable(cf, "stale_cache_rfc9211", Some(rfc9211_variable))?;
     Some(())
 }
 
@@ -55,6 +57,11 @@ pub fn read_cache_variables(r: &ngx_http_request_t) -> RawVars<'_> {
         raw.set(var, indexed_value(r, indexes[var.index()]));
     }
     raw
+}
+
+/// The request's `$cache_lock` value (which zone it uses), without parsing the rest.
+pub fn cache_lock_value(r: &ngx_http_request_t) -> Option<&[u8]> {
+    indexed_value(r, super::module::main_conf(r).vars[Var::Lock.index()])
 }
 
 unsafe extern "C" fn status_variable(
@@ -100,5 +107,31 @@ unsafe extern "C" fn skip_fetch_variable(
     // grace band srcache would otherwise serve the old copy in place of the backend's).
     let skip = state::peek(r).is_some_and(|s| s.is_refresh || s.status == Some(CacheStatus::Pass));
     set_value(v, if skip { b"1" } else { b"" });
+    VAR_OK
+}
+
+/// `$stale_cache_rfc9211`: this cache's member of an RFC 9211 `Cache-Status` header.
+unsafe extern "C" fn rfc9211_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the value slot being evaluated.
+    let (r, v) = unsafe { (&mut *r, value_slot(v)) };
+    let Some((status, ttl)) = state::peek(r).and_then(|s| Some((s.status?, s.ttl_left))) else {
+        set_not_found(v);
+        return VAR_OK;
+    };
+    let srcache_hit = matches!(status, CacheStatus::Bypass | CacheStatus::Error)
+        && super::after_fetch::srcache_fetch_status(r) == Some(b"HIT".as_slice());
+    let facts = Facts {
+        ttl,
+        response_status: r.headers_out.status,
+        srcache_hit,
+    };
+    match pool_str(r.pool, member(status, facts).as_bytes()) {
+        Some(s) => set_value_in_pool(v, crate::nginx::util::str_bytes(&s)),
+        None => set_not_found(v),
+    }
     VAR_OK
 }

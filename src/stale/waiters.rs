@@ -15,6 +15,7 @@ use ngx::ffi::{
 use super::state::{Phase, RequestState, ZoneRef};
 use crate::collapse::{backoff_ms, lock_moved, RefreshEnd, UseStale};
 use crate::locktable::{LockKind, LockRequest, Owner};
+use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{cycle_log, no_connection, now_ms, request_log, update_clock, worker_pid};
 use crate::nginx::zone::Zone;
@@ -143,6 +144,7 @@ pub fn start_waiting(
         Short(&key)
     );
     state.phase = Phase::Waiting;
+    super::metrics::count(Some(zone), Counter::Waits);
     let wait = &mut state.wait;
     wait.registered = true;
     wait.waited_token = holder;
@@ -210,6 +212,7 @@ fn wake_waiters(zone: ZoneRef, key: &[u8]) {
 /// `$cache_lock_timeout` is over: go on without the fill (logged at warn, rate-limited).
 pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
     state.finish(CacheStatus::Timeout);
+    super::metrics::count(state.zone, Counter::WaitTimeouts);
     let key = &state.settings().key;
     debug!(
         request_log(req),
@@ -244,6 +247,7 @@ unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
     } else {
         update_clock();
         state.wait.resumed_ms = now_ms();
+        super::metrics::count(state.zone, Counter::Wakeups);
         debug!(request_log(req), "stale_cache: woken");
     }
     // SAFETY: resumes the request's phases where the wait stopped them; the state borrow

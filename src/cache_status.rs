@@ -1,0 +1,186 @@
+//! This cache's member of an RFC 9211 `Cache-Status` header, from what the layer decided for
+//! a request. Pure, so every status's header is unit-tested.
+//!
+//! RFC 9211 parameters used: `hit` (served from the cache), `fwd` (why the request went on to
+//! the backend: `miss`, `bypass`, `request`), `fwd-status` (the status the backend answered),
+//! `ttl` (freshness left, seconds; negative for a stale copy), `collapsed` (the request waited
+//! for another one's fill instead of going to the backend) and `detail` (this module's own
+//! status where RFC 9211 has no word for it).
+
+use core::fmt::Write;
+
+use crate::policy::CacheStatus;
+
+/// The cache's identifier in the header (RFC 9211 suggests a product name).
+pub const CACHE_ID: &str = "stale-cache";
+
+/// What the member is made from.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Facts {
+    /// Seconds of freshness left (negative: stale for that long), when a TTL lookup or the
+    /// freshness memo said.
+    pub ttl: Option<i64>,
+    /// The response's status code, 0 when not known yet.
+    pub response_status: usize,
+    /// srcache served the response from Redis (`$srcache_fetch_status` is HIT); only looked
+    /// at where the layer itself did not decide (BYPASS, ERROR).
+    pub srcache_hit: bool,
+}
+
+/// The `Cache-Status` member for a request that ended with `status`.
+pub fn member(status: CacheStatus, facts: Facts) -> String {
+    let mut out = String::with_capacity(64);
+    out.push_str(CACHE_ID);
+    let hit = |out: &mut String| out.push_str("; hit");
+    let fwd = |out: &mut String, why: &str| {
+        let _ = write!(out, "; fwd={why}");
+        if facts.response_status != 0 {
+            let _ = write!(out, "; fwd-status={}", facts.response_status);
+        }
+    };
+    let ttl = |out: &mut String| {
+        if let Some(t) = facts.ttl {
+            let _ = write!(out, "; ttl={t}");
+        }
+    };
+    let detail = |out: &mut String, d: &str| {
+        let _ = write!(out, "; detail={d}");
+    };
+    match status {
+        CacheStatus::Fresh => {
+            hit(&mut out);
+            ttl(&mut out);
+        }
+        CacheStatus::Stale => {
+            hit(&mut out);
+            ttl(&mut out);
+            detail(&mut out, "stale");
+        }
+        CacheStatus::Miss => fwd(&mut out, "miss"),
+        CacheStatus::Collapsed => {
+            fwd(&mut out, "miss");
+            out.push_str("; collapsed");
+        }
+        CacheStatus::Timeout => {
+            fwd(&mut out, "miss");
+            detail(&mut out, "lock-timeout");
+        }
+        CacheStatus::Pass => {
+            fwd(&mut out, "miss");
+            detail(&mut out, "pass");
+        }
+        CacheStatus::Gone => {
+            fwd(&mut out, "miss");
+            detail(&mut out, "gone");
+        }
+        CacheStatus::StaleError => {
+            // The backend failed and the stored copy stood in for it (RFC 5861).
+            hit(&mut out);
+            ttl(&mut out);
+            detail(&mut out, "stale-if-error");
+        }
+        CacheStatus::Refresh => {
+            fwd(&mut out, "request");
+            detail(&mut out, "refresh");
+        }
+        CacheStatus::Bypass | CacheStatus::Error => {
+            // srcache decided alone: say what it did.
+            if facts.srcache_hit {
+                hit(&mut out);
+            } else {
+                fwd(&mut out, "bypass");
+            }
+            if status == CacheStatus::Error {
+                detail(&mut out, "error");
+            }
+        }
+    }
+    out
+}
+
+/// Seconds of freshness left from a Redis TTL and the stale window: negative once stale.
+pub fn ttl_left(redis_ttl: i64, stale_secs: u64) -> Option<i64> {
+    // -1 (no expiry) and -2 (missing) say nothing about freshness.
+    (redis_ttl >= 0).then(|| redis_ttl - i64::try_from(stale_secs).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(ttl: Option<i64>, status: usize) -> Facts {
+        Facts {
+            ttl,
+            response_status: status,
+            srcache_hit: false,
+        }
+    }
+
+    #[test]
+    fn each_status() {
+        let f = facts(Some(4), 200);
+        assert_eq!(member(CacheStatus::Fresh, f), "stale-cache; hit; ttl=4");
+        assert_eq!(
+            member(CacheStatus::Fresh, facts(None, 200)),
+            "stale-cache; hit"
+        );
+        assert_eq!(
+            member(CacheStatus::Stale, facts(Some(-50), 200)),
+            "stale-cache; hit; ttl=-50; detail=stale"
+        );
+        assert_eq!(
+            member(CacheStatus::Miss, f),
+            "stale-cache; fwd=miss; fwd-status=200"
+        );
+        assert_eq!(
+            member(CacheStatus::Miss, facts(None, 0)),
+            "stale-cache; fwd=miss"
+        );
+        assert_eq!(
+            member(CacheStatus::Collapsed, f),
+            "stale-cache; fwd=miss; fwd-status=200; collapsed"
+        );
+        assert_eq!(
+            member(CacheStatus::Timeout, facts(None, 502)),
+            "stale-cache; fwd=miss; fwd-status=502; detail=lock-timeout"
+        );
+        assert_eq!(
+            member(CacheStatus::Pass, facts(None, 500)),
+            "stale-cache; fwd=miss; fwd-status=500; detail=pass"
+        );
+        assert_eq!(
+            member(CacheStatus::Gone, f),
+            "stale-cache; fwd=miss; fwd-status=200; detail=gone"
+        );
+        assert_eq!(
+            member(CacheStatus::Refresh, f),
+            "stale-cache; fwd=request; fwd-status=200; detail=refresh"
+        );
+        assert_eq!(
+            member(CacheStatus::Bypass, f),
+            "stale-cache; fwd=bypass; fwd-status=200"
+        );
+        let hit = Facts {
+            srcache_hit: true,
+            ..f
+        };
+        assert_eq!(member(CacheStatus::Bypass, hit), "stale-cache; hit");
+        assert_eq!(
+            member(CacheStatus::Error, hit),
+            "stale-cache; hit; detail=error"
+        );
+        assert_eq!(
+            member(CacheStatus::Error, f),
+            "stale-cache; fwd=bypass; fwd-status=200; detail=error"
+        );
+    }
+
+    #[test]
+    fn ttl_from_redis() {
+        assert_eq!(ttl_left(105, 100), Some(5));
+        assert_eq!(ttl_left(50, 100), Some(-50));
+        assert_eq!(ttl_left(0, 100), Some(-100));
+        assert_eq!(ttl_left(-1, 100), None);
+        assert_eq!(ttl_left(-2, 100), None);
+    }
+}

@@ -1,0 +1,89 @@
+# The checks t/091-purge.t (native Redis locations) and t/092-purge-redis2.t (redis2/HttpRedis
+# locations) share: the same behaviour must come out of both.
+use strict;
+use warnings;
+
+sub purge_counts {
+    my $r = http_get('/metrics');
+    my %m = $r->{body} =~ /^stale_cache_purges_total\{zone="srcache_locks",result="(\w+)"\} (\d+)$/mg;
+    return \%m;
+}
+
+# Fills $uri, purges it: 200 naming what went, the Redis key deleted.
+sub fill_and_purge_checks {
+    my ($uri) = @_;
+    my $r = http_get($uri);
+    Test::More::is($r->{headers}{'x-stale-cache'}, 'MISS', "fill $uri");
+    my $key = redis_key($uri);
+    Test::More::is(redis('EXISTS', $key), 1, 'stored');
+    $r = http_request('PURGE', $uri);
+    Test::More::is($r->{status}, 200, 'PURGE: 200');
+    Test::More::is($r->{body}, "key: |$uri\nredis: deleted\nmemo: none\npass-mark: none\n",
+                   'PURGE: says what was removed');
+    Test::More::like($r->{headers}{'content-type'} // '', qr{^text/plain}, 'text/plain');
+    Test::More::is(redis('EXISTS', $key), 0, 'the Redis entry is gone');
+    Test::More::is(purge_counts()->{removed}, 1, 'purges_total{result=removed} 1');
+}
+
+sub methods_checks {
+    Test::More::is(purge_counts()->{not_found}, 2, 'purges_total{result=not_found} 2');
+    my $r = http_request('PATCH', '/api/none');
+    Test::More::is($r->{status}, 200, 'PATCH is not a purge method: proxied');
+    Test::More::like($r->{body}, qr{^backend PATCH /api/none}, 'PATCH reached the backend');
+}
+
+# After the block's MISS of $uri: a lookup sets the memo; the purge drops it, and the next
+# GET misses (a kept memo would say FRESH and srcache would miss on its own). Then a pass mark.
+sub memo_and_mark_checks {
+    my ($uri) = @_;
+    my $r = http_get($uri);
+    Test::More::is($r->{headers}{'x-stale-cache'}, 'FRESH', 'looked up: fresh, memo set');
+    $r = http_request('PURGE', $uri);
+    Test::More::is($r->{status}, 200, 'PURGE: 200');
+    Test::More::like($r->{body}, qr/^redis: deleted\nmemo: removed\npass-mark: none\n/m,
+                     'PURGE: the Redis entry and the memo');
+    $r = http_get($uri);
+    Test::More::is($r->{headers}{'x-stale-cache'}, 'MISS', 'next GET: MISS (no memo left)');
+    Test::More::is($r->{body}, "backend GET $uri hit 2\n", 'and filled from the backend');
+    backend_config('/api/p', status => 500);
+    $r = http_get('/api/p');
+    Test::More::is($r->{status}, 500, 'a 500: not stored, pass mark set');
+    $r = http_request('DELETE', '/api/p');
+    Test::More::is($r->{status}, 200, 'DELETE of a marked key: 200');
+    Test::More::like($r->{body}, qr/^redis: not found\nmemo: none\npass-mark: removed\n/m,
+                     'the pass mark went');
+    backend_config('/api/p', clear => 1);
+    $r = http_get('/api/p');
+    Test::More::is($r->{headers}{'x-stale-cache'}, 'MISS', 'the key collapses again (MISS, not PASS)');
+}
+
+sub under_traffic_pre {
+    my ($uri) = @_;
+    my $r = http_get($uri);
+    Test::More::is($r->{headers}{'x-stale-cache'}, 'MISS', "fill $uri");
+    # A lookup: the memo is set, so the GETs below are fresh hits until the purge.
+    $r = http_get($uri);
+    Test::More::is($r->{headers}{'x-stale-cache'}, 'FRESH', 'fresh, memo set');
+}
+
+sub under_traffic_checks {
+    my ($uri) = @_;
+    my @r = responses();
+    Test::More::is($r[0]{status}, 200, 'the PURGE: 200');
+    my @gets = @r[1 .. $#r];
+    Test::More::is(scalar(grep { !$_->{error} && $_->{status} == 200 } @gets), 100,
+                   'all 100 GETs answered 200');
+    my %n;
+    $n{ $_->{headers}{'x-stale-cache'} // '(none)' }++ for @gets;
+    my $after = 100 - ($n{FRESH} // 0);
+    Test::More::cmp_ok($after, '>', 0, 'some GETs came after the purge')
+        or Test::More::diag(Test::More::explain(\%n));
+    Test::More::is(backend_hits($uri), 2, 'the backend saw the first fill and exactly one more')
+        or Test::More::diag(Test::More::explain(\%n));
+    Test::More::is(($n{MISS} // 0) + ($n{GONE} // 0) + ($n{TIMEOUT} // 0) + ($n{PASS} // 0), 1,
+                   'one GET filled, the others were served from the cache')
+        or Test::More::diag(Test::More::explain(\%n));
+    Test::More::is(redis('EXISTS', redis_key($uri)), 1, 'stored again');
+}
+
+1;
