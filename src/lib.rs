@@ -7,6 +7,7 @@
 //! locations), left out of test builds.
 
 pub mod collapse;
+pub mod lease;
 pub mod locktable;
 pub mod policy;
 pub mod replay;

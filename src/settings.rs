@@ -78,11 +78,14 @@ pub enum Var {
     /// `$cache_pass_ttl`: how long a key whose fill was not stored is passed to the backend
     /// without collapsing (hit-for-miss); 0 turns pass marks off (new).
     PassTtl,
+    /// `$cache_lease`: internal location running the fleet lease script (`crate::lease`),
+    /// or `off`; unset keeps every node collapsing on its own (new).
+    Lease,
 }
 
 impl Var {
     /// Number of variables.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Every variable, in index order.
     pub const ALL: [Var; Var::COUNT] = [
@@ -99,6 +102,7 @@ impl Var {
         Var::LockTimeoutWait,
         Var::SkipFetch,
         Var::PassTtl,
+        Var::Lease,
     ];
 
     /// The variable's name without the `$`, as nginx looks it up.
@@ -117,6 +121,7 @@ impl Var {
             Var::LockTimeoutWait => "cache_lock_timeout_wait",
             Var::SkipFetch => "cache_skip_fetch",
             Var::PassTtl => "cache_pass_ttl",
+            Var::Lease => "cache_lease",
         }
     }
 
@@ -464,6 +469,8 @@ pub struct Settings {
     pub skip_fetch: Vec<u8>,
     /// How long a key whose fill was not stored skips collapsing (`$cache_pass_ttl`); 0: never.
     pub pass_ttl_ms: u64,
+    /// Location running the fleet lease script, `None` when off (`$cache_lease`).
+    pub lease_uri: Option<Vec<u8>>,
 }
 
 impl Settings {
@@ -502,6 +509,11 @@ impl Settings {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
             Some(v) => Some(parse_uri(Var::Expire, v, true)?.to_vec()),
+        };
+        let lease_uri = match vars.get(Var::Lease) {
+            None => None,
+            Some(v) if v.eq_ignore_ascii_case(b"off") => None,
+            Some(v) => Some(parse_uri(Var::Lease, v, true)?.to_vec()),
         };
         let methods = match vars.get(Var::Methods) {
             None => Methods::default(),
@@ -549,6 +561,7 @@ impl Settings {
             lock_timeout_wait_ms: duration(Var::LockTimeoutWait, DEFAULT_LOCK_TIMEOUT_WAIT_MS)?,
             skip_fetch,
             pass_ttl_ms: duration(Var::PassTtl, DEFAULT_PASS_TTL_MS)?,
+            lease_uri,
         }))
     }
 
@@ -563,6 +576,7 @@ impl Settings {
         uri == self.ttl_uri.as_slice()
             || self.persist_uri.as_deref() == Some(uri)
             || self.expire_uri.as_deref() == Some(uri)
+            || self.lease_uri.as_deref() == Some(uri)
     }
 }
 
@@ -711,6 +725,17 @@ mod tests {
         assert_eq!(s.lock_timeout_wait_ms, 60);
         assert_eq!(s.skip_fetch, b"X-Skip-Fetch");
         assert_eq!(s.pass_ttl_ms, 10_000);
+    }
+
+    #[test]
+    fn lease_is_an_optional_location() {
+        assert_eq!(parse(base()).lease_uri, None);
+        assert_eq!(parse(base().with(Var::Lease, b"off")).lease_uri, None);
+        let s = parse(base().with(Var::Lease, b"/redislease"));
+        assert_eq!(s.lease_uri.as_deref(), Some(&b"/redislease"[..]));
+        // The lease location itself is left alone, like the TTL location.
+        assert!(s.is_lookup_uri(b"/redislease"));
+        assert!(check_literal(Var::Lease, b"redislease").is_err());
     }
 
     #[test]

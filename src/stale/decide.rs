@@ -14,7 +14,7 @@ use super::variables::read_cache_variables;
 use super::waiters::{
     self, lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock,
 };
-use super::{after_fetch, lookup, module::main_conf};
+use super::{after_fetch, lease, lookup, module::main_conf};
 use crate::collapse::{after_lock, refresh_lock_ms, AfterLock};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::nginx::log::{self, debug, Every, Short};
@@ -30,6 +30,10 @@ type Step = Result<Next, StaleError>;
 /// First visit: settings, bypass rules, the freshness memo and locks, then the TTL lookup.
 pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheConf) -> Step {
     if state.is_refresh {
+        if let Some(next) = lease::op_request(state, req) {
+            // A renewal or release of a fleet lease this nginx holds.
+            return Ok(next);
+        }
         state.finish(CacheStatus::Refresh);
         return match state.restore_ttl {
             Some(ttl) => Ok(restore_expiry(state, req, ttl)),
@@ -245,6 +249,10 @@ fn serve_stale(
     );
     state.refresh_lock = Some(HeldLock { zone, key, token });
     state.persist_pending = persist;
+    if let Some(next) = lease::before_refresh(state, req) {
+        // One refresh per fleet: ask the lease first (it goes on in `lease::step`).
+        return next;
+    }
     if has_body(req) {
         // The refresh replays the body too: read it now (proxying reuses it).
         return read_body(state, req);
@@ -312,7 +320,13 @@ fn fill_or_wait(
         next
     );
     match next {
-        AfterLock::Fill => state.fill = Some(HeldLock { zone, key, token }),
+        AfterLock::Fill => {
+            state.fill = Some(HeldLock { zone, key, token });
+            if let Some(next) = lease::before_fill(state, req) {
+                // One fill per fleet: ask the lease first (it goes on in `lease::step`).
+                return next;
+            }
+        }
         AfterLock::Served => {
             if state.wait.resumed_ms != 0 {
                 let resumed = state.wait.resumed_ms;

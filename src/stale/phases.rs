@@ -133,6 +133,7 @@ pub fn run(
             // socket) must not move the request on: the event would resume it twice.
             Phase::Waiting if state.wait.in_progress() => Ok(Next::Return(AGAIN)),
             Phase::Waiting | Phase::Missed => decide::after_wake(state, req),
+            Phase::Lease => super::lease::step(state, req, scf),
             Phase::Done => Ok(Next::Return(DECLINED)),
         };
         match step {
