@@ -69,6 +69,12 @@ http {
                        srcache_store PUT /redis2 key=\$escaped_key&exptime=50; }
         location /e/ { $module_vars $common proxy_set_header X-Backend-Delay 0.3; $store_fresh
                        add_header X-Wake-Delay \$stale_cache_wake_delay; }
+        location /fon/ { $module_vars set \$cache_lease /redislease; $common
+                         proxy_set_header X-Backend-Delay 0.3; $store_fresh }
+        location /foff/ { $module_vars $common proxy_set_header X-Backend-Delay 0.3; $store_fresh }
+        location = /redislease { internal; set_unescape_uri \$key \$arg_key; set_md5 \$key;
+            stale_cache_redis_pass redis; stale_cache_redis_command EVAL \$stale_cache_lease_script
+            2 \$key \$key:lease \$arg_op \$arg_token \$arg_ms; }
         location = /redisttl { internal; set_unescape_uri \$key \$arg_key; set_md5 \$key;
             stale_cache_redis_pass redis; stale_cache_redis_command TTL \$key; }
         location = /redis { internal; set_md5 \$redis_key \$args;
@@ -139,16 +145,45 @@ done
 cold+=("floor:$floor_n|0|$floor")
 zone_line=$(grep -o 'zone "bench": [^(]*' "$prefix/logs/error.log" | head -1)
 
+# G: a fleet of K more nginx (worker_processes 1 each, own prefix, port and zone) on the same
+# Redis and backend: N cold misses round-robin, with and without the fleet lease.
+fleet_k=${BENCH_FLEET_NODES:-5}; fleet_n=${BENCH_FLEET_N:-500}
+[ "${BENCH_SMOKE:-0}" = 1 ] && fleet_k=2 && fleet_n=20
+fleet_ports=()
+for i in $(seq "$fleet_k"); do
+    p=$(free_port); fleet_ports+=("$p"); d=$prefix/node$i
+    mkdir -p "$d/logs" "$d/conf"
+    sed -e "s/listen 127.0.0.1:$nginx_port /listen 127.0.0.1:$p /" -e 's/^worker_processes 2;/worker_processes 1;/' \
+        "$prefix/conf/nginx.conf" >"$d/conf/nginx.conf"
+    nginx -p "$d" -c conf/nginx.conf
+done
+sleep 0.5
+fleet=()
+for lease in on off; do
+    key=/f$lease/cold-$RANDOM
+    redis-cli -p "$redis_port" config resetstat >/dev/null
+    json=$(python3 "$root/bench/fleet.py" 127.0.0.1 "$key" "$fleet_n" "${fleet_ports[@]}")
+    sleep 0.2   # the lease's release (the keeper's next tick) is part of the cost
+    hits=$(curl -s "http://127.0.0.1:$backend_port/__backend/hits?path=$key")
+    calls=$(redis-cli -p "$redis_port" info commandstats | python3 -c '
+import re, sys
+t = {m.group(1): int(m.group(2)) for m in re.finditer(r"cmdstat_(\w+):calls=(\d+)", sys.stdin.read())}
+print(sum(v for k, v in t.items() if k not in ("config", "info")), t.get("eval", 0))')
+    fleet+=("$lease|$hits|$calls|$json")
+done
+for i in $(seq "$fleet_k"); do kill -QUIT "$(cat "$prefix/node$i/logs/nginx.pid")" 2>/dev/null || true; done
+
 python3 - "$(median "${rps[a]}")" "$(median "${rps[b]}")" "$(median "${rps[c]}")" \
     "$(median "${p50[a]}")" "$(median "${p50[b]}")" "$(median "${p50[c]}")" \
     "$(median "${p99[a]}")" "$(median "${p99[b]}")" "$(median "${p99[c]}")" \
     "$d_rps" "$d50" "$d99" "$zone_line" "$rounds" "$duration" "${rps[a]}" "${rps[b]}" "${rps[c]}" \
-    "${cold[@]}" <<'PY'
+    "${cold[@]}" "--fleet" "$fleet_k" "$fleet_n" "${fleet[@]}" <<'PY'
 import json, os, re, subprocess, sys
 a = sys.argv[1:]
 ra, rb, rc = map(float, a[0:3]); pa50, pb50, pc50 = map(float, a[3:6]); pa99, pb99, pc99 = map(float, a[6:9])
 drps, d50, d99 = map(float, a[9:12]); zone = a[12]; rounds, duration = a[13], a[14]
-runs = {"A": a[15], "B": a[16], "C": a[17]}; cold = a[18:]
+runs = {"A": a[15], "B": a[16], "C": a[17]}; rest = a[18:]
+split = rest.index("--fleet"); cold = rest[:split]; fleet_k, fleet_n = rest[split + 1:split + 3]; fleet = rest[split + 3:]
 def ver(cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True).stderr.strip() or subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
@@ -175,6 +210,15 @@ for row in cold:
         print(f"| floor: N = {n} fresh hits (answer after the first answer) | - | {r['ok']}/{n} | {f(r['p50_ms'])} | {f(r['p99_ms'])} | - | {f(r['after_first_p50_ms'])} / {f(r['after_first_p99_ms'])} |")
         continue
     print(f"| N = {n} (backend 300 ms) | {hits} | {r['ok']}/{n} | {f(r['p50_ms'])} | {f(r['p99_ms'])} | {f(r['nginx_wake_p50_ms'])} / {f(r['nginx_wake_p99_ms'])} / {f(r['nginx_wake_max_ms'])} | {f(r['wake_p50_ms'])} / {f(r['wake_p99_ms'])} |")
+print()
+print(f"| G: fleet, {fleet_k} nginx x 1 worker, N = {fleet_n} cold misses round-robin (backend 300 ms) | backend hits | 200s | Redis commands (lease EVALs) per cold key | other nodes answered after the fill's answer, p50 / p99 ms |")
+print("|---|---:|---:|---:|---:|")
+for row in fleet:
+    lease, hits, calls, js = row.split("|", 3)
+    r = json.loads(js)
+    total, evals = calls.split()
+    what = "with $cache_lease" if lease == "on" else "without (each node fills)"
+    print(f"| {what} | {hits} | {r['ok']}/{fleet_n} | {total} ({evals}) | {f(r['after_p50_ms'])} / {f(r['after_p99_ms'])} |")
 print()
 m = re.search(r"(\d+) slots of (\d+) bytes, room for (\d+) entries", zone)
 if m:

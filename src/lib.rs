@@ -9,6 +9,7 @@
 pub mod cache_status;
 pub mod collapse;
 pub mod keyderive;
+pub mod lease;
 pub mod locktable;
 pub mod metrics;
 pub mod policy;

@@ -84,11 +84,14 @@ pub enum Var {
     /// `$cache_purge`: internal location answering Redis `DEL` for `?key=...`, or `off`;
     /// what `stale_cache_purge` deletes the entry through (new).
     Purge,
+    /// `$cache_lease`: internal location running the fleet lease script (`crate::lease`),
+    /// or `off`; unset keeps every node collapsing on its own (new).
+    Lease,
 }
 
 impl Var {
     /// Number of variables.
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 16;
 
     /// Every variable, in index order.
     pub const ALL: [Var; Var::COUNT] = [
@@ -107,6 +110,7 @@ impl Var {
         Var::PassTtl,
         Var::StaleIfError,
         Var::Purge,
+        Var::Lease,
     ];
 
     /// The variable's name without the `$`, as nginx looks it up.
@@ -127,6 +131,7 @@ impl Var {
             Var::PassTtl => "cache_pass_ttl",
             Var::StaleIfError => "cache_stale_if_error",
             Var::Purge => "cache_purge",
+            Var::Lease => "cache_lease",
         }
     }
 
@@ -479,6 +484,8 @@ pub struct Settings {
     pub grace_secs: u64,
     /// Location answering Redis `DEL`, `None` when off (`$cache_purge`).
     pub purge_uri: Option<Vec<u8>>,
+    /// Location running the fleet lease script, `None` when off (`$cache_lease`).
+    pub lease_uri: Option<Vec<u8>>,
 }
 
 impl Settings {
@@ -522,6 +529,11 @@ impl Settings {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
             Some(v) => Some(parse_uri(Var::Purge, v, true)?.to_vec()),
+        };
+        let lease_uri = match vars.get(Var::Lease) {
+            None => None,
+            Some(v) if v.eq_ignore_ascii_case(b"off") => None,
+            Some(v) => Some(parse_uri(Var::Lease, v, true)?.to_vec()),
         };
         let methods = match vars.get(Var::Methods) {
             None => Methods::default(),
@@ -574,6 +586,7 @@ impl Settings {
                 _ => duration(Var::StaleIfError, 0)?.div_ceil(1000),
             },
             purge_uri,
+            lease_uri,
         }))
     }
 
@@ -589,6 +602,7 @@ impl Settings {
             || self.persist_uri.as_deref() == Some(uri)
             || self.expire_uri.as_deref() == Some(uri)
             || self.purge_uri.as_deref() == Some(uri)
+            || self.lease_uri.as_deref() == Some(uri)
     }
 }
 
@@ -737,6 +751,17 @@ mod tests {
         assert_eq!(s.lock_timeout_wait_ms, 60);
         assert_eq!(s.skip_fetch, b"X-Skip-Fetch");
         assert_eq!(s.pass_ttl_ms, 10_000);
+    }
+
+    #[test]
+    fn lease_is_an_optional_location() {
+        assert_eq!(parse(base()).lease_uri, None);
+        assert_eq!(parse(base().with(Var::Lease, b"off")).lease_uri, None);
+        let s = parse(base().with(Var::Lease, b"/redislease"));
+        assert_eq!(s.lease_uri.as_deref(), Some(&b"/redislease"[..]));
+        // The lease location itself is left alone, like the TTL location.
+        assert!(s.is_lookup_uri(b"/redislease"));
+        assert!(check_literal(Var::Lease, b"redislease").is_err());
     }
 
     #[test]

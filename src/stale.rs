@@ -18,6 +18,7 @@ mod after_fetch;
 pub mod conf;
 mod decide;
 mod error;
+mod lease;
 mod literals;
 mod locations;
 mod lookup;

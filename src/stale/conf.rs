@@ -295,7 +295,10 @@ fn check_literal_variables(cf: *mut ngx_conf_t) -> Result<(), String> {
             continue;
         }
         check_literal(var, &value).map_err(|e| e.to_string())?;
-        let location_var = matches!(var, Var::Ttl | Var::Persist | Var::Expire | Var::Purge);
+        let location_var = matches!(
+            var,
+            Var::Ttl | Var::Persist | Var::Expire | Var::Purge | Var::Lease
+        );
         // SAFETY: merge runs with a valid configuration context.
         let cfr = unsafe { &*cf };
         if location_var && !value.eq_ignore_ascii_case(b"off") && !reaches_a_location(cfr, &value) {

@@ -14,7 +14,7 @@ use super::variables::read_cache_variables;
 use super::waiters::{
     self, lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock,
 };
-use super::{after_fetch, lookup, metrics, module::main_conf};
+use super::{after_fetch, lease, lookup, metrics, module::main_conf};
 use crate::collapse::{after_lock, refresh_lock_ms, AfterLock};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::metrics::Counter;
@@ -31,6 +31,10 @@ type Step = Result<Next, StaleError>;
 /// First visit: settings, bypass rules, the freshness memo and locks, then the TTL lookup.
 pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheConf) -> Step {
     if state.is_refresh {
+        if let Some(next) = lease::op_request(state, req) {
+            // A renewal or release of a fleet lease this nginx holds.
+            return Ok(next);
+        }
         state.finish(CacheStatus::Refresh);
         return Ok(Next::Continue);
     }
@@ -256,12 +260,16 @@ fn serve_stale(
     state.refresh_lock = Some(HeldLock { zone, key, token });
     state.refresh_slot = Some(slot);
     state.persist_pending = persist;
+    if let Some(next) = lease::before_refresh(state, req) {
+        // One refresh per fleet: ask the lease first (it goes on in `lease::step`).
+        return next;
+    }
     finish_stale(state, req, scf)
 }
 
 /// The stale path once the refresh lock is held (the body, if any, is read): prepare the
 /// refresh, then keep the stale copy until it ends (see `replay::keep_copy`).
-fn finish_stale(
+pub(super) fn finish_stale(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
@@ -399,6 +407,10 @@ fn fill_or_wait(
         AfterLock::Fill => {
             state.fill = Some(HeldLock { zone, key, token });
             metrics::count(Some(zone), Counter::FillsStarted);
+            if let Some(next) = lease::before_fill(state, req) {
+                // One fill per fleet: ask the lease first (it goes on in `lease::step`).
+                return next;
+            }
         }
         AfterLock::Served => {
             if state.wait.resumed_ms != 0 {

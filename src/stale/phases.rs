@@ -145,6 +145,7 @@ pub fn run(
             // socket) must not move the request on: the event would resume it twice.
             Phase::Waiting if state.wait.in_progress() => Ok(Next::Return(AGAIN)),
             Phase::Waiting | Phase::Missed => decide::after_wake(state, req, scf),
+            Phase::Lease => super::lease::step(state, req, scf),
             Phase::Done => {
                 // The stale path's own steps are over: the refresh may start.
                 super::refresh::arm(state);

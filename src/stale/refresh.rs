@@ -317,7 +317,7 @@ pub fn send(pending: PendingRefresh) {
 
 /// The Host the refresh sends: the client's; for a request without one (HTTP/1.0), the
 /// server's name, else the address the refresh goes to (HTTP/1.1 requires a Host).
-fn replay_host<'a>(req: &'a ngx_http_request_t, target: &'a RefreshTarget) -> &'a [u8] {
+pub(super) fn replay_host<'a>(req: &'a ngx_http_request_t, target: &'a RefreshTarget) -> &'a [u8] {
     let client = str_bytes(&req.headers_in.server);
     if !client.is_empty() {
         return client;
@@ -376,7 +376,10 @@ fn body_bytes(req: &ngx_http_request_t) -> Option<Vec<u8>> {
 
 /// Where this request's refresh goes: the configured address, or the plain-HTTP listener the
 /// client used (a wildcard one through loopback).
-fn target(scf: &StaleCacheConf, r: &ngx_http_request_t) -> Result<RefreshTarget, RefreshError> {
+pub(super) fn target(
+    scf: &StaleCacheConf,
+    r: &ngx_http_request_t,
+) -> Result<RefreshTarget, RefreshError> {
     if let Some(target) = &scf.refresh_target {
         return Ok(target.clone());
     }

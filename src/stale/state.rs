@@ -46,6 +46,9 @@ pub enum Phase {
     Waiting,
     /// srcache missed an entry the layer expected: take the fill lock or wait for its holder.
     Missed,
+    /// Dealing with the fleet lease (`super::lease`): asking for it, or polling while
+    /// another node fills.
+    Lease,
     /// The layer is done with the request: srcache and the backend take over.
     Done,
 }
@@ -90,6 +93,8 @@ pub struct RequestState {
     /// The request was sent through its location again to let srcache fetch the entry a
     /// fill just stored; it happens once.
     pub refetched: bool,
+    /// The fleet lease (`$cache_lease`): asked, polled, taken.
+    pub lease: super::lease::RequestLease,
     /// Passed with every lookup subrequest; `lookup_done` finds the state through it.
     pub post_subrequest: ngx_http_post_subrequest_t,
     /// For `$stale_cache_rfc9211`: seconds of freshness left (negative: stale), when known.
@@ -124,6 +129,7 @@ impl RequestState {
             looked_up: false,
             after_fetch: false,
             refetched: false,
+            lease: Default::default(),
             post_subrequest: ngx_http_post_subrequest_t {
                 handler: Some(lookup_done),
                 data: ptr::null_mut(),

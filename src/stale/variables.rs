@@ -46,6 +46,12 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
     add_output_variable(cf, "stale_cache_wake_delay", Some(wake_delay_variable))?;
     add_output_variable(cf, "stale_cache_skip_fetch", Some(skip_fetch_variable))?;
     add_output_variable(cf, "stale_cache_rfc9211", Some(rfc9211_variable))?;
+    // The fleet lease's script, for the `$cache_lease` location (see `super::lease`).
+    add_output_variable(
+        cf,
+        "stale_cache_lease_script",
+        Some(super::lease::script_variable),
+    )?;
     Some(())
 }
 

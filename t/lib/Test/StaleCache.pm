@@ -28,7 +28,8 @@ our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  start_redis fake_redis_blackhole nginx_pids pick_port sleep_ms sleep_until
                  wait_until wait_log wait_backend_hits
                  redis_locations drop_in_config redis_key redis_calls
-                 error_log_count fill_and_stale concurrent_get redis2_locations);
+                 error_log_count fill_and_stale concurrent_get redis2_locations
+                 start_nodes node_ports node_pids node_prefix kill_node node_log_text fleet_get);
 
 my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
 my $SERVROOT = $ENV{TEST_NGINX_SERVROOT} || "$ROOT/t/servroot";
@@ -49,6 +50,7 @@ my ($PORT_LO, $PORT_HI) = port_range($ENV{TEST_NGINX_PORT_RANGE} // '20000-32000
 my $PARENT = $$;
 my (%PORT, %USED_PORT, $SPEC, $REPEAT, $STARTED, $MOD_COPY);
 my ($NGINX_PID, $REDIS_PID, $BACKEND_PID, $BLACKHOLE_PID);
+my @NODES;    # extra nginx instances of the block: { pid, port, prefix, log_offset }
 my ($CUR_NAME, $LOG_OFFSET, @RESPONSES, $TIMEOUT) = ('', 0);
 our ($TEST_NGINX_SERVER_PORT, $TEST_NGINX_REDIS_PORT, $TEST_NGINX_BACKEND_PORT,
      $TEST_NGINX_SERVROOT, $TEST_NGINX_HTML_DIR);
@@ -332,6 +334,7 @@ sub start_nginx {
 }
 
 sub stop_nginx {
+    stop_nodes();
     return unless $NGINX_PID;
     my @workers = children_of($NGINX_PID);
     kill_wait($NGINX_PID, 'TERM', 10);
@@ -339,6 +342,100 @@ sub stop_nginx {
     my $deadline = time + 5;
     sleep 0.01 while time < $deadline && grep { !proc_dead($_) } @workers;
     kill 'KILL', grep { !proc_dead($_) } @workers;
+}
+
+# ------------------------------------------------------------------ fleet ---
+# More nginx instances for the block ("nodes"), as a fleet shares one Redis and one backend:
+# node 0 is the block's nginx; nodes 1..N-1 run the same nginx.conf from their own prefix
+# (servroot/node<i>: logs, pid, temp files), on their own port, with their own master,
+# workers and shared memory zones. They are stopped with the block's nginx.
+sub start_nodes {
+    my $n = shift;
+    my $conf = slurp("$SERVROOT/conf/nginx.conf") // die "no nginx.conf\n";
+    for my $i (scalar(@NODES) + 1 .. $n - 1) {
+        my $prefix = "$SERVROOT/node$i";
+        remove_tree($prefix);
+        make_path(map "$prefix/$_", qw(conf logs),
+                  map "temp/$_", qw(client_body proxy fastcgi uwsgi scgi));
+        symlink("$SERVROOT/html", "$prefix/html") or die "symlink html: $!\n";    # one html/
+        my $port = pick_port();
+        (my $c = $conf) =~ s/listen 127\.0\.0\.1:$PORT{nginx} /listen 127.0.0.1:$port /
+            or die "no listen line of port $PORT{nginx} in nginx.conf\n";
+        open my $fh, '>', "$prefix/conf/nginx.conf" or die "$prefix/conf/nginx.conf: $!\n";
+        print $fh $c;
+        close $fh;
+        my $pid = spawn("$prefix/logs/nginx.stderr", $NGINX, '-p', "$prefix/",
+                        '-c', 'conf/nginx.conf');
+        my $node = { pid => $pid, port => $port, prefix => $prefix, log_offset => 0 };
+        push @NODES, $node;
+        my $deadline = time + 10;
+        until ((slurp("$prefix/logs/nginx.pid") // '') =~ /^$pid\b/ && children_of($pid) >= 1) {
+            die "node $i did not start (see $prefix/logs/)\n"
+                if time > $deadline || defined wait_pid($pid, 0);
+            sleep 0.01;
+        }
+    }
+    return node_ports();
+}
+
+# Ports of node 0 (the block's nginx) and the started nodes.
+sub node_ports { ($PORT{nginx}, map { $_->{port} } @NODES) }
+
+# (master, workers...) of node $i (0: the block's nginx).
+sub node_pids {
+    my $i = shift;
+    return nginx_pids() if !$i;
+    my $node = $NODES[$i - 1] or return ();
+    return () if !$node->{pid} || proc_dead($node->{pid});
+    return ($node->{pid}, children_of($node->{pid}));
+}
+
+# The prefix directory of node $i (0: the block's nginx): conf/, logs/.
+sub node_prefix { my $i = shift; $i ? $NODES[$i - 1]{prefix} : $SERVROOT }
+
+# kill -9 of a whole node (master and workers at once), as a machine or container dying.
+sub kill_node {
+    my $i = shift;
+    my $node = $NODES[$i - 1] or die "no node $i\n";
+    my @pids = node_pids($i);
+    kill 'KILL', @pids;
+    wait_pid($node->{pid}, 5);
+    my $deadline = time + 5;
+    sleep 0.01 while time < $deadline && grep { !proc_dead($_) } @pids;
+    $node->{pid} = undef;
+}
+
+sub node_log_text {
+    my $i = shift;
+    return error_log_text() if !$i;
+    slurp("$NODES[$i - 1]{prefix}/logs/error.log", 0) // '';
+}
+
+# GET $path $n times at once, round-robin over the nodes (connection j to node j % nodes);
+# each response also has `node`.
+sub fleet_get {
+    my ($path, $n, $headers, $timeout, $only) = @_;    # $only: [node indexes] to use
+    my @all = node_ports();
+    my @ports = $only ? @all[@$only] : @all;
+    my $req = build_request("GET $path", $headers);
+    my @index = $only ? @$only : 0 .. $#all;
+    my @jobs = map { { port => $ports[$_ % @ports], reqs => [$req], node => $index[$_ % @ports] } }
+               0 .. $n - 1;
+    my @r = run_jobs(\@jobs, $timeout // 10);
+    $r[$_]{node} = $jobs[$_]{node} for 0 .. $#r;
+    return @r;
+}
+
+sub stop_nodes {
+    for my $node (@NODES) {
+        next unless $node->{pid};
+        my @workers = children_of($node->{pid});
+        kill_wait($node->{pid}, 'TERM', 10);
+        my $deadline = time + 5;
+        sleep 0.01 while time < $deadline && grep { !proc_dead($_) } @workers;
+        kill 'KILL', grep { !proc_dead($_) } @workers;
+    }
+    @NODES = ();
 }
 
 sub cleanup {

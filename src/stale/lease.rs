@@ -1,0 +1,574 @@
+//! The fleet lease on the nginx side (rules and script in `crate::lease`).
+//!
+//! - The request that took a key's zone lock to fill it (or to refresh it) asks the
+//!   `$cache_lease` location for the lease before going to the backend (a subrequest, like the
+//!   TTL lookup). Taken: it goes on, and the worker's *keeper* renews the lease while the zone
+//!   lock is held and releases it (or turns it into a pass mark) when the zone lock goes.
+//! - Held by another node, for a fill: the request keeps its zone lock (its node's waiters
+//!   keep waiting in shared memory) and polls the lease with backoff until the entry is stored
+//!   (it releases its zone lock as stored: everyone is served by srcache), the key is passed,
+//!   or the lease is free (it takes it and fills). Held, for a refresh: the node serves stale
+//!   and keeps its refresh lock for one lease period without refreshing.
+//! - The keeper sends renewals and releases as requests of this nginx to itself (as refreshes
+//!   are sent), carrying the secret, so they work after the client's request is over; such a
+//!   request runs the lease location and answers 204.
+//!
+//! Every failure of the lease location fails open to the node's own collapsing (logged once
+//! per interval).
+
+use core::num::NonZeroU64;
+use std::cell::{Cell, RefCell};
+
+use ngx::ffi::{
+    ngx_add_timer, ngx_del_timer, ngx_delete_posted_event, ngx_event_t, ngx_http_block_reading,
+    ngx_http_core_run_phases, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_variable_value_t, NGX_HTTP_NO_CONTENT,
+    NGX_LOG_ERR,
+};
+
+use super::conf::StaleCacheConf;
+use super::error::{warn, StaleError};
+use super::module::main_conf;
+use super::phases::Next;
+use super::refresh;
+use super::sender::{self, RefreshOutcome, RefreshTarget};
+use super::state::{Phase, RequestState, ZoneRef};
+use super::variables::read_cache_variables;
+use super::waiters::{lock_request, owner_alive, release, release_with_pass};
+use super::{after_fetch, decide, lookup};
+use crate::collapse::refresh_lock_ms;
+use crate::lease::{self, Answer, Op, KEEPER_TICK_MS, LEASE_MS, RENEW_MS};
+use crate::locktable::LockKind;
+use crate::nginx::log::{self, debug, Every, Short};
+use crate::nginx::util::{
+    cycle_log, live_headers, no_connection, now_ms, request_log, str_bytes, update_clock, AGAIN,
+};
+use crate::nginx::vars::{set_value, value_slot, VAR_OK};
+use crate::policy::CacheStatus;
+use crate::replay::{key_argument, secret_matches, Replay};
+use crate::resp::parse_integer_reply;
+use crate::settings::Settings;
+
+type Step = Result<Next, StaleError>;
+
+/// Where a request stands with the lease (while `state.phase` is `Phase::Lease`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum LeaseStep {
+    /// Not asked, or settled.
+    #[default]
+    Idle,
+    /// Waiting for the answer to `fill` (first ask or a poll).
+    FillAsk,
+    /// Another node holds the lease: waiting for the next poll.
+    PollWait,
+    /// The poll timer fired: ask again.
+    PollDue,
+    /// Waiting for the answer to `refresh`.
+    RefreshAsk,
+    /// A lease operation request of this nginx waiting for the location's answer.
+    OpAsk,
+}
+
+/// A request's dealings with the lease, inside its state.
+#[derive(Default)]
+pub struct RequestLease {
+    pub step: LeaseStep,
+    /// The lease was asked for and settled: never asked again for this request.
+    settled: bool,
+    /// This request's token, once it asked.
+    token: String,
+    polls: u32,
+    timer: Option<Box<PollTimer>>,
+}
+
+/// The poll timer of a request waiting for another node's fill.
+#[repr(C)]
+struct PollTimer {
+    /// First, so the event's address is the timer's.
+    ev: ngx_event_t,
+    state: *mut RequestState,
+}
+
+impl Drop for PollTimer {
+    fn drop(&mut self) {
+        // SAFETY: the event is ours; it is only in the timer tree or posted queue while armed.
+        unsafe {
+            if self.ev.timer_set() != 0 {
+                ngx_del_timer(&mut self.ev);
+            }
+            if self.ev.posted() != 0 {
+                ngx_delete_posted_event(&mut self.ev);
+            }
+        }
+    }
+}
+
+thread_local! {
+    /// The random half of this worker's lease tokens (nodes may share pids and counters).
+    static TOKEN_SEED: Cell<u64> = const { Cell::new(0) };
+    static TOKEN_COUNTER: Cell<u64> = const { Cell::new(0) };
+    /// Leases this worker holds, and the timer that renews and releases them.
+    static KEPT: RefCell<Vec<Kept>> = const { RefCell::new(Vec::new()) };
+    static KEEPER_EVENT: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
+}
+
+/// A fresh lease token, unique across the fleet.
+fn new_lease_token(fill: bool) -> String {
+    let seed = TOKEN_SEED.with(|s| {
+        if s.get() == 0 {
+            use std::hash::{BuildHasher, Hasher};
+            // RandomState is seeded from the OS's random source.
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(crate::nginx::util::worker_pid());
+            s.set(h.finish() | 1);
+        }
+        s.get()
+    });
+    let n = TOKEN_COUNTER.with(|c| {
+        c.set(c.get().wrapping_add(1));
+        c.get()
+    });
+    lease::token_text(fill, seed, n)
+}
+
+/// `$stale_cache_lease_script`: the lease script, for the `$cache_lease` location's EVAL.
+pub unsafe extern "C" fn script_variable(
+    _r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes the value slot being evaluated.
+    set_value(unsafe { value_slot(v) }, lease::SCRIPT.as_bytes());
+    VAR_OK
+}
+
+fn lease_failed(req: &ngx_http_request_t, what: &str) {
+    log::limited(
+        request_log(req),
+        NGX_LOG_ERR,
+        "lease",
+        Every::Interval,
+        format_args!(
+            "stale_cache: the $cache_lease location failed ({what}); this node collapses on its \
+             own until it works again"
+        ),
+    );
+}
+
+/// Sends the lease subrequest `op` for this request's key.
+fn ask(state: &mut RequestState, req: &mut ngx_http_request_t, op: Op, step: LeaseStep) -> bool {
+    let settings = state.settings();
+    let Some(uri) = settings.lease_uri.clone() else {
+        return false;
+    };
+    let args = lease::arguments(
+        &key_argument(&settings.key),
+        op,
+        &state.lease.token,
+        LEASE_MS,
+    );
+    if lookup::start(state, req, &uri, &args).is_err() {
+        lease_failed(req, "subrequest not started");
+        return false;
+    }
+    state.phase = Phase::Lease;
+    state.lease.step = step;
+    true
+}
+
+/// Second tier of a fill: called with the zone's fill lock just taken. `None`: fill now
+/// (no lease configured, or already settled for this request).
+pub fn before_fill(state: &mut RequestState, req: &mut ngx_http_request_t) -> Option<Next> {
+    if state.lease.settled || state.settings().lease_uri.is_none() {
+        return None;
+    }
+    state.lease.token = new_lease_token(true);
+    ask(state, req, Op::Fill, LeaseStep::FillAsk).then_some(Next::Return(AGAIN))
+}
+
+/// Second tier of a refresh: called with the zone's refresh lock just taken.
+pub fn before_refresh(state: &mut RequestState, req: &mut ngx_http_request_t) -> Option<Next> {
+    if state.lease.settled || state.settings().lease_uri.is_none() {
+        return None;
+    }
+    state.lease.token = new_lease_token(false);
+    ask(state, req, Op::Refresh, LeaseStep::RefreshAsk).then_some(Next::Return(AGAIN))
+}
+
+/// The lease location's answer to `fill` or `refresh`.
+fn answer(state: &RequestState) -> Result<Answer, &'static str> {
+    if !state.capture.answered_ok() {
+        return Err("no 200 answer");
+    }
+    let n = parse_integer_reply(&state.capture.body).map_err(|_| "not an integer reply")?;
+    Answer::of(n).ok_or("an integer the lease script never answers")
+}
+
+/// `Phase::Lease`: the steps of the lease.
+pub fn step(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheConf) -> Step {
+    let asked = matches!(
+        state.lease.step,
+        LeaseStep::FillAsk | LeaseStep::RefreshAsk | LeaseStep::OpAsk
+    );
+    if asked && !state.capture.done {
+        return Ok(Next::Return(AGAIN));
+    }
+    match state.lease.step {
+        LeaseStep::FillAsk => Ok(after_fill_answer(state, req, scf)),
+        LeaseStep::RefreshAsk => Ok(after_refresh_answer(state, req, scf)),
+        LeaseStep::OpAsk => Ok(after_op(state, req)),
+        // Until the timer fires, other events (a writable socket) must not move the request.
+        LeaseStep::PollWait => Ok(Next::Return(AGAIN)),
+        LeaseStep::PollDue => {
+            if ask(state, req, Op::Fill, LeaseStep::FillAsk) {
+                return Ok(Next::Return(AGAIN));
+            }
+            Ok(settle_fill(state, CacheStatus::Miss))
+        }
+        LeaseStep::Idle => {
+            state.phase = Phase::Done;
+            Ok(Next::Continue)
+        }
+    }
+}
+
+fn settle_fill(state: &mut RequestState, status: CacheStatus) -> Next {
+    state.lease.settled = true;
+    state.lease.step = LeaseStep::Idle;
+    state.finish(status);
+    Next::Continue
+}
+
+fn after_fill_answer(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+) -> Next {
+    let key = state.settings().key.clone();
+    let answer = match answer(state) {
+        Ok(a) => a,
+        Err(why) => {
+            lease_failed(req, why);
+            return settle_fill(state, CacheStatus::Miss);
+        }
+    };
+    debug!(
+        request_log(req),
+        "stale_cache: lease of \"{}\" for a fill: {:?}",
+        Short(&key),
+        answer
+    );
+    match answer {
+        Answer::Taken => {
+            if let Some(lock) = &state.fill {
+                keep(state, req, scf, lock.zone, lock.token, true);
+            }
+            settle_fill(state, CacheStatus::Miss)
+        }
+        Answer::Stored => {
+            // Another node stored it: this node's waiters are served as after a local fill.
+            if let Some(lock) = state.fill.take() {
+                release(&lock, true);
+            }
+            let next = settle_fill(state, CacheStatus::Collapsed);
+            if state.after_fetch {
+                // srcache's fetch already ran for this request: let it fetch again.
+                return after_fetch::refetch(state, req);
+            }
+            next
+        }
+        Answer::Passed => {
+            let pass_ms = state.settings().pass_ttl_ms;
+            if let Some(lock) = state.fill.take() {
+                release_with_pass(&lock, false, pass_ms);
+            }
+            settle_fill(state, CacheStatus::Pass)
+        }
+        Answer::Held => {
+            let now = now_ms();
+            if now >= state.wait.deadline {
+                warn(
+                    req,
+                    "lease-timeout",
+                    format_args!(
+                        "stale_cache: another node has been filling \"{}\" for longer than \
+                         $cache_lock_timeout; filling here too",
+                        Short(&key)
+                    ),
+                );
+                return settle_fill(state, CacheStatus::Miss);
+            }
+            let wait = lease::poll_interval_ms(state.lease.polls)
+                .min(state.wait.deadline - now)
+                .max(1);
+            state.lease.polls += 1;
+            arm_poll(state, req, wait);
+            Next::Return(AGAIN)
+        }
+    }
+}
+
+fn arm_poll(state: &mut RequestState, req: &mut ngx_http_request_t, ms: u64) {
+    state.lease.step = LeaseStep::PollWait;
+    let me: *mut RequestState = state;
+    let timer = state.lease.timer.get_or_insert_with(|| {
+        Box::new(PollTimer {
+            // SAFETY: a zeroed event is nginx's initial state for one.
+            ev: unsafe { core::mem::zeroed() },
+            state: me,
+        })
+    });
+    timer.ev.data = no_connection();
+    timer.ev.handler = Some(poll_fired);
+    timer.ev.log = request_log(req);
+    // Notice a client that gives up while this node waits, as the zone's waiters do.
+    req.read_event_handler = Some(ngx_http_test_reading);
+    // SAFETY: the event lives in the box owned by the state, which deletes the timer when it
+    // is dropped (the request's end).
+    unsafe { ngx_add_timer(&mut timer.ev, ms as ngx_msec_t) };
+}
+
+unsafe extern "C" fn poll_fired(ev: *mut ngx_event_t) {
+    // SAFETY: the event is the first field of a PollTimer owned by a live state (dropping the
+    // state deletes the timer); no step of the request runs while its timer fires.
+    let state = unsafe { &mut *(*(ev as *mut PollTimer)).state };
+    state.lease.step = LeaseStep::PollDue;
+    let r = state.r;
+    // SAFETY: resumes the request's phases where the poll stopped them; the state borrow
+    // above is not used past this point.
+    unsafe {
+        (*r).read_event_handler = Some(ngx_http_block_reading);
+        let c = (*r).connection;
+        ngx_http_core_run_phases(r);
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+fn after_refresh_answer(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+) -> Next {
+    state.lease.settled = true;
+    state.lease.step = LeaseStep::Idle;
+    let answer = answer(state);
+    debug!(
+        request_log(req),
+        "stale_cache: lease of \"{}\" for a refresh: {:?}",
+        Short(&state.settings().key),
+        answer
+    );
+    match answer {
+        Ok(Answer::Taken) => {
+            if let Some(lock) = &state.refresh_lock {
+                keep(state, req, scf, lock.zone, lock.token, false);
+            }
+        }
+        Err(why) => lease_failed(req, why),
+        Ok(_) => {
+            // Another node refreshes: serve stale, and keep this node's refresh lock for a
+            // lease period (never longer than the copy lives), so its stale hits neither
+            // refresh nor ask Redis again meanwhile.
+            if let Some(lock) = state.refresh_lock.take() {
+                let ms = refresh_lock_ms(state.ttl, false, LEASE_MS);
+                let now = now_ms();
+                lock.zone.with_key(&lock.key, |t, fp| {
+                    t.unlock(fp, lock.token, now, false);
+                    let again = lock_request(LockKind::Refresh, lock.token, ms, 0);
+                    t.try_lock_as(fp, again, now, owner_alive)
+                });
+            }
+            state.persist_pending = false;
+            state.phase = Phase::Done;
+            return Next::Continue;
+        }
+    }
+    // (A body to replay was read before any lock: see `phases`.)
+    decide::finish_stale(state, req, scf)
+}
+
+/* ---------------------------------------------------- lease operation requests */
+
+/// A request of this nginx to itself running a lease operation (`OP_HEADER` with the
+/// secret): `None` for any other request. Called for refresh-authenticated requests.
+pub fn op_request(state: &mut RequestState, req: &mut ngx_http_request_t) -> Option<Next> {
+    let secret = main_conf(req).secret.as_bytes();
+    let header = live_headers(req).find(|h| {
+        str_bytes(&h.key).eq_ignore_ascii_case(lease::OP_HEADER)
+            && lease::parse_op_header(str_bytes(&h.value))
+                .is_some_and(|(s, ..)| secret_matches(s, secret))
+    })?;
+    let (_, op, token, ms) = lease::parse_op_header(str_bytes(&header.value))?;
+    let token = String::from_utf8_lossy(token).into_owned();
+    let no_content = Next::Return(NGX_HTTP_NO_CONTENT as _);
+    let Ok(Some(settings)) = Settings::parse(&read_cache_variables(req)) else {
+        return Some(no_content);
+    };
+    let Some(uri) = settings.lease_uri.clone() else {
+        return Some(no_content);
+    };
+    let args = lease::arguments(&key_argument(&settings.key), op, &token, ms);
+    state.settings = Some(settings);
+    if lookup::start(state, req, &uri, &args).is_err() {
+        lease_failed(req, "subrequest not started");
+        return Some(no_content);
+    }
+    state.phase = Phase::Lease;
+    state.lease.step = LeaseStep::OpAsk;
+    Some(Next::Return(AGAIN))
+}
+
+fn after_op(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
+    state.lease.step = LeaseStep::Idle;
+    state.phase = Phase::Done;
+    if !state.capture.answered_ok() || parse_integer_reply(&state.capture.body).is_err() {
+        lease_failed(req, "renewal or release not answered");
+    }
+    Next::Return(NGX_HTTP_NO_CONTENT as _)
+}
+
+/* -------------------------------------------------------------------- keeper */
+
+/// A lease this worker holds for the zone lock `local_token` of `key`.
+struct Kept {
+    zone: ZoneRef,
+    key: Vec<u8>,
+    local_token: NonZeroU64,
+    target: RefreshTarget,
+    uri: String,
+    renew: Vec<u8>,
+    release: Vec<u8>,
+    /// For a fill whose key gets a pass mark: the lease becomes the fleet's pass mark.
+    pass: Option<Vec<u8>>,
+    renewed_at: u64,
+}
+
+/// Keeps the lease this request just took: renewed while the zone lock `local_token` is
+/// held, released when it goes.
+fn keep(
+    state: &RequestState,
+    req: &ngx_http_request_t,
+    scf: &StaleCacheConf,
+    zone: ZoneRef,
+    local_token: NonZeroU64,
+    fill: bool,
+) {
+    let target = match refresh::target(scf, req) {
+        Ok(t) => t,
+        Err(e) => {
+            // The lease lapses after LEASE_MS: the fleet then fills or refreshes again.
+            warn(
+                req,
+                "lease-keeper",
+                format_args!("stale_cache: the lease cannot be renewed or released: {e}"),
+            );
+            return;
+        }
+    };
+    let settings = state.settings();
+    let secret = main_conf(req).secret.as_bytes();
+    let token = &state.lease.token;
+    let client: Vec<(&[u8], &[u8])> = live_headers(req)
+        .map(|h| (str_bytes(&h.key), str_bytes(&h.value)))
+        .filter(|(name, _)| !name.eq_ignore_ascii_case(lease::OP_HEADER))
+        .collect();
+    let build = |op: Op, ms: u64| {
+        let value = lease::op_header_value(secret, op, token, ms);
+        let mut headers = client.clone();
+        headers.push((lease::OP_HEADER, &value));
+        Replay {
+            method: str_bytes(&req.method_name),
+            target: str_bytes(&req.unparsed_uri),
+            host: refresh::replay_host(req, &target),
+            headers: &headers,
+            body: None,
+            skip_header: &settings.skip_fetch,
+            secret_header: refresh::SECRET_HEADER.as_bytes(),
+            secret,
+            credentials: false,
+        }
+        .to_bytes()
+    };
+    let kept = Kept {
+        zone,
+        key: settings.key.clone(),
+        local_token,
+        renew: build(Op::Renew, LEASE_MS),
+        release: build(Op::Release, 1),
+        pass: (fill && settings.pass_ttl_ms > 0).then(|| build(Op::Pass, settings.pass_ttl_ms)),
+        uri: String::from_utf8_lossy(str_bytes(&req.unparsed_uri)).into_owned(),
+        target,
+        renewed_at: now_ms(),
+    };
+    KEPT.with(|k| k.borrow_mut().push(kept));
+    arm_keeper();
+}
+
+fn arm_keeper() {
+    KEEPER_EVENT.with(|e| {
+        let mut e = e.borrow_mut();
+        let ev = e.get_or_insert_with(|| {
+            // SAFETY: a zeroed event is nginx's initial state for one.
+            let mut ev: Box<ngx_event_t> = Box::new(unsafe { core::mem::zeroed() });
+            ev.handler = Some(keeper_tick);
+            ev.data = no_connection();
+            ev.log = cycle_log();
+            // A worker shutting down does not wait for it: its leases lapse instead.
+            ev.set_cancelable(1);
+            ev
+        });
+        if ev.timer_set() == 0 {
+            // SAFETY: the boxed event lives for the worker's lifetime.
+            unsafe { ngx_add_timer(&mut **ev, KEEPER_TICK_MS as ngx_msec_t) };
+        }
+    });
+}
+
+/// Renews the leases whose zone lock is still held; releases the others.
+unsafe extern "C" fn keeper_tick(_ev: *mut ngx_event_t) {
+    update_clock();
+    let now = now_ms();
+    let kept = KEPT.with(|k| core::mem::take(&mut *k.borrow_mut()));
+    let mut still = Vec::with_capacity(kept.len());
+    for mut k in kept {
+        let (holder, passed) = k
+            .zone
+            .with_key(&k.key, |t, fp| {
+                (t.lock_state(fp, now), t.pass_left_ms(fp, now).is_some())
+            })
+            .unwrap_or((None, false));
+        if holder.is_some_and(|h| h.token == k.local_token) {
+            if now.saturating_sub(k.renewed_at) >= RENEW_MS {
+                k.renewed_at = now;
+                send(&k, k.renew.clone(), "lease renewal");
+            }
+            still.push(k);
+            continue;
+        }
+        debug!(
+            cycle_log(),
+            "stale_cache: work on \"{}\" ended; releasing its lease{}",
+            Short(&k.key),
+            if passed { " as a pass mark" } else { "" }
+        );
+        match k.pass.take() {
+            Some(pass) if passed => send(&k, pass, "lease pass mark"),
+            _ => send(&k, k.release.clone(), "lease release"),
+        }
+    }
+    KEPT.with(|k| k.borrow_mut().extend(still));
+    if KEPT.with(|k| !k.borrow().is_empty()) {
+        arm_keeper();
+    }
+}
+
+fn send(k: &Kept, request: Vec<u8>, what: &'static str) {
+    sender::start(
+        &k.target,
+        request,
+        k.uri.clone(),
+        what,
+        LEASE_MS,
+        Box::new(|_: &RefreshOutcome, _| {}),
+    );
+}
