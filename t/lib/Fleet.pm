@@ -1,5 +1,5 @@
-# Configurations and measurements shared by the fleet tests (t/090-fleet.t with the module's
-# native Redis locations, t/091-fleet-redis2.t with redis2 + HttpRedis): lua-resty-cache's
+# Configurations and measurements shared by the fleet tests (t/095-fleet.t with the module's
+# native Redis locations, t/096-fleet-redis2.t with redis2 + HttpRedis): lua-resty-cache's
 # documented /api location plus `set $cache_lease /redislease;` and the lease location.
 package main;
 use strict;

@@ -1,4 +1,4 @@
-# The blocks of t/090-fleet.t with the Redis locations of nginx-conf/drop-in-redis2.conf:
+# The blocks of t/095-fleet.t with the Redis locations of nginx-conf/drop-in-redis2.conf:
 # redis2-nginx-module (TTL, PERSIST, store, and the lease's EVAL) and HttpRedis (fetch),
 # built from /work/shared/third-party (or TEST_NGINX_REDIS2_MODULES_DIR) into build/reference
 # when missing (about 20 s, once).
@@ -27,9 +27,9 @@ use Test::StaleCache;
 use Fleet;
 use IO::Socket::INET;
 
-open my $fh, '<', 't/090-fleet.t' or die "t/090-fleet.t: $!";
+open my $fh, '<', 't/095-fleet.t' or die "t/095-fleet.t: $!";
 my $text = do { local $/; <$fh> };
-$text =~ s/\A.*?^__DATA__\n//ms or die "no __DATA__ in t/090-fleet.t";
+$text =~ s/\A.*?^__DATA__\n//ms or die "no __DATA__ in t/095-fleet.t";
 # (the field spec_string sets; the function needs Test::Base imported by the caller)
 Test::StaleCache::spec()->_spec_string($text);
 run_tests();
