@@ -4,14 +4,10 @@
 # cache is reported. drop-in-redis2.conf needs redis2/HttpRedis, built once into
 # build/reference-modules (about 20 s).
 BEGIN {
-    my $dir = 'build/reference-modules';
-    my @so = map { "$dir/$_" } qw(ngx_http_redis2_module.so ngx_http_redis_module.so);
-    if (grep { !-f } @so) {
-        my $src = $ENV{TEST_NGINX_THIRD_PARTY} // '/work/shared/third-party';
-        system("$src/build-reference-modules.sh $dir >/dev/null") == 0
-            or die "building the reference modules failed\n";
-    }
-    $ENV{TEST_NGINX_EXTRA_MODULES} = join ' ', grep { length } $ENV{TEST_NGINX_EXTRA_MODULES}, @so;
+    use lib 't/lib';
+    require RefModules;
+    $ENV{TEST_NGINX_EXTRA_MODULES} = join ' ', grep { length }
+        $ENV{TEST_NGINX_EXTRA_MODULES}, RefModules::ensure();
 }
 use lib 't/lib';
 use Test::StaleCache;

@@ -1,20 +1,11 @@
 # stale_cache_purge through the redis2/HttpRedis locations of nginx-conf/drop-in-redis2.conf:
-# the same checks as t/091-purge.t. The two reference modules are built once into
-# build/reference/ by /work/shared/third-party/build-reference-modules.sh (or
-# $STALE_CACHE_REFERENCE_SCRIPT); without them the file is skipped.
+# the same checks as t/091-purge.t. The two reference modules are built once (see
+# t/lib/RefModules.pm).
 BEGIN {
-    my $dir = 'build/reference';
-    my @so = map { "$dir/$_" } qw(ngx_http_redis2_module.so ngx_http_redis_module.so);
-    my $script = $ENV{STALE_CACHE_REFERENCE_SCRIPT}
-        // '/work/shared/third-party/build-reference-modules.sh';
-    if (grep { !-e } @so and -x $script) {
-        system("$script $dir >/dev/null 2>&1");
-    }
-    if (grep { !-e } @so) {
-        print "1..0 # SKIP redis2/HttpRedis modules not built ($script)\n";
-        exit 0;
-    }
-    $ENV{TEST_NGINX_EXTRA_MODULES} = join ' ', ($ENV{TEST_NGINX_EXTRA_MODULES} // ()), @so;
+    use lib 't/lib';
+    require RefModules;
+    $ENV{TEST_NGINX_EXTRA_MODULES} = join ' ', grep { length }
+        $ENV{TEST_NGINX_EXTRA_MODULES}, RefModules::ensure();
 }
 use lib 't/lib';
 use Test::StaleCache;

@@ -862,20 +862,8 @@ sub redis2_locations {
 _EOC_
 }
 
-# redis2 and HttpRedis as dynamic modules for the nginx under test, built once into
-# build/reference-modules by the project's shared build-reference-modules.sh (about 20 s).
-sub reference_modules {
-    my $dir = "$ROOT/build/reference-modules";
-    my @so = map { "$dir/$_" } qw(ngx_http_redis2_module.so ngx_http_redis_module.so);
-    return @so unless grep { !-f } @so;
-    my $script = $ENV{TEST_NGINX_REFERENCE_BUILD}
-        // "$ROOT/../shared/third-party/build-reference-modules.sh";
-    -f $script or die "redis2/HttpRedis are needed by this block but $script is missing "
-                    . "(set TEST_NGINX_REFERENCE_BUILD to build-reference-modules.sh)\n";
-    my @src = $ENV{TEST_NGINX_SOURCE_DIR} ? ($ENV{TEST_NGINX_SOURCE_DIR}) : ();
-    system('bash', $script, $dir, @src) == 0 or die "building redis2/HttpRedis failed\n";
-    return @so;
-}
+# redis2 and HttpRedis for the nginx under test (see t/lib/RefModules.pm).
+sub reference_modules { require RefModules; RefModules::ensure() }
 
 sub responses { @RESPONSES }
 
