@@ -32,7 +32,11 @@ pub const PURGE_RESULTS: [&str; 3] = ["removed", "not_found", "failed"];
 
 /// Reasons a refresh was not sent although the key was stale. None exist yet: refresh
 /// backoff and caps will take these slots (see [`Counter::RefreshSkipped`]).
-pub const REFRESH_SKIP_REASONS: [&str; 0] = [];
+pub const REFRESH_SKIP_REASONS: [&str; 2] = ["backoff", "limit"];
+/// [`REFRESH_SKIP_REASONS`] index: the key's last refresh failed and its backoff lasts.
+pub const SKIP_BACKOFF: usize = 0;
+/// [`REFRESH_SKIP_REASONS`] index: `stale_cache_refresh_limit` refreshes were in flight.
+pub const SKIP_LIMIT: usize = 1;
 /// Slots reserved for [`REFRESH_SKIP_REASONS`].
 const REFRESH_SKIP_SLOTS: usize = 4;
 

@@ -187,6 +187,7 @@ ok($ttl > 100, "stored anew (TTL $ttl)");
 --- config eval
 ::config() . <<"_EOC_";
     location /dead { return 444; }
+    location = /metrics { stale_cache_metrics; }
 _EOC_
 --- timeout: 20
 --- request
@@ -209,3 +210,6 @@ cmp_ok($refreshes, '<=', 2 * 2, "$refreshes refreshes reached the backend (<= 2 
 cmp_ok($refreshes, '>=', 1, 'at least one');
 my $lines = error_log_count(qr/stale_cache: refresh of "\/api\/b"/);
 cmp_ok($lines, '<=', 2 * 2, "$lines refresh log lines (<= 2 per worker)");
+my ($skipped) = http_get('/metrics')->{body}
+    =~ /^stale_cache_refreshes_skipped_total\{zone="srcache_locks",reason="backoff"\} (\d+)$/m;
+cmp_ok($skipped // 0, '>=', $n - $refreshes - 2, "the skipped refreshes are counted ($skipped)");

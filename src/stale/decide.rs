@@ -220,6 +220,10 @@ fn serve_stale(
     let settings = state.settings();
     let key = settings.key.clone();
     let Some(slot) = refresh::take_slot(req, scf, &key) else {
+        metrics::count(
+            Some(zone),
+            Counter::RefreshSkipped(crate::metrics::SKIP_LIMIT),
+        );
         return Next::Continue;
     };
     let token = new_token();
@@ -232,6 +236,10 @@ fn serve_stale(
     });
     let outcome = match outcome {
         Some(Err(left)) => {
+            metrics::count(
+                Some(zone),
+                Counter::RefreshSkipped(crate::metrics::SKIP_BACKOFF),
+            );
             debug!(
                 request_log(req),
                 "stale_cache: refresh of \"{}\" backing off for {} ms",
