@@ -92,10 +92,52 @@ GET /t-unused
 
 
 
+=== TEST 3b: the same with redis2/HttpRedis locations
+--- redis2
+--- http_config eval: $::HTTP
+--- config eval: ::config('redis2', 'proxy_read_timeout 500ms;')
+--- timeout: 20
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+::band_round('/api/t', delay => 3);
+
+
+
 === TEST 4: backend refusing connections in the band
 --- http_config eval: $::HTTP
 --- config eval
 my $c = ::config();
+$c =~ s{proxy_pass http://backend;}{proxy_pass http://127.0.0.1:\$backend_port;};
+$c =~ s{(location /api \{)}{$1\n        set \$backend_port \$http_x_port;};
+$c =~ s{(set \$backend_port \$http_x_port;)}{$1\n        if (\$backend_port = "") { set \$backend_port $::TEST_NGINX_BACKEND_PORT; }};
+$c
+--- timeout: 20
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+my $key = fill_and_stale('/api/c');
+redis('EXPIRE', $key, 30);
+my $dead = pick_port();
+# Every request (and the refresh replaying it) asks for a port nobody listens on.
+my @r = concurrent_get('/api/c', 50, { 'X-Port' => $dead }, 15);
+is(scalar(grep { ($_->{status} // 0) == 200 } @r), 50, '50 answered 200');
+is(scalar(grep { ($_->{body} // '') eq "backend GET /api/c hit 1\n" } @r), 50,
+   'all with the stored body');
+is(::statuses(@r)->{'STALE-ERROR'}, 50, 'all STALE-ERROR') or diag(explain ::statuses(@r));
+is(error_log_count(qr/connect\(\) failed .*127\.0\.0\.1:$dead/), 1, 'one connection attempt');
+--- error_log
+connect() failed
+
+
+
+=== TEST 4b: the same with redis2/HttpRedis locations
+--- redis2
+--- http_config eval: $::HTTP
+--- config eval
+my $c = ::config('redis2');
 $c =~ s{proxy_pass http://backend;}{proxy_pass http://127.0.0.1:\$backend_port;};
 $c =~ s{(location /api \{)}{$1\n        set \$backend_port \$http_x_port;};
 $c =~ s{(set \$backend_port \$http_x_port;)}{$1\n        if (\$backend_port = "") { set \$backend_port $::TEST_NGINX_BACKEND_PORT; }};
@@ -213,3 +255,37 @@ cmp_ok($lines, '<=', 2 * 2, "$lines refresh log lines (<= 2 per worker)");
 my ($skipped) = http_get('/metrics')->{body}
     =~ /^stale_cache_refreshes_skipped_total\{zone="srcache_locks",reason="backoff"\} (\d+)$/m;
 cmp_ok($skipped // 0, '>=', $n - $refreshes - 2, "the skipped refreshes are counted ($skipped)");
+
+
+
+=== TEST 10: refresh address down: 100 stale hits over 2 s, at most 2 attempts and 2 lines per worker, key not pinned
+--- workers: 2
+--- http_config eval: $::HTTP
+--- config eval
+$ENV{P2} = Test::StaleCache::pick_port();
+my $c = ::config(undef, "set \$cache_expire /redisexpire;\n        stale_cache_refresh_address 127.0.0.1:$ENV{P2};");
+$c . "    }\n    server { listen 127.0.0.1:$ENV{P2}; location / { return 444; }\n"
+--- timeout: 20
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+my $key = fill_and_stale('/api/down');
+redis('EXPIRE', $key, 80);    # stale, above the grace band
+my $t0 = time;
+my $n = 0;
+while (time - $t0 < 2) {
+    $n++ if (http_get('/api/down')->{headers}{'x-status'} // '') eq 'STALE';
+    select(undef, undef, undef, 0.02);    # about 100 requests spread over 2 s
+}
+cmp_ok($n, '>=', 50, "$n stale hits over 2 s, all STALE");
+my @attempts = grep { /refresh of "\/api\/down" via/ } split /\n/, error_log_text();
+my %per_worker;
+$per_worker{$_}++ for map { /\[\w+\] (\d+)#/ ? $1 : () } @attempts;
+ok(!grep({ $_ > 2 } values %per_worker),
+   'at most 2 refresh attempts (one log line each) per worker: ' . join(', ', values %per_worker));
+cmp_ok(scalar @attempts, '>=', 1, 'the refresh was tried');
+my $ttl = redis('TTL', $key);
+ok($ttl > 0, "the key keeps an expiry (TTL $ttl)");
+--- error_log
+refresh of "/api/down"
