@@ -285,6 +285,11 @@ $per_worker{$_}++ for map { /\[\w+\] (\d+)#/ ? $1 : () } @attempts;
 ok(!grep({ $_ > 2 } values %per_worker),
    'at most 2 refresh attempts (one log line each) per worker: ' . join(', ', values %per_worker));
 cmp_ok(scalar @attempts, '>=', 1, 'the refresh was tried');
+# Connections that reached the address: its server answers 444 (closes) and logs each.
+my $access = Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/access.log") // '';
+my $tries = () = $access =~ m{"GET /api/down HTTP/1\.1" 444 }g;
+cmp_ok($tries, '>=', 1, "the refresh address was tried ($tries)");
+cmp_ok($tries, '<=', 2 * 2, "at most 2 connection attempts per worker ($tries in all, 2 workers)");
 my $ttl = redis('TTL', $key);
 ok($ttl > 0, "the key keeps an expiry (TTL $ttl)");
 --- error_log
