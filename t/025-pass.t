@@ -48,7 +48,8 @@ sub uncacheable_round {
     my ($filler) = grep { ($_->{headers}{'x-status'} // '') eq 'MISS' } @r;
     my $slowest = (sort { $b <=> $a } map { $_->{end} } @r)[0];
     # The old module serialized them until $cache_lock_timeout (3 s): 3.3 s for all.
-    cmp_ok($slowest - $filler->{end}, '<', 0.3 + 0.4,
+    # (Measured 0.46-0.53 s on an idle machine; the bound leaves room for a loaded one.)
+    cmp_ok($slowest - $filler->{end}, '<', 0.3 + 0.7,
            sprintf("$what: waiters went to the backend when the fill ended (%.3f s after it)",
                    $slowest - $filler->{end}));
     my $mark_set = time - ($r[0]{end} - $filler->{end});
@@ -56,7 +57,9 @@ sub uncacheable_round {
     my @in_mark = concurrent_get($path, 100, \%slow);
     is(statuses(@in_mark)->{PASS}, 100, "$what: inside the pass mark all 100 PASS")
         or diag(explain statuses(@in_mark));
-    cmp_ok(p99(@in_mark), '<', 0.3 + 0.35,
+    # (p99 measured 0.49-0.53 s idle, 0.69 s with both cores busy; waiting in line would be
+    # the 3 s lock timeout.)
+    cmp_ok(p99(@in_mark), '<', 0.3 + 0.7,
            sprintf("$what: nobody waited (p99 %.3f s, backend 0.3 s)", p99(@in_mark)));
     is(backend_hits($path), 200, "$what: 100 more backend hits");
 
