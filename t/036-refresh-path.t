@@ -251,7 +251,9 @@ my $t0 = Time::HiRes::time();
 syswrite($s, "GET /api/big HTTP/1.1\r\nHost: localhost\r\n\r\n");
 my $seen = wait_until(sub { my $r = http_get('/api/big'); $r->{body} eq "refreshed\n" && Time::HiRes::time() }, 5, 'the refreshed body');
 my $after = $seen - $t0;
-cmp_ok($after, '<=', 0.3 + 0.2, sprintf('the next client sees the new body %.3f s after the stalled request (backend 0.3 s)', $after));
+# Measured 0.33-0.38 s idle (backend 0.3 s + 200 ms holds there); polling a 4 MB copy on a
+# loaded machine takes longer, and a held refresh would take until the client's timeout.
+cmp_ok($after, '<=', 0.3 + 0.7, sprintf('the next client sees the new body %.3f s after the stalled request (backend 0.3 s)', $after));
 close $s;
 
 
@@ -275,6 +277,8 @@ print $s "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
        . $frame->(1, 5, 1, "\x82\x86\x04" . $str->('/api/big') . "\x01" . $str->('localhost'));
 my $seen = wait_until(sub { my $r = http_get('/api/big'); $r->{body} eq "refreshed\n" && Time::HiRes::time() }, 5, 'the refreshed body');
 my $after = $seen - $t0;
-cmp_ok($after, '<=', 0.3 + 0.2, sprintf('the next client sees the new body %.3f s after the stalled h2 stream (backend 0.3 s)', $after));
+# Measured 0.33-0.38 s idle (backend 0.3 s + 200 ms holds there); polling a 4 MB copy on a
+# loaded machine takes longer, and a held refresh would take until the client's timeout.
+cmp_ok($after, '<=', 0.3 + 0.7, sprintf('the next client sees the new body %.3f s after the stalled h2 stream (backend 0.3 s)', $after));
 like(error_log_text(), qr/http2 (header|request line|frame)/i, 'the stream was an HTTP/2 one');
 close $s;
