@@ -43,6 +43,9 @@ common='set $cache_key $uri; set_escape_uri $escaped_key $cache_key;
         proxy_pass http://www;'
 module_vars='set $cache_lock bench; set $cache_ttl /redisttl; set $cache_stale 100; stale_cache on;'
 store_fresh='srcache_store PUT /redis2 key=$escaped_key&exptime=3600;'
+pcache='proxy_cache pc; proxy_cache_valid 200 1h; proxy_cache_lock on;
+        proxy_cache_use_stale updating; proxy_cache_background_update on;
+        add_header X-Cache-Status $upstream_cache_status;'
 cat >"$prefix/conf/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module /usr/lib/nginx/modules/ngx_http_set_misc_module.so;
@@ -59,6 +62,11 @@ http {
     upstream redis { server 127.0.0.1:$redis_port; keepalive 1024; }
     upstream www { server 127.0.0.1:$backend_port; keepalive 64; }
     stale_cache_zone bench 1m;
+    # H/P rows: the hot tier against nginx's own proxy_cache, sendfile on as Debian ships it.
+    stale_cache_hot_zone hot 64m;
+    sendfile on;
+    proxy_cache_path $prefix/pcache levels=1:2 keys_zone=pc:10m max_size=1g inactive=10m
+                     use_temp_path=off;
     server {
         listen 127.0.0.1:$nginx_port backlog=4096;
         location /a/ { $common $store_fresh }
@@ -71,6 +79,12 @@ http {
                        add_header X-Wake-Delay \$stale_cache_wake_delay; }
         location /fon/ { $module_vars set \$cache_lease /redislease; $common
                          proxy_set_header X-Backend-Delay 0.3; $store_fresh }
+        location /h1/ { $module_vars stale_cache_hot on; $common $store_fresh
+                        proxy_set_header X-Backend-Body-Size 1024; }
+        location /h100/ { $module_vars stale_cache_hot on; $common $store_fresh
+                          proxy_set_header X-Backend-Body-Size 102400; }
+        location /p1/ { $pcache proxy_set_header X-Backend-Body-Size 1024; proxy_pass http://www; }
+        location /p100/ { $pcache proxy_set_header X-Backend-Body-Size 102400; proxy_pass http://www; }
         location /foff/ { $module_vars $common proxy_set_header X-Backend-Delay 0.3; $store_fresh }
         location = /redislease { internal; set_unescape_uri \$key \$arg_key; set_md5 \$key;
             stale_cache_redis_pass redis; stale_cache_redis_command EVAL \$stale_cache_lease_script
@@ -94,6 +108,8 @@ url=http://127.0.0.1:$nginx_port
 # Fill the fresh entries once (and the stale one, whose first fill takes 1 s).
 for p in a b c; do curl -s -o /dev/null "$url/$p/item"; done
 sleep 0.2
+# The hot rows' key: the fill, a fresh hit (counted), a fresh hit that copies it into the zone.
+for p in h1 h100 p1 p100; do for _ in 1 2 3; do curl -s -o /dev/null "$url/$p/item"; sleep 0.05; done; done
 
 # BENCH_HOLD=1: keep everything up for profiling (perf, callgrind) until interrupted.
 if [ "${BENCH_HOLD:-0}" = 1 ]; then
@@ -126,6 +142,33 @@ for round in $(seq "$rounds"); do
         rps[$p]+="$r "; p50[$p]+="$l50 "; p99[$p]+="$l99 "
     done
 done
+# H/P: the hot tier vs proxy_cache, 1 KB and 100 KB bodies, alternating, with the CPU time
+# the nginx workers spent per request (utime + stime from /proc, in clock ticks).
+worker_ticks() {
+    local master total=0 pid
+    master=$(cat "$prefix/logs/nginx.pid")
+    for pid in $(pgrep -P "$master"); do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$total"
+}
+tick_us=$((1000000 / $(getconf CLK_TCK)))
+declare -A hp_rps hp_cpu
+for round in $(seq "$rounds"); do
+    for p in h1 p1 h100 p100; do
+        t0=$(worker_ticks)
+        read -r r l50 l99 bad < <(run_wrk "$url/$p/item" "$duration")
+        t1=$(worker_ticks)
+        [ "$bad" = 0 ] || echo "warning: row $p had $bad non-2xx responses" >&2
+        hp_rps[$p]+="$r "
+        hp_cpu[$p]+="$(python3 -c "print(($t1 - $t0) * $tick_us / max(1.0, $r * $duration))") "
+    done
+done
+# How the rows' last request was served (the second of two: the first may refill the copy).
+curl -s -o /dev/null "$url/h100/item"
+hot_served=$(curl -s -D - -o /dev/null "$url/h100/item" | tr -d '\r' | sed -n 's/^X-Stale-Cache: //p')
+p_served=$(curl -s -D - -o /dev/null "$url/p100/item" | tr -d '\r' | sed -n 's/^X-Cache-Status: //p')
+
 # Filled just before its row (a 1 s fill): stored for 50 s, below the 100 s stale window.
 curl -s -o /dev/null "$url/d/item"
 read -r d_rps d50 d99 d_bad < <(run_wrk "$url/d/item" "$stale_duration")
@@ -233,4 +276,25 @@ ba = statistics.median(b / a for a, b in zip(ra_runs, rb_runs))
 ca = statistics.median(c / a for a, c in zip(ra_runs, rc_runs))
 print(f"Ratios (median of per-round ratios): B/A = {ba:.2f}, C/A = {ca:.2f}; D-p99 / B-p99 = {d99/pb99:.2f}")
 print("Runs (req/s, in order): " + "; ".join(f"{k}: {' '.join(f'{float(x):.0f}' for x in v.split())}" for k, v in runs.items()))
+PY
+python3 - "${hp_rps[h1]}" "${hp_rps[p1]}" "${hp_rps[h100]}" "${hp_rps[p100]}" \
+    "${hp_cpu[h1]}" "${hp_cpu[p1]}" "${hp_cpu[h100]}" "${hp_cpu[p100]}" "$hot_served" "$p_served" <<'PY'
+import statistics, sys
+rps = {k: [float(x) for x in v.split()] for k, v in zip(("h1", "p1", "h100", "p100"), sys.argv[1:5])}
+cpu = {k: [float(x) for x in v.split()] for k, v in zip(("h1", "p1", "h100", "p100"), sys.argv[5:9])}
+med = statistics.median
+print()
+print("| H/P: hot tier vs proxy_cache | req/s | CPU us/request (nginx workers) |")
+print("|---|---:|---:|")
+names = {"h1": "H1: hot tier, 1 KB body", "p1": "P1: proxy_cache, 1 KB body",
+         "h100": "H100: hot tier, 100 KB body", "p100": "P100: proxy_cache, 100 KB body"}
+for k in ("h1", "p1", "h100", "p100"):
+    print(f"| {names[k]} | {med(rps[k]):.0f} | {med(cpu[k]):.1f} |")
+h1p1 = med(h / p for h, p in zip(rps["h1"], rps["p1"]))
+h100p100 = med(h / p for h, p in zip(rps["h100"], rps["p100"]))
+c1 = med(h / p for h, p in zip(cpu["h1"], cpu["p1"]))
+c100 = med(h / p for h, p in zip(cpu["h100"], cpu["p100"]))
+print(f"\nH1/P1 = {h1p1:.2f} (CPU {c1:.2f}x), H100/P100 = {h100p100:.2f} (CPU {c100:.2f}x) "
+      f"(median of per-round ratios; served as: hot rows {sys.argv[9] or '?'}, proxy_cache rows {sys.argv[10] or '?'})")
+print("H/P runs (req/s, in order): " + "; ".join(f"{k}: {' '.join(f'{x:.0f}' for x in v)}" for k, v in rps.items()))
 PY

@@ -51,6 +51,12 @@ pub fn member(status: CacheStatus, facts: Facts) -> String {
             hit(&mut out);
             ttl(&mut out);
         }
+        CacheStatus::Hot => {
+            // A fresh hit served from this node's shared memory instead of Redis.
+            hit(&mut out);
+            ttl(&mut out);
+            detail(&mut out, "hot");
+        }
         CacheStatus::Stale => {
             hit(&mut out);
             ttl(&mut out);
@@ -120,6 +126,10 @@ mod tests {
     fn each_status() {
         let f = facts(Some(4), 200);
         assert_eq!(member(CacheStatus::Fresh, f), "stale-cache; hit; ttl=4");
+        assert_eq!(
+            member(CacheStatus::Hot, f),
+            "stale-cache; hit; ttl=4; detail=hot"
+        );
         assert_eq!(
             member(CacheStatus::Fresh, facts(None, 200)),
             "stale-cache; hit"

@@ -211,11 +211,14 @@ pub enum CacheStatus {
     /// In the error grace band: the backend failed (or is backing off after failing), so the
     /// stored copy was served (stale-if-error).
     StaleError,
+    /// Fresh, and answered from this node's hot tier (`stale_cache_hot`) without asking
+    /// Redis: the same bytes srcache fetched earlier, at most `stale_cache_hot_max_age` old.
+    Hot,
 }
 
 impl CacheStatus {
     /// Number of statuses, for counter arrays.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
 
     /// Every status, in [`CacheStatus::index`] order.
     pub const ALL: [CacheStatus; CacheStatus::COUNT] = [
@@ -230,6 +233,7 @@ impl CacheStatus {
         CacheStatus::Pass,
         CacheStatus::Gone,
         CacheStatus::StaleError,
+        CacheStatus::Hot,
     ];
 
     /// The variable's value.
@@ -246,6 +250,7 @@ impl CacheStatus {
             CacheStatus::Pass => "PASS",
             CacheStatus::Gone => "GONE",
             CacheStatus::StaleError => "STALE-ERROR",
+            CacheStatus::Hot => "HOT",
         }
     }
 
@@ -506,7 +511,8 @@ mod tests {
                 "ERROR",
                 "PASS",
                 "GONE",
-                "STALE-ERROR"
+                "STALE-ERROR",
+                "HOT"
             ]
         );
         for (i, s) in CacheStatus::ALL.iter().enumerate() {

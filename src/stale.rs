@@ -8,6 +8,8 @@
 //!    fill, waking, releasing locks);
 //! 3. `after_fetch::precontent_handler`, reached only when srcache did not serve the request:
 //!    an entry the layer expected but srcache missed makes the request join collapsing;
+//!    (`hot`: a fresh hit of a hot key has srcache's fetch subrequest answered from the hot
+//!    zone, or fills it from that fetch's output;)
 //! 4. `state`'s pool cleanup ends the request: releases its locks and starts its refresh
 //!    (`refresh` prepares it, `sender` sends it on a connection of its own).
 //!
@@ -18,6 +20,7 @@ mod after_fetch;
 pub mod conf;
 mod decide;
 mod error;
+mod hot;
 mod lease;
 mod literals;
 mod locations;

@@ -90,6 +90,7 @@ fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
     if let Some(zone) = state.zone {
         zone.with_key(&key, |t, fp| t.memo_clear(fp, now));
     }
+    super::hot::forget(req, &key);
     debug!(
         request_log(req),
         "stale_cache: srcache missed \"{}\", which was expected {}",

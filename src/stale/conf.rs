@@ -33,6 +33,8 @@ pub struct MainConf {
     pub in_use: bool,
     /// Every `stale_cache_refresh_address`, as written, checked against the `listen`s.
     pub refresh_addresses: Vec<(RefreshTarget, String)>,
+    /// `stale_cache_hot_zone NAME SIZE`: the hot tier's zone, if any.
+    pub hot: Option<super::hot::HotZone>,
 }
 
 impl Default for MainConf {
@@ -43,6 +45,7 @@ impl Default for MainConf {
             secret: process_secret(),
             in_use: false,
             refresh_addresses: Vec::new(),
+            hot: None,
         }
     }
 }
@@ -69,7 +72,18 @@ pub struct StaleCacheConf {
     pub refresh_limit: usize,
     /// `stale_cache_purge`: the methods that purge the URL's entry (empty: `off`).
     pub purge_methods: Option<Vec<Vec<u8>>>,
+    /// `stale_cache_hot on|off`: fresh hits may be answered from the hot zone.
+    pub hot: isize,
+    /// `stale_cache_hot_max_age TIME` in ms (u64::MAX: unset).
+    pub hot_max_age_ms: u64,
+    /// `stale_cache_hot_max_size SIZE`: the largest stored response kept (usize::MAX: unset).
+    pub hot_max_size: usize,
 }
+
+/// A hot copy is served for at most this long after it was copied from Redis.
+pub const DEFAULT_HOT_MAX_AGE_MS: u64 = 1000;
+/// The largest stored response (status line, headers and body) the hot tier keeps.
+pub const DEFAULT_HOT_MAX_SIZE: usize = 256 * 1024;
 
 impl Default for StaleCacheConf {
     fn default() -> Self {
@@ -83,6 +97,9 @@ impl Default for StaleCacheConf {
             refresh_credentials: -1,
             refresh_limit: usize::MAX,
             purge_methods: None,
+            hot: -1,
+            hot_max_age_ms: u64::MAX,
+            hot_max_size: usize::MAX,
         }
     }
 }
@@ -112,6 +129,18 @@ impl StaleCacheConf {
 
     pub fn use_stale(&self) -> UseStale {
         self.use_stale.unwrap_or(UseStale::DEFAULT)
+    }
+
+    pub fn hot_enabled(&self) -> bool {
+        self.hot == 1
+    }
+
+    pub fn hot_max_age_ms(&self) -> u64 {
+        self.hot_max_age_ms
+    }
+
+    pub fn hot_max_size(&self) -> usize {
+        self.hot_max_size
     }
 
     pub fn skip_header_name(&self) -> &[u8] {
@@ -152,6 +181,23 @@ impl Merge for StaleCacheConf {
         if self.purge_methods.is_none() {
             self.purge_methods = prev.purge_methods.clone();
         }
+        if self.hot == -1 {
+            self.hot = prev.hot.max(0);
+        }
+        if self.hot_max_age_ms == u64::MAX {
+            self.hot_max_age_ms = if prev.hot_max_age_ms == u64::MAX {
+                DEFAULT_HOT_MAX_AGE_MS
+            } else {
+                prev.hot_max_age_ms
+            };
+        }
+        if self.hot_max_size == usize::MAX {
+            self.hot_max_size = if prev.hot_max_size == usize::MAX {
+                DEFAULT_HOT_MAX_SIZE
+            } else {
+                prev.hot_max_size
+            };
+        }
         Ok(())
     }
 }
@@ -182,6 +228,18 @@ pub unsafe extern "C" fn merge_loc_conf(
     };
     if conf.merge(prev).is_err() {
         return CONF_ERROR;
+    }
+    if conf.hot_enabled() {
+        // SAFETY: merge runs inside `http` with a valid configuration context.
+        if super::module::main_conf(unsafe { &*cf }).hot.is_none() {
+            ngx::ngx_conf_log_error!(
+                NGX_LOG_EMERG,
+                cf,
+                "stale_cache: \"stale_cache_hot on\" needs a hot zone: add \
+                 \"stale_cache_hot_zone hot 64m;\" to the http block"
+            );
+            return CONF_ERROR;
+        }
     }
     if conf.enabled() {
         warn_persist_without_expire(cf);
@@ -584,5 +642,110 @@ pub unsafe extern "C" fn set_refresh_backoff(
         return conf_error(cf, cmd, "the longest backoff is shorter than the first");
     }
     scf.refresh_backoff = Some((base, cap));
+    CONF_OK
+}
+
+/// `stale_cache_hot_zone NAME SIZE;` — the hot tier's shared memory.
+pub unsafe extern "C" fn set_hot_zone(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the configuration being parsed and the command, valid during the
+    // call (the `conf` argument of an http-level directive is the main conf, not used here).
+    let (cfr, cmd) = unsafe { (&*cf, &*cmd) };
+    let args = conf_args(cfr);
+    let (mut name, mut size_arg) = (args[1], args[2]);
+    let name_bytes = str_bytes(&name).to_vec();
+    let valid_name = !name_bytes.is_empty()
+        && name_bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(b));
+    if !valid_name {
+        return conf_error(
+            cf,
+            cmd,
+            "the zone name must be letters, digits, '_', '-' or '.'",
+        );
+    }
+    // SAFETY: parses the argument string nginx owns.
+    let size = unsafe { ngx::ffi::ngx_parse_size(&mut size_arg) };
+    let min = 1024 * 1024;
+    if size < 0 || (size as usize) < min {
+        let message = format!(
+            "invalid size \"{}\" (a size like 64m; at least 1m)",
+            String::from_utf8_lossy(str_bytes(&size_arg)),
+        );
+        return conf_error(cf, cmd, &message);
+    }
+    let Some(mcf) = StaleCacheModule::main_conf_mut(cfr) else {
+        return CONF_ERROR;
+    };
+    if mcf.hot.is_some() {
+        return conf_error(cf, cmd, "is duplicate (one hot zone per http block)");
+    }
+    if mcf.zones.iter().any(|z| z.name == name_bytes) {
+        return conf_error(
+            cf,
+            cmd,
+            "names a stale_cache_zone; give the hot zone its own name",
+        );
+    }
+    let tag = StaleCacheModule::module() as *const _ as *mut c_void;
+    // SAFETY: cf is valid; nginx creates (or finds, on reload) the named zone.
+    let shm = unsafe { ngx::ffi::ngx_shared_memory_add(cf, &mut name, size as usize, tag) };
+    // SAFETY: a non-null result is the zone nginx keeps for this cycle.
+    let Some(zone) = (unsafe { shm.as_mut() }) else {
+        return CONF_ERROR;
+    };
+    zone.init = Some(super::hot::init_hot_zone);
+    zone.data = ptr::null_mut();
+    mcf.hot = Some(super::hot::HotZone::new(name_bytes, shm));
+    CONF_OK
+}
+
+/// `stale_cache_hot_max_age TIME;`
+pub unsafe extern "C" fn set_hot_max_age(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the location-level directive `stale_cache_hot_max_age`.
+    let (cfr, cmd, scf) = unsafe { directive_args(cf, cmd, conf) };
+    if scf.hot_max_age_ms != u64::MAX {
+        return conf_error(cf, cmd, "is duplicate");
+    }
+    let mut value = conf_args(cfr)[1];
+    // SAFETY: parses a string nginx owns; `0`: the value is in milliseconds.
+    let ms = unsafe { ngx::ffi::ngx_parse_time(&mut value, 0) };
+    if ms <= 0 || ms > 3_600_000 {
+        return conf_error(
+            cf,
+            cmd,
+            "expected a time like 1s or 500ms, above 0 and up to 1h",
+        );
+    }
+    scf.hot_max_age_ms = ms as u64;
+    CONF_OK
+}
+
+/// `stale_cache_hot_max_size SIZE;`
+pub unsafe extern "C" fn set_hot_max_size(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the location-level directive `stale_cache_hot_max_size`.
+    let (cfr, cmd, scf) = unsafe { directive_args(cf, cmd, conf) };
+    if scf.hot_max_size != usize::MAX {
+        return conf_error(cf, cmd, "is duplicate");
+    }
+    let mut value = conf_args(cfr)[1];
+    // SAFETY: parses the argument string nginx owns.
+    let size = unsafe { ngx::ffi::ngx_parse_size(&mut value) };
+    if size <= 0 || size as usize >= 1 << 30 {
+        return conf_error(cf, cmd, "expected a size like 256k, above 0 and below 1g");
+    }
+    scf.hot_max_size = size as usize;
     CONF_OK
 }

@@ -89,6 +89,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
         state.ttl_left = Some((until.saturating_sub(now) / 1000) as i64);
         metrics::count(state.zone, Counter::MemoHits);
         state.finish(CacheStatus::Fresh);
+        super::hot::on_fresh(state, req, scf, until);
         return Ok(Next::Continue);
     }
     if let Some(left) = pass {
@@ -186,6 +187,7 @@ pub fn after_lookup(
                 }
             }
             state.finish(CacheStatus::Fresh);
+            super::hot::on_fresh(state, req, scf, now + memo_ms);
             Ok(Next::Continue)
         }
         Action::FailOpen { reason } => Err(StaleError::Lookup(reason)),

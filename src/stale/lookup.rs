@@ -159,6 +159,11 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
 unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
     // SAFETY: nginx calls filters with a live request.
     let Some(state) = capture_of(unsafe { &*r }) else {
+        // SAFETY: as above; the chain is the one handed to this filter.
+        if unsafe { !ptr::eq((*r).main, r) } {
+            // SAFETY: as above.
+            unsafe { super::hot::fetch_output(&*r, chain) };
+        }
         // SAFETY: the saved next filter of the chain, set once in postconfiguration.
         let rc = unsafe { NEXT_BODY_FILTER.map_or(ERROR, |next| next(r, chain)) };
         // SAFETY: as above; the chain's links and buffers are valid during the call.

@@ -16,8 +16,9 @@ use ngx::http::{HttpModule, HttpModuleMainConf, NgxHttpCoreModule};
 use ngx::ngx_string;
 
 use super::conf::{
-    merge_loc_conf, set_refresh_address, set_refresh_backoff, set_refresh_limit, set_skip_header,
-    set_stale_cache, set_use_stale, set_zone, StaleCacheConf,
+    merge_loc_conf, set_hot_max_age, set_hot_max_size, set_hot_zone, set_refresh_address,
+    set_refresh_backoff, set_refresh_limit, set_skip_header, set_stale_cache, set_use_stale,
+    set_zone, StaleCacheConf,
 };
 use super::{after_fetch, lookup, metrics, phases, purge, variables};
 use crate::nginx::util::{ERROR, OK};
@@ -123,7 +124,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 12] = [
+static mut COMMANDS: [ngx_command_t; 16] = [
     directive(
         ngx_string!("stale_cache_zone"),
         NGX_HTTP_MAIN_CONF as ngx_uint_t | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -198,6 +199,34 @@ static mut COMMANDS: [ngx_command_t; 12] = [
         ngx_string!("stale_cache_purge"),
         ANY_LEVEL | NGX_CONF_1MORE as ngx_uint_t,
         purge::set_purge,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx_string!("stale_cache_hot_zone"),
+        NGX_HTTP_MAIN_CONF as ngx_uint_t | NGX_CONF_TAKE2 as ngx_uint_t,
+        set_hot_zone,
+        NGX_HTTP_MAIN_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx_string!("stale_cache_hot"),
+        ANY_LEVEL | NGX_CONF_FLAG as ngx_uint_t,
+        ngx_conf_set_flag_slot,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        offset_of!(StaleCacheConf, hot),
+    ),
+    directive(
+        ngx_string!("stale_cache_hot_max_age"),
+        ANY_LEVEL | NGX_CONF_TAKE1 as ngx_uint_t,
+        set_hot_max_age,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        0,
+    ),
+    directive(
+        ngx_string!("stale_cache_hot_max_size"),
+        ANY_LEVEL | NGX_CONF_TAKE1 as ngx_uint_t,
+        set_hot_max_size,
         NGX_HTTP_LOC_CONF_OFFSET,
         0,
     ),

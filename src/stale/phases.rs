@@ -99,7 +99,8 @@ pub unsafe extern "C" fn preaccess_handler(r: *mut ngx_http_request_t) -> ngx_in
     // SAFETY: nginx runs phase handlers with a live request.
     let req = unsafe { &mut *r };
     if !core::ptr::eq(req.main, r) {
-        return DECLINED;
+        // srcache's fetch of a hot key is answered from the hot zone (`hot`).
+        return super::hot::subrequest(req);
     }
     let scf = StaleCacheModule::location_conf(req).expect("every location has a conf");
     if !scf.enabled() {

@@ -130,6 +130,8 @@ fn start(state: &mut RequestState, req: &mut ngx_http_request_t) -> ngx_int_t {
     let forgotten = zone
         .and_then(|z| z.with_key(&settings.key, |t, fp| t.forget(fp, now)))
         .unwrap_or_default();
+    // The hot copy on this node goes too (other nodes' within their max age).
+    super::hot::forget(req, &settings.key);
     debug!(
         request_log(req),
         "stale_cache: purge of \"{}\": zone had {:?}",

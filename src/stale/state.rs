@@ -101,6 +101,8 @@ pub struct RequestState {
     pub ttl_left: Option<i64>,
     /// A purge request's progress (`purge`); `None` for every other request.
     pub purge: Option<super::purge::Purge>,
+    /// The hot tier's plan for this request (`hot`).
+    pub hot: super::hot::Hot,
 }
 
 impl RequestState {
@@ -136,6 +138,7 @@ impl RequestState {
             },
             ttl_left: None,
             purge: None,
+            hot: Default::default(),
         }
     }
 
@@ -303,6 +306,12 @@ unsafe extern "C" fn end_of_request(data: *mut c_void) {
         if let (Some(zone), Some(settings)) = (state.zone, &state.settings) {
             let now = crate::nginx::util::now_ms();
             zone.with_key(&settings.key, |t, fp| t.pass_clear(fp, now));
+        }
+    }
+    if matches!(state.store_status, Some(200..=299)) {
+        // A new copy went to Redis through this node: the hot copy is not it.
+        if let Some(settings) = &state.settings {
+            super::hot::forget(r, &settings.key);
         }
     }
     if let Some(lock) = state.refresh_lock.take() {

@@ -1,0 +1,278 @@
+# The hot tier (stale_cache_hot_zone, stale_cache_hot): fresh hits of hot keys answered from
+# shared memory with the bytes srcache fetched from Redis, and its bounds.
+use lib 't/lib';
+use Test::StaleCache;
+use Time::HiRes ();
+
+# Headers of a response, without the ones that may differ between two hits (Date) or that
+# say how it was served.
+sub comparable {
+    my $r = shift;
+    return join "\n", map { "$_->[0]: $_->[1]" }
+        grep { $_->[0] !~ /^(date|x-stale-cache)$/i } @{ $r->{header_list} };
+}
+
+# Makes $uri hot: the fill (MISS), a fresh hit (counted), a fresh hit whose fetch fills the
+# zone, then a hit from the zone. Returns (the srcache hit, the hot hit).
+sub make_hot {
+    my ($uri, $headers) = @_;
+    my $miss = http_get($uri, $headers);
+    Test::More::is($miss->{headers}{'x-stale-cache'}, 'MISS', "$uri: filled");
+    # The harness's client closes its connection after the answer, which can cut a large
+    # store short (srcache logs a 499): fill until the entry is there.
+    my $first = Test::StaleCache::wait_until(sub {
+        my $r = http_get($uri, $headers);
+        $r->{headers}{'x-stale-cache'} eq 'FRESH' && $r
+    }, 5, "$uri stored");
+    Test::More::is($first->{headers}{'x-stale-cache'}, 'FRESH', "$uri: first fresh hit");
+    my $fresh = http_get($uri, $headers);
+    Test::More::is($fresh->{headers}{'x-stale-cache'}, 'FRESH', "$uri: second fresh hit fills");
+    my $hot = http_get($uri, $headers);
+    Test::More::is($hot->{headers}{'x-stale-cache'}, 'HOT', "$uri: then served hot");
+    return ($fresh, $hot);
+}
+
+sub same_response {
+    my ($fresh, $hot, $what) = @_;
+    Test::More::is($hot->{status}, $fresh->{status}, "$what: same status");
+    Test::More::is(comparable($hot), comparable($fresh), "$what: same headers, same order");
+    Test::More::ok($hot->{body} eq $fresh->{body}, "$what: byte-identical body")
+        or Test::More::diag(length($hot->{body}) . ' vs ' . length($fresh->{body}) . ' bytes');
+}
+
+our $HTTP = <<'_EOC_';
+    stale_cache_zone srcache_locks 1m;
+    stale_cache_hot_zone hot 4m;
+_EOC_
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: a hot hit is byte-identical to the srcache hit (binary body, headers), without a Redis GET
+--- http_config eval: $main::HTTP
+--- config eval
+drop_in_config('stale_cache_hot on;')
+--- pre
+backend_config('/api/bin', body_binary => 1,
+    header => ['X-One: 1', 'Set-Cookie: a=b', 'Cache-Control: max-age=60', 'X-Two: two']);
+--- request
+GET /api/warm
+--- response_headers
+X-Stale-Cache: MISS
+--- check
+my ($fresh, $hot) = make_hot('/api/bin');
+is(length $fresh->{body}, 256, 'the binary body (bytes 0..255)');
+same_response($fresh, $hot, 'binary');
+redis('CONFIG', 'RESETSTAT');
+for (1 .. 5) {
+    my $r = http_get('/api/bin');
+    is($r->{headers}{'x-stale-cache'}, 'HOT', "hot hit $_");
+    ok($r->{body} eq $fresh->{body}, "hot hit $_: same body");
+}
+is(redis_calls('get'), 0, 'hot hits do not ask Redis');
+is(redis_calls('set'), 0, 'and store nothing');
+my ($bfresh, $bhot) = make_hot('/api/big2', { 'X-Backend-Body-Size' => 100_000 });
+same_response($bfresh, $bhot, '100 KB');
+is(backend_hits('/api/bin'), 1, 'one backend hit');
+--- no_error_log eval
+[qr/\[error\].*stale_cache/]
+
+=== TEST 2: the same through redis2/HttpRedis locations
+--- redis2
+--- http_config eval: $main::HTTP
+--- config eval
+drop_in_config('stale_cache_hot on;', 'redis2')
+--- pre
+backend_config('/api/bin', body_binary => 1, header => ['X-One: 1', 'Set-Cookie: a=b']);
+--- request
+GET /api/warm
+--- response_headers
+X-Stale-Cache: MISS
+--- check
+my ($fresh, $hot) = make_hot('/api/bin');
+same_response($fresh, $hot, 'binary, redis2');
+redis('CONFIG', 'RESETSTAT');
+is(http_get('/api/bin')->{headers}{'x-stale-cache'}, 'HOT', 'hot again');
+is(redis_calls('get'), 0, 'without a Redis GET');
+--- no_error_log
+[error]
+
+=== TEST 3: off by default: the drop-in location never answers HOT even with a hot zone
+--- http_config eval: $main::HTTP
+--- config eval
+drop_in_config()
+--- request
+GET /api/warm
+--- check
+for (1 .. 5) {
+    isnt(http_get('/api/off')->{headers}{'x-stale-cache'}, 'HOT', "request $_ not hot");
+}
+
+=== TEST 4: a key changed in Redis by another writer is served new within the max age (1 s)
+--- http_config eval: $main::HTTP
+--- config eval
+drop_in_config('stale_cache_hot on;')
+--- request
+GET /api/warm
+--- check
+my ($fresh, $hot) = make_hot('/api/upd');
+my $key = redis_key('/api/upd');
+my $old = redis('GET', $key);
+(my $new = $old) =~ s/hit 1/hit 9/ or die 'stored value has no body';
+redis('SET', $key, $new, 'EX', 105);
+my $t0 = Time::HiRes::time();
+my $seen = wait_until(sub { http_get('/api/upd')->{body} =~ /hit 9/ }, 5, 'the new copy');
+my $took = Time::HiRes::time() - $t0;
+ok($seen, 'the new copy is served');
+cmp_ok($took, '<=', 1.0 + 0.5, "within the 1 s max age (+0.5 s margin): ${took}s");
+is(http_get('/api/upd')->{body}, "backend GET /api/upd hit 9\n", 'and stays');
+
+=== TEST 5: a purge drops the hot copy on this node at once
+--- http_config eval: $main::HTTP
+--- config eval
+drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 30s; set $cache_purge /redispurge;
+        stale_cache_purge PURGE;') . <<'_EOC_'
+    location = /redispurge { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+        stale_cache_redis_pass redis; stale_cache_redis_command DEL $key; }
+_EOC_
+--- request
+GET /api/warm
+--- check
+my ($fresh, $hot) = make_hot('/api/p');
+my $key = redis_key('/api/p');
+my $value = redis('GET', $key);
+my $r = http_request('PURGE', '/api/p');
+is($r->{status}, 200, 'purged');
+# Put the same entry back behind nginx's back: only a hot copy that survived the purge
+# could answer HOT now (the max age is 30 s).
+redis('SET', $key, $value, 'EX', 105);
+$r = http_get('/api/p');
+is($r->{headers}{'x-stale-cache'}, 'FRESH', 'no hot copy after the purge');
+is($r->{body}, "backend GET /api/p hit 1\n", 'served by srcache');
+
+=== TEST 6: a full zone evicts the least recently used responses, without errors
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+    stale_cache_hot_zone hot 1m;
+--- config eval
+drop_in_config('stale_cache_hot on;')
+--- request
+GET /api/z0
+--- more_headers
+X-Backend-Body-Size: 100000
+--- check
+my $h = { 'X-Backend-Body-Size' => 100_000 };
+# 1 MiB holds about nine 100 KB responses: making 16 keys hot evicts the first ones.
+for my $i (0 .. 15) { make_hot("/api/k$i", $h) }
+my $last = http_get('/api/k15', $h);
+is($last->{headers}{'x-stale-cache'}, 'HOT', 'the last key is hot');
+is($last->{body}, backend_pattern(100_000), 'with its body');
+my $first = http_get('/api/k0', $h);
+is($first->{headers}{'x-stale-cache'}, 'FRESH', 'the first key was evicted: srcache serves it');
+is($first->{body}, backend_pattern(100_000), 'with its body');
+ok(error_log_count(qr/hot zone "hot" is full/) >= 1, 'the eviction is logged');
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
+
+=== TEST 7: Redis down: hot copies are served within their fresh period, never after it
+--- http_config eval: $main::HTTP
+--- config eval
+drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 60s;')
+--- request
+GET /api/warm
+--- check
+is(http_get('/api/down')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
+my $key = redis_key('/api/down');
+redis('EXPIRE', $key, 103);              # fresh for 3 more seconds (stale window 100 s)
+my $t0 = Time::HiRes::time();
+my $a = http_get('/api/down');
+is($a->{headers}{'x-stale-cache'}, 'FRESH', 'fresh by the TTL lookup (memo for ~3 s)');
+is(http_get('/api/down')->{headers}{'x-stale-cache'}, 'FRESH', 'second hit fills');
+is(http_get('/api/down')->{headers}{'x-stale-cache'}, 'HOT', 'hot');
+stop_redis();
+my $r = http_get('/api/down');
+is($r->{headers}{'x-stale-cache'}, 'HOT', 'Redis down, within the fresh period: hot');
+is($r->{body}, "backend GET /api/down hit 1\n", 'the cached body');
+# Redis rounds TTLs: the memo ends 2 to 3 s after the lookup; +1 s margin.
+sleep_until($t0 + 3 + 1);
+$r = http_get('/api/down');
+isnt($r->{headers}{'x-stale-cache'}, 'HOT', 'after the fresh period: not hot');
+is($r->{body}, "backend GET /api/down hit 2\n", 'the backend answers (fail open)');
+start_redis();
+
+=== TEST 8: kill -9 of workers while they write the zone leaves it usable, also after a reload
+--- workers: 2
+--- log_level: notice
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+    stale_cache_hot_zone hot 1m;
+--- config eval
+drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 200ms;')
+--- request
+GET /api/warm
+--- check
+my $h = { 'X-Backend-Body-Size' => 60_000 };
+for my $i (0 .. 19) { http_get("/api/w$i", $h) for 1 .. 2 }
+my $out = "$ENV{TEST_NGINX_SERVROOT}/load.txt";
+unlink $out;
+my @kids;
+for my $c (1 .. 4) {
+    my $pid = fork // die "fork: $!";
+    if (!$pid) {
+        open my $fh, '>>', $out or die;
+        my $end = Time::HiRes::time() + 2.5;
+        my $i = $c;
+        while (Time::HiRes::time() < $end) {
+            my $r = http_get('/api/w' . ($i++ % 20), $h);
+            # A connection of a killed worker ends early (an error or a short body): only a
+            # whole 200 with other bytes would be wrong.
+            my $whole = !$r->{error} && length($r->{body} // '') == 60_000;
+            my $ok = ($r->{status} // 0) == 200 && $r->{body} eq backend_pattern(60_000) ? 1 : 0;
+            my $st = ($r->{status} // 'none') . ($whole ? '' : '-cut');
+            print $fh "$ok $st\n";
+        }
+        exit 0;
+    }
+    push @kids, $pid;
+}
+my $killed = 0;
+for (1 .. 6) {
+    sleep_ms(300);
+    my (undef, @workers) = nginx_pids();
+    if (@workers) { kill 'KILL', $workers[0]; $killed++ }
+}
+waitpid $_, 0 for @kids;
+open my $fh, '<', $out or die;
+my @lines = <$fh>;
+my $good = grep { /^1 / } @lines;
+my $bad = grep { /^0 200/ } @lines;
+cmp_ok(scalar @lines, '>', 50, 'requests ran: ' . scalar @lines);
+is($bad, 0, 'no 200 with a wrong body');
+cmp_ok($good, '>=', scalar(@lines) * 0.8, "mostly answered ($good good; killed connections fail)");
+ok($killed > 0, "killed $killed workers");
+my $hot_after = 0;
+for my $i (0 .. 19) {
+    for (1 .. 3) {
+        my $r = wait_until(sub { my $r = http_get("/api/w$i", $h); $r->{status} == 200 && $r }, 5, 'a response');
+        is($r->{body}, backend_pattern(60_000), "w$i after the kills: right body") if $_ == 3;
+        $hot_after++ if $r->{headers}{'x-stale-cache'} eq 'HOT';
+    }
+}
+# The reload checks the zone the killed workers wrote.
+my ($master) = nginx_pids();
+kill 'HUP', $master;
+wait_log(qr/reconfiguring|signal 1 \(SIGHUP\)/);
+# (Two requests back to back: the second comes within the 200 ms max age of the first's fill.)
+wait_until(sub { http_get('/api/w1', $h); http_get('/api/w1', $h)->{headers}{'x-stale-cache'} eq 'HOT' },
+    10, 'a hot hit after the reload');
+my $r = http_get('/api/w2', $h);
+is($r->{body}, backend_pattern(60_000), 'right body after the reload');
+is(error_log_count(qr/has another layout/), 0, 'the reload kept the zone');
+is(error_log_count(qr/\[(emerg|crit)\]/), 0, 'no emerg or crit');
+is(error_log_count(qr/\[alert\]/), error_log_count(qr/\[alert\].*exited on signal 9/),
+    'no alert but the killed workers');
+diag('hot zone emptied after a kill: ' . error_log_count(qr/hot zone "hot" was/)
+    . ', on reload: ' . error_log_count(qr/hot zone "hot" failed its check/));
+--- error_log eval
+[qr/\[alert\].*exited on signal 9/]
