@@ -50,9 +50,11 @@ diag sprintf 'after the store, p50/p99 ms: in nginx: other nodes %.1f/%.1f, fill
 my $bound = 50 > pct(99, @same) + 30 ? 50 : pct(99, @same) + 30;
 cmp_ok(pct(99, @other), '<=', $bound, 'the other nodes answered within 50 ms of the store, or '
        . 'within 30 ms of the filling node\'s own waiters on a loaded machine (p99, in nginx)');
-# The client's own delay shows on the filling node too, which waits for no poll.
-cmp_ok(pct(99, @c_other), '<=', 50 + pct(99, @c_same),
-       'by the client, within 50 ms more than the filling node\'s own waiters (p99)');
+# The client's own delay shows on the filling node too, which waits for no poll. Seen: 49.6 ms
+# idle; 65 ms with both cores busy (the node's own waiters 15 ms), hence the 100 ms room; a
+# node that missed the store would wait for $cache_lock_timeout (3 s).
+cmp_ok(pct(99, @c_other), '<=', 100 + pct(99, @c_same),
+       'by the client, within 100 ms more than the filling node\'s own waiters (p99)');
 # 1 take per node, polls (every 25 ms at most over 300 ms), the release.
 cmp_ok(redis_calls('eval') - $evals, '<=', 3 * 16, 'a few lease commands per node');
 nodes_clean(1, 2);
