@@ -374,3 +374,39 @@ is(scalar @r, 2, 'both requests answered on one connection');
 is($_->{status}, 200, 'answered 200') for @r;
 is($_->{headers}{'x-stale-cache'}, 'ERROR', 'failed open') for @r;
 like(error_log_text(), qr/sent an invalid reply/, 'the garbage is logged');
+
+
+
+=== TEST 16: a zone defined twice fails nginx -t, naming it
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+    stale_cache_zone srcache_locks 2m;
+--- config
+    location /api { return 200; }
+--- must_die
+--- error_log
+"stale_cache_zone": zone "srcache_locks" is already defined
+
+
+
+=== TEST 17: a hot zone below 1m fails nginx -t
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+    stale_cache_hot_zone hot 512k;
+--- config
+    location /api { return 200; }
+--- must_die
+--- error_log
+"stale_cache_hot_zone": invalid size "512k" (a size like 64m; at least 1048576 bytes)
+
+
+
+=== TEST 18: a hot zone named like a lock zone fails nginx -t
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+    stale_cache_hot_zone srcache_locks 64m;
+--- config
+    location /api { return 200; }
+--- must_die
+--- error_log
+"stale_cache_hot_zone": names a stale_cache_zone; give the hot zone its own name

@@ -417,15 +417,18 @@ unsafe fn directive_args<'a>(
     unsafe { (&*cf, &*cmd, &mut *(conf as *mut StaleCacheConf)) }
 }
 
-/// `stale_cache_zone NAME SIZE;` — the lock zone `$cache_lock` names.
-pub unsafe extern "C" fn set_zone(
+/// A shared memory zone's `NAME SIZE` arguments, checked: the name, and the zone nginx made
+/// (or found, on reload) with `init`; `Err` is the directive's error answer.
+fn add_shm_zone(
     cf: *mut ngx_conf_t,
-    cmd: *mut ngx_command_t,
-    _conf: *mut c_void,
-) -> *mut c_char {
-    // SAFETY: nginx passes the configuration being parsed and the command, valid during the
-    // call (the `conf` argument of an http-level directive is the main conf, not used here).
-    let (cfr, cmd) = unsafe { (&*cf, &*cmd) };
+    cmd: &ngx_command_t,
+    min: usize,
+    example: &str,
+    taken: impl FnOnce(&MainConf, &[u8]) -> Option<String>,
+    init: ngx::ffi::ngx_shm_zone_init_pt,
+) -> Result<(Vec<u8>, *mut ngx::ffi::ngx_shm_zone_t), *mut c_char> {
+    // SAFETY: nginx passes the configuration being parsed, valid during the directive.
+    let cfr = unsafe { &*cf };
     let args = conf_args(cfr);
     let (mut name, mut size_arg) = (args[1], args[2]);
     let name_bytes = str_bytes(&name).to_vec();
@@ -434,45 +437,66 @@ pub unsafe extern "C" fn set_zone(
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(b));
     if !valid_name {
-        return conf_error(
-            cf,
-            cmd,
-            "the zone name must be letters, digits, '_', '-' or '.'",
-        );
+        let message = "the zone name must be letters, digits, '_', '-' or '.'";
+        return Err(conf_error(cf, cmd, message));
     }
     // SAFETY: parses the argument string nginx owns.
     let size = unsafe { ngx::ffi::ngx_parse_size(&mut size_arg) };
-    // SAFETY: read-only global set at startup.
-    let min = 8 * unsafe { ngx::ffi::ngx_pagesize };
     if size < 0 || (size as usize) < min {
         let message = format!(
-            "invalid size \"{}\" (a size like 1m; at least {} bytes)",
+            "invalid size \"{}\" (a size like {example}; at least {min} bytes)",
             String::from_utf8_lossy(str_bytes(&size_arg)),
-            min
         );
-        return conf_error(cf, cmd, &message);
+        return Err(conf_error(cf, cmd, &message));
     }
-    let Some(mcf) = StaleCacheModule::main_conf_mut(cfr) else {
-        return CONF_ERROR;
+    let Some(mcf) = StaleCacheModule::main_conf(cfr) else {
+        return Err(CONF_ERROR);
     };
-    if mcf.zones.iter().any(|z| z.name == name_bytes) {
-        let message = format!(
-            "zone \"{}\" is already defined",
-            String::from_utf8_lossy(&name_bytes)
-        );
-        return conf_error(cf, cmd, &message);
+    if let Some(why) = taken(mcf, &name_bytes) {
+        return Err(conf_error(cf, cmd, &why));
     }
     let tag = StaleCacheModule::module() as *const _ as *mut c_void;
     // SAFETY: cf is valid; nginx creates (or finds, on reload) the named zone.
     let shm = unsafe { ngx::ffi::ngx_shared_memory_add(cf, &mut name, size as usize, tag) };
     // SAFETY: a non-null result is the zone nginx keeps for this cycle.
     let Some(zone) = (unsafe { shm.as_mut() }) else {
+        return Err(CONF_ERROR);
+    };
+    zone.init = init;
+    zone.data = ptr::null_mut();
+    Ok((name_bytes, shm))
+}
+
+/// `stale_cache_zone NAME SIZE;` — the lock zone `$cache_lock` names.
+pub unsafe extern "C" fn set_zone(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the command being parsed, valid during the call (the `conf`
+    // argument of an http-level directive is the main conf, not used here).
+    let cmd = unsafe { &*cmd };
+    // SAFETY: read-only global set at startup.
+    let min = 8 * unsafe { ngx::ffi::ngx_pagesize };
+    let taken = |mcf: &MainConf, name: &[u8]| {
+        mcf.zones.iter().any(|z| z.name == name).then(|| {
+            format!(
+                "zone \"{}\" is already defined",
+                String::from_utf8_lossy(name)
+            )
+        })
+    };
+    let init = Some(crate::nginx::zone::init_zone as _);
+    let (name, shm) = match add_shm_zone(cf, cmd, min, "1m", taken, init) {
+        Ok(zone) => zone,
+        Err(answer) => return answer,
+    };
+    // SAFETY: as above.
+    let Some(mcf) = StaleCacheModule::main_conf_mut(unsafe { &*cf }) else {
         return CONF_ERROR;
     };
-    zone.init = Some(crate::nginx::zone::init_zone);
-    zone.data = ptr::null_mut();
     mcf.zones.push(Zone {
-        name: name_bytes,
+        name,
         shm,
         seed: Cell::new(None),
     });
@@ -651,56 +675,28 @@ pub unsafe extern "C" fn set_hot_zone(
     cmd: *mut ngx_command_t,
     _conf: *mut c_void,
 ) -> *mut c_char {
-    // SAFETY: nginx passes the configuration being parsed and the command, valid during the
-    // call (the `conf` argument of an http-level directive is the main conf, not used here).
-    let (cfr, cmd) = unsafe { (&*cf, &*cmd) };
-    let args = conf_args(cfr);
-    let (mut name, mut size_arg) = (args[1], args[2]);
-    let name_bytes = str_bytes(&name).to_vec();
-    let valid_name = !name_bytes.is_empty()
-        && name_bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(b));
-    if !valid_name {
-        return conf_error(
-            cf,
-            cmd,
-            "the zone name must be letters, digits, '_', '-' or '.'",
-        );
-    }
-    // SAFETY: parses the argument string nginx owns.
-    let size = unsafe { ngx::ffi::ngx_parse_size(&mut size_arg) };
-    let min = 1024 * 1024;
-    if size < 0 || (size as usize) < min {
-        let message = format!(
-            "invalid size \"{}\" (a size like 64m; at least 1m)",
-            String::from_utf8_lossy(str_bytes(&size_arg)),
-        );
-        return conf_error(cf, cmd, &message);
-    }
-    let Some(mcf) = StaleCacheModule::main_conf_mut(cfr) else {
+    // SAFETY: nginx passes the command being parsed, valid during the call (the `conf`
+    // argument of an http-level directive is the main conf, not used here).
+    let cmd = unsafe { &*cmd };
+    let taken = |mcf: &MainConf, name: &[u8]| {
+        if mcf.hot.is_some() {
+            Some("is duplicate (one hot zone per http block)".to_string())
+        } else if mcf.zones.iter().any(|z| z.name == name) {
+            Some("names a stale_cache_zone; give the hot zone its own name".to_string())
+        } else {
+            None
+        }
+    };
+    let init = Some(super::hot::init_hot_zone as _);
+    let (name, shm) = match add_shm_zone(cf, cmd, 1024 * 1024, "64m", taken, init) {
+        Ok(zone) => zone,
+        Err(answer) => return answer,
+    };
+    // SAFETY: as above.
+    let Some(mcf) = StaleCacheModule::main_conf_mut(unsafe { &*cf }) else {
         return CONF_ERROR;
     };
-    if mcf.hot.is_some() {
-        return conf_error(cf, cmd, "is duplicate (one hot zone per http block)");
-    }
-    if mcf.zones.iter().any(|z| z.name == name_bytes) {
-        return conf_error(
-            cf,
-            cmd,
-            "names a stale_cache_zone; give the hot zone its own name",
-        );
-    }
-    let tag = StaleCacheModule::module() as *const _ as *mut c_void;
-    // SAFETY: cf is valid; nginx creates (or finds, on reload) the named zone.
-    let shm = unsafe { ngx::ffi::ngx_shared_memory_add(cf, &mut name, size as usize, tag) };
-    // SAFETY: a non-null result is the zone nginx keeps for this cycle.
-    let Some(zone) = (unsafe { shm.as_mut() }) else {
-        return CONF_ERROR;
-    };
-    zone.init = Some(super::hot::init_hot_zone);
-    zone.data = ptr::null_mut();
-    mcf.hot = Some(super::hot::HotZone::new(name_bytes, shm));
+    mcf.hot = Some(super::hot::HotZone::new(name, shm));
     CONF_OK
 }
 
