@@ -75,6 +75,10 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     let (fresh, pass, lock) = zone
         .with_key(&settings.key, |t, fp| {
             let fresh = if memo { t.memo_get(fp, now) } else { None };
+            if fresh.is_some() {
+                // A fresh hit needs nothing else from the table.
+                return (fresh, None, None);
+            }
             let pass = t.pass_left_ms(fp, now);
             // A lock whose worker died (crash, kill -9) is let go at once, not at its expiry.
             t.release_if_owner_dead(fp, now, owner_alive);
