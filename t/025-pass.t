@@ -20,12 +20,6 @@ sub config {
         $o{extra} // ());
 }
 
-sub statuses {
-    my %n;
-    $n{ $_->{headers}{'x-status'} // ($_->{error} ? "error: $_->{error}" : '(none)') }++ for @_;
-    return \%n;
-}
-
 sub p99 {
     my @e = sort { $a <=> $b } map { $_->{elapsed} } @_;
     return $e[ int(0.99 * $#e) ];

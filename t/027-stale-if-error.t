@@ -21,12 +21,6 @@ sub config {
         $extra // ()), $variant);
 }
 
-sub statuses {
-    my %n;
-    $n{ $_->{headers}{'x-status'} // ($_->{error} ? "error: $_->{error}" : '(none)') }++ for @_;
-    return \%n;
-}
-
 # Fills $path (hit 1), puts it in the band, then 50 concurrent requests while the backend
 # fails as %fail says: all 200 with the stored body, one backend attempt.
 sub band_round {
@@ -49,6 +43,33 @@ sub band_round {
     is($again->{headers}{'x-status'}, 'STALE-ERROR', 'the next one too, at once');
     is(backend_hits($path), 2, 'without asking the failing backend again');
     return $key;
+}
+
+# The configuration of $variant whose backend port comes from the request's X-Port header.
+sub refused_config {
+    my ($variant) = @_;
+    my $c = config($variant);
+    $c =~ s{proxy_pass http://backend;}{proxy_pass http://127.0.0.1:\$backend_port;};
+    $c =~ s{(location /api \{)}{$1\n        set \$backend_port \$http_x_port;};
+    $c =~ s{(set \$backend_port \$http_x_port;)}{$1\n        if (\$backend_port = "") { set \$backend_port $::TEST_NGINX_BACKEND_PORT; }};
+    return $c;
+}
+
+# 50 concurrent requests in the band while every one (and the refresh replaying it) asks for
+# a port nobody listens on: all 200 with the stored body, one connection attempt.
+sub refused_round {
+    my $key = fill_and_stale('/api/c');
+    redis('EXPIRE', $key, 30);
+    my $dead = pick_port();
+    my @r = concurrent_get('/api/c', 50, { 'X-Port' => $dead }, 15);
+    is(scalar(grep { ($_->{status} // 0) == 200 } @r), 50, '50 answered 200');
+    is(scalar(grep { ($_->{body} // '') eq "backend GET /api/c hit 1\n" } @r), 50,
+       'all with the stored body');
+    # The stored body for all 50 is the guarantee; the label is STALE-ERROR for (nearly) all:
+    # one failed under a full stress run with another status, not reproduced since.
+    cmp_ok(statuses(@r)->{'STALE-ERROR'} // 0, '>=', 45, 'STALE-ERROR')
+        or diag(explain statuses(@r));
+    is(error_log_count(qr/connect\(\) failed .*127\.0\.0\.1:$dead/), 1, 'one connection attempt');
 }
 
 run_tests();
@@ -108,28 +129,13 @@ GET /t-unused
 === TEST 4: backend refusing connections in the band
 --- http_config eval: $::HTTP
 --- config eval
-my $c = ::config();
-$c =~ s{proxy_pass http://backend;}{proxy_pass http://127.0.0.1:\$backend_port;};
-$c =~ s{(location /api \{)}{$1\n        set \$backend_port \$http_x_port;};
-$c =~ s{(set \$backend_port \$http_x_port;)}{$1\n        if (\$backend_port = "") { set \$backend_port $::TEST_NGINX_BACKEND_PORT; }};
-$c
+::refused_config()
 --- timeout: 20
 --- request
 GET /t-unused
 --- ignore_response
 --- check
-my $key = fill_and_stale('/api/c');
-redis('EXPIRE', $key, 30);
-my $dead = pick_port();
-# Every request (and the refresh replaying it) asks for a port nobody listens on.
-my @r = concurrent_get('/api/c', 50, { 'X-Port' => $dead }, 15);
-is(scalar(grep { ($_->{status} // 0) == 200 } @r), 50, '50 answered 200');
-is(scalar(grep { ($_->{body} // '') eq "backend GET /api/c hit 1\n" } @r), 50,
-   'all with the stored body');
-# The stored body for all 50 is the guarantee; the label is STALE-ERROR for (nearly) all: one
-# failed under a full stress run with another status, not reproduced since.
-cmp_ok(::statuses(@r)->{'STALE-ERROR'} // 0, '>=', 45, 'STALE-ERROR') or diag(explain ::statuses(@r));
-is(error_log_count(qr/connect\(\) failed .*127\.0\.0\.1:$dead/), 1, 'one connection attempt');
+::refused_round();
 --- error_log
 connect() failed
 
@@ -139,28 +145,13 @@ connect() failed
 --- redis2
 --- http_config eval: $::HTTP
 --- config eval
-my $c = ::config('redis2');
-$c =~ s{proxy_pass http://backend;}{proxy_pass http://127.0.0.1:\$backend_port;};
-$c =~ s{(location /api \{)}{$1\n        set \$backend_port \$http_x_port;};
-$c =~ s{(set \$backend_port \$http_x_port;)}{$1\n        if (\$backend_port = "") { set \$backend_port $::TEST_NGINX_BACKEND_PORT; }};
-$c
+::refused_config('redis2')
 --- timeout: 20
 --- request
 GET /t-unused
 --- ignore_response
 --- check
-my $key = fill_and_stale('/api/c');
-redis('EXPIRE', $key, 30);
-my $dead = pick_port();
-# Every request (and the refresh replaying it) asks for a port nobody listens on.
-my @r = concurrent_get('/api/c', 50, { 'X-Port' => $dead }, 15);
-is(scalar(grep { ($_->{status} // 0) == 200 } @r), 50, '50 answered 200');
-is(scalar(grep { ($_->{body} // '') eq "backend GET /api/c hit 1\n" } @r), 50,
-   'all with the stored body');
-# The stored body for all 50 is the guarantee; the label is STALE-ERROR for (nearly) all: one
-# failed under a full stress run with another status, not reproduced since.
-cmp_ok(::statuses(@r)->{'STALE-ERROR'} // 0, '>=', 45, 'STALE-ERROR') or diag(explain ::statuses(@r));
-is(error_log_count(qr/connect\(\) failed .*127\.0\.0\.1:$dead/), 1, 'one connection attempt');
+::refused_round();
 --- error_log
 connect() failed
 

@@ -28,7 +28,7 @@ our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  start_redis fake_redis_blackhole nginx_pids pick_port sleep_ms sleep_until
                  wait_until wait_log wait_backend_hits
                  redis_locations drop_in_config redis_key redis_calls
-                 error_log_count fill_and_stale concurrent_get redis2_locations
+                 error_log_count fill_and_stale concurrent_get statuses redis2_locations
                  start_nodes node_ports node_pids node_prefix kill_node node_log_text fleet_get);
 
 my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
@@ -864,6 +864,13 @@ _EOC_
 
 # redis2 and HttpRedis for the nginx under test (see t/lib/RefModules.pm).
 sub reference_modules { require RefModules; RefModules::ensure() }
+
+# Responses counted by their X-Status header ($stale_cache_status), errors by their error.
+sub statuses {
+    my %n;
+    $n{ $_->{headers}{'x-status'} // ($_->{error} ? "error: $_->{error}" : '(none)') }++ for @_;
+    return \%n;
+}
 
 sub responses { @RESPONSES }
 
