@@ -7,9 +7,18 @@
 //! region means the same in every process that maps it and across reloads):
 //!
 //! ```text
-//! header (128 bytes) | buckets: u32 per bucket | entries: 64 bytes each
-//!                    | block links: u32 per block | blocks: BLOCK_SIZE bytes each
+//! header (128 bytes) | owners: pins per process | buckets: u32 per bucket
+//!   | entries: 72 bytes each | block links: u32 per block | (page alignment)
+//!   | blocks: BLOCK_SIZE bytes each
 //! ```
+//!
+//! Serving without copies: a request may *pin* an entry and hand the kernel its blocks
+//! directly (sendfile from the file behind the region, or writev from the mapping). A pinned
+//! entry that is evicted, replaced or removed is *retired*: out of every list, its blocks kept
+//! until its last pin goes. Pins are counted per entry and listed per process in an *owner*
+//! record, so the pins of a process that died are found and dropped. Blocks are handed to
+//! `store`'s `prepare` before they are written, so the caller can detach the old pages from
+//! the file first (what the kernel still sends of a previous entry keeps its own pages).
 //!
 //! An entry is found through its bucket's chain (`hnext`); a stored entry's data (the key,
 //! then the value) lives in a chain of fixed-size blocks (`block links`), so there is no
@@ -27,12 +36,20 @@ use siphasher::sip128::{Hasher128, SipHasher24};
 use std::hash::Hasher;
 
 /// Identifies the layout; a region with another magic or version is not read.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"SWRHOT01");
-pub const LAYOUT_VERSION: u32 = 1;
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SWRHOT02");
+pub const LAYOUT_VERSION: u32 = 2;
 pub const HEADER_SIZE: usize = 128;
-pub const ENTRY_SIZE: usize = 64;
-/// Data block size: a 1 KB body with its stored status line and headers fits in one.
-pub const BLOCK_SIZE: usize = 2048;
+pub const ENTRY_SIZE: usize = 72;
+/// Data block size: one page, so that a block's page can be detached from the file on its
+/// own, and blocks start on page boundaries (the block area is page-aligned in the region).
+pub const BLOCK_SIZE: usize = 4096;
+/// Owner records: processes that may hold pins at the same time.
+pub const OWNERS: usize = 32;
+/// Distinct entries one process can have pinned at once (more: served by copying).
+pub const PINS_PER_OWNER: usize = 62;
+const OWNER_SIZE: usize = 16 + PINS_PER_OWNER * 8;
+const OWNERS_AT: usize = HEADER_SIZE;
+const BUCKETS_AT: usize = OWNERS_AT + OWNERS * OWNER_SIZE;
 /// Bytes per block in all (block, its link, an entry and a bucket).
 pub const BYTES_PER_BLOCK: usize = BLOCK_SIZE + 4 + ENTRY_SIZE + 4;
 pub const MIN_BLOCKS: usize = 8;
@@ -41,6 +58,8 @@ const NIL: u32 = u32::MAX;
 const FREE: u32 = 0;
 const CANDIDATE: u32 = 1;
 const READY: u32 = 2;
+/// Out of every list, kept for its pins.
+const RETIRED: u32 = 3;
 
 // Header fields (byte offsets).
 const H_MAGIC: usize = 0;
@@ -60,6 +79,17 @@ const H_EVICTIONS: usize = 64;
 const H_REBUILDS: usize = 72;
 const H_STORED: usize = 80;
 const H_USED: usize = 88;
+/// Bumped by every rebuild: pins taken before it refer to entries that are gone.
+const H_GEN: usize = 96;
+const H_RETIRED: usize = 100;
+const H_SERVED_IN_PLACE: usize = 104;
+const H_SERVED_COPIED: usize = 112;
+
+// Owner record fields.
+const O_PID: usize = 0;
+const O_GEN: usize = 4;
+const O_USED: usize = 8;
+const O_PINS: usize = 16;
 
 // Entry fields (byte offsets within an entry).
 const E_STATE: usize = 0;
@@ -74,6 +104,7 @@ const E_VALUE_LEN: usize = 36;
 const E_STORED_AT: usize = 40;
 const E_FRESH_UNTIL: usize = 48;
 const E_FILL_UNTIL: usize = 56;
+const E_PINS: usize = 64;
 
 /// How long a key's fill is left to the request that started it before another may try.
 pub const FILL_CLAIM_MS: u64 = 500;
@@ -120,6 +151,16 @@ pub enum Stored {
     Stored { evicted: u32 },
     /// Larger than a quarter of the table: never stored.
     TooBig,
+    /// Not now: the room is held by responses still being sent (pinned).
+    NoRoom,
+}
+
+/// A pinned entry: its blocks stay as they are until [`HotTable::unpin`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    pub entry: u32,
+    pub generation: u32,
+    pub value_len: usize,
 }
 
 /// Counters of the table (constant time).
@@ -131,6 +172,11 @@ pub struct HotStats {
     pub evictions: u64,
     pub stored: u64,
     pub rebuilds: u64,
+    /// Entries out of the table still held by responses being sent.
+    pub retired: u32,
+    /// Responses served from the table: sent in place (pinned) or copied out.
+    pub served_in_place: u64,
+    pub served_copied: u64,
 }
 
 /// The key's fingerprint under `seed` (SipHash-2-4, so clients cannot aim keys at a bucket
@@ -168,7 +214,8 @@ fn wr64(r: &mut [u8], at: usize, v: u64) {
 
 /// (buckets, blocks) for a region of `len` bytes.
 fn geometry(len: usize) -> Option<(usize, usize)> {
-    let blocks = len.checked_sub(HEADER_SIZE)? / BYTES_PER_BLOCK;
+    // One block's worth of slack for the page alignment of the block area.
+    let blocks = len.checked_sub(BUCKETS_AT + BLOCK_SIZE)? / BYTES_PER_BLOCK;
     if blocks < MIN_BLOCKS || blocks >= NIL as usize {
         return None;
     }
@@ -187,10 +234,15 @@ impl<'a> HotTable<'a> {
         geometry(len).map_or(0, |(_, b)| b)
     }
 
+    /// The length of a region holding `blocks` blocks.
+    pub fn region_len(blocks: usize) -> usize {
+        BUCKETS_AT + BLOCK_SIZE + blocks * BYTES_PER_BLOCK
+    }
+
     fn view(r: &'a mut [u8], buckets: usize, blocks: usize) -> Self {
-        let entries_at = HEADER_SIZE + buckets * 4;
+        let entries_at = BUCKETS_AT + buckets * 4;
         let links_at = entries_at + blocks * ENTRY_SIZE;
-        let blocks_at = links_at + blocks * 4;
+        let blocks_at = (links_at + blocks * 4).next_multiple_of(BLOCK_SIZE);
         HotTable {
             r,
             buckets,
@@ -206,7 +258,8 @@ impl<'a> HotTable<'a> {
     pub fn init(region: &'a mut [u8], seed: u64) -> Result<Self, HotError> {
         let (buckets, blocks) = geometry(region.len()).ok_or(HotError::TooSmall)?;
         let mut t = Self::view(region, buckets, blocks);
-        t.lay_out(seed, 0);
+        t.r[OWNERS_AT..BUCKETS_AT].fill(0);
+        t.lay_out(seed, 0, 0);
         Ok(t)
     }
 
@@ -232,18 +285,25 @@ impl<'a> HotTable<'a> {
     }
 
     /// Empties a table of this layout (keeping its seed and counting the rebuild), or lays
-    /// out a new one over anything else of the right size.
+    /// out a new one over anything else of the right size. The owner records are kept, under
+    /// a new generation: blocks that responses pinned before the rebuild are still being
+    /// sent, so nothing is stored until those pins are gone (`store` answers `NoRoom`).
     pub fn rebuild(region: &'a mut [u8]) -> Result<Self, HotError> {
         let (buckets, blocks) = geometry(region.len()).ok_or(HotError::TooSmall)?;
         let ours = rd64(region, H_MAGIC) == MAGIC;
         let seed = rd64(region, H_SEED);
-        let rebuilds = if ours { rd64(region, H_REBUILDS) } else { 0 };
+        let (rebuilds, generation) = if ours {
+            (rd64(region, H_REBUILDS), rd32(region, H_GEN))
+        } else {
+            region[OWNERS_AT..BUCKETS_AT].fill(0);
+            (0, 0)
+        };
         let mut t = Self::view(region, buckets, blocks);
-        t.lay_out(seed, rebuilds + 1);
+        t.lay_out(seed, rebuilds + 1, generation.wrapping_add(1));
         Ok(t)
     }
 
-    fn lay_out(&mut self, seed: u64, rebuilds: u64) {
+    fn lay_out(&mut self, seed: u64, rebuilds: u64, generation: u32) {
         let len = self.r.len();
         self.r[..HEADER_SIZE].fill(0);
         wr32(self.r, H_BUSY, 1);
@@ -254,7 +314,7 @@ impl<'a> HotTable<'a> {
         wr64(self.r, H_SEED, seed);
         wr64(self.r, H_REBUILDS, rebuilds);
         for b in 0..self.buckets {
-            wr32(self.r, HEADER_SIZE + b * 4, NIL);
+            wr32(self.r, BUCKETS_AT + b * 4, NIL);
         }
         for e in 0..self.entries {
             let at = self.entries_at + e * ENTRY_SIZE;
@@ -280,6 +340,8 @@ impl<'a> HotTable<'a> {
         wr32(self.r, H_LRU_HEAD, NIL);
         wr32(self.r, H_LRU_TAIL, NIL);
         wr32(self.r, H_USED, 0);
+        wr32(self.r, H_GEN, generation);
+        wr32(self.r, H_RETIRED, 0);
         // The identity last: a table is only recognised once it is whole.
         wr32(self.r, H_VERSION, LAYOUT_VERSION);
         wr64(self.r, H_MAGIC, MAGIC);
@@ -298,6 +360,9 @@ impl<'a> HotTable<'a> {
             evictions: rd64(self.r, H_EVICTIONS),
             stored: rd64(self.r, H_STORED),
             rebuilds: rd64(self.r, H_REBUILDS),
+            retired: rd32(self.r, H_RETIRED),
+            served_in_place: rd64(self.r, H_SERVED_IN_PLACE),
+            served_copied: rd64(self.r, H_SERVED_COPIED),
         }
     }
 
@@ -344,7 +409,29 @@ impl<'a> HotTable<'a> {
         self.blocks_at + b as usize * BLOCK_SIZE
     }
     fn bucket_at(&self, fp: u64) -> usize {
-        HEADER_SIZE + (fp as usize & (self.buckets - 1)) * 4
+        BUCKETS_AT + (fp as usize & (self.buckets - 1)) * 4
+    }
+
+    /// Calls `f(offset, len)` for each stretch of an entry's data from `skip` bytes on, `len`
+    /// bytes in all, as offsets into the region; blocks that follow each other in the region
+    /// make one stretch.
+    fn walk_runs(&self, e: u32, skip: usize, len: usize, mut f: impl FnMut(usize, usize)) {
+        let (mut run_at, mut run_len) = (0usize, 0usize);
+        self.walk_data(e, skip, len, |piece| {
+            let at = piece.as_ptr() as usize - self.r.as_ptr() as usize;
+            if run_len > 0 && run_at + run_len == at {
+                run_len += piece.len();
+            } else {
+                if run_len > 0 {
+                    f(run_at, run_len);
+                }
+                (run_at, run_len) = (at, piece.len());
+            }
+            true
+        });
+        if run_len > 0 {
+            f(run_at, run_len);
+        }
     }
 
     /// Calls `f` on each piece of an entry's data from `skip` bytes on, `len` bytes in all.
@@ -429,13 +516,16 @@ impl<'a> HotTable<'a> {
     /// Takes a free entry for `fp` (evicting the least recently used if none is free) and
     /// links it into its bucket and at the LRU head.
     fn new_entry(&mut self, fp: u64, evicted: &mut u32) -> Option<u32> {
-        if rd32(self.r, H_FREE_ENTRY) == NIL {
+        // (A pinned entry evicted is retired and keeps its slot: evict until one is free.)
+        let mut steps = 0;
+        while rd32(self.r, H_FREE_ENTRY) == NIL && steps <= self.entries {
             let tail = rd32(self.r, H_LRU_TAIL);
             if tail == NIL {
                 return None;
             }
             self.remove_entry(tail);
             *evicted += 1;
+            steps += 1;
         }
         let e = rd32(self.r, H_FREE_ENTRY);
         if e == NIL {
@@ -455,22 +545,36 @@ impl<'a> HotTable<'a> {
         Some(e)
     }
 
+    /// Puts an entry's chain of blocks back at the head of the free list in its order, so
+    /// the next store of the same size gets the same (often adjacent) blocks.
     fn free_blocks_of(&mut self, e: u32) {
-        let mut b = self.eget(e, E_FIRST);
-        let mut steps = 0;
-        while b != NIL && steps < self.blocks {
-            let next = self.link(b);
-            self.set_link(b, rd32(self.r, H_FREE_BLOCK));
-            wr32(self.r, H_FREE_BLOCK, b);
-            let free = rd32(self.r, H_FREE_BLOCKS) + 1;
-            wr32(self.r, H_FREE_BLOCKS, free);
-            b = next;
-            steps += 1;
+        let first = self.eget(e, E_FIRST);
+        if first == NIL {
+            return;
         }
+        let (mut last, mut count) = (first, 1u32);
+        while self.link(last) != NIL && (count as usize) < self.blocks {
+            last = self.link(last);
+            count += 1;
+        }
+        self.set_link(last, rd32(self.r, H_FREE_BLOCK));
+        wr32(self.r, H_FREE_BLOCK, first);
+        let free = rd32(self.r, H_FREE_BLOCKS) + count;
+        wr32(self.r, H_FREE_BLOCKS, free);
         self.eset(e, E_FIRST, NIL);
     }
 
-    /// Unlinks an entry from its bucket and the LRU list and frees it with its blocks.
+    /// Frees an entry out of every list (and its blocks).
+    fn free_entry(&mut self, e: u32) {
+        self.free_blocks_of(e);
+        self.eset(e, E_STATE, FREE);
+        self.eset(e, E_PINS, 0);
+        self.eset(e, E_HNEXT, rd32(self.r, H_FREE_ENTRY));
+        wr32(self.r, H_FREE_ENTRY, e);
+    }
+
+    /// Unlinks an entry from its bucket and the LRU list and frees it with its blocks, or
+    /// retires it while responses still send from it.
     fn remove_entry(&mut self, e: u32) {
         let bucket = self.bucket_at(self.eget64(e, E_FP));
         let mut cur = rd32(self.r, bucket);
@@ -490,12 +594,16 @@ impl<'a> HotTable<'a> {
             }
         }
         self.lru_unlink(e);
-        self.free_blocks_of(e);
-        self.eset(e, E_STATE, FREE);
-        self.eset(e, E_HNEXT, rd32(self.r, H_FREE_ENTRY));
-        wr32(self.r, H_FREE_ENTRY, e);
         let used = rd32(self.r, H_USED).saturating_sub(1);
         wr32(self.r, H_USED, used);
+        if self.eget(e, E_PINS) > 0 {
+            self.eset(e, E_STATE, RETIRED);
+            self.eset(e, E_HNEXT, NIL);
+            let retired = rd32(self.r, H_RETIRED) + 1;
+            wr32(self.r, H_RETIRED, retired);
+        } else {
+            self.free_entry(e);
+        }
     }
 
     /* ------------------------------------------------------------ operations */
@@ -571,12 +679,15 @@ impl<'a> HotTable<'a> {
                 at += piece.len();
                 true
             });
+            let served = rd64(t.r, H_SERVED_COPIED) + 1;
+            wr64(t.r, H_SERVED_COPIED, served);
             (at == len).then_some(len)
         })
     }
 
     /// Stores `value` for `key`, fresh until `fresh_until`, replacing any copy, evicting least
-    /// recently used entries for room. The entry is marked READY last.
+    /// recently used entries for room. The entry is marked READY last. `prepare(offset, len)`
+    /// is called for each stretch of blocks before they are written.
     pub fn store(
         &mut self,
         fp: u64,
@@ -584,10 +695,14 @@ impl<'a> HotTable<'a> {
         value: &[u8],
         now: u64,
         fresh_until: u64,
+        mut prepare: impl FnMut(usize, usize),
     ) -> Stored {
         let total = key.len() + value.len();
         if total > self.max_data_len() || total == 0 {
             return Stored::TooBig;
+        }
+        if self.pins_of_an_older_generation() {
+            return Stored::NoRoom;
         }
         let need = total.div_ceil(BLOCK_SIZE) as u32;
         self.busy(|t| {
@@ -601,16 +716,32 @@ impl<'a> HotTable<'a> {
             while rd32(t.r, H_FREE_BLOCKS) < need {
                 let tail = rd32(t.r, H_LRU_TAIL);
                 if tail == NIL || tail == e {
-                    // Only the new entry is left (cannot happen below max_data_len).
+                    // Only the new entry is left: the rest is held by pinned responses.
                     t.remove_entry(e);
                     t.count_evictions(evicted);
-                    return Stored::TooBig;
+                    return Stored::NoRoom;
                 }
                 t.remove_entry(tail);
                 evicted += 1;
             }
             // Take `need` blocks off the free list, in order, and write the data into them.
             let first = rd32(t.r, H_FREE_BLOCK);
+            let (mut b, mut run_at, mut run_len) = (first, 0usize, 0usize);
+            for _ in 0..need {
+                let at = t.block(b);
+                if run_len > 0 && run_at + run_len == at {
+                    run_len += BLOCK_SIZE;
+                } else {
+                    if run_len > 0 {
+                        prepare(run_at, run_len);
+                    }
+                    (run_at, run_len) = (at, BLOCK_SIZE);
+                }
+                b = t.link(b);
+            }
+            if run_len > 0 {
+                prepare(run_at, run_len);
+            }
             let mut b = first;
             let mut last = NIL;
             let mut written = 0;
@@ -656,6 +787,196 @@ impl<'a> HotTable<'a> {
         })
     }
 
+    /// The length of `key`'s value if its copy is servable now.
+    pub fn servable_len(&self, fp: u64, key: &[u8], now: u64, max_age_ms: u64) -> Option<usize> {
+        let e = self.find(fp, key)?;
+        (self.eget(e, E_STATE) == READY && self.servable(e, now, max_age_ms))
+            .then(|| self.eget(e, E_VALUE_LEN) as usize)
+    }
+
+    /* ---------------------------------------------------------------- pins */
+
+    fn o_at(o: usize) -> usize {
+        OWNERS_AT + o * OWNER_SIZE
+    }
+    fn oget(&self, o: usize, f: usize) -> u32 {
+        rd32(self.r, Self::o_at(o) + f)
+    }
+    fn oset(&mut self, o: usize, f: usize, v: u32) {
+        wr32(self.r, Self::o_at(o) + f, v);
+    }
+    fn pin_at(o: usize, i: usize) -> usize {
+        Self::o_at(o) + O_PINS + i * 8
+    }
+    fn used_pins(&self, o: usize) -> usize {
+        (self.oget(o, O_USED) as usize).min(PINS_PER_OWNER)
+    }
+
+    /// Whether a live-looking owner still holds pins taken before the last rebuild.
+    fn pins_of_an_older_generation(&self) -> bool {
+        let generation = rd32(self.r, H_GEN);
+        (0..OWNERS).any(|o| {
+            self.oget(o, O_PID) != 0
+                && self.oget(o, O_USED) > 0
+                && self.oget(o, O_GEN) != generation
+        })
+    }
+
+    /// Drops every pin of owner `o` and frees the record.
+    fn release_owner(&mut self, o: usize) {
+        if self.oget(o, O_GEN) == rd32(self.r, H_GEN) {
+            for i in 0..self.used_pins(o) {
+                let at = Self::pin_at(o, i);
+                let (e, count) = (rd32(self.r, at), rd32(self.r, at + 4));
+                if (e as usize) < self.entries {
+                    self.drop_pins(e, count);
+                }
+            }
+        }
+        let at = Self::o_at(o);
+        self.r[at..at + OWNER_SIZE].fill(0);
+    }
+
+    fn drop_pins(&mut self, e: u32, count: u32) {
+        let pins = self.eget(e, E_PINS).saturating_sub(count);
+        self.eset(e, E_PINS, pins);
+        if pins == 0 && self.eget(e, E_STATE) == RETIRED {
+            let retired = rd32(self.r, H_RETIRED).saturating_sub(1);
+            wr32(self.r, H_RETIRED, retired);
+            self.free_entry(e);
+        }
+    }
+
+    /// An owner record for process `pid`'s pins, claimed once per process: a free one, or one
+    /// whose process is gone (`alive(pid)` false: its pins are dropped). Starts looking at `hint`
+    /// (the process's slot). `None`: no record (the process serves by copying).
+    pub fn claim_owner(
+        &mut self,
+        hint: usize,
+        pid: u32,
+        alive: impl Fn(u32) -> bool,
+    ) -> Option<usize> {
+        self.busy(|t| {
+            // A record already under this pid is a previous process's (pid reused): a process
+            // claims once, before its first pin.
+            let o = (0..OWNERS).find(|&o| t.oget(o, O_PID) == pid).or_else(|| {
+                (0..OWNERS).map(|i| (hint + i) % OWNERS).find(|&o| {
+                    let owner = t.oget(o, O_PID);
+                    owner == 0 || !alive(owner)
+                })
+            })?;
+            t.release_owner(o);
+            t.oset(o, O_PID, pid);
+            t.oset(o, O_GEN, rd32(t.r, H_GEN));
+            Some(o)
+        })
+    }
+
+    /// Drops the pins of processes that are gone. Returns how many records were freed.
+    pub fn release_dead_owners(&mut self, alive: impl Fn(u32) -> bool) -> usize {
+        self.busy(|t| {
+            let mut released = 0;
+            for o in 0..OWNERS {
+                let owner = t.oget(o, O_PID);
+                if owner != 0 && !alive(owner) {
+                    t.release_owner(o);
+                    released += 1;
+                }
+            }
+            released
+        })
+    }
+
+    /// Pins `key`'s copy for owner `o` (of process `pid`) if it is servable, and calls
+    /// `run(offset, len)` for each stretch of its value in the region. `None`: no servable
+    /// copy, or the owner cannot pin more (serve by copying).
+    #[allow(clippy::too_many_arguments)]
+    pub fn pin(
+        &mut self,
+        o: usize,
+        pid: u32,
+        fp: u64,
+        key: &[u8],
+        now: u64,
+        max_age_ms: u64,
+        run: impl FnMut(usize, usize),
+    ) -> Option<Pin> {
+        if o >= OWNERS || self.oget(o, O_PID) != pid {
+            return None;
+        }
+        let e = self.find(fp, key)?;
+        if self.eget(e, E_STATE) != READY || !self.servable(e, now, max_age_ms) {
+            return None;
+        }
+        let generation = rd32(self.r, H_GEN);
+        let used = self.used_pins(o);
+        if self.oget(o, O_GEN) != generation {
+            if used > 0 {
+                return None; // its old pins still hold blocks of the previous table
+            }
+            self.oset(o, O_GEN, generation);
+        }
+        let slot = (0..used).find(|&i| rd32(self.r, Self::pin_at(o, i)) == e);
+        if slot.is_none() && used >= PINS_PER_OWNER {
+            return None;
+        }
+        self.busy(|t| {
+            let i = slot.unwrap_or(used);
+            let at = Self::pin_at(o, i);
+            if slot.is_none() {
+                wr32(t.r, at, e);
+                wr32(t.r, at + 4, 0);
+                t.oset(o, O_USED, used as u32 + 1);
+            }
+            let count = rd32(t.r, at + 4) + 1;
+            wr32(t.r, at + 4, count);
+            let pins = t.eget(e, E_PINS) + 1;
+            t.eset(e, E_PINS, pins);
+            t.touch(e);
+            let served = rd64(t.r, H_SERVED_IN_PLACE) + 1;
+            wr64(t.r, H_SERVED_IN_PLACE, served);
+        });
+        let value_len = self.eget(e, E_VALUE_LEN) as usize;
+        self.walk_runs(e, key.len(), value_len, run);
+        Some(Pin {
+            entry: e,
+            generation,
+            value_len,
+        })
+    }
+
+    /// Ends one pin taken by [`HotTable::pin`]; a retired entry's last pin frees it.
+    pub fn unpin(&mut self, o: usize, pid: u32, pin: &Pin) {
+        if o >= OWNERS || self.oget(o, O_PID) != pid {
+            return;
+        }
+        let used = self.used_pins(o);
+        let Some(i) = (0..used).find(|&i| rd32(self.r, Self::pin_at(o, i)) == pin.entry) else {
+            return;
+        };
+        self.busy(|t| {
+            let at = Self::pin_at(o, i);
+            let count = rd32(t.r, at + 4).saturating_sub(1);
+            if count == 0 {
+                // Keep the list dense: the last pin moves into this slot.
+                let last = Self::pin_at(o, used - 1);
+                let moved = [rd32(t.r, last), rd32(t.r, last + 4)];
+                wr32(t.r, at, moved[0]);
+                wr32(t.r, at + 4, moved[1]);
+                t.oset(o, O_USED, used as u32 - 1);
+            } else {
+                wr32(t.r, at + 4, count);
+            }
+            let current = t.oget(o, O_GEN) == rd32(t.r, H_GEN);
+            if current && pin.generation == rd32(t.r, H_GEN) && (pin.entry as usize) < t.entries {
+                t.drop_pins(pin.entry, 1);
+            }
+            if used == 1 && count == 0 {
+                t.oset(o, O_GEN, rd32(t.r, H_GEN));
+            }
+        });
+    }
+
     /// Lets another request fill `key` at once (this one's fetch stored nothing).
     pub fn release_fill(&mut self, fp: u64, key: &[u8]) {
         self.busy(|t| {
@@ -694,7 +1015,8 @@ impl<'a> HotTable<'a> {
             if e >= n || on_lru[e as usize] {
                 return Err(bad("LRU list"));
             }
-            if self.eget(e, E_PREV) != prev || self.eget(e, E_STATE) == FREE {
+            let state = self.eget(e, E_STATE);
+            if self.eget(e, E_PREV) != prev || (state != READY && state != CANDIDATE) {
                 return Err(bad("LRU links"));
             }
             on_lru[e as usize] = true;
@@ -707,7 +1029,7 @@ impl<'a> HotTable<'a> {
         }
         let mut in_bucket = 0u32;
         for bucket in 0..self.buckets {
-            let mut e = rd32(self.r, HEADER_SIZE + bucket * 4);
+            let mut e = rd32(self.r, BUCKETS_AT + bucket * 4);
             let mut steps = 0;
             while e != NIL {
                 if e >= n || !on_lru[e as usize] || steps > self.entries {
@@ -732,13 +1054,19 @@ impl<'a> HotTable<'a> {
             owner[b as usize] = true;
             Ok(())
         };
+        let mut retired = 0u32;
         for e in 0..n {
-            if !on_lru[e as usize] {
+            let state = self.eget(e, E_STATE);
+            if state == RETIRED && !on_lru[e as usize] {
+                if self.eget(e, E_PINS) == 0 {
+                    return Err(bad("retired entry without pins"));
+                }
+                retired += 1;
+            } else if !on_lru[e as usize] {
                 continue;
             }
-            let state = self.eget(e, E_STATE);
             let total = self.eget(e, E_KEY_LEN) as usize + self.eget(e, E_VALUE_LEN) as usize;
-            let want = if state == READY {
+            let want = if state == READY || state == RETIRED {
                 total.div_ceil(BLOCK_SIZE)
             } else if state == CANDIDATE {
                 0
@@ -772,11 +1100,74 @@ impl<'a> HotTable<'a> {
             free_entries += 1;
             e = self.eget(e, E_HNEXT);
         }
-        if free_entries + count != n {
+        if free_entries + count + retired != n || retired != rd32(self.r, H_RETIRED) {
             return Err(bad("entry count"));
+        }
+        // Pins: each entry's count is the sum of the current generation's owner records.
+        let generation = rd32(self.r, H_GEN);
+        let mut pins = vec![0u32; self.entries];
+        for o in 0..OWNERS {
+            let used = self.oget(o, O_USED) as usize;
+            if used > PINS_PER_OWNER || (self.oget(o, O_PID) == 0 && used > 0) {
+                return Err(bad("owner record"));
+            }
+            if self.oget(o, O_GEN) != generation {
+                continue;
+            }
+            for i in 0..used {
+                let at = Self::pin_at(o, i);
+                let (e, count) = (rd32(self.r, at), rd32(self.r, at + 4));
+                if e >= n || count == 0 {
+                    return Err(bad("pin"));
+                }
+                pins[e as usize] += count;
+            }
+        }
+        for e in 0..n {
+            let state = self.eget(e, E_STATE);
+            let pinnable = state == READY || state == RETIRED;
+            let have = if pinnable { self.eget(e, E_PINS) } else { 0 };
+            if have != pins[e as usize] || (!pinnable && self.eget(e, E_PINS) != 0) {
+                return Err(bad("pin counts"));
+            }
         }
         Ok(())
     }
+}
+
+/// In a stored response (srcache's format: status line, headers, blank line, body): where
+/// the body starts: after the first CRLF CRLF within `limit` bytes of `pieces`.
+pub fn blank_line_end<'a>(pieces: impl Iterator<Item = &'a [u8]>, limit: usize) -> Option<usize> {
+    const END: &[u8; 4] = b"\r\n\r\n";
+    let (mut matched, mut at) = (0, 0);
+    for piece in pieces {
+        for &byte in piece {
+            if at == limit {
+                return None;
+            }
+            at += 1;
+            matched = if byte == END[matched] {
+                matched + 1
+            } else if byte == b'\r' {
+                1
+            } else {
+                0
+            };
+            if matched == END.len() {
+                return Some(at);
+            }
+        }
+    }
+    None
+}
+
+/// The status code of a stored `HTTP/1.x NNN ...` line.
+pub fn parse_status(head: &[u8]) -> Option<usize> {
+    let rest = head.strip_prefix(b"HTTP/1.")?;
+    let code = rest.get(2..5)?;
+    code.iter()
+        .all(u8::is_ascii_digit)
+        .then(|| code.iter().fold(0, |n, d| n * 10 + usize::from(d - b'0')))
 }
 
 /// Serving bound of a copy: the earlier of the key's fresh period and the max age.
@@ -789,7 +1180,7 @@ mod tests {
     use super::*;
 
     fn region(blocks: usize) -> Vec<u8> {
-        vec![0u8; HEADER_SIZE + blocks * BYTES_PER_BLOCK + 7]
+        vec![0u8; HotTable::region_len(blocks) + 7]
     }
 
     /// Reads through a buffer the test owns.
@@ -803,7 +1194,7 @@ mod tests {
 
     fn put(t: &mut HotTable, key: &[u8], value: &[u8], now: u64, fresh_until: u64) -> Stored {
         let fp = fingerprint(t.seed(), key);
-        t.store(fp, key, value, now, fresh_until)
+        t.store(fp, key, value, now, fresh_until, |_, _| {})
     }
 
     fn plan(t: &mut HotTable, key: &[u8], now: u64, fresh_until: u64) -> Plan {
@@ -856,7 +1247,7 @@ mod tests {
         let mut r = region(256);
         let mut t = HotTable::init(&mut r, 9).unwrap();
         let value: Vec<u8> = (0..100_000u32).map(|i| (i % 256) as u8).collect();
-        let key = vec![b'x'; 3000]; // the key itself spans two blocks
+        let key = vec![b'x'; 5000]; // the key itself spans two blocks
         assert!(matches!(
             put(&mut t, &key, &value, 0, 10_000),
             Stored::Stored { .. }
@@ -865,7 +1256,7 @@ mod tests {
         let stats = t.stats();
         assert_eq!(
             stats.free_blocks as usize,
-            256 - (3000 + 100_000usize).div_ceil(BLOCK_SIZE)
+            256 - (5000 + 100_000usize).div_ceil(BLOCK_SIZE)
         );
         // Replacing frees the old blocks.
         put(&mut t, &key, b"short", 2, 10_000);
@@ -879,7 +1270,7 @@ mod tests {
         let mut r = region(64);
         let mut t = HotTable::init(&mut r, 9).unwrap();
         let fp = fingerprint(t.seed(), b"a");
-        t.store(fp, b"a", b"A", 0, 10_000);
+        t.store(fp, b"a", b"A", 0, 10_000, |_, _| {});
         let mut buf = [0u8; 8];
         // Same fingerprint, other key: nothing served.
         assert_eq!(t.read(fp, b"b", 1, 1000, |n| buf.get_mut(..n)), None);
@@ -960,7 +1351,7 @@ mod tests {
         let mut r = region(64);
         {
             let mut t = HotTable::init(&mut r, 5).unwrap();
-            put(&mut t, b"k", &[1; 5000], 0, 10_000);
+            put(&mut t, b"k", &[1; 9000], 0, 10_000);
             t.verify().unwrap();
         }
         // A block on both an entry and the free list.
@@ -970,6 +1361,175 @@ mod tests {
         wr32(&mut r, H_FREE_BLOCK, first);
         let t = HotTable::attach(&mut r).unwrap();
         assert!(t.verify().is_err());
+    }
+
+    /// Pins `key` for owner `o` (pid 100 + o) and reads its value back through the stretches.
+    fn pin(t: &mut HotTable, o: usize, key: &[u8], now: u64) -> Option<(Pin, Vec<(usize, usize)>)> {
+        let fp = fingerprint(t.seed(), key);
+        let mut runs = Vec::new();
+        let pin = t.pin(o, 100 + o as u32, fp, key, now, 1000, |at, len| {
+            runs.push((at, len))
+        })?;
+        Some((pin, runs))
+    }
+
+    fn bytes_of(r: &[u8], runs: &[(usize, usize)]) -> Vec<u8> {
+        runs.iter()
+            .flat_map(|&(at, len)| r[at..at + len].to_vec())
+            .collect()
+    }
+
+    #[test]
+    fn pinned_values_are_served_in_place_and_outlive_eviction() {
+        let mut r = region(16);
+        let mut t = HotTable::init(&mut r, 3).unwrap();
+        let alive = |_| true;
+        assert_eq!(t.claim_owner(0, 100, alive), Some(0));
+        assert_eq!(t.claim_owner(0, 101, alive), Some(1));
+        let value: Vec<u8> = (0..3 * BLOCK_SIZE as u32).map(|i| (i * 7) as u8).collect();
+        let mut written = Vec::new();
+        let fp = fingerprint(t.seed(), b"k0");
+        t.store(fp, b"k0", &value, 0, 10_000, |at, len| {
+            written.push((at, len))
+        });
+        // A fresh table hands out adjacent blocks: one stretch, page-aligned.
+        assert_eq!(written.len(), 1);
+        assert_eq!(written[0].0 % BLOCK_SIZE, 0);
+        let (p, runs) = pin(&mut t, 0, b"k0", 1).unwrap();
+        assert_eq!(runs.len(), 1, "adjacent blocks make one stretch");
+        assert_eq!(p.value_len, value.len());
+        // Two pins of the same entry by two processes.
+        let (p2, _) = pin(&mut t, 1, b"k0", 1).unwrap();
+        t.verify().unwrap();
+        // Fill the table: k0 is evicted but, pinned, keeps its blocks (retired).
+        for i in 1..5u64 {
+            put(&mut t, format!("k{i}").as_bytes(), &value, 2 + i, 10_000);
+        }
+        assert!(get(&mut t, b"k0", 10, 1000).is_none(), "evicted");
+        assert_eq!(t.stats().retired, 1);
+        t.verify().unwrap();
+        drop(t);
+        assert_eq!(bytes_of(&r, &runs), value, "the pinned bytes are untouched");
+        let mut t = HotTable::attach(&mut r).unwrap();
+        let free = t.stats().free_blocks;
+        t.unpin(0, 100, &p);
+        assert_eq!(
+            t.stats().free_blocks,
+            free,
+            "still pinned by the other process"
+        );
+        t.unpin(1, 101, &p2);
+        assert_eq!(t.stats().retired, 0);
+        assert_eq!(t.stats().free_blocks, free + 4);
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn a_pinned_entry_replaced_or_removed_is_retired() {
+        let mut r = region(64);
+        let mut t = HotTable::init(&mut r, 3).unwrap();
+        let o = t.claim_owner(5, 105, |_| true).unwrap();
+        assert_eq!(o, 5, "the hint is the first record tried");
+        put(&mut t, b"k", &[1; 5000], 0, 10_000);
+        let (p, runs) = pin(&mut t, o, b"k", 1).unwrap();
+        put(&mut t, b"k", &[2; 5000], 2, 10_000);
+        let (q, _) = pin(&mut t, o, b"k", 3).unwrap();
+        assert_ne!(p.entry, q.entry);
+        assert!(t.remove(fingerprint(t.seed(), b"k"), b"k"));
+        assert_eq!(t.stats().retired, 2);
+        t.verify().unwrap();
+        drop(t);
+        assert_eq!(bytes_of(&r, &runs)[..5000], [1; 5000]);
+        let mut t = HotTable::attach(&mut r).unwrap();
+        t.unpin(o, 105, &p);
+        t.unpin(o, 105, &q);
+        assert_eq!(t.stats().retired, 0);
+        assert_eq!(t.stats().free_blocks, 64);
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn pins_of_a_dead_process_are_dropped() {
+        let mut r = region(16);
+        let mut t = HotTable::init(&mut r, 3).unwrap();
+        let o = t.claim_owner(0, 100, |_| true).unwrap();
+        put(&mut t, b"k", &[1; 5000], 0, 10_000);
+        pin(&mut t, o, b"k", 1).unwrap();
+        t.remove(fingerprint(t.seed(), b"k"), b"k");
+        assert_eq!(t.stats().retired, 1);
+        // pid 100 died (kill -9): its record and pins are dropped.
+        assert_eq!(t.release_dead_owners(|pid| pid != 100), 1);
+        assert_eq!(t.stats().retired, 0);
+        assert_eq!(t.stats().free_blocks, 16);
+        t.verify().unwrap();
+        // A record of a dead process is taken over by a new one.
+        let o = t.claim_owner(0, 100, |_| true).unwrap();
+        put(&mut t, b"k", &[1; 5000], 2, 10_000);
+        pin(&mut t, o, b"k", 3).unwrap();
+        let taken = t.claim_owner(o, 200, |pid| pid != 100).unwrap();
+        assert_eq!(taken, o);
+        assert_eq!(t.stats().free_blocks, 16 - 2);
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn after_a_rebuild_nothing_is_stored_while_older_pins_remain() {
+        let mut r = region(16);
+        let mut t = HotTable::init(&mut r, 3).unwrap();
+        let o = t.claim_owner(0, 100, |_| true).unwrap();
+        put(&mut t, b"k", &[1; 5000], 0, 10_000);
+        let (p, _) = pin(&mut t, o, b"k", 1).unwrap();
+        drop(t);
+        wr32(&mut r, H_BUSY, 1);
+        let mut t = HotTable::rebuild(&mut r).unwrap();
+        t.verify().unwrap();
+        assert_eq!(put(&mut t, b"j", b"v", 2, 10_000), Stored::NoRoom);
+        // The old generation's pin cannot be extended either.
+        put(&mut t, b"k", &[1; 5000], 0, 10_000);
+        t.unpin(o, 100, &p);
+        assert!(matches!(
+            put(&mut t, b"j", b"v", 3, 10_000),
+            Stored::Stored { .. }
+        ));
+        assert!(pin(&mut t, o, b"j", 4).is_some());
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn an_owner_pins_a_bounded_number_of_entries() {
+        let mut r = region(256);
+        let mut t = HotTable::init(&mut r, 3).unwrap();
+        let o = t.claim_owner(0, 100, |_| true).unwrap();
+        for i in 0..=PINS_PER_OWNER {
+            put(&mut t, format!("k{i}").as_bytes(), b"v", 0, 10_000);
+        }
+        for i in 0..PINS_PER_OWNER {
+            assert!(pin(&mut t, o, format!("k{i}").as_bytes(), 1).is_some());
+        }
+        // The same entry again is one more count, not one more slot.
+        assert!(pin(&mut t, o, b"k0", 1).is_some());
+        assert!(pin(&mut t, o, format!("k{PINS_PER_OWNER}").as_bytes(), 1).is_none());
+        // Another process's record is not usable by this one.
+        assert!(pin(&mut t, o + 1, b"k0", 1).is_none());
+        t.verify().unwrap();
+    }
+
+    #[test]
+    fn stored_responses_split_at_the_blank_line() {
+        let stored = b"HTTP/1.1 404 Not Found\r\nA: b\r\n\r\nbody\r\n\r\n";
+        assert_eq!(blank_line_end([&stored[..]].into_iter(), 1000), Some(32));
+        // Across pieces, and after a lone CR.
+        let pieces: [&[u8]; 3] = [b"HTTP/1.1 200 OK\r\nX: \r\r", b"\n\r", b"\nbody"];
+        assert_eq!(blank_line_end(pieces.into_iter(), 1000), Some(25));
+        assert_eq!(blank_line_end(pieces.into_iter(), 20), None);
+        assert_eq!(
+            blank_line_end([&b"HTTP/1.1 200 OK\r\n"[..]].into_iter(), 99),
+            None
+        );
+        assert_eq!(parse_status(stored), Some(404));
+        assert_eq!(parse_status(b"HTTP/1.0 200 OK"), Some(200));
+        assert_eq!(parse_status(b"HTTP/2 200"), None);
+        assert_eq!(parse_status(b"HTTP/1.1 2x0 OK"), None);
     }
 
     #[test]

@@ -9,6 +9,7 @@
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
 
+use crate::hotcache::{self, HotStats};
 use crate::locktable::Stats;
 use crate::policy::CacheStatus;
 
@@ -562,6 +563,68 @@ fn table_families(out: &mut String, zones: &[ZoneMetrics<'_>]) {
     }
 }
 
+/// The hot zone's families (`stale_cache_hot_zone`), appended to an exposition.
+pub fn render_hot(out: &mut String, zone: &str, stats: &HotStats) {
+    let zone = escaped(zone);
+    let mut one = |name: &str, kind: &str, help: &str, samples: &[(&str, u64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (label, value) in samples {
+            let _ = writeln!(out, "{name}{{zone=\"{zone}\"{label}}} {value}");
+        }
+    };
+    one(
+        "stale_cache_hot_responses_total",
+        "counter",
+        "Fresh hits answered from the hot zone: sent in place (pinned) or copied out.",
+        &[
+            (",how=\"in_place\"", stats.served_in_place),
+            (",how=\"copied\"", stats.served_copied),
+        ],
+    );
+    one(
+        "stale_cache_hot_stored_total",
+        "counter",
+        "Responses copied into the hot zone.",
+        &[("", stats.stored)],
+    );
+    one(
+        "stale_cache_hot_evictions_total",
+        "counter",
+        "Hot responses evicted, least recently used first, to make room.",
+        &[("", stats.evictions)],
+    );
+    one(
+        "stale_cache_hot_rebuilds_total",
+        "counter",
+        "Times the hot zone was found damaged and emptied.",
+        &[("", stats.rebuilds)],
+    );
+    let used = u64::from(stats.blocks.saturating_sub(stats.free_blocks));
+    one(
+        "stale_cache_hot_bytes",
+        "gauge",
+        "The hot zone's response space in bytes: used (including retired) and free.",
+        &[
+            (",state=\"used\"", used * hotcache::BLOCK_SIZE as u64),
+            (
+                ",state=\"free\"",
+                u64::from(stats.free_blocks) * hotcache::BLOCK_SIZE as u64,
+            ),
+        ],
+    );
+    one(
+        "stale_cache_hot_entries",
+        "gauge",
+        "Hot zone entries: in the table (hot responses and counted candidates), and retired \
+         (out of it, kept until the responses sending them end).",
+        &[
+            (",state=\"table\"", u64::from(stats.entries_used)),
+            (",state=\"retired\"", u64::from(stats.retired)),
+        ],
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,6 +712,25 @@ mod tests {
         // SAFETY (test): a zeroed block is a valid value that was never laid out.
         let never: Box<Counters> = Box::new(unsafe { core::mem::zeroed() });
         assert!(!never.is_valid());
+    }
+
+    #[test]
+    fn hot_exposition() {
+        let mut out = String::new();
+        let stats = HotStats {
+            blocks: 10,
+            free_blocks: 4,
+            entries_used: 3,
+            retired: 1,
+            served_in_place: 7,
+            served_copied: 2,
+            ..HotStats::default()
+        };
+        render_hot(&mut out, "hot", &stats);
+        assert!(out.contains("stale_cache_hot_responses_total{zone=\"hot\",how=\"in_place\"} 7\n"));
+        assert!(out.contains("stale_cache_hot_bytes{zone=\"hot\",state=\"used\"} 24576\n"));
+        assert!(out.contains("stale_cache_hot_entries{zone=\"hot\",state=\"retired\"} 1\n"));
+        assert!(out.contains("stale_cache_hot_stored_total{zone=\"hot\"} 0\n"));
     }
 
     #[test]

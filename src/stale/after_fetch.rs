@@ -57,6 +57,7 @@ pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_i
     };
     // SAFETY: one step at a time (see `state`): this handler is the only borrower.
     let state = unsafe { state.as_mut() };
+    super::hot::not_served(state, req);
     if state.wait.in_progress() {
         // Parked (waiting, or a refetch posted): only its own event moves it on.
         return AGAIN;

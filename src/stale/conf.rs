@@ -426,7 +426,8 @@ fn add_shm_zone(
     example: &str,
     taken: impl FnOnce(&MainConf, &[u8]) -> Option<String>,
     init: ngx::ffi::ngx_shm_zone_init_pt,
-) -> Result<(Vec<u8>, *mut ngx::ffi::ngx_shm_zone_t), *mut c_char> {
+    nginx_size: Option<usize>,
+) -> Result<(Vec<u8>, usize, *mut ngx::ffi::ngx_shm_zone_t), *mut c_char> {
     // SAFETY: nginx passes the configuration being parsed, valid during the directive.
     let cfr = unsafe { &*cf };
     let args = conf_args(cfr);
@@ -456,15 +457,16 @@ fn add_shm_zone(
         return Err(conf_error(cf, cmd, &why));
     }
     let tag = StaleCacheModule::module() as *const _ as *mut c_void;
+    let zone_size = nginx_size.unwrap_or(size as usize);
     // SAFETY: cf is valid; nginx creates (or finds, on reload) the named zone.
-    let shm = unsafe { ngx::ffi::ngx_shared_memory_add(cf, &mut name, size as usize, tag) };
+    let shm = unsafe { ngx::ffi::ngx_shared_memory_add(cf, &mut name, zone_size, tag) };
     // SAFETY: a non-null result is the zone nginx keeps for this cycle.
     let Some(zone) = (unsafe { shm.as_mut() }) else {
         return Err(CONF_ERROR);
     };
     zone.init = init;
     zone.data = ptr::null_mut();
-    Ok((name_bytes, shm))
+    Ok((name_bytes, size as usize, shm))
 }
 
 /// `stale_cache_zone NAME SIZE;` — the lock zone `$cache_lock` names.
@@ -487,7 +489,7 @@ pub unsafe extern "C" fn set_zone(
         })
     };
     let init = Some(crate::nginx::zone::init_zone as _);
-    let (name, shm) = match add_shm_zone(cf, cmd, min, "1m", taken, init) {
+    let (name, _, shm) = match add_shm_zone(cf, cmd, min, "1m", taken, init, None) {
         Ok(zone) => zone,
         Err(answer) => return answer,
     };
@@ -688,7 +690,11 @@ pub unsafe extern "C" fn set_hot_zone(
         }
     };
     let init = Some(super::hot::init_hot_zone as _);
-    let (name, shm) = match add_shm_zone(cf, cmd, 1024 * 1024, "64m", taken, init) {
+    // nginx's zone is small (mutex and bookkeeping); the table has a region of SIZE bytes of
+    // its own (see `hot::HotZone`).
+    let nginx_size = Some(super::hot::nginx_zone_size());
+    let (name, size, shm) = match add_shm_zone(cf, cmd, 1024 * 1024, "64m", taken, init, nginx_size)
+    {
         Ok(zone) => zone,
         Err(answer) => return answer,
     };
@@ -696,7 +702,11 @@ pub unsafe extern "C" fn set_hot_zone(
     let Some(mcf) = StaleCacheModule::main_conf_mut(unsafe { &*cf }) else {
         return CONF_ERROR;
     };
-    mcf.hot = Some(super::hot::HotZone::new(name, shm));
+    let hot = mcf.hot.insert(super::hot::HotZone::new(name, shm, size));
+    // The zone's initialiser reads its size from here (the main conf lives as long as the
+    // cycle).
+    // SAFETY: the zone nginx returned above, valid for the cycle.
+    unsafe { (*shm).data = hot as *mut super::hot::HotZone as *mut c_void };
     CONF_OK
 }
 

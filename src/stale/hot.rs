@@ -19,38 +19,77 @@ use core::ffi::c_void;
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_http_output_filter, ngx_http_request_t,
-    ngx_http_send_header, ngx_int_t, ngx_palloc, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock,
-    ngx_slab_alloc, ngx_slab_pool_t, NGX_LOG_NOTICE, NGX_LOG_WARN,
+    ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_create_temp_buf, ngx_file_t,
+    ngx_http_output_filter, ngx_http_request_t, ngx_http_send_header, ngx_int_t, ngx_palloc,
+    ngx_pcalloc, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t,
+    NGX_LOG_NOTICE, NGX_LOG_WARN,
 };
 use ngx::http::HttpModuleLocationConf;
 
 use super::conf::StaleCacheConf;
 use super::module::{main_conf, StaleCacheModule};
 use super::state::{self, RequestState};
-use crate::hotcache::{fingerprint, HotError, HotTable, Plan, Stored};
+use super::waiters::owner_alive;
+use crate::hotcache::{
+    blank_line_end, fingerprint, parse_status, HotError, HotTable, Pin, Plan, Stored,
+};
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{now_ms, request_log, str_bytes, DECLINED, ERROR, OK};
+use crate::nginx::util::{now_ms, request_log, str_bytes, worker_pid, DECLINED, ERROR, OK};
 use crate::policy::CacheStatus;
 use crate::replay::key_argument;
 
 /// `stale_cache_hot_zone NAME SIZE`.
+///
+/// The table lives in a region of SIZE bytes of its own: a memfd mapped shared before the
+/// workers fork (so a response can be sent from it with sendfile, like a file of
+/// proxy_cache), or anonymous shared memory where memfd is not available. nginx's zone of
+/// the same name is small: it gives the mutex, and survives reloads holding the region's
+/// address and descriptor (`Mapping`), which every worker inherits.
 pub struct HotZone {
     pub name: Vec<u8>,
     pub shm: *mut ngx_shm_zone_t,
+    /// The region's size (SIZE).
+    pub size: usize,
     /// The table's fingerprint seed, read once per worker.
     seed: Cell<Option<u64>>,
+    /// This process's owner record for pins (`None`: not claimed yet; `Some(None)`: none
+    /// free, serve by copying), with the pid it was claimed under.
+    owner: Cell<Option<(u32, Option<usize>)>>,
 }
 
-/// The block starts with the region's length; the table follows.
-const PREFIX: usize = 64;
+/// nginx's zone holds where the region is (same address in the master and every worker).
+#[repr(C)]
+struct Mapping {
+    magic: u64,
+    region: *mut u8,
+    len: usize,
+    /// The memfd, or -1 (anonymous memory: no sendfile).
+    fd: i32,
+}
+
+const MAPPING_MAGIC: u64 = u64::from_le_bytes(*b"SWRHOTMP");
+/// nginx's own zone: the slab pool and the `Mapping`.
+pub fn nginx_zone_size() -> usize {
+    // SAFETY: read-only global set at startup.
+    8 * unsafe { ngx::ffi::ngx_pagesize }
+}
+
+/// Bodies from this size on are sent from the zone in place (pinned); smaller ones are
+/// copied, which costs less than a pin.
+const IN_PLACE_MIN: usize = 8192;
+/// Where to look for the end of the stored status line and headers.
+const HEADER_SCAN: usize = 16384;
+/// Stretches of one response sent in place (a more fragmented copy is copied).
+const MAX_RUNS: usize = 64;
 
 impl HotZone {
-    pub fn new(name: Vec<u8>, shm: *mut ngx_shm_zone_t) -> Self {
+    pub fn new(name: Vec<u8>, shm: *mut ngx_shm_zone_t, size: usize) -> Self {
         HotZone {
             name,
             shm,
+            size,
             seed: Cell::new(None),
+            owner: Cell::new(None),
         }
     }
 
@@ -73,26 +112,33 @@ impl HotZone {
         self.with_table(|t| f(t, fp))
     }
 
-    /// Runs `f` on the table with the zone's mutex held. A table a dead worker left
-    /// half-updated is emptied first (logged).
-    fn with_table<R>(&self, f: impl FnOnce(&mut HotTable) -> R) -> Option<R> {
+    /// The region's mapping, once the zone is initialised.
+    fn mapping(&self) -> Option<&Mapping> {
         // SAFETY: `shm` is the zone nginx created for this configuration; it lives as long as
         // the cycle whose configuration holds this HotZone.
         let zone = unsafe { &*self.shm };
-        if zone.data.is_null() {
-            return None;
-        }
-        // SAFETY: a non-null `data` is the block init_hot_zone made and prefixed.
-        let (region, len) = unsafe { region_of(zone.data as *mut u8) };
+        // SAFETY: once initialised, `data` is the Mapping init_hot_zone wrote in the zone
+        // (before, it is this HotZone or null: the magic tells).
+        let m = unsafe { (zone.data as *const Mapping).as_ref()? };
+        (m.magic == MAPPING_MAGIC && !m.region.is_null()).then_some(m)
+    }
+
+    /// Runs `f` on the table with the zone's mutex held. A table a dead worker left
+    /// half-updated is emptied first (logged).
+    fn with_table<R>(&self, f: impl FnOnce(&mut HotTable) -> R) -> Option<R> {
+        let m = self.mapping()?;
+        // SAFETY: as in `mapping`.
+        let zone = unsafe { &*self.shm };
         // SAFETY: `shm.addr` is the start of the mapped zone, where nginx keeps the slab pool
         // whose mutex all workers share; addr_of_mut makes no reference to shared memory.
         let mutex = unsafe { ptr::addr_of_mut!((*(zone.shm.addr as *mut ngx_slab_pool_t)).mutex) };
         // SAFETY: nginx initialised the mutex with the pool; it is released below on every
         // path (nothing in between unwinds: panics abort).
         unsafe { ngx_shmtx_lock(mutex) };
-        // SAFETY: the region stays mapped for the cycle and the mutex makes this process its
-        // only user until the unlock below; the slice is dropped before it.
-        let slice = unsafe { core::slice::from_raw_parts_mut(region, len) };
+        // SAFETY: the region stays mapped for the process's life and the mutex makes this
+        // process its only writer until the unlock below; the slice is dropped before it.
+        // (Responses being sent read pinned blocks, which no writer touches.)
+        let slice = unsafe { core::slice::from_raw_parts_mut(m.region, m.len) };
         let (result, damage) = match HotTable::attach(slice) {
             Ok(mut t) => (Some(f(&mut t)), None),
             Err(why @ HotError::Damaged(_)) => match HotTable::rebuild(slice) {
@@ -115,19 +161,104 @@ impl HotZone {
         }
         result
     }
+
+    /// The table's counters (for `stale_cache_metrics`).
+    pub fn stats(&self) -> Option<crate::hotcache::HotStats> {
+        self.with_table(|t| t.stats())
+    }
+
+    /// This process's owner record, claimed on first use (a record of a process that is
+    /// gone is taken over, and its pins dropped).
+    fn owner(&self, t: &mut HotTable) -> Option<(u32, usize)> {
+        let pid = worker_pid() as u32;
+        match self.owner.get() {
+            Some((claimed_by, owner)) if claimed_by == pid => owner.map(|o| (pid, o)),
+            _ => {
+                // SAFETY: read-only global of this process.
+                let slot = unsafe { ngx::ffi::ngx_process_slot }.max(0) as usize;
+                // A new process: drop what processes that died (kill -9) still pinned.
+                t.release_dead_owners(owner_alive);
+                let owner = t.claim_owner(slot, pid, owner_alive);
+                self.owner.set(Some((pid, owner)));
+                owner.map(|o| (pid, o))
+            }
+        }
+    }
 }
 
-/// The table region inside a block made by `init_hot_zone`.
-///
-/// # Safety
-/// `block` must be the block `init_hot_zone` allocated and prefixed.
-unsafe fn region_of(block: *mut u8) -> (*mut u8, usize) {
-    // SAFETY: (caller) the prefix holds the region's length.
-    unsafe { (block.add(PREFIX), (block as *const usize).read()) }
+/// Maps a region of `len` bytes: a memfd (sendfile can read it) or anonymous shared memory.
+fn map_region(len: usize, log: *mut ngx::ffi::ngx_log_t) -> Option<(*mut u8, i32)> {
+    // SAFETY: a NUL-terminated name; the descriptor is closed on exec (a binary upgrade maps
+    // its own).
+    let fd = unsafe { libc::memfd_create(c"nginx-stale-cache-hot".as_ptr(), libc::MFD_CLOEXEC) };
+    // SAFETY: a descriptor this function owns.
+    if fd >= 0 && unsafe { libc::ftruncate(fd, len as libc::off_t) } == 0 {
+        // SAFETY: maps the whole file, shared, for reading and writing.
+        let addr = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        if addr != libc::MAP_FAILED {
+            return Some((addr as *mut u8, fd));
+        }
+    }
+    let why = std::io::Error::last_os_error();
+    if fd >= 0 {
+        // SAFETY: the descriptor opened above, unused.
+        unsafe { libc::close(fd) };
+    }
+    ngx::ngx_log_error!(
+        NGX_LOG_NOTICE,
+        log,
+        "stale_cache: hot zone: no memfd ({}); responses are sent from anonymous shared \
+         memory, without sendfile",
+        why
+    );
+    // SAFETY: anonymous shared memory, inherited by the workers.
+    let addr = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    (addr != libc::MAP_FAILED).then_some((addr as *mut u8, -1))
 }
 
-/// nginx's zone initialiser: lays out an empty table, or keeps (after a full check) the
-/// table of the same zone across a reload.
+/// Whether a stretch of the region can be sent from its file: blocks are pages only where
+/// the page is BLOCK_SIZE (elsewhere a block's page is shared and cannot be detached alone).
+fn file_backed(m: &Mapping) -> bool {
+    // SAFETY: read-only global set at startup.
+    m.fd >= 0 && unsafe { ngx::ffi::ngx_pagesize } == crate::hotcache::BLOCK_SIZE
+}
+
+/// Detaches the pages of a stretch about to be rewritten from the file: data the kernel
+/// still sends from them (sendfile) keeps the old pages, the new bytes get new ones.
+fn detach_pages(m: &Mapping, at: usize, len: usize) {
+    if file_backed(m) {
+        // SAFETY: a range of the region's own file; only pages no pin holds are punched.
+        unsafe {
+            libc::fallocate(
+                m.fd,
+                libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+                at as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+    }
+}
+
+/// nginx's zone initialiser: maps the region and lays out an empty table, or keeps (after a
+/// full check) the region of the same zone across a reload.
 pub unsafe extern "C" fn init_hot_zone(
     shm_zone: *mut ngx_shm_zone_t,
     data: *mut c_void,
@@ -135,38 +266,39 @@ pub unsafe extern "C" fn init_hot_zone(
     // SAFETY: nginx passes the zone being initialised (in the master, before workers start).
     let zone = unsafe { &mut *shm_zone };
     let name = String::from_utf8_lossy(str_bytes(&zone.shm.name)).into_owned();
-    // SAFETY: on reuse nginx maps the old zone at `shm.addr` with its slab pool; a new zone
-    // has a fresh pool there. addr_of_mut makes no reference.
-    let mutex = unsafe { ptr::addr_of_mut!((*(zone.shm.addr as *mut ngx_slab_pool_t)).mutex) };
-    let reused = if !data.is_null() {
-        Some(data as *mut u8)
-    } else if zone.shm.exists != 0 {
-        // SAFETY: an existing mapping (Windows-style reuse) keeps the block in pool.data.
-        Some(unsafe { (*(zone.shm.addr as *mut ngx_slab_pool_t)).data } as *mut u8)
-    } else {
-        None
+    // SAFETY: the configuration set `data` to its HotZone, which lives as long as the cycle.
+    let Some(conf) = (unsafe { (zone.data as *const HotZone).as_ref() }) else {
+        return ERROR;
     };
-    if let Some(block) = reused {
-        // SAFETY: the block this function made for the previous cycle, still mapped.
-        let (region, len) = unsafe { region_of(block) };
-        // SAFETY: the old cycle's workers still use the table: check it under their mutex.
-        unsafe { ngx_shmtx_lock(mutex) };
-        // SAFETY: mapped, mutex held; the slice is dropped before the unlock.
-        let slice = unsafe { core::slice::from_raw_parts_mut(region, len) };
-        let checked = match HotTable::attach(slice) {
-            Ok(t) => t.verify(),
-            Err(e) => Err(e),
-        };
-        let outcome = match checked {
-            Ok(()) => Ok(None),
-            Err(why @ HotError::Damaged(_)) => HotTable::rebuild(slice).map(|_| Some(why)),
-            Err(other) => Err(other),
-        };
-        // SAFETY: the mutex locked above.
-        unsafe { ngx_shmtx_unlock(mutex) };
-        match outcome {
-            Ok(None) => {}
-            Ok(Some(why)) => {
+    let size = conf.size;
+    // SAFETY: on reuse nginx maps the old zone at `shm.addr` with its slab pool; a new zone
+    // has a fresh pool there.
+    let pool = unsafe { &mut *(zone.shm.addr as *mut ngx_slab_pool_t) };
+    let mutex = ptr::addr_of_mut!(pool.mutex);
+    let old = if !data.is_null() {
+        data as *mut Mapping
+    } else if zone.shm.exists != 0 {
+        pool.data as *mut Mapping
+    } else {
+        ptr::null_mut()
+    };
+    // SAFETY: a reused zone's data is the Mapping this function wrote for the last cycle.
+    if let Some(m) = unsafe { old.as_mut() }.filter(|m| m.magic == MAPPING_MAGIC) {
+        if m.len == size {
+            // SAFETY: the old cycle's workers still use the table: check it under their
+            // mutex; the slice is dropped before the unlock.
+            unsafe { ngx_shmtx_lock(mutex) };
+            // SAFETY: the region the master mapped for the last cycle, still mapped; the mutex
+            // is held.
+            let slice = unsafe { core::slice::from_raw_parts_mut(m.region, m.len) };
+            let checked = HotTable::attach(slice).and_then(|t| t.verify());
+            let outcome = match checked {
+                Ok(()) => Ok(None),
+                Err(why) => HotTable::rebuild(slice).map(|_| Some(why)),
+            };
+            // SAFETY: the mutex locked above.
+            unsafe { ngx_shmtx_unlock(mutex) };
+            if let Ok(Some(why)) = outcome {
                 ngx::ngx_log_error!(
                     NGX_LOG_NOTICE,
                     zone.shm.log,
@@ -175,55 +307,67 @@ pub unsafe extern "C" fn init_hot_zone(
                     why
                 );
             }
-            Err(why) => {
-                ngx::ngx_log_error!(
-                    ngx::ffi::NGX_LOG_EMERG,
-                    zone.shm.log,
-                    "stale_cache: hot zone \"{}\" from the running configuration has another \
-                     layout ({}); restart nginx instead of reloading it",
-                    name,
-                    why
-                );
-                return ERROR;
+            if outcome.is_ok() {
+                zone.data = m as *mut Mapping as *mut c_void;
+                return OK;
             }
         }
-        zone.data = block as *mut c_void;
-        return OK;
-    }
-    // SAFETY: nginx initialised a slab pool at the start of the zone.
-    let pool = unsafe { &mut *(zone.shm.addr as *mut ngx_slab_pool_t) };
-    // SAFETY: ngx_pagesize is set at startup.
-    let page = unsafe { ngx::ffi::ngx_pagesize };
-    let bytes = pool.pfree.saturating_sub(1) * page;
-    if bytes < 4 * page {
-        return ERROR;
+        // Another size: a new region for the new cycle. The old cycle's workers keep their
+        // own mapping until they exit; the master lets go of it.
+        ngx::ngx_log_error!(
+            NGX_LOG_NOTICE,
+            zone.shm.log,
+            "stale_cache: hot zone \"{}\" resized to {} bytes: starting empty",
+            name,
+            size
+        );
+        // SAFETY: the master's own mapping and descriptor of the old region.
+        unsafe {
+            libc::munmap(m.region as *mut c_void, m.len);
+            if m.fd >= 0 {
+                libc::close(m.fd);
+            }
+        }
+        m.magic = 0;
+        return new_region(zone, m, size, &name);
     }
     // SAFETY: the pool is live and not yet shared with any worker.
-    let block = unsafe { ngx_slab_alloc(pool, bytes) } as *mut u8;
-    if block.is_null() {
+    let m = unsafe { ngx_slab_alloc(pool, core::mem::size_of::<Mapping>()) } as *mut Mapping;
+    // SAFETY: a fresh allocation for one Mapping, or null.
+    let Some(m) = (unsafe { m.as_mut() }) else {
         return ERROR;
-    }
-    let len = bytes - PREFIX;
-    // SAFETY: a fresh allocation of `bytes` bytes owned by this zone: the prefix holds the
-    // length, the table follows.
-    let slice = unsafe {
-        (block as *mut usize).write(len);
-        core::slice::from_raw_parts_mut(block.add(PREFIX), len)
     };
+    pool.data = m as *mut Mapping as *mut c_void;
+    new_region(zone, m, size, &name)
+}
+
+/// Maps a new region of `size` bytes, lays out an empty table and records it in `m`.
+fn new_region(zone: &mut ngx_shm_zone_t, m: &mut Mapping, size: usize, name: &str) -> ngx_int_t {
+    let Some((region, fd)) = map_region(size, zone.shm.log) else {
+        return ERROR;
+    };
+    // SAFETY: the mapping just made, `size` bytes, not shared with any worker yet.
+    let slice = unsafe { core::slice::from_raw_parts_mut(region, size) };
     let Ok(table) = HotTable::init(slice, random_seed()) else {
         return ERROR;
     };
     let blocks = table.stats().blocks;
-    pool.data = block as *mut c_void;
-    zone.data = block as *mut c_void;
+    *m = Mapping {
+        magic: MAPPING_MAGIC,
+        region,
+        len: size,
+        fd,
+    };
+    zone.data = m as *mut Mapping as *mut c_void;
     ngx::ngx_log_error!(
         NGX_LOG_NOTICE,
         zone.shm.log,
-        "stale_cache: hot zone \"{}\": {} blocks of {} bytes ({} KiB of responses)",
+        "stale_cache: hot zone \"{}\": {} blocks of {} bytes ({} KiB of responses){}",
         name,
         blocks,
         crate::hotcache::BLOCK_SIZE,
-        blocks as usize * crate::hotcache::BLOCK_SIZE / 1024
+        blocks as usize * crate::hotcache::BLOCK_SIZE / 1024,
+        if fd >= 0 { ", in a memfd" } else { "" }
     );
     OK
 }
@@ -244,12 +388,33 @@ pub struct Hot {
     pub fresh_until: u64,
     /// The fetch subrequest being served or filled from, once recognised.
     pub fetch: *mut ngx_http_request_t,
-    /// The copy handed to the fetch subrequest (its pool).
+    /// What the fetch subrequest answers (its pool): the whole stored response, or for a
+    /// response sent in place its status line and headers and the body's first byte.
     pub served: *mut ngx_buf_t,
+    /// A response sent in place from the zone.
+    pub in_place: Option<InPlace>,
     /// The fetch's output, while filling.
     pub bytes: Vec<u8>,
     /// The fill cannot be used (too large, in a file, ...).
     pub spoiled: bool,
+}
+
+/// A response whose body goes out from the zone itself: srcache gets the status line, the
+/// headers and a one-byte body (its parsing, headers and status stay srcache's own); this
+/// module's filters, first in the chains, then give the response its real length and swap
+/// the one byte for the pinned body. Unpinned when the request ends.
+pub struct InPlace {
+    pin: Pin,
+    owner: usize,
+    pid: u32,
+    /// The body, one buffer per stretch of the zone (main request's pool).
+    body: *mut ngx_chain_t,
+    body_len: usize,
+    /// The stored status, which srcache sets on the main request.
+    status: usize,
+    /// The header filter gave the response the body's length: the body filter swaps.
+    armed: bool,
+    swapped: bool,
 }
 
 impl Default for Hot {
@@ -259,6 +424,7 @@ impl Default for Hot {
             fresh_until: 0,
             fetch: ptr::null_mut(),
             served: ptr::null_mut(),
+            in_place: None,
             bytes: Vec::new(),
             spoiled: false,
         }
@@ -325,6 +491,32 @@ fn is_fetch(state: &RequestState, sr: &ngx_http_request_t) -> bool {
     !escaped.is_empty() && args.windows(escaped.len()).any(|w| w == escaped)
 }
 
+/// The stretches of a pinned value in the region, as `(offset, len)`.
+struct Runs {
+    at: [(usize, usize); MAX_RUNS],
+    n: usize,
+    overflow: bool,
+}
+
+impl Runs {
+    fn push(&mut self, at: usize, len: usize) {
+        if self.n == MAX_RUNS {
+            self.overflow = true;
+        } else {
+            self.at[self.n] = (at, len);
+            self.n += 1;
+        }
+    }
+}
+
+/// What the hot tier hands srcache's fetch.
+enum Answer {
+    /// The whole value, copied into a buffer of the subrequest's pool.
+    Copied(usize),
+    /// The value pinned in place.
+    Pinned(Pin, usize, u32),
+}
+
 /// PREACCESS of a subrequest: srcache's fetch of a request the hot tier serves is answered
 /// here (its content handler replaced), or marked to fill the zone.
 pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
@@ -342,17 +534,39 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
         return DECLINED;
     }
     // SAFETY: the main request is live while its subrequest runs.
-    let main = unsafe { &*sr.main };
+    let main = unsafe { &mut *sr.main };
     let Some(scf) = StaleCacheModule::location_conf(main) else {
+        return DECLINED;
+    };
+    let Some(zone) = main_conf(sr).hot.as_ref() else {
         return DECLINED;
     };
     let key = state.settings().key.clone();
     let (key, max_age, now) = (key.as_slice(), scf.hot_max_age_ms(), now_ms());
     let pool = sr.pool;
     let mut buf: *mut ngx_buf_t = ptr::null_mut();
-    let zone = main_conf(sr).hot.as_ref();
-    let copied = zone.and_then(|z| {
-        z.with_key(key, |t, fp| {
+    // In place only while this module's filters come first (they swap the body).
+    let in_place_ok = super::lookup::filters_first();
+    let mut runs = Runs {
+        at: [(0, 0); MAX_RUNS],
+        n: 0,
+        overflow: false,
+    };
+    let answer = zone
+        .with_key(key, |t, fp| {
+            let len = t.servable_len(fp, key, now, max_age)?;
+            if len >= IN_PLACE_MIN && in_place_ok {
+                if let Some((pid, owner)) = zone.owner(t) {
+                    let pin = t.pin(owner, pid, fp, key, now, max_age, |at, n| runs.push(at, n));
+                    match pin {
+                        Some(pin) if !runs.overflow => {
+                            return Some(Answer::Pinned(pin, owner, pid))
+                        }
+                        Some(pin) => t.unpin(owner, pid, &pin),
+                        None => {}
+                    }
+                }
+            }
             t.read(fp, key, now, max_age, |len| {
                 if len == 0 {
                     return None;
@@ -363,26 +577,249 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
                 unsafe { buf.as_mut() }
                     .map(|b| unsafe { core::slice::from_raw_parts_mut(b.pos, len) })
             })
+            .map(Answer::Copied)
         })
-        .flatten()
-    });
-    let Some(len) = copied else {
-        // Gone or too old since the decision: srcache asks Redis as usual.
-        state.hot.plan = Plan::Nothing;
-        return DECLINED;
+        .flatten();
+    let len = match answer {
+        None => {
+            // Gone or too old since the decision: srcache asks Redis as usual.
+            state.hot.plan = Plan::Nothing;
+            return DECLINED;
+        }
+        Some(Answer::Copied(len)) => {
+            // SAFETY: the buffer made above, `len` bytes filled.
+            unsafe { (*buf).last = (*buf).pos.add(len) };
+            len
+        }
+        Some(Answer::Pinned(pin, owner, pid)) => {
+            match in_place(zone, main, sr, pin, owner, pid, &runs) {
+                Some((head, in_place)) => {
+                    buf = head;
+                    state.hot.in_place = Some(in_place);
+                    pin.value_len
+                }
+                None => {
+                    zone.with_table(|t| t.unpin(owner, pid, &pin));
+                    state.hot.plan = Plan::Nothing;
+                    return DECLINED;
+                }
+            }
+        }
     };
-    // SAFETY: the buffer made above, `len` bytes filled.
-    unsafe { (*buf).last = (*buf).pos.add(len) };
     state.hot.served = buf;
     state.status = Some(CacheStatus::Hot);
     sr.content_handler = Some(serve_content);
     debug!(
         request_log(sr),
-        "stale_cache: \"{}\" answered from the hot tier ({} bytes)",
+        "stale_cache: \"{}\" answered from the hot tier ({} bytes{})",
         Short(key),
-        len
+        len,
+        if state.hot.in_place.is_some() {
+            ", in place"
+        } else {
+            ""
+        }
     );
     DECLINED
+}
+
+/// Prepares a pinned value to be sent in place: the buffer srcache's fetch gets (status
+/// line, headers, the body's first byte) and the body's buffers for the main request.
+/// `None`: not a stored response this can split (the caller unpins and lets Redis answer).
+fn in_place(
+    zone: &HotZone,
+    main: &mut ngx_http_request_t,
+    sr: &ngx_http_request_t,
+    pin: Pin,
+    owner: usize,
+    pid: u32,
+    runs: &Runs,
+) -> Option<(*mut ngx_buf_t, InPlace)> {
+    let m = zone.mapping()?;
+    let runs = &runs.at[..runs.n];
+    // SAFETY: pinned stretches of the mapped region: no writer touches them until unpinned.
+    let piece =
+        |&(at, len): &(usize, usize)| unsafe { core::slice::from_raw_parts(m.region.add(at), len) };
+    // The stored head: status line and headers, up to the blank line.
+    let body_at = blank_line_end(runs.iter().map(piece), HEADER_SCAN)?;
+    let body_len = pin.value_len.checked_sub(body_at).filter(|&n| n > 0)?;
+    // srcache gets the head and the body's first byte (swapped later for the whole body).
+    let head_len = body_at + 1;
+    // SAFETY: the subrequest's live pool.
+    let head = unsafe { ngx_create_temp_buf(sr.pool, head_len) };
+    // SAFETY: a non-null temp buffer has `head_len` writable bytes at `pos`.
+    let head_bytes = unsafe { core::slice::from_raw_parts_mut(head.as_mut()?.pos, head_len) };
+    let mut copied = 0;
+    for p in runs.iter().map(piece) {
+        let n = p.len().min(head_len - copied);
+        head_bytes[copied..copied + n].copy_from_slice(&p[..n]);
+        copied += n;
+        if copied == head_len {
+            break;
+        }
+    }
+    let status = parse_status(head_bytes)?;
+    // SAFETY: `head_len` bytes were written at `pos`.
+    unsafe { (*head).last = (*head).pos.add(head_len) };
+    let body = body_chain(m, main, runs, body_at)?;
+    Some((
+        head,
+        InPlace {
+            pin,
+            owner,
+            pid,
+            body,
+            body_len,
+            status,
+            armed: false,
+            swapped: false,
+        },
+    ))
+}
+
+/// One buffer per stretch of the body (the value from `skip` on), in the main request's
+/// pool, pointing into the region; also in its file where sendfile can read it.
+fn body_chain(
+    m: &Mapping,
+    main: &mut ngx_http_request_t,
+    runs: &[(usize, usize)],
+    skip: usize,
+) -> Option<*mut ngx_chain_t> {
+    let pool = main.pool;
+    let file = if file_backed(m) {
+        // SAFETY: the main request's live pool; zeroed, then the fields sendfile reads.
+        let f = unsafe { ngx_pcalloc(pool, core::mem::size_of::<ngx_file_t>()) } as *mut ngx_file_t;
+        // SAFETY: a fresh zeroed allocation (or null).
+        let fr = unsafe { f.as_mut()? };
+        fr.fd = m.fd;
+        fr.name = ngx::ngx_string!("stale_cache hot zone");
+        // SAFETY: a live request's connection.
+        fr.log = unsafe { (*main.connection).log };
+        f
+    } else {
+        ptr::null_mut()
+    };
+    let mut head: *mut ngx_chain_t = ptr::null_mut();
+    let mut tail: *mut *mut ngx_chain_t = &mut head;
+    let mut last: *mut ngx_buf_t = ptr::null_mut();
+    let mut skip = skip;
+    for &(at, len) in runs {
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let (at, len) = (at + skip, len - skip);
+        skip = 0;
+        // SAFETY: the main request's live pool.
+        let b = unsafe { ngx_pcalloc(pool, core::mem::size_of::<ngx_buf_t>()) } as *mut ngx_buf_t;
+        // SAFETY: a fresh zeroed buffer (or null).
+        let br = unsafe { b.as_mut()? };
+        // SAFETY: pinned bytes of the mapped region, read-only for the buffer's life.
+        unsafe {
+            br.pos = m.region.add(at);
+            br.last = br.pos.add(len);
+        }
+        br.start = br.pos;
+        br.end = br.last;
+        br.set_memory(1);
+        if !file.is_null() {
+            br.set_in_file(1);
+            br.file = file;
+            br.file_pos = at as i64;
+            br.file_last = (at + len) as i64;
+        }
+        // SAFETY: the main request's live pool.
+        let cl = unsafe { ngx_alloc_chain_link(pool) };
+        // SAFETY: a fresh chain link (or null).
+        let clr = unsafe { cl.as_mut()? };
+        clr.buf = b;
+        clr.next = ptr::null_mut();
+        // SAFETY: `tail` points at `head` or at the previous link's `next`.
+        unsafe { *tail = cl };
+        tail = &mut clr.next;
+        last = b;
+    }
+    // SAFETY: the last buffer made above (a body has at least one byte).
+    unsafe { last.as_mut()? }.set_last_buf(1);
+    Some(head)
+}
+
+/// The main request's header filter: srcache is sending the in-place response's header
+/// with its one-byte body: give it the body's real length.
+pub fn main_header(r: &mut ngx_http_request_t) {
+    let Some(state) = state::find(r) else {
+        return;
+    };
+    // SAFETY: filters of the main request run inside srcache's send, no step of this module
+    // runs meanwhile; the field borrow ends here.
+    let Some(ip) = (unsafe { (*state.as_ptr()).hot.in_place.as_mut() }) else {
+        return;
+    };
+    if ip.armed || r.headers_out.content_length_n != 1 || r.headers_out.status != ip.status {
+        return;
+    }
+    r.headers_out.content_length_n = ip.body_len as i64;
+    ip.armed = true;
+}
+
+/// The main request's body filter: swaps srcache's one-byte body for the body in the zone.
+/// Returns the chain to pass on.
+///
+/// # Safety
+/// `chain` must be the valid chain handed to the main request's body filter.
+pub unsafe fn main_body(r: &ngx_http_request_t, chain: *mut ngx_chain_t) -> *mut ngx_chain_t {
+    let Some(state) = state::find(r) else {
+        return chain;
+    };
+    // SAFETY: as in main_header.
+    let Some(ip) = (unsafe { (*state.as_ptr()).hot.in_place.as_mut() }) else {
+        return chain;
+    };
+    if !ip.armed || ip.swapped {
+        return chain;
+    }
+    let (mut size, mut last, mut cl) = (0i64, false, chain);
+    // SAFETY: (caller) valid links and buffers.
+    while let Some(link) = unsafe { cl.as_ref() } {
+        // SAFETY: as above.
+        if let Some(b) = unsafe { link.buf.as_ref() } {
+            // SAFETY: as above; memory buffers hold pos..last.
+            size += unsafe { b.last.offset_from(b.pos) } as i64;
+            last |= b.last_buf() != 0;
+        }
+        cl = link.next;
+    }
+    ip.swapped = true;
+    if size != 1 || !last {
+        ngx::ngx_log_error!(
+            ngx::ffi::NGX_LOG_ALERT,
+            request_log(r),
+            "stale_cache: hot tier: srcache sent {} bytes instead of the one expected; the \
+             response is cut short (load ngx_http_stale_cache_module after every other \
+             filter module)",
+            size
+        );
+        return chain;
+    }
+    ip.body
+}
+
+/// PRECONTENT: srcache did not send the response from its fetch (a fetch it could not
+/// use): the pin is not needed.
+pub fn not_served(state: &mut RequestState, req: &ngx_http_request_t) {
+    if state.hot.in_place.as_ref().is_some_and(|ip| !ip.armed) {
+        release(state, req);
+    }
+}
+
+/// Ends the request's pin, if any (its end, or srcache not sending it).
+pub fn release(state: &mut RequestState, r: &ngx_http_request_t) {
+    let Some(ip) = state.hot.in_place.take() else {
+        return;
+    };
+    if let Some(zone) = main_conf(r).hot.as_ref() {
+        zone.with_table(|t| t.unpin(ip.owner, ip.pid, &ip.pin));
+    }
 }
 
 /// The fetch subrequest's content handler when the hot tier answers it: a 200 with the
@@ -484,7 +921,16 @@ pub unsafe fn fetch_output(sr: &ngx_http_request_t, chain: *mut ngx_chain_t) {
     let fresh_until = state.hot.fresh_until;
     let stored = zone.with_key(key, |t, fp| {
         if usable && now < fresh_until {
-            Some(t.store(fp, key, &bytes, now, fresh_until))
+            let m = zone.mapping()?;
+            let mut stored = t.store(fp, key, &bytes, now, fresh_until, |at, n| {
+                detach_pages(m, at, n)
+            });
+            if stored == Stored::NoRoom && t.release_dead_owners(owner_alive) > 0 {
+                stored = t.store(fp, key, &bytes, now, fresh_until, |at, n| {
+                    detach_pages(m, at, n)
+                });
+            }
+            Some(stored)
         } else {
             t.release_fill(fp, key);
             None

@@ -142,6 +142,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: nginx calls filters with a live request.
     let req = unsafe { &mut *r };
     if ptr::eq(req.main, req) {
+        super::hot::main_header(req);
         super::refresh::on_response_header(req);
     } else if let Some(state) = capture_of(req) {
         // SAFETY: the main request's state is live while its subrequest runs; no step of the
@@ -164,6 +165,13 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
             // SAFETY: as above.
             unsafe { super::hot::fetch_output(&*r, chain) };
         }
+        // SAFETY: as above.
+        let chain = if unsafe { ptr::eq((*r).main, r) } {
+            // SAFETY: a live main request and the chain handed to this filter.
+            unsafe { super::hot::main_body(&*r, chain) }
+        } else {
+            chain
+        };
         // SAFETY: the saved next filter of the chain, set once in postconfiguration.
         let rc = unsafe { NEXT_BODY_FILTER.map_or(ERROR, |next| next(r, chain)) };
         // SAFETY: as above; the chain's links and buffers are valid during the call.
@@ -241,6 +249,21 @@ unsafe fn chain_has_last_buf(mut chain: *mut ngx_chain_t) -> bool {
     }
     false
 }
+
+/// Whether this module's filters are the first of both chains (no filter module was loaded
+/// after this one): the hot tier then sends bodies in place (see `hot::InPlace`).
+pub fn filters_first() -> bool {
+    // SAFETY: the chain heads are set during configuration and only read afterwards.
+    unsafe {
+        ngx::ffi::ngx_http_top_header_filter
+            .is_some_and(|f| core::ptr::fn_addr_eq(f, header_filter as HeaderFilterFn))
+            && ngx::ffi::ngx_http_top_body_filter
+                .is_some_and(|f| core::ptr::fn_addr_eq(f, body_filter as BodyFilterFn))
+    }
+}
+
+type HeaderFilterFn = unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t;
+type BodyFilterFn = unsafe extern "C" fn(*mut ngx_http_request_t, *mut ngx_chain_t) -> ngx_int_t;
 
 /// Puts the capture filters at the top of the output chains.
 pub fn install_filters() {

@@ -19,7 +19,7 @@ use super::module::main_conf;
 use super::state::{RequestState, ZoneRef};
 use super::variables::cache_lock_value;
 use crate::collapse::FillEnd;
-use crate::metrics::{render, Counter, Counters, ZoneMetrics};
+use crate::metrics::{render, render_hot, Counter, Counters, ZoneMetrics};
 use crate::nginx::util::{CONF_OK, ERROR};
 use crate::nginx::zone;
 use crate::policy::CacheStatus;
@@ -118,7 +118,13 @@ fn exposition(r: &ngx_http_request_t) -> String {
             table: z.with_table(|t| t.stats()),
         })
         .collect();
-    render(&data)
+    let mut out = render(&data);
+    if let Some(hot) = main_conf(r).hot.as_ref() {
+        if let Some(stats) = hot.stats() {
+            render_hot(&mut out, &String::from_utf8_lossy(&hot.name), &stats);
+        }
+    }
+    out
 }
 
 unsafe extern "C" fn metrics_handler(r: *mut ngx_http_request_t) -> ngx_int_t {

@@ -314,6 +314,7 @@ unsafe extern "C" fn end_of_request(data: *mut c_void) {
             super::hot::forget(r, &settings.key);
         }
     }
+    super::hot::release(&mut state, r);
     if let Some(lock) = state.refresh_lock.take() {
         // The request ended before its refresh could be prepared.
         waiters::release(&lock, false);
