@@ -3,7 +3,7 @@
 # Debian/Ubuntu: the packaged nginx (the one the module is built for), its source headers,
 # the srcache/set-misc/echo/ndk modules, redis-server, the test harness base and bindgen's clang.
 # dpkg-dev builds the .deb (make deb, t/080-package.t); prometheus (promtool and the server)
-# checks the metrics endpoint (t/090-metrics.t).
+# checks the metrics endpoint (t/090-metrics.t); valgrind runs `make valgrind`.
 set -euo pipefail
 
 packages=(
@@ -11,7 +11,7 @@ packages=(
   libnginx-mod-http-ndk libnginx-mod-http-srcache-filter
   libnginx-mod-http-set-misc libnginx-mod-http-echo
   redis-server libtest-base-perl libclang-dev wrk dpkg-dev prometheus
-  libpcre2-dev libssl-dev zlib1g-dev python3 make gcc pkg-config curl
+  libpcre2-dev libssl-dev zlib1g-dev python3 make gcc pkg-config curl valgrind
 )
 
 missing=()

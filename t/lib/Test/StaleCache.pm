@@ -382,7 +382,7 @@ sub check_valgrind {
 # first line is an error (what ERROR SUMMARY counts) rather than valgrind's own notes.
 my $VG_ERROR = qr/^(?:Invalid[ ](?:read|write|free)|Mismatched[ ]free|Conditional[ ]jump
                    |Syscall[ ]param|Source[ ]and[ ]destination[ ]overlap|Argument[ ].*[ ]fishy
-                   |.*uninitialised|.*[ ]are[ ]definitely[ ]lost)/x;
+                   |Use[ ]of[ ]uninitialised|Uninitialised|.*[ ]are[ ]definitely[ ]lost)/x;
 
 sub valgrind_records {
     my $text = shift;
