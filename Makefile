@@ -45,7 +45,8 @@ CARGO := NGINX_SOURCE_DIR=$(NGINX_SOURCE_DIR) NGINX_BUILD_DIR=$(NGINX_BUILD_DIR)
 MODULE_SO := $(BUILD)/ngx_http_stale_cache_module.so
 CARGO_SO := $(ROOT)/target/$(CARGO_PROFILE_DIR)/libngx_http_stale_cache_module.so
 
-.PHONY: all deps module test unit prove check-test-nginx stress run bench bench-smoke lint deb fuzz clean
+.PHONY: all deps module test unit prove check-test-nginx stress valgrind run bench bench-smoke lint deb \
+  fuzz clean
 
 all: module
 
@@ -94,6 +95,22 @@ stress: module
 test: deps
 	$(MAKE) unit prove
 
+# The hot-tier tests and the native Redis location baseline with every nginx under valgrind's
+# memcheck (TEST_NGINX_VALGRIND, t/README.md): fails on any failed assertion, among them each
+# file's "valgrind: 0 errors". Each file gets its own servroot, so the logs of all stay:
+# t/servroot-valgrind/<file>/logs/valgrind.<pid>.log. The module is the release build, which
+# has debug info (function names, inlined frames, lines).
+VALGRIND_TESTS ?= t/097-hot.t t/010-redis-locations.t
+
+valgrind: deps
+	$(MAKE) module check-test-nginx
+	@rc=0; for t in $(VALGRIND_TESTS); do \
+	  servroot=$(ROOT)/t/servroot-valgrind/$$(basename $$t .t); \
+	  echo "TEST_NGINX_VALGRIND=1 TEST_NGINX_SERVROOT=$$servroot prove $$t"; \
+	  STALE_CACHE_MODULE=$(MODULE_SO) $(TEST_ENV) TEST_NGINX_VALGRIND=1 \
+	    TEST_NGINX_SERVROOT=$$servroot prove $$t || rc=1; \
+	done; exit $$rc
+
 lint: $(NGINX_BUILD_DIR)/ngx_auto_config.h
 	cargo fmt --check
 	$(CARGO) clippy --lib -- -D warnings
@@ -134,4 +151,4 @@ fuzz:
 
 clean:
 	cargo clean
-	rm -rf $(BUILD) t/servroot
+	rm -rf $(BUILD) t/servroot t/servroot-valgrind

@@ -29,7 +29,8 @@ our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  wait_until wait_log wait_backend_hits
                  redis_locations drop_in_config redis_key redis_calls
                  error_log_count fill_and_stale concurrent_get statuses redis2_locations
-                 start_nodes node_ports node_pids node_prefix kill_node node_log_text fleet_get);
+                 start_nodes node_ports node_pids node_prefix kill_node node_log_text fleet_get
+                 time_scale);
 
 my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
 my $SERVROOT = $ENV{TEST_NGINX_SERVROOT} || "$ROOT/t/servroot";
@@ -46,11 +47,20 @@ my @EXTRA_MODS = map { m{^/} ? $_ : "$ROOT/$_" } split ' ', $ENV{TEST_NGINX_EXTR
 # Ports come from here; the default stays below the ephemeral range (32768-60999), so
 # outgoing connections never take them.
 my ($PORT_LO, $PORT_HI) = port_range($ENV{TEST_NGINX_PORT_RANGE} // '20000-32000');
+# TEST_NGINX_VALGRIND=1: every nginx of the run (the block's and the fleet nodes) runs under
+# valgrind's memcheck; the file fails "valgrind: 0 errors" when any process had an error.
+my $VALGRIND = $ENV{TEST_NGINX_VALGRIND} ? 1 : 0;
+my $NOFILE = 8192;    # worker_rlimit_nofile
+# Factor of every deadline the harness owns (nginx start and stop, wait_until and its
+# wrappers, --- wait_for, client timeouts): ~10 under valgrind, where nginx is that much slower.
+my $TIME_SCALE = time_scale_of($ENV{TEST_NGINX_TIME_SCALE} // ($VALGRIND ? 10 : 1));
+$ENV{TEST_NGINX_TIME_SCALE} = $TIME_SCALE;
 
 my $PARENT = $$;
 my (%PORT, %USED_PORT, $SPEC, $REPEAT, $STARTED, $MOD_COPY);
 my ($NGINX_PID, $REDIS_PID, $BACKEND_PID, $BLACKHOLE_PID);
 my @NODES;    # extra nginx instances of the block: { pid, port, prefix, log_offset }
+my (%VG_OWNER, $VG_CHECKED);    # valgrind mode: master pid => block name; check done
 my ($CUR_NAME, $LOG_OFFSET, @RESPONSES, $TIMEOUT) = ('', 0);
 our ($TEST_NGINX_SERVER_PORT, $TEST_NGINX_REDIS_PORT, $TEST_NGINX_BACKEND_PORT,
      $TEST_NGINX_SERVROOT, $TEST_NGINX_HTML_DIR);
@@ -80,8 +90,19 @@ sub setup_env {
     $TEST_NGINX_HTML_DIR     = $ENV{TEST_NGINX_HTML_DIR}     = "$SERVROOT/html";
     $SIG{PIPE} = 'IGNORE';
     $SIG{$_} = sub { exit 130 } for qw(INT TERM HUP);    # END cleans up
-    raise_nofile(8192);
+    raise_nofile($NOFILE);
 }
+
+sub time_scale_of {
+    my $v = shift;
+    die "TEST_NGINX_TIME_SCALE: \"$v\" is not a number >= 1\n"
+        unless $v =~ /^\s*(\d+(?:\.\d*)?|\.\d+)\s*$/ && $1 >= 1;
+    return $1 + 0;
+}
+
+# The factor of the harness's deadlines (TEST_NGINX_TIME_SCALE; 10 under valgrind, else 1), for
+# a test's own wall-clock bounds: cmp_ok($took, '<=', 1.5 * time_scale()).
+sub time_scale { $TIME_SCALE }
 
 sub port_range {
     my $spec = shift;
@@ -159,6 +180,7 @@ sub run_tests {
             }
         }
     }
+    valgrind_check();
     $tb->done_testing unless $tb->has_plan;
 }
 
@@ -221,6 +243,7 @@ sub nginx_pids { $NGINX_PID ? ($NGINX_PID, children_of($NGINX_PID)) : () }
 
 sub start_services {
     return if $STARTED++;
+    check_valgrind() if $VALGRIND;
     remove_tree($SERVROOT);
     make_path(map "$SERVROOT/$_", qw(conf logs html redis),
               map "temp/$_", qw(client_body proxy fastcgi uwsgi scgi));
@@ -313,12 +336,109 @@ sub fake_redis_blackhole {
 
 sub close_blackhole { kill_wait($BLACKHOLE_PID, 'TERM', 5); undef $BLACKHOLE_PID }
 
+# The command that runs nginx from $prefix: nginx itself, or nginx under valgrind in
+# TEST_NGINX_VALGRIND mode (nginx -t never runs under valgrind).
+sub nginx_cmd {
+    my $prefix = shift;
+    my @nginx = ($NGINX, '-p', "$prefix/", '-c', 'conf/nginx.conf');
+    return @nginx unless $VALGRIND;
+    return (valgrind_cmd(), @nginx);
+}
+
+# ------------------------------------------------------------- valgrind ---
+# valgrind follows the workers without --trace-children: nginx forks them, it never execs
+# (except for a binary upgrade, which no test does). One log per process, named by its pid.
+#
+# valgrind keeps a few descriptors above the client's limit and lets the client set
+# RLIMIT_NOFILE to exactly that limit only: nginx's worker_rlimit_nofile would fail
+# ([alert] setrlimit ... Operation not permitted) unless valgrind starts with the soft limit
+# at worker_rlimit_nofile and a hard limit above it (prlimit runs it so, in the same process).
+sub valgrind_cmd {
+    my $bin = $ENV{TEST_NGINX_VALGRIND_BINARY} || 'valgrind';
+    my $supp = "$ROOT/t/valgrind.supp";
+    return ('prlimit', "--nofile=$NOFILE:", $bin, '--tool=memcheck',
+            "--log-file=$SERVROOT/logs/valgrind.%p.log", '--num-callers=30', '--keep-debuginfo=yes',
+            ($ENV{TEST_NGINX_VALGRIND_LEAKS}
+             ? ('--leak-check=full', '--show-leak-kinds=definite', '--errors-for-leak-kinds=definite')
+             : '--leak-check=no'),
+            (-f $supp ? "--suppressions=$supp" : ()),
+            split(' ', $ENV{TEST_NGINX_VALGRIND_OPTS} // ''));
+}
+
+# Stops the run at once when valgrind mode cannot work.
+sub check_valgrind {
+    my $bin = $ENV{TEST_NGINX_VALGRIND_BINARY} || 'valgrind';
+    my $v = `$bin --version 2>/dev/null` // '';
+    Test::More::BAIL_OUT("TEST_NGINX_VALGRIND=1 but \"$bin\" does not run (apt-get install valgrind,"
+                         . " or set TEST_NGINX_VALGRIND_BINARY)") unless $v =~ /valgrind/;
+    my $hard = `prlimit --pid $$ --nofile --raw --noheadings -o HARD 2>/dev/null` // '';
+    Test::More::BAIL_OUT("TEST_NGINX_VALGRIND=1 needs prlimit (util-linux)") unless $hard =~ /\S/;
+    Test::More::diag("RLIMIT_NOFILE hard limit $hard is below $NOFILE + valgrind's reserve:"
+                     . " nginx will log [alert] setrlimit failed (ulimit -Hn 9000)")
+        if $hard =~ /^\s*(\d+)/ && $1 < $NOFILE + 64;
+}
+
+# Error records of a valgrind log: the blocks of lines between "==pid== " blank lines whose
+# first line is an error (what ERROR SUMMARY counts) rather than valgrind's own notes.
+my $VG_ERROR = qr/^(?:Invalid[ ](?:read|write|free)|Mismatched[ ]free|Conditional[ ]jump
+                   |Syscall[ ]param|Source[ ]and[ ]destination[ ]overlap|Argument[ ].*[ ]fishy
+                   |Use[ ]of[ ]uninitialised|Uninitialised|.*[ ]are[ ]definitely[ ]lost)/x;
+
+sub valgrind_records {
+    my $text = shift;
+    my (@records, @cur);
+    for my $line (split /\n/, $text) {
+        my ($body) = $line =~ /^==\d+==\s?(.*)$/ or next;
+        if ($body =~ /\S/) { push @cur, $body; next }
+        push @records, [@cur] if @cur && $cur[0] =~ $VG_ERROR;
+        @cur = ();
+    }
+    push @records, [@cur] if @cur && $cur[0] =~ $VG_ERROR;
+    return @records;
+}
+
+# After the file's last block (nginx and any nodes stopped): one test over every valgrind log
+# of the run. It fails on a non-zero ERROR SUMMARY or on any error record (a worker killed
+# with -9 writes no summary, its records count all the same) and shows the first records.
+sub valgrind_check {
+    return if !$VALGRIND || $VG_CHECKED++;
+    my @logs = sort glob "$SERVROOT/logs/valgrind.*.log";
+    my ($errors, $unfinished, $suppressed, @shown) = (0, 0, 0);
+    my $n_records = 0;
+    for my $log (@logs) {
+        my $text = slurp($log) // next;
+        my ($pid) = $log =~ /valgrind\.(\d+)\.log$/;
+        my ($ppid) = $text =~ /Parent PID: (\d+)/;
+        my $owner = $VG_OWNER{$pid} // ($ppid && $VG_OWNER{$ppid}) // '?';
+        my $role = $VG_OWNER{$pid} ? 'master' : 'worker';
+        my @rec = valgrind_records($text);
+        $n_records += @rec;
+        if ($text =~ /ERROR SUMMARY: (\d+) errors/) {
+            $errors += $1;
+        } else {
+            $unfinished++;
+        }
+        $suppressed += $1 if $text =~ /ERROR SUMMARY: \d+ errors from \d+ contexts \(suppressed: (\d+)/;
+        for my $r (@rec) {
+            push @shown, "--- " . basename($log) . " ($role of $owner)\n" . join("\n", @$r)
+                if @shown < 5;
+        }
+    }
+    my $ok = Test::More::ok(@logs && !$errors && !$n_records, 'valgrind: 0 errors');
+    Test::More::diag("no valgrind log in $SERVROOT/logs") unless @logs;
+    Test::More::diag("$errors errors in ERROR SUMMARY lines, $n_records error records in "
+                     . scalar(@logs) . " logs ($SERVROOT/logs/valgrind.*.log); first ones:\n"
+                     . join("\n", @shown)) unless $ok || !@logs;
+    Test::More::note(scalar(@logs) . " valgrind logs, $unfinished without ERROR SUMMARY"
+                     . " (processes killed with -9), $suppressed errors suppressed (t/valgrind.supp)");
+}
+
 sub start_nginx {
     my $workers = shift;
     unlink "$SERVROOT/logs/nginx.pid";
-    $NGINX_PID = spawn("$SERVROOT/logs/nginx.stderr", $NGINX, '-p', "$SERVROOT/",
-                       '-c', 'conf/nginx.conf');
-    my $deadline = time + 10;
+    $NGINX_PID = spawn("$SERVROOT/logs/nginx.stderr", nginx_cmd($SERVROOT));
+    $VG_OWNER{$NGINX_PID} = $CUR_NAME;
+    my $deadline = time + 10 * $TIME_SCALE;
     while (time < $deadline) {
         if (defined wait_pid($NGINX_PID, 0)) {
             undef $NGINX_PID;
@@ -337,9 +457,9 @@ sub stop_nginx {
     stop_nodes();
     return unless $NGINX_PID;
     my @workers = children_of($NGINX_PID);
-    kill_wait($NGINX_PID, 'TERM', 10);
+    kill_wait($NGINX_PID, 'TERM', 10 * $TIME_SCALE);
     undef $NGINX_PID;
-    my $deadline = time + 5;
+    my $deadline = time + 5 * $TIME_SCALE;
     sleep 0.01 while time < $deadline && grep { !proc_dead($_) } @workers;
     kill 'KILL', grep { !proc_dead($_) } @workers;
 }
@@ -364,11 +484,11 @@ sub start_nodes {
         open my $fh, '>', "$prefix/conf/nginx.conf" or die "$prefix/conf/nginx.conf: $!\n";
         print $fh $c;
         close $fh;
-        my $pid = spawn("$prefix/logs/nginx.stderr", $NGINX, '-p', "$prefix/",
-                        '-c', 'conf/nginx.conf');
+        my $pid = spawn("$prefix/logs/nginx.stderr", nginx_cmd($prefix));
+        $VG_OWNER{$pid} = "$CUR_NAME (node $i)";
         my $node = { pid => $pid, port => $port, prefix => $prefix, log_offset => 0 };
         push @NODES, $node;
-        my $deadline = time + 10;
+        my $deadline = time + 10 * $TIME_SCALE;
         until ((slurp("$prefix/logs/nginx.pid") // '') =~ /^$pid\b/ && children_of($pid) >= 1) {
             die "node $i did not start (see $prefix/logs/)\n"
                 if time > $deadline || defined wait_pid($pid, 0);
@@ -399,8 +519,8 @@ sub kill_node {
     my $node = $NODES[$i - 1] or die "no node $i\n";
     my @pids = node_pids($i);
     kill 'KILL', @pids;
-    wait_pid($node->{pid}, 5);
-    my $deadline = time + 5;
+    wait_pid($node->{pid}, 5 * $TIME_SCALE);
+    my $deadline = time + 5 * $TIME_SCALE;
     sleep 0.01 while time < $deadline && grep { !proc_dead($_) } @pids;
     $node->{pid} = undef;
 }
@@ -421,7 +541,7 @@ sub fleet_get {
     my @index = $only ? @$only : 0 .. $#all;
     my @jobs = map { { port => $ports[$_ % @ports], reqs => [$req], node => $index[$_ % @ports] } }
                0 .. $n - 1;
-    my @r = run_jobs(\@jobs, $timeout // 10);
+    my @r = run_jobs(\@jobs, ($timeout // 10) * $TIME_SCALE);
     $r[$_]{node} = $jobs[$_]{node} for 0 .. $#r;
     return @r;
 }
@@ -430,8 +550,8 @@ sub stop_nodes {
     for my $node (@NODES) {
         next unless $node->{pid};
         my @workers = children_of($node->{pid});
-        kill_wait($node->{pid}, 'TERM', 10);
-        my $deadline = time + 5;
+        kill_wait($node->{pid}, 'TERM', 10 * $TIME_SCALE);
+        my $deadline = time + 5 * $TIME_SCALE;
         sleep 0.01 while time < $deadline && grep { !proc_dead($_) } @workers;
         kill 'KILL', grep { !proc_dead($_) } @workers;
     }
@@ -446,6 +566,8 @@ sub cleanup {
     eval { stop_redis() };
     eval { kill_wait($BACKEND_PID, 'TERM', 5) };
     undef $BACKEND_PID;
+    # a file that died before the end of run_tests, or that only used start_nodes
+    valgrind_check() if $STARTED;
 }
 
 END { cleanup() }
@@ -744,7 +866,7 @@ sub build_request {    # Test::Nginx style "GET /t" [+ "\nbody"] -> raw request
 sub http_request {
     my ($method, $path, $headers, $body) = @_;
     my $req = build_request("$method $path" . (defined $body ? "\n$body\n" : ''), $headers);
-    return (run_jobs([{ port => $PORT{nginx}, reqs => [$req] }], $TIMEOUT || 10))[0];
+    return (run_jobs([{ port => $PORT{nginx}, reqs => [$req] }], $TIMEOUT || 10 * $TIME_SCALE))[0];
 }
 
 sub http_get { http_request('GET', @_[0, 1]) }
@@ -754,7 +876,8 @@ sub http_get { http_request('GET', @_[0, 1]) }
 sub concurrent_get {
     my ($path, $n, $headers, $timeout) = @_;
     my $req = build_request("GET $path", $headers);
-    return run_jobs([map { { port => $PORT{nginx}, reqs => [$req] } } 1 .. $n], $timeout // 10);
+    return run_jobs([map { { port => $PORT{nginx}, reqs => [$req] } } 1 .. $n],
+                    ($timeout // 10) * $TIME_SCALE);
 }
 
 # The Redis key srcache uses for a request under the documented configuration:
@@ -880,11 +1003,11 @@ sub sleep_ms { sleep($_[0] / 1000) }
 sub sleep_until { my $t = shift; my $left = $t - time; sleep($left) if $left > 0 }
 
 # Polls $cond (every 20 ms) until it returns true and returns its value. At the deadline
-# ($timeout seconds, default 5) it fails a test naming $what and returns false, so the
-# block's own checks still run and show the state it stopped in.
+# ($timeout seconds, default 5, times TEST_NGINX_TIME_SCALE) it fails a test naming $what and
+# returns false, so the block's own checks still run and show the state it stopped in.
 sub wait_until {
     my ($cond, $timeout, $what) = @_;
-    $timeout //= 5;
+    $timeout = ($timeout // 5) * $TIME_SCALE;
     $what //= 'a condition';
     my $t0 = time;
     my $deadline = $t0 + $timeout;
@@ -895,7 +1018,8 @@ sub wait_until {
         sleep 0.02;
     }
     my $name = $CUR_NAME ? "$CUR_NAME - " : '';
-    Test::More::fail("${name}waited ${timeout}s for $what");
+    my $scaled = $TIME_SCALE == 1 ? '' : " (x$TIME_SCALE, TEST_NGINX_TIME_SCALE)";
+    Test::More::fail("${name}waited ${timeout}s$scaled for $what");
     return 0;
 }
 
@@ -1015,7 +1139,7 @@ sub write_conf {
 ${user}daemon off;
 master_process on;
 worker_processes $workers;
-worker_rlimit_nofile 8192;
+worker_rlimit_nofile $NOFILE;
 error_log logs/error.log $level;
 pid logs/nginx.pid;
 @{[ $b->{main_config} // '' ]}
@@ -1113,7 +1237,7 @@ sub run_block {
         my $v = $blk->$sec;
         $b{$sec} = $sec =~ /^(check|pre|wait_for)$/ ? $v : subst($v);
     }
-    $TIMEOUT = seconds($b{timeout}) || 10;
+    $TIMEOUT = (seconds($b{timeout}) || 10) * $TIME_SCALE;
 
     start_redis();    # restores redis if a previous block stopped it
     redis('FLUSHALL');
