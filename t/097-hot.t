@@ -110,12 +110,14 @@ our $HTTP = <<'_EOC_';
     stale_cache_hot_zone hot 4m;
 _EOC_
 
-# Slow answers for clients that ask (X-Slow: 1): 200 KB take about 5 s to send.
-our $SLOW = <<'_EOC_';
+# Slow answers for clients that ask (X-Slow: 1): 200 KB take about 5 s to send (longer under
+# valgrind, where everything else is slower too).
+our $SLOW_RATE = int(40 / time_scale()) || 1;
+our $SLOW = <<"_EOC_";
     sendfile on;
     stale_cache_zone srcache_locks 1m;
     stale_cache_hot_zone hot 1m;
-    map $http_x_slow $slow_rate { default 0; 1 40k; }
+    map \$http_x_slow \$slow_rate { default 0; 1 ${SLOW_RATE}k; }
 _EOC_
 
 our $METRICS = <<'_EOC_';
@@ -202,7 +204,7 @@ my $t0 = Time::HiRes::time();
 my $seen = wait_until(sub { http_get('/api/upd')->{body} =~ /hit 9/ }, 5, 'the new copy');
 my $took = Time::HiRes::time() - $t0;
 ok($seen, 'the new copy is served');
-cmp_ok($took, '<=', 1.0 + 0.5, "within the 1 s max age (+0.5 s margin): ${took}s");
+cmp_ok($took, '<=', 1.0 + 0.5 * time_scale(), "within the 1 s max age (+0.5 s margin): ${took}s");
 is(http_get('/api/upd')->{body}, "backend GET /api/upd hit 9\n", 'and stays');
 
 === TEST 5: a purge drops the hot copy on this node at once
@@ -261,7 +263,8 @@ GET /api/warm
 --- check
 is(http_get('/api/down')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
 my $key = redis_key('/api/down');
-redis('EXPIRE', $key, 103);              # fresh for 3 more seconds (stale window 100 s)
+my $fresh_s = 3 * time_scale();          # (valgrind: the requests below take longer)
+redis('EXPIRE', $key, 100 + $fresh_s);   # fresh for 3 more seconds (stale window 100 s)
 my $t0 = Time::HiRes::time();
 my $a = http_get('/api/down');
 is($a->{headers}{'x-stale-cache'}, 'FRESH', 'fresh by the TTL lookup (memo for ~3 s)');
@@ -272,7 +275,7 @@ my $r = http_get('/api/down');
 is($r->{headers}{'x-stale-cache'}, 'HOT', 'Redis down, within the fresh period: hot');
 is($r->{body}, "backend GET /api/down hit 1\n", 'the cached body');
 # Redis rounds TTLs: the memo ends 2 to 3 s after the lookup; +1 s margin.
-sleep_until($t0 + 3 + 1);
+sleep_until($t0 + $fresh_s + 1);
 $r = http_get('/api/down');
 isnt($r->{headers}{'x-stale-cache'}, 'HOT', 'after the fresh period: not hot');
 is($r->{body}, "backend GET /api/down hit 2\n", 'the backend answers (fail open)');
