@@ -205,6 +205,28 @@ pub fn key_argument(key: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The bytes of `key` percent-encoded as [`key_argument`] writes them (without `key=`).
+fn escaped_key(key: &[u8]) -> impl Iterator<Item = u8> + Clone + '_ {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    key.iter().flat_map(|&b| {
+        let plain = b.is_ascii_alphanumeric() || b"-_.~".contains(&b);
+        let bytes = [b'%', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]];
+        let (from, to) = if plain { (0, 1) } else { (0, 3) };
+        let bytes = if plain { [b, 0, 0] } else { bytes };
+        bytes.into_iter().skip(from).take(to)
+    })
+}
+
+/// Whether `args` contains `key` percent-encoded (as `key_argument` encodes it), without
+/// building the encoded key.
+pub fn contains_escaped_key(args: &[u8], key: &[u8]) -> bool {
+    let escaped = escaped_key(key);
+    let len = escaped.clone().count();
+    len > 0
+        && args.len() >= len
+        && (0..=args.len() - len).any(|at| escaped.clone().eq(args[at..at + len].iter().copied()))
+}
+
 /// Compares a presented secret with the real one in time independent of where they differ.
 pub fn secret_matches(presented: &[u8], secret: &[u8]) -> bool {
     if presented.len() != secret.len() || secret.is_empty() {
@@ -220,6 +242,21 @@ pub fn secret_matches(presented: &[u8], secret: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn escaped_keys_are_found_in_arguments() {
+        let key = b"Mozilla/5.0 |/api/x?a=1";
+        let arg = key_argument(key);
+        assert!(contains_escaped_key(&arg, key));
+        let mut longer = b"a=1&".to_vec();
+        longer.extend_from_slice(&arg);
+        longer.extend_from_slice(b"&exptime=5");
+        assert!(contains_escaped_key(&longer, key));
+        assert!(!contains_escaped_key(b"key=Mozilla", key));
+        assert!(!contains_escaped_key(b"", key));
+        assert!(!contains_escaped_key(b"anything", b""));
+        assert!(contains_escaped_key(b"plain", b"plain"));
+    }
 
     fn replay<'a>(headers: &'a [(&'a [u8], &'a [u8])], body: Option<&'a [u8]>) -> Replay<'a> {
         Replay {

@@ -36,7 +36,7 @@ use crate::hotcache::{
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, worker_pid, DECLINED, ERROR, OK};
 use crate::policy::CacheStatus;
-use crate::replay::key_argument;
+use crate::replay::contains_escaped_key;
 
 /// `stale_cache_hot_zone NAME SIZE`.
 ///
@@ -487,8 +487,7 @@ fn is_fetch(state: &RequestState, sr: &ngx_http_request_t) -> bool {
     if args == settings.key.as_slice() {
         return true;
     }
-    let escaped = &key_argument(&settings.key)[4..];
-    !escaped.is_empty() && args.windows(escaped.len()).any(|w| w == escaped)
+    contains_escaped_key(args, &settings.key)
 }
 
 /// The stretches of a pinned value in the region, as `(offset, len)`.
@@ -541,8 +540,12 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
     let Some(zone) = main_conf(sr).hot.as_ref() else {
         return DECLINED;
     };
-    let key = state.settings().key.clone();
-    let (key, max_age, now) = (key.as_slice(), scf.hot_max_age_ms(), now_ms());
+    let (max_age, now) = (scf.hot_max_age_ms(), now_ms());
+    // (A field borrow: the state's other fields are written below.)
+    let Some(settings) = state.settings.as_ref() else {
+        return DECLINED;
+    };
+    let key = settings.key.as_slice();
     let pool = sr.pool;
     let mut buf: *mut ngx_buf_t = ptr::null_mut();
     // In place only while this module's filters come first (they swap the body).
@@ -767,7 +770,7 @@ pub fn main_header(r: &mut ngx_http_request_t) {
 ///
 /// # Safety
 /// `chain` must be the valid chain handed to the main request's body filter.
-pub unsafe fn main_body(r: &ngx_http_request_t, chain: *mut ngx_chain_t) -> *mut ngx_chain_t {
+pub unsafe fn main_body(r: &mut ngx_http_request_t, chain: *mut ngx_chain_t) -> *mut ngx_chain_t {
     let Some(state) = state::find(r) else {
         return chain;
     };
@@ -799,6 +802,8 @@ pub unsafe fn main_body(r: &ngx_http_request_t, chain: *mut ngx_chain_t) -> *mut
              filter module)",
             size
         );
+        // The length sent is wrong now: the connection must not carry another response.
+        r.set_keepalive(0);
         return chain;
     }
     ip.body

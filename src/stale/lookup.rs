@@ -168,7 +168,7 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
         // SAFETY: as above.
         let chain = if unsafe { ptr::eq((*r).main, r) } {
             // SAFETY: a live main request and the chain handed to this filter.
-            unsafe { super::hot::main_body(&*r, chain) }
+            unsafe { super::hot::main_body(&mut *r, chain) }
         } else {
             chain
         };
