@@ -1532,6 +1532,111 @@ mod tests {
         assert_eq!(parse_status(b"HTTP/1.1 2x0 OK"), None);
     }
 
+    /// Random operations against the table, checked after each one: the table stays
+    /// consistent, every pinned value keeps its bytes until unpinned, and a servable copy
+    /// reads back as what was stored.
+    #[test]
+    fn random_operations_keep_the_table_whole_and_pinned_bytes_intact() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut r = region(40);
+        HotTable::init(&mut r, 11).unwrap();
+        let mut stored: std::collections::HashMap<String, Vec<u8>> = Default::default();
+        // Three processes; one that dies is replaced by a new one (another pid).
+        let mut pids = [100u32, 101, 102];
+        let mut owners: [Option<usize>; 3] = [None; 3];
+        // (process, pin, the bytes it must keep, its stretches)
+        let mut pins: Vec<(usize, Pin, Vec<u8>, Vec<(usize, usize)>)> = Vec::new();
+        let mut saw_retired = 0;
+        for step in 0..4_000u64 {
+            let now = 1_000 + step;
+            let key = format!("k{}", next(12));
+            let p = next(3) as usize;
+            let alive = |pid: u32| pids.contains(&pid);
+            let mut t = HotTable::attach(&mut r).unwrap();
+            match next(100) {
+                0..=29 => {
+                    let len = 1 + next(3 * BLOCK_SIZE as u64) as usize;
+                    let value: Vec<u8> = (0..len).map(|i| (i as u64 ^ step) as u8).collect();
+                    let fp = fingerprint(t.seed(), key.as_bytes());
+                    stored.remove(&key);
+                    let out = t.store(fp, key.as_bytes(), &value, now, u64::MAX, |_, _| {});
+                    if let Stored::Stored { .. } = out {
+                        stored.insert(key.clone(), value);
+                    }
+                }
+                30..=59 => {
+                    if owners[p].is_none() {
+                        owners[p] = t.claim_owner(p, pids[p], alive);
+                    }
+                    if let Some(o) = owners[p] {
+                        let fp = fingerprint(t.seed(), key.as_bytes());
+                        let mut runs = Vec::new();
+                        let pinned = t.pin(o, pids[p], fp, key.as_bytes(), now, 1000, |at, n| {
+                            runs.push((at, n))
+                        });
+                        if let Some(pin) = pinned {
+                            pins.push((p, pin, stored[&key].clone(), runs));
+                        }
+                    }
+                }
+                60..=79 if !pins.is_empty() => {
+                    let (p, pin, _, _) = pins.swap_remove(next(pins.len() as u64) as usize);
+                    t.unpin(owners[p].unwrap(), pids[p], &pin);
+                }
+                80..=89 => {
+                    let fp = fingerprint(t.seed(), key.as_bytes());
+                    t.remove(fp, key.as_bytes());
+                    stored.remove(&key);
+                }
+                90..=94 => {
+                    let fp = fingerprint(t.seed(), key.as_bytes());
+                    let serve = t.servable_len(fp, key.as_bytes(), now, 1000).is_some();
+                    let planned = t.plan(fp, key.as_bytes(), now, u64::MAX, 1000);
+                    assert_eq!(planned == Plan::Serve, serve, "step {step}");
+                }
+                95 => {
+                    // kill -9: the process's pins are gone with it; its successor's first
+                    // claim (or anyone's release) drops them from the table.
+                    pins.retain(|(q, ..)| *q != p);
+                    pids[p] += 1000;
+                    owners[p] = None;
+                    let alive = |pid: u32| pids.contains(&pid);
+                    t.release_dead_owners(alive);
+                }
+                _ => {
+                    if let Some(got) = get(&mut t, key.as_bytes(), now, 1000) {
+                        assert_eq!(Some(&got), stored.get(&key), "step {step}");
+                    }
+                }
+            }
+            t.verify().unwrap_or_else(|e| panic!("step {step}: {e}"));
+            saw_retired = saw_retired.max(t.stats().retired);
+            drop(t);
+            for (_, _, bytes, runs) in &pins {
+                assert!(
+                    bytes_of(&r, runs) == *bytes,
+                    "pinned bytes changed at step {step}"
+                );
+            }
+        }
+        let mut t = HotTable::attach(&mut r).unwrap();
+        for (p, pin, _, _) in pins.drain(..) {
+            t.unpin(owners[p].unwrap(), pids[p], &pin);
+        }
+        assert_eq!(
+            t.stats().retired,
+            0,
+            "every retired entry freed with its last pin"
+        );
+        t.verify().unwrap();
+    }
+
     #[test]
     fn other_layouts_and_sizes_are_refused() {
         let mut r = region(64);

@@ -41,6 +41,27 @@ sub same_response {
 }
 
 
+# A TLS server (HTTP/1.1 and HTTP/2) on its own port with the given locations; a
+# self-signed certificate made for the run.
+our $TLS_PORT;
+sub tls_server {
+    my $locations = shift;
+    require File::Temp;
+    my $dir = File::Temp::tempdir(CLEANUP => 1);
+    system("openssl req -x509 -newkey rsa:2048 -nodes -subj /CN=localhost -days 1 "
+           . "-keyout $dir/key.pem -out $dir/cert.pem >/dev/null 2>&1") == 0
+        or die "openssl failed: $?";
+    $TLS_PORT = Test::StaleCache::pick_port();
+    return <<"_EOC_";
+    server {
+        listen 127.0.0.1:$TLS_PORT ssl http2;
+        ssl_certificate $dir/cert.pem;
+        ssl_certificate_key $dir/key.pem;
+$locations
+    }
+_EOC_
+}
+
 # The value of a sample of /metrics (0 if absent).
 sub metric {
     my $sample = shift;
@@ -349,7 +370,8 @@ wait_until(sub { http_get('/api/w1', $h); http_get('/api/w1', $h)->{headers}{'x-
 my $r = http_get('/api/w2', $h);
 is($r->{body}, backend_pattern(60_000), 'right body after the reload');
 is(error_log_count(qr/has another layout/), 0, 'the reload kept the zone');
-is(error_log_count(qr/\[(emerg|crit)\]/), 0, 'no emerg or crit');
+is(error_log_count(qr/\[(emerg|crit)\]/), 0, 'no emerg or crit')
+    or diag(join "\n", grep { /\[(emerg|crit)\]/ } split /\n/, error_log_text());
 # (nginx says so when a killed worker held a zone's mutex: "was locked by".)
 is(error_log_count(qr/\[alert\]/),
    error_log_count(qr/\[alert\].*(exited on signal 9|shared memory zone "[^"]+" was locked by)/),
@@ -507,5 +529,29 @@ my ($f2, $h2) = make_hot('/api/br2', { %$h, 'Accept-Encoding' => 'br' });
 is($h2->{headers}{'content-encoding'}, 'br', 'compressed by brotli');
 cmp_ok(length $h2->{body}, '>', 10, 'a real compressed body');
 ok($h2->{body} eq $f2->{body}, 'the same compressed bytes as the srcache hit');
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
+
+=== TEST 14: in place through TLS (HTTP/1.1 and HTTP/2): the body is written from the zone
+--- http_config eval
+$main::HTTP . tls_server(drop_in_config('stale_cache_hot on;'))
+--- config eval
+drop_in_config('stale_cache_hot on;') . $main::METRICS
+--- request
+GET /api/warm
+--- check
+my $h = { 'X-Backend-Body-Size' => 100_000 };
+my ($fresh, $hot) = make_hot('/api/tls', $h);
+for my $proto ('--http1.1', '--http2') {
+    my $dir = File::Temp::tempdir(CLEANUP => 1);
+    # No User-Agent, like the harness's client: the same cache key.
+    system('curl', '-sk', $proto, '-A', '', '-H', 'X-Backend-Body-Size: 100000',
+           '-D', "$dir/head", '-o', "$dir/body", "https://127.0.0.1:$main::TLS_PORT/api/tls") == 0
+        or die "curl $proto failed: $?";
+    my $head = Test::StaleCache::slurp("$dir/head");
+    like($head, qr/^x-stale-cache: HOT\r?$/mi, "$proto: hot");
+    ok(Test::StaleCache::slurp("$dir/body") eq $fresh->{body}, "$proto: the same body");
+}
+is(metric('stale_cache_hot_responses_total{zone="hot",how="in_place"}'), 3, 'all three in place');
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
