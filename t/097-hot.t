@@ -555,3 +555,33 @@ for my $proto ('--http1.1', '--http2') {
 is(metric('stale_cache_hot_responses_total{zone="hot",how="in_place"}'), 3, 'all three in place');
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
+
+=== TEST 15: a reload while a worker sends from the zone: the new workers share it, the old one finishes its answer
+--- log_level: notice
+--- http_config eval: $main::SLOW
+--- config eval
+drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms; limit_rate $slow_rate;')
+    . $main::METRICS
+--- request
+GET /api/warm
+--- check
+my $size = 200_000;
+my $h = { 'X-Backend-Body-Size' => $size };
+hot_with_body('/api/reload', 'R', $size);
+my $rest = slow_client('/api/reload', $h);
+my ($master, $old) = nginx_pids();
+kill 'HUP', $master;
+wait_until(sub { my (undef, @w) = nginx_pids(); grep { $_ != $old } @w }, 10 * time_scale(),
+    'a new worker');
+# The new worker evicts the copy the old one is still sending.
+hot_with_body("/api/new$_", 'n', $size) for 0 .. 4;
+is(metric('stale_cache_hot_entries{zone="hot",state="retired"}'), 1,
+   'the copy being sent by the old worker is retired, not freed');
+my ($head, $body) = $rest->();
+like($head, qr/X-Stale-Cache: HOT/, 'the old worker sent it from the zone');
+ok($body eq 'R' x $size, 'whole and unchanged across the reload');
+wait_until(sub { metric('stale_cache_hot_entries{zone="hot",state="retired"}') == 0 },
+    5 * time_scale(), 'freed when the old worker finished it');
+is(error_log_count(qr/failed its check on reload/), 0, 'the reload found the zone consistent');
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
