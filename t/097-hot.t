@@ -95,22 +95,21 @@ sub heat {
 }
 
 # A client with a 4 KB receive buffer that reads the head and the first 4 KB of $uri's
-# answer, then waits: nginx is left in the middle of sending the body. Returns a sub that
-# reads the rest (returning the whole body).
+# answer from the small-buffer server (slow_http), then waits: with both socket buffers
+# full, nginx is left in the middle of sending the body until the client reads again.
+# Returns a sub that reads the rest (returning the head and the whole body).
+# $fast: the main server and the usual buffers instead: nginx sends the whole body into the
+# socket buffers and is done before the client reads.
 sub slow_client {
     my ($uri, $h, $fast) = @_;
     require Socket;
     socket(my $s, Socket::PF_INET(), Socket::SOCK_STREAM(), 0) or die "socket: $!";
-    # ($fast: nginx sends at full speed into the socket buffers, and is done before the
-    # client reads them.)
     setsockopt($s, Socket::SOL_SOCKET(), Socket::SO_RCVBUF(), pack('i', 4096)) or die
         unless $fast;
-    my $port = (node_ports())[0];
+    my $port = $fast ? (node_ports())[0] : $main::SLOW_PORT;
     connect($s, Socket::pack_sockaddr_in($port, Socket::inet_aton('127.0.0.1')))
         or die "connect: $!";
     my $extra = join '', map { "$_: $h->{$_}\r\n" } sort keys %{ $h // {} };
-    # limit_rate (see $SLOW): nginx is still sending for seconds
-    $extra .= "X-Slow: 1\r\n" unless $fast;
     syswrite $s, "GET $uri HTTP/1.1\r\nHost: localhost\r\n${extra}Connection: close\r\n\r\n";
     my $buf = '';
     while (index($buf, "\r\n\r\n") < 0 || length($buf) < index($buf, "\r\n\r\n") + 4 + 4096) {
@@ -131,15 +130,21 @@ our $HTTP = <<'_EOC_';
     stale_cache_hot_zone hot 4m;
 _EOC_
 
-# Slow answers for clients that ask (X-Slow: 1): 200 KB take about 5 s to send (longer under
-# valgrind, where everything else is slower too).
-our $SLOW_RATE = int(40 / time_scale()) || 1;
-our $SLOW = <<"_EOC_";
+# A small zone, and a server whose socket send buffers are small (see slow_client).
+our $SLOW_PORT;
+sub slow_http {
+    my $locations = shift;
+    $SLOW_PORT = Test::StaleCache::pick_port();
+    return <<"_EOC_";
     sendfile on;
     stale_cache_zone srcache_locks 1m;
     stale_cache_hot_zone hot 1m;
-    map \$http_x_slow \$slow_rate { default 0; 1 ${SLOW_RATE}k; }
+    server {
+        listen 127.0.0.1:$SLOW_PORT sndbuf=8k;
+$locations
+    }
 _EOC_
+}
 
 our $METRICS = <<'_EOC_';
     location = /metrics { stale_cache_metrics; }
@@ -437,10 +442,10 @@ like(error_log_text(), qr/answered from the hot tier \(\d+ bytes, in place\)/, '
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
 
 === TEST 11: a slow client keeps its bytes while the zone is rewritten under it
---- http_config eval: $main::SLOW
+--- http_config eval
+slow_http(drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;'))
 --- config eval
-drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms; limit_rate $slow_rate;')
-    . $main::METRICS
+drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;') . $main::METRICS
 --- request
 GET /api/warm
 --- check
@@ -485,10 +490,10 @@ ok($body eq 'U' x $size, 'the unread answer kept its own bytes')
 
 === TEST 12: kill -9 of the worker sending from the zone: its pins are dropped by the next one
 --- log_level: notice
---- http_config eval: $main::SLOW
+--- http_config eval
+slow_http(drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;'))
 --- config eval
-drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms; limit_rate $slow_rate;')
-    . $main::METRICS
+drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;') . $main::METRICS
 --- request
 GET /api/warm
 --- check
@@ -558,10 +563,10 @@ is(metric('stale_cache_hot_responses_total{zone="hot",how="in_place"}'), 3, 'all
 
 === TEST 15: a reload while a worker sends from the zone: the new workers share it, the old one finishes its answer
 --- log_level: notice
---- http_config eval: $main::SLOW
+--- http_config eval
+slow_http(drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;'))
 --- config eval
-drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms; limit_rate $slow_rate;')
-    . $main::METRICS
+drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;') . $main::METRICS
 --- request
 GET /api/warm
 --- check
