@@ -539,9 +539,9 @@ ok($h2->{body} eq $f2->{body}, 'the same compressed bytes as the srcache hit');
 
 === TEST 14: in place through TLS (HTTP/1.1 and HTTP/2): the body is written from the zone
 --- http_config eval
-$main::HTTP . tls_server(drop_in_config('stale_cache_hot on;'))
+$main::HTTP . tls_server(drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 60s;'))
 --- config eval
-drop_in_config('stale_cache_hot on;') . $main::METRICS
+drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 60s;') . $main::METRICS
 --- request
 GET /api/warm
 --- check
