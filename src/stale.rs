@@ -34,3 +34,8 @@ mod sender;
 mod state;
 mod variables;
 mod waiters;
+
+/// Whether request `r` is answered from the hot zone (`$stale_cache_redis_down` asks).
+pub fn hot_will_serve(r: &ngx::ffi::ngx_http_request_t) -> bool {
+    hot::will_serve(r)
+}

@@ -121,3 +121,28 @@ is(error_log_count(qr/\$cache_methods lists POST but srcache did not store the P
 ["X-Stale-Cache: MISS\nX-Store: STORE", "X-Stale-Cache: FRESH\nX-Cache: HIT"]
 --- no_error_log
 srcache did not store
+
+
+
+=== TEST 7: stock-debian.conf with the hot tier: while Redis is down, hot keys are served from the zone within their fresh period
+--- http_config eval: ::stock_http('stock-debian.conf') . "    stale_cache_hot_zone hot 4m;\n"
+--- config eval: ::stock('stock-debian.conf', 'stale_cache_hot on; stale_cache_hot_max_age 60s;')
+--- request
+GET /api/warm
+--- check
+is(http_get('/api/h')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
+my $hot = wait_until(sub { my $r = http_get('/api/h'); $r->{headers}{'x-stale-cache'} eq 'HOT' && $r },
+    3, 'the key served from the hot zone');
+stop_redis();
+# Another key's lookup fails: this worker's Redis backoff starts ($stale_cache_redis_down).
+my $other = http_get('/api/other');
+is($other->{status}, 200, 'another key passes through to the backend');
+my $r = http_get('/api/h');
+is($r->{headers}{'x-stale-cache'}, 'HOT', 'Redis down: the hot key is still served from the zone');
+is($r->{body}, "backend GET /api/h hit 1\n", 'with its cached body');
+is(backend_hits('/api/h'), 1, 'the backend saw the key once');
+# (The outage's start and /api/other's failed lookup are logged; nothing for the hot key.)
+is(error_log_count(qr/\[error\].*GET \/api\/h /), 0, 'no error line for the hot key');
+start_redis();
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/]

@@ -24,7 +24,9 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
 
 /// `1` while this worker's Redis locations of the watched group (`stale_cache_redis_watch`;
 /// without it, any group) answer 502 from the backoff, empty otherwise. The backoff is per
-/// worker, so this is what this worker's Redis locations would do right now.
+/// worker, so this is what this worker's Redis locations would do right now. Empty also for
+/// a request the hot tier answers (`stale_cache_hot`): srcache's fetch then does not reach
+/// Redis, and hot copies are served through an outage within their fresh period.
 unsafe extern "C" fn down_variable(
     r: *mut ngx_http_request_t,
     v: *mut ngx_variable_value_t,
@@ -33,7 +35,8 @@ unsafe extern "C" fn down_variable(
     // SAFETY: nginx calls variable handlers with a live request and the slot to fill.
     let (r, v) = unsafe { (&*r, value_slot(v)) };
     let watch = RedisModule::location_conf(r).map_or(ptr::null_mut(), |c| c.watch);
-    set_value(v, if group_down(watch) { b"1" } else { b"" });
+    let down = group_down(watch) && !crate::stale::hot_will_serve(r);
+    set_value(v, if down { b"1" } else { b"" });
     VAR_OK
 }
 

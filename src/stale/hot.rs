@@ -464,6 +464,18 @@ pub fn on_fresh(
     state.hot.fresh_until = fresh_until;
 }
 
+/// Whether `r`'s fresh hit is to be answered from the hot zone (decided before srcache's
+/// fetch): `$stale_cache_redis_down` then lets srcache fetch, since the answer does not come
+/// from Redis. Reads one field (variable handlers may run while a step of the request does).
+pub fn will_serve(r: &ngx_http_request_t) -> bool {
+    let Some(state) = state::find(r) else {
+        return false;
+    };
+    // SAFETY: the state is live while its request is; one Copy field is read through the raw
+    // pointer, no reference to the state is made.
+    unsafe { ptr::addr_of!((*state.as_ptr()).hot.plan).read() == Plan::Serve }
+}
+
 /// Drops the hot copy of `key` on this node (purge, store, a fetch that missed).
 pub fn forget(req: &ngx_http_request_t, key: &[u8]) {
     if let Some(zone) = main_conf(req).hot.as_ref() {
