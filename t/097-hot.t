@@ -130,6 +130,9 @@ our $HTTP = <<'_EOC_';
     stale_cache_hot_zone hot 4m;
 _EOC_
 
+# The /api location with hot copies kept 100 ms: a churned zone turns over quickly.
+sub hot_short { drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;') }
+
 # A small zone, and a server whose socket send buffers are small (see slow_client).
 our $SLOW_PORT;
 sub slow_http {
@@ -442,10 +445,8 @@ like(error_log_text(), qr/answered from the hot tier \(\d+ bytes, in place\)/, '
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
 
 === TEST 11: a slow client keeps its bytes while the zone is rewritten under it
---- http_config eval
-slow_http(drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;'))
---- config eval
-drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;') . $main::METRICS
+--- http_config eval: slow_http(hot_short())
+--- config eval: hot_short() . $main::METRICS
 --- request
 GET /api/warm
 --- check
@@ -490,10 +491,8 @@ ok($body eq 'U' x $size, 'the unread answer kept its own bytes')
 
 === TEST 12: kill -9 of the worker sending from the zone: its pins are dropped by the next one
 --- log_level: notice
---- http_config eval
-slow_http(drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;'))
---- config eval
-drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;') . $main::METRICS
+--- http_config eval: slow_http(hot_short())
+--- config eval: hot_short() . $main::METRICS
 --- request
 GET /api/warm
 --- check
@@ -563,10 +562,8 @@ is(metric('stale_cache_hot_responses_total{zone="hot",how="in_place"}'), 3, 'all
 
 === TEST 15: a reload while a worker sends from the zone: the new workers share it, the old one finishes its answer
 --- log_level: notice
---- http_config eval
-slow_http(drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;'))
---- config eval
-drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;') . $main::METRICS
+--- http_config eval: slow_http(hot_short())
+--- config eval: hot_short() . $main::METRICS
 --- request
 GET /api/warm
 --- check
