@@ -396,8 +396,10 @@ diag('hot zone emptied after a kill: ' . error_log_count(qr/hot zone "hot" was/)
 [qr/\[alert\].*exited on signal 9/]
 
 
-=== TEST 9: bodies of 8 KB and more go out from the zone in place: same bytes for GET, HEAD, ranges, gzip, keep-alive
+=== TEST 9: bodies of 8 KB and more go out from the zone in place: same bytes for GET, HEAD, ranges, gzip, keep-alive, 304
 --- http_config eval: $main::HTTP
+--- pre
+backend_config('/api/etag', body_size => 50_000, header => ['ETag: "v1"']);
 --- config eval
 drop_in_config('stale_cache_hot on; set $cache_methods "GET HEAD";
         gzip on; gzip_types text/plain; gzip_min_length 1;')
@@ -431,6 +433,14 @@ my @ka = Test::StaleCache::run_jobs([{ port => (node_ports())[0],
     reqs => [map { { raw => $req } } 1 .. 5] }], 10);
 is(scalar(grep { ($_->{headers}{'x-stale-cache'} // '') eq 'HOT' && $_->{body} eq $fresh->{body} } @ka),
    5, 'keep-alive: 5 hot answers in a row on one connection, each whole');
+my ($efresh, $ehot) = make_hot('/api/etag');
+is($ehot->{headers}{etag}, '"v1"', 'the stored ETag');
+my @cond = Test::StaleCache::run_jobs([{ port => (node_ports())[0], reqs => [
+    { raw => "GET /api/etag HTTP/1.1\r\nHost: localhost\r\nIf-None-Match: \"v1\"\r\n\r\n" },
+    { raw => "GET /api/etag HTTP/1.1\r\nHost: localhost\r\n\r\n" }] }], 10);
+is($cond[0]{status}, 304, 'If-None-Match: 304 from the hot copy');
+is($cond[0]{headers}{'x-stale-cache'}, 'HOT', '304: hot');
+ok($cond[1]{body} eq $efresh->{body}, 'the next request on the connection gets the whole body');
 is(metric('stale_cache_hot_entries{zone="hot",state="retired"}'), 0, 'nothing left pinned');
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
