@@ -259,7 +259,7 @@ impl<'a> HotTable<'a> {
         let (buckets, blocks) = geometry(region.len()).ok_or(HotError::TooSmall)?;
         let mut t = Self::view(region, buckets, blocks);
         t.r[OWNERS_AT..BUCKETS_AT].fill(0);
-        t.lay_out(seed, 0, 0);
+        t.lay_out(seed, 0, 0, true);
         Ok(t)
     }
 
@@ -299,13 +299,19 @@ impl<'a> HotTable<'a> {
             (0, 0)
         };
         let mut t = Self::view(region, buckets, blocks);
-        t.lay_out(seed, rebuilds + 1, generation.wrapping_add(1));
+        t.lay_out(seed, rebuilds + 1, generation.wrapping_add(1), !ours);
         Ok(t)
     }
 
-    fn lay_out(&mut self, seed: u64, rebuilds: u64, generation: u32) {
+    /// Lays out an empty table. `fresh`: the region is new or not a table of this layout
+    /// (its header is cleared first). Otherwise (a rebuild) the identity stays and the busy
+    /// word is set before anything else, so a process dying inside leaves a table that is
+    /// recognised as damaged and rebuilt again, with its owner records and counters.
+    fn lay_out(&mut self, seed: u64, rebuilds: u64, generation: u32, fresh: bool) {
         let len = self.r.len();
-        self.r[..HEADER_SIZE].fill(0);
+        if fresh {
+            self.r[..HEADER_SIZE].fill(0);
+        }
         wr32(self.r, H_BUSY, 1);
         wr64(self.r, H_LEN, len as u64);
         wr32(self.r, H_BUCKETS, self.buckets as u32);
@@ -1496,6 +1502,45 @@ mod tests {
     }
 
     #[test]
+    fn a_process_dying_inside_a_rebuild_leaves_a_table_the_next_rebuild_repairs() {
+        let mut r = region(16);
+        let mut t = HotTable::init(&mut r, 3).unwrap();
+        let o = t.claim_owner(0, 100, |_| true).unwrap();
+        put(&mut t, b"k", &[1; 5000], 0, 10_000);
+        let (p, runs) = pin(&mut t, o, b"k", 1).unwrap();
+        drop(t);
+        // A first rebuild (a writer died), then a process killed in the middle of the next
+        // one: its busy word is set and the entries half cleared.
+        wr32(&mut r, H_BUSY, 1);
+        HotTable::rebuild(&mut r).unwrap();
+        wr32(&mut r, H_BUSY, 1);
+        let (buckets, blocks) = geometry(r.len()).unwrap();
+        let at = HotTable::view(&mut r, buckets, blocks).entries_at;
+        r[at..at + 3 * ENTRY_SIZE].fill(0xAB);
+        assert!(matches!(
+            HotTable::attach(&mut r),
+            Err(HotError::Damaged(_))
+        ));
+        let mut t = HotTable::rebuild(&mut r).unwrap();
+        t.verify().unwrap();
+        assert_eq!(t.seed(), 3, "the seed is kept");
+        assert_eq!(t.stats().rebuilds, 2);
+        assert_eq!(t.stats().stored, 1, "counters are kept");
+        // The owner record and its pin survived both: nothing is stored over the pinned
+        // blocks until it is gone.
+        assert_eq!(put(&mut t, b"j", &[2; 9000], 2, 10_000), Stored::NoRoom);
+        drop(t);
+        assert_eq!(bytes_of(&r, &runs), vec![1; 5000]);
+        let mut t = HotTable::attach(&mut r).unwrap();
+        t.unpin(o, 100, &p);
+        assert!(matches!(
+            put(&mut t, b"j", &[2; 9000], 3, 10_000),
+            Stored::Stored { .. }
+        ));
+        t.verify().unwrap();
+    }
+
+    #[test]
     fn an_owner_pins_a_bounded_number_of_entries() {
         let mut r = region(256);
         let mut t = HotTable::init(&mut r, 3).unwrap();
@@ -1558,7 +1603,13 @@ mod tests {
             let key = format!("k{}", next(12));
             let p = next(3) as usize;
             let alive = |pid: u32| pids.contains(&pid);
-            let mut t = HotTable::attach(&mut r).unwrap();
+            let damaged = matches!(HotTable::attach(&mut r), Err(HotError::Damaged(_)));
+            let mut t = if damaged {
+                stored.clear();
+                HotTable::rebuild(&mut r).unwrap()
+            } else {
+                HotTable::attach(&mut r).unwrap()
+            };
             match next(100) {
                 0..=29 => {
                     let len = 1 + next(3 * BLOCK_SIZE as u64) as usize;
@@ -1599,6 +1650,10 @@ mod tests {
                     let serve = t.servable_len(fp, key.as_bytes(), now, 1000).is_some();
                     let planned = t.plan(fp, key.as_bytes(), now, u64::MAX, 1000);
                     assert_eq!(planned == Plan::Serve, serve, "step {step}");
+                }
+                96 => {
+                    // A writer killed in the middle of an update: the next user rebuilds.
+                    wr32(t.r, H_BUSY, 1);
                 }
                 95 => {
                     // kill -9: the process's pins are gone with it; its successor's first

@@ -402,8 +402,8 @@ diag('hot zone emptied after a kill: ' . error_log_count(qr/hot zone "hot" was/)
 backend_config('/api/etag', body_size => 50_000, header => ['ETag: "v1"']);
 --- config eval
 drop_in_config('stale_cache_hot on; set $cache_methods "GET HEAD";
-        gzip on; gzip_types text/plain; gzip_min_length 1;')
-    . $main::METRICS
+        gzip on; gzip_types text/plain; gzip_min_length 1; error_page 412 /e412;')
+    . $main::METRICS . "    location = /e412 { return 412 'precondition failed\\n'; }\n"
 --- request
 GET /api/warm
 --- check
@@ -441,6 +441,17 @@ my @cond = Test::StaleCache::run_jobs([{ port => (node_ports())[0], reqs => [
 is($cond[0]{status}, 304, 'If-None-Match: 304 from the hot copy');
 is($cond[0]{headers}{'x-stale-cache'}, 'HOT', '304: hot');
 ok($cond[1]{body} eq $efresh->{body}, 'the next request on the connection gets the whole body');
+# A response finalized below this module's filter after it was armed (not_modified's 412,
+# here turned into an error page): its own body and length, and the connection goes on.
+my @pre = (http_get('/api/etag', { 'If-Match' => '"nope"' }));
+is($pre[0]{status}, 412, 'If-Match mismatch: 412');
+is($pre[0]{body}, "precondition failed\n", 'with the error page\'s body');
+is($pre[0]{headers}{'content-length'}, length("precondition failed\n"), 'and its length');
+# (srcache ends the request with an error after such a response, and nginx then resets the
+# connection: the same happens without the hot tier.)
+my $after = http_get('/api/etag');
+is($after->{headers}{'x-stale-cache'}, 'HOT', 'the next request is hot');
+ok($after->{body} eq $efresh->{body}, 'with the whole body');
 is(metric('stale_cache_hot_entries{zone="hot",state="retired"}'), 0, 'nothing left pinned');
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
@@ -604,5 +615,37 @@ ok($body eq 'R' x $size, 'whole and unchanged across the reload');
 wait_until(sub { metric('stale_cache_hot_entries{zone="hot",state="retired"}') == 0 },
     5 * time_scale(), 'freed when the old worker finished it');
 is(error_log_count(qr/failed its check on reload/), 0, 'the reload found the zone consistent');
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
+
+=== TEST 16: a reload that resizes the zone while a worker sends from it: the old worker finishes from the old region, the new ones start a new one
+--- log_level: notice
+--- http_config eval: slow_http(hot_short())
+--- config eval: hot_short() . $main::METRICS
+--- request
+GET /api/warm
+--- check
+my $size = 200_000;
+my $h = { 'X-Backend-Body-Size' => $size };
+hot_with_body('/api/resize', 'Z', $size);
+my $rest = slow_client('/api/resize', $h);
+my $conf = "$ENV{TEST_NGINX_SERVROOT}/conf/nginx.conf";
+my $text = Test::StaleCache::slurp($conf);
+$text =~ s/stale_cache_hot_zone hot 1m;/stale_cache_hot_zone hot 3m;/ or die 'no hot zone line';
+open my $fh, '>', $conf or die; print $fh $text; close $fh;
+my ($master, $old) = nginx_pids();
+kill 'HUP', $master;
+wait_log(qr/hot zone "hot" resized to 3145728 bytes/);
+wait_until(sub { my (undef, @w) = nginx_pids(); grep { $_ != $old } @w }, 10 * time_scale(),
+    'a new worker');
+my $r = hot_with_body('/api/after-resize', 'N', $size);
+ok($r->{body} eq 'N' x $size, 'the new workers serve from the new region');
+cmp_ok(metric('stale_cache_hot_bytes{zone="hot",state="free"}')
+       + metric('stale_cache_hot_bytes{zone="hot",state="used"}'), '>', 2_000_000,
+       'the new region is the 3 MB one');
+my ($head, $body) = $rest->();
+like($head, qr/X-Stale-Cache: HOT/, 'the old worker sent its answer from the old region');
+ok($body eq 'Z' x $size, 'whole and unchanged');
+is(error_log_count(qr/exited on signal/), 0, 'no worker crashed');
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]

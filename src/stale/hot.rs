@@ -43,8 +43,10 @@ use crate::replay::contains_escaped_key;
 /// The table lives in a region of SIZE bytes of its own: a memfd mapped shared before the
 /// workers fork (so a response can be sent from it with sendfile, like a file of
 /// proxy_cache), or anonymous shared memory where memfd is not available. nginx's zone of
-/// the same name is small: it gives the mutex, and survives reloads holding the region's
-/// address and descriptor (`Mapping`), which every worker inherits.
+/// the same name is small: it gives the mutex, and across reloads it hands the region
+/// (`Mapping`) from one configuration to the next. Each configuration keeps its own copy of
+/// the `Mapping` (in `region`, process memory its workers inherit), so a reload that maps a
+/// new region never changes what the old workers use.
 pub struct HotZone {
     pub name: Vec<u8>,
     pub shm: *mut ngx_shm_zone_t,
@@ -55,16 +57,22 @@ pub struct HotZone {
     /// This process's owner record for pins (`None`: not claimed yet; `Some(None)`: none
     /// free, serve by copying), with the pid it was claimed under.
     owner: Cell<Option<(u32, Option<usize>)>>,
+    /// This configuration's region, set by `init_hot_zone` in the master before fork.
+    region: Cell<Option<Mapping>>,
 }
 
-/// nginx's zone holds where the region is (same address in the master and every worker).
+/// Where a region is (same address in the master and every worker). The copy in nginx's
+/// zone is only read by the master, to hand the region to the next configuration.
 #[repr(C)]
+#[derive(Clone, Copy)]
 struct Mapping {
     magic: u64,
     region: *mut u8,
     len: usize,
     /// The memfd, or -1 (anonymous memory: no sendfile).
     fd: i32,
+    /// Bodies may be sent from the file: its blocks are pages that can be detached alone.
+    sendfile: bool,
 }
 
 const MAPPING_MAGIC: u64 = u64::from_le_bytes(*b"SWRHOTMP");
@@ -90,6 +98,7 @@ impl HotZone {
             size,
             seed: Cell::new(None),
             owner: Cell::new(None),
+            region: Cell::new(None),
         }
     }
 
@@ -112,15 +121,9 @@ impl HotZone {
         self.with_table(|t| f(t, fp))
     }
 
-    /// The region's mapping, once the zone is initialised.
-    fn mapping(&self) -> Option<&Mapping> {
-        // SAFETY: `shm` is the zone nginx created for this configuration; it lives as long as
-        // the cycle whose configuration holds this HotZone.
-        let zone = unsafe { &*self.shm };
-        // SAFETY: once initialised, `data` is the Mapping init_hot_zone wrote in the zone
-        // (before, it is this HotZone or null: the magic tells).
-        let m = unsafe { (zone.data as *const Mapping).as_ref()? };
-        (m.magic == MAPPING_MAGIC && !m.region.is_null()).then_some(m)
+    /// This configuration's region, once the zone is initialised.
+    fn mapping(&self) -> Option<Mapping> {
+        self.region.get()
     }
 
     /// Runs `f` on the table with the zone's mutex held. A table a dead worker left
@@ -234,11 +237,31 @@ fn map_region(len: usize, log: *mut ngx::ffi::ngx_log_t) -> Option<(*mut u8, i32
     (addr != libc::MAP_FAILED).then_some((addr as *mut u8, -1))
 }
 
-/// Whether a stretch of the region can be sent from its file: blocks are pages only where
-/// the page is BLOCK_SIZE (elsewhere a block's page is shared and cannot be detached alone).
+/// Whether a stretch of the region can be sent from its file (see `Mapping::sendfile`).
 fn file_backed(m: &Mapping) -> bool {
+    m.fd >= 0 && m.sendfile
+}
+
+/// Whether blocks of the region's file can be detached one by one: pages are BLOCK_SIZE
+/// (elsewhere a block's page is shared), huge pages are off for it, and punching a hole works.
+fn can_detach_blocks(region: *mut u8, len: usize, fd: i32) -> bool {
     // SAFETY: read-only global set at startup.
-    m.fd >= 0 && unsafe { ngx::ffi::ngx_pagesize } == crate::hotcache::BLOCK_SIZE
+    if fd < 0 || unsafe { ngx::ffi::ngx_pagesize } != crate::hotcache::BLOCK_SIZE {
+        return false;
+    }
+    // SAFETY: the region just mapped: asks the kernel for normal pages only (a hole punched
+    // inside a huge page could be zeroed in place instead of detached).
+    let advised = unsafe { libc::madvise(region as *mut c_void, len, libc::MADV_NOHUGEPAGE) };
+    // SAFETY: a hole at the end of the region's own file, unused yet.
+    let punched = unsafe {
+        libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            (len - crate::hotcache::BLOCK_SIZE) as libc::off_t,
+            crate::hotcache::BLOCK_SIZE as libc::off_t,
+        )
+    };
+    advised == 0 && punched == 0
 }
 
 /// Detaches the pages of a stretch about to be rewritten from the file: data the kernel
@@ -283,7 +306,7 @@ pub unsafe extern "C" fn init_hot_zone(
         ptr::null_mut()
     };
     // SAFETY: a reused zone's data is the Mapping this function wrote for the last cycle.
-    if let Some(m) = unsafe { old.as_mut() }.filter(|m| m.magic == MAPPING_MAGIC) {
+    if let Some(m) = unsafe { old.as_ref() }.filter(|m| m.magic == MAPPING_MAGIC) {
         if m.len == size {
             // SAFETY: the old cycle's workers still use the table: check it under their
             // mutex; the slice is dropped before the unlock.
@@ -308,41 +331,46 @@ pub unsafe extern "C" fn init_hot_zone(
                 );
             }
             if outcome.is_ok() {
-                zone.data = m as *mut Mapping as *mut c_void;
+                conf.region.set(Some(*m));
+                zone.data = m as *const Mapping as *mut c_void;
                 return OK;
             }
         }
-        // Another size: a new region for the new cycle. The old cycle's workers keep their
-        // own mapping until they exit; the master lets go of it.
+        // Another size: a new region, with a Mapping of its own, for the new cycle. The old
+        // one stays as it is: the old cycle's workers keep sending from it until they exit,
+        // and the old cycle stays the running one if this reload fails. The master keeps its
+        // mapping until it exits.
         ngx::ngx_log_error!(
             NGX_LOG_NOTICE,
             zone.shm.log,
-            "stale_cache: hot zone \"{}\" resized to {} bytes: starting empty",
+            "stale_cache: hot zone \"{}\" resized to {} bytes: starting empty (the old \
+             size's memory is given back when nginx restarts)",
             name,
             size
         );
-        // SAFETY: the master's own mapping and descriptor of the old region.
-        unsafe {
-            libc::munmap(m.region as *mut c_void, m.len);
-            if m.fd >= 0 {
-                libc::close(m.fd);
-            }
-        }
-        m.magic = 0;
-        return new_region(zone, m, size, &name);
     }
-    // SAFETY: the pool is live and not yet shared with any worker.
+    // SAFETY: the slab pool of the zone (it locks its mutex for the allocation).
     let m = unsafe { ngx_slab_alloc(pool, core::mem::size_of::<Mapping>()) } as *mut Mapping;
     // SAFETY: a fresh allocation for one Mapping, or null.
     let Some(m) = (unsafe { m.as_mut() }) else {
         return ERROR;
     };
-    pool.data = m as *mut Mapping as *mut c_void;
-    new_region(zone, m, size, &name)
+    let rc = new_region(zone, conf, m, size, &name);
+    if rc == OK {
+        pool.data = m as *mut Mapping as *mut c_void;
+    }
+    rc
 }
 
-/// Maps a new region of `size` bytes, lays out an empty table and records it in `m`.
-fn new_region(zone: &mut ngx_shm_zone_t, m: &mut Mapping, size: usize, name: &str) -> ngx_int_t {
+/// Maps a new region of `size` bytes, lays out an empty table and records it in `m` and in
+/// the configuration's `HotZone`.
+fn new_region(
+    zone: &mut ngx_shm_zone_t,
+    conf: &HotZone,
+    m: &mut Mapping,
+    size: usize,
+    name: &str,
+) -> ngx_int_t {
     let Some((region, fd)) = map_region(size, zone.shm.log) else {
         return ERROR;
     };
@@ -352,12 +380,15 @@ fn new_region(zone: &mut ngx_shm_zone_t, m: &mut Mapping, size: usize, name: &st
         return ERROR;
     };
     let blocks = table.stats().blocks;
+    let sendfile = can_detach_blocks(region, size, fd);
     *m = Mapping {
         magic: MAPPING_MAGIC,
         region,
         len: size,
         fd,
+        sendfile,
     };
+    conf.region.set(Some(*m));
     zone.data = m as *mut Mapping as *mut c_void;
     ngx::ngx_log_error!(
         NGX_LOG_NOTICE,
@@ -367,7 +398,11 @@ fn new_region(zone: &mut ngx_shm_zone_t, m: &mut Mapping, size: usize, name: &st
         blocks,
         crate::hotcache::BLOCK_SIZE,
         blocks as usize * crate::hotcache::BLOCK_SIZE / 1024,
-        if fd >= 0 { ", in a memfd" } else { "" }
+        match (fd >= 0, sendfile) {
+            (true, true) => ", in a memfd",
+            (true, false) => ", in a memfd (bodies written, not sendfile'd: pages are not 4 KiB)",
+            _ => "",
+        }
     );
     OK
 }
@@ -414,6 +449,9 @@ pub struct InPlace {
     status: usize,
     /// The header filter gave the response the body's length: the body filter swaps.
     armed: bool,
+    /// Another response replaced this one after it was armed (a filter below this module
+    /// finalized it: 412, 416, an error page): nothing is swapped.
+    replaced: bool,
     swapped: bool,
 }
 
@@ -676,7 +714,7 @@ fn in_place(
     let status = parse_status(head_bytes)?;
     // SAFETY: `head_len` bytes were written at `pos`.
     unsafe { (*head).last = (*head).pos.add(head_len) };
-    let body = body_chain(m, main, runs, body_at)?;
+    let body = body_chain(&m, main, runs, body_at)?;
     Some((
         head,
         InPlace {
@@ -687,6 +725,7 @@ fn in_place(
             body_len,
             status,
             armed: false,
+            replaced: false,
             swapped: false,
         },
     ))
@@ -770,7 +809,13 @@ pub fn main_header(r: &mut ngx_http_request_t) {
     let Some(ip) = (unsafe { (*state.as_ptr()).hot.in_place.as_mut() }) else {
         return;
     };
-    if ip.armed || r.headers_out.content_length_n != 1 || r.headers_out.status != ip.status {
+    if ip.armed {
+        // A second header: a filter below this one finalized the response with another
+        // (not_modified's 412, range's 416, an error page): its body is its own.
+        ip.replaced = true;
+        return;
+    }
+    if r.headers_out.content_length_n != 1 || r.headers_out.status != ip.status {
         return;
     }
     r.headers_out.content_length_n = ip.body_len as i64;
@@ -790,7 +835,7 @@ pub unsafe fn main_body(r: &mut ngx_http_request_t, chain: *mut ngx_chain_t) -> 
     let Some(ip) = (unsafe { (*state.as_ptr()).hot.in_place.as_mut() }) else {
         return chain;
     };
-    if !ip.armed || ip.swapped {
+    if !ip.armed || ip.replaced || ip.swapped || r.filter_finalize() != 0 {
         return chain;
     }
     let (mut size, mut last, mut cl) = (0i64, false, chain);
@@ -940,11 +985,11 @@ pub unsafe fn fetch_output(sr: &ngx_http_request_t, chain: *mut ngx_chain_t) {
         if usable && now < fresh_until {
             let m = zone.mapping()?;
             let mut stored = t.store(fp, key, &bytes, now, fresh_until, |at, n| {
-                detach_pages(m, at, n)
+                detach_pages(&m, at, n)
             });
             if stored == Stored::NoRoom && t.release_dead_owners(owner_alive) > 0 {
                 stored = t.store(fp, key, &bytes, now, fresh_until, |at, n| {
-                    detach_pages(m, at, n)
+                    detach_pages(&m, at, n)
                 });
             }
             Some(stored)
