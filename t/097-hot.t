@@ -135,8 +135,12 @@ our $HTTP = <<'_EOC_';
     stale_cache_hot_zone hot 4m;
 _EOC_
 
-# The /api location with hot copies kept 100 ms: a churned zone turns over quickly.
-sub hot_short { drop_in_config('stale_cache_hot on; stale_cache_hot_max_age 100ms;') }
+# The /api location of the slow-client blocks: a copy made hot must still be young when the
+# slow client asks for it right after (slower under valgrind).
+sub hot_location {
+    my $ms = 1000 * time_scale();
+    drop_in_config("stale_cache_hot on; stale_cache_hot_max_age ${ms}ms;");
+}
 
 # A small zone, and a server whose socket send buffers are small (see slow_client).
 our $SLOW_PORT;
@@ -471,8 +475,8 @@ like(error_log_text(), qr/answered from the hot tier \(\d+ bytes, in place\)/, '
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
 
 === TEST 11: a slow client keeps its bytes while the zone is rewritten under it
---- http_config eval: slow_http(hot_short())
---- config eval: hot_short() . $main::METRICS
+--- http_config eval: slow_http(hot_location())
+--- config eval: hot_location() . $main::METRICS
 --- request
 GET /api/warm
 --- check
@@ -517,8 +521,8 @@ ok($body eq 'U' x $size, 'the unread answer kept its own bytes')
 
 === TEST 12: kill -9 of the worker sending from the zone: its pins are dropped by the next one
 --- log_level: notice
---- http_config eval: slow_http(hot_short())
---- config eval: hot_short() . $main::METRICS
+--- http_config eval: slow_http(hot_location())
+--- config eval: hot_location() . $main::METRICS
 --- request
 GET /api/warm
 --- check
@@ -592,8 +596,8 @@ is(metric('stale_cache_hot_responses_total{zone="hot",how="in_place"}'), 3, 'all
 
 === TEST 15: a reload while a worker sends from the zone: the new workers share it, the old one finishes its answer
 --- log_level: notice
---- http_config eval: slow_http(hot_short())
---- config eval: hot_short() . $main::METRICS
+--- http_config eval: slow_http(hot_location())
+--- config eval: hot_location() . $main::METRICS
 --- request
 GET /api/warm
 --- check
@@ -620,8 +624,8 @@ is(error_log_count(qr/failed its check on reload/), 0, 'the reload found the zon
 
 === TEST 16: a reload that resizes the zone while a worker sends from it: the old worker finishes from the old region, the new ones start a new one
 --- log_level: notice
---- http_config eval: slow_http(hot_short())
---- config eval: hot_short() . $main::METRICS
+--- http_config eval: slow_http(hot_location())
+--- config eval: hot_location() . $main::METRICS
 --- request
 GET /api/warm
 --- check
