@@ -24,6 +24,8 @@ ifdef NGINX_SOURCE_DIR
     else echo auto/configure; fi) --with-compat $(NGINX_CONFIGURE_ARGS)
   # The suite tests the nginx the module is built for: the binary of that tree by default.
   DEFAULT_TEST_NGINX := $(NGINX_SOURCE_DIR)/objs/nginx
+  # redis2/HttpRedis (t/lib/RefModules.pm) are built for this tree too.
+  TEST_SOURCE_ENV := TEST_NGINX_SOURCE_DIR=$(NGINX_SOURCE_DIR)
 else
   NGINX_SOURCE_DIR := $(BUILD)/nginx
   NGINX_BUILD_DIR := $(NGINX_SOURCE_DIR)/objs
@@ -35,7 +37,7 @@ DEFAULT_TEST_NGINX ?= /usr/sbin/nginx
 # srcache/set-misc/echo/ndk modules come from TEST_NGINX_MODULES_DIR (default: the packaged
 # ones, which only load into the packaged nginx).
 NGINX_BINARY ?= $(DEFAULT_TEST_NGINX)
-TEST_ENV := TEST_NGINX_BINARY=$(NGINX_BINARY) \
+TEST_ENV := TEST_NGINX_BINARY=$(NGINX_BINARY) $(TEST_SOURCE_ENV) \
   $(if $(TEST_NGINX_MODULES_DIR),TEST_NGINX_MODULES_DIR=$(TEST_NGINX_MODULES_DIR))
 
 # Passed to cargo explicitly rather than exported, so that a recursive make still tells a

@@ -30,6 +30,10 @@ $module = "$root/$module" unless $module =~ m{^/};
 
 plan skip_all => 'TEST_NGINX_NO_PACKAGE is set' if $ENV{TEST_NGINX_NO_PACKAGE};
 plan skip_all => 'TEST_NGINX_NO_STALE_CACHE is set' if $ENV{TEST_NGINX_NO_STALE_CACHE};
+# The package is for the packaged nginx: it depends on its ABI, and the modules-enabled it is
+# tested through loads the packaged srcache/set-misc/echo/ndk, which load into no other nginx.
+plan skip_all => "TEST_NGINX_BINARY=$NGINX is not the packaged nginx (/usr/sbin/nginx)"
+    if (abs_path($NGINX) // '') ne (abs_path('/usr/sbin/nginx') // '/usr/sbin/nginx');
 plan skip_all => 'installs a package with dpkg: run as root' if $> != 0;
 plan skip_all => "no module at $module" unless -f $module;
 
