@@ -1,6 +1,7 @@
 //! nginx plumbing both products share: the module list nginx loads, FFI helpers, logging,
 //! variables and the lock zone.
 
+pub mod bits;
 pub mod log;
 pub mod util;
 pub mod vars;

@@ -14,6 +14,7 @@
 //! its fetch subrequest (a 200 from the Redis location) be copied into the zone, up to
 //! `stale_cache_hot_max_size`.
 
+use crate::nginx::bits;
 use core::cell::Cell;
 use core::ffi::c_void;
 use core::ptr;
@@ -527,7 +528,7 @@ fn is_fetch(state: &RequestState, sr: &ngx_http_request_t) -> bool {
     let main = unsafe { &*sr.main };
     // (A subrequest shares its main request's body, so the body says nothing here; srcache's
     // store, which has one, starts only after the header went out.)
-    if main.header_sent() != 0 || ptr::eq(sr.post_subrequest, &state.post_subrequest) {
+    if bits::header_sent(main) || ptr::eq(sr.post_subrequest, &state.post_subrequest) {
         return false;
     }
     let Some(settings) = state.settings.as_ref() else {
@@ -835,7 +836,7 @@ pub unsafe fn main_body(r: &mut ngx_http_request_t, chain: *mut ngx_chain_t) -> 
     let Some(ip) = (unsafe { (*state.as_ptr()).hot.in_place.as_mut() }) else {
         return chain;
     };
-    if !ip.armed || ip.replaced || ip.swapped || r.filter_finalize() != 0 {
+    if !ip.armed || ip.replaced || ip.swapped || bits::filter_finalize(r) {
         return chain;
     }
     let (mut size, mut last, mut cl) = (0i64, false, chain);
@@ -860,7 +861,7 @@ pub unsafe fn main_body(r: &mut ngx_http_request_t, chain: *mut ngx_chain_t) -> 
             size
         );
         // The length sent is wrong now: the connection must not carry another response.
-        r.set_keepalive(0);
+        bits::set_keepalive(r, false);
         return chain;
     }
     ip.body
@@ -904,7 +905,7 @@ unsafe extern "C" fn serve_content(r: *mut ngx_http_request_t) -> ngx_int_t {
     sr.headers_out.content_length_n = len;
     // SAFETY: a live subrequest whose headers are set.
     let rc = unsafe { ngx_http_send_header(sr) };
-    if rc == ERROR || rc > OK || sr.header_only() != 0 {
+    if rc == ERROR || rc > OK || bits::header_only(sr) {
         return rc;
     }
     b.set_last_in_chain(1);

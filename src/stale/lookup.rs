@@ -2,6 +2,7 @@
 //! locations, and the output filters that capture their answers (a few bytes) instead of
 //! letting them reach the client.
 
+use crate::nginx::bits;
 use core::ffi::c_void;
 use core::ptr;
 
@@ -148,7 +149,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
         // SAFETY: the main request's state is live while its subrequest runs; no step of the
         // main request runs while the subrequest's output is filtered.
         unsafe { (*state).capture.status = req.headers_out.status };
-        req.set_header_sent(1);
+        bits::set_header_sent(req, true);
         return OK;
     } else {
         note_store(req);
@@ -219,7 +220,7 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
 fn note_store(sr: &ngx_http_request_t) {
     // SAFETY: a live subrequest's main request is live.
     let main = unsafe { &*sr.main };
-    if sr.request_body.is_null() || main.header_sent() == 0 {
+    if sr.request_body.is_null() || !bits::header_sent(main) {
         return;
     }
     let Some(state) = super::state::find(sr) else {

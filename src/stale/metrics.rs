@@ -5,6 +5,7 @@
 //! final status, its fill's end and its wake-up delay are counted once, when it ends
 //! (`state::end_of_request`); the other events where they happen.
 
+use crate::nginx::bits;
 use core::ffi::{c_char, c_void};
 use core::ptr;
 
@@ -159,7 +160,7 @@ pub fn send_text(
     req.headers_out.content_type_len = content_type.len();
     // SAFETY: live request; the header filters run now.
     let rc = unsafe { ngx_http_send_header(req) };
-    if rc == ERROR || rc > 0 || req.header_only() != 0 || body.is_empty() {
+    if rc == ERROR || rc > 0 || bits::header_only(req) || body.is_empty() {
         return rc;
     }
     // SAFETY: pool allocations of the live request, zeroed by ngx_pcalloc; the buffer and

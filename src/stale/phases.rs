@@ -3,6 +3,7 @@
 //! rewrite-phase directive (`set`, `set_md5`, `if`, ...) and before the access phase, where
 //! srcache_fetch runs, whatever the module load order.
 
+use crate::nginx::bits;
 use core::cell::Cell;
 
 use ngx::ffi::{
@@ -207,7 +208,7 @@ fn needs_body(state: &RequestState, req: &ngx_http_request_t) -> bool {
 fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next {
     state.phase = Phase::ReadingBody;
     // The body stays for the proxy after the refresh has copied it.
-    req.set_preserve_body(1);
+    bits::set_preserve_body(req, true);
     READ_COMPLETED_INLINE.set(Some(false));
     // SAFETY: live main request; nginx holds it (r->main->count) while reading.
     let rc = unsafe { ngx_http_read_client_request_body(req, Some(body_read)) };
