@@ -46,6 +46,26 @@ sub same_response {
 our $BROTLI = ($ENV{TEST_NGINX_MODULES_DIR} || '/usr/lib/nginx/modules')
     . '/ngx_http_brotli_filter_module.so';
 
+# The slow-client blocks' bodies, and their setup: $uri made hot with $size bytes of $byte,
+# then asked by a slow client (see slow_client). Returns its reader.
+our $SLOW_SIZE = 200_000;
+our $SLOW_HEADERS = { 'X-Backend-Body-Size' => $SLOW_SIZE };
+sub slow_hot {
+    my ($uri, $byte) = @_;
+    hot_with_body($uri, $byte, $SLOW_SIZE);
+    return slow_client($uri, $SLOW_HEADERS);
+}
+
+# Retired entries of the hot zone, by /metrics.
+sub retired { metric('stale_cache_hot_entries{zone="hot",state="retired"}') }
+
+# Whether $body is $SLOW_SIZE bytes of $byte; says which other bytes it holds if not.
+sub only_bytes {
+    my ($body, $byte, $what) = @_;
+    Test::More::ok($body eq $byte x $SLOW_SIZE, $what)
+        or Test::More::diag('other bytes: ' . join '', sort keys %{{ map { $_ => 1 } split //, $body }});
+}
+
 # A TLS server (HTTP/1.1 and HTTP/2) on its own port with the given locations; a
 # self-signed certificate made for the run.
 our $TLS_PORT;
@@ -456,7 +476,7 @@ is($pre[0]{headers}{'content-length'}, length("precondition failed\n"), 'and its
 my $after = http_get('/api/etag');
 is($after->{headers}{'x-stale-cache'}, 'HOT', 'the next request is hot');
 ok($after->{body} eq $efresh->{body}, 'with the whole body');
-is(metric('stale_cache_hot_entries{zone="hot",state="retired"}'), 0, 'nothing left pinned');
+is(retired(), 0, 'nothing left pinned');
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
 
@@ -480,10 +500,8 @@ like(error_log_text(), qr/answered from the hot tier \(\d+ bytes, in place\)/, '
 --- request
 GET /api/warm
 --- check
-my $size = 200_000;
-my $h = { 'X-Backend-Body-Size' => $size };
-hot_with_body('/api/slow', 'S', $size);
-my $rest = slow_client('/api/slow', $h);
+my ($size, $h) = ($main::SLOW_SIZE, $main::SLOW_HEADERS);
+my $rest = slow_hot('/api/slow', 'S');
 cmp_ok(metric('stale_cache_hot_responses_total{zone="hot",how="in_place"}'), '>=', 1, 'sent in place');
 # The zone (about 245 blocks of 4 KB) holds four 200 KB responses: twelve others, each of its
 # own letter, take every block many times over while the slow answer is half sent.
@@ -491,15 +509,14 @@ for my $i (0 .. 11) {
     my $r = hot_with_body("/api/churn$i", chr(ord('a') + $i), $size);
     ok($r->{body} eq chr(ord('a') + $i) x $size, "churn $i served whole");
 }
-is(metric('stale_cache_hot_entries{zone="hot",state="retired"}'), 1,
+is(retired(), 1,
    'its copy was evicted but is kept (retired) while it is sent');
 my ($head, $body) = $rest->();
 like($head, qr/X-Stale-Cache: HOT/, 'the slow answer was sent from the zone');
 is(length $body, $size, 'the slow client got the whole body');
-ok($body eq 'S' x $size, 'and only its own bytes')
-    or diag('other bytes: ' . join '', sort keys %{{ map { $_ => 1 } split //, $body }});
+only_bytes($body, 'S', 'and only its own bytes');
 # Its pin ended with the request: the retired copy was freed.
-wait_until(sub { metric('stale_cache_hot_entries{zone="hot",state="retired"}') == 0 }, 5,
+wait_until(sub { retired() == 0 }, 5,
     'no retired entry left');
 cmp_ok(metric('stale_cache_hot_evictions_total{zone="hot"}'), '>=', 8, 'the zone was churned');
 # The same with a client that does not read while nginx sends at full speed: the body sits in
@@ -514,8 +531,7 @@ wait_until(sub { $logged->() > $before }, 5, 'nginx done with the unread answer'
 for my $i (0 .. 5) { hot_with_body("/api/more$i", chr(ord('m') + $i), $size) }
 ($head, $body) = $rest->();
 like($head, qr/X-Stale-Cache: HOT/, 'the unread answer was sent from the zone');
-ok($body eq 'U' x $size, 'the unread answer kept its own bytes')
-    or diag('other bytes: ' . join '', sort keys %{{ map { $_ => 1 } split //, $body }});
+only_bytes($body, 'U', 'the unread answer kept its own bytes');
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
 
@@ -526,13 +542,11 @@ ok($body eq 'U' x $size, 'the unread answer kept its own bytes')
 --- request
 GET /api/warm
 --- check
-my $size = 200_000;
-my $h = { 'X-Backend-Body-Size' => $size };
-hot_with_body('/api/pinned', 'P', $size);
-my $rest = slow_client('/api/pinned', $h);
+my $size = $main::SLOW_SIZE;
+my $rest = slow_hot('/api/pinned', 'P');
 # Evicted while pinned: retired, kept for the slow answer.
 hot_with_body("/api/evict$_", 'e', $size) for 0 .. 4;
-is(metric('stale_cache_hot_entries{zone="hot",state="retired"}'), 1, 'the pinned copy is retired');
+is(retired(), 1, 'the pinned copy is retired');
 my (undef, $worker) = nginx_pids();
 kill 'KILL', $worker;
 $rest->();
@@ -540,9 +554,9 @@ wait_until(sub { my (undef, $w) = nginx_pids(); $w && $w != $worker }, 10, 'a ne
 # The new worker's first answer from the zone drops what the dead one held.
 my $r = hot_with_body('/api/after', 'A', $size);
 ok($r->{body} eq 'A' x $size, 'the new worker serves from the zone');
-is(metric('stale_cache_hot_entries{zone="hot",state="retired"}'), 0, 'the dead worker\'s pin is gone');
+is(retired(), 0, 'the dead worker\'s pin is gone');
 hot_with_body("/api/again$_", 'g', $size) for 0 .. 4;
-is(metric('stale_cache_hot_entries{zone="hot",state="retired"}'), 0, 'and the zone keeps turning over');
+is(retired(), 0, 'and the zone keeps turning over');
 --- error_log eval
 [qr/\[alert\].*exited on signal 9/]
 
@@ -601,22 +615,20 @@ is(metric('stale_cache_hot_responses_total{zone="hot",how="in_place"}'), 3, 'all
 --- request
 GET /api/warm
 --- check
-my $size = 200_000;
-my $h = { 'X-Backend-Body-Size' => $size };
-hot_with_body('/api/reload', 'R', $size);
-my $rest = slow_client('/api/reload', $h);
+my $size = $main::SLOW_SIZE;
+my $rest = slow_hot('/api/reload', 'R');
 my ($master, $old) = nginx_pids();
 kill 'HUP', $master;
 wait_until(sub { my (undef, @w) = nginx_pids(); grep { $_ != $old } @w }, 10 * time_scale(),
     'a new worker');
 # The new worker evicts the copy the old one is still sending.
 hot_with_body("/api/new$_", 'n', $size) for 0 .. 4;
-is(metric('stale_cache_hot_entries{zone="hot",state="retired"}'), 1,
+is(retired(), 1,
    'the copy being sent by the old worker is retired, not freed');
 my ($head, $body) = $rest->();
 like($head, qr/X-Stale-Cache: HOT/, 'the old worker sent it from the zone');
 ok($body eq 'R' x $size, 'whole and unchanged across the reload');
-wait_until(sub { metric('stale_cache_hot_entries{zone="hot",state="retired"}') == 0 },
+wait_until(sub { retired() == 0 },
     5 * time_scale(), 'freed when the old worker finished it');
 is(error_log_count(qr/failed its check on reload/), 0, 'the reload found the zone consistent');
 --- no_error_log eval
@@ -629,10 +641,8 @@ is(error_log_count(qr/failed its check on reload/), 0, 'the reload found the zon
 --- request
 GET /api/warm
 --- check
-my $size = 200_000;
-my $h = { 'X-Backend-Body-Size' => $size };
-hot_with_body('/api/resize', 'Z', $size);
-my $rest = slow_client('/api/resize', $h);
+my $size = $main::SLOW_SIZE;
+my $rest = slow_hot('/api/resize', 'Z');
 my $conf = "$ENV{TEST_NGINX_SERVROOT}/conf/nginx.conf";
 my $text = Test::StaleCache::slurp($conf);
 $text =~ s/stale_cache_hot_zone hot 1m;/stale_cache_hot_zone hot 3m;/ or die 'no hot zone line';
