@@ -503,11 +503,19 @@ pub fn on_fresh(
     state.hot.fresh_until = fresh_until;
 }
 
+/// The request's state where a hot zone is configured: the filters ask for every response,
+/// and without a hot zone they need not look for a state (a walk of the pool's cleanups in
+/// locations without the layer).
+fn hot_state(r: &ngx_http_request_t) -> Option<core::ptr::NonNull<RequestState>> {
+    main_conf(r).hot.as_ref()?;
+    state::find(r)
+}
+
 /// Whether `r`'s fresh hit is to be answered from the hot zone (decided before srcache's
 /// fetch): `$stale_cache_redis_down` then lets srcache fetch, since the answer does not come
 /// from Redis. Reads one field (variable handlers may run while a step of the request does).
 pub fn will_serve(r: &ngx_http_request_t) -> bool {
-    let Some(state) = state::find(r) else {
+    let Some(state) = hot_state(r) else {
         return false;
     };
     // SAFETY: the state is live while its request is; one Copy field is read through the raw
@@ -802,7 +810,7 @@ fn body_chain(
 /// The main request's header filter: srcache is sending the in-place response's header
 /// with its one-byte body: give it the body's real length.
 pub fn main_header(r: &mut ngx_http_request_t) {
-    let Some(state) = state::find(r) else {
+    let Some(state) = hot_state(r) else {
         return;
     };
     // SAFETY: filters of the main request run inside srcache's send, no step of this module
@@ -829,7 +837,7 @@ pub fn main_header(r: &mut ngx_http_request_t) {
 /// # Safety
 /// `chain` must be the valid chain handed to the main request's body filter.
 pub unsafe fn main_body(r: &mut ngx_http_request_t, chain: *mut ngx_chain_t) -> *mut ngx_chain_t {
-    let Some(state) = state::find(r) else {
+    let Some(state) = hot_state(r) else {
         return chain;
     };
     // SAFETY: as in main_header.
