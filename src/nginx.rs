@@ -8,7 +8,7 @@ pub mod vars;
 pub mod zone;
 
 use crate::redis::module::ngx_http_stale_cache_redis_module;
-use crate::stale::module::ngx_http_stale_cache_module;
+use crate::stale::ngx_http_stale_cache_module;
 
 // One shared object, two nginx modules: the stale/collapse layer and the Redis locations, each
 // with its own configuration and directives. These are the symbols `load_module` reads; they

@@ -12,12 +12,12 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleLocationConf;
 
-use super::module::StaleCacheModule;
 use super::phases::{run, Next};
 use super::state::{self, Phase, RequestState};
 use crate::nginx::log::{debug, Short};
 use crate::nginx::util::{no_connection, now_ms, request_log, AGAIN, DECLINED, DONE};
 use crate::policy::CacheStatus;
+use crate::stale::StaleCacheModule;
 
 /// Whether srcache issued a fetch for `r` and it missed (`$srcache_fetch_status` is MISS).
 fn srcache_fetch_missed(r: &mut ngx_http_request_t) -> bool {

@@ -13,12 +13,12 @@ use ngx::ffi::{
 use ngx::http::{HttpModule, HttpModuleLocationConf, HttpModuleMainConf, Merge, MergeConfigError};
 
 use super::locations::reaches_a_location;
-use super::module::StaleCacheModule;
 use super::sender::RefreshTarget;
 use crate::collapse::{UseStale, BACKOFF_BASE_MS, BACKOFF_CAP_MS};
 use crate::nginx::util::{conf_args, conf_error, str_bytes, CONF_ERROR, CONF_OK};
 use crate::nginx::zone::Zone;
 use crate::settings::{check_literal, Var, DEFAULT_SKIP_FETCH};
+use crate::stale::StaleCacheModule;
 
 /// Indexes of the `$cache_*` variables, in `Var::ALL` order.
 pub type VarIndexes = [ngx_uint_t; Var::COUNT];
@@ -231,7 +231,7 @@ pub unsafe extern "C" fn merge_loc_conf(
     }
     if conf.hot_enabled() {
         // SAFETY: merge runs inside `http` with a valid configuration context.
-        if super::module::main_conf(unsafe { &*cf }).hot.is_none() {
+        if crate::stale::main_conf(unsafe { &*cf }).hot.is_none() {
             ngx::ngx_conf_log_error!(
                 NGX_LOG_EMERG,
                 cf,
@@ -255,7 +255,7 @@ pub unsafe extern "C" fn merge_loc_conf(
 /// stores nothing never gives it back): said at `nginx -t` (warn), and at start (notice).
 fn warn_persist_without_expire(cf: *mut ngx_conf_t) {
     // SAFETY: merge runs inside `http` with a valid configuration context.
-    let mcf = super::module::main_conf(unsafe { &*cf });
+    let mcf = crate::stale::main_conf(unsafe { &*cf });
     let sets = super::literals::literal_sets(cf);
     let literal = |var: Var| {
         sets.iter()
@@ -292,7 +292,7 @@ pub fn check_refresh_addresses(
     cmcf: &ngx::ffi::ngx_http_core_main_conf_t,
 ) -> Result<(), ()> {
     // SAFETY: postconfiguration runs inside `http` with a valid configuration context.
-    let mcf = super::module::main_conf(unsafe { &*cf });
+    let mcf = crate::stale::main_conf(unsafe { &*cf });
     for (target, written) in &mcf.refresh_addresses {
         let mut best: Option<(bool, &ngx::ffi::ngx_http_listen_opt_t)> = None;
         // SAFETY: during postconfiguration cmcf.ports is null or the array of
@@ -344,7 +344,7 @@ pub fn check_refresh_addresses(
 /// Rejects bad `$cache_*` values that the location sets as literals.
 fn check_literal_variables(cf: *mut ngx_conf_t) -> Result<(), String> {
     // SAFETY: merge runs inside `http` with a valid configuration context.
-    let mcf = super::module::main_conf(unsafe { &*cf });
+    let mcf = crate::stale::main_conf(unsafe { &*cf });
     for (index, value) in super::literals::literal_sets(cf) {
         let Some(var) = Var::ALL.into_iter().find(|v| mcf.vars[v.index()] == index) else {
             continue;

@@ -14,7 +14,7 @@ use super::variables::read_cache_variables;
 use super::waiters::{
     self, lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock,
 };
-use super::{after_fetch, lease, lookup, metrics, module::main_conf};
+use super::{after_fetch, lease, lookup, metrics};
 use crate::collapse::{after_lock, refresh_lock_ms, AfterLock};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::metrics::Counter;
@@ -25,6 +25,7 @@ use crate::policy::{decide, Action, CacheStatus, FailReason};
 use crate::replay::{keep_copy, key_argument, KeepCopy};
 use crate::resp::{parse_integer_reply, ReplyError};
 use crate::settings::Settings;
+use crate::stale::main_conf;
 
 type Step = Result<Next, StaleError>;
 

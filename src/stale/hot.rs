@@ -28,7 +28,6 @@ use ngx::ffi::{
 use ngx::http::HttpModuleLocationConf;
 
 use super::conf::StaleCacheConf;
-use super::module::{main_conf, StaleCacheModule};
 use super::state::{self, RequestState};
 use super::waiters::owner_alive;
 use crate::hotcache::{
@@ -38,6 +37,7 @@ use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, worker_pid, DECLINED, ERROR, OK};
 use crate::policy::CacheStatus;
 use crate::replay::contains_escaped_key;
+use crate::stale::{main_conf, StaleCacheModule};
 
 /// `stale_cache_hot_zone NAME SIZE`.
 ///

@@ -28,7 +28,6 @@ use ngx::ffi::{
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
-use super::module::main_conf;
 use super::phases::Next;
 use super::refresh;
 use super::sender::{self, RefreshOutcome, RefreshTarget};
@@ -48,6 +47,7 @@ use crate::policy::CacheStatus;
 use crate::replay::{key_argument, secret_matches, Replay};
 use crate::resp::parse_integer_reply;
 use crate::settings::Settings;
+use crate::stale::main_conf;
 
 type Step = Result<Next, StaleError>;
 

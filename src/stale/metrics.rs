@@ -16,7 +16,6 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
-use super::module::main_conf;
 use super::state::{RequestState, ZoneRef};
 use super::variables::cache_lock_value;
 use crate::collapse::FillEnd;
@@ -24,6 +23,7 @@ use crate::metrics::{render, render_hot, Counter, Counters, ZoneMetrics};
 use crate::nginx::util::{CONF_OK, ERROR};
 use crate::nginx::zone;
 use crate::policy::CacheStatus;
+use crate::stale::main_conf;
 
 /// Adds one to `counter` of `zone`.
 #[inline]

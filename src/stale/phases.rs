@@ -15,7 +15,6 @@ use ngx::http::HttpModuleLocationConf;
 use super::conf::StaleCacheConf;
 use super::decide;
 use super::error::fail_open;
-use super::module::{main_conf, StaleCacheModule};
 use super::refresh::has_body;
 use super::refresh::SECRET_HEADER;
 use super::state::{self, Phase, RequestState};
@@ -25,6 +24,7 @@ use crate::nginx::util::{live_headers, request_log, str_bytes, AGAIN, DECLINED, 
 use crate::policy::CacheStatus;
 use crate::replay::{same_header_name, secret_matches};
 use crate::settings::Settings;
+use crate::stale::{main_conf, StaleCacheModule};
 
 /// What the state machine does after a step.
 pub enum Next {

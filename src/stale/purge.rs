@@ -19,7 +19,6 @@ use ngx::http::HttpModuleLocationConf;
 use super::conf::StaleCacheConf;
 use super::lookup;
 use super::metrics::{count, send_text};
-use super::module::{main_conf, StaleCacheModule};
 use super::state::{self, RequestState, ZoneRef};
 use super::variables::read_cache_variables;
 use crate::locktable::Forgotten;
@@ -32,6 +31,7 @@ use crate::nginx::zone;
 use crate::replay::key_argument;
 use crate::resp::parse_integer_reply;
 use crate::settings::Settings;
+use crate::stale::{main_conf, StaleCacheModule};
 
 /// A purge request's progress.
 pub struct Purge {

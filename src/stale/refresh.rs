@@ -14,7 +14,6 @@ use ngx::ffi::{
 };
 
 use super::conf::StaleCacheConf;
-use super::module::StaleCacheModule;
 use super::sender::{self, RefreshOutcome, RefreshTarget};
 use super::state::{self, RequestState};
 use super::waiters::{end_refresh, release, HeldLock, RefreshPolicy};
@@ -24,6 +23,7 @@ use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{cycle_log, live_headers, no_connection, request_log, str_bytes};
 use crate::policy::CacheStatus;
 use crate::replay::Replay;
+use crate::stale::StaleCacheModule;
 use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf, NgxHttpCoreModule};
 
 /// The header the module's own refresh requests carry the per-start secret in.
@@ -157,7 +157,7 @@ fn build(
     let header_pairs: Vec<(&[u8], &[u8])> = live_headers(req)
         .map(|h| (str_bytes(&h.key), str_bytes(&h.value)))
         .collect();
-    let secret = super::module::main_conf(req).secret.as_bytes();
+    let secret = crate::stale::main_conf(req).secret.as_bytes();
     let replay = Replay {
         method: str_bytes(&req.method_name),
         target: str_bytes(&req.unparsed_uri),

@@ -20,7 +20,6 @@ use ngx::ffi::{ngx_http_post_subrequest_t, ngx_http_request_t, ngx_pool_cleanup_
 use ngx::http::HttpModule;
 
 use super::lookup::{lookup_done, Capture};
-use super::module::StaleCacheModule;
 use super::refresh::{self, PendingRefresh};
 use super::waiters::{self, HeldLock, Wait};
 use crate::collapse::{fill_end, FillEnd};
@@ -28,6 +27,7 @@ use crate::nginx::log::{debug, Short};
 use crate::nginx::zone::Zone;
 use crate::policy::CacheStatus;
 use crate::settings::Settings;
+use crate::stale::StaleCacheModule;
 
 const STATE_MAGIC: u64 = u64::from_le_bytes(*b"stalecac");
 

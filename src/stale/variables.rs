@@ -7,7 +7,6 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 
-use super::module::StaleCacheModule;
 use super::state;
 use crate::cache_status::{member, Facts};
 use crate::nginx::util::pool_str;
@@ -17,6 +16,7 @@ use crate::nginx::vars::{
 };
 use crate::policy::CacheStatus;
 use crate::settings::{RawVars, Var};
+use crate::stale::StaleCacheModule;
 
 unsafe extern "C" fn unset_variable(
     _r: *mut ngx_http_request_t,
@@ -57,7 +57,7 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
 
 /// The request's `$cache_*` values, borrowed from the request's variable storage.
 pub fn read_cache_variables(r: &ngx_http_request_t) -> RawVars<'_> {
-    let indexes = &super::module::main_conf(r).vars;
+    let indexes = &crate::stale::main_conf(r).vars;
     let mut raw = RawVars::new();
     for var in Var::ALL {
         raw.set(var, indexed_value(r, indexes[var.index()]));
@@ -67,7 +67,7 @@ pub fn read_cache_variables(r: &ngx_http_request_t) -> RawVars<'_> {
 
 /// The request's `$cache_lock` value (which zone it uses), without parsing the rest.
 pub fn cache_lock_value(r: &ngx_http_request_t) -> Option<&[u8]> {
-    indexed_value(r, super::module::main_conf(r).vars[Var::Lock.index()])
+    indexed_value(r, crate::stale::main_conf(r).vars[Var::Lock.index()])
 }
 
 unsafe extern "C" fn status_variable(
