@@ -320,6 +320,40 @@ fn random_seed() -> u64 {
     t ^ (u64::from(std::process::id()) << 32)
 }
 
+/// A zone of the main configuration. A copyable handle, so a step can hold it while it
+/// changes the request's state; only made from a zone in the configuration.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ZoneRef(core::ptr::NonNull<Zone>);
+
+impl ZoneRef {
+    pub fn new(zone: &Zone) -> Self {
+        ZoneRef(core::ptr::NonNull::from(zone))
+    }
+
+    /// The zone's address, which identifies it among the configured ones.
+    pub fn id(self) -> usize {
+        self.0.as_ptr() as usize
+    }
+
+    /// Adds one to the zone's `counter` (a relaxed atomic add, no mutex).
+    #[inline]
+    pub fn count(self, counter: crate::metrics::Counter) {
+        if let Some(c) = self.counters() {
+            c.incr(counter);
+        }
+    }
+}
+
+impl core::ops::Deref for ZoneRef {
+    type Target = Zone;
+
+    fn deref(&self) -> &Zone {
+        // SAFETY: made from a zone of a cycle's main configuration, which outlives every
+        // request, wait and refresh of that cycle (the only places handles are kept).
+        unsafe { self.0.as_ref() }
+    }
+}
+
 /// Zone lookup by name among the configured ones.
 pub fn find<'a>(zones: &'a [Zone], name: &[u8]) -> Option<&'a Zone> {
     zones.iter().find(|z| z.name == name)

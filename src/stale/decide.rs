@@ -9,7 +9,7 @@ use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
 use super::phases::Next;
 use super::refresh::{self, has_body};
-use super::state::{Phase, RequestState, ZoneRef};
+use super::state::{Phase, RequestState};
 use super::variables::read_cache_variables;
 use super::waiters::{
     self, lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock,
@@ -21,6 +21,7 @@ use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
 use crate::nginx::zone;
+use crate::nginx::zone::ZoneRef;
 use crate::policy::{decide, Action, CacheStatus, FailReason};
 use crate::replay::{keep_copy, key_argument, KeepCopy};
 use crate::resp::{parse_integer_reply, ReplyError};

@@ -31,7 +31,7 @@ use super::error::{warn, StaleError};
 use super::phases::Next;
 use super::refresh;
 use super::sender::{self, RefreshOutcome, RefreshTarget};
-use super::state::{Phase, RequestState, ZoneRef};
+use super::state::{Phase, RequestState};
 use super::variables::read_cache_variables;
 use super::waiters::{lock_request, owner_alive, release, release_with_pass};
 use super::{after_fetch, decide, lookup};
@@ -43,6 +43,7 @@ use crate::nginx::util::{
     cycle_log, live_headers, no_connection, now_ms, request_log, str_bytes, update_clock, AGAIN,
 };
 use crate::nginx::vars::{set_value, value_slot, VAR_OK};
+use crate::nginx::zone::ZoneRef;
 use crate::policy::CacheStatus;
 use crate::replay::{key_argument, secret_matches, Replay};
 use crate::resp::parse_integer_reply;

@@ -16,12 +16,13 @@ use ngx::ffi::{
 };
 use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
-use super::state::{RequestState, ZoneRef};
+use super::state::RequestState;
 use super::variables::cache_lock_value;
 use crate::collapse::FillEnd;
 use crate::metrics::{render, render_hot, Counter, Counters, ZoneMetrics};
 use crate::nginx::util::{CONF_OK, ERROR};
 use crate::nginx::zone;
+use crate::nginx::zone::ZoneRef;
 use crate::policy::CacheStatus;
 use crate::stale::main_conf;
 

@@ -19,7 +19,7 @@ use ngx::http::HttpModuleLocationConf;
 use super::conf::StaleCacheConf;
 use super::lookup;
 use super::metrics::{count, send_text};
-use super::state::{self, RequestState, ZoneRef};
+use super::state::{self, RequestState};
 use super::variables::read_cache_variables;
 use crate::locktable::Forgotten;
 use crate::metrics::Counter;
@@ -28,6 +28,7 @@ use crate::nginx::util::{
     conf_args, conf_error, now_ms, request_log, str_bytes, AGAIN, CONF_OK, DECLINED, DONE,
 };
 use crate::nginx::zone;
+use crate::nginx::zone::ZoneRef;
 use crate::replay::key_argument;
 use crate::resp::parse_integer_reply;
 use crate::settings::Settings;

@@ -24,7 +24,7 @@ use super::refresh::{self, PendingRefresh};
 use super::waiters::{self, HeldLock, Wait};
 use crate::collapse::{fill_end, FillEnd};
 use crate::nginx::log::{debug, Short};
-use crate::nginx::zone::Zone;
+use crate::nginx::zone::ZoneRef;
 use crate::policy::CacheStatus;
 use crate::settings::Settings;
 use crate::stale::StaleCacheModule;
@@ -164,32 +164,6 @@ impl RequestState {
     pub fn finish(&mut self, status: CacheStatus) {
         self.status = Some(status);
         self.phase = Phase::Done;
-    }
-}
-
-/// A zone of the main configuration. A copyable handle, so a step can hold it while it
-/// changes the request's state; only made from a zone in the configuration.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ZoneRef(NonNull<Zone>);
-
-impl ZoneRef {
-    pub fn new(zone: &Zone) -> Self {
-        ZoneRef(NonNull::from(zone))
-    }
-
-    /// The zone's address, which identifies it among the configured ones.
-    pub fn id(self) -> usize {
-        self.0.as_ptr() as usize
-    }
-}
-
-impl core::ops::Deref for ZoneRef {
-    type Target = Zone;
-
-    fn deref(&self) -> &Zone {
-        // SAFETY: made from a zone of a cycle's main configuration, which outlives every
-        // request, wait and refresh of that cycle (the only places handles are kept).
-        unsafe { self.0.as_ref() }
     }
 }
 

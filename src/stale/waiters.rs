@@ -12,13 +12,14 @@ use ngx::ffi::{
     ngx_http_test_reading, ngx_msec_t, ngx_post_event, ngx_posted_events, NGX_LOG_ERR,
 };
 
-use super::state::{Phase, RequestState, ZoneRef};
+use super::state::{Phase, RequestState};
 use crate::collapse::{backoff_ms, lock_moved, RefreshEnd, UseStale};
 use crate::locktable::{LockKind, LockRequest, Owner};
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{cycle_log, no_connection, now_ms, request_log, update_clock, worker_pid};
 use crate::nginx::zone::Zone;
+use crate::nginx::zone::ZoneRef;
 use crate::policy::CacheStatus;
 
 /// How often a worker re-checks, in shared memory, locks that waiters of it wait for; a
