@@ -13,18 +13,18 @@
 //!   lease), `refresh` and `sender` (the background refresh), `hot` (the hot tier), `purge`;
 //! - `filters` (the output filters, one dispatch), `variables`, `metrics`, `error`, `conf`.
 
-mod after_fetch;
 pub mod conf;
 mod decide;
 mod directives;
+mod driver;
 mod error;
+mod filters;
 mod hot;
 mod lease;
 mod literals;
 mod locations;
 mod lookup;
 mod metrics;
-mod phases;
 mod purge;
 mod refresh;
 mod sender;
@@ -73,19 +73,19 @@ impl HttpModule for StaleCacheModule {
         let handlers: [(u32, ngx_http_handler_pt); 5] = [
             (
                 ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
-                Some(phases::post_read_handler),
+                Some(driver::post_read_handler),
             ),
             (
                 ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
-                Some(phases::preaccess_handler),
+                Some(driver::preaccess_handler),
             ),
             (
                 ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
-                Some(after_fetch::precontent_handler),
+                Some(driver::precontent_handler),
             ),
             (
                 ngx_http_phases_NGX_HTTP_LOG_PHASE,
-                Some(phases::log_handler),
+                Some(driver::log_handler),
             ),
             (
                 ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
@@ -106,7 +106,8 @@ impl HttpModule for StaleCacheModule {
         if conf::check_refresh_addresses(cf, cmcf).is_err() {
             return ERROR;
         }
-        lookup::install_filters();
+        filters::install_filters();
+        state::set_end_handler(driver::end_of_request);
         OK
     }
 }
@@ -130,10 +131,17 @@ pub static mut ngx_http_stale_cache_module: ngx_module_t = ngx_module_t {
     // from the single configuration thread.
     commands: unsafe { &raw mut directives::COMMANDS[0] },
     type_: NGX_HTTP_MODULE as _,
+    exit_process: Some(exit_process),
     ..ngx_module_t::default()
 };
 
 /// The module's main configuration, once configuration is done (or while it is read).
 pub fn main_conf(o: &impl ngx::http::HttpModuleConfExt) -> &conf::MainConf {
     StaleCacheModule::main_conf(o).expect("the stale_cache main conf exists inside http")
+}
+
+/// The worker is exiting: the zones may be unmapped before what still holds a lock is
+/// dropped, so no lock is released from here on (they expire).
+unsafe extern "C" fn exit_process(_cycle: *mut ngx::ffi::ngx_cycle_t) {
+    waiters::worker_exiting();
 }

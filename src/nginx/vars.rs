@@ -113,3 +113,20 @@ fn static_str(name: &'static str) -> ngx_str_t {
 
 /// Result code of a variable handler.
 pub const VAR_OK: ngx_int_t = super::util::OK;
+
+/// The value of variable `name` of `r` (looked up by name, for variables of other modules
+/// such as srcache's), if set; `None` when unknown (the module is not loaded) or not found.
+pub fn by_name<'a>(r: &'a mut ngx::ffi::ngx_http_request_t, name: &[u8]) -> Option<&'a [u8]> {
+    let mut key = ngx::ffi::ngx_str_t {
+        len: name.len(),
+        data: name.as_ptr() as *mut u8,
+    };
+    // SAFETY: a live request; nginx looks the variable up by name (unknown: null or
+    // not_found) and its value lives in the request pool, as long as `r`.
+    unsafe {
+        let hash = ngx::ffi::ngx_hash_key(key.data, key.len);
+        let v = ngx::ffi::ngx_http_get_variable(r, &mut key, hash).as_ref()?;
+        (v.valid() != 0 && v.not_found() == 0)
+            .then(|| core::slice::from_raw_parts(v.data, v.len() as usize))
+    }
+}

@@ -3,48 +3,50 @@
 //! after a wake-up). The decisions are made by `crate::policy` and `crate::collapse`; these
 //! steps gather their inputs and carry them out.
 
-use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
+use ngx::ffi::{
+    ngx_event_t, ngx_http_finalize_request, ngx_http_internal_redirect, ngx_http_request_t,
+    ngx_http_run_posted_requests, NGX_HTTP_NO_CONTENT, NGX_LOG_ERR, NGX_LOG_NOTICE,
+};
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
-use super::phases::Next;
+use super::lease::{self, LeaseStep};
 use super::refresh::{self, has_body};
-use super::state::{Phase, RequestState};
-use super::variables::read_cache_variables;
+use super::state::{Next, Phase, RequestState};
 use super::waiters::{
-    self, lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock,
+    lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock, Wait,
 };
-use super::{after_fetch, lease, lookup, metrics};
-use crate::collapse::{after_lock, refresh_lock_ms, AfterLock};
+use super::{hot, lookup};
+use crate::collapse::{after_lock, refresh_lock_ms};
+use crate::flow::{
+    fill_step, first_look, lease_fill, lease_refresh, FillStep, FirstLook, LeaseFill, LeaseRefresh,
+    ZoneFacts,
+};
+use crate::lease::{Op, LEASE_MS};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
-use crate::nginx::zone;
-use crate::nginx::zone::ZoneRef;
+use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN, DONE};
+use crate::nginx::zone::{self, ZoneRef};
 use crate::policy::{decide, Action, CacheStatus, FailReason};
 use crate::replay::{keep_copy, key_argument, KeepCopy};
 use crate::resp::{parse_integer_reply, ReplyError};
-use crate::settings::Settings;
 use crate::stale::main_conf;
 
 type Step = Result<Next, StaleError>;
 
-/// First visit: settings, bypass rules, the freshness memo and locks, then the TTL lookup.
+/// First visit (settings already read by the driver): bypass rules, the freshness memo and
+/// locks, then the TTL lookup.
 pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheConf) -> Step {
-    if state.is_refresh {
-        if let Some(next) = lease::op_request(state, req) {
+    if state.is_refresh() {
+        if let Some(next) = lease_op_request(state, req) {
             // A renewal or release of a fleet lease this nginx holds.
             return Ok(next);
         }
         state.finish(CacheStatus::Refresh);
         return Ok(Next::Continue);
     }
-    let settings = match Settings::parse(&read_cache_variables(req)) {
-        Ok(Some(s)) => s,
-        Ok(None) => return Err(StaleError::Inactive),
-        Err(e) => return Err(StaleError::Settings(e)),
-    };
+    let settings = state.settings();
     if !settings
         .skip_fetch
         .eq_ignore_ascii_case(scf.skip_header_name())
@@ -70,80 +72,130 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     let zone = zone::find(&main_conf(req).zones, &settings.lock_zone)
         .map(ZoneRef::new)
         .ok_or_else(|| StaleError::NoZone(settings.lock_zone.clone()))?;
-    state.zone = Some(zone);
     let now = now_ms();
-    state.lookup_started = now;
     let memo = scf.memo_enabled();
-    let (fresh, pass, lock) = zone
-        .with_key(&settings.key, |t, fp| {
-            let fresh = if memo { t.memo_get(fp, now) } else { None };
-            if fresh.is_some() {
+    let key = settings.key.clone();
+    let facts = zone
+        .with_key(&key, |t, fp| {
+            let memo_fresh_until = if memo { t.memo_get(fp, now) } else { None };
+            if memo_fresh_until.is_some() {
                 // A fresh hit needs nothing else from the table.
-                return (fresh, None, None);
+                return ZoneFacts {
+                    memo_fresh_until,
+                    pass_left_ms: None,
+                    lock: None,
+                };
             }
-            let pass = t.pass_left_ms(fp, now);
             // A lock whose worker died (crash, kill -9) is let go at once, not at its expiry.
             t.release_if_owner_dead(fp, now, owner_alive);
-            (fresh, pass, t.lock_state(fp, now))
+            ZoneFacts {
+                memo_fresh_until,
+                pass_left_ms: t.pass_left_ms(fp, now),
+                lock: t.lock_state(fp, now).map(|l| (l.kind, l.token.get())),
+            }
         })
-        .unwrap_or((None, None, None));
+        .unwrap_or(ZoneFacts {
+            memo_fresh_until: None,
+            pass_left_ms: None,
+            lock: None,
+        });
+    state.begin(zone, now);
     let log = request_log(req);
-    let key = settings.key.clone();
-    state.settings = Some(settings);
-    if let Some(until) = fresh {
-        debug!(log, "stale_cache: \"{}\" fresh by the memo", Short(&key));
-        state.ttl_left = Some((until.saturating_sub(now) / 1000) as i64);
-        metrics::count(state.zone, Counter::MemoHits);
-        state.finish(CacheStatus::Fresh);
-        super::hot::on_fresh(state, req, scf, until);
-        return Ok(Next::Continue);
-    }
-    if let Some(left) = pass {
-        // The last fill stored nothing: no lookup, no lock, no waiting while the mark lasts.
-        debug!(
-            log,
-            "stale_cache: \"{}\" passed for {} ms more",
-            Short(&key),
-            left
-        );
-        state.finish(CacheStatus::Pass);
-        return Ok(Next::Continue);
-    }
-    match lock {
-        Some(info) if info.kind == LockKind::Fill => {
+    match first_look(facts) {
+        FirstLook::FreshByMemo { until_ms } => {
+            debug!(log, "stale_cache: \"{}\" fresh by the memo", Short(&key));
+            state.set_ttl_left(Some((until_ms.saturating_sub(now) / 1000) as i64));
+            zone.count(Counter::MemoHits);
+            state.finish(CacheStatus::Fresh);
+            hot::on_fresh(state, req, scf, until_ms);
+            Ok(Next::Continue)
+        }
+        FirstLook::Passed { left_ms } => {
+            // The last fill stored nothing: no lookup, no lock, no waiting while the mark
+            // lasts.
+            debug!(
+                log,
+                "stale_cache: \"{}\" passed for {} ms more",
+                Short(&key),
+                left_ms
+            );
+            state.finish(CacheStatus::Pass);
+            Ok(Next::Continue)
+        }
+        FirstLook::WaitForFill { holder } => {
             // A fill of this key is under way, so the key is missing: wait for it without
             // asking Redis (a burst of misses costs one TTL lookup, not one per request).
             let timeout = state.settings().lock_timeout_ms;
-            state.wait.deadline = now + timeout;
-            start_waiting(state, req, zone, info.token.get(), timeout);
-            return Ok(Next::Return(AGAIN));
+            state.wait_deadline(now, timeout);
+            wait_for(state, req, zone, holder, timeout);
+            Ok(Next::Return(AGAIN))
         }
-        Some(_) => {
-            // A refresh of this key is under way: it is stale, and its copy lives at least as
-            // long as the refresh lock (see `collapse::refresh_lock_ms`), so srcache can serve
-            // it without a TTL lookup.
+        FirstLook::StaleRefreshRunning => {
+            // A refresh of this key is under way: it is stale, and its copy lives at least
+            // as long as the refresh lock (see `collapse::refresh_lock_ms`), so srcache can
+            // serve it without a TTL lookup.
             debug!(
                 log,
                 "stale_cache: \"{}\" stale, refresh running",
                 Short(&key)
             );
             state.finish(CacheStatus::Stale);
-            return Ok(Next::Continue);
+            Ok(Next::Continue)
         }
-        None => {}
+        FirstLook::LookUp => {
+            let ttl_uri = state.settings().ttl_uri.clone();
+            lookup::start(state.capture_mut(), req, &ttl_uri, &key_argument(&key))?;
+            state.enter(Phase::LookingUp);
+            Ok(Next::Return(AGAIN))
+        }
     }
-    let ttl_uri = state.settings().ttl_uri.clone();
-    lookup::start(state, req, &ttl_uri, &key_argument(&key))?;
-    state.phase = Phase::LookingUp;
-    Ok(Next::Return(AGAIN))
+}
+
+/// Parks the request until the fill lock's `holder` releases it (or its wait budget ends).
+fn wait_for(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    zone: ZoneRef,
+    holder: u64,
+    budget: u64,
+) {
+    state.enter(Phase::Waiting);
+    let key = state.settings().key.clone();
+    start_waiting(state.wait_mut(), req, zone, &key, holder, budget);
+}
+
+/// `$cache_lock_timeout` is over: go on without the fill (logged at warn, rate-limited).
+pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
+    state.finish(CacheStatus::Timeout);
+    if let Some(zone) = state.zone() {
+        zone.count(Counter::WaitTimeouts);
+    }
+    let key = &state.settings().key;
+    debug!(
+        request_log(req),
+        "stale_cache: wait for \"{}\" timed out",
+        Short(key)
+    );
+    log::limited(
+        request_log(req),
+        ngx::ffi::NGX_LOG_WARN,
+        "lock-timeout",
+        Every::Interval,
+        format_args!(
+            "stale_cache: waited $cache_lock_timeout for the request filling \"{}\"; going on \
+             without it",
+            Short(key)
+        ),
+    );
 }
 
 /// The TTL lookup's answer, read strictly: anything but an integer reply fails open.
 fn ttl_of(state: &RequestState) -> Result<i64, StaleError> {
-    if !state.capture.answered_ok() {
+    let capture = state.capture();
+    if !capture.answered_ok() {
         return Err(StaleError::Lookup(FailReason::LookupFailed));
     }
-    parse_integer_reply(&state.capture.body).map_err(|e| match e {
+    parse_integer_reply(&capture.body).map_err(|e| match e {
         ReplyError::ErrorReply(text) => StaleError::RedisError(text),
         _ => StaleError::Lookup(FailReason::BadReply),
     })
@@ -156,10 +208,9 @@ pub fn after_lookup(
     scf: &StaleCacheConf,
 ) -> Step {
     let ttl = ttl_of(state)?;
-    state.ttl = ttl;
-    state.looked_up = true;
-    state.ttl_left = crate::cache_status::ttl_left(ttl, state.settings().stale_secs);
-    let zone = state.zone.expect("the zone is known before the lookup");
+    let ttl_left = crate::cache_status::ttl_left(ttl, state.settings().stale_secs);
+    state.looked_up(ttl, ttl_left);
+    let zone = state.zone().expect("the zone is known before the lookup");
     let settings = state.settings();
     let now = now_ms();
     let persist = settings.persist_uri.is_some();
@@ -193,13 +244,13 @@ pub fn after_lookup(
                 }
             }
             state.finish(CacheStatus::Fresh);
-            super::hot::on_fresh(state, req, scf, now + memo_ms);
+            hot::on_fresh(state, req, scf, now + memo_ms);
             Ok(Next::Continue)
         }
         Action::FailOpen { reason } => Err(StaleError::Lookup(reason)),
         Action::FillOrWait => Ok(fill_or_wait(state, req, scf, zone, now)),
         Action::TryBackend => {
-            state.in_grace = true;
+            state.entered_grace();
             Ok(fill_or_wait(state, req, scf, zone, now))
         }
         Action::ServeStale { persist, refresh } => {
@@ -222,32 +273,26 @@ fn serve_stale(
     persist: bool,
     now: u64,
 ) -> Next {
-    if has_body(req) && !state.body_read {
+    if has_body(req) && !state.body_read() {
         return Next::Continue; // never reached: bodies are read before the first step
     }
     let settings = state.settings();
     let key = settings.key.clone();
     let Some(slot) = refresh::take_slot(req, scf, &key) else {
-        metrics::count(
-            Some(zone),
-            Counter::RefreshSkipped(crate::metrics::SKIP_LIMIT),
-        );
+        zone.count(Counter::RefreshSkipped(crate::metrics::SKIP_LIMIT));
         return Next::Continue;
     };
     let token = new_token();
-    let lock_ms = refresh_lock_ms(state.ttl, persist, settings.lock_exptime_ms);
+    let lock_ms = refresh_lock_ms(state.ttl(), persist, settings.lock_exptime_ms);
     let lock = lock_request(LockKind::Refresh, token, lock_ms, 0);
     let outcome = zone.with_key(&key, |t, fp| match t.error_left_ms(fp, now) {
         // The key's last refresh failed: no new one until its backoff is over.
         Some(left) => Err(left),
         None => Ok(t.try_lock_as(fp, lock, now, owner_alive)),
     });
-    let outcome = match outcome {
+    match outcome {
         Some(Err(left)) => {
-            metrics::count(
-                Some(zone),
-                Counter::RefreshSkipped(crate::metrics::SKIP_BACKOFF),
-            );
+            zone.count(Counter::RefreshSkipped(crate::metrics::SKIP_BACKOFF));
             debug!(
                 request_log(req),
                 "stale_cache: refresh of \"{}\" backing off for {} ms",
@@ -256,12 +301,8 @@ fn serve_stale(
             );
             return Next::Continue;
         }
-        Some(Ok(outcome)) => Some(outcome),
-        None => None,
-    };
-    match outcome {
-        Some(LockAttempt::Acquired(_)) => {}
-        Some(LockAttempt::Full) => {
+        Some(Ok(LockAttempt::Acquired(_))) => {}
+        Some(Ok(LockAttempt::Full)) => {
             zone_full(req, &zone);
             return Next::Continue;
         }
@@ -273,36 +314,38 @@ fn serve_stale(
         Short(&key),
         lock_ms
     );
-    state.refresh_lock = Some(HeldLock { zone, key, token });
-    state.refresh_slot = Some(slot);
-    state.persist_pending = persist;
-    if let Some(next) = lease::before_refresh(state, req) {
-        // One refresh per fleet: ask the lease first (it goes on in `lease::step`).
-        return next;
+    state.take_refresh_lock(HeldLock::new(zone, key, token), slot, persist);
+    if ask_lease(state, req, false) {
+        // One refresh per fleet: the lease is asked first (it goes on in `lease_step`).
+        return Next::Return(AGAIN);
     }
     finish_stale(state, req, scf)
 }
 
 /// The stale path once the refresh lock is held (the body, if any, is read): prepare the
 /// refresh, then keep the stale copy until it ends (see `replay::keep_copy`).
-pub(super) fn finish_stale(
+fn finish_stale(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
 ) -> Next {
-    state.phase = Phase::Done;
-    let token = state.refresh_lock.as_ref().map(|l| l.token);
-    refresh::prepare(state, req, scf);
-    if state.in_grace {
+    state.enter(Phase::Done);
+    let Some((lock, slot)) = state.give_up_refresh_lock() else {
+        return Next::Continue;
+    };
+    let token = lock.token();
+    let pending = refresh::prepare(lock, slot, state.settings(), state.in_grace(), req, scf);
+    state.set_refresh(pending);
+    if state.in_grace() {
         return try_backend_now(state, req, token);
     }
-    if state.refresh.is_none() {
+    if !state.has_refresh() {
         return Next::Continue;
     }
     let settings = state.settings();
     let step = keep_copy(
-        state.ttl,
-        state.persist_pending,
+        state.ttl(),
+        state.persist_pending(),
         settings.expire_uri.is_some(),
         settings.lock_exptime_ms,
     );
@@ -315,46 +358,46 @@ pub(super) fn finish_stale(
             (settings.expire_uri.clone(), args)
         }
     };
-    if lookup::start(state, req, &uri.unwrap_or_default(), &args).is_err() {
+    if lookup::start(state.capture_mut(), req, &uri.unwrap_or_default(), &args).is_err() {
         return Next::Continue;
     }
-    state.phase = Phase::Persisting;
+    state.enter(Phase::Persisting);
     Next::Return(AGAIN)
 }
 
 /// In the error grace band, the request holding the key's fill lock asks the backend through
 /// a refresh sent now (the stored copy stays untouched in Redis meanwhile), and waits for it
 /// like every other request of the key: when it ends, all are served the new copy if it was
-/// stored, or the old one if the backend failed (`waiters::end_refresh` leaves the marks).
+/// stored, or the old one if the backend failed (`HeldLock::end_refresh` leaves the marks).
 fn try_backend_now(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
-    token: Option<core::num::NonZeroU64>,
+    token: core::num::NonZeroU64,
 ) -> Next {
-    let (Some(pending), Some(token), Some(zone)) = (state.refresh.take(), token, state.zone) else {
+    let (Some(pending), Some(zone)) = (state.take_refresh(), state.zone()) else {
         // No refresh could be prepared (logged): the stored copy it is.
         state.finish(CacheStatus::StaleError);
         return Next::Continue;
     };
     refresh::send(pending);
-    let budget = state.wait.deadline.saturating_sub(now_ms()).max(1);
-    start_waiting(state, req, zone, token.get(), budget);
+    let budget = state.wait().deadline.saturating_sub(now_ms()).max(1);
+    wait_for(state, req, zone, token.get(), budget);
     Next::Return(AGAIN)
 }
 
-/// Woken: the lock went. If the holder stored the entry this is COLLAPSED; if its fill failed
-/// (or it died), this request fills in its place and the others wait on, instead of all going
-/// to the backend at once.
+/// Woken (or srcache missed): the lock went. If the holder stored the entry this is
+/// COLLAPSED; if its fill failed (or it died), this request fills in its place and the others
+/// wait on, instead of all going to the backend at once.
 pub fn after_wake(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
 ) -> Step {
-    let zone = state.zone.expect("the zone is known before waiting");
+    let zone = state.zone().expect("the zone is known before waiting");
     Ok(fill_or_wait(state, req, scf, zone, now_ms()))
 }
 
-/// A missing key: fill it, or wait for the request filling it.
+/// A missing key: fill it, or wait for the request filling it (`flow::fill_step` decides).
 fn fill_or_wait(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
@@ -365,90 +408,72 @@ fn fill_or_wait(
     let settings = state.settings();
     let token = new_token();
     let key = settings.key.clone();
-    let (lock_ms, started) = (settings.lock_exptime_ms, state.lookup_started);
-    if state.wait.deadline == 0 {
-        // One budget for all the waits of this request, however often it is woken.
-        state.wait.deadline = now + settings.lock_timeout_ms;
-    }
-    let lock = lock_request(LockKind::Fill, token, lock_ms, started);
-    let in_grace = state.in_grace;
-    // A request that waited without a lookup (a fill was under way) may be waiting for a
-    // grace-band refresh: a live error mark says that one failed, and since only refreshes of
-    // stored entries leave error marks, the stored copy is there to serve.
-    let may_be_grace = in_grace || (!state.looked_up && !state.after_fetch);
+    let (lock_ms, budget) = (settings.lock_exptime_ms, settings.lock_timeout_ms);
+    let deadline = state.wait_deadline(now, budget);
+    let lock = lock_request(LockKind::Fill, token, lock_ms, state.lookup_started());
+    let reached = state.reached();
     let found = zone.with_key(&key, |t, fp| {
         // In the error grace band, a key whose backend just failed is not asked again
         // before its backoff ends: the stored copy is served at once.
-        let failing = may_be_grace && t.error_left_ms(fp, now).is_some();
+        let failing = reached.may_be_grace() && t.error_left_ms(fp, now).is_some();
         let outcome = (!failing).then(|| t.try_lock_as(fp, lock, now, owner_alive));
         (failing, outcome, t.last_store_ms(fp, now))
     });
     let (failing, outcome, stored_at) = found.unwrap_or((false, None, None));
-    if failing {
-        debug!(
-            request_log(req),
-            "stale_cache: \"{}\" failing: the stored copy is served",
-            Short(&key)
-        );
-        state.finish(CacheStatus::StaleError);
-        return Next::Continue;
-    }
-    let next = after_lock(outcome, now, state.wait.deadline);
+    let step = fill_step(
+        reached,
+        failing,
+        after_lock(outcome, now, deadline),
+        outcome.is_some(),
+    );
     debug!(
         request_log(req),
         "stale_cache: fill lock of \"{}\": {:?}",
         Short(&key),
-        next
+        step
     );
-    match next {
-        AfterLock::Fill if in_grace => {
+    match step {
+        FillStep::RefreshNow => {
             // The backend is asked by a refresh this request prepares, and everyone waits.
-            // (A body to replay was read before any lock: see `phases`.)
-            let lock = HeldLock { zone, key, token };
-            let Some(slot) = refresh::take_slot(req, scf, &lock.key) else {
+            // (A body to replay was read before any lock: see `driver`.)
+            let lock = HeldLock::new(zone, key, token);
+            let Some(slot) = refresh::take_slot(req, scf, lock.key()) else {
                 // Too many refreshes in flight: the stored copy it is, this time.
-                waiters::release(&lock, false);
+                lock.release(false);
                 state.finish(CacheStatus::StaleError);
                 return Next::Continue;
             };
-            state.refresh_lock = Some(lock);
-            state.refresh_slot = Some(slot);
+            state.take_refresh_lock(lock, slot, false);
             return finish_stale(state, req, scf);
         }
-        AfterLock::GiveUp | AfterLock::Alone if in_grace => {
-            // No answer in time (or no lock to wait on): the stored copy is still there.
-            state.finish(CacheStatus::StaleError);
-            return Next::Continue;
-        }
-        AfterLock::Fill => {
-            state.fill = Some(HeldLock { zone, key, token });
-            metrics::count(Some(zone), Counter::FillsStarted);
-            if let Some(next) = lease::before_fill(state, req) {
-                // One fill per fleet: ask the lease first (it goes on in `lease::step`).
-                return next;
+        FillStep::Fill => {
+            state.take_fill(HeldLock::new(zone, key, token));
+            zone.count(Counter::FillsStarted);
+            if ask_lease(state, req, true) {
+                // One fill per fleet: the lease is asked first (it goes on in `lease_step`).
+                return Next::Return(AGAIN);
             }
         }
-        AfterLock::Served => {
-            if state.wait.resumed_ms != 0 {
-                let resumed = state.wait.resumed_ms;
-                state.wake_delay_ms = stored_at.map(|at| resumed.saturating_sub(at));
+        FillStep::Served { refetch: again } => {
+            let resumed = state.wait().resumed_ms;
+            if resumed != 0 {
+                state.set_wake_delay(stored_at.map(|at| resumed.saturating_sub(at)));
             }
-            if state.after_fetch {
+            if again {
                 // srcache's fetch already ran for this request: let it fetch again.
-                return after_fetch::refetch(state, req);
+                return refetch(state, req);
             }
         }
-        AfterLock::Pass => {}
-        AfterLock::Wait { holder, budget_ms } => {
-            start_waiting(state, req, zone, holder, budget_ms);
+        FillStep::Wait { holder, budget_ms } => {
+            wait_for(state, req, zone, holder, budget_ms);
             return Next::Return(AGAIN);
         }
-        AfterLock::GiveUp => {
-            waiters::give_up_waiting(state, req);
+        FillStep::GiveUp => {
+            give_up_waiting(state, req);
             return Next::Continue;
         }
-        AfterLock::Alone if outcome.is_some() => zone_full(req, &zone),
-        AfterLock::Alone => log::limited(
+        FillStep::Alone { zone_full: true } => zone_full(req, &zone),
+        FillStep::Alone { zone_full: false } => log::limited(
             request_log(req),
             NGX_LOG_ERR,
             "zone-unusable",
@@ -459,9 +484,244 @@ fn fill_or_wait(
                 String::from_utf8_lossy(&zone.name)
             ),
         ),
+        FillStep::ServeStoredFailing => {
+            debug!(
+                request_log(req),
+                "stale_cache: \"{}\" failing: the stored copy is served",
+                Short(&key)
+            );
+        }
+        FillStep::ServeStored | FillStep::Pass => {}
     }
-    if let Some(status) = next.status() {
+    if let Some(status) = step.status() {
         state.finish(status);
     }
     Next::Continue
+}
+
+/* ------------------------------------------------------------- fleet lease */
+
+/// Asks the fleet lease before a fill (`fill`) or a refresh, unless none is configured or it
+/// was settled for this request; `true` when the request now waits for its answer.
+fn ask_lease(state: &mut RequestState, req: &mut ngx_http_request_t, fill: bool) -> bool {
+    let (lease, capture, settings) = state.lease_and_capture();
+    if !lease.wanted(settings) || !lease::ask_first(lease, capture, req, settings, fill) {
+        return false;
+    }
+    state.enter(Phase::Lease);
+    true
+}
+
+/// `Phase::Lease`: the lease's answer, a poll due, or a lease operation's answer.
+pub fn lease_step(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+) -> Step {
+    let step = state.lease().step;
+    let asked = matches!(
+        step,
+        LeaseStep::FillAsk | LeaseStep::RefreshAsk | LeaseStep::OpAsk
+    );
+    if asked && !state.capture().done {
+        return Ok(Next::Return(AGAIN));
+    }
+    match step {
+        LeaseStep::FillAsk => Ok(after_fill_answer(state, req, scf)),
+        LeaseStep::RefreshAsk => Ok(after_refresh_answer(state, req, scf)),
+        LeaseStep::OpAsk => {
+            let (lease, capture, _) = state.lease_and_capture();
+            lease::op_answered(lease, capture, req);
+            state.enter(Phase::Done);
+            Ok(Next::Return(NGX_HTTP_NO_CONTENT as _))
+        }
+        // Until the timer fires, other events (a writable socket) must not move the request.
+        LeaseStep::PollWait => Ok(Next::Return(AGAIN)),
+        LeaseStep::PollDue => {
+            let (lease, capture, settings) = state.lease_and_capture();
+            if lease::ask(lease, capture, req, settings, Op::Fill, LeaseStep::FillAsk) {
+                return Ok(Next::Return(AGAIN));
+            }
+            Ok(settle_fill(state, CacheStatus::Miss))
+        }
+        LeaseStep::Idle => {
+            state.enter(Phase::Done);
+            Ok(Next::Continue)
+        }
+    }
+}
+
+fn settle_fill(state: &mut RequestState, status: CacheStatus) -> Next {
+    state.lease_mut().settle();
+    state.finish(status);
+    Next::Continue
+}
+
+fn after_fill_answer(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+) -> Next {
+    let key = state.settings().key.clone();
+    let answer = lease::answer(state.capture());
+    if let Err(why) = answer {
+        lease::failed(req, why);
+    }
+    debug!(
+        request_log(req),
+        "stale_cache: lease of \"{}\" for a fill: {:?}",
+        Short(&key),
+        answer
+    );
+    let now = now_ms();
+    let deadline = state.wait().deadline;
+    let poll_ms = lease::poll_interval(state.lease());
+    match lease_fill(answer.ok(), now, deadline, poll_ms, state.after_fetch()) {
+        LeaseFill::FillKeeping => {
+            if let Some(lock) = state.fill_lock() {
+                let (zone, token) = (lock.zone(), lock.token());
+                lease::keep(state.lease(), state.settings(), req, scf, zone, token, true);
+            }
+            settle_fill(state, CacheStatus::Miss)
+        }
+        LeaseFill::FillUnleased => settle_fill(state, CacheStatus::Miss),
+        LeaseFill::Collapsed { refetch: again } => {
+            // Another node stored it: this node's waiters are served as after a local fill.
+            if let Some(lock) = state.give_up_fill() {
+                lock.release(true);
+            }
+            let next = settle_fill(state, CacheStatus::Collapsed);
+            if again {
+                // srcache's fetch already ran for this request: let it fetch again.
+                return refetch(state, req);
+            }
+            next
+        }
+        LeaseFill::Passed => {
+            let pass_ms = state.settings().pass_ttl_ms;
+            if let Some(lock) = state.give_up_fill() {
+                lock.release_with_pass(false, pass_ms);
+            }
+            settle_fill(state, CacheStatus::Pass)
+        }
+        LeaseFill::FillAfterTimeout => {
+            warn(
+                req,
+                "lease-timeout",
+                format_args!(
+                    "stale_cache: another node has been filling \"{}\" for longer than \
+                     $cache_lock_timeout; filling here too",
+                    Short(&key)
+                ),
+            );
+            settle_fill(state, CacheStatus::Miss)
+        }
+        LeaseFill::Poll { ms } => {
+            state.lease_mut().count_poll();
+            lease::arm_poll(state.lease_mut(), req, ms);
+            Next::Return(AGAIN)
+        }
+    }
+}
+
+fn after_refresh_answer(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+) -> Next {
+    state.lease_mut().settle();
+    let answer = lease::answer(state.capture());
+    debug!(
+        request_log(req),
+        "stale_cache: lease of \"{}\" for a refresh: {:?}",
+        Short(&state.settings().key),
+        answer
+    );
+    if let Err(why) = answer {
+        lease::failed(req, why);
+    }
+    match lease_refresh(answer.ok()) {
+        LeaseRefresh::RefreshKeeping => {
+            if let Some(lock) = state.refresh_lock() {
+                let (zone, token) = (lock.zone(), lock.token());
+                lease::keep(
+                    state.lease(),
+                    state.settings(),
+                    req,
+                    scf,
+                    zone,
+                    token,
+                    false,
+                );
+            }
+        }
+        LeaseRefresh::RefreshUnleased => {}
+        LeaseRefresh::HandOver => {
+            // Another node refreshes: serve stale, and keep this node's refresh lock for a
+            // lease period (never longer than the copy lives), so its stale hits neither
+            // refresh nor ask Redis again meanwhile.
+            if let Some((lock, _slot)) = state.give_up_refresh_lock() {
+                lock.hand_over(refresh_lock_ms(state.ttl(), false, LEASE_MS));
+            }
+            state.no_persist();
+            state.enter(Phase::Done);
+            return Next::Continue;
+        }
+    }
+    // (A body to replay was read before any lock: see `driver`.)
+    finish_stale(state, req, scf)
+}
+
+/// A request of this nginx to itself running a lease operation (renew, release, pass):
+/// `None` for any other request.
+fn lease_op_request(state: &mut RequestState, req: &mut ngx_http_request_t) -> Option<Next> {
+    let ask = lease::op_request(req)?;
+    let no_content = Next::Return(NGX_HTTP_NO_CONTENT as _);
+    let Ok(Some(settings)) =
+        crate::settings::Settings::parse(&super::variables::read_cache_variables(req))
+    else {
+        return Some(no_content);
+    };
+    state.set_settings(settings);
+    let (lease, capture, settings) = state.lease_and_capture();
+    if !lease::send_op(&ask, lease, capture, req, settings) {
+        return Some(no_content);
+    }
+    state.enter(Phase::Lease);
+    Some(Next::Return(AGAIN))
+}
+
+/// A fill stored the entry while this request waited after srcache's miss: send the request
+/// through its location again (once) so srcache serves the entry. The redirect runs from a
+/// posted event, not from inside this step, so no phase handler is re-entered.
+fn refetch(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
+    if state.refetched() {
+        state.finish(CacheStatus::Gone);
+        return Next::Continue;
+    }
+    state.set_refetched();
+    state.finish(CacheStatus::Collapsed);
+    debug!(
+        request_log(req),
+        "stale_cache: fetching again after the fill"
+    );
+    let r = state.request();
+    state.wait_mut().post(r, refetch_event_handler);
+    Next::Return(AGAIN)
+}
+
+unsafe extern "C" fn refetch_event_handler(ev: *mut ngx_event_t) {
+    // SAFETY: the event is the wait event of a live RequestState (see `refetch`), whose end
+    // removes it from the posted queue; no step of the request runs while it runs.
+    let r = unsafe { Wait::of_event(ev) }.request();
+    // SAFETY: the request is live while its state is; the redirect keeps the URI and
+    // arguments (both in the request's pool) and runs the phases anew, like try_files; the
+    // finalize balances the reference the redirect takes.
+    unsafe {
+        let c = (*r).connection;
+        let (mut uri, mut args) = ((*r).uri, (*r).args);
+        ngx_http_internal_redirect(r, &mut uri, &mut args);
+        ngx_http_finalize_request(r, DONE);
+        ngx_http_run_posted_requests(c);
+    }
 }

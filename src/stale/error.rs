@@ -6,7 +6,6 @@ use core::fmt;
 
 use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_WARN};
 
-use super::state::RequestState;
 use crate::nginx::log::{self, Every};
 use crate::nginx::util::{request_log, str_bytes};
 use crate::policy::{CacheStatus, FailReason};
@@ -92,26 +91,29 @@ impl fmt::Display for Line<'_> {
     }
 }
 
-/// Logs `error` (rate-limited per kind) and lets the request through without the layer.
-pub fn fail_open(state: &mut RequestState, req: &ngx_http_request_t, error: StaleError) {
-    super::metrics::error(state, req, error.kind());
-    log_and_finish(state, req, error);
-}
-
-fn log_and_finish(state: &mut RequestState, req: &ngx_http_request_t, error: StaleError) {
-    let line = Line(&error, str_bytes(&req.uri));
-    log::limited(
-        request_log(req),
-        NGX_LOG_ERR,
-        error.kind(),
-        Every::Interval,
-        format_args!("stale_cache: {line}"),
-    );
-    if let StaleError::RedisError(_) = error {
-        // The reply is logged above; the request is also logged as a failed lookup.
-        return log_and_finish(state, req, StaleError::Lookup(FailReason::BadReply));
+impl StaleError {
+    /// Logs the error (rate-limited per kind) and says what the request is reported as: it
+    /// goes on as if the layer were off.
+    pub fn log(self, req: &ngx_http_request_t) -> CacheStatus {
+        let line = Line(&self, str_bytes(&req.uri));
+        log::limited(
+            request_log(req),
+            NGX_LOG_ERR,
+            self.kind(),
+            Every::Interval,
+            format_args!("stale_cache: {line}"),
+        );
+        if let StaleError::RedisError(_) = self {
+            // The reply is logged above; the request is also logged as a failed lookup.
+            return StaleError::Lookup(FailReason::BadReply).log(req);
+        }
+        self.status()
     }
-    state.finish(error.status());
+
+    /// The rate limiter's kind, also the metrics' error kind.
+    pub fn kind_name(&self) -> &'static str {
+        self.kind()
+    }
 }
 
 /// A warning about the configuration noticed at run time, once per interval and kind.

@@ -499,8 +499,8 @@ pub fn on_fresh(
         Short(key),
         plan
     );
-    state.hot.plan = plan;
-    state.hot.fresh_until = fresh_until;
+    state.hot_mut().plan = plan;
+    state.hot_mut().fresh_until = fresh_until;
 }
 
 /// The request's state where a hot zone is configured: the filters ask for every response,
@@ -520,7 +520,7 @@ pub fn will_serve(r: &ngx_http_request_t) -> bool {
     };
     // SAFETY: the state is live while its request is; one Copy field is read through the raw
     // pointer, no reference to the state is made.
-    unsafe { ptr::addr_of!((*state.as_ptr()).hot.plan).read() == Plan::Serve }
+    unsafe { state::peek_hot_plan(state.as_ptr()) == Plan::Serve }
 }
 
 /// Drops the hot copy of `key` on this node (purge, store, a fetch that missed).
@@ -536,10 +536,10 @@ fn is_fetch(state: &RequestState, sr: &ngx_http_request_t) -> bool {
     let main = unsafe { &*sr.main };
     // (A subrequest shares its main request's body, so the body says nothing here; srcache's
     // store, which has one, starts only after the header went out.)
-    if bits::header_sent(main) || ptr::eq(sr.post_subrequest, &state.post_subrequest) {
+    if bits::header_sent(main) || state.capture().is_record(sr.post_subrequest) {
         return false;
     }
-    let Some(settings) = state.settings.as_ref() else {
+    let Some(settings) = state.settings_if_read() else {
         return false;
     };
     let args = str_bytes(&sr.args);
@@ -584,11 +584,14 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: a subrequest's phase runs when no step of its main request does; this is the
     // only borrow of the state until it returns.
     let state = unsafe { &mut *state.as_ptr() };
-    if state.hot.plan == Plan::Nothing || !state.hot.fetch.is_null() || !is_fetch(state, sr) {
+    if state.hot_mut().plan == Plan::Nothing
+        || !state.hot_mut().fetch.is_null()
+        || !is_fetch(state, sr)
+    {
         return DECLINED;
     }
-    state.hot.fetch = sr;
-    if state.hot.plan == Plan::Fill {
+    state.hot_mut().fetch = sr;
+    if state.hot_mut().plan == Plan::Fill {
         return DECLINED;
     }
     // SAFETY: the main request is live while its subrequest runs.
@@ -600,15 +603,14 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
         return DECLINED;
     };
     let (max_age, now) = (scf.hot_max_age_ms(), now_ms());
-    // (A field borrow: the state's other fields are written below.)
-    let Some(settings) = state.settings.as_ref() else {
+    let Some(key) = state.settings_if_read().map(|s| s.key.clone()) else {
         return DECLINED;
     };
-    let key = settings.key.as_slice();
+    let key = key.as_slice();
     let pool = sr.pool;
     let mut buf: *mut ngx_buf_t = ptr::null_mut();
     // In place only while this module's filters come first (they swap the body).
-    let in_place_ok = super::lookup::filters_first();
+    let in_place_ok = super::filters::filters_first();
     let mut runs = Runs {
         at: [(0, 0); MAX_RUNS],
         n: 0,
@@ -645,7 +647,7 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
     let len = match answer {
         None => {
             // Gone or too old since the decision: srcache asks Redis as usual.
-            state.hot.plan = Plan::Nothing;
+            state.hot_mut().plan = Plan::Nothing;
             return DECLINED;
         }
         Some(Answer::Copied(len)) => {
@@ -657,26 +659,26 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
             match in_place(zone, main, sr, pin, owner, pid, &runs) {
                 Some((head, in_place)) => {
                     buf = head;
-                    state.hot.in_place = Some(in_place);
+                    state.hot_mut().in_place = Some(in_place);
                     pin.value_len
                 }
                 None => {
                     zone.with_table(|t| t.unpin(owner, pid, &pin));
-                    state.hot.plan = Plan::Nothing;
+                    state.hot_mut().plan = Plan::Nothing;
                     return DECLINED;
                 }
             }
         }
     };
-    state.hot.served = buf;
-    state.status = Some(CacheStatus::Hot);
+    state.hot_mut().served = buf;
+    state.set_status(CacheStatus::Hot);
     sr.content_handler = Some(serve_content);
     debug!(
         request_log(sr),
         "stale_cache: \"{}\" answered from the hot tier ({} bytes{})",
         Short(key),
         len,
-        if state.hot.in_place.is_some() {
+        if state.hot_mut().in_place.is_some() {
             ", in place"
         } else {
             ""
@@ -815,7 +817,7 @@ pub fn main_header(r: &mut ngx_http_request_t) {
     };
     // SAFETY: filters of the main request run inside srcache's send, no step of this module
     // runs meanwhile; the field borrow ends here.
-    let Some(ip) = (unsafe { (*state.as_ptr()).hot.in_place.as_mut() }) else {
+    let Some(ip) = (unsafe { (*state::hot_ptr(state.as_ptr())).in_place.as_mut() }) else {
         return;
     };
     if ip.armed {
@@ -841,7 +843,7 @@ pub unsafe fn main_body(r: &mut ngx_http_request_t, chain: *mut ngx_chain_t) -> 
         return chain;
     };
     // SAFETY: as in main_header.
-    let Some(ip) = (unsafe { (*state.as_ptr()).hot.in_place.as_mut() }) else {
+    let Some(ip) = (unsafe { (*state::hot_ptr(state.as_ptr())).in_place.as_mut() }) else {
         return chain;
     };
     if !ip.armed || ip.replaced || ip.swapped || bits::filter_finalize(r) {
@@ -878,14 +880,19 @@ pub unsafe fn main_body(r: &mut ngx_http_request_t, chain: *mut ngx_chain_t) -> 
 /// PRECONTENT: srcache did not send the response from its fetch (a fetch it could not
 /// use): the pin is not needed.
 pub fn not_served(state: &mut RequestState, req: &ngx_http_request_t) {
-    if state.hot.in_place.as_ref().is_some_and(|ip| !ip.armed) {
+    if state
+        .hot_mut()
+        .in_place
+        .as_ref()
+        .is_some_and(|ip| !ip.armed)
+    {
         release(state, req);
     }
 }
 
 /// Ends the request's pin, if any (its end, or srcache not sending it).
 pub fn release(state: &mut RequestState, r: &ngx_http_request_t) {
-    let Some(ip) = state.hot.in_place.take() else {
+    let Some(ip) = state.hot_mut().in_place.take() else {
         return;
     };
     if let Some(zone) = main_conf(r).hot.as_ref() {
@@ -902,7 +909,7 @@ unsafe extern "C" fn serve_content(r: *mut ngx_http_request_t) -> ngx_int_t {
         return ERROR;
     };
     // SAFETY: as in `subrequest`: no step of the main request runs now.
-    let buf = unsafe { (*state.as_ptr()).hot.served };
+    let buf = unsafe { (*state::hot_ptr(state.as_ptr())).served };
     // SAFETY: the buffer was made in this subrequest's pool by `subrequest`.
     let Some(b) = (unsafe { buf.as_mut() }) else {
         return ERROR;
@@ -945,7 +952,7 @@ pub unsafe fn fetch_output(sr: &ngx_http_request_t, chain: *mut ngx_chain_t) {
     };
     // SAFETY: filters of a subrequest run when no step of its main request does.
     let state = unsafe { &mut *state.as_ptr() };
-    if state.hot.plan != Plan::Fill || !ptr::eq(state.hot.fetch, sr) {
+    if state.hot_mut().plan != Plan::Fill || !ptr::eq(state.hot_mut().fetch, sr) {
         return;
     }
     // SAFETY: the main request is live while its subrequest runs.
@@ -960,17 +967,17 @@ pub unsafe fn fetch_output(sr: &ngx_http_request_t, chain: *mut ngx_chain_t) {
             break;
         };
         if b.in_file() != 0 && b.memory() == 0 && b.temporary() == 0 {
-            state.hot.spoiled = true;
-        } else if !state.hot.spoiled {
+            state.hot_mut().spoiled = true;
+        } else if !state.hot_mut().spoiled {
             // SAFETY: as above.
             let len = unsafe { b.last.offset_from(b.pos) }.max(0) as usize;
-            if state.hot.bytes.len() + len > limit {
-                state.hot.spoiled = true;
-                state.hot.bytes = Vec::new();
+            if state.hot_mut().bytes.len() + len > limit {
+                state.hot_mut().spoiled = true;
+                state.hot_mut().bytes = Vec::new();
             } else if len > 0 {
                 // SAFETY: as above.
                 state
-                    .hot
+                    .hot_mut()
                     .bytes
                     .extend_from_slice(unsafe { core::slice::from_raw_parts(b.pos, len) });
             }
@@ -981,15 +988,15 @@ pub unsafe fn fetch_output(sr: &ngx_http_request_t, chain: *mut ngx_chain_t) {
     if !last {
         return;
     }
-    state.hot.plan = Plan::Nothing;
-    let bytes = core::mem::take(&mut state.hot.bytes);
+    state.hot_mut().plan = Plan::Nothing;
+    let bytes = core::mem::take(&mut state.hot_mut().bytes);
     let key = &state.settings().key;
     let Some(zone) = main_conf(sr).hot.as_ref() else {
         return;
     };
-    let usable = sr.headers_out.status == 200 && !state.hot.spoiled && !bytes.is_empty();
+    let usable = sr.headers_out.status == 200 && !state.hot().spoiled && !bytes.is_empty();
     let now = now_ms();
-    let fresh_until = state.hot.fresh_until;
+    let fresh_until = state.hot().fresh_until;
     let stored = zone.with_key(key, |t, fp| {
         if usable && now < fresh_until {
             let m = zone.mapping()?;

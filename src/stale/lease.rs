@@ -22,37 +22,26 @@ use std::cell::{Cell, RefCell};
 use ngx::ffi::{
     ngx_add_timer, ngx_del_timer, ngx_delete_posted_event, ngx_event_t, ngx_http_block_reading,
     ngx_http_core_run_phases, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_http_test_reading, ngx_int_t, ngx_msec_t, ngx_variable_value_t, NGX_HTTP_NO_CONTENT,
-    NGX_LOG_ERR,
+    ngx_http_test_reading, ngx_msec_t, NGX_LOG_ERR,
 };
 
 use super::conf::StaleCacheConf;
-use super::error::{warn, StaleError};
-use super::phases::Next;
+use super::error::warn;
+use super::lookup::{self, Capture};
 use super::refresh;
 use super::sender::{self, RefreshOutcome, RefreshTarget};
-use super::state::{Phase, RequestState};
-use super::variables::read_cache_variables;
-use super::waiters::{lock_request, owner_alive, release, release_with_pass};
-use super::{after_fetch, decide, lookup};
-use crate::collapse::refresh_lock_ms;
 use crate::lease::{self, Answer, Op, KEEPER_TICK_MS, LEASE_MS, RENEW_MS};
-use crate::locktable::LockKind;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{
-    cycle_log, live_headers, no_connection, now_ms, request_log, str_bytes, update_clock, AGAIN,
+    cycle_log, live_headers, no_connection, now_ms, request_log, str_bytes, update_clock,
 };
-use crate::nginx::vars::{set_value, value_slot, VAR_OK};
 use crate::nginx::zone::ZoneRef;
-use crate::policy::CacheStatus;
 use crate::replay::{key_argument, secret_matches, Replay};
 use crate::resp::parse_integer_reply;
 use crate::settings::Settings;
 use crate::stale::main_conf;
 
-type Step = Result<Next, StaleError>;
-
-/// Where a request stands with the lease (while `state.phase` is `Phase::Lease`).
+/// Where a request stands with the lease (while its phase is `Phase::Lease`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum LeaseStep {
     /// Not asked, or settled.
@@ -87,7 +76,27 @@ pub struct RequestLease {
 struct PollTimer {
     /// First, so the event's address is the timer's.
     ev: ngx_event_t,
-    state: *mut RequestState,
+    /// The lease it polls for (inside the request's boxed state, so it does not move).
+    lease: *mut RequestLease,
+    r: *mut ngx_http_request_t,
+}
+
+impl RequestLease {
+    /// Whether this request asks the fleet before going to the backend.
+    pub fn wanted(&self, settings: &Settings) -> bool {
+        !self.settled && settings.lease_uri.is_some()
+    }
+
+    /// The lease is settled for this request: never asked again.
+    pub fn settle(&mut self) {
+        self.settled = true;
+        self.step = LeaseStep::Idle;
+    }
+
+    /// One more poll of another node's fill (the interval grows with each).
+    pub fn count_poll(&mut self) {
+        self.polls += 1;
+    }
 }
 
 impl Drop for PollTimer {
@@ -132,18 +141,8 @@ fn new_lease_token(fill: bool) -> String {
     lease::token_text(fill, seed, n)
 }
 
-/// `$stale_cache_lease_script`: the lease script, for the `$cache_lease` location's EVAL.
-pub unsafe extern "C" fn script_variable(
-    _r: *mut ngx_http_request_t,
-    v: *mut ngx_variable_value_t,
-    _data: usize,
-) -> ngx_int_t {
-    // SAFETY: nginx passes the value slot being evaluated.
-    set_value(unsafe { value_slot(v) }, lease::SCRIPT.as_bytes());
-    VAR_OK
-}
-
-fn lease_failed(req: &ngx_http_request_t, what: &str) {
+/// The lease location failed: logged once per interval; the node collapses on its own.
+pub fn failed(req: &ngx_http_request_t, what: &str) {
     log::limited(
         request_log(req),
         NGX_LOG_ERR,
@@ -156,167 +155,69 @@ fn lease_failed(req: &ngx_http_request_t, what: &str) {
     );
 }
 
-/// Sends the lease subrequest `op` for this request's key.
-fn ask(state: &mut RequestState, req: &mut ngx_http_request_t, op: Op, step: LeaseStep) -> bool {
-    let settings = state.settings();
-    let Some(uri) = settings.lease_uri.clone() else {
+/// Sends the lease subrequest `op` for this request's key; `false` when it could not (logged).
+pub fn ask(
+    lease: &mut RequestLease,
+    capture: &mut Capture,
+    req: &mut ngx_http_request_t,
+    settings: &Settings,
+    op: Op,
+    step: LeaseStep,
+) -> bool {
+    let Some(uri) = settings.lease_uri.as_deref() else {
         return false;
     };
-    let args = lease::arguments(
-        &key_argument(&settings.key),
-        op,
-        &state.lease.token,
-        LEASE_MS,
-    );
-    if lookup::start(state, req, &uri, &args).is_err() {
-        lease_failed(req, "subrequest not started");
+    let args = lease::arguments(&key_argument(&settings.key), op, &lease.token, LEASE_MS);
+    if lookup::start(capture, req, uri, &args).is_err() {
+        failed(req, "subrequest not started");
         return false;
     }
-    state.phase = Phase::Lease;
-    state.lease.step = step;
+    lease.step = step;
     true
 }
 
-/// Second tier of a fill: called with the zone's fill lock just taken. `None`: fill now
-/// (no lease configured, or already settled for this request).
-pub fn before_fill(state: &mut RequestState, req: &mut ngx_http_request_t) -> Option<Next> {
-    if state.lease.settled || state.settings().lease_uri.is_none() {
-        return None;
-    }
-    state.lease.token = new_lease_token(true);
-    ask(state, req, Op::Fill, LeaseStep::FillAsk).then_some(Next::Return(AGAIN))
+/// Asks the lease for a fill (`fill`) or a refresh, with a new token.
+pub fn ask_first(
+    lease: &mut RequestLease,
+    capture: &mut Capture,
+    req: &mut ngx_http_request_t,
+    settings: &Settings,
+    fill: bool,
+) -> bool {
+    lease.token = new_lease_token(fill);
+    let (op, step) = if fill {
+        (Op::Fill, LeaseStep::FillAsk)
+    } else {
+        (Op::Refresh, LeaseStep::RefreshAsk)
+    };
+    ask(lease, capture, req, settings, op, step)
 }
 
-/// Second tier of a refresh: called with the zone's refresh lock just taken.
-pub fn before_refresh(state: &mut RequestState, req: &mut ngx_http_request_t) -> Option<Next> {
-    if state.lease.settled || state.settings().lease_uri.is_none() {
-        return None;
-    }
-    state.lease.token = new_lease_token(false);
-    ask(state, req, Op::Refresh, LeaseStep::RefreshAsk).then_some(Next::Return(AGAIN))
+/// The interval before the next poll of another node's fill.
+pub fn poll_interval(lease: &RequestLease) -> u64 {
+    lease::poll_interval_ms(lease.polls)
 }
 
 /// The lease location's answer to `fill` or `refresh`.
-fn answer(state: &RequestState) -> Result<Answer, &'static str> {
-    if !state.capture.answered_ok() {
+pub fn answer(capture: &Capture) -> Result<Answer, &'static str> {
+    if !capture.answered_ok() {
         return Err("no 200 answer");
     }
-    let n = parse_integer_reply(&state.capture.body).map_err(|_| "not an integer reply")?;
+    let n = parse_integer_reply(&capture.body).map_err(|_| "not an integer reply")?;
     Answer::of(n).ok_or("an integer the lease script never answers")
 }
 
-/// `Phase::Lease`: the steps of the lease.
-pub fn step(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &StaleCacheConf) -> Step {
-    let asked = matches!(
-        state.lease.step,
-        LeaseStep::FillAsk | LeaseStep::RefreshAsk | LeaseStep::OpAsk
-    );
-    if asked && !state.capture.done {
-        return Ok(Next::Return(AGAIN));
-    }
-    match state.lease.step {
-        LeaseStep::FillAsk => Ok(after_fill_answer(state, req, scf)),
-        LeaseStep::RefreshAsk => Ok(after_refresh_answer(state, req, scf)),
-        LeaseStep::OpAsk => Ok(after_op(state, req)),
-        // Until the timer fires, other events (a writable socket) must not move the request.
-        LeaseStep::PollWait => Ok(Next::Return(AGAIN)),
-        LeaseStep::PollDue => {
-            if ask(state, req, Op::Fill, LeaseStep::FillAsk) {
-                return Ok(Next::Return(AGAIN));
-            }
-            Ok(settle_fill(state, CacheStatus::Miss))
-        }
-        LeaseStep::Idle => {
-            state.phase = Phase::Done;
-            Ok(Next::Continue)
-        }
-    }
-}
-
-fn settle_fill(state: &mut RequestState, status: CacheStatus) -> Next {
-    state.lease.settled = true;
-    state.lease.step = LeaseStep::Idle;
-    state.finish(status);
-    Next::Continue
-}
-
-fn after_fill_answer(
-    state: &mut RequestState,
-    req: &mut ngx_http_request_t,
-    scf: &StaleCacheConf,
-) -> Next {
-    let key = state.settings().key.clone();
-    let answer = match answer(state) {
-        Ok(a) => a,
-        Err(why) => {
-            lease_failed(req, why);
-            return settle_fill(state, CacheStatus::Miss);
-        }
-    };
-    debug!(
-        request_log(req),
-        "stale_cache: lease of \"{}\" for a fill: {:?}",
-        Short(&key),
-        answer
-    );
-    match answer {
-        Answer::Taken => {
-            if let Some(lock) = &state.fill {
-                keep(state, req, scf, lock.zone, lock.token, true);
-            }
-            settle_fill(state, CacheStatus::Miss)
-        }
-        Answer::Stored => {
-            // Another node stored it: this node's waiters are served as after a local fill.
-            if let Some(lock) = state.fill.take() {
-                release(&lock, true);
-            }
-            let next = settle_fill(state, CacheStatus::Collapsed);
-            if state.after_fetch {
-                // srcache's fetch already ran for this request: let it fetch again.
-                return after_fetch::refetch(state, req);
-            }
-            next
-        }
-        Answer::Passed => {
-            let pass_ms = state.settings().pass_ttl_ms;
-            if let Some(lock) = state.fill.take() {
-                release_with_pass(&lock, false, pass_ms);
-            }
-            settle_fill(state, CacheStatus::Pass)
-        }
-        Answer::Held => {
-            let now = now_ms();
-            if now >= state.wait.deadline {
-                warn(
-                    req,
-                    "lease-timeout",
-                    format_args!(
-                        "stale_cache: another node has been filling \"{}\" for longer than \
-                         $cache_lock_timeout; filling here too",
-                        Short(&key)
-                    ),
-                );
-                return settle_fill(state, CacheStatus::Miss);
-            }
-            let wait = lease::poll_interval_ms(state.lease.polls)
-                .min(state.wait.deadline - now)
-                .max(1);
-            state.lease.polls += 1;
-            arm_poll(state, req, wait);
-            Next::Return(AGAIN)
-        }
-    }
-}
-
-fn arm_poll(state: &mut RequestState, req: &mut ngx_http_request_t, ms: u64) {
-    state.lease.step = LeaseStep::PollWait;
-    let me: *mut RequestState = state;
-    let timer = state.lease.timer.get_or_insert_with(|| {
+/// Waits `ms` before polling the lease again; the request resumes with the step `PollDue`.
+pub fn arm_poll(lease: &mut RequestLease, req: &mut ngx_http_request_t, ms: u64) {
+    lease.step = LeaseStep::PollWait;
+    let me: *mut RequestLease = lease;
+    let r: *mut ngx_http_request_t = req;
+    let timer = lease.timer.get_or_insert_with(|| {
         Box::new(PollTimer {
             // SAFETY: a zeroed event is nginx's initial state for one.
             ev: unsafe { core::mem::zeroed() },
-            state: me,
+            lease: me,
+            r,
         })
     });
     timer.ev.data = no_connection();
@@ -324,18 +225,20 @@ fn arm_poll(state: &mut RequestState, req: &mut ngx_http_request_t, ms: u64) {
     timer.ev.log = request_log(req);
     // Notice a client that gives up while this node waits, as the zone's waiters do.
     req.read_event_handler = Some(ngx_http_test_reading);
-    // SAFETY: the event lives in the box owned by the state, which deletes the timer when it
+    // SAFETY: the event lives in the box owned by the lease, which deletes the timer when it
     // is dropped (the request's end).
     unsafe { ngx_add_timer(&mut timer.ev, ms as ngx_msec_t) };
 }
 
 unsafe extern "C" fn poll_fired(ev: *mut ngx_event_t) {
-    // SAFETY: the event is the first field of a PollTimer owned by a live state (dropping the
-    // state deletes the timer); no step of the request runs while its timer fires.
-    let state = unsafe { &mut *(*(ev as *mut PollTimer)).state };
-    state.lease.step = LeaseStep::PollDue;
-    let r = state.r;
-    // SAFETY: resumes the request's phases where the poll stopped them; the state borrow
+    // SAFETY: the event is the first field of a PollTimer owned by a live lease (dropping it
+    // deletes the timer); no step of the request runs while its timer fires.
+    let (lease, r) = unsafe {
+        let timer = &*(ev as *mut PollTimer);
+        (&mut *timer.lease, timer.r)
+    };
+    lease.step = LeaseStep::PollDue;
+    // SAFETY: resumes the request's phases where the poll stopped them; the lease borrow
     // above is not used past this point.
     unsafe {
         (*r).read_event_handler = Some(ngx_http_block_reading);
@@ -345,54 +248,18 @@ unsafe extern "C" fn poll_fired(ev: *mut ngx_event_t) {
     }
 }
 
-fn after_refresh_answer(
-    state: &mut RequestState,
-    req: &mut ngx_http_request_t,
-    scf: &StaleCacheConf,
-) -> Next {
-    state.lease.settled = true;
-    state.lease.step = LeaseStep::Idle;
-    let answer = answer(state);
-    debug!(
-        request_log(req),
-        "stale_cache: lease of \"{}\" for a refresh: {:?}",
-        Short(&state.settings().key),
-        answer
-    );
-    match answer {
-        Ok(Answer::Taken) => {
-            if let Some(lock) = &state.refresh_lock {
-                keep(state, req, scf, lock.zone, lock.token, false);
-            }
-        }
-        Err(why) => lease_failed(req, why),
-        Ok(_) => {
-            // Another node refreshes: serve stale, and keep this node's refresh lock for a
-            // lease period (never longer than the copy lives), so its stale hits neither
-            // refresh nor ask Redis again meanwhile.
-            if let Some(lock) = state.refresh_lock.take() {
-                let ms = refresh_lock_ms(state.ttl, false, LEASE_MS);
-                let now = now_ms();
-                lock.zone.with_key(&lock.key, |t, fp| {
-                    t.unlock(fp, lock.token, now, false);
-                    let again = lock_request(LockKind::Refresh, lock.token, ms, 0);
-                    t.try_lock_as(fp, again, now, owner_alive)
-                });
-            }
-            state.persist_pending = false;
-            state.phase = Phase::Done;
-            return Next::Continue;
-        }
-    }
-    // (A body to replay was read before any lock: see `phases`.)
-    decide::finish_stale(state, req, scf)
-}
-
 /* ---------------------------------------------------- lease operation requests */
 
-/// A request of this nginx to itself running a lease operation (`OP_HEADER` with the
-/// secret): `None` for any other request. Called for refresh-authenticated requests.
-pub fn op_request(state: &mut RequestState, req: &mut ngx_http_request_t) -> Option<Next> {
+/// A lease operation a request of this nginx to itself asks for.
+pub struct OpAsk {
+    op: Op,
+    token: String,
+    ms: u64,
+}
+
+/// The lease operation request `req` carries (`OP_HEADER` with the secret), if any. Asked of
+/// refresh-authenticated requests.
+pub fn op_request(req: &ngx_http_request_t) -> Option<OpAsk> {
     let secret = main_conf(req).secret.as_bytes();
     let header = live_headers(req).find(|h| {
         str_bytes(&h.key).eq_ignore_ascii_case(lease::OP_HEADER)
@@ -400,32 +267,39 @@ pub fn op_request(state: &mut RequestState, req: &mut ngx_http_request_t) -> Opt
                 .is_some_and(|(s, ..)| secret_matches(s, secret))
     })?;
     let (_, op, token, ms) = lease::parse_op_header(str_bytes(&header.value))?;
-    let token = String::from_utf8_lossy(token).into_owned();
-    let no_content = Next::Return(NGX_HTTP_NO_CONTENT as _);
-    let Ok(Some(settings)) = Settings::parse(&read_cache_variables(req)) else {
-        return Some(no_content);
-    };
-    let Some(uri) = settings.lease_uri.clone() else {
-        return Some(no_content);
-    };
-    let args = lease::arguments(&key_argument(&settings.key), op, &token, ms);
-    state.settings = Some(settings);
-    if lookup::start(state, req, &uri, &args).is_err() {
-        lease_failed(req, "subrequest not started");
-        return Some(no_content);
-    }
-    state.phase = Phase::Lease;
-    state.lease.step = LeaseStep::OpAsk;
-    Some(Next::Return(AGAIN))
+    Some(OpAsk {
+        op,
+        token: String::from_utf8_lossy(token).into_owned(),
+        ms,
+    })
 }
 
-fn after_op(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
-    state.lease.step = LeaseStep::Idle;
-    state.phase = Phase::Done;
-    if !state.capture.answered_ok() || parse_integer_reply(&state.capture.body).is_err() {
-        lease_failed(req, "renewal or release not answered");
+/// Sends the operation to the `$cache_lease` location; `false` when it could not (logged).
+pub fn send_op(
+    ask: &OpAsk,
+    lease: &mut RequestLease,
+    capture: &mut Capture,
+    req: &mut ngx_http_request_t,
+    settings: &Settings,
+) -> bool {
+    let Some(uri) = settings.lease_uri.as_deref() else {
+        return false;
+    };
+    let args = lease::arguments(&key_argument(&settings.key), ask.op, &ask.token, ask.ms);
+    if lookup::start(capture, req, uri, &args).is_err() {
+        failed(req, "subrequest not started");
+        return false;
     }
-    Next::Return(NGX_HTTP_NO_CONTENT as _)
+    lease.step = LeaseStep::OpAsk;
+    true
+}
+
+/// The operation's answer: only logged when it failed.
+pub fn op_answered(lease: &mut RequestLease, capture: &Capture, req: &ngx_http_request_t) {
+    lease.step = LeaseStep::Idle;
+    if !capture.answered_ok() || parse_integer_reply(&capture.body).is_err() {
+        failed(req, "renewal or release not answered");
+    }
 }
 
 /* -------------------------------------------------------------------- keeper */
@@ -446,8 +320,9 @@ struct Kept {
 
 /// Keeps the lease this request just took: renewed while the zone lock `local_token` is
 /// held, released when it goes.
-fn keep(
-    state: &RequestState,
+pub fn keep(
+    lease: &RequestLease,
+    settings: &Settings,
     req: &ngx_http_request_t,
     scf: &StaleCacheConf,
     zone: ZoneRef,
@@ -466,9 +341,8 @@ fn keep(
             return;
         }
     };
-    let settings = state.settings();
     let secret = main_conf(req).secret.as_bytes();
-    let token = &state.lease.token;
+    let token = &lease.token;
     let client: Vec<(&[u8], &[u8])> = live_headers(req)
         .map(|h| (str_bytes(&h.key), str_bytes(&h.value)))
         .filter(|(name, _)| !name.eq_ignore_ascii_case(lease::OP_HEADER))

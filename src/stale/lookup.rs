@@ -2,26 +2,27 @@
 //! locations, and the output filters that capture their answers (a few bytes) instead of
 //! letting them reach the client.
 
-use crate::nginx::bits;
 use core::ffi::c_void;
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_chain_t, ngx_http_output_body_filter_pt, ngx_http_output_header_filter_pt,
-    ngx_http_request_t, ngx_http_subrequest, ngx_int_t, NGX_HTTP_SUBREQUEST_WAITED,
+    ngx_http_post_subrequest_t, ngx_http_request_t, ngx_http_subrequest, ngx_int_t,
+    NGX_HTTP_SUBREQUEST_WAITED,
 };
 
 use super::error::StaleError;
-use super::state::RequestState;
 use crate::nginx::log::debug;
 use crate::nginx::util::{pool_str, request_log, ERROR, OK};
 
 /// The longest TTL/PERSIST reply kept; a valid one is a few bytes.
-const CAPTURE_LIMIT: usize = 256;
+pub const CAPTURE_LIMIT: usize = 256;
 
-/// What a lookup subrequest answered.
-#[derive(Default)]
+/// A request's lookup subrequest: the record nginx calls back with at its end, and what it
+/// answered. It lives in the request's (boxed) state, so its address is stable.
 pub struct Capture {
+    /// Passed with every lookup subrequest; `lookup_done` and the filters find the capture
+    /// through it.
+    post: ngx_http_post_subrequest_t,
     pub done: bool,
     /// The subrequest failed (500 for an nginx error), 0 otherwise.
     pub failed_rc: ngx_int_t,
@@ -31,17 +32,47 @@ pub struct Capture {
     pub overflow: bool,
 }
 
+impl Default for Capture {
+    fn default() -> Self {
+        Capture {
+            post: ngx_http_post_subrequest_t {
+                handler: Some(lookup_done),
+                data: ptr::null_mut(),
+            },
+            done: false,
+            failed_rc: 0,
+            status: 0,
+            body: Vec::new(),
+            overflow: false,
+        }
+    }
+}
+
 impl Capture {
+    /// Forgets the last answer, before a new lookup.
+    fn reset(&mut self) {
+        self.done = false;
+        self.failed_rc = 0;
+        self.status = 0;
+        self.body.clear();
+        self.overflow = false;
+    }
+
+    /// Whether `post` is the record of this capture's subrequests.
+    pub fn is_record(&self, post: *const ngx_http_post_subrequest_t) -> bool {
+        ptr::eq(post, &self.post)
+    }
+
     /// The lookup ran and its location answered 200.
     pub fn answered_ok(&self) -> bool {
         self.failed_rc == 0 && self.status == 200 && !self.overflow
     }
 }
 
-/// Issues a waited subrequest to `uri?args`; its answer lands in `state.capture`, and the
+/// Issues a waited subrequest to `uri?args`; its answer lands in `capture`, and the
 /// request's phases resume when it is done.
 pub fn start(
-    state: &mut RequestState,
+    capture: &mut Capture,
     req: &mut ngx_http_request_t,
     uri: &[u8],
     args: &[u8],
@@ -49,7 +80,8 @@ pub fn start(
     let pool = req.pool;
     let mut uri_str = pool_str(pool, uri).ok_or(StaleError::NoMemory)?;
     let mut args_str = pool_str(pool, args).ok_or(StaleError::NoMemory)?;
-    state.capture = Capture::default();
+    capture.reset();
+    capture.post.data = capture as *mut Capture as *mut c_void;
     let mut sr: *mut ngx_http_request_t = ptr::null_mut();
     // SAFETY: req is the live main request; uri/args live in its pool; the post-subrequest
     // record lives in the state, which outlives the subrequest.
@@ -59,7 +91,7 @@ pub fn start(
             &mut uri_str,
             &mut args_str,
             &mut sr,
-            &mut state.post_subrequest,
+            &mut capture.post,
             NGX_HTTP_SUBREQUEST_WAITED as _,
         )
     };
@@ -80,7 +112,7 @@ pub fn start(
     Ok(())
 }
 
-type LookupDoneFn =
+pub type LookupDoneFn =
     unsafe extern "C" fn(*mut ngx_http_request_t, *mut c_void, ngx_int_t) -> ngx_int_t;
 
 /// The end of a lookup subrequest.
@@ -90,18 +122,18 @@ pub unsafe extern "C" fn lookup_done(
     rc: ngx_int_t,
 ) -> ngx_int_t {
     // SAFETY: nginx calls this with the live subrequest and the data given with it, the
-    // main request's state; no step of the main request runs while a subrequest ends.
-    let (sr, state) = unsafe { (&*sr, &mut *(data as *mut RequestState)) };
-    state.capture.done = true;
+    // main request's capture; no step of the main request runs while a subrequest ends.
+    let (sr, capture) = unsafe { (&*sr, &mut *(data as *mut Capture)) };
+    capture.done = true;
     if sr.headers_out.status != 0 {
-        state.capture.status = sr.headers_out.status;
+        capture.status = sr.headers_out.status;
     }
     debug!(
         request_log(sr),
         "stale_cache: lookup answered: rc {}, status {}, {} bytes",
         rc,
-        state.capture.status,
-        state.capture.body.len()
+        capture.status,
+        capture.body.len()
     );
     // SAFETY: a live subrequest has a live connection.
     let client_gone = unsafe { (*sr.connection).error() } != 0;
@@ -112,167 +144,8 @@ pub unsafe extern "C" fn lookup_done(
         // A failed lookup is recorded and the request fails open. Ending the subrequest
         // quietly keeps nginx from answering it with an error page (or, for NGX_ERROR,
         // from closing the client's connection): its output is not the client's.
-        state.capture.failed_rc = if rc == ERROR { 500 } else { rc };
+        capture.failed_rc = if rc == ERROR { 500 } else { rc };
         return OK;
     }
     rc
-}
-
-/* ------------------------------------------------------------------- filters */
-
-static mut NEXT_HEADER_FILTER: ngx_http_output_header_filter_pt = None;
-static mut NEXT_BODY_FILTER: ngx_http_output_body_filter_pt = None;
-
-/// The state waiting for `r`'s answer if `r` is one of this layer's lookup subrequests.
-///
-/// Recognised by its post-subrequest handler, which (unlike module contexts) survives an
-/// internal redirect of the subrequest, e.g. by `error_page` when Redis is down.
-fn capture_of(r: &ngx_http_request_t) -> Option<*mut RequestState> {
-    if ptr::eq(r.main, r) {
-        return None;
-    }
-    // SAFETY: a subrequest's post_subrequest record is null or valid while it runs.
-    let ps = unsafe { r.post_subrequest.as_ref()? };
-    let ours = ps
-        .handler
-        .is_some_and(|h| core::ptr::fn_addr_eq(h, lookup_done as LookupDoneFn));
-    (ours && !ps.data.is_null()).then_some(ps.data as *mut RequestState)
-}
-
-unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
-    // SAFETY: nginx calls filters with a live request.
-    let req = unsafe { &mut *r };
-    if ptr::eq(req.main, req) {
-        super::hot::main_header(req);
-        super::refresh::on_response_header(req);
-    } else if let Some(state) = capture_of(req) {
-        // SAFETY: the main request's state is live while its subrequest runs; no step of the
-        // main request runs while the subrequest's output is filtered.
-        unsafe { (*state).capture.status = req.headers_out.status };
-        bits::set_header_sent(req, true);
-        return OK;
-    } else {
-        note_store(req);
-    }
-    // SAFETY: the saved next filter of the chain, set once in postconfiguration.
-    unsafe { NEXT_HEADER_FILTER.map_or(ERROR, |next| next(r)) }
-}
-
-unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
-    // SAFETY: nginx calls filters with a live request.
-    let Some(state) = capture_of(unsafe { &*r }) else {
-        // SAFETY: as above; the chain is the one handed to this filter.
-        if unsafe { !ptr::eq((*r).main, r) } {
-            // SAFETY: as above.
-            unsafe { super::hot::fetch_output(&*r, chain) };
-        }
-        // SAFETY: as above.
-        let chain = if unsafe { ptr::eq((*r).main, r) } {
-            // SAFETY: a live main request and the chain handed to this filter.
-            unsafe { super::hot::main_body(&mut *r, chain) }
-        } else {
-            chain
-        };
-        // SAFETY: the saved next filter of the chain, set once in postconfiguration.
-        let rc = unsafe { NEXT_BODY_FILTER.map_or(ERROR, |next| next(r, chain)) };
-        // SAFETY: as above; the chain's links and buffers are valid during the call.
-        let last = unsafe { ptr::eq((*r).main, r) && chain_has_last_buf(chain) };
-        if last {
-            // SAFETY: a live main request.
-            super::refresh::output_done(unsafe { &*r });
-        }
-        return rc;
-    };
-    // SAFETY: as in header_filter.
-    let capture = unsafe { &mut (*state).capture };
-    let mut cl = chain;
-    // SAFETY: walks the chain handed to the filter; its links and buffers are valid, and
-    // memory buffers hold `pos..last`.
-    while let Some(link) = unsafe { cl.as_ref() } {
-        // SAFETY: as above; the filter owns the buffer's positions while it runs.
-        let b = unsafe { &mut *link.buf };
-        if b.in_file() == 0 || b.memory() != 0 || b.temporary() != 0 {
-            // SAFETY: as above.
-            let len = unsafe { b.last.offset_from(b.pos) } as usize;
-            if len > 0 {
-                // SAFETY: as above.
-                let bytes = unsafe { core::slice::from_raw_parts(b.pos, len) };
-                let room = CAPTURE_LIMIT.saturating_sub(capture.body.len());
-                capture.overflow |= bytes.len() > room;
-                capture
-                    .body
-                    .extend_from_slice(&bytes[..bytes.len().min(room)]);
-            }
-            b.pos = b.last;
-        }
-        if b.in_file() != 0 {
-            b.file_pos = b.file_last;
-        }
-        cl = link.next;
-    }
-    OK
-}
-
-/// Records the answer of srcache's store subrequest in the main request's state: a fill
-/// counts only when its answer was stored. The store is recognised as the subrequest that
-/// carries a body (the response to cache) and starts after the main response's header went
-/// out; srcache's fetch, the only other subrequest srcache makes, runs before it.
-fn note_store(sr: &ngx_http_request_t) {
-    // SAFETY: a live subrequest's main request is live.
-    let main = unsafe { &*sr.main };
-    if sr.request_body.is_null() || !bits::header_sent(main) {
-        return;
-    }
-    let Some(state) = super::state::find(sr) else {
-        return;
-    };
-    // SAFETY: as in header_filter: no step of the main request runs while a subrequest's
-    // output is filtered; a single field is written through the pointer.
-    unsafe { (*state.as_ptr()).store_status = Some(sr.headers_out.status) };
-    debug!(
-        request_log(sr),
-        "stale_cache: store subrequest answered {}", sr.headers_out.status
-    );
-}
-
-/// Whether `chain` carries the response's last buffer.
-///
-/// # Safety
-/// `chain` must be null or a valid chain whose links and buffers are valid.
-unsafe fn chain_has_last_buf(mut chain: *mut ngx_chain_t) -> bool {
-    // SAFETY: (caller) valid links and buffers.
-    while let Some(link) = unsafe { chain.as_ref() } {
-        // SAFETY: (caller) as above.
-        if unsafe { link.buf.as_ref() }.is_some_and(|b| b.last_buf() != 0) {
-            return true;
-        }
-        chain = link.next;
-    }
-    false
-}
-
-/// Whether this module's filters are the first of both chains (no filter module was loaded
-/// after this one): the hot tier then sends bodies in place (see `hot::InPlace`).
-pub fn filters_first() -> bool {
-    // SAFETY: the chain heads are set during configuration and only read afterwards.
-    unsafe {
-        ngx::ffi::ngx_http_top_header_filter
-            .is_some_and(|f| core::ptr::fn_addr_eq(f, header_filter as HeaderFilterFn))
-            && ngx::ffi::ngx_http_top_body_filter
-                .is_some_and(|f| core::ptr::fn_addr_eq(f, body_filter as BodyFilterFn))
-    }
-}
-
-type HeaderFilterFn = unsafe extern "C" fn(*mut ngx_http_request_t) -> ngx_int_t;
-type BodyFilterFn = unsafe extern "C" fn(*mut ngx_http_request_t, *mut ngx_chain_t) -> ngx_int_t;
-
-/// Puts the capture filters at the top of the output chains.
-pub fn install_filters() {
-    // SAFETY: called once from postconfiguration, single-threaded, like every nginx filter.
-    unsafe {
-        NEXT_HEADER_FILTER = ngx::ffi::ngx_http_top_header_filter;
-        ngx::ffi::ngx_http_top_header_filter = Some(header_filter);
-        NEXT_BODY_FILTER = ngx::ffi::ngx_http_top_body_filter;
-        ngx::ffi::ngx_http_top_body_filter = Some(body_filter);
-    }
 }

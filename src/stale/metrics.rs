@@ -44,43 +44,43 @@ pub fn zone_of_request(r: &ngx_http_request_t) -> Option<ZoneRef> {
 
 /// The request is over: counts its final status, its fill's end, the pass mark that end set,
 /// and its wake-up delay. Runs once per request.
-pub fn request_ended(state: &RequestState, r: &ngx_http_request_t, end: FillEnd) {
-    let Some(status) = state.status else {
+pub fn request_ended(state: &RequestState, filled: bool, r: &ngx_http_request_t, end: FillEnd) {
+    let Some(status) = state.status() else {
         return;
     };
-    let zone = match state.zone {
+    let zone = match state.zone() {
         Some(z) => Some(z),
-        None if state.purge.is_none() => zone_of_request(r),
+        None if !state.is_purge() => zone_of_request(r),
         None => None,
     };
     let Some(c) = zone.as_deref().and_then(zone::Zone::counters) else {
         return;
     };
-    if state.purge.is_some() {
+    if state.is_purge() {
         // Counted as purges only.
         return;
     }
     c.incr(Counter::Requests(status));
-    if state.fill.is_some() {
+    if filled {
         let outcome = match end {
             FillEnd::Stored => 0,
             FillEnd::NotStored => 1,
             FillEnd::Abandoned => 2,
         };
         c.incr(Counter::Fills(outcome));
-        let pass_ms = state.settings.as_ref().map_or(0, |s| s.pass_ttl_ms);
+        let pass_ms = state.settings_if_read().map_or(0, |s| s.pass_ttl_ms);
         if end == FillEnd::NotStored && pass_ms > 0 {
             c.incr(Counter::PassMarks);
         }
     }
-    if let (CacheStatus::Collapsed, Some(ms)) = (status, state.wake_delay_ms) {
+    if let (CacheStatus::Collapsed, Some(ms)) = (status, state.wake_delay_ms()) {
         c.observe_wake_delay(ms);
     }
 }
 
 /// A request failed open with error kind `kind` (see `error::StaleError`).
 pub fn error(state: &RequestState, r: &ngx_http_request_t, kind: &str) {
-    let zone = state.zone.or_else(|| zone_of_request(r));
+    let zone = state.zone().or_else(|| zone_of_request(r));
     if let Some(i) = crate::metrics::ERROR_KINDS.iter().position(|&k| k == kind) {
         count(zone, Counter::Errors(i));
     }

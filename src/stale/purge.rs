@@ -19,7 +19,7 @@ use ngx::http::HttpModuleLocationConf;
 use super::conf::StaleCacheConf;
 use super::lookup;
 use super::metrics::{count, send_text};
-use super::state::{self, RequestState};
+use super::state::{self, Purge, RequestState};
 use super::variables::read_cache_variables;
 use crate::locktable::Forgotten;
 use crate::metrics::Counter;
@@ -33,14 +33,6 @@ use crate::replay::key_argument;
 use crate::resp::parse_integer_reply;
 use crate::settings::Settings;
 use crate::stale::{main_conf, StaleCacheModule};
-
-/// A purge request's progress.
-pub struct Purge {
-    key: Vec<u8>,
-    zone: Option<ZoneRef>,
-    forgotten: Forgotten,
-    answered: bool,
-}
 
 /// `stale_cache_purge METHOD ... | off;`
 pub unsafe extern "C" fn set_purge(
@@ -99,10 +91,10 @@ pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_i
     };
     // SAFETY: one step at a time (see `state`): this handler is the only borrower.
     let state = unsafe { state.as_mut() };
-    match &state.purge {
+    match state.purge() {
         None => start(state, req),
         Some(p) if p.answered => DECLINED,
-        Some(_) if !state.capture.done => AGAIN,
+        Some(_) if !state.capture().done => AGAIN,
         Some(_) => answer(state, req),
     }
 }
@@ -139,7 +131,7 @@ fn start(state: &mut RequestState, req: &mut ngx_http_request_t) -> ngx_int_t {
         Short(&settings.key),
         forgotten
     );
-    state.purge = Some(Purge {
+    state.set_purge(Purge {
         key: settings.key.clone(),
         zone,
         forgotten,
@@ -148,7 +140,7 @@ fn start(state: &mut RequestState, req: &mut ngx_http_request_t) -> ngx_int_t {
     let Some(uri) = settings.purge_uri.clone() else {
         return fail(state, req, zone, "$cache_purge names no location");
     };
-    if lookup::start(state, req, &uri, &key_argument(&settings.key)).is_err() {
+    if lookup::start(state.capture_mut(), req, &uri, &key_argument(&settings.key)).is_err() {
         return fail(
             state,
             req,
@@ -161,12 +153,13 @@ fn start(state: &mut RequestState, req: &mut ngx_http_request_t) -> ngx_int_t {
 
 /// The `DEL` answered: report what was removed.
 fn answer(state: &mut RequestState, req: &mut ngx_http_request_t) -> ngx_int_t {
-    let deleted = if state.capture.answered_ok() {
-        parse_integer_reply(&state.capture.body).ok()
+    let capture = state.capture();
+    let deleted = if capture.answered_ok() {
+        parse_integer_reply(&capture.body).ok()
     } else {
         None
     };
-    let purge = state.purge.as_ref().expect("a purge under way");
+    let purge = state.purge().expect("a purge under way");
     let zone = purge.zone;
     let Some(deleted) = deleted else {
         return fail(state, req, zone, "the $cache_purge location failed");
@@ -215,16 +208,14 @@ fn respond(
     status: usize,
     body: &[u8],
 ) -> ngx_int_t {
-    match &mut state.purge {
+    match state.purge_mut() {
         Some(p) => p.answered = true,
-        None => {
-            state.purge = Some(Purge {
-                key: Vec::new(),
-                zone: None,
-                forgotten: Forgotten::default(),
-                answered: true,
-            })
-        }
+        None => state.set_purge(Purge {
+            key: Vec::new(),
+            zone: None,
+            forgotten: Forgotten::default(),
+            answered: true,
+        }),
     }
     let rc = send_text(req, status, "text/plain", body);
     // SAFETY: live main request; ends it with the output's result, as the content phase

@@ -15,14 +15,14 @@ use ngx::ffi::{
 
 use super::conf::StaleCacheConf;
 use super::sender::{self, RefreshOutcome, RefreshTarget};
-use super::state::{self, RequestState};
-use super::waiters::{end_refresh, release, HeldLock, RefreshPolicy};
+use super::waiters::{HeldLock, RefreshPolicy};
 use crate::collapse::RefreshEnd;
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{cycle_log, live_headers, no_connection, request_log, str_bytes};
 use crate::policy::CacheStatus;
 use crate::replay::Replay;
+use crate::settings::Settings;
 use crate::stale::StaleCacheModule;
 use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf, NgxHttpCoreModule};
 
@@ -112,15 +112,20 @@ impl fmt::Display for RefreshError {
     }
 }
 
-/// Prepares the refresh for the refresh lock this request holds. On failure the lock is
-/// released and the reason logged (rate-limited): the client still gets the stale copy.
-pub fn prepare(state: &mut RequestState, req: &ngx_http_request_t, scf: &StaleCacheConf) {
-    let (Some(lock), Some(slot)) = (state.refresh_lock.take(), state.refresh_slot.take()) else {
-        return;
-    };
-    match build(state, req, scf, lock, slot) {
-        Ok(pending) => state.refresh = Some(pending),
-        Err((lock, error)) => {
+/// Prepares the refresh for the refresh lock `lock` this request holds (`grace`: the key is
+/// in its error grace band). On failure the reason is logged (rate-limited) and the lock
+/// released by its drop: the client still gets the stale copy.
+pub fn prepare(
+    lock: HeldLock,
+    slot: Slot,
+    settings: &Settings,
+    grace: bool,
+    req: &ngx_http_request_t,
+    scf: &StaleCacheConf,
+) -> Option<PendingRefresh> {
+    match build(lock, slot, settings, grace, req, scf) {
+        Ok(pending) => Some(pending),
+        Err(error) => {
             log::limited(
                 request_log(req),
                 NGX_LOG_ERR,
@@ -128,29 +133,23 @@ pub fn prepare(state: &mut RequestState, req: &ngx_http_request_t, scf: &StaleCa
                 Every::Interval,
                 format_args!("stale_cache: {error}"),
             );
-            release(&lock, false);
+            None
         }
     }
 }
 
 /// The refresh request (a replay of this one) and where it goes.
 fn build(
-    state: &RequestState,
-    req: &ngx_http_request_t,
-    scf: &StaleCacheConf,
     lock: HeldLock,
     slot: Slot,
-) -> Result<PendingRefresh, (HeldLock, RefreshError)> {
-    let settings = state.settings();
-    let target = match target(scf, req) {
-        Ok(t) => t,
-        Err(e) => return Err((lock, e)),
-    };
+    settings: &Settings,
+    grace: bool,
+    req: &ngx_http_request_t,
+    scf: &StaleCacheConf,
+) -> Result<PendingRefresh, RefreshError> {
+    let target = target(scf, req)?;
     let body = if has_body(req) {
-        match body_bytes(req) {
-            Some(body) => Some(body),
-            None => return Err((lock, RefreshError::BodyNotReplayable)),
-        }
+        Some(body_bytes(req).ok_or(RefreshError::BodyNotReplayable)?)
     } else {
         None
     };
@@ -177,7 +176,7 @@ fn build(
         timeout: settings.lock_exptime_ms,
         lock,
         policy: RefreshPolicy {
-            grace: state.in_grace,
+            grace,
             pass_ms: settings.pass_ttl_ms,
             use_stale: scf.use_stale(),
             backoff: scf.refresh_backoff(),
@@ -205,14 +204,11 @@ thread_local! {
     static ARMED: RefCell<HashMap<usize, Box<Armed>>> = RefCell::new(HashMap::new());
 }
 
-/// Arms the refresh `state` prepared, once the stale path's own steps (PERSIST/EXPIRE) are
-/// done: it starts when the stale response has been handed to nginx's output, and within
-/// `START_BOUND_MS` at the latest, however slowly the client reads.
-pub fn arm(state: &mut RequestState) {
-    let Some(pending) = state.refresh.take() else {
-        return;
-    };
-    let request = state.r as usize;
+/// Arms the refresh main request `r` prepared, once the stale path's own steps
+/// (PERSIST/EXPIRE) are done: it starts when the stale response has been handed to nginx's
+/// output, and within `START_BOUND_MS` at the latest, however slowly the client reads.
+pub fn arm(r: *mut ngx_http_request_t, pending: PendingRefresh) {
+    let request = r as usize;
     let mut armed = Box::new(Armed {
         // SAFETY: a zeroed event is nginx's initial state for one.
         ev: unsafe { core::mem::zeroed() },
@@ -284,10 +280,10 @@ pub fn send(pending: PendingRefresh) {
     debug!(
         crate::nginx::util::cycle_log(),
         "stale_cache: sending the refresh for \"{}\" to {}",
-        Short(&lock.key),
+        Short(lock.key()),
         target.name
     );
-    super::metrics::count(Some(lock.zone), Counter::RefreshesSent);
+    lock.zone().count(Counter::RefreshesSent);
     sender::start(
         &target,
         request,
@@ -298,7 +294,7 @@ pub fn send(pending: PendingRefresh) {
             let end = match outcome {
                 RefreshOutcome::Status(s) if (200..300).contains(s) => RefreshEnd::Stored,
                 RefreshOutcome::Status(s) => RefreshEnd::Status(*s),
-                RefreshOutcome::Failed(why) if why.starts_with("timed out") => RefreshEnd::Timeout,
+                RefreshOutcome::TimedOut(_) => RefreshEnd::Timeout,
                 // Whatever answered is not this nginx's stale-cache layer: nothing is known
                 // about the backend, and nothing was stored.
                 RefreshOutcome::Failed(_) | RefreshOutcome::Unconfirmed(_) => RefreshEnd::Error,
@@ -308,8 +304,8 @@ pub fn send(pending: PendingRefresh) {
             } else {
                 Counter::RefreshesFailed
             };
-            super::metrics::count(Some(lock.zone), counter);
-            end_refresh(&lock, end, policy);
+            lock.zone().count(counter);
+            lock.end_refresh(end, policy);
             drop(slot);
         }),
     );
@@ -406,32 +402,13 @@ pub(super) fn target(
     Ok(sender::loopback_if_wildcard(sockaddr))
 }
 
-/// The header a refresh's response carries when this nginx's stale-cache layer handled it as a
-/// refresh; the sender counts a 2xx without it as failed (a foreign server answered).
-pub const CONFIRM_HEADER: &str = "X-Stale-Cache-Refreshed";
-
-/// The value of variable `name` of `req`, if set.
-fn variable(req: &mut ngx_http_request_t, name: &[u8]) -> Option<Vec<u8>> {
-    let mut key = ngx_str_t {
-        len: name.len(),
-        data: name.as_ptr() as *mut u8,
-    };
-    // SAFETY: a live request; nginx looks the variable up by name (not found: null or
-    // not_found), and its value lives in the request pool.
-    unsafe {
-        let hash = ngx::ffi::ngx_hash_key(key.data, key.len);
-        let v = ngx::ffi::ngx_http_get_variable(req, &mut key, hash);
-        v.as_ref()
-            .filter(|v| v.valid() != 0 && v.not_found() == 0)
-            .map(|v| core::slice::from_raw_parts(v.data, v.len() as usize).to_vec())
-    }
-}
+use super::sender::CONFIRM_HEADER;
 
 /// For main requests, as their header goes out: a refresh's response is marked for the
 /// sender, and a refresh that srcache answered from the cache (it refreshes nothing) is
 /// reported with how to fix the configuration (once per interval).
-pub fn on_response_header(req: &mut ngx_http_request_t) {
-    if !state::peek(req).is_some_and(|s| s.is_refresh) {
+pub fn on_response_header(req: &mut ngx_http_request_t, is_refresh: bool) {
+    if !is_refresh {
         return;
     }
     // Only a location that runs this layer confirms: a refresh that lands anywhere else (a
@@ -439,10 +416,12 @@ pub fn on_response_header(req: &mut ngx_http_request_t) {
     if StaleCacheModule::location_conf(req).is_some_and(|c| c.enabled()) {
         add_confirm_header(req);
     }
-    if variable(req, b"srcache_fetch_status").as_deref() == Some(b"HIT") {
-        super::error::warn(
-            req,
+    if crate::nginx::vars::by_name(req, b"srcache_fetch_status") == Some(b"HIT".as_slice()) {
+        log::limited(
+            request_log(req),
+            NGX_LOG_WARN,
             "refresh-hit",
+            Every::Interval,
             format_args!(
                 "stale_cache: the refresh of \"{}\" was answered from the cache, so nothing was \
                  refreshed; skip srcache_fetch for refreshes with \"srcache_fetch_skip \
@@ -477,20 +456,22 @@ fn add_confirm_header(req: &mut ngx_http_request_t) {
 /// The LOG phase of a main request: reports, once per interval, a refresh that answered 2xx
 /// but that srcache did not store, and (once) a method of `$cache_methods` that srcache does
 /// not cache, both of which make the module's work useless.
-pub fn check_stored(req: &mut ngx_http_request_t) {
-    let Some(peek) = state::peek(req) else {
-        return;
-    };
+pub fn check_stored(
+    req: &mut ngx_http_request_t,
+    is_refresh: bool,
+    cache_status: Option<CacheStatus>,
+) {
     let status = req.headers_out.status;
     if !(200..300).contains(&status) {
         return;
     }
-    let stored = variable(req, b"srcache_store_status").as_deref() == Some(b"STORE");
+    let stored =
+        crate::nginx::vars::by_name(req, b"srcache_store_status") == Some(b"STORE".as_slice());
     if stored {
         return;
     }
     let uri = String::from_utf8_lossy(str_bytes(&req.unparsed_uri)).into_owned();
-    if peek.is_refresh {
+    if is_refresh {
         log::limited(
             request_log(req),
             NGX_LOG_WARN,
@@ -505,7 +486,7 @@ pub fn check_stored(req: &mut ngx_http_request_t) {
         return;
     }
     let method = str_bytes(&req.method_name);
-    let filled = matches!(peek.status, Some(CacheStatus::Miss));
+    let filled = matches!(cache_status, Some(CacheStatus::Miss));
     if filled && method != b"GET" && method != b"HEAD" {
         log::limited(
             request_log(req),

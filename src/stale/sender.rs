@@ -13,7 +13,6 @@ use ngx::ffi::{
     ngx_peer_connection_t, ngx_str_t, sockaddr, socklen_t, NGX_LOG_ERR, NGX_LOG_INFO, NGX_LOG_WARN,
 };
 
-use super::refresh::CONFIRM_HEADER;
 use crate::nginx::log::{self, Every};
 use crate::nginx::util::{current_msec, cycle_log, AGAIN, OK};
 use crate::replay::{head_has_header, parse_status_line};
@@ -38,8 +37,14 @@ pub enum RefreshOutcome {
     /// A status without the layer's confirmation header: whatever answered is not a
     /// stale-cache location of this nginx (a wrong `stale_cache_refresh_address`).
     Unconfirmed(u16),
+    /// No answer within the refresh's time: the backend may be slow, or down.
+    TimedOut(&'static str),
     Failed(&'static str),
 }
+
+/// The header a refresh's response carries when this nginx's stale-cache layer handled it as a
+/// refresh; a 2xx without it counts as failed (a foreign server answered).
+pub const CONFIRM_HEADER: &str = "X-Stale-Cache-Refreshed";
 
 type OnDone = Box<dyn FnOnce(&RefreshOutcome, ngx_msec_t)>;
 
@@ -153,15 +158,15 @@ unsafe fn live_refresh(
         let (raw, c) = refresh_of(ev);
         // `close`: the worker is shutting down (worker_shutdown_timeout) and asks us to go.
         let failure = if (*c).close() != 0 {
-            Some("worker shutting down")
+            Some(RefreshOutcome::Failed("worker shutting down"))
         } else if (*ev).timedout() != 0 {
-            Some(on_timeout)
+            Some(RefreshOutcome::TimedOut(on_timeout))
         } else {
             None
         };
-        if let Some(why) = failure {
+        if let Some(outcome) = failure {
             // Frees `raw` once; the caller returns without touching it.
-            finish(raw, RefreshOutcome::Failed(why));
+            finish(raw, outcome);
             return None;
         }
         Some((raw, c))
@@ -287,7 +292,9 @@ unsafe fn finish(raw: *mut Refresh, outcome: RefreshOutcome) {
                  stale_cache_refresh_address"
             ),
         ),
-        RefreshOutcome::Failed(why) => (NGX_LOG_ERR, format!("failed: {why}")),
+        RefreshOutcome::Failed(why) | RefreshOutcome::TimedOut(why) => {
+            (NGX_LOG_ERR, format!("failed: {why}"))
+        }
     };
     let args = format_args!(
         "stale_cache: {} of \"{}\" via {} {} in {} ms",

@@ -1,29 +1,33 @@
-//! One `RequestState` per main request, and who owns it.
+//! One `RequestState` per main request: its phase and what it holds, with every transition
+//! a method here (its fields are private).
 //!
 //! The state is a heap allocation owned by a cleanup of the request's pool: it survives
-//! internal redirects (which clear module contexts), and its end, `end_of_request`, runs
-//! however the request ends (finished, failed, abandoned by its client): locks are released
-//! and the refresh is started there.
+//! internal redirects (which clear module contexts), and its end (`driver::end_of_request`)
+//! runs however the request ends (finished, failed, abandoned by its client). What it holds
+//! is released by dropping it: locks (`waiters::HeldLock`), the refresh slot and a prepared
+//! refresh, the lease's poll timer, the wait.
 //!
 //! Borrowing rule: each nginx callback that works on the state (a phase handler, the end of a
 //! lookup subrequest, the wake-up event, the end of a body read) turns the pointer into one
 //! `&mut RequestState` for its own duration, and nothing it calls re-enters another such
 //! callback for the same request: the body read that completes at once is noticed by a flag
-//! (see `phases`), wake-ups are posted events, and lookups are subrequests that run later.
+//! (see `driver`), wake-ups are posted events, and lookups are subrequests that run later.
 //! Variable handlers, which nginx may call while a step runs, only copy fields out through
 //! `peek`.
 
 use core::ffi::c_void;
 use core::ptr::{self, NonNull};
 
-use ngx::ffi::{ngx_http_post_subrequest_t, ngx_http_request_t, ngx_pool_cleanup_add};
+use ngx::ffi::{ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add};
 use ngx::http::HttpModule;
 
-use super::lookup::{lookup_done, Capture};
-use super::refresh::{self, PendingRefresh};
-use super::waiters::{self, HeldLock, Wait};
-use crate::collapse::{fill_end, FillEnd};
-use crate::nginx::log::{debug, Short};
+use super::hot::Hot;
+use super::lease::RequestLease;
+use super::lookup::Capture;
+use super::refresh::{PendingRefresh, Slot};
+use super::waiters::{HeldLock, Wait};
+use crate::flow::Reached;
+use crate::locktable::Forgotten;
 use crate::nginx::zone::ZoneRef;
 use crate::policy::CacheStatus;
 use crate::settings::Settings;
@@ -47,62 +51,77 @@ pub enum Phase {
     /// srcache missed an entry the layer expected: take the fill lock or wait for its holder.
     Missed,
     /// Dealing with the fleet lease (`super::lease`): asking for it, or polling while
-    /// another node fills.
+    /// another node fills (the lease's own step is in `RequestLease`).
     Lease,
     /// The layer is done with the request: srcache and the backend take over.
     Done,
+}
+
+/// What the driver does after a step.
+pub enum Next {
+    /// Run the step of the phase the request is in now.
+    Continue,
+    /// Return this code from the phase handler.
+    Return(ngx_int_t),
+}
+
+/// A purge request's progress (`purge`).
+pub struct Purge {
+    pub key: Vec<u8>,
+    pub zone: Option<ZoneRef>,
+    pub forgotten: Forgotten,
+    pub answered: bool,
 }
 
 /// Everything the layer keeps for one main request.
 pub struct RequestState {
     /// Identifies a RequestState behind a pool cleanup.
     magic: u64,
-    pub r: *mut ngx_http_request_t,
-    pub phase: Phase,
-    pub status: Option<CacheStatus>,
+    r: *mut ngx_http_request_t,
+    phase: Phase,
+    status: Option<CacheStatus>,
     /// The request carries this nginx's refresh secret.
-    pub is_refresh: bool,
-    pub settings: Option<Settings>,
+    is_refresh: bool,
+    /// The `$cache_*` settings, read once, at the first step.
+    settings: Option<Settings>,
     /// The zone `$cache_lock` names, once known.
-    pub zone: Option<ZoneRef>,
-    pub lookup_started: u64,
-    pub capture: Capture,
-    pub ttl: i64,
+    zone: Option<ZoneRef>,
+    /// When the request started asking (a fill finished since then serves it).
+    lookup_started: u64,
+    /// The lookup subrequest under way or last answered.
+    capture: Capture,
+    /// The TTL Redis answered.
+    ttl: i64,
+    /// How the request came to ask for the fill lock (lookup, grace band, wait, srcache miss).
+    reached: Reached,
     /// The fill lock this request holds: it goes to the backend for a missing key.
-    pub fill: Option<HeldLock>,
-    /// The refresh lock, held while the body is read and the refresh is prepared.
-    pub refresh_lock: Option<HeldLock>,
+    fill: Option<HeldLock>,
+    /// The refresh lock, held while the refresh is prepared.
+    refresh_lock: Option<HeldLock>,
     /// This worker's count of refreshes in flight, taken with the refresh lock.
-    pub refresh_slot: Option<refresh::Slot>,
-    pub persist_pending: bool,
+    refresh_slot: Option<Slot>,
+    /// The stale copy needs a PERSIST (or EXPIRE) to outlive its refresh.
+    persist_pending: bool,
     /// The request body has been read (for the refresh to replay it).
-    pub body_read: bool,
+    body_read: bool,
     /// The refresh to send once this request is over.
-    pub refresh: Option<PendingRefresh>,
-    pub wait: Wait,
+    refresh: Option<PendingRefresh>,
+    wait: Wait,
     /// For `$stale_cache_wake_delay`: from the fill's store to this request resuming.
-    pub wake_delay_ms: Option<u64>,
-    /// The status of srcache's store subrequest, if one ran (`lookup::note_store`).
-    pub store_status: Option<usize>,
-    /// The entry is in its error grace band (`$cache_stale_if_error`).
-    pub in_grace: bool,
-    /// The TTL lookup answered (a request can also wait for a fill without one).
-    pub looked_up: bool,
-    /// srcache's fetch has answered (and missed): the steps now run in PRECONTENT.
-    pub after_fetch: bool,
+    wake_delay_ms: Option<u64>,
+    /// The status of srcache's store subrequest, if one ran (`filters`).
+    store_status: Option<usize>,
     /// The request was sent through its location again to let srcache fetch the entry a
     /// fill just stored; it happens once.
-    pub refetched: bool,
+    refetched: bool,
     /// The fleet lease (`$cache_lease`): asked, polled, taken.
-    pub lease: super::lease::RequestLease,
-    /// Passed with every lookup subrequest; `lookup_done` finds the state through it.
-    pub post_subrequest: ngx_http_post_subrequest_t,
+    lease: RequestLease,
     /// For `$stale_cache_rfc9211`: seconds of freshness left (negative: stale), when known.
-    pub ttl_left: Option<i64>,
-    /// A purge request's progress (`purge`); `None` for every other request.
-    pub purge: Option<super::purge::Purge>,
+    ttl_left: Option<i64>,
+    /// A purge request's progress; `None` for every other request.
+    purge: Option<Purge>,
     /// The hot tier's plan for this request (`hot`).
-    pub hot: super::hot::Hot,
+    hot: Hot,
 }
 
 impl RequestState {
@@ -118,6 +137,7 @@ impl RequestState {
             lookup_started: 0,
             capture: Capture::default(),
             ttl: 0,
+            reached: Reached::WaitedWithoutLookup,
             fill: None,
             refresh_lock: None,
             refresh_slot: None,
@@ -127,19 +147,30 @@ impl RequestState {
             wait: Wait::new(),
             wake_delay_ms: None,
             store_status: None,
-            in_grace: false,
-            looked_up: false,
-            after_fetch: false,
             refetched: false,
             lease: Default::default(),
-            post_subrequest: ngx_http_post_subrequest_t {
-                handler: Some(lookup_done),
-                data: ptr::null_mut(),
-            },
             ttl_left: None,
             purge: None,
             hot: Default::default(),
         }
+    }
+
+    /* ---- reading */
+
+    pub fn request(&self) -> *mut ngx_http_request_t {
+        self.r
+    }
+
+    pub fn phase(&self) -> Phase {
+        self.phase
+    }
+
+    pub fn status(&self) -> Option<CacheStatus> {
+        self.status
+    }
+
+    pub fn is_refresh(&self) -> bool {
+        self.is_refresh
     }
 
     /// The parsed settings; every step after `Start` has them.
@@ -149,22 +180,264 @@ impl RequestState {
             .expect("settings are parsed before any lookup")
     }
 
-    /// The state whose wait event `ev` is.
-    ///
-    /// # Safety
-    /// `ev` must be the `wait` event of a live RequestState that nothing else borrows (nginx
-    /// runs an event's handler when no step of its request runs).
-    pub unsafe fn of_wait_event<'a>(ev: *mut ngx::ffi::ngx_event_t) -> &'a mut RequestState {
-        let offset = core::mem::offset_of!(RequestState, wait) + Wait::EVENT_OFFSET;
-        // SAFETY: (caller) the event sits at this offset inside a live, unborrowed state.
-        unsafe { &mut *(ev.byte_sub(offset).cast::<RequestState>()) }
+    pub fn settings_if_read(&self) -> Option<&Settings> {
+        self.settings.as_ref()
     }
+
+    pub fn zone(&self) -> Option<ZoneRef> {
+        self.zone
+    }
+
+    pub fn lookup_started(&self) -> u64 {
+        self.lookup_started
+    }
+
+    pub fn capture(&self) -> &Capture {
+        &self.capture
+    }
+
+    pub fn ttl(&self) -> i64 {
+        self.ttl
+    }
+
+    pub fn reached(&self) -> Reached {
+        self.reached
+    }
+
+    pub fn in_grace(&self) -> bool {
+        self.reached == Reached::Lookup { grace: true }
+    }
+
+    /// srcache's fetch has answered (and missed): the steps now run in PRECONTENT.
+    pub fn after_fetch(&self) -> bool {
+        self.reached == Reached::SrcacheMissed
+    }
+
+    pub fn refetched(&self) -> bool {
+        self.refetched
+    }
+
+    pub fn fill_lock(&self) -> Option<&HeldLock> {
+        self.fill.as_ref()
+    }
+
+    pub fn refresh_lock(&self) -> Option<&HeldLock> {
+        self.refresh_lock.as_ref()
+    }
+
+    pub fn persist_pending(&self) -> bool {
+        self.persist_pending
+    }
+
+    pub fn body_read(&self) -> bool {
+        self.body_read
+    }
+
+    pub fn has_refresh(&self) -> bool {
+        self.refresh.is_some()
+    }
+
+    pub fn wait(&self) -> &Wait {
+        &self.wait
+    }
+
+    pub fn wake_delay_ms(&self) -> Option<u64> {
+        self.wake_delay_ms
+    }
+
+    pub fn store_status(&self) -> Option<usize> {
+        self.store_status
+    }
+
+    pub fn lease(&self) -> &RequestLease {
+        &self.lease
+    }
+
+    pub fn purge(&self) -> Option<&Purge> {
+        self.purge.as_ref()
+    }
+
+    pub fn is_purge(&self) -> bool {
+        self.purge.is_some()
+    }
+
+    pub fn hot(&self) -> &Hot {
+        &self.hot
+    }
+
+    /* ---- parts the rooms work on */
+
+    pub fn capture_mut(&mut self) -> &mut Capture {
+        &mut self.capture
+    }
+
+    pub fn wait_mut(&mut self) -> &mut Wait {
+        &mut self.wait
+    }
+
+    pub fn lease_mut(&mut self) -> &mut RequestLease {
+        &mut self.lease
+    }
+
+    /// The lease and the capture its subrequests answer into, together.
+    pub fn lease_and_capture(&mut self) -> (&mut RequestLease, &mut Capture, &Settings) {
+        let settings = self
+            .settings
+            .as_ref()
+            .expect("settings are parsed before the lease");
+        (&mut self.lease, &mut self.capture, settings)
+    }
+
+    pub fn purge_mut(&mut self) -> Option<&mut Purge> {
+        self.purge.as_mut()
+    }
+
+    pub fn hot_mut(&mut self) -> &mut Hot {
+        &mut self.hot
+    }
+
+    /* ---- transitions */
 
     /// Ends the layer's work on the request with `status`.
     pub fn finish(&mut self, status: CacheStatus) {
         self.status = Some(status);
         self.phase = Phase::Done;
     }
+
+    /// Reports `status` without ending the layer's work (a request waiting, or passed).
+    pub fn set_status(&mut self, status: CacheStatus) {
+        self.status = Some(status);
+    }
+
+    /// Moves the request to `phase`.
+    pub fn enter(&mut self, phase: Phase) {
+        self.phase = phase;
+    }
+
+    pub fn mark_refresh(&mut self) {
+        self.is_refresh = true;
+    }
+
+    pub fn body_is_read(&mut self) {
+        self.body_read = true;
+    }
+
+    /// The zone the settings name, as the request starts asking at `now`.
+    pub fn begin(&mut self, zone: ZoneRef, now: u64) {
+        self.zone = Some(zone);
+        self.lookup_started = now;
+    }
+
+    /// The `$cache_*` settings, read once, at the first step.
+    pub fn set_settings(&mut self, settings: Settings) {
+        self.settings = Some(settings);
+    }
+
+    /// The TTL lookup answered `ttl` (`grace`: the key is in its error grace band).
+    pub fn looked_up(&mut self, ttl: i64, ttl_left: Option<i64>) {
+        self.ttl = ttl;
+        self.ttl_left = ttl_left;
+        self.reached = Reached::Lookup { grace: false };
+    }
+
+    pub fn entered_grace(&mut self) {
+        self.reached = Reached::Lookup { grace: true };
+    }
+
+    pub fn set_ttl_left(&mut self, left: Option<i64>) {
+        self.ttl_left = left;
+    }
+
+    /// srcache missed an expected entry: collapse from PRECONTENT, reported GONE meanwhile.
+    pub fn srcache_missed(&mut self, now: u64) {
+        self.reached = Reached::SrcacheMissed;
+        self.lookup_started = now;
+        self.status = Some(CacheStatus::Gone);
+        self.phase = Phase::Missed;
+    }
+
+    /// One budget for all the waits of this request, however often it is woken.
+    pub fn wait_deadline(&mut self, from_now: u64, budget: u64) -> u64 {
+        if self.wait.deadline == 0 {
+            self.wait.deadline = from_now + budget;
+        }
+        self.wait.deadline
+    }
+
+    pub fn set_wake_delay(&mut self, ms: Option<u64>) {
+        self.wake_delay_ms = ms;
+    }
+
+    pub fn note_store(&mut self, status: usize) {
+        self.store_status = Some(status);
+    }
+
+    pub fn set_refetched(&mut self) {
+        self.refetched = true;
+    }
+
+    pub fn take_fill(&mut self, lock: HeldLock) {
+        self.fill = Some(lock);
+    }
+
+    /// The fill lock, to complete it with its outcome.
+    pub fn give_up_fill(&mut self) -> Option<HeldLock> {
+        self.fill.take()
+    }
+
+    /// The refresh lock and slot, for a refresh about to be prepared.
+    pub fn take_refresh_lock(&mut self, lock: HeldLock, slot: Slot, persist: bool) {
+        self.refresh_lock = Some(lock);
+        self.refresh_slot = Some(slot);
+        self.persist_pending = persist;
+    }
+
+    pub fn give_up_refresh_lock(&mut self) -> Option<(HeldLock, Slot)> {
+        match (self.refresh_lock.take(), self.refresh_slot.take()) {
+            (Some(lock), Some(slot)) => Some((lock, slot)),
+            _ => None,
+        }
+    }
+
+    pub fn no_persist(&mut self) {
+        self.persist_pending = false;
+    }
+
+    pub fn set_refresh(&mut self, pending: Option<PendingRefresh>) {
+        self.refresh = pending;
+    }
+
+    pub fn take_refresh(&mut self) -> Option<PendingRefresh> {
+        self.refresh.take()
+    }
+
+    pub fn set_purge(&mut self, purge: Purge) {
+        self.purge = Some(purge);
+    }
+
+    /// What is left of the request when it ends: its fill lock and its unsent refresh (the
+    /// rest is released when the state is dropped).
+    pub fn into_end(mut self: Box<Self>) -> (Box<Self>, Option<HeldLock>, Option<PendingRefresh>) {
+        let (fill, refresh) = (self.fill.take(), self.refresh.take());
+        (self, fill, refresh)
+    }
+}
+
+/// What runs when a request with a state ends: the driver's `end_of_request`, set once at
+/// configuration (the state is found again by this handler among the pool's cleanups).
+pub type EndFn = unsafe extern "C" fn(*mut c_void);
+
+static END_HANDLER: std::sync::OnceLock<EndFn> = std::sync::OnceLock::new();
+
+/// Sets what runs when a request with a state ends (postconfiguration).
+pub fn set_end_handler(f: EndFn) {
+    let _ = END_HANDLER.set(f);
+}
+
+fn end_handler() -> EndFn {
+    *END_HANDLER
+        .get()
+        .expect("the end handler is set at configuration")
 }
 
 /// The state of main request `r`, created on first use; `None` if the pool is exhausted.
@@ -176,9 +449,7 @@ pub fn attach(r: &mut ngx_http_request_t) -> Option<NonNull<RequestState>> {
     // SAFETY: the request's pool is live; the cleanup record is zeroed by nginx.
     let cleanup = unsafe { ngx_pool_cleanup_add(r.pool, 0).as_mut()? };
     let state = Box::into_raw(Box::new(RequestState::new(raw)));
-    // SAFETY: `state` was just allocated and is not shared yet.
-    unsafe { (*state).post_subrequest.data = state as *mut c_void };
-    cleanup.handler = Some(end_of_request);
+    cleanup.handler = Some(end_handler());
     cleanup.data = state as *mut c_void;
     set_ctx(raw, state);
     NonNull::new(state)
@@ -196,7 +467,7 @@ pub fn find(r: &ngx_http_request_t) -> Option<NonNull<RequestState>> {
         return Some(state);
     }
     // After an internal redirect the ctx is gone but the cleanup still holds the state.
-    let ours = end_of_request as unsafe extern "C" fn(*mut c_void);
+    let ours = end_handler();
     // SAFETY: the pool's cleanup list is a valid singly linked list of the live pool.
     let mut c = unsafe { (*(*main).pool).cleanup };
     // SAFETY: as above; entries whose handler is ours carry a RequestState, whose magic
@@ -248,50 +519,29 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
     }
 }
 
-/// The pool cleanup: the request is over. Stops waiting, releases the locks it holds, and
-/// starts its refresh.
-unsafe extern "C" fn end_of_request(data: *mut c_void) {
-    // SAFETY: `data` is the state `attach` leaked; nginx runs each cleanup exactly once, after
-    // every callback of the request (and its subrequests) has run.
-    let mut state = unsafe { Box::from_raw(data as *mut RequestState) };
-    waiters::stop_waiting(&mut state);
-    // SAFETY: the request is being freed but its fields are still readable now.
-    let r = unsafe { &*state.r };
-    let log = crate::nginx::util::request_log(r);
-    // SAFETY: the connection is live until the request is gone.
-    let connection_error = unsafe { (*r.connection).error() } != 0;
-    let end = fill_end(r.headers_out.status, connection_error, state.store_status);
-    super::metrics::request_ended(&state, r, end);
-    if let Some(lock) = state.fill.take() {
-        debug!(
-            log,
-            "stale_cache: fill of \"{}\" ended with status {}: {:?}",
-            Short(&lock.key),
-            r.headers_out.status,
-            end
-        );
-        let pass_ms = match (end, &state.settings) {
-            (FillEnd::NotStored, Some(settings)) => settings.pass_ttl_ms,
-            _ => 0,
-        };
-        waiters::release_with_pass(&lock, end == FillEnd::Stored, pass_ms);
-    } else if end == FillEnd::Stored && state.status == Some(CacheStatus::Pass) {
-        // A passed key answered something cacheable: collapsing resumes at once.
-        if let (Some(zone), Some(settings)) = (state.zone, &state.settings) {
-            let now = crate::nginx::util::now_ms();
-            zone.with_key(&settings.key, |t, fp| t.pass_clear(fp, now));
-        }
-    }
-    if matches!(state.store_status, Some(200..=299)) {
-        // A new copy went to Redis through this node: the hot copy is not it.
-        if let Some(settings) = &state.settings {
-            super::hot::forget(r, &settings.key);
-        }
-    }
-    super::hot::release(&mut state, r);
-    if let Some(lock) = state.refresh_lock.take() {
-        // The request ended before its refresh could be prepared.
-        waiters::release(&lock, false);
-    }
-    refresh::request_ended(state.r, state.refresh.take());
+/// The hot tier's plan for the request whose state is `state`, read without a reference
+/// (a step may hold the state while nginx asks).
+///
+/// # Safety
+/// `state` must be a live state.
+pub unsafe fn peek_hot_plan(state: *const RequestState) -> crate::hotcache::Plan {
+    // SAFETY: (caller) live; the field is copied through the raw pointer.
+    unsafe { ptr::addr_of!((*state).hot.plan).read() }
+}
+
+/// The hot tier's part of the state at `state`, as a raw pointer (for the filters, which run
+/// while a step may hold the state).
+pub fn hot_ptr(state: *mut RequestState) -> *mut Hot {
+    // SAFETY: only the field's address is computed; nothing is read.
+    unsafe { ptr::addr_of_mut!((*state).hot) }
+}
+
+/// Frees the state of an ended request (the pool cleanup's data).
+///
+/// # Safety
+/// `data` must be the pointer `attach` leaked, given once, after every callback of the
+/// request (and its subrequests) has run.
+pub unsafe fn reclaim(data: *mut c_void) -> Box<RequestState> {
+    // SAFETY: (caller) as above.
+    unsafe { Box::from_raw(data as *mut RequestState) }
 }

@@ -47,11 +47,7 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
     add_output_variable(cf, "stale_cache_skip_fetch", Some(skip_fetch_variable))?;
     add_output_variable(cf, "stale_cache_rfc9211", Some(rfc9211_variable))?;
     // The fleet lease's script, for the `$cache_lease` location (see `super::lease`).
-    add_output_variable(
-        cf,
-        "stale_cache_lease_script",
-        Some(super::lease::script_variable),
-    )?;
+    add_output_variable(cf, "stale_cache_lease_script", Some(lease_script))?;
     Some(())
 }
 
@@ -129,7 +125,7 @@ unsafe extern "C" fn rfc9211_variable(
         return VAR_OK;
     };
     let srcache_hit = matches!(status, CacheStatus::Bypass | CacheStatus::Error)
-        && super::after_fetch::srcache_fetch_status(r) == Some(b"HIT".as_slice());
+        && crate::nginx::vars::by_name(r, b"srcache_fetch_status") == Some(b"HIT".as_slice());
     let facts = Facts {
         ttl,
         response_status: r.headers_out.status,
@@ -139,5 +135,16 @@ unsafe extern "C" fn rfc9211_variable(
         Some(s) => set_value_in_pool(v, crate::nginx::util::str_bytes(&s)),
         None => set_not_found(v),
     }
+    VAR_OK
+}
+
+/// `$stale_cache_lease_script`: the lease script, for the `$cache_lease` location's EVAL.
+unsafe extern "C" fn lease_script(
+    _r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes the value slot being evaluated.
+    set_value(unsafe { value_slot(v) }, crate::lease::SCRIPT.as_bytes());
     VAR_OK
 }

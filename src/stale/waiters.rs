@@ -12,7 +12,6 @@ use ngx::ffi::{
     ngx_http_test_reading, ngx_msec_t, ngx_post_event, ngx_posted_events, NGX_LOG_ERR,
 };
 
-use super::state::{Phase, RequestState};
 use crate::collapse::{backoff_ms, lock_moved, RefreshEnd, UseStale};
 use crate::locktable::{LockKind, LockRequest, Owner};
 use crate::metrics::Counter;
@@ -20,7 +19,6 @@ use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{cycle_log, no_connection, now_ms, request_log, update_clock, worker_pid};
 use crate::nginx::zone::Zone;
 use crate::nginx::zone::ZoneRef;
-use crate::policy::CacheStatus;
 
 /// How often a worker re-checks, in shared memory, locks that waiters of it wait for; a
 /// release in the same worker wakes its waiters at once instead.
@@ -29,19 +27,52 @@ const WAIT_POLL_MS: ngx_msec_t = 1;
 /// killed holder's waiters resume within this (plus a poll), not at the lock's expiry.
 const OWNER_CHECK_MS: u64 = 200;
 
-/// A lock this request holds, released when the request (or its refresh) ends.
+/// A lock this request (or its refresh) holds. Completing it consumes it with its outcome
+/// (`release`, `release_with_pass`, `end_refresh`, `hand_over`); dropped without that (a
+/// path that forgot it, a request torn down), it is released as abandoned: not stored, so
+/// its waiters wake at once and one of them fills.
 pub struct HeldLock {
-    pub zone: ZoneRef,
-    pub key: Vec<u8>,
-    pub token: NonZeroU64,
+    zone: ZoneRef,
+    key: Vec<u8>,
+    token: NonZeroU64,
+    /// Completed by one of the consuming methods: the drop has nothing left to do.
+    done: bool,
 }
 
-/// A request's waiting, inside its state.
+thread_local! {
+    /// Set when the worker exits: the zones may be gone, and a lock still held then (a
+    /// refresh never sent) is left to expire instead of being released.
+    static EXITING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// The worker is exiting (`exit_process`): no lock is released from here on.
+pub fn worker_exiting() {
+    EXITING.set(true);
+}
+
+impl Drop for HeldLock {
+    fn drop(&mut self) {
+        if !self.done && !EXITING.get() {
+            debug!(
+                cycle_log(),
+                "stale_cache: lock of \"{}\" abandoned",
+                Short(&self.key)
+            );
+            self.unlock(false, 0);
+        }
+    }
+}
+
+/// A request's waiting, inside its state. The first field is the event, so its handler finds
+/// the `Wait` from the event.
+#[repr(C)]
 pub struct Wait {
     /// Posted on wake-up, or fires at the request's wait deadline.
     event: ngx_event_t,
+    /// The waiting main request, resumed by the event.
+    r: *mut ngx_http_request_t,
     /// The lock holder being waited for, to tell its release from a new holder.
-    pub waited_token: u64,
+    waited_token: u64,
     /// Registered in the waiter registry.
     registered: bool,
     /// When this request stops waiting for fills, whatever happens (0: not waiting yet).
@@ -50,6 +81,19 @@ pub struct Wait {
     pub wake_pending: bool,
     /// When a wake-up resumed this request (precise clock; 0: never woken).
     pub resumed_ms: u64,
+    /// How the last wait ended, for the driver: woken by a release, or out of time.
+    pub ended: WaitEnd,
+}
+
+/// How a request's wait ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitEnd {
+    /// Not waiting, or still waiting.
+    None,
+    /// The lock went (released, taken over, expired): the request decides again.
+    Woken,
+    /// `$cache_lock_timeout` is over.
+    TimedOut,
 }
 
 impl Wait {
@@ -57,30 +101,60 @@ impl Wait {
         Wait {
             // SAFETY: a zeroed event is nginx's initial state for one.
             event: unsafe { core::mem::zeroed() },
+            r: core::ptr::null_mut(),
             waited_token: 0,
             registered: false,
             deadline: 0,
             wake_pending: false,
             resumed_ms: 0,
+            ended: WaitEnd::None,
         }
     }
-
-    /// Where the event sits in a Wait, to find the state from the event.
-    pub const EVENT_OFFSET: usize = core::mem::offset_of!(Wait, event);
 
     /// Still waiting, or woken but not yet resumed: other events must not move the request.
     pub fn in_progress(&self) -> bool {
         self.registered || self.wake_pending
     }
 
-    /// The event, to post a resumption of the request on it.
-    pub fn event_mut(&mut self) -> &mut ngx_event_t {
-        &mut self.event
+    /// Posts a resumption of `r`'s phases on this wait's event (a redirect after a refetch:
+    /// `handler` runs from the posted queue, never inside the step that asks).
+    pub fn post(
+        &mut self,
+        r: *mut ngx_http_request_t,
+        handler: unsafe extern "C" fn(*mut ngx_event_t),
+    ) {
+        self.wake_pending = true;
+        self.r = r;
+        let ev = &mut self.event;
+        ev.data = no_connection();
+        ev.handler = Some(handler);
+        // SAFETY: `r` is a live request; its log lives as long.
+        ev.log = request_log(unsafe { &*r });
+        // SAFETY: the event lives in the Wait, whose owner removes it from the posted queue
+        // (`stop_waiting`) before it goes.
+        unsafe { ngx_post_event(ev, &raw mut ngx_posted_events) };
+    }
+
+    /// The Wait whose event `ev` is, with its posted flag cleared.
+    ///
+    /// # Safety
+    /// `ev` must be the event of a live Wait that nothing else borrows (nginx runs an event's
+    /// handler when no step of its request runs).
+    pub unsafe fn of_event<'a>(ev: *mut ngx_event_t) -> &'a mut Wait {
+        // SAFETY: (caller) `event` is the first field of a #[repr(C)] Wait.
+        let wait = unsafe { &mut *(ev as *mut Wait) };
+        wait.wake_pending = false;
+        wait
+    }
+
+    /// The request this wait belongs to.
+    pub fn request(&self) -> *mut ngx_http_request_t {
+        self.r
     }
 }
 
 /// Waiting requests by (zone address, key).
-type Registry = HashMap<(usize, Vec<u8>), Vec<NonNull<RequestState>>>;
+type Registry = HashMap<(usize, Vec<u8>), Vec<NonNull<Wait>>>;
 
 thread_local! {
     /// This worker's waiting requests, by zone and key.
@@ -129,45 +203,51 @@ pub fn new_token() -> NonZeroU64 {
     NonZeroU64::new((worker_pid() << 40) | low).unwrap_or(NonZeroU64::MIN)
 }
 
-/// Parks the request until `holder` releases the key's lock, or `timeout` ms pass.
+/// Parks request `req` until `holder` releases `key`'s lock in `zone`, or `timeout` ms pass;
+/// its phases resume then, with `wait.ended` saying which.
 pub fn start_waiting(
-    state: &mut RequestState,
+    wait: &mut Wait,
     req: &mut ngx_http_request_t,
     zone: ZoneRef,
+    key: &[u8],
     holder: u64,
     timeout: u64,
 ) {
-    let key = state.settings().key.clone();
     debug!(
         request_log(req),
         "stale_cache: waiting up to {} ms for the fill of \"{}\"",
         timeout,
-        Short(&key)
+        Short(key)
     );
-    state.phase = Phase::Waiting;
-    super::metrics::count(Some(zone), Counter::Waits);
-    let wait = &mut state.wait;
+    zone.count(Counter::Waits);
     wait.registered = true;
+    wait.ended = WaitEnd::None;
     wait.waited_token = holder;
+    wait.r = req;
     let ev = &mut wait.event;
     ev.data = no_connection();
     ev.handler = Some(wait_event_handler);
     ev.log = request_log(req);
     // Notice a client that gives up while waiting, as limit_req does.
     req.read_event_handler = Some(ngx_http_test_reading);
-    // SAFETY: the event lives in the state, which outlives the wait (the request's end stops
+    // SAFETY: the event lives in the Wait, which outlives the wait (the request's end stops
     // it first).
     unsafe { ngx_add_timer(ev, timeout.max(1) as ngx_msec_t) };
-    let me = NonNull::from(&mut *state);
-    WAITERS.with(|w| w.borrow_mut().entry((zone.id(), key)).or_default().push(me));
+    let me = NonNull::from(&mut *wait);
+    WAITERS.with(|w| {
+        w.borrow_mut()
+            .entry((zone.id(), key.to_vec()))
+            .or_default()
+            .push(me)
+    });
     arm_poll_timer();
 }
 
 /// Removes the request from the waiters and cancels its timer and posted wake-up.
-pub fn stop_waiting(state: &mut RequestState) {
-    if state.wait.registered {
-        state.wait.registered = false;
-        let me = NonNull::from(&mut *state);
+pub fn stop_waiting(wait: &mut Wait) {
+    if wait.registered {
+        wait.registered = false;
+        let me = NonNull::from(&mut *wait);
         WAITERS.with(|w| {
             w.borrow_mut().retain(|_, list| {
                 list.retain(|&s| s != me);
@@ -177,7 +257,7 @@ pub fn stop_waiting(state: &mut RequestState) {
     }
     // Also when already woken: the wake-up may still sit in the posted queue, and must not
     // run after the request (and this state) is gone.
-    let ev = &mut state.wait.event;
+    let ev = &mut wait.event;
     // SAFETY: the event is ours; removing its timer or post only touches nginx's queues.
     unsafe {
         if ev.timer_set() != 0 {
@@ -196,10 +276,10 @@ fn wake_waiters(zone: ZoneRef, key: &[u8]) {
         // SAFETY: registered waiters are live until stop_waiting removes them; a waiter is
         // never the request whose step is releasing the lock (a lock holder does not wait).
         let waiter = unsafe { waiter.as_mut() };
-        waiter.wait.registered = false;
-        waiter.wait.wake_pending = true;
-        waiter.status = Some(CacheStatus::Collapsed);
-        let ev = &mut waiter.wait.event;
+        waiter.registered = false;
+        waiter.wake_pending = true;
+        waiter.ended = WaitEnd::Woken;
+        let ev = &mut waiter.event;
         // SAFETY: the event is the waiter's own, armed while it waits.
         unsafe {
             if ev.timer_set() != 0 {
@@ -210,48 +290,22 @@ fn wake_waiters(zone: ZoneRef, key: &[u8]) {
     }
 }
 
-/// `$cache_lock_timeout` is over: go on without the fill (logged at warn, rate-limited).
-pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
-    state.finish(CacheStatus::Timeout);
-    super::metrics::count(state.zone, Counter::WaitTimeouts);
-    let key = &state.settings().key;
-    debug!(
-        request_log(req),
-        "stale_cache: wait for \"{}\" timed out",
-        Short(key)
-    );
-    log::limited(
-        request_log(req),
-        ngx::ffi::NGX_LOG_WARN,
-        "lock-timeout",
-        Every::Interval,
-        format_args!(
-            "stale_cache: waited $cache_lock_timeout for the request filling \"{}\"; going on \
-             without it",
-            Short(key)
-        ),
-    );
-}
-
 unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
-    // SAFETY: the event is the `wait.event` field of a live RequestState (the request's end
-    // cancels it); no step of the request runs while its posted event or timer fires.
-    let state = unsafe { RequestState::of_wait_event(ev) };
-    state.wait.wake_pending = false;
-    let r = state.r;
-    // SAFETY: the request is live while its state is.
-    let req = unsafe { &*r };
-    if state.wait.event.timedout() != 0 {
-        state.wait.event.set_timedout(0);
-        stop_waiting(state);
-        give_up_waiting(state, req);
+    // SAFETY: the event is the first field of a live Wait (the request's end cancels it);
+    // no step of the request runs while its posted event or timer fires.
+    let wait = unsafe { Wait::of_event(ev) };
+    let r = wait.r;
+    if wait.event.timedout() != 0 {
+        wait.event.set_timedout(0);
+        stop_waiting(wait);
+        wait.ended = WaitEnd::TimedOut;
     } else {
         update_clock();
-        state.wait.resumed_ms = now_ms();
-        super::metrics::count(state.zone, Counter::Wakeups);
-        debug!(request_log(req), "stale_cache: woken");
+        wait.resumed_ms = now_ms();
+        // SAFETY: the request is live while its wait is.
+        debug!(request_log(unsafe { &*r }), "stale_cache: woken");
     }
-    // SAFETY: resumes the request's phases where the wait stopped them; the state borrow
+    // SAFETY: resumes the request's phases where the wait stopped them; the wait borrow
     // above is not used past this point.
     unsafe {
         (*r).read_event_handler = Some(ngx_http_block_reading);
@@ -308,7 +362,7 @@ unsafe extern "C" fn poll_waiters(_ev: *mut ngx_event_t) {
             w.borrow().get(&(zone_id, key.clone())).is_some_and(|list| {
                 // SAFETY: waiters are live while registered.
                 list.iter()
-                    .all(|s| lock_moved(holder, unsafe { s.as_ref() }.wait.waited_token))
+                    .all(|s| lock_moved(holder, unsafe { s.as_ref() }.waited_token))
             })
         });
         if moved {
@@ -325,33 +379,6 @@ unsafe extern "C" fn poll_waiters(_ev: *mut ngx_event_t) {
     }
 }
 
-/// Releases a lock this worker holds and wakes its local waiters at once. `stored`: the
-/// lock's work (fill or refresh) stored a new entry.
-pub fn release(lock: &HeldLock, stored: bool) {
-    release_with_pass(lock, stored, 0);
-}
-
-/// [`release`], also marking the key as passed for `pass_ms` (a fill that stored nothing),
-/// in the same hold of the mutex, so no waiter sees the lock gone before the mark is there.
-pub fn release_with_pass(lock: &HeldLock, stored: bool, pass_ms: u64) {
-    // The release time dates the store that waiters are woken for: read the clock afresh.
-    update_clock();
-    let now = now_ms();
-    lock.zone.with_key(&lock.key, |t, fp| {
-        if pass_ms > 0 {
-            t.pass_set(fp, pass_ms, now);
-        }
-        t.unlock(fp, lock.token, now, stored)
-    });
-    debug!(
-        cycle_log(),
-        "stale_cache: lock of \"{}\" released ({})",
-        Short(&lock.key),
-        if stored { "stored" } else { "not stored" }
-    );
-    wake_waiters(lock.zone, &lock.key);
-}
-
 /// What the end of a refresh leaves behind besides releasing its lock.
 #[derive(Clone, Copy)]
 pub struct RefreshPolicy {
@@ -365,36 +392,109 @@ pub struct RefreshPolicy {
     pub backoff: (u64, u64),
 }
 
-/// Ends a refresh: a failure backs the key off (an error mark: no new refresh, and in the
-/// error grace band the stored copy is served until it ends), except that in the band an
-/// answer the stored copy must not stand in for (say a 404) passes the key instead; then the
-/// lock is released and its waiters woken.
-pub fn end_refresh(lock: &HeldLock, end: RefreshEnd, policy: RefreshPolicy) {
-    update_clock();
-    let now = now_ms();
-    let stored = end == RefreshEnd::Stored;
-    let marked = lock.zone.with_key(&lock.key, |t, fp| {
-        let mark = if stored {
-            None
-        } else if policy.grace && !policy.use_stale.covers(end) {
-            t.pass_set(fp, policy.pass_ms, now);
-            None
-        } else {
-            let (base, cap) = policy.backoff;
-            t.error_mark(fp, now, |n| backoff_ms(n, base, cap))
-        };
-        t.unlock(fp, lock.token, now, stored);
-        mark
-    });
-    debug!(
-        cycle_log(),
-        "stale_cache: lock of \"{}\" released ({}): the refresh ended {:?}; backoff {:?} ms",
-        Short(&lock.key),
-        if stored { "stored" } else { "not stored" },
-        end,
-        marked.flatten()
-    );
-    wake_waiters(lock.zone, &lock.key);
+impl HeldLock {
+    /// A lock just taken in `zone` for `key` with `token`.
+    pub fn new(zone: ZoneRef, key: Vec<u8>, token: NonZeroU64) -> Self {
+        HeldLock {
+            zone,
+            key,
+            token,
+            done: false,
+        }
+    }
+
+    pub fn zone(&self) -> ZoneRef {
+        self.zone
+    }
+
+    pub fn key(&self) -> &[u8] {
+        &self.key
+    }
+
+    pub fn token(&self) -> NonZeroU64 {
+        self.token
+    }
+
+    /// Releases the lock and wakes its local waiters at once. `stored`: the lock's work
+    /// (fill or refresh) stored a new entry.
+    pub fn release(self, stored: bool) {
+        self.release_with_pass(stored, 0);
+    }
+
+    /// [`Self::release`], also marking the key as passed for `pass_ms` (a fill that stored
+    /// nothing), in the same hold of the mutex, so no waiter sees the lock gone before the
+    /// mark is there.
+    pub fn release_with_pass(mut self, stored: bool, pass_ms: u64) {
+        self.done = true;
+        self.unlock(stored, pass_ms);
+    }
+
+    fn unlock(&self, stored: bool, pass_ms: u64) {
+        // The release time dates the store that waiters are woken for: read the clock afresh.
+        update_clock();
+        let now = now_ms();
+        self.zone.with_key(&self.key, |t, fp| {
+            if pass_ms > 0 {
+                t.pass_set(fp, pass_ms, now);
+            }
+            t.unlock(fp, self.token, now, stored)
+        });
+        debug!(
+            cycle_log(),
+            "stale_cache: lock of \"{}\" released ({})",
+            Short(&self.key),
+            if stored { "stored" } else { "not stored" }
+        );
+        wake_waiters(self.zone, &self.key);
+    }
+
+    /// Gives the key's refresh to another node: the lock is taken again for `ms` under the
+    /// same token and left to expire, so this node's stale hits neither refresh nor ask Redis
+    /// meanwhile.
+    pub fn hand_over(mut self, ms: u64) {
+        self.done = true;
+        let now = now_ms();
+        let (token, key) = (self.token, &self.key);
+        self.zone.with_key(key, |t, fp| {
+            t.unlock(fp, token, now, false);
+            let again = lock_request(LockKind::Refresh, token, ms, 0);
+            t.try_lock_as(fp, again, now, owner_alive)
+        });
+    }
+
+    /// Ends a refresh: a failure backs the key off (an error mark: no new refresh, and in the
+    /// error grace band the stored copy is served until it ends), except that in the band an
+    /// answer the stored copy must not stand in for (say a 404) passes the key instead; then the
+    /// lock is released and its waiters woken.
+    pub fn end_refresh(mut self, end: RefreshEnd, policy: RefreshPolicy) {
+        self.done = true;
+        let lock = &self;
+        update_clock();
+        let now = now_ms();
+        let stored = end == RefreshEnd::Stored;
+        let marked = lock.zone.with_key(&lock.key, |t, fp| {
+            let mark = if stored {
+                None
+            } else if policy.grace && !policy.use_stale.covers(end) {
+                t.pass_set(fp, policy.pass_ms, now);
+                None
+            } else {
+                let (base, cap) = policy.backoff;
+                t.error_mark(fp, now, |n| backoff_ms(n, base, cap))
+            };
+            t.unlock(fp, lock.token, now, stored);
+            mark
+        });
+        debug!(
+            cycle_log(),
+            "stale_cache: lock of \"{}\" released ({}): the refresh ended {:?}; backoff {:?} ms",
+            Short(&lock.key),
+            if stored { "stored" } else { "not stored" },
+            end,
+            marked.flatten()
+        );
+        wake_waiters(lock.zone, &lock.key);
+    }
 }
 
 /// The zone has no room for another lock: say so once per interval.
