@@ -71,6 +71,8 @@ pub struct Wait {
     event: ngx_event_t,
     /// The waiting main request, resumed by the event.
     r: *mut ngx_http_request_t,
+    /// The zone of the lock waited for (its wake-ups are counted there).
+    zone: Option<ZoneRef>,
     /// The lock holder being waited for, to tell its release from a new holder.
     waited_token: u64,
     /// Registered in the waiter registry.
@@ -102,6 +104,7 @@ impl Wait {
             // SAFETY: a zeroed event is nginx's initial state for one.
             event: unsafe { core::mem::zeroed() },
             r: core::ptr::null_mut(),
+            zone: None,
             waited_token: 0,
             registered: false,
             deadline: 0,
@@ -224,6 +227,7 @@ pub fn start_waiting(
     wait.ended = WaitEnd::None;
     wait.waited_token = holder;
     wait.r = req;
+    wait.zone = Some(zone);
     let ev = &mut wait.event;
     ev.data = no_connection();
     ev.handler = Some(wait_event_handler);
@@ -302,6 +306,9 @@ unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
     } else {
         update_clock();
         wait.resumed_ms = now_ms();
+        if let Some(zone) = wait.zone {
+            zone.count(Counter::Wakeups);
+        }
         // SAFETY: the request is live while its wait is.
         debug!(request_log(unsafe { &*r }), "stale_cache: woken");
     }
