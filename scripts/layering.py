@@ -57,22 +57,31 @@ def edges(folder, files):
     graph = {r: set() for r in files}
     for rel, path in files.items():
         me = module_of(rel)
-        parent = me.rsplit("::", 1)[0] if "::" in me else ""
         text = strip_comments(open(path, encoding="utf-8").read())
         targets = set()
         for m in re.finditer(r"crate::%s::([a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)" % folder, text):
             targets.add(m.group(1))
-        for m in re.finditer(r"\bsuper::([a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)", text):
-            targets.add((parent + "::" if parent else "") + m.group(1))
+        for m in re.finditer(r"\b((?:super::)+)([a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)", text):
+            up = m.group(1).count("super::")
+            base = me.split("::")[:-up] if up <= len(me.split("::")) else []
+            targets.add("::".join(base + [m.group(2)]))
         for m in re.finditer(r"\bself::([a-z_][a-z0-9_]*(?:::[a-z_][a-z0-9_]*)*)", text):
             targets.add(me + "::" + m.group(1))
         # `use super::{a, b::C}` groups
-        for m in re.finditer(r"\b(super|crate::%s)::\{([^}]*)\}" % folder, text):
-            prefix = parent if m.group(1) == "super" else ""
+        for m in re.finditer(r"\b((?:super::)+|crate::%s::)\{([^}]*)\}" % folder, text):
+            if m.group(1).startswith("crate"):
+                base = []
+            else:
+                up = m.group(1).count("super::")
+                base = me.split("::")[:-up] if up <= len(me.split("::")) else []
             for part in m.group(2).split(","):
                 part = part.strip().split(" as ")[0]
-                if part and part[0].islower():
-                    targets.add((prefix + "::" if prefix else "") + part)
+                if part and part[0].islower() and part != "self":
+                    targets.add("::".join(base + [part]))
+        # a folder's root file (`x/mod.rs`) naming its own children (`child::item`)
+        if rel.endswith("::mod") or rel == "mod":
+            for m in re.finditer(r"(?<![:\w])([a-z_][a-z0-9_]*)::", text):
+                targets.add(me + "::" + m.group(1))
         for t in targets:
             parts = t.split("::")
             # the longest prefix that names a file of the folder

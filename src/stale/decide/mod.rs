@@ -3,14 +3,15 @@
 //! after a wake-up). The decisions are made by `crate::policy` and `crate::collapse`; these
 //! steps gather their inputs and carry them out.
 
+mod lease_steps;
+
 use ngx::ffi::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_internal_redirect, ngx_http_request_t,
-    ngx_http_run_posted_requests, NGX_HTTP_NO_CONTENT, NGX_LOG_ERR, NGX_LOG_NOTICE,
+    ngx_http_run_posted_requests, NGX_LOG_ERR, NGX_LOG_NOTICE,
 };
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
-use super::lease::{self, LeaseStep};
 use super::refresh::{self, has_body};
 use super::state::{Next, Phase, RequestState};
 use super::waiters::{
@@ -18,11 +19,7 @@ use super::waiters::{
 };
 use super::{hot, lookup};
 use crate::collapse::{after_lock, refresh_lock_ms};
-use crate::flow::{
-    fill_step, first_look, lease_fill, lease_refresh, FillStep, FirstLook, LeaseFill, LeaseRefresh,
-    ZoneFacts,
-};
-use crate::lease::{Op, LEASE_MS};
+use crate::flow::{fill_step, first_look, FillStep, FirstLook, ZoneFacts};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
@@ -34,6 +31,9 @@ use crate::resp::{parse_integer_reply, ReplyError};
 use crate::stale::main_conf;
 
 type Step = Result<Next, StaleError>;
+
+pub use lease_steps::lease_step;
+use lease_steps::{ask_lease, lease_op_request};
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
 /// locks, then the TTL lookup.
@@ -497,198 +497,6 @@ fn fill_or_wait(
         state.finish(status);
     }
     Next::Continue
-}
-
-/* ------------------------------------------------------------- fleet lease */
-
-/// Asks the fleet lease before a fill (`fill`) or a refresh, unless none is configured or it
-/// was settled for this request; `true` when the request now waits for its answer.
-fn ask_lease(state: &mut RequestState, req: &mut ngx_http_request_t, fill: bool) -> bool {
-    let (lease, capture, settings) = state.lease_and_capture();
-    if !lease.wanted(settings) || !lease::ask_first(lease, capture, req, settings, fill) {
-        return false;
-    }
-    state.enter(Phase::Lease);
-    true
-}
-
-/// `Phase::Lease`: the lease's answer, a poll due, or a lease operation's answer.
-pub fn lease_step(
-    state: &mut RequestState,
-    req: &mut ngx_http_request_t,
-    scf: &StaleCacheConf,
-) -> Step {
-    let step = state.lease().step;
-    let asked = matches!(
-        step,
-        LeaseStep::FillAsk | LeaseStep::RefreshAsk | LeaseStep::OpAsk
-    );
-    if asked && !state.capture().done {
-        return Ok(Next::Return(AGAIN));
-    }
-    match step {
-        LeaseStep::FillAsk => Ok(after_fill_answer(state, req, scf)),
-        LeaseStep::RefreshAsk => Ok(after_refresh_answer(state, req, scf)),
-        LeaseStep::OpAsk => {
-            let (lease, capture, _) = state.lease_and_capture();
-            lease::op_answered(lease, capture, req);
-            state.enter(Phase::Done);
-            Ok(Next::Return(NGX_HTTP_NO_CONTENT as _))
-        }
-        // Until the timer fires, other events (a writable socket) must not move the request.
-        LeaseStep::PollWait => Ok(Next::Return(AGAIN)),
-        LeaseStep::PollDue => {
-            let (lease, capture, settings) = state.lease_and_capture();
-            if lease::ask(lease, capture, req, settings, Op::Fill, LeaseStep::FillAsk) {
-                return Ok(Next::Return(AGAIN));
-            }
-            Ok(settle_fill(state, CacheStatus::Miss))
-        }
-        LeaseStep::Idle => {
-            state.enter(Phase::Done);
-            Ok(Next::Continue)
-        }
-    }
-}
-
-fn settle_fill(state: &mut RequestState, status: CacheStatus) -> Next {
-    state.lease_mut().settle();
-    state.finish(status);
-    Next::Continue
-}
-
-fn after_fill_answer(
-    state: &mut RequestState,
-    req: &mut ngx_http_request_t,
-    scf: &StaleCacheConf,
-) -> Next {
-    let key = state.settings().key.clone();
-    let answer = lease::answer(state.capture());
-    if let Err(why) = answer {
-        lease::failed(req, why);
-    }
-    debug!(
-        request_log(req),
-        "stale_cache: lease of \"{}\" for a fill: {:?}",
-        Short(&key),
-        answer
-    );
-    let now = now_ms();
-    let deadline = state.wait().deadline;
-    let poll_ms = lease::poll_interval(state.lease());
-    match lease_fill(answer.ok(), now, deadline, poll_ms, state.after_fetch()) {
-        LeaseFill::FillKeeping => {
-            if let Some(lock) = state.fill_lock() {
-                let (zone, token) = (lock.zone(), lock.token());
-                lease::keep(state.lease(), state.settings(), req, scf, zone, token, true);
-            }
-            settle_fill(state, CacheStatus::Miss)
-        }
-        LeaseFill::FillUnleased => settle_fill(state, CacheStatus::Miss),
-        LeaseFill::Collapsed { refetch: again } => {
-            // Another node stored it: this node's waiters are served as after a local fill.
-            if let Some(lock) = state.give_up_fill() {
-                lock.release(true);
-            }
-            let next = settle_fill(state, CacheStatus::Collapsed);
-            if again {
-                // srcache's fetch already ran for this request: let it fetch again.
-                return refetch(state, req);
-            }
-            next
-        }
-        LeaseFill::Passed => {
-            let pass_ms = state.settings().pass_ttl_ms;
-            if let Some(lock) = state.give_up_fill() {
-                lock.release_with_pass(false, pass_ms);
-            }
-            settle_fill(state, CacheStatus::Pass)
-        }
-        LeaseFill::FillAfterTimeout => {
-            warn(
-                req,
-                "lease-timeout",
-                format_args!(
-                    "stale_cache: another node has been filling \"{}\" for longer than \
-                     $cache_lock_timeout; filling here too",
-                    Short(&key)
-                ),
-            );
-            settle_fill(state, CacheStatus::Miss)
-        }
-        LeaseFill::Poll { ms } => {
-            state.lease_mut().count_poll();
-            lease::arm_poll(state.lease_mut(), req, ms);
-            Next::Return(AGAIN)
-        }
-    }
-}
-
-fn after_refresh_answer(
-    state: &mut RequestState,
-    req: &mut ngx_http_request_t,
-    scf: &StaleCacheConf,
-) -> Next {
-    state.lease_mut().settle();
-    let answer = lease::answer(state.capture());
-    debug!(
-        request_log(req),
-        "stale_cache: lease of \"{}\" for a refresh: {:?}",
-        Short(&state.settings().key),
-        answer
-    );
-    if let Err(why) = answer {
-        lease::failed(req, why);
-    }
-    match lease_refresh(answer.ok()) {
-        LeaseRefresh::RefreshKeeping => {
-            if let Some(lock) = state.refresh_lock() {
-                let (zone, token) = (lock.zone(), lock.token());
-                lease::keep(
-                    state.lease(),
-                    state.settings(),
-                    req,
-                    scf,
-                    zone,
-                    token,
-                    false,
-                );
-            }
-        }
-        LeaseRefresh::RefreshUnleased => {}
-        LeaseRefresh::HandOver => {
-            // Another node refreshes: serve stale, and keep this node's refresh lock for a
-            // lease period (never longer than the copy lives), so its stale hits neither
-            // refresh nor ask Redis again meanwhile.
-            if let Some((lock, _slot)) = state.give_up_refresh_lock() {
-                lock.hand_over(refresh_lock_ms(state.ttl(), false, LEASE_MS));
-            }
-            state.no_persist();
-            state.enter(Phase::Done);
-            return Next::Continue;
-        }
-    }
-    // (A body to replay was read before any lock: see `driver`.)
-    finish_stale(state, req, scf)
-}
-
-/// A request of this nginx to itself running a lease operation (renew, release, pass):
-/// `None` for any other request.
-fn lease_op_request(state: &mut RequestState, req: &mut ngx_http_request_t) -> Option<Next> {
-    let ask = lease::op_request(req)?;
-    let no_content = Next::Return(NGX_HTTP_NO_CONTENT as _);
-    let Ok(Some(settings)) =
-        crate::settings::Settings::parse(&super::variables::read_cache_variables(req))
-    else {
-        return Some(no_content);
-    };
-    state.set_settings(settings);
-    let (lease, capture, settings) = state.lease_and_capture();
-    if !lease::send_op(&ask, lease, capture, req, settings) {
-        return Some(no_content);
-    }
-    state.enter(Phase::Lease);
-    Some(Next::Return(AGAIN))
 }
 
 /// A fill stored the entry while this request waited after srcache's miss: send the request
