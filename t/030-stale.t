@@ -45,7 +45,8 @@ X-Cache: HIT
 --- wait_for: refreshed('/api/s', $main::key)
 --- check
 my @r = responses();
-is(scalar @r, 50, '50 responses');
+is(scalar(grep { !$_->{error} && $_->{status} == 200 && $_->{body} eq "backend GET /api/s hit 1\n" } @r),
+   50, 'all 50 answered 200 with the stale body');
 my ($max) = sort { $b <=> $a } map { $_->{elapsed} } @r;
 # a stale hit that waited for the refresh would take its 1 s
 cmp_ok($max, '<', 0.6, "every stale hit answered in < 600 ms (slowest ${max}s)");
@@ -80,11 +81,14 @@ $main::key = fill_and_stale('/api/k', undef, delay => 1.5);
 ["X-Stale-Cache: STALE", "X-Stale-Cache: STALE", "!X-Stale-Cache"]
 --- check
 my @r = responses();
-is(scalar @r, 3, '3 responses on the connection');
+# run_jobs stops at a closed connection: a request after it gets an error, not a response
+is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 3, 'all 3 answered 200 on the one connection');
 # a request held up by the refresh would take its 1.5 s
-cmp_ok($r[$_]{elapsed}, '<', 0.5, "request $_ on the keep-alive connection took < 500 ms ($r[$_]{elapsed}s)")
+# (a request that got no response has no elapsed: it counts as infinitely slow)
+cmp_ok($r[$_]{elapsed} // 9**9**9, '<', 0.5,
+       "request $_ on the keep-alive connection took < 500 ms (" . ($r[$_]{elapsed} // 'no response') . "s)")
     for 0 .. 2;
-cmp_ok($r[2]{end}, '<', 1, "all three done long before the 1.5 s refresh ends ($r[2]{end}s)");
+cmp_ok($r[2]{end} // 9**9**9, '<', 1, "all three done long before the 1.5 s refresh ends (" . ($r[2]{end} // 'no response') . "s)");
 wait_backend_hits('/api/k', 2);
 is(backend_hits('/api/k'), 2, 'the refresh reached the backend meanwhile');
 wait_until(sub { refreshed('/api/k', $main::key) }, 5, 'the refresh of /api/k to be stored');

@@ -108,8 +108,8 @@ X-Stale-Cache: ERROR
 --- check
 is(error_log_count(qr/stale_cache: the TTL lookup got a redis error: "ERR wrong number of arguments for 'ttl' command"/), 1,
    'the redis error text is logged once');
-cmp_ok(error_log_count(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"/), '<=', 1,
-       'at most one fail-open line');
+is(error_log_count(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"/), 1,
+   'one fail-open line for the 5 requests (rate-limited)');
 --- no_error_log
 [crit]
 [alert]
@@ -370,7 +370,8 @@ _E_
 ["GET /api/g", "GET /api/g"]
 --- check
 my @r = responses();
-is(scalar @r, 2, 'both requests answered on one connection');
+# run_jobs stops at a closed connection: a request after it gets an error, not a response
+is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 2, 'both requests answered 200 on one connection');
 is($_->{status}, 200, 'answered 200') for @r;
 is($_->{headers}{'x-stale-cache'}, 'ERROR', 'failed open') for @r;
 like(error_log_text(), qr/sent an invalid reply/, 'the garbage is logged');
