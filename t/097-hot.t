@@ -87,16 +87,6 @@ $locations
 _EOC_
 }
 
-# The value of a sample of /metrics (0 if absent).
-sub metric {
-    my $sample = shift;
-    my $text = http_get('/metrics')->{body} // '';
-    for (split /\n/, $text) {
-        return $1 if index($_, "$sample ") == 0 && /\s(\d+)$/;
-    }
-    return 0;
-}
-
 # Stores $uri (a body of $size bytes from the backend), then replaces its body in Redis by
 # $size bytes of $byte (same length, so the stored head still fits), and makes it hot.
 sub hot_with_body {
