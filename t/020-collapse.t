@@ -4,73 +4,17 @@ use lib 't/lib';
 use Test::StaleCache;
 use Digest::MD5 qw(md5_hex);
 use IO::Socket::INET;
-use IO::Select;
 use Time::HiRes ();
 
 our $BASE_HTTP = <<'_EOC_';
     stale_cache_zone srcache_locks 1m;
 _EOC_
 
-# The drop-in configuration, plus the wake delay, the worker and (to the backend) the status;
-# lock_timeout and ttl (the TTL location) override the documented values.
-sub base_config {
-    my (%o) = @_;
-    my @extra = (($o{lock_timeout} ? "set \$cache_lock_timeout $o{lock_timeout};" : ()),
-                 ($o{ttl} ? "set \$cache_ttl $o{ttl};" : ()),
-                 'add_header X-Wake-Delay $stale_cache_wake_delay;',
-                 'add_header X-Worker $pid;',
-                 'proxy_set_header X-Status-Seen $stale_cache_status;',
-                 $o{location_extra} // ());
-    return drop_in_config(join "\n        ", @extra) . ($o{extra} // '');
-}
-
-sub by_status {
-    my %n;
-    $n{ $_->{headers}{'x-stale-cache'} // '(none)' }++ for @_;
-    return \%n;
-}
-
+# Response headers the blocks read besides base_config's: the waiter's wake delay, the worker.
+our $HEADERS = ['add_header X-Wake-Delay $stale_cache_wake_delay;', 'add_header X-Worker $pid;'];
 
 # An extra listener (from the harness's port range).
 our $PORT2 = pick_port();
-
-# Opens $n connections at once, sends $raw on each (Connection: close) and
-# reads every answer to EOF. Returns hashrefs {status, headers, body, end, error};
-# `end` (seconds from the start) is when nginx closed the connection, i.e. when
-# the request and its subrequests were finished.
-sub blast {
-    my ($port, $n, $raw, $timeout) = @_;
-    my $t0 = Time::HiRes::time();
-    my (@c, @out);
-    for my $i (0 .. $n - 1) {
-        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port", Timeout => 2);
-        unless ($s) { $out[$i] = { error => "connect: $!" }; next }
-        syswrite($s, $raw) == length $raw or $out[$i] = { error => "write: $!" };
-        $s->blocking(0);
-        push @c, { s => $s, i => $i, buf => '' };
-    }
-    my $sel = IO::Select->new(map { $_->{s} } @c);
-    my %by = map { fileno($_->{s}) => $_ } @c;
-    while ($sel->count && Time::HiRes::time() - $t0 < $timeout) {
-        for my $s ($sel->can_read(0.1)) {
-            my $c = $by{ fileno $s };
-            my $got = sysread($s, my $chunk, 65536);
-            next if !defined $got && $!{EAGAIN};
-            if ($got) { $c->{buf} .= $chunk; next }
-            $sel->remove($s);
-            close $s;
-            my ($head, $body) = split /\r\n\r\n/, $c->{buf}, 2;
-            my ($status) = ($head // '') =~ m{^HTTP/1\.\d (\d{3})};
-            my %h;
-            for (split /\r\n/, $head // '') { $h{ lc $1 } = $2 if /^([^:]+):\s*(.*)$/ }
-            $out[ $c->{i} ] = { status => $status // 0, headers => \%h, body => $body,
-                                end => Time::HiRes::time() - $t0,
-                                error => defined $status ? undef : 'no response' };
-        }
-    }
-    $out[ $_->{i} ] //= { error => 'timeout', status => 0, headers => {} } for @c;
-    return @out;
-}
 
 run_tests();
 
@@ -79,7 +23,7 @@ __DATA__
 === TEST 1: 100 concurrent misses, 300 ms backend: one fill, 99 collapsed, woken at once
 --- log_level: info
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config()
+--- config eval: base_config(in => $::HEADERS)
 --- request
 GET /api/x
 --- more_headers
@@ -96,7 +40,7 @@ X-Stale-Cache: ^(MISS|COLLAPSED)$
 --- check
 my @r = responses();
 is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 100, 'all 100 answered 200');
-my $n = by_status(@r);
+my $n = statuses(@r);
 is($n->{MISS}, 1, 'exactly one MISS');
 is($n->{COLLAPSED}, 99, 'the other 99 COLLAPSED') or diag(explain $n);
 my ($miss) = grep { ($_->{headers}{'x-stale-cache'} // '') eq 'MISS' } @r;
@@ -136,15 +80,15 @@ is($log[0]{headers}{'x-status-seen'}, 'MISS', 'backend saw the filler (MISS)');
 --- log_level: info
 --- http_config eval: $::BASE_HTTP
 --- config eval
-"    listen 127.0.0.1:$::PORT2 reuseport;\n" . ::base_config()
+"    listen 127.0.0.1:$::PORT2 reuseport;\n" . base_config(in => $::HEADERS)
 --- check
-my @r = blast($::PORT2, 100, "GET /api/x HTTP/1.1\r\nHost: localhost\r\nX-Backend-Delay: 0.3\r\nConnection: close\r\n\r\n", 10);
+my @r = concurrent_get('/api/x', 100, { 'X-Backend-Delay' => '0.3' }, 10, $::PORT2);
 is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 100, 'all 100 answered 200')
     or diag(explain [grep { $_->{error} } @r]);
 is(scalar(grep { ($_->{body} // '') eq "backend GET /api/x hit 1\n" } @r), 100,
    'all 100 got the one backend body');
 is(backend_hits('/api/x'), 1, 'one backend hit');
-my $n = by_status(@r);
+my $n = statuses(@r);
 is($n->{MISS}, 1, 'exactly one MISS');
 is($n->{COLLAPSED}, 99, 'the other 99 COLLAPSED') or diag(explain $n);
 my (undef, @workers) = nginx_pids();
@@ -184,8 +128,8 @@ $::BASE_HTTP . <<'_E_'
     map $stale_cache_status $timeout_no_store { TIMEOUT "Cache-Control: no-store"; default ""; }
 _E_
 --- config eval
-::base_config(lock_timeout => 0.5,
-              location_extra => 'proxy_set_header X-Backend-Header $timeout_no_store;')
+base_config(set => { lock_timeout => 0.5 },
+            in => [@$::HEADERS, 'proxy_set_header X-Backend-Header $timeout_no_store;'])
 --- request
 GET /api/x
 --- more_headers
@@ -197,7 +141,7 @@ X-Backend-Delay: 1.5
 X-Stale-Cache: ^(MISS|TIMEOUT)$
 --- check
 my @r = responses();
-my $n = by_status(@r);
+my $n = statuses(@r);
 is($n->{MISS}, 1, 'one MISS (the filler)');
 is($n->{TIMEOUT}, 9, 'nine TIMEOUT') or diag(explain $n);
 my ($miss) = grep { $_->{headers}{'x-stale-cache'} eq 'MISS' } @r;
@@ -247,7 +191,7 @@ is(redis('EXISTS', $k), 1, 'stored again');
 === TEST 4: client disconnects while filling: the lock is released, the next request is not stuck
 --- log_level: info
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config()
+--- config eval: base_config(in => $::HEADERS)
 --- pre
 my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$TEST_NGINX_SERVER_PORT", Timeout => 2)
     or die "connect: $!";
@@ -285,7 +229,7 @@ client prematurely closed connection
 
 === TEST 5: sequential requests after a fill: MISS, then FRESH from the cache, one backend hit
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config()
+--- config eval: base_config(in => $::HEADERS)
 --- request eval
 ["GET /api/x", "GET /api/x", "GET /api/x", "GET /api/x"]
 --- response_body
@@ -305,7 +249,7 @@ backend GET /api/x hit 1
 # fill ended (0.3 s, 0.7 s of slack for a loaded machine); B must not fill a second time.
 --- http_config eval: $::BASE_HTTP
 --- config eval
-::base_config(ttl => '/slowttl', extra => <<'_E_')
+base_config(set => { ttl => '/slowttl' }, in => $::HEADERS, after => <<'_E_')
     location = /slowttl { internal; echo_sleep $http_x_ttl_delay; echo -n ":-2\r\n"; }
 _E_
 --- request eval
@@ -330,7 +274,7 @@ cmp_ok($r[0]{end}, '<', 0.9, 'A finished before B\'s lookup answered');
 # arms the module's 2 ms poll timer; its event must survive nginx's debug logging of timer
 # events ("event timer del: %d", which reads ((ngx_connection_t *) ev->data)->fd).
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config()
+--- config eval: base_config(in => $::HEADERS)
 --- request
 GET /api/x
 --- more_headers
@@ -342,7 +286,7 @@ backend GET /api/x hit 1
 X-Stale-Cache: ^(MISS|COLLAPSED)$
 --- backend_hits: 1
 --- check
-my $n = by_status(responses());
+my $n = statuses(responses());
 is($n->{MISS}, 1, 'one MISS');
 is($n->{COLLAPSED}, 4, 'four COLLAPSED') or diag(explain $n);
 --- no_error_log

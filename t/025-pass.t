@@ -9,13 +9,12 @@ our $HTTP = <<'_EOC_';
     stale_cache_zone srcache_locks 1m;
 _EOC_
 
-# The drop-in configuration with statuses on every answer (errors too), a short pass mark
-# unless asked otherwise, and the filling worker's pid passed to the backend.
+# The drop-in configuration (its X-Stale-Cache is on every answer, errors too), a short pass
+# mark unless asked otherwise, and the filling worker's pid passed to the backend.
 sub config {
     my (%o) = @_;
     return drop_in_config(join "\n        ",
         "set \$cache_pass_ttl " . ($o{pass_ttl} // 3) . ';',
-        'add_header X-Status $stale_cache_status always;',
         'proxy_set_header X-Worker $pid;',
         $o{extra} // ());
 }
@@ -39,7 +38,7 @@ sub uncacheable_round {
     is(($n->{PASS} // 0) + 1, 100, "$what: the other 99 passed (no TIMEOUT, no waiting in line)")
         or diag(explain $n);
     is(backend_hits($path), 100, "$what: every request reached the backend once");
-    my ($filler) = grep { ($_->{headers}{'x-status'} // '') eq 'MISS' } @r;
+    my ($filler) = grep { ($_->{headers}{'x-stale-cache'} // '') eq 'MISS' } @r;
     my $slowest = (sort { $b <=> $a } map { $_->{end} } @r)[0];
     # The old module serialized them until $cache_lock_timeout (3 s): 3.3 s for all.
     # (Measured 0.46-0.53 s on an idle machine; the bound leaves room for a loaded one.)
@@ -97,15 +96,15 @@ GET /t-unused
 --- check
 backend_config('/api/flip', status => 500);
 my $r = http_get('/api/flip');
-is($r->{headers}{'x-status'}, 'MISS', 'the fill answered 500');
-is(http_get('/api/flip')->{headers}{'x-status'}, 'PASS', 'the key is passed (60 s mark)');
+is($r->{headers}{'x-stale-cache'}, 'MISS', 'the fill answered 500');
+is(http_get('/api/flip')->{headers}{'x-stale-cache'}, 'PASS', 'the key is passed (60 s mark)');
 backend_config('/api/flip', clear => 1);
 my $ok = http_get('/api/flip');
-is($ok->{headers}{'x-status'}, 'PASS', 'still passed: the mark lasts');
+is($ok->{headers}{'x-stale-cache'}, 'PASS', 'still passed: the mark lasts');
 is($ok->{headers}{'x-store'}, 'STORE', 'but its answer is cacheable and stored');
 is(redis('DEL', redis_key('/api/flip')), 1, 'the entry is deleted again');
 my @r = concurrent_get('/api/flip', 50, { 'X-Backend-Delay' => '0.3' });
-my $n = ::statuses(@r);
+my $n = statuses(@r);
 is($n->{MISS}, 1, 'collapsing is back: one fill') or diag(explain $n);
 is($n->{COLLAPSED}, 49, 'and 49 collapsed') or diag(explain $n);
 is(backend_hits('/api/flip'), 4, 'one backend hit for the 50');
@@ -120,8 +119,8 @@ GET /t-unused
 --- ignore_response
 --- check
 backend_config('/api/nopass', status => 500);
-is(http_get('/api/nopass')->{headers}{'x-status'}, 'MISS', 'a fill that answered 500');
-is(http_get('/api/nopass')->{headers}{'x-status'}, 'MISS', 'no mark: the next one fills again');
+is(http_get('/api/nopass')->{headers}{'x-stale-cache'}, 'MISS', 'a fill that answered 500');
+is(http_get('/api/nopass')->{headers}{'x-stale-cache'}, 'MISS', 'no mark: the next one fills again');
 
 
 
@@ -133,17 +132,17 @@ is(http_get('/api/nopass')->{headers}{'x-status'}, 'MISS', 'no mark: the next on
 GET /t-unused
 --- ignore_response
 --- check
-is(http_get('/api/del')->{headers}{'x-status'}, 'MISS', 'filled');
+is(http_get('/api/del')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
 my $f = http_get('/api/del');
-is($f->{headers}{'x-status'}, 'FRESH', 'fresh: the memo remembers it for 5 s');
+is($f->{headers}{'x-stale-cache'}, 'FRESH', 'fresh: the memo remembers it for 5 s');
 is(redis('DEL', redis_key('/api/del')), 1, 'an operator deletes the entry in Redis');
 my @r = concurrent_get('/api/del', 100, { 'X-Backend-Delay' => '0.3' });
 is(scalar(grep { ($_->{status} // 0) == 200 } @r), 100, 'all 100 answered 200');
 cmp_ok(backend_hits('/api/del'), '<=', 3, 'at most 2 backend hits for the 100 (1 before)');
-my @lies = grep { ($_->{headers}{'x-status'} // '') eq 'FRESH'
+my @lies = grep { ($_->{headers}{'x-stale-cache'} // '') eq 'FRESH'
                   && ($_->{headers}{'x-cache'} // '') eq 'MISS' } @r;
 is(scalar @lies, 0, 'no response reported FRESH while srcache missed');
-my $n = ::statuses(@r);
+my $n = statuses(@r);
 cmp_ok($n->{MISS} // 0, '>=', 1, 'one of them filled') or diag(explain $n);
 is(($n->{MISS} // 0) + ($n->{COLLAPSED} // 0) + ($n->{FRESH} // 0) + ($n->{GONE} // 0), 100,
    'the others were collapsed (or came after the store)') or diag(explain $n);
@@ -160,12 +159,12 @@ is(redis('EXISTS', redis_key('/api/del')), 1, 'the entry is back in Redis');
 GET /t-unused
 --- ignore_response
 --- check
-is(http_get('/api/gone')->{headers}{'x-status'}, 'MISS', 'filled');
-is(http_get('/api/gone')->{headers}{'x-status'}, 'FRESH', 'fresh by the memo');
+is(http_get('/api/gone')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
+is(http_get('/api/gone')->{headers}{'x-stale-cache'}, 'FRESH', 'fresh by the memo');
 redis('FLUSHALL');
 my $r = http_get('/api/gone');
 is($r->{headers}{'x-cache'}, 'MISS', 'srcache missed');
-is($r->{headers}{'x-status'}, 'MISS', 'reported as the miss it was (it filled), not FRESH');
+is($r->{headers}{'x-stale-cache'}, 'MISS', 'reported as the miss it was (it filled), not FRESH');
 is($r->{headers}{'x-store'}, 'STORE', 'and stored again');
 is(http_get('/api/gone')->{headers}{'x-cache'}, 'HIT', 'the next one hits');
 
@@ -228,7 +227,7 @@ GET /t-unused
 --- check
 my $key = fill_and_stale('/api/r', undef, delay => 5);
 my $s = http_get('/api/r');
-is($s->{headers}{'x-status'}, 'STALE', 'stale hit; its refresh runs for 5 s');
+is($s->{headers}{'x-stale-cache'}, 'STALE', 'stale hit; its refresh runs for 5 s');
 wait_backend_hits('/api/r', 2);
 is(redis('TTL', $key), -1, 'the key is PERSISTed for the refresh');
 my ($worker) = grep { $_ != (nginx_pids())[0] } nginx_pids();
@@ -237,7 +236,7 @@ backend_config('/api/r', clear => 1);
 wait_until(sub { my @p = nginx_pids(); @p == 2 && !grep { $_ == $worker } @p }, 5,
            'the master to start a new worker');
 my $again = http_get('/api/r');
-is($again->{headers}{'x-status'}, 'STALE', 'still stale (the killed refresh stored nothing)');
+is($again->{headers}{'x-stale-cache'}, 'STALE', 'still stale (the killed refresh stored nothing)');
 wait_until(sub { my $t = redis('TTL', $key); $t > 50 }, 5,
            'a new refresh to store the entry with an expiry');
 cmp_ok(backend_hits('/api/r'), '>=', 3, 'a new refresh reached the backend');
@@ -313,7 +312,7 @@ my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$TEST_NGINX_SERVER_PORT", T
 print $s "GET /api/h10 HTTP/1.0\r\n\r\n";
 my $answer = do { local $/; <$s> };
 like($answer, qr/^HTTP\/1\.1 200/, 'the Host-less request is answered 200');
-like($answer, qr/X-Status: STALE/i, 'stale');
+like($answer, qr/X-Stale-Cache: STALE/i, 'stale');
 wait_until(sub { redis('TTL', $key) > 50 }, 5, 'the refresh to store the entry');
 my @log = backend_log('/api/h10');
 is(scalar @log, 2, 'the refresh reached the backend');
@@ -331,7 +330,7 @@ GET /t-unused
 --- check
 my $r = http_request('POST', '/api/post', {}, 'x' x (2 * 1024 * 1024));
 is($r->{status}, 200, 'answered 200');
-is($r->{headers}{'x-status'}, 'MISS', 'looked up and filled (not ERROR)');
+is($r->{headers}{'x-stale-cache'}, 'MISS', 'looked up and filled (not ERROR)');
 --- no_error_log
 TTL lookup failed
 
@@ -349,7 +348,7 @@ my $k = 'k' x 3000;
 system("curl -s -o /dev/null -H 'X-Backend-Delay: 2' 'http://127.0.0.1:$TEST_NGINX_SERVER_PORT/api/slow?k=$k' &");
 wait_backend_hits('/api/slow', 1);
 my @r = concurrent_get("/api/slow?k=$k", 20, {});
-is(::statuses(@r)->{TIMEOUT}, 20, 'the 20 waiters gave up');
+is(statuses(@r)->{TIMEOUT}, 20, 'the 20 waiters gave up');
 my @lines = grep { /waited \$cache_lock_timeout/ } split /\n/, error_log_text();
 is(scalar @lines, 1, 'one warn line for the 20');
 my ($shown) = $lines[0] =~ /filling "(.*?)"/;

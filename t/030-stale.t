@@ -16,13 +16,6 @@ sub port2 { $port2 ||= Test::StaleCache::pick_port() }
 # The drop-in configuration with the memo off, so blocks can age entries at once.
 sub api_config { drop_in_config('stale_cache_memo off; ' . (shift // '')) }
 
-# True once the refresh of $uri has ended (its line is logged at the end) and Redis holds a
-# copy with its full expiry again (TTL over the 50 s the block left it).
-sub refreshed {
-    my ($uri, $key) = @_;
-    return error_log_text() =~ /stale_cache: refresh of "\Q$uri\E" via / && redis('TTL', $key) > 50;
-}
-
 run_tests();
 
 __DATA__
@@ -45,7 +38,8 @@ X-Cache: HIT
 --- wait_for: refreshed('/api/s', $main::key)
 --- check
 my @r = responses();
-is(scalar @r, 50, '50 responses');
+is(scalar(grep { !$_->{error} && $_->{status} == 200 && $_->{body} eq "backend GET /api/s hit 1\n" } @r),
+   50, 'all 50 answered 200 with the stale body');
 my ($max) = sort { $b <=> $a } map { $_->{elapsed} } @r;
 # a stale hit that waited for the refresh would take its 1 s
 cmp_ok($max, '<', 0.6, "every stale hit answered in < 600 ms (slowest ${max}s)");
@@ -80,11 +74,14 @@ $main::key = fill_and_stale('/api/k', undef, delay => 1.5);
 ["X-Stale-Cache: STALE", "X-Stale-Cache: STALE", "!X-Stale-Cache"]
 --- check
 my @r = responses();
-is(scalar @r, 3, '3 responses on the connection');
+# run_jobs stops at a closed connection: a request after it gets an error, not a response
+is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 3, 'all 3 answered 200 on the one connection');
 # a request held up by the refresh would take its 1.5 s
-cmp_ok($r[$_]{elapsed}, '<', 0.5, "request $_ on the keep-alive connection took < 500 ms ($r[$_]{elapsed}s)")
+# (a request that got no response has no elapsed: it counts as infinitely slow)
+cmp_ok($r[$_]{elapsed} // 9**9**9, '<', 0.5,
+       "request $_ on the keep-alive connection took < 500 ms (" . ($r[$_]{elapsed} // 'no response') . "s)")
     for 0 .. 2;
-cmp_ok($r[2]{end}, '<', 1, "all three done long before the 1.5 s refresh ends ($r[2]{end}s)");
+cmp_ok($r[2]{end} // 9**9**9, '<', 1, "all three done long before the 1.5 s refresh ends (" . ($r[2]{end} // 'no response') . "s)");
 wait_backend_hits('/api/k', 2);
 is(backend_hits('/api/k'), 2, 'the refresh reached the backend meanwhile');
 wait_until(sub { refreshed('/api/k', $main::key) }, 5, 'the refresh of /api/k to be stored');
@@ -227,7 +224,7 @@ is($r->{headers}{'x-stale-cache'}, 'FRESH', 'FRESH afterwards');
     stale_cache_zone srcache_locks 1m;
     log_format sc '$request_uri status=$stale_cache_status fetch=$srcache_fetch_status store=$srcache_store_status skip=$http_x_skip_fetch';
 --- config eval
-api_config('proxy_set_header X-Seen-Status $stale_cache_status; access_log logs/sc.log sc;')
+api_config('access_log logs/sc.log sc;')
 --- pre
 $main::key = fill_and_stale('/api/rs');
 --- request
@@ -244,8 +241,8 @@ refreshed('/api/rs', $main::key)
 --- check
 my @log = backend_log('/api/rs');
 is(scalar @log, 2, 'fill + refresh reached the backend');
-is($log[0]{headers}{'x-seen-status'}, 'MISS', 'the fill had status MISS');
-is($log[1]{headers}{'x-seen-status'}, 'REFRESH', 'the refresh had status REFRESH');
+is($log[0]{headers}{'x-status-seen'}, 'MISS', 'the fill had status MISS');
+is($log[1]{headers}{'x-status-seen'}, 'REFRESH', 'the refresh had status REFRESH');
 is($log[1]{headers}{'x-skip-fetch'}, 'TRUE', 'the refresh carried X-Skip-Fetch: TRUE');
 open my $fh, '<', "$TEST_NGINX_SERVROOT/logs/sc.log" or die "sc.log: $!";
 my @lines = <$fh>;

@@ -4,38 +4,15 @@ use lib 't/lib';
 use Test::StaleCache;
 run_tests();
 
-# True once the refresh of $uri has ended (its line is logged at the end) and stored a copy
-# with its full expiry (the block left the key at 50 s).
-sub refreshed {
-    my ($uri, $key) = @_;
-    return error_log_text() =~ /refresh of "\Q$uri\E" via / && redis('TTL', $key) > 50;
-}
-
-# A stale-cache location keyed by $uri (memo off, so tests can age entries), the lines in
-# %o{fetch} to fetch (default: the documented if-line), %o{extra} inside the location, and
-# %o{server} before it.
+# base_config keyed by $uri in zone "locks", memo off (so tests can age entries), with
+# %o{server} (listen lines...) before the location; the other options are base_config's.
 sub api_config {
     my (%o) = @_;
-    my $fetch = $o{fetch}
-        // 'if ($http_x_skip_fetch != TRUE) { srcache_fetch GET /redis $cache_key; }';
-    my $extra = $o{extra} // '';
-    my $server = $o{server} // '';
-    return <<"_EOC_" . redis_locations();
-    $server
-    location /api {
-        set \$cache_lock locks;
-        set \$cache_ttl /redisttl;
-        set \$cache_key \$uri;
-        set_escape_uri \$escaped_key \$cache_key;
-        stale_cache on;
-        stale_cache_memo off;
-        $fetch
-        srcache_store PUT /redis2 key=\$escaped_key&exptime=105;
-        add_header X-Stale-Cache \$stale_cache_status;
-        $extra
-        proxy_pass http://backend;
-    }
-_EOC_
+    my $server = delete $o{server} // '';
+    return "    $server\n" . base_config(
+        vars => "        set \$cache_lock locks;\n        set \$cache_ttl /redisttl;\n"
+              . "        set \$cache_key \$uri;\n",
+        in => 'stale_cache_memo off;', %o);
 }
 __DATA__
 === TEST 1: a client on an IPv6 listener: the refresh goes over [::1]
@@ -85,7 +62,7 @@ like(error_log_text(), qr/refresh of "\/api\/unix" via unix:\S*client\.sock 200/
 --- http_config
     stale_cache_zone locks 1m;
 --- config eval
-::api_config(server => 'listen unix:$TEST_NGINX_SERVROOT/refresh.sock; stale_cache_refresh_address unix:$TEST_NGINX_SERVROOT/refresh.sock;', fetch => 'srcache_fetch_skip $stale_cache_skip_fetch; srcache_fetch GET /redis $cache_key;', extra => 'proxy_set_header X-Seen-Status $stale_cache_status;')
+::api_config(server => 'listen unix:$TEST_NGINX_SERVROOT/refresh.sock; stale_cache_refresh_address unix:$TEST_NGINX_SERVROOT/refresh.sock;', fetch => 'srcache_fetch_skip $stale_cache_skip_fetch; srcache_fetch GET /redis $cache_key;')
 --- request
 GET /api/addr?x=1
 --- response_body
@@ -102,7 +79,7 @@ like(error_log_text(), qr/refresh of "\/api\/addr\?x=1" via unix:\S*refresh\.soc
      'refresh went to the configured address');
 my @log = backend_log('/api/addr?x=1');
 my $refresh = $log[-1];
-is($refresh->{headers}{'x-seen-status'}, 'REFRESH', 'the refresh request has status REFRESH');
+is($refresh->{headers}{'x-status-seen'}, 'REFRESH', 'the refresh request has status REFRESH');
 is($refresh->{headers}{'x-custom'}, 'abc', 'client headers are replayed');
 my $r2 = http_get('/api/addr?x=1');
 like($r2->{body}, qr/hit 2/, 'the next request gets the refreshed body');

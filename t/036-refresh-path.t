@@ -1,13 +1,7 @@
 # Issue 12: no key left without expiry whatever the refresh address does, the refresh address
 # checked at nginx -t, and a slow client cannot hold a refresh. Blocks touching the Redis
-# locations run with the module's native locations and with redis2/HttpRedis (built once
-# from /work/shared/third-party into build/reference-modules, about 20 s).
-BEGIN {
-    use lib 't/lib';
-    require RefModules;
-    $ENV{TEST_NGINX_EXTRA_MODULES} = join ' ', grep { length }
-        $ENV{TEST_NGINX_EXTRA_MODULES}, RefModules::ensure();
-}
+# locations run with the module's native locations and with redis2/HttpRedis (`--- redis2`:
+# built once, see t/lib/RefModules.pm; skipped when they cannot be built).
 use lib 't/lib';
 use Test::StaleCache;
 use IO::Socket::INET;
@@ -74,6 +68,7 @@ episodes(qr/refresh of "\/api\/r" via 127\.0\.0\.1:\d+ answered 200 without the 
 
 
 === TEST 2: redis2: same
+--- redis2
 --- http_config eval: $::HTTP
 --- config eval
 $ENV{P2} = Test::StaleCache::pick_port();
@@ -96,6 +91,7 @@ episodes(qr/refresh of "\/api\/r" via 127\.0\.0\.1:\d+ status 404/);
 
 
 === TEST 4: redis2: same
+--- redis2
 --- http_config eval: $::HTTP
 --- config eval
 $ENV{P2} = Test::StaleCache::pick_port();
@@ -120,6 +116,7 @@ rename("$TEST_NGINX_SERVROOT/r.away", "$TEST_NGINX_SERVROOT/r.sock");
 
 
 === TEST 6: redis2: same
+--- redis2
 --- http_config eval: $::HTTP
 --- config eval
 ::cfg('redis2', 'unix:$TEST_NGINX_SERVROOT/r.sock', "    }\n    server { listen unix:$ENV{TEST_NGINX_SERVROOT}/r.sock; location / { return 404; }\n")
@@ -146,6 +143,7 @@ wait_until(sub { redis('TTL', redis_key('/api/r')) > 100 }, 5, 'the refresh to s
 
 
 === TEST 8: redis2: same
+--- redis2
 --- http_config eval: $::HTTP
 --- config eval: ::cfg('redis2')
 --- check

@@ -9,61 +9,13 @@ our $BASE_HTTP = <<'_EOC_';
     stale_cache_zone srcache_locks 1m;
 _EOC_
 
-# The brief's base configuration. VARS replaces the $cache_* block when given;
-# TTL_CMD is the command line of /redisttl; EXTRA goes after the locations.
-our $BASE = <<'_EOC_';
-    location /api {
-VARS
-        set_escape_uri $escaped_key $cache_key;
-        stale_cache on;
-        if ($http_x_skip_fetch != TRUE){ srcache_fetch GET /redis $cache_key;}
-        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
-        add_header X-Cache $srcache_fetch_status;
-        add_header X-Store $srcache_store_status;
-        add_header X-Stale-Cache $stale_cache_status;
-        proxy_set_header X-Status-Seen $stale_cache_status;
-        proxy_pass http://backend;
-    }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; TTL_CMD }
-    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command PERSIST $key; }
-    location = /redis { internal; set_md5 $redis_key $args; stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command SET $key $request_body; stale_cache_redis_command EXPIRE $key $exptime; }
-_EOC_
-
-our $VARS = <<'_EOC_';
-        set $cache_lock srcache_locks;
-        set $cache_ttl TTL_URI;
-        set $cache_persist /redispersist;
-        set $cache_key "$http_user_agent|$uri";
-        set $cache_stale STALE;
-        set $cache_lock_exptime 30;
-        set $cache_backend_lock_timeout 0.01;
-        set $cache_lock_timeout 3;
-        set $cache_lock_timeout_wait 0.06;
-        set $cache_skip_fetch "X-Skip-Fetch";
-_EOC_
-
-sub base_config {
-    my (%o) = @_;
-    my $vars = $o{vars} // $VARS;
-    my $ttl_uri = $o{ttl} // '/redisttl';
-    my $stale = $o{stale} // 100;
-    $vars =~ s/TTL_URI/$ttl_uri/;
-    $vars =~ s/STALE/$stale/;
-    my $c = $BASE;
-    my $cmd = $o{ttl_cmd} // 'stale_cache_redis_command TTL $key;';
-    $c =~ s/VARS\n/$vars/;
-    $c =~ s/TTL_CMD/$cmd/;
-    return $c . ($o{extra} // '');
-}
-
 run_tests();
 
 __DATA__
 
 === TEST 1: Redis stopped: 20 concurrent + 5 sequential requests served by the backend, one error line
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config()
+--- config eval: base_config()
 --- pre
 stop_redis();
 --- request
@@ -97,7 +49,7 @@ stale_cache: TTL lookup failed for "/api/x"
 
 === TEST 2: Redis answers -ERR to the TTL command: backend 200, ERROR, the redis error logged once
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config(ttl_cmd => 'stale_cache_redis_command TTL $key extra;')
+--- config eval: base_config(ttl_cmd => 'stale_cache_redis_command TTL $key extra;')
 --- request eval
 ["GET /api/x", "GET /api/x", "GET /api/x", "GET /api/x", "GET /api/x"]
 --- response_body
@@ -108,8 +60,8 @@ X-Stale-Cache: ERROR
 --- check
 is(error_log_count(qr/stale_cache: the TTL lookup got a redis error: "ERR wrong number of arguments for 'ttl' command"/), 1,
    'the redis error text is logged once');
-cmp_ok(error_log_count(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"/), '<=', 1,
-       'at most one fail-open line');
+is(error_log_count(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"/), 1,
+   'one fail-open line for the 5 requests (rate-limited)');
 --- no_error_log
 [crit]
 [alert]
@@ -119,7 +71,7 @@ cmp_ok(error_log_count(qr/stale_cache: TTL lookup answered no integer for "\/api
 === TEST 3: TTL location answers garbage: backend 200, ERROR, one line
 --- http_config eval: $::BASE_HTTP
 --- config eval
-::base_config(ttl => '/garbage', extra => <<'_E_')
+base_config(set => { ttl => '/garbage' }, after => <<'_E_')
     location = /garbage { internal; echo hello; }
 _E_
 --- request eval
@@ -140,7 +92,7 @@ is(error_log_count(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"
 
 === TEST 4: Redis never answers (blackhole): bounded by the redis timeouts, backend 200, ERROR
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config()
+--- config eval: base_config()
 --- pre
 fake_redis_blackhole();
 --- request eval
@@ -166,7 +118,7 @@ upstream timed out
 
 === TEST 5: POST with the default $cache_methods (GET): BYPASS, backend hit, nothing looked up or stored
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config()
+--- config eval: base_config()
 --- redis_setup
 CONFIG RESETSTAT
 --- request
@@ -194,7 +146,7 @@ is($l->{headers}{'x-status-seen'}, 'BYPASS', 'backend saw BYPASS');
 # another variable the value is only known per request.
 --- http_config eval: $::BASE_HTTP
 --- config eval
-my $c = ::base_config(stale => '$stale_value');
+my $c = base_config(set => { stale => '$stale_value' });
 $c =~ s/(\n\s+set \$cache_stale)/\n        set \$stale_value abc;$1/; $c
 --- redis_setup
 CONFIG RESETSTAT
@@ -217,7 +169,7 @@ is(error_log_count(qr/\[error\].*stale_cache: \$cache_stale: "abc" is not a numb
 
 === TEST 7: literal set $cache_stale abc: refused by nginx -t, naming the variable and value
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config(stale => 'abc')
+--- config eval: base_config(set => { stale => 'abc' })
 --- must_die
 --- error_log
 stale_cache: $cache_stale: "abc" is not a number of seconds
@@ -227,7 +179,7 @@ stale_cache: $cache_stale: "abc" is not a number of seconds
 === TEST 8: only $cache_key set: ERROR, the line names the missing $cache_lock
 --- http_config eval: $::BASE_HTTP
 --- config eval
-::base_config(vars => <<'_E_')
+base_config(vars => <<'_E_')
         set $cache_key "$http_user_agent|$uri";
 _E_
 --- redis_setup
@@ -252,7 +204,7 @@ is(error_log_count(qr/stale_cache: \$cache_lock: not set, but \$cache_key is; th
 === TEST 9: $cache_key and $cache_lock set, $cache_ttl missing: the line names $cache_ttl
 --- http_config eval: $::BASE_HTTP
 --- config eval
-::base_config(vars => <<'_E_')
+base_config(vars => <<'_E_')
         set $cache_lock srcache_locks;
         set $cache_key "$http_user_agent|$uri";
 _E_
@@ -270,7 +222,7 @@ qr/stale_cache: \$cache_ttl: not set, but \$cache_lock is; the request passes th
 === TEST 10: $cache_lock names an unknown zone (from a variable): ERROR and a line
 --- http_config eval: $::BASE_HTTP
 --- config eval
-my $c = ::base_config(); $c =~ s/set \$cache_lock srcache_locks;/set \$zone_name nozone; set \$cache_lock \$zone_name;/; $c
+my $c = base_config(); $c =~ s/set \$cache_lock srcache_locks;/set \$zone_name nozone; set \$cache_lock \$zone_name;/; $c
 --- redis_setup
 CONFIG RESETSTAT
 --- request eval
@@ -293,7 +245,7 @@ is(error_log_count(qr/stale_cache: \$cache_lock names "nozone" but no "stale_cac
 === TEST 11: literal $cache_lock naming an unknown zone: refused by nginx -t
 --- http_config eval: $::BASE_HTTP
 --- config eval
-my $c = ::base_config(); $c =~ s/set \$cache_lock srcache_locks;/set \$cache_lock nozone;/; $c
+my $c = base_config(); $c =~ s/set \$cache_lock srcache_locks;/set \$cache_lock nozone;/; $c
 --- must_die
 --- error_log
 stale_cache: $cache_lock: "nozone" names no zone
@@ -303,7 +255,7 @@ stale_cache: $cache_lock: "nozone" names no zone
 === TEST 12: all of $cache_lock/ttl/key unset: BYPASS and the "are unset" line
 --- http_config eval: $::BASE_HTTP
 --- config eval
-::base_config(vars => "        set \$cache_key_unused 1;\n")
+base_config(vars => "        set \$cache_key_unused 1;\n")
 --- request
 GET /api/x
 --- response_body
@@ -319,7 +271,7 @@ X-Stale-Cache: BYPASS
 --- log_level: info
 --- http_config eval: $::BASE_HTTP
 --- config eval
-::base_config(extra => <<'_E_')
+base_config(after => <<'_E_')
     location = /agg { echo_location /api/x; echo_location /api/x; }
 _E_
 --- redis_setup
@@ -345,7 +297,7 @@ capture, not be written in front of the client's response.
 --- log_level: info
 --- http_config eval: $::BASE_HTTP
 --- config eval
-"    error_page 500 502 503 504 /50x.html;\n    location = /50x.html { echo 'ERROR PAGE'; }\n" . ::base_config()
+"    error_page 500 502 503 504 /50x.html;\n    location = /50x.html { echo 'ERROR PAGE'; }\n" . base_config()
 --- pre
 stop_redis();
 --- request eval
@@ -362,7 +314,7 @@ The TTL location points at the HTTP backend: the "reply" starts with "HTTP/1.1",
 --- log_level: info
 --- http_config eval: $::BASE_HTTP
 --- config eval
-::base_config(ttl => '/garbagettl', extra => <<'_E_')
+base_config(set => { ttl => '/garbagettl' }, after => <<'_E_')
     location = /garbagettl { internal; stale_cache_redis_pass 127.0.0.1:$TEST_NGINX_BACKEND_PORT;
         stale_cache_redis_command TTL $arg_key; }
 _E_
@@ -370,7 +322,8 @@ _E_
 ["GET /api/g", "GET /api/g"]
 --- check
 my @r = responses();
-is(scalar @r, 2, 'both requests answered on one connection');
+# run_jobs stops at a closed connection: a request after it gets an error, not a response
+is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 2, 'both requests answered 200 on one connection');
 is($_->{status}, 200, 'answered 200') for @r;
 is($_->{headers}{'x-stale-cache'}, 'ERROR', 'failed open') for @r;
 like(error_log_text(), qr/sent an invalid reply/, 'the garbage is logged');

@@ -9,46 +9,13 @@ our $BASE_HTTP = <<'_EOC_';
     stale_cache_zone srcache_locks 1m;
 _EOC_
 
-# FETCH is the srcache_fetch line: the brief's `if` form or the srcache_fetch_skip form.
-our $BASE = <<'_EOC_';
-    location /api {
-        set $cache_lock srcache_locks;
-        set $cache_ttl /redisttl;
-        set $cache_persist /redispersist;
-        set $cache_key "$http_user_agent|$uri";
-        set $cache_stale 100;
-        set $cache_lock_exptime 30;
-        set $cache_backend_lock_timeout 0.01;
-        set $cache_lock_timeout 3;
-        set $cache_lock_timeout_wait 0.06;
-        set $cache_skip_fetch "X-Skip-Fetch";
-        set_escape_uri $escaped_key $cache_key;
-        stale_cache on;
-        stale_cache_memo off;
-        FETCH
-        srcache_store PUT /redis2 key=$escaped_key&exptime=105;
-        add_header X-Cache $srcache_fetch_status;
-        add_header X-Store $srcache_store_status;
-        add_header X-Stale-Cache $stale_cache_status;
-        add_header X-Skip-Var "[$stale_cache_skip_fetch]";
-        proxy_set_header X-Status-Seen $stale_cache_status;
-        proxy_set_header X-Skip-Seen "[$stale_cache_skip_fetch]";
-        proxy_pass http://backend;
-    }
-    location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command TTL $key; }
-    location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command PERSIST $key; }
-    location = /redis { internal; set_md5 $redis_key $args; stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_key; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis; stale_cache_redis_command SET $key $request_body; stale_cache_redis_command EXPIRE $key $exptime; }
-_EOC_
-
-our $IF_FETCH = 'if ($http_x_skip_fetch != TRUE){ srcache_fetch GET /redis $cache_key;}';
+# What the blocks add to base_config: the memo off, and $stale_cache_skip_fetch shown to the
+# client and to the backend.
+our $IN = ['stale_cache_memo off;',
+           'add_header X-Skip-Var "[$stale_cache_skip_fetch]";',
+           'proxy_set_header X-Skip-Seen "[$stale_cache_skip_fetch]";'];
+# The srcache_fetch_skip form instead of the documented `if` line.
 our $SKIP_FETCH = 'srcache_fetch GET /redis $cache_key; srcache_fetch_skip $stale_cache_skip_fetch;';
-
-sub base_config {
-    my $fetch = shift;
-    (my $c = $BASE) =~ s/FETCH/$fetch/;
-    return $c;
-}
 
 # The spoofing requests: the first fills the cache, the others carry spoofed headers.
 our @SPOOF_REQS = ("GET /api/x") x 6;
@@ -114,7 +81,7 @@ __DATA__
 === TEST 1: if form: spoofed X-Skip-Fetch (TRUE, yes, true) is served from cache and stores nothing
 --- log_level: info
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config($::IF_FETCH)
+--- config eval: base_config(in => $::IN)
 --- request eval: [@::SPOOF_REQS[0 .. 3]]
 --- more_headers eval: [@::SPOOF_HEADERS[0 .. 3]]
 --- response_body
@@ -131,7 +98,7 @@ check_spoofing();
 === TEST 2: if form: spoofed X-Stale-Cache-Refresh + X-Skip-Fetch is not a refresh; the real secret never reaches the backend
 --- log_level: info
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config($::IF_FETCH)
+--- config eval: base_config(in => $::IN)
 --- request eval: [@::SPOOF_REQS[0, 4, 5]]
 --- more_headers eval: [@::SPOOF_HEADERS[0, 4, 5]]
 --- response_body
@@ -151,7 +118,7 @@ check_genuine_refresh();
 === TEST 3: spoofed refresh header on a miss: not a refresh, the guess does not reach the backend
 --- log_level: info
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config($::IF_FETCH)
+--- config eval: base_config(in => $::IN)
 --- request
 GET /api/x
 --- more_headers
@@ -175,7 +142,7 @@ unlike($l->{headers}{'x-stale-cache-refresh'} // '', qr/0123456789abcdef/, 'the 
 === TEST 4: srcache_fetch_skip $stale_cache_skip_fetch form: same guarantees
 --- log_level: info
 --- http_config eval: $::BASE_HTTP
---- config eval: ::base_config($::SKIP_FETCH)
+--- config eval: base_config(in => $::IN, fetch => $::SKIP_FETCH)
 --- request eval: [@::SPOOF_REQS]
 --- more_headers eval: [@::SPOOF_HEADERS]
 --- response_body

@@ -44,8 +44,7 @@ my $looked_up = Time::HiRes::time();    # the FRESH lookup was before this
 redis('EXPIRE', $key, 50);
 sleep_until($looked_up + 1 + 0.3);    # the memo (1 s from the lookup) is over, 0.3 s margin
 $step->('stale request', 'STALE', 'HIT', 1);
-wait_until(sub { redis('TTL', $key) > 50 && error_log_text() =~ m{refresh of "/api/e2e"} }, 5,
-           'the refresh of /api/e2e to be stored');
+wait_until(sub { refreshed('/api/e2e', $key) }, 5, 'the refresh of /api/e2e to be stored');
 is(backend_hits('/api/e2e'), 2, 'the refresh reached the backend');
 $ttl = redis('TTL', $key);
 ok($ttl >= 100 && $ttl <= 105, "refreshed copy stored with TTL ~105 (got $ttl)");

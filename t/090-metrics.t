@@ -23,17 +23,13 @@ our $CONFIG = drop_in_config('add_header X-Wake-Delay $stale_cache_wake_delay;')
     }
 _EOC_
 
-# The exposition as { 'name{labels}' => value }, and its text.
+# The exposition as { 'name{labels}' => value } (the harness's metrics()), and the response;
+# fails on a status other than 200 and on each line that is no sample.
 sub scrape {
-    my $r = http_get('/metrics');
+    my ($m, $r, $bad) = metrics();
     Test::More::is($r->{status}, 200, 'metrics: 200');
-    my %m;
-    for (split /\n/, $r->{body}) {
-        next if /^#/ || !/\S/;
-        my ($k, $v) = /^(\S+) (\S+)$/ or do { Test::More::fail("bad line: $_"); next };
-        $m{$k} = $v;
-    }
-    return (\%m, $r);
+    Test::More::fail("bad line: $_") for @$bad;
+    return ($m, $r);
 }
 
 sub req { my ($status, $zone) = @_; "stale_cache_requests_total{zone=\"" . ($zone // 'srcache_locks') . "\",status=\"$status\"}" }

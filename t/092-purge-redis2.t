@@ -4,8 +4,7 @@
 BEGIN {
     use lib 't/lib';
     require RefModules;
-    $ENV{TEST_NGINX_EXTRA_MODULES} = join ' ', grep { length }
-        $ENV{TEST_NGINX_EXTRA_MODULES}, RefModules::ensure();
+    RefModules::load_or_skip_all();
 }
 use lib 't/lib';
 use Test::StaleCache;

@@ -24,7 +24,7 @@ is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 300, 'every client 2
 is(scalar(grep { ($_->{body} // '') eq "backend GET /api/cold hit 1\n" } @r), 300,
    'every client got the one fill');
 is(backend_hits('/api/cold'), 1, 'one backend hit for the whole fleet');
-my $c = status_counts(@r);
+my $c = statuses(@r);
 is($c->{MISS}, 1, 'one MISS') or diag explain $c;
 is($c->{COLLAPSED}, 299, 'the others COLLAPSED') or diag explain $c;
 # In nginx: when each request was answered ($msec of the access log), after the filler's
@@ -70,7 +70,7 @@ start_nodes(3);
 my $key = fill_and_stale('/api/stale', undef, delay => 0.5);
 my @r = fleet_get('/api/stale', 90);
 is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 90, 'every client 200');
-is(status_counts(@r)->{STALE}, 90, 'every client STALE') or diag explain status_counts(@r);
+is(statuses(@r)->{STALE}, 90, 'every client STALE') or diag explain statuses(@r);
 my $slowest = (sort { $b <=> $a } map { $_->{elapsed} } @r)[0];
 cmp_ok($slowest, '<', 0.4, 'no stale hit waited for the refresh (backend 0.5 s)');
 wait_until(sub { redis('TTL', $key) > 100 }, 5, 'the refresh stored');
@@ -105,7 +105,7 @@ my $slowest = (sort { $b <=> $a } map { $_->{elapsed} } @r)[0];
 diag sprintf 'slowest client: %.2f s (lease 3 s + backend 0.3 s)', $slowest;
 cmp_ok($slowest, '<', 3 + 0.3 + 1.5, 'filled within the lease period + backend time');
 is(backend_hits('/api/kill'), 2, 'the killed fill and one more for the fleet');
-my $c = status_counts(@r);
+my $c = statuses(@r);
 is($c->{MISS}, 1, 'one MISS') or diag explain $c;
 is($c->{COLLAPSED}, 39, 'the others COLLAPSED') or diag explain $c;
 nodes_clean(2);
@@ -121,7 +121,7 @@ start_nodes(3);
 backend_config('/api/nocache', delay => 0.3, status => 404);
 my @r = fleet_get('/api/nocache', 30);
 is(scalar(grep { !$_->{error} && $_->{status} == 404 } @r), 30, 'every client got the 404');
-my $c = status_counts(@r);
+my $c = statuses(@r);
 is($c->{MISS}, 1, 'one MISS') or diag explain $c;
 is($c->{PASS}, 29, 'the others PASS') or diag explain $c;
 my $pttl = redis('PTTL', lease_key('/api/nocache'));
@@ -159,7 +159,7 @@ is(http_get('/api/fresh')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
 wait_until(sub { !defined redis('GET', lease_key('/api/fresh')) }, 5, 'the lease released');
 my $evals = redis_calls('eval');
 my @r = fleet_get('/api/fresh', 60);
-is(status_counts(@r)->{FRESH}, 60, 'every client FRESH') or diag explain status_counts(@r);
+is(statuses(@r)->{FRESH}, 60, 'every client FRESH') or diag explain statuses(@r);
 is(redis_calls('eval'), $evals, 'no lease command for fresh hits');
 nodes_clean(1, 2);
 

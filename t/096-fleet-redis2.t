@@ -6,8 +6,7 @@ use warnings;
 BEGIN {
     use lib 't/lib';
     require RefModules;
-    $ENV{TEST_NGINX_EXTRA_MODULES} = join ' ', grep { length }
-        $ENV{TEST_NGINX_EXTRA_MODULES}, RefModules::ensure();
+    RefModules::load_or_skip_all();
     $ENV{FLEET_VARIANT} = 'redis2';
 }
 use lib 't/lib';

@@ -78,13 +78,6 @@ sub pct {
     return $v[$i > $#v ? $#v : $i];
 }
 
-# How many times each status appears in the responses' X-Stale-Cache.
-sub status_counts {
-    my %n;
-    $n{ $_->{headers}{'x-stale-cache'} // 'none' }++ for @_;
-    return \%n;
-}
-
 
 # A lease location whose Redis never answers (nothing listens on port 1).
 sub broken_lease_location {

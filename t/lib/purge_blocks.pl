@@ -3,10 +3,11 @@
 use strict;
 use warnings;
 
+# purges_total of zone srcache_locks by result.
 sub purge_counts {
-    my $r = http_get('/metrics');
-    my %m = $r->{body} =~ /^stale_cache_purges_total\{zone="srcache_locks",result="(\w+)"\} (\d+)$/mg;
-    return \%m;
+    my ($m) = metrics();
+    return { map { /^stale_cache_purges_total\{zone="srcache_locks",result="(\w+)"\}$/ ? ($1 => $m->{$_}) : () }
+             keys %$m };
 }
 
 # Fills $uri, purges it: 200 naming what went, the Redis key deleted.
@@ -73,8 +74,7 @@ sub under_traffic_checks {
     my @gets = @r[1 .. $#r];
     Test::More::is(scalar(grep { !$_->{error} && $_->{status} == 200 } @gets), 100,
                    'all 100 GETs answered 200');
-    my %n;
-    $n{ $_->{headers}{'x-stale-cache'} // '(none)' }++ for @gets;
+    my %n = %{ statuses(@gets) };
     my $after = 100 - ($n{FRESH} // 0);
     Test::More::cmp_ok($after, '>', 0, 'some GETs came after the purge')
         or Test::More::diag(Test::More::explain(\%n));

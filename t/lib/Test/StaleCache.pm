@@ -27,8 +27,9 @@ our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  responses error_log_text http_get http_request stop_redis
                  start_redis fake_redis_blackhole nginx_pids pick_port sleep_ms sleep_until
                  wait_until wait_log wait_backend_hits
-                 redis_locations drop_in_config redis_key redis_calls
+                 redis_locations drop_in_config base_config redis_key redis_calls
                  error_log_count fill_and_stale concurrent_get statuses redis2_locations
+                 refreshed metrics metric
                  start_nodes node_ports node_pids node_prefix kill_node node_log_text fleet_get
                  time_scale);
 
@@ -871,12 +872,13 @@ sub http_request {
 
 sub http_get { http_request('GET', @_[0, 1]) }
 
-# Sends `GET $path` $n times at once, each on its own connection, with %$headers; returns the
-# responses (each with start, end and elapsed, in seconds from the first send).
+# Sends `GET $path` $n times at once, each on its own connection, with %$headers, to nginx's
+# port or $port; returns the responses (each with start, end and elapsed, in seconds from the
+# first send).
 sub concurrent_get {
-    my ($path, $n, $headers, $timeout) = @_;
+    my ($path, $n, $headers, $timeout, $port) = @_;
     my $req = build_request("GET $path", $headers);
-    return run_jobs([map { { port => $PORT{nginx}, reqs => [$req] } } 1 .. $n],
+    return run_jobs([map { { port => $port // $PORT{nginx}, reqs => [$req] } } 1 .. $n],
                     ($timeout // 10) * $TIME_SCALE);
 }
 
@@ -894,38 +896,63 @@ sub redis_calls {
 # Lines of this block's error log matching $re.
 sub error_log_count { my $re = shift; scalar grep { /$re/ } split /\n/, error_log_text() }
 
-# lua-resty-cache's documented /api location with the two-line change (proxying to the
-# harness's backend, with X-Cache, X-Store and X-Stale-Cache headers), then the Redis
-# locations (native ones, or with $variant 'redis2' those of redis2/HttpRedis: the block then
-# needs `--- redis2`). $extra goes into /api after the documented "set"s, so it can override
-# them.
-sub drop_in_config {
-    my ($extra, $variant) = @_;
-    $extra //= '';
-    my $locations = ($variant // '') eq 'redis2' ? redis2_locations() : redis_locations();
-    return <<"_EOC_" . $locations;
+# The `set $cache_*` lines of lua-resty-cache's documented /api location, in order.
+my @DOCUMENTED_SETS = (
+    [lock => 'srcache_locks'], [ttl => '/redisttl'], [persist => '/redispersist'],
+    [key => '"$http_user_agent|$uri"'], [stale => 100], [lock_exptime => 30],
+    [backend_lock_timeout => 0.01], [lock_timeout => 3], [lock_timeout_wait => 0.06],
+    [skip_fetch => '"X-Skip-Fetch"'],
+);
+
+# lua-resty-cache's documented /api location with the two-line change, proxying to the
+# harness's backend, then the Redis locations: the one setup of the blocks. For observation
+# it adds X-Cache, X-Store and X-Stale-Cache (the status header, on every answer) to the
+# response and X-Status-Seen ($stale_cache_status) to the backend request. Options:
+#   set     => { ttl => '/x', stale => 'abc', pass_ttl => 3, ... }: $cache_<name> values; a
+#              documented one is replaced where it stands (undef drops it), others are added
+#              after them
+#   vars    => the `set` lines instead of the documented ones (text)
+#   in      => more lines inside /api after the sets (text or arrayref); they may override them
+#   fetch   => the srcache_fetch line(s) instead of the documented `if` line
+#   ttl_cmd => the command of the native /redisttl location instead of `TTL $key`
+#   after   => text after the locations (more locations)
+#   variant => 'redis2': the locations of redis2/HttpRedis (the block needs `--- redis2`)
+sub base_config {
+    my (%o) = @_;
+    my %set = %{ $o{set} // {} };
+    my %documented = map { $_->[0] => 1 } @DOCUMENTED_SETS;
+    my $sets = $o{vars} // join '',
+        (map { my ($n, $v) = @$_; $v = $set{$n} if exists $set{$n};
+               defined $v ? "        set \$cache_$n $v;\n" : '' } @DOCUMENTED_SETS),
+        (map { "        set \$cache_$_ $set{$_};\n" } grep { !$documented{$_} } sort keys %set);
+    my $in = ref $o{in} ? join("\n        ", @{ $o{in} }) : $o{in} // '';
+    my $fetch = $o{fetch} // 'if ($http_x_skip_fetch != TRUE){ srcache_fetch GET /redis $cache_key;}';
+    my $locations = ($o{variant} // '') eq 'redis2' ? redis2_locations() : redis_locations();
+    if (defined $o{ttl_cmd}) {
+        $locations =~ s/stale_cache_redis_command TTL \$key;/$o{ttl_cmd}/ or die "no native TTL command\n";
+    }
+    return <<"_EOC_" . $locations . ($o{after} // '');
     location /api {
-        set \$cache_lock srcache_locks;
-        set \$cache_ttl /redisttl;
-        set \$cache_persist /redispersist;
-        set \$cache_key "\$http_user_agent|\$uri";
-        set \$cache_stale 100;
-        set \$cache_lock_exptime 30;
-        set \$cache_backend_lock_timeout 0.01;
-        set \$cache_lock_timeout 3;
-        set \$cache_lock_timeout_wait 0.06;
-        set \$cache_skip_fetch "X-Skip-Fetch";
-        $extra
+$sets        $in
         set_escape_uri \$escaped_key \$cache_key;
         stale_cache on;
-        if (\$http_x_skip_fetch != TRUE){ srcache_fetch GET /redis \$cache_key;}
+        $fetch
         srcache_store PUT /redis2 key=\$escaped_key&exptime=105;
         add_header X-Cache \$srcache_fetch_status;
         add_header X-Store \$srcache_store_status;
-        add_header X-Stale-Cache \$stale_cache_status;
+        add_header X-Stale-Cache \$stale_cache_status always;
+        proxy_set_header X-Status-Seen \$stale_cache_status;
         proxy_pass http://backend;
     }
 _EOC_
+}
+
+# base_config with $extra inside /api (after the documented sets, so it can override them)
+# and the Redis locations of $variant; needs `stale_cache_zone srcache_locks` in
+# `--- http_config`.
+sub drop_in_config {
+    my ($extra, $variant) = @_;
+    return base_config(in => $extra, variant => $variant);
 }
 
 # Fills $uri through a drop_in_config location (MISS, stored with TTL 105), then puts it in
@@ -988,12 +1015,36 @@ _EOC_
 # redis2 and HttpRedis for the nginx under test (see t/lib/RefModules.pm).
 sub reference_modules { require RefModules; RefModules::ensure() }
 
-# Responses counted by their X-Status header ($stale_cache_status), errors by their error.
+# Responses counted by their X-Stale-Cache header ($stale_cache_status, see base_config),
+# errors by their error.
 sub statuses {
     my %n;
-    $n{ $_->{headers}{'x-status'} // ($_->{error} ? "error: $_->{error}" : '(none)') }++ for @_;
+    $n{ $_->{headers}{'x-stale-cache'} // ($_->{error} ? "error: $_->{error}" : '(none)') }++ for @_;
     return \%n;
 }
+
+# True once the refresh of $uri has ended (its line is logged at the end) and Redis holds a
+# copy of $key with its full expiry again (TTL over the 50 s fill_and_stale leaves).
+sub refreshed {
+    my ($uri, $key) = @_;
+    return error_log_text() =~ /stale_cache: refresh of "\Q$uri\E" via / && redis('TTL', $key) > 50;
+}
+
+# GET $path (default /metrics, stale_cache_metrics): ({ 'name{labels}' => value }, the
+# response, [lines that are neither a sample, a comment nor empty]).
+sub metrics {
+    my $r = http_get(shift // '/metrics');
+    my (%m, @bad);
+    for (split /\n/, $r->{body} // '') {
+        next if /^#/ || !/\S/;
+        if (/^(\S+) (\S+)$/) { $m{$1} = $2 } else { push @bad, $_ }
+    }
+    return (\%m, $r, \@bad);
+}
+
+# The value of one sample of /metrics, e.g. 'stale_cache_hot_evictions_total{zone="hot"}'
+# (0 when absent).
+sub metric { (metrics())[0]{ $_[0] } // 0 }
 
 sub responses { @RESPONSES }
 
@@ -1238,6 +1289,10 @@ sub run_block {
         $b{$sec} = $sec =~ /^(check|pre|wait_for)$/ ? $v : subst($v);
     }
     $TIMEOUT = (seconds($b{timeout}) || 10) * $TIME_SCALE;
+    if (defined $b{redis2} and my $why = do { require RefModules; RefModules::unavailable() }) {
+        Test::More->builder->skip("$name: $why");
+        return;
+    }
 
     start_redis();    # restores redis if a previous block stopped it
     redis('FLUSHALL');
