@@ -80,7 +80,7 @@ impl Default for RedisConf {
         upstream.buffering = 0;
         upstream.ignore_client_abort = 0;
         upstream.intercept_errors = 0;
-        upstream.set_intercept_404(0);
+        // intercept_404 (a bitfield, see crate::nginx::bits) stays 0 from the zeroed start.
         upstream.pass_request_headers = 0;
         upstream.pass_request_body = 0;
         upstream.force_ranges = 1;

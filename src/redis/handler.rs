@@ -22,6 +22,7 @@ use ngx::http::{HttpModule, HttpModuleLocationConf};
 use super::conf::{RedisArg, RedisConf, ReplyMode};
 use super::module::RedisModule;
 use super::reply::{filter, filter_init, process_header};
+use crate::nginx::bits;
 use crate::nginx::log::{limited, Every};
 use crate::nginx::util::{current_msec, request_log, str_bytes, DONE, ERROR, OK};
 use crate::resp::{self, BulkBody, ReplyFramer, ValueReader};
@@ -341,11 +342,13 @@ pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
     if rc != OK {
         return rc;
     }
-    // SAFETY: the upstream holds the request until it finalizes it; r->main is valid.
-    unsafe {
-        (*req.main).set_count((*req.main).count() + 1);
-        ngx_http_upstream_init(r);
-    }
+    // The upstream holds the request until it finalizes it.
+    // SAFETY: r->main is the live main request (`r` itself for a main request; `req` is not
+    // used past this point).
+    let main = unsafe { &mut *(*r).main };
+    bits::set_count(main, bits::count(main) + 1);
+    // SAFETY: live request with its upstream set up above.
+    unsafe { ngx_http_upstream_init(r) };
     DONE
 }
 
