@@ -12,7 +12,7 @@ use ngx::ffi::{
 };
 
 use super::conf::ReplyMode;
-use super::handler::{ctx_of, out_bufs_end, peer_name, push_bytes, set_status, RedisCtx};
+use super::ctx::{ctx_of, out_bufs_end, peer_name, push_bytes, set_status, RedisCtx};
 use crate::nginx::bits;
 use crate::nginx::util::{AGAIN, ERROR, OK};
 use crate::resp::{self, BulkBody, ValueHead};
