@@ -2,6 +2,7 @@
 //! variables and the lock zone.
 
 pub mod bits;
+pub mod conf;
 pub mod log;
 pub mod util;
 pub mod vars;

@@ -1,8 +1,15 @@
 //! The native Redis locations (`stale_cache_redis_*`): what srcache's fetch/store locations and
 //! the module's own TTL/PERSIST/EXPIRE lookups talk to on stock distro nginx, where redis2 and
 //! HttpRedis are not packaged. A module of its own, independent of the stale-cache layer.
+//!
+//! Floors, each importing only those below it: `conf` (settings, the module type); `ctx` (a
+//! request's state) and `backoff`; `reply` and `variables`; `handler`; `directives`; `module`
+//! (the descriptor nginx loads).
 
+mod backoff;
 pub mod conf;
+mod ctx;
+mod directives;
 pub mod handler;
 pub mod module;
 mod reply;

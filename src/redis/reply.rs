@@ -12,7 +12,8 @@ use ngx::ffi::{
 };
 
 use super::conf::ReplyMode;
-use super::handler::{ctx_of, out_bufs_end, peer_name, push_bytes, set_status, RedisCtx};
+use super::ctx::{ctx_of, out_bufs_end, peer_name, push_bytes, set_status, RedisCtx};
+use crate::nginx::bits;
 use crate::nginx::util::{AGAIN, ERROR, OK};
 use crate::resp::{self, BulkBody, ValueHead};
 
@@ -178,7 +179,7 @@ pub(super) unsafe extern "C" fn filter_init(data: *mut c_void) -> ngx_int_t {
                     // A complete head and no payload: the stream is at a reply boundary.
                     let reusable = ctx.value.reader.first_skipped_error().is_none()
                         && unread(&u.buffer).is_empty();
-                    u.set_keepalive(reusable as u32);
+                    bits::set_upstream_keepalive(u, reusable);
                 }
             }
         }
@@ -215,7 +216,7 @@ pub(super) unsafe extern "C" fn filter(data: *mut c_void, bytes: isize) -> ngx_i
                 // The answer (404, 502) is already decided; whatever follows is not read,
                 // so the connection cannot be reused.
                 u.length = 0;
-                u.set_keepalive(0);
+                bits::set_upstream_keepalive(u, false);
                 return OK;
             }
         },
@@ -248,9 +249,9 @@ pub(super) unsafe extern "C" fn filter(data: *mut c_void, bytes: isize) -> ngx_i
         u.length = 0;
         if consumed < incoming.len() {
             protocol_error(u, ctx, "extra data after the last reply");
-            u.set_keepalive(0);
+            bits::set_upstream_keepalive(u, false);
         } else {
-            u.set_keepalive(1);
+            bits::set_upstream_keepalive(u, true);
         }
     }
     OK
@@ -262,6 +263,6 @@ pub(super) unsafe extern "C" fn filter(data: *mut c_void, bytes: isize) -> ngx_i
 fn end_on_garbage(u: &mut ngx_http_upstream_t, ctx: &RedisCtx, what: &str) -> ngx_int_t {
     protocol_error(u, ctx, what);
     u.length = 0;
-    u.set_keepalive(0);
+    bits::set_upstream_keepalive(u, false);
     OK
 }

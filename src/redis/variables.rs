@@ -11,8 +11,8 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleLocationConf;
 
-use super::handler::group_down;
-use super::module::RedisModule;
+use super::backoff::group_down;
+use super::conf::RedisModule;
 use crate::keyderive::{derive, Transform};
 use crate::nginx::util::{pool_str, str_bytes, ERROR, OK};
 use crate::nginx::vars::{add_output_variable, set_value, set_value_in_pool, value_slot, VAR_OK};

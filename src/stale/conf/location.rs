@@ -1,0 +1,139 @@
+//! A location's settings of the stale-cache layer, their defaults and merge.
+
+use ngx::ffi::ngx_msec_t;
+use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError};
+
+use crate::collapse::{UseStale, BACKOFF_BASE_MS, BACKOFF_CAP_MS};
+use crate::nginx::conf::{inherit, merge, Marker, Unset};
+use crate::settings::DEFAULT_SKIP_FETCH;
+use crate::stale::sender::RefreshTarget;
+use crate::stale::StaleCacheModule;
+
+/// Settings of the stale-cache layer of a location (`stale_cache*`).
+pub struct StaleCacheConf {
+    /// `stale_cache on|off`.
+    pub enabled: Unset<isize>,
+    /// `stale_cache_memo on|off`.
+    pub memo: Unset<isize>,
+    /// `stale_cache_skip_header NAME`: the skip header hidden from clients' requests.
+    pub skip_header: Option<Vec<u8>>,
+    /// `stale_cache_refresh_address`: where refresh requests go instead of the listener the
+    /// client came in on.
+    pub refresh_target: Option<RefreshTarget>,
+    /// `stale_cache_use_stale`: which refresh failures the error grace band answers with the
+    /// stored copy (None: unset, merged to the default).
+    pub use_stale: Option<UseStale>,
+    /// `stale_cache_refresh_backoff BASE [CAP]` in ms (None: unset).
+    pub refresh_backoff: Option<(u64, u64)>,
+    /// `stale_cache_refresh_credentials on|off`: replay Cookie and Authorization.
+    pub refresh_credentials: Unset<isize>,
+    /// `stale_cache_refresh_limit N`: refreshes in flight per worker (read as a number by
+    /// `refresh`; unset is nginx's marker, as in `Unset`).
+    pub refresh_limit: usize,
+    /// `stale_cache_purge`: the methods that purge the URL's entry (empty: `off`).
+    pub purge_methods: Option<Vec<Vec<u8>>>,
+    /// `stale_cache_hot on|off`: fresh hits may be answered from the hot zone.
+    pub hot: Unset<isize>,
+    /// `stale_cache_hot_max_age TIME` in ms.
+    pub hot_max_age_ms: Unset<ngx_msec_t>,
+    /// `stale_cache_hot_max_size SIZE`: the largest stored response kept.
+    pub hot_max_size: Unset<usize>,
+}
+
+/// A hot copy is served for at most this long after it was copied from Redis.
+pub const DEFAULT_HOT_MAX_AGE_MS: u64 = 1000;
+/// The largest stored response (status line, headers and body) the hot tier keeps.
+pub const DEFAULT_HOT_MAX_SIZE: usize = 256 * 1024;
+
+impl Default for StaleCacheConf {
+    fn default() -> Self {
+        StaleCacheConf {
+            enabled: Unset::default(),
+            memo: Unset::default(),
+            skip_header: None,
+            refresh_target: None,
+            use_stale: None,
+            refresh_backoff: None,
+            refresh_credentials: Unset::default(),
+            refresh_limit: Marker::UNSET,
+            purge_methods: None,
+            hot: Unset::default(),
+            hot_max_age_ms: Unset::default(),
+            hot_max_size: Unset::default(),
+        }
+    }
+}
+
+/// Refreshes in flight per worker unless `stale_cache_refresh_limit` says otherwise. Each
+/// costs up to four connections of the worker (to the listener, the request it becomes, the
+/// backend, Redis), so 32 stay far below the usual 768-1024 `worker_connections`.
+pub const DEFAULT_REFRESH_LIMIT: usize = 32;
+
+impl StaleCacheConf {
+    pub fn replays_credentials(&self) -> bool {
+        self.refresh_credentials.get() == Some(1)
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.enabled.get() == Some(1)
+    }
+
+    pub fn memo_enabled(&self) -> bool {
+        self.memo.or(1) != 0
+    }
+
+    pub fn refresh_backoff(&self) -> (u64, u64) {
+        self.refresh_backoff
+            .unwrap_or((BACKOFF_BASE_MS, BACKOFF_CAP_MS))
+    }
+
+    pub fn use_stale(&self) -> UseStale {
+        self.use_stale.unwrap_or(UseStale::DEFAULT)
+    }
+
+    pub fn hot_enabled(&self) -> bool {
+        self.hot.get() == Some(1)
+    }
+
+    pub fn hot_max_age_ms(&self) -> u64 {
+        self.hot_max_age_ms.or(DEFAULT_HOT_MAX_AGE_MS as ngx_msec_t) as u64
+    }
+
+    pub fn hot_max_size(&self) -> usize {
+        self.hot_max_size.or(DEFAULT_HOT_MAX_SIZE)
+    }
+
+    pub fn skip_header_name(&self) -> &[u8] {
+        self.skip_header.as_deref().unwrap_or(DEFAULT_SKIP_FETCH)
+    }
+}
+
+impl Merge for StaleCacheConf {
+    fn merge(&mut self, prev: &Self) -> Result<(), MergeConfigError> {
+        self.enabled.merge(prev.enabled, 0);
+        self.memo.merge(prev.memo, 1);
+        inherit(&mut self.skip_header, &prev.skip_header);
+        inherit(&mut self.refresh_target, &prev.refresh_target);
+        inherit(&mut self.refresh_backoff, &prev.refresh_backoff);
+        inherit(&mut self.use_stale, &prev.use_stale);
+        self.use_stale.get_or_insert(UseStale::DEFAULT);
+        self.refresh_credentials.merge(prev.refresh_credentials, 0);
+        merge(
+            &mut self.refresh_limit,
+            prev.refresh_limit,
+            DEFAULT_REFRESH_LIMIT,
+        );
+        inherit(&mut self.purge_methods, &prev.purge_methods);
+        self.hot.merge(prev.hot, 0);
+        let age = DEFAULT_HOT_MAX_AGE_MS as ngx_msec_t;
+        self.hot_max_age_ms.merge(prev.hot_max_age_ms, age);
+        self.hot_max_size
+            .merge(prev.hot_max_size, DEFAULT_HOT_MAX_SIZE);
+        Ok(())
+    }
+}
+
+// SAFETY: create_loc_conf (HttpModule's default) allocates exactly this type for this module.
+unsafe impl HttpModuleLocationConf for StaleCacheModule {
+    type LocationConf = StaleCacheConf;
+}
