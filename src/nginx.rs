@@ -2,7 +2,12 @@
 //! variables and the lock zone.
 
 pub mod bits;
+pub mod filter_chain;
 pub mod log;
+pub mod process;
+pub mod random;
+pub mod role;
+pub mod shm;
 pub mod util;
 pub mod vars;
 pub mod zone;

@@ -6,4 +6,5 @@ pub mod conf;
 pub mod handler;
 pub mod module;
 mod reply;
+pub mod role;
 mod variables;

@@ -4,12 +4,13 @@
 //! 1. `phases::post_read_handler`: recognise the module's own refreshes, hide the skip header;
 //! 2. `phases::preaccess_handler` runs the request's state machine (`state::Phase`), whose
 //!    steps are in `decide` (settings, memo, lock, wait, stale), `lookup` (TTL/PERSIST/EXPIRE
-//!    subrequests and the filters that capture their answers) and `waiters` (waiting for a
-//!    fill, waking, releasing locks);
+//!    subrequests, whose answers `filters` captures) and `waiters` (waiting for a fill,
+//!    waking, releasing locks);
 //! 3. `after_fetch::precontent_handler`, reached only when srcache did not serve the request:
 //!    an entry the layer expected but srcache missed makes the request join collapsing;
 //!    (`hot`: a fresh hit of a hot key has srcache's fetch subrequest answered from the hot
-//!    zone, or fills it from that fetch's output;)
+//!    zone, or fills it from that fetch's output; srcache's subrequests are known by their
+//!    location's role, `role`;)
 //! 4. `state`'s pool cleanup ends the request: releases its locks and starts its refresh
 //!    (`refresh` prepares it, `sender` sends it on a connection of its own).
 //!
@@ -20,6 +21,7 @@ mod after_fetch;
 pub mod conf;
 mod decide;
 mod error;
+mod filters;
 mod hot;
 mod lease;
 mod literals;
@@ -30,6 +32,7 @@ pub mod module;
 mod phases;
 mod purge;
 mod refresh;
+mod role;
 mod sender;
 mod state;
 mod variables;

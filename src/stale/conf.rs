@@ -35,6 +35,8 @@ pub struct MainConf {
     pub refresh_addresses: Vec<(RefreshTarget, String)>,
     /// `stale_cache_hot_zone NAME SIZE`: the hot tier's zone, if any.
     pub hot: Option<super::hot::HotZone>,
+    /// Whether any location has a role for srcache (`super::role`).
+    pub roles: super::role::Roles,
 }
 
 impl Default for MainConf {
@@ -46,6 +48,7 @@ impl Default for MainConf {
             in_use: false,
             refresh_addresses: Vec::new(),
             hot: None,
+            roles: Default::default(),
         }
     }
 }
@@ -78,6 +81,8 @@ pub struct StaleCacheConf {
     pub hot_max_age_ms: u64,
     /// `stale_cache_hot_max_size SIZE`: the largest stored response kept (usize::MAX: unset).
     pub hot_max_size: usize,
+    /// `stale_cache_role`: this location's role for srcache (not inherited).
+    pub role: super::role::Declared,
 }
 
 /// A hot copy is served for at most this long after it was copied from Redis.
@@ -100,6 +105,7 @@ impl Default for StaleCacheConf {
             hot: -1,
             hot_max_age_ms: u64::MAX,
             hot_max_size: usize::MAX,
+            role: Default::default(),
         }
     }
 }
@@ -229,6 +235,9 @@ pub unsafe extern "C" fn merge_loc_conf(
     if conf.merge(prev).is_err() {
         return CONF_ERROR;
     }
+    // SAFETY: merge runs inside `http` with a valid configuration context.
+    let cfr = unsafe { &*cf };
+    super::role::merged(cfr, conf.role, &super::module::main_conf(cfr).roles);
     if conf.hot_enabled() {
         // SAFETY: merge runs inside `http` with a valid configuration context.
         if super::module::main_conf(unsafe { &*cf }).hot.is_none() {
@@ -387,19 +396,8 @@ fn process_secret() -> String {
 
 /// 128 random bits as hex: refresh requests prove with it that this nginx sent them.
 fn new_secret() -> String {
-    use std::io::Read;
     let mut bytes = [0u8; 16];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if random.is_err() {
-        // Still unguessable enough to not be worth a startup failure: RandomState is
-        // seeded from the OS's random source.
-        use std::hash::{BuildHasher, Hasher};
-        for chunk in bytes.chunks_mut(8) {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(std::process::id() as u64);
-            chunk.copy_from_slice(&h.finish().to_ne_bytes());
-        }
-    }
+    crate::nginx::random::fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

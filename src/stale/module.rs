@@ -20,7 +20,7 @@ use super::conf::{
     set_refresh_backoff, set_refresh_limit, set_skip_header, set_stale_cache, set_use_stale,
     set_zone, StaleCacheConf,
 };
-use super::{after_fetch, lookup, metrics, phases, purge, variables};
+use super::{after_fetch, filters, metrics, phases, purge, variables};
 use crate::nginx::util::{ERROR, OK};
 
 /// The stale-cache layer as an nginx HTTP module.
@@ -83,7 +83,13 @@ impl HttpModule for StaleCacheModule {
         if super::conf::check_refresh_addresses(cf, cmcf).is_err() {
             return ERROR;
         }
-        lookup::install_filters();
+        filters::install();
+        // SAFETY: as above.
+        super::role::check(
+            cf,
+            main_conf(unsafe { &*cf }).in_use,
+            &main_conf(unsafe { &*cf }).roles,
+        );
         OK
     }
 }
@@ -124,7 +130,7 @@ const fn directive(
     }
 }
 
-static mut COMMANDS: [ngx_command_t; 16] = [
+static mut COMMANDS: [ngx_command_t; 17] = [
     directive(
         ngx_string!("stale_cache_zone"),
         NGX_HTTP_MAIN_CONF as ngx_uint_t | NGX_CONF_TAKE2 as ngx_uint_t,
@@ -229,6 +235,13 @@ static mut COMMANDS: [ngx_command_t; 16] = [
         set_hot_max_size,
         NGX_HTTP_LOC_CONF_OFFSET,
         0,
+    ),
+    directive(
+        ngx_string!("stale_cache_role"),
+        NGX_HTTP_LOC_CONF as ngx_uint_t | NGX_CONF_TAKE1 as ngx_uint_t,
+        super::role::set_role,
+        NGX_HTTP_LOC_CONF_OFFSET,
+        offset_of!(StaleCacheConf, role),
     ),
     ngx_command_t::empty(),
 ];

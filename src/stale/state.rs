@@ -82,7 +82,7 @@ pub struct RequestState {
     pub wait: Wait,
     /// For `$stale_cache_wake_delay`: from the fill's store to this request resuming.
     pub wake_delay_ms: Option<u64>,
-    /// The status of srcache's store subrequest, if one ran (`lookup::note_store`).
+    /// The status of srcache's store subrequest, if one ran (`filters`).
     pub store_status: Option<usize>,
     /// The entry is in its error grace band (`$cache_stale_if_error`).
     pub in_grace: bool,
@@ -164,6 +164,56 @@ impl RequestState {
     pub fn finish(&mut self, status: CacheStatus) {
         self.status = Some(status);
         self.phase = Phase::Done;
+    }
+
+    /* Accessors for the hot tier and the output filters (which do not touch fields). */
+
+    /// Sets the request's status without ending the layer's work.
+    pub fn set_status(&mut self, status: CacheStatus) {
+        self.status = Some(status);
+    }
+
+    /// The hot tier's part of the state.
+    pub fn hot_mut(&mut self) -> &mut super::hot::Hot {
+        &mut self.hot
+    }
+
+    /// The hot tier's part of the state and the cache key (once parsed), borrowed together.
+    pub fn hot_and_key(&mut self) -> (&mut super::hot::Hot, Option<&[u8]>) {
+        (
+            &mut self.hot,
+            self.settings.as_ref().map(|s| s.key.as_slice()),
+        )
+    }
+
+    /// The hot tier's part of the state behind `state`, as a pointer: filters of the main
+    /// request and variable handlers may run inside a step that borrows the state, so they
+    /// reach only this part (see the borrowing rule above).
+    ///
+    /// # Safety
+    /// `state` must be a live state.
+    pub unsafe fn hot_ptr(state: NonNull<Self>) -> *mut super::hot::Hot {
+        // SAFETY: (caller) a live state; no reference to it is made.
+        unsafe { ptr::addr_of_mut!((*state.as_ptr()).hot) }
+    }
+
+    /// The capture of the lookup behind `state`, as a pointer (see `hot_ptr`).
+    ///
+    /// # Safety
+    /// `state` must be a live state.
+    pub unsafe fn capture_ptr(state: NonNull<Self>) -> *mut Capture {
+        // SAFETY: (caller) a live state; no reference to it is made.
+        unsafe { ptr::addr_of_mut!((*state.as_ptr()).capture) }
+    }
+
+    /// Records the status srcache's store subrequest answered (a fill counts only when
+    /// stored); written alone, through the pointer (see `hot_ptr`).
+    ///
+    /// # Safety
+    /// `state` must be a live state.
+    pub unsafe fn note_store(state: NonNull<Self>, status: usize) {
+        // SAFETY: (caller) a live state; one field is written, no reference is made.
+        unsafe { ptr::addr_of_mut!((*state.as_ptr()).store_status).write(Some(status)) };
     }
 }
 

@@ -896,13 +896,16 @@ sub error_log_count { my $re = shift; scalar grep { /$re/ } split /\n/, error_lo
 
 # lua-resty-cache's documented /api location with the two-line change (proxying to the
 # harness's backend, with X-Cache, X-Store and X-Stale-Cache headers), then the Redis
-# locations (native ones, or with $variant 'redis2' those of redis2/HttpRedis: the block then
-# needs `--- redis2`). $extra goes into /api after the documented "set"s, so it can override
-# them.
+# locations (native ones, or with $variant 'redis2' those of redis2/HttpRedis, or with
+# 'redis2-legacy' the same without stale_cache_role: the block then needs `--- redis2`).
+# $extra goes into /api after the documented "set"s, so it can override them.
 sub drop_in_config {
     my ($extra, $variant) = @_;
     $extra //= '';
-    my $locations = ($variant // '') eq 'redis2' ? redis2_locations() : redis_locations();
+    $variant //= '';
+    my $locations = $variant eq 'redis2' ? redis2_locations()
+                  : $variant eq 'redis2-legacy' ? redis2_locations('legacy')
+                  : redis_locations();
     return <<"_EOC_" . $locations;
     location /api {
         set \$cache_lock srcache_locks;
@@ -966,23 +969,29 @@ sub redis_locations {
 _EOC_
 }
 # The same locations as lua-resty-cache's own configuration writes them, with redis2
-# (redis2_query/redis2_pass) and HttpRedis (redis_pass), as in nginx-conf/drop-in-redis2.conf;
-# a block using them says `--- redis2` so the harness loads those modules.
+# (redis2_query/redis2_pass) and HttpRedis (redis_pass), as in nginx-conf/drop-in-redis2.conf,
+# with stale_cache_role on the fetch and store locations (without, given 'legacy': a
+# configuration written before roles); a block using them says `--- redis2` so the harness
+# loads those modules.
 sub redis2_locations {
-    return <<'_EOC_';
+    my ($legacy) = @_;
+    my $text = <<'_EOC_';
     location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
         redis2_query ttl $key; redis2_pass redis; }
     location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key;
         redis2_query persist $key; redis2_pass redis; }
     location = /redisexpire { internal; set_unescape_uri $key $arg_key; set_md5 $key;
         redis2_query expire $key $arg_ttl; redis2_pass redis; }
-    location = /redis { internal; set_md5 $redis_key $args; redis_pass redis; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
-        set_unescape_uri $key $arg_key; set_md5 $key;
+    location = /redis { internal; stale_cache_role fetch; set_md5 $redis_key $args;
+        redis_pass redis; }
+    location = /redis2 { internal; stale_cache_role store;
+        set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key;
         client_max_body_size 16m;
         redis2_query set $key $echo_request_body; redis2_query expire $key $exptime;
         redis2_pass redis; }
 _EOC_
+    $text =~ s/ stale_cache_role \w+;//g if $legacy;
+    return $text;
 }
 
 # redis2 and HttpRedis for the nginx under test (see t/lib/RefModules.pm).

@@ -1,0 +1,133 @@
+//! The layer's output filters, first in both chains: each response is classified once, then
+//! handed to the rooms that act on it.
+//!
+//! - the main request: the hot tier's in-place body swap (`hot::main_header`,
+//!   `hot::main_body`) and the refresh's view of the response (`refresh::on_response_header`,
+//!   `refresh::output_done`);
+//! - a lookup subrequest of this layer (known by its post-subrequest handler,
+//!   `lookup::lookup_done`): its answer is captured (`lookup::capture_header`,
+//!   `lookup::capture_body`) and goes no further;
+//! - srcache's store subrequest (known by its location's role, `super::role`): its status is
+//!   recorded in the main request's state, since a fill counts only when it was stored;
+//! - any other subrequest: passed on; the hot tier's fill tap (`hot::fetch_output`) looks
+//!   for the fetch subrequest it marked in PREACCESS (its identity survives an internal
+//!   redirect, where the location, and so the role, would change).
+
+use core::ptr::{self, NonNull};
+
+use ngx::ffi::{ngx_chain_t, ngx_http_request_t, ngx_int_t};
+use ngx::http::HttpModuleLocationConf;
+
+use super::module::{main_conf, StaleCacheModule};
+use super::role::{self, Declared};
+use super::state::{self, RequestState};
+use super::{hot, lookup, refresh};
+use crate::nginx::filter_chain;
+use crate::nginx::log::debug;
+use crate::nginx::role::Role;
+use crate::nginx::util::{request_log, OK};
+
+/// What a response passing the filters is.
+enum Kind {
+    Main,
+    /// A lookup subrequest, and the state waiting for its answer.
+    Lookup(NonNull<RequestState>),
+    Subrequest,
+}
+
+fn classify(r: &ngx_http_request_t) -> Kind {
+    if ptr::eq(r.main, r) {
+        return Kind::Main;
+    }
+    match lookup::waiting_state(r) {
+        Some(state) => Kind::Lookup(state),
+        None => Kind::Subrequest,
+    }
+}
+
+unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
+    // SAFETY: nginx calls filters with a live request.
+    let req = unsafe { &mut *r };
+    match classify(req) {
+        Kind::Main => {
+            hot::main_header(req);
+            refresh::on_response_header(req);
+        }
+        Kind::Lookup(state) => {
+            lookup::capture_header(state, req);
+            return OK;
+        }
+        Kind::Subrequest => note_store(req),
+    }
+    // SAFETY: a live request, in its header filter.
+    unsafe { filter_chain::next_header(r) }
+}
+
+unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_chain_t) -> ngx_int_t {
+    // SAFETY: nginx calls filters with a live request.
+    let req = unsafe { &mut *r };
+    match classify(req) {
+        Kind::Main => {
+            // SAFETY: the chain handed to this filter.
+            let chain = unsafe { hot::main_body(req, chain) };
+            // SAFETY: the live request and the chain to pass on.
+            let rc = unsafe { filter_chain::next_body(r, chain) };
+            // SAFETY: the chain's links and buffers are valid during the call.
+            if unsafe { chain_has_last_buf(chain) } {
+                refresh::output_done(req);
+            }
+            rc
+        }
+        Kind::Lookup(state) => {
+            // SAFETY: the chain handed to this lookup subrequest's body filter.
+            unsafe { lookup::capture_body(state, chain) };
+            OK
+        }
+        Kind::Subrequest => {
+            // SAFETY: the chain handed to this subrequest's body filter.
+            unsafe { hot::fetch_output(req, chain) };
+            // SAFETY: the live request and the chain handed to this filter.
+            unsafe { filter_chain::next_body(r, chain) }
+        }
+    }
+}
+
+/// Records the answer of srcache's store subrequest in the main request's state: a fill
+/// counts only when its answer was stored.
+fn note_store(sr: &ngx_http_request_t) {
+    let declared = StaleCacheModule::location_conf(sr).map_or(Declared::Unset, |c| c.role);
+    if role::of_subrequest(sr, declared, &main_conf(sr).roles, None) != Some(Role::Store) {
+        return;
+    }
+    let Some(state) = state::find(sr) else {
+        return;
+    };
+    // SAFETY: the state is live while its request is; no step of the main request runs
+    // while a subrequest's output is filtered.
+    unsafe { RequestState::note_store(state, sr.headers_out.status) };
+    debug!(
+        request_log(sr),
+        "stale_cache: store subrequest answered {}", sr.headers_out.status
+    );
+}
+
+/// Whether `chain` carries the response's last buffer.
+///
+/// # Safety
+/// `chain` must be null or a valid chain whose links and buffers are valid.
+unsafe fn chain_has_last_buf(mut chain: *mut ngx_chain_t) -> bool {
+    // SAFETY: (caller) valid links and buffers.
+    while let Some(link) = unsafe { chain.as_ref() } {
+        // SAFETY: (caller) as above.
+        if unsafe { link.buf.as_ref() }.is_some_and(|b| b.last_buf() != 0) {
+            return true;
+        }
+        chain = link.next;
+    }
+    false
+}
+
+/// Puts the filters at the top of the output chains (postconfiguration).
+pub fn install() {
+    filter_chain::install(header_filter, body_filter);
+}
