@@ -3,7 +3,12 @@
 
 pub mod bits;
 pub mod conf;
+pub mod filter_chain;
 pub mod log;
+pub mod process;
+pub mod random;
+pub mod role;
+pub mod shm;
 pub mod util;
 pub mod vars;
 pub mod zone;

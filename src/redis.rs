@@ -13,4 +13,5 @@ mod directives;
 pub mod handler;
 pub mod module;
 mod reply;
+pub mod role;
 mod variables;

@@ -11,7 +11,8 @@
 //! - the rooms that act and return, never calling back up: `lookup` (TTL/PERSIST/EXPIRE and
 //!   lease subrequests), `waiters` (held locks and waiting requests), `lease` (the fleet
 //!   lease), `refresh` and `sender` (the background refresh), `hot` (the hot tier), `purge`;
-//! - `filters` (the output filters, one dispatch), `variables`, `metrics`, `error`, `conf`.
+//! - `filters` (the output filters, one dispatch; srcache's subrequests known by their
+//!   location's `role`), `variables`, `metrics`, `error`, `conf`.
 
 pub mod conf;
 mod decide;
@@ -27,6 +28,7 @@ mod lookup;
 mod metrics;
 mod purge;
 mod refresh;
+mod role;
 mod sender;
 mod state;
 mod variables;
@@ -106,8 +108,11 @@ impl HttpModule for StaleCacheModule {
         if conf::check_refresh_addresses(cf, cmcf).is_err() {
             return ERROR;
         }
-        filters::install_filters();
+        filters::install();
         state::set_end_handler(driver::end_of_request);
+        // SAFETY: as above.
+        let mcf = main_conf(unsafe { &*cf });
+        role::check(cf, mcf.in_use, &mcf.roles);
         OK
     }
 }

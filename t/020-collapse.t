@@ -344,3 +344,53 @@ for my $i (1 .. 5) {
 is($status{MISS}, 1, 'one waiter became the filler');
 is($status{COLLAPSED}, 4, 'the others were served its fill');
 is_deeply([keys %body], ["backend GET /api/f hit 2\n"], 'every waiter got the refill');
+
+
+
+=== TEST 9: redis2/HttpRedis locations with stale_cache_role: the store is known by its location, the fill counts, waiters are COLLAPSED
+--- redis2
+--- http_config eval: $::BASE_HTTP
+--- config eval: base_config(in => $::HEADERS, variant => 'redis2')
+--- request
+GET /api/r2
+--- more_headers
+X-Backend-Delay: 0.3
+--- concurrency: 10
+--- timeout: 10
+--- response_body
+backend GET /api/r2 hit 1
+--- backend_hits: 1
+--- check
+my $n = statuses(responses());
+is($n->{MISS}, 1, 'one MISS');
+is($n->{COLLAPSED}, 9, 'the other 9 COLLAPSED: the fill was counted as stored') or diag(explain $n);
+unlike(Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/nginx-t.out") // '',
+       qr/no location has a role/, 'nginx -t: no legacy notice');
+--- no_error_log
+[error]
+no location has a role
+
+
+
+=== TEST 10: the same locations without stale_cache_role (a configuration from before roles): a notice, and the old recognition still counts the fill
+--- redis2
+--- http_config eval: $::BASE_HTTP
+--- config eval: base_config(in => $::HEADERS, variant => 'redis2-legacy')
+--- request
+GET /api/r2
+--- more_headers
+X-Backend-Delay: 0.3
+--- concurrency: 10
+--- timeout: 10
+--- response_body
+backend GET /api/r2 hit 1
+--- backend_hits: 1
+--- check
+my $n = statuses(responses());
+is($n->{MISS}, 1, 'one MISS');
+is($n->{COLLAPSED}, 9, 'the other 9 COLLAPSED: the fill was counted as stored') or diag(explain $n);
+like(Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/nginx-t.out") // '',
+     qr/\[notice\].*stale_cache: no location has a role: srcache's fetch and store subrequests are recognised by their arguments and timing \(legacy\)/,
+     'nginx -t: the legacy notice');
+--- no_error_log
+[error]

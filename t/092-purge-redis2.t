@@ -41,9 +41,10 @@ our $CONFIG = <<'_EOC_';
         redis2_query persist $key; redis2_pass redis; }
     location = /redispurge { internal; set_unescape_uri $key $arg_key; set_md5 $key;
         redis2_query del $key; redis2_pass redis; }
-    location = /redis { internal; set_md5 $redis_key $args; redis_pass redis; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
-        set_unescape_uri $key $arg_key; set_md5 $key;
+    location = /redis { internal; stale_cache_role fetch; set_md5 $redis_key $args;
+        redis_pass redis; }
+    location = /redis2 { internal; stale_cache_role store;
+        set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key;
         redis2_query set $key $echo_request_body; redis2_query expire $key $exptime;
         redis2_pass redis; }
     location = /metrics { stale_cache_metrics; }

@@ -225,6 +225,26 @@ is(redis_calls('get'), 0, 'without a Redis GET');
 --- no_error_log
 [error]
 
+=== TEST 2b: the same through redis2/HttpRedis locations without stale_cache_role (legacy recognition of the fetch)
+--- redis2
+--- http_config eval: $main::HTTP
+--- config eval
+drop_in_config('stale_cache_hot on;', 'redis2-legacy')
+--- pre
+backend_config('/api/bin', body_binary => 1, header => ['X-One: 1', 'Set-Cookie: a=b']);
+--- request
+GET /api/warm
+--- response_headers
+X-Stale-Cache: MISS
+--- check
+my ($fresh, $hot) = make_hot('/api/bin');
+same_response($fresh, $hot, 'binary, redis2 without roles');
+redis('CONFIG', 'RESETSTAT');
+is(http_get('/api/bin')->{headers}{'x-stale-cache'}, 'HOT', 'hot again');
+is(redis_calls('get'), 0, 'without a Redis GET');
+--- no_error_log
+[error]
+
 === TEST 3: off by default: the drop-in location never answers HOT even with a hot zone
 --- http_config eval: $main::HTTP
 --- config eval

@@ -3,12 +3,9 @@
 
 use core::ffi::c_void;
 
-use ngx::ffi::{
-    ngx_int_t, ngx_shm_zone_t, ngx_shmtx_lock, ngx_shmtx_unlock, ngx_slab_alloc, ngx_slab_pool_t,
-};
+use ngx::ffi::{ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t};
 
 use core::cell::Cell;
-use core::ptr;
 
 use crate::locktable::{Fingerprint, LayoutError, LockTable};
 use crate::metrics::{self, Counters};
@@ -75,29 +72,23 @@ impl Zone {
         // SAFETY: a non-null `data` was set by init_zone to the block it allocated and
         // prefixed with the table's length.
         let (region, len) = unsafe { table_region(zone.data as *mut u8) };
-        // SAFETY: `shm.addr` is the start of the mapped zone, where nginx keeps the slab pool
-        // whose mutex all workers share; addr_of_mut makes no reference to shared memory.
-        let mutex = unsafe { ptr::addr_of_mut!((*(zone.shm.addr as *mut ngx_slab_pool_t)).mutex) };
-        // SAFETY: nginx initialised that mutex with the pool; it is released below on every
-        // path (nothing in between unwinds: panics abort).
-        unsafe { ngx_shmtx_lock(mutex) };
-        // SAFETY: the region stays mapped for the cycle, and the mutex makes this worker its
-        // only user until the unlock below.
-        let (result, damage) = unsafe { run_locked(region, len, f) };
-        // SAFETY: the mutex locked above.
-        unsafe { ngx_shmtx_unlock(mutex) };
-        if let Some(why) = damage {
-            // After the unlock: a log write is a syscall other workers need not wait for.
-            ngx::ngx_log_error!(
-                ngx::ffi::NGX_LOG_WARN,
-                zone.shm.log,
-                "stale_cache: zone \"{}\" was damaged ({}), probably by a worker that died \
-                 while updating it; emptied it (locks and memos held then are forgotten)",
-                String::from_utf8_lossy(&self.name),
-                why
-            );
-        }
-        result
+        crate::nginx::shm::with_table(
+            zone,
+            // SAFETY: the region stays mapped for the cycle, and the mutex with_table holds
+            // makes this worker its only user while `run_locked` runs.
+            || unsafe { run_locked(region, len, f) },
+            |log, why| {
+                ngx::ngx_log_error!(
+                    ngx::ffi::NGX_LOG_WARN,
+                    log,
+                    "stale_cache: zone \"{}\" was damaged ({}), probably by a worker that \
+                     died while updating it; emptied it (locks and memos held then are \
+                     forgotten)",
+                    String::from_utf8_lossy(&self.name),
+                    why
+                );
+            },
+        )
     }
 }
 
@@ -217,16 +208,11 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
         }
         // SAFETY: as above.
         let (region, len) = unsafe { table_region(data as *mut u8) };
-        // SAFETY: on reuse nginx maps the old zone at `shm.addr`, with the slab pool (and its
-        // mutex) the previous cycle initialised; addr_of_mut makes no reference.
-        let mutex = unsafe { ptr::addr_of_mut!((*(zone.shm.addr as *mut ngx_slab_pool_t)).mutex) };
-        // SAFETY: the old cycle's workers still use the table: check it under their mutex
-        // (nginx force-unlocks it if one of them dies holding it).
-        unsafe { ngx_shmtx_lock(mutex) };
+        // On reuse nginx maps the old zone at `shm.addr`, with the slab pool (and its mutex)
+        // the previous cycle initialised: the old cycle's workers still use the table, so it
+        // is checked under their mutex.
         // SAFETY: the block stays mapped; the mutex is held.
-        let checked = unsafe { check_reused(region, len) };
-        // SAFETY: the mutex locked above.
-        unsafe { ngx_shmtx_unlock(mutex) };
+        let checked = crate::nginx::shm::locked(zone, || unsafe { check_reused(region, len) });
         match checked {
             Ok(None) => {}
             Ok(Some(why)) => {
@@ -278,7 +264,10 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
     unsafe {
         (region as *mut usize).write(table_len);
         (region as *mut u64).add(1).write(metrics::MAGIC);
-        if LockTable::init_raw(region.add(PREFIX), table_len, random_seed()).is_err() {
+        // A random fingerprint seed, so that keys clients choose cannot be made to collide on
+        // purpose; the same for all workers since it is stored in the table.
+        let seed = crate::nginx::random::u64();
+        if LockTable::init_raw(region.add(PREFIX), table_len, seed).is_err() {
             return NGX_ERROR;
         }
         let counters = region.add(PREFIX + table_len) as *mut Counters;
@@ -300,24 +289,6 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
         capacity
     );
     NGX_OK
-}
-
-/// A seed for the key fingerprints, so keys chosen by clients cannot be made to collide on
-/// purpose; the same for all workers since it is stored in the zone.
-fn random_seed() -> u64 {
-    use std::io::Read;
-    let mut bytes = [0u8; 8];
-    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
-        if f.read_exact(&mut bytes).is_ok() {
-            return u64::from_ne_bytes(bytes);
-        }
-    }
-    // Fallback: time and pid; still differs per start.
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    t ^ (u64::from(std::process::id()) << 32)
 }
 
 /// A zone of the main configuration. A copyable handle, so a step can hold it while it

@@ -92,5 +92,11 @@ directive_table! {
         )
         .offset(offset_of!(StaleCacheConf, hot_max_size))
         .bounds(&HOT_MAX_SIZE),
+        Directive::new(
+            ngx_string!("stale_cache_role"),
+            LOCATION | TAKE1,
+            super::role::set_role,
+        )
+        .offset(offset_of!(StaleCacheConf, role)),
     ];
 }

@@ -126,11 +126,7 @@ thread_local! {
 fn new_lease_token(fill: bool) -> String {
     let seed = TOKEN_SEED.with(|s| {
         if s.get() == 0 {
-            use std::hash::{BuildHasher, Hasher};
-            // RandomState is seeded from the OS's random source.
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(crate::nginx::util::worker_pid());
-            s.set(h.finish() | 1);
+            s.set(crate::nginx::random::u64() | 1);
         }
         s.get()
     });

@@ -10,12 +10,17 @@ use ngx::ffi::{
     NGX_HTTP_SUBREQUEST_WAITED,
 };
 
+use core::ptr::NonNull;
+
+use ngx::ffi::ngx_chain_t;
+
 use super::error::StaleError;
+use crate::nginx::bits;
 use crate::nginx::log::debug;
 use crate::nginx::util::{pool_str, request_log, ERROR, OK};
 
 /// The longest TTL/PERSIST reply kept; a valid one is a few bytes.
-pub const CAPTURE_LIMIT: usize = 256;
+const CAPTURE_LIMIT: usize = 256;
 
 /// A request's lookup subrequest: the record nginx calls back with at its end, and what it
 /// answered. It lives in the request's (boxed) state, so its address is stable.
@@ -56,11 +61,6 @@ impl Capture {
         self.status = 0;
         self.body.clear();
         self.overflow = false;
-    }
-
-    /// Whether `post` is the record of this capture's subrequests.
-    pub fn is_record(&self, post: *const ngx_http_post_subrequest_t) -> bool {
-        ptr::eq(post, &self.post)
     }
 
     /// The lookup ran and its location answered 200.
@@ -112,7 +112,7 @@ pub fn start(
     Ok(())
 }
 
-pub type LookupDoneFn =
+type LookupDoneFn =
     unsafe extern "C" fn(*mut ngx_http_request_t, *mut c_void, ngx_int_t) -> ngx_int_t;
 
 /// The end of a lookup subrequest.
@@ -148,4 +148,75 @@ pub unsafe extern "C" fn lookup_done(
         return OK;
     }
     rc
+}
+
+/* ------------------------------------------------ capture (called by the filters) */
+
+/// The capture waiting for `r`'s answer if `r` is one of this layer's lookup subrequests.
+///
+/// Recognised by its post-subrequest handler, which (unlike module contexts) survives an
+/// internal redirect of the subrequest, e.g. by `error_page` when Redis is down.
+pub fn waiting_capture(r: &ngx_http_request_t) -> Option<NonNull<Capture>> {
+    if ptr::eq(r.main, r) {
+        return None;
+    }
+    // SAFETY: a subrequest's post_subrequest record is null or valid while it runs.
+    let ps = unsafe { r.post_subrequest.as_ref()? };
+    let ours = ps
+        .handler
+        .is_some_and(|h| core::ptr::fn_addr_eq(h, lookup_done as LookupDoneFn));
+    if ours {
+        NonNull::new(ps.data as *mut Capture)
+    } else {
+        None
+    }
+}
+
+/// Whether `r` is one of this layer's lookup subrequests.
+pub fn is_lookup(r: &ngx_http_request_t) -> bool {
+    waiting_capture(r).is_some()
+}
+
+/// The header of lookup subrequest `r`, whose answer `capture` waits for: its status is kept,
+/// and nothing goes out.
+pub fn capture_header(capture: NonNull<Capture>, r: &mut ngx_http_request_t) {
+    // SAFETY: the main request's state (holding the capture) is live while its subrequest
+    // runs; no step of the main request runs while the subrequest's output is filtered.
+    unsafe { (*capture.as_ptr()).status = r.headers_out.status };
+    bits::set_header_sent(r, true);
+}
+
+/// The body of a lookup subrequest (see `capture_header`): up to CAPTURE_LIMIT bytes are
+/// kept, and the buffers are marked consumed.
+///
+/// # Safety
+/// `chain` must be the valid chain handed to the body filter for the lookup subrequest.
+pub unsafe fn capture_body(capture: NonNull<Capture>, chain: *mut ngx_chain_t) {
+    // SAFETY: as in capture_header.
+    let capture = unsafe { &mut *capture.as_ptr() };
+    let mut cl = chain;
+    // SAFETY: (caller) walks the chain handed to the filter; its links and buffers are
+    // valid, and memory buffers hold `pos..last`.
+    while let Some(link) = unsafe { cl.as_ref() } {
+        // SAFETY: as above; the filter owns the buffer's positions while it runs.
+        let b = unsafe { &mut *link.buf };
+        if b.in_file() == 0 || b.memory() != 0 || b.temporary() != 0 {
+            // SAFETY: as above.
+            let len = unsafe { b.last.offset_from(b.pos) } as usize;
+            if len > 0 {
+                // SAFETY: as above.
+                let bytes = unsafe { core::slice::from_raw_parts(b.pos, len) };
+                let room = CAPTURE_LIMIT.saturating_sub(capture.body.len());
+                capture.overflow |= bytes.len() > room;
+                capture
+                    .body
+                    .extend_from_slice(&bytes[..bytes.len().min(room)]);
+            }
+            b.pos = b.last;
+        }
+        if b.in_file() != 0 {
+            b.file_pos = b.file_last;
+        }
+        cl = link.next;
+    }
 }

@@ -261,10 +261,6 @@ impl RequestState {
         self.purge.is_some()
     }
 
-    pub fn hot(&self) -> &Hot {
-        &self.hot
-    }
-
     /* ---- parts the rooms work on */
 
     pub fn capture_mut(&mut self) -> &mut Capture {
@@ -368,8 +364,34 @@ impl RequestState {
         self.wake_delay_ms = ms;
     }
 
-    pub fn note_store(&mut self, status: usize) {
-        self.store_status = Some(status);
+    /// Records the status srcache's store subrequest answered (a fill counts only when
+    /// stored); written alone, through the pointer: the filters may run inside a step that
+    /// borrows the state.
+    ///
+    /// # Safety
+    /// `state` must be a live state.
+    pub unsafe fn note_store(state: NonNull<Self>, status: usize) {
+        // SAFETY: (caller) a live state; one field is written, no reference is made.
+        unsafe { ptr::addr_of_mut!((*state.as_ptr()).store_status).write(Some(status)) };
+    }
+
+    /// The hot tier's part of the state and the cache key (once read), borrowed together.
+    pub fn hot_and_key(&mut self) -> (&mut Hot, Option<&[u8]>) {
+        (
+            &mut self.hot,
+            self.settings.as_ref().map(|s| s.key.as_slice()),
+        )
+    }
+
+    /// The hot tier's part of the state behind `state`, as a pointer: filters of the main
+    /// request and variable handlers may run inside a step that borrows the state, so they
+    /// reach only this part.
+    ///
+    /// # Safety
+    /// `state` must be a live state.
+    pub unsafe fn hot_ptr(state: NonNull<Self>) -> *mut Hot {
+        // SAFETY: (caller) a live state; no reference to it is made.
+        unsafe { ptr::addr_of_mut!((*state.as_ptr()).hot) }
     }
 
     pub fn set_refetched(&mut self) {
@@ -517,23 +539,6 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
             ttl_left: ptr::addr_of!((*state).ttl_left).read(),
         })
     }
-}
-
-/// The hot tier's plan for the request whose state is `state`, read without a reference
-/// (a step may hold the state while nginx asks).
-///
-/// # Safety
-/// `state` must be a live state.
-pub unsafe fn peek_hot_plan(state: *const RequestState) -> crate::hotcache::Plan {
-    // SAFETY: (caller) live; the field is copied through the raw pointer.
-    unsafe { ptr::addr_of!((*state).hot.plan).read() }
-}
-
-/// The hot tier's part of the state at `state`, as a raw pointer (for the filters, which run
-/// while a step may hold the state).
-pub fn hot_ptr(state: *mut RequestState) -> *mut Hot {
-    // SAFETY: only the field's address is computed; nothing is read.
-    unsafe { ptr::addr_of_mut!((*state).hot) }
 }
 
 /// Frees the state of an ended request (the pool cleanup's data).

@@ -181,19 +181,7 @@ pub fn lock_request(kind: LockKind, token: NonZeroU64, ttl_ms: u64, started: u64
     }
 }
 
-/// Whether the worker that holds a lock still runs. Asked with the zone's mutex held, so it
-/// is one `kill(pid, 0)`; in doubt (a pid of another user: EPERM) it is alive.
-pub fn owner_alive(pid: u32) -> bool {
-    if u64::from(pid) == worker_pid() {
-        return true;
-    }
-    let Ok(pid) = libc::pid_t::try_from(pid) else {
-        return true;
-    };
-    // SAFETY: signal 0 only checks that the process exists; nothing is sent.
-    let rc = unsafe { libc::kill(pid, 0) };
-    rc == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH)
-}
+pub use crate::nginx::process::owner_alive;
 
 /// A lock token unique across workers: the pid tells workers apart, the counter locks.
 pub fn new_token() -> NonZeroU64 {

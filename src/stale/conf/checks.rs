@@ -30,6 +30,9 @@ pub unsafe extern "C" fn merge_loc_conf(
     if conf.merge(prev).is_err() {
         return CONF_ERROR;
     }
+    // SAFETY: merge runs inside `http` with a valid configuration context.
+    let cfr = unsafe { &*cf };
+    crate::stale::role::merged(cfr, conf.role, &main_conf(cfr).roles);
     if conf.hot_enabled() {
         // SAFETY: merge runs inside `http` with a valid configuration context.
         if main_conf(unsafe { &*cf }).hot.is_none() {

@@ -38,6 +38,8 @@ pub struct StaleCacheConf {
     pub hot_max_age_ms: Unset<ngx_msec_t>,
     /// `stale_cache_hot_max_size SIZE`: the largest stored response kept.
     pub hot_max_size: Unset<usize>,
+    /// `stale_cache_role`: this location's role for srcache (not inherited).
+    pub role: crate::stale::role::Declared,
 }
 
 /// A hot copy is served for at most this long after it was copied from Redis.
@@ -60,6 +62,7 @@ impl Default for StaleCacheConf {
             hot: Unset::default(),
             hot_max_age_ms: Unset::default(),
             hot_max_size: Unset::default(),
+            role: Default::default(),
         }
     }
 }

@@ -31,6 +31,8 @@ pub struct MainConf {
     pub refresh_addresses: Vec<(RefreshTarget, String)>,
     /// `stale_cache_hot_zone NAME SIZE`: the hot tier's zone, if any.
     pub hot: Option<HotZone>,
+    /// Whether any location has a role for srcache (`crate::stale::role`).
+    pub roles: crate::stale::role::Roles,
 }
 
 impl Default for MainConf {
@@ -42,6 +44,7 @@ impl Default for MainConf {
             in_use: false,
             refresh_addresses: Vec::new(),
             hot: None,
+            roles: Default::default(),
         }
     }
 }
@@ -117,19 +120,8 @@ fn process_secret() -> String {
 
 /// 128 random bits as hex: refresh requests prove with it that this nginx sent them.
 fn new_secret() -> String {
-    use std::io::Read;
     let mut bytes = [0u8; 16];
-    let random = std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if random.is_err() {
-        // Still unguessable enough to not be worth a startup failure: RandomState is
-        // seeded from the OS's random source.
-        use std::hash::{BuildHasher, Hasher};
-        for chunk in bytes.chunks_mut(8) {
-            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-            h.write_u64(std::process::id() as u64);
-            chunk.copy_from_slice(&h.finish().to_ne_bytes());
-        }
-    }
+    crate::nginx::random::fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

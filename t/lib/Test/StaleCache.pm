@@ -916,7 +916,8 @@ my @DOCUMENTED_SETS = (
 #   fetch   => the srcache_fetch line(s) instead of the documented `if` line
 #   ttl_cmd => the command of the native /redisttl location instead of `TTL $key`
 #   after   => text after the locations (more locations)
-#   variant => 'redis2': the locations of redis2/HttpRedis (the block needs `--- redis2`)
+#   variant => 'redis2': the locations of redis2/HttpRedis (the block needs `--- redis2`);
+#              'redis2-legacy': the same without stale_cache_role (a config from before roles)
 sub base_config {
     my (%o) = @_;
     my %set = %{ $o{set} // {} };
@@ -927,7 +928,10 @@ sub base_config {
         (map { "        set \$cache_$_ $set{$_};\n" } grep { !$documented{$_} } sort keys %set);
     my $in = ref $o{in} ? join("\n        ", @{ $o{in} }) : $o{in} // '';
     my $fetch = $o{fetch} // 'if ($http_x_skip_fetch != TRUE){ srcache_fetch GET /redis $cache_key;}';
-    my $locations = ($o{variant} // '') eq 'redis2' ? redis2_locations() : redis_locations();
+    my $variant = $o{variant} // '';
+    my $locations = $variant eq 'redis2' ? redis2_locations()
+                  : $variant eq 'redis2-legacy' ? redis2_locations('legacy')
+                  : redis_locations();
     if (defined $o{ttl_cmd}) {
         $locations =~ s/stale_cache_redis_command TTL \$key;/$o{ttl_cmd}/ or die "no native TTL command\n";
     }
@@ -993,23 +997,29 @@ sub redis_locations {
 _EOC_
 }
 # The same locations as lua-resty-cache's own configuration writes them, with redis2
-# (redis2_query/redis2_pass) and HttpRedis (redis_pass), as in nginx-conf/drop-in-redis2.conf;
-# a block using them says `--- redis2` so the harness loads those modules.
+# (redis2_query/redis2_pass) and HttpRedis (redis_pass), as in nginx-conf/drop-in-redis2.conf,
+# with stale_cache_role on the fetch and store locations (without, given 'legacy': a
+# configuration written before roles); a block using them says `--- redis2` so the harness
+# loads those modules.
 sub redis2_locations {
-    return <<'_EOC_';
+    my ($legacy) = @_;
+    my $text = <<'_EOC_';
     location = /redisttl { internal; set_unescape_uri $key $arg_key; set_md5 $key;
         redis2_query ttl $key; redis2_pass redis; }
     location = /redispersist { internal; set_unescape_uri $key $arg_key; set_md5 $key;
         redis2_query persist $key; redis2_pass redis; }
     location = /redisexpire { internal; set_unescape_uri $key $arg_key; set_md5 $key;
         redis2_query expire $key $arg_ttl; redis2_pass redis; }
-    location = /redis { internal; set_md5 $redis_key $args; redis_pass redis; }
-    location = /redis2 { internal; set_unescape_uri $exptime $arg_exptime;
-        set_unescape_uri $key $arg_key; set_md5 $key;
+    location = /redis { internal; stale_cache_role fetch; set_md5 $redis_key $args;
+        redis_pass redis; }
+    location = /redis2 { internal; stale_cache_role store;
+        set_unescape_uri $exptime $arg_exptime; set_unescape_uri $key $arg_key; set_md5 $key;
         client_max_body_size 16m;
         redis2_query set $key $echo_request_body; redis2_query expire $key $exptime;
         redis2_pass redis; }
 _EOC_
+    $text =~ s/ stale_cache_role \w+;//g if $legacy;
+    return $text;
 }
 
 # redis2 and HttpRedis for the nginx under test (see t/lib/RefModules.pm).

@@ -1,0 +1,156 @@
+//! The hot tier (`stale_cache_hot_zone`, `stale_cache_hot`): the exact bytes srcache's fetch
+//! got from Redis for keys that proved hot, kept in shared memory (`crate::hotcache`) and
+//! handed to srcache's next fetch of the key instead of asking Redis.
+//!
+//! The rest of the layer calls this file: `on_fresh` (a fresh hit: plan to serve or fill),
+//! `will_serve`, `forget`, `not_served`, `release`; the per-request part of the state is
+//! `Hot`. The work is in one file per job:
+//! - `region`: the zone's memory (memfd or anonymous mapping), its initialisation and
+//!   hand-over across reloads, locked access to the table;
+//! - `serve`: srcache's fetch subrequest answered from the zone: the fetch subrequest, known
+//!   by its location's role (`crate::stale::role`), gets this module's content handler, which
+//!   answers what the Redis location would have (200, the stored value as body), so srcache
+//!   parses, sends and stores nothing as on any fetch hit;
+//! - `swap`: large bodies sent from the zone in place (pinned), swapped into the main
+//!   request's output by the output filters;
+//! - `fill`: a fresh hit of a key seen fresh before within its fresh period copies the output
+//!   of its fetch subrequest (a 200 from the Redis location) into the zone, up to
+//!   `stale_cache_hot_max_size`.
+
+mod fill;
+mod region;
+mod serve;
+mod swap;
+
+use core::ptr;
+
+use ngx::ffi::{ngx_buf_t, ngx_http_request_t};
+
+use crate::hotcache::Plan;
+use crate::nginx::log::{debug, Short};
+use crate::nginx::util::{now_ms, request_log};
+use crate::stale::conf::StaleCacheConf;
+use crate::stale::main_conf;
+use crate::stale::state::{self, RequestState};
+
+pub use fill::fetch_output;
+pub use region::{init_hot_zone, nginx_zone_size, HotZone};
+pub use serve::subrequest;
+use swap::InPlace;
+pub use swap::{main_body, main_header};
+
+/// The hot tier's part of a request's state.
+pub struct Hot {
+    plan: Plan,
+    /// The key's fresh period as the module knows it (memo or TTL lookup), in ms.
+    fresh_until: u64,
+    /// The fetch subrequest being served or filled from, once recognised.
+    fetch: *mut ngx_http_request_t,
+    /// What the fetch subrequest answers (its pool): the whole stored response, or for a
+    /// response sent in place its status line and headers and the body's first byte.
+    served: *mut ngx_buf_t,
+    /// A response sent in place from the zone.
+    in_place: Option<InPlace>,
+    /// The fetch's output, while filling.
+    bytes: Vec<u8>,
+    /// The fill cannot be used (too large, in a file, ...).
+    spoiled: bool,
+}
+
+impl Default for Hot {
+    fn default() -> Self {
+        Hot {
+            plan: Plan::Nothing,
+            fresh_until: 0,
+            fetch: ptr::null_mut(),
+            served: ptr::null_mut(),
+            in_place: None,
+            bytes: Vec::new(),
+            spoiled: false,
+        }
+    }
+}
+
+/// A fresh hit (memo or TTL lookup), fresh until `fresh_until`: decides whether srcache's
+/// fetch will be answered from the hot zone, or fill it.
+pub fn on_fresh(
+    state: &mut RequestState,
+    req: &ngx_http_request_t,
+    scf: &StaleCacheConf,
+    fresh_until: u64,
+) {
+    if !scf.hot_enabled() {
+        return;
+    }
+    let Some(zone) = main_conf(req).hot.as_ref() else {
+        return;
+    };
+    let now = now_ms();
+    if fresh_until <= now {
+        return;
+    }
+    let key = state.settings().key.as_slice();
+    let max_age = scf.hot_max_age_ms();
+    let plan = zone
+        .with_key(key, |t, fp| t.plan(fp, key, now, fresh_until, max_age))
+        .unwrap_or(Plan::Nothing);
+    debug!(
+        request_log(req),
+        "stale_cache: hot tier for \"{}\": {:?}",
+        Short(key),
+        plan
+    );
+    let hot = state.hot_mut();
+    hot.plan = plan;
+    hot.fresh_until = fresh_until;
+}
+
+/// The request's state where a hot zone is configured: the filters ask for every response,
+/// and without a hot zone they need not look for a state (a walk of the pool's cleanups in
+/// locations without the layer).
+fn hot_state(r: &ngx_http_request_t) -> Option<core::ptr::NonNull<RequestState>> {
+    main_conf(r).hot.as_ref()?;
+    state::find(r)
+}
+
+/// Whether `r`'s fresh hit is to be answered from the hot zone (decided before srcache's
+/// fetch): `$stale_cache_redis_down` then lets srcache fetch, since the answer does not come
+/// from Redis. Reads one field (variable handlers may run while a step of the request does).
+pub fn will_serve(r: &ngx_http_request_t) -> bool {
+    let Some(state) = hot_state(r) else {
+        return false;
+    };
+    // SAFETY: the state is live while its request is; one Copy field is read through the raw
+    // pointer, no reference to the state is made.
+    unsafe { ptr::addr_of!((*RequestState::hot_ptr(state)).plan).read() == Plan::Serve }
+}
+
+/// Drops the hot copy of `key` on this node (purge, store, a fetch that missed).
+pub fn forget(req: &ngx_http_request_t, key: &[u8]) {
+    if let Some(zone) = main_conf(req).hot.as_ref() {
+        zone.with_key(key, |t, fp| t.remove(fp, key));
+    }
+}
+
+/// PRECONTENT: srcache did not send the response from its fetch (a fetch it could not
+/// use): the pin is not needed.
+pub fn not_served(state: &mut RequestState, req: &ngx_http_request_t) {
+    if state
+        .hot_mut()
+        .in_place
+        .as_ref()
+        .is_some_and(|ip| !ip.armed)
+    {
+        release(state, req);
+    }
+}
+
+/// Ends the request's pin, if any (its end, or srcache not sending it).
+pub fn release(state: &mut RequestState, r: &ngx_http_request_t) {
+    let Some(ip) = state.hot_mut().in_place.take() else {
+        return;
+    };
+    if let Some(zone) = main_conf(r).hot.as_ref() {
+        zone.with_table(|t| t.unpin(ip.owner, ip.pid, &ip.pin));
+    }
+}
