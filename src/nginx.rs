@@ -9,6 +9,7 @@ pub mod process;
 pub mod random;
 pub mod role;
 pub mod shm;
+pub mod timer;
 pub mod util;
 pub mod vars;
 pub mod zone;

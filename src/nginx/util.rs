@@ -168,3 +168,20 @@ impl<'r> Iterator for LiveHeaders<'r> {
         None
     }
 }
+
+/// Resumes a main request parked in a phase handler (`NGX_AGAIN`) by one of our events: it
+/// stops watching the client for a hang-up, runs its phases from where they stopped, then the
+/// subrequests that posted themselves meanwhile.
+///
+/// # Safety
+/// `r` must be a live main request whose phases stopped in one of this module's handlers,
+/// and nothing may borrow its state across the call.
+pub unsafe fn resume(r: *mut ngx::ffi::ngx_http_request_t) {
+    // SAFETY: (caller) a live request and its connection.
+    unsafe {
+        (*r).read_event_handler = Some(ngx::ffi::ngx_http_block_reading);
+        let c = (*r).connection;
+        ngx::ffi::ngx_http_core_run_phases(r);
+        ngx::ffi::ngx_http_run_posted_requests(c);
+    }
+}

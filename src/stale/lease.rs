@@ -19,11 +19,7 @@
 use core::num::NonZeroU64;
 use std::cell::{Cell, RefCell};
 
-use ngx::ffi::{
-    ngx_add_timer, ngx_del_timer, ngx_delete_posted_event, ngx_event_t, ngx_http_block_reading,
-    ngx_http_core_run_phases, ngx_http_request_t, ngx_http_run_posted_requests,
-    ngx_http_test_reading, ngx_msec_t, NGX_LOG_ERR,
-};
+use ngx::ffi::{ngx_event_t, ngx_http_request_t, ngx_http_test_reading, NGX_LOG_ERR};
 
 use super::conf::StaleCacheConf;
 use super::error::warn;
@@ -32,9 +28,9 @@ use super::refresh;
 use super::sender::{self, RefreshOutcome, RefreshTarget};
 use crate::lease::{self, Answer, Op, KEEPER_TICK_MS, LEASE_MS, RENEW_MS};
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{
-    cycle_log, live_headers, no_connection, now_ms, request_log, str_bytes, update_clock,
-};
+use crate::nginx::timer::Timer;
+use crate::nginx::util::resume;
+use crate::nginx::util::{cycle_log, live_headers, now_ms, request_log, str_bytes, update_clock};
 use crate::nginx::zone::ZoneRef;
 use crate::replay::{key_argument, secret_matches, Replay};
 use crate::resp::parse_integer_reply;
@@ -68,14 +64,11 @@ pub struct RequestLease {
     /// This request's token, once it asked.
     token: String,
     polls: u32,
-    timer: Option<Box<PollTimer>>,
+    timer: Option<Timer<PollTarget>>,
 }
 
-/// The poll timer of a request waiting for another node's fill.
-#[repr(C)]
-struct PollTimer {
-    /// First, so the event's address is the timer's.
-    ev: ngx_event_t,
+/// What the poll timer of a request waiting for another node's fill resumes.
+struct PollTarget {
     /// The lease it polls for (inside the request's boxed state, so it does not move).
     lease: *mut RequestLease,
     r: *mut ngx_http_request_t,
@@ -99,27 +92,13 @@ impl RequestLease {
     }
 }
 
-impl Drop for PollTimer {
-    fn drop(&mut self) {
-        // SAFETY: the event is ours; it is only in the timer tree or posted queue while armed.
-        unsafe {
-            if self.ev.timer_set() != 0 {
-                ngx_del_timer(&mut self.ev);
-            }
-            if self.ev.posted() != 0 {
-                ngx_delete_posted_event(&mut self.ev);
-            }
-        }
-    }
-}
-
 thread_local! {
     /// The random half of this worker's lease tokens (nodes may share pids and counters).
     static TOKEN_SEED: Cell<u64> = const { Cell::new(0) };
     static TOKEN_COUNTER: Cell<u64> = const { Cell::new(0) };
     /// Leases this worker holds, and the timer that renews and releases them.
     static KEPT: RefCell<Vec<Kept>> = const { RefCell::new(Vec::new()) };
-    static KEEPER_EVENT: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
+    static KEEPER: RefCell<Option<Timer<()>>> = const { RefCell::new(None) };
 }
 
 /// A fresh lease token, unique across the fleet.
@@ -206,42 +185,29 @@ pub fn answer(capture: &Capture) -> Result<Answer, &'static str> {
 /// Waits `ms` before polling the lease again; the request resumes with the step `PollDue`.
 pub fn arm_poll(lease: &mut RequestLease, req: &mut ngx_http_request_t, ms: u64) {
     lease.step = LeaseStep::PollWait;
-    let me: *mut RequestLease = lease;
-    let r: *mut ngx_http_request_t = req;
-    let timer = lease.timer.get_or_insert_with(|| {
-        Box::new(PollTimer {
-            // SAFETY: a zeroed event is nginx's initial state for one.
-            ev: unsafe { core::mem::zeroed() },
-            lease: me,
-            r,
-        })
-    });
-    timer.ev.data = no_connection();
-    timer.ev.handler = Some(poll_fired);
-    timer.ev.log = request_log(req);
+    let target = PollTarget {
+        lease: &mut *lease,
+        r: &mut *req,
+    };
+    let timer = lease
+        .timer
+        .get_or_insert_with(|| Timer::new(target, poll_fired, request_log(req), false));
+    timer.set_log(request_log(req));
     // Notice a client that gives up while this node waits, as the zone's waiters do.
     req.read_event_handler = Some(ngx_http_test_reading);
-    // SAFETY: the event lives in the box owned by the lease, which deletes the timer when it
-    // is dropped (the request's end).
-    unsafe { ngx_add_timer(&mut timer.ev, ms as ngx_msec_t) };
+    // The timer lives in the lease, whose drop (the request's end) deletes it.
+    timer.arm(ms);
 }
 
 unsafe extern "C" fn poll_fired(ev: *mut ngx_event_t) {
-    // SAFETY: the event is the first field of a PollTimer owned by a live lease (dropping it
-    // deletes the timer); no step of the request runs while its timer fires.
-    let (lease, r) = unsafe {
-        let timer = &*(ev as *mut PollTimer);
-        (&mut *timer.lease, timer.r)
-    };
-    lease.step = LeaseStep::PollDue;
-    // SAFETY: resumes the request's phases where the poll stopped them; the lease borrow
-    // above is not used past this point.
-    unsafe {
-        (*r).read_event_handler = Some(ngx_http_block_reading);
-        let c = (*r).connection;
-        ngx_http_core_run_phases(r);
-        ngx_http_run_posted_requests(c);
-    }
+    // SAFETY: the event is the timer of a live lease (dropping it deletes the timer); no
+    // step of the request runs while its timer fires.
+    let target = unsafe { Timer::<PollTarget>::data_of(ev) };
+    // SAFETY: the lease is live while its timer is.
+    unsafe { (*target.lease).step = LeaseStep::PollDue };
+    // SAFETY: the request parked in PREACCESS/PRECONTENT for the poll; nothing borrows its
+    // state across the call.
+    unsafe { resume(target.r) };
 }
 
 /* ---------------------------------------------------- lease operation requests */
@@ -376,21 +342,12 @@ pub fn keep(
 }
 
 fn arm_keeper() {
-    KEEPER_EVENT.with(|e| {
-        let mut e = e.borrow_mut();
-        let ev = e.get_or_insert_with(|| {
-            // SAFETY: a zeroed event is nginx's initial state for one.
-            let mut ev: Box<ngx_event_t> = Box::new(unsafe { core::mem::zeroed() });
-            ev.handler = Some(keeper_tick);
-            ev.data = no_connection();
-            ev.log = cycle_log();
-            // A worker shutting down does not wait for it: its leases lapse instead.
-            ev.set_cancelable(1);
-            ev
-        });
-        if ev.timer_set() == 0 {
-            // SAFETY: the boxed event lives for the worker's lifetime.
-            unsafe { ngx_add_timer(&mut **ev, KEEPER_TICK_MS as ngx_msec_t) };
+    KEEPER.with(|k| {
+        let mut k = k.borrow_mut();
+        // A worker shutting down does not wait for it: its leases lapse instead.
+        let timer = k.get_or_insert_with(|| Timer::new((), keeper_tick, cycle_log(), true));
+        if !timer.is_armed() {
+            timer.arm(KEEPER_TICK_MS);
         }
     });
 }

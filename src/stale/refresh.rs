@@ -9,8 +9,8 @@ use std::collections::HashMap;
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_add_timer, ngx_del_timer, ngx_event_t, ngx_http_request_t, ngx_msec_t, ngx_read_file,
-    ngx_str_t, ngx_table_elt_t, NGX_LOG_ERR, NGX_LOG_WARN,
+    ngx_event_t, ngx_http_request_t, ngx_read_file, ngx_str_t, ngx_table_elt_t, NGX_LOG_ERR,
+    NGX_LOG_WARN,
 };
 
 use super::conf::StaleCacheConf;
@@ -19,7 +19,8 @@ use super::waiters::{HeldLock, RefreshPolicy};
 use crate::collapse::RefreshEnd;
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{cycle_log, live_headers, no_connection, request_log, str_bytes};
+use crate::nginx::timer::Timer;
+use crate::nginx::util::{cycle_log, live_headers, request_log, str_bytes};
 use crate::policy::CacheStatus;
 use crate::replay::Replay;
 use crate::settings::Settings;
@@ -191,17 +192,14 @@ pub const START_BOUND_MS: u64 = 100;
 
 /// A prepared refresh waiting for its start: the stale response handed to nginx's output,
 /// `START_BOUND_MS`, or the request's end, whichever comes first.
-#[repr(C)]
 struct Armed {
-    /// First field: the timer handler finds the `Armed` from its event.
-    ev: ngx_event_t,
     request: usize,
     pending: Option<PendingRefresh>,
 }
 
 thread_local! {
     /// This worker's armed refreshes, by the address of their (live) main request.
-    static ARMED: RefCell<HashMap<usize, Box<Armed>>> = RefCell::new(HashMap::new());
+    static ARMED: RefCell<HashMap<usize, Timer<Armed>>> = RefCell::new(HashMap::new());
 }
 
 /// Arms the refresh main request `r` prepared, once the stale path's own steps
@@ -209,42 +207,31 @@ thread_local! {
 /// output, and within `START_BOUND_MS` at the latest, however slowly the client reads.
 pub fn arm(r: *mut ngx_http_request_t, pending: PendingRefresh) {
     let request = r as usize;
-    let mut armed = Box::new(Armed {
-        // SAFETY: a zeroed event is nginx's initial state for one.
-        ev: unsafe { core::mem::zeroed() },
+    let armed = Armed {
         request,
         pending: Some(pending),
-    });
-    armed.ev.data = no_connection();
-    armed.ev.handler = Some(armed_timer);
-    armed.ev.log = cycle_log();
+    };
     // Shutting down drops the timer; the request's end still sends the refresh.
-    armed.ev.set_cancelable(1);
-    // SAFETY: the event lives in the Box, whose address is fixed until `start_armed` takes it
-    // out of ARMED and deletes the timer first.
-    unsafe { ngx_add_timer(&mut armed.ev, START_BOUND_MS as ngx_msec_t) };
-    ARMED.with(|a| a.borrow_mut().insert(request, armed));
+    let mut timer = Timer::new(armed, armed_timer, cycle_log(), true);
+    timer.arm(START_BOUND_MS);
+    ARMED.with(|a| a.borrow_mut().insert(request, timer));
 }
 
 /// Starts the armed refresh of main request `request`, if any.
 fn start_armed(request: usize, why: &str) {
-    let Some(mut armed) = ARMED.with(|a| a.borrow_mut().remove(&request)) else {
+    // Dropping the timer deletes it.
+    let Some(mut timer) = ARMED.with(|a| a.borrow_mut().remove(&request)) else {
         return;
     };
-    if armed.ev.timer_set() != 0 {
-        // SAFETY: the timer was added by `arm` and has not fired.
-        unsafe { ngx_del_timer(&mut armed.ev) };
-    }
-    if let Some(pending) = armed.pending.take() {
+    if let Some(pending) = timer.data_mut().pending.take() {
         debug!(cycle_log(), "stale_cache: refresh starts: {}", why);
         send(pending);
     }
 }
 
 unsafe extern "C" fn armed_timer(ev: *mut ngx_event_t) {
-    // SAFETY: `ev` is the first field of a live, #[repr(C)] `Armed` (its timer is deleted
-    // before the Box is dropped).
-    let request = unsafe { (*(ev as *mut Armed)).request };
+    // SAFETY: `ev` is the timer of an armed refresh in ARMED (removing it deletes the timer).
+    let request = unsafe { Timer::<Armed>::data_of(ev) }.request;
     start_armed(request, "the stale response is still being written");
 }
 

@@ -21,7 +21,7 @@ use core::ptr::{self, NonNull};
 use ngx::ffi::{ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add};
 use ngx::http::HttpModule;
 
-use super::hot::Hot;
+use super::hot::request::Hot;
 use super::lease::RequestLease;
 use super::lookup::Capture;
 use super::refresh::{PendingRefresh, Slot};

@@ -7,8 +7,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
 use ngx::ffi::{
-    ngx_add_timer, ngx_del_timer, ngx_delete_posted_event, ngx_event_t, ngx_http_block_reading,
-    ngx_http_core_run_phases, ngx_http_request_t, ngx_http_run_posted_requests,
+    ngx_add_timer, ngx_del_timer, ngx_delete_posted_event, ngx_event_t, ngx_http_request_t,
     ngx_http_test_reading, ngx_msec_t, ngx_post_event, ngx_posted_events, NGX_LOG_ERR,
 };
 
@@ -16,13 +15,15 @@ use crate::collapse::{backoff_ms, lock_moved, RefreshEnd, UseStale};
 use crate::locktable::{LockKind, LockRequest, Owner};
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
+use crate::nginx::timer::Timer;
+use crate::nginx::util::resume;
 use crate::nginx::util::{cycle_log, no_connection, now_ms, request_log, update_clock, worker_pid};
 use crate::nginx::zone::Zone;
 use crate::nginx::zone::ZoneRef;
 
 /// How often a worker re-checks, in shared memory, locks that waiters of it wait for; a
 /// release in the same worker wakes its waiters at once instead.
-const WAIT_POLL_MS: ngx_msec_t = 1;
+const WAIT_POLL_MS: u64 = 1;
 /// How often the poll also checks that the workers holding waited-for locks still run: a
 /// killed holder's waiters resume within this (plus a poll), not at the lock's expiry.
 const OWNER_CHECK_MS: u64 = 200;
@@ -163,7 +164,7 @@ thread_local! {
     /// This worker's waiting requests, by zone and key.
     static WAITERS: RefCell<Registry> = RefCell::new(HashMap::new());
     /// The poll timer that notices releases made by other workers.
-    static POLL_EVENT: RefCell<Option<Box<ngx_event_t>>> = const { RefCell::new(None) };
+    static POLL_TIMER: RefCell<Option<Timer<()>>> = const { RefCell::new(None) };
     static TOKEN_COUNTER: Cell<u64> = const { Cell::new(0) };
     static LAST_OWNER_CHECK: Cell<u64> = const { Cell::new(0) };
 }
@@ -300,31 +301,17 @@ unsafe extern "C" fn wait_event_handler(ev: *mut ngx_event_t) {
         // SAFETY: the request is live while its wait is.
         debug!(request_log(unsafe { &*r }), "stale_cache: woken");
     }
-    // SAFETY: resumes the request's phases where the wait stopped them; the wait borrow
+    // SAFETY: the request parked in PREACCESS/PRECONTENT for this wait; the wait borrow
     // above is not used past this point.
-    unsafe {
-        (*r).read_event_handler = Some(ngx_http_block_reading);
-        let c = (*r).connection;
-        ngx_http_core_run_phases(r);
-        ngx_http_run_posted_requests(c);
-    }
+    unsafe { resume(r) };
 }
 
 fn arm_poll_timer() {
-    POLL_EVENT.with(|p| {
+    POLL_TIMER.with(|p| {
         let mut p = p.borrow_mut();
-        let ev = p.get_or_insert_with(|| {
-            // SAFETY: a zeroed event is nginx's initial state for one.
-            let mut ev: Box<ngx_event_t> = Box::new(unsafe { core::mem::zeroed() });
-            ev.handler = Some(poll_waiters);
-            ev.data = no_connection();
-            ev.log = cycle_log();
-            ev.set_cancelable(1);
-            ev
-        });
-        if ev.timer_set() == 0 {
-            // SAFETY: the boxed event lives for the worker's lifetime.
-            unsafe { ngx_add_timer(&mut **ev, WAIT_POLL_MS) };
+        let timer = p.get_or_insert_with(|| Timer::new((), poll_waiters, cycle_log(), true));
+        if !timer.is_armed() {
+            timer.arm(WAIT_POLL_MS);
         }
     });
 }

@@ -12,7 +12,7 @@ use ngx::http::{HttpModule, HttpModuleMainConf};
 use crate::nginx::util::{conf_args, conf_error, str_bytes, CONF_ERROR, CONF_OK};
 use crate::nginx::zone::Zone;
 use crate::settings::Var;
-use crate::stale::hot::{self, HotZone};
+use crate::stale::hot::region::{self as hot, HotZone};
 use crate::stale::sender::RefreshTarget;
 use crate::stale::{main_conf, StaleCacheModule};
 

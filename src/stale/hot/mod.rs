@@ -18,58 +18,26 @@
 //!   `stale_cache_hot_max_size`.
 
 mod fill;
-mod region;
+pub mod region;
+pub mod request;
 mod serve;
 mod swap;
 
 use core::ptr;
 
-use ngx::ffi::{ngx_buf_t, ngx_http_request_t};
+use ngx::ffi::ngx_http_request_t;
 
 use crate::hotcache::Plan;
 use crate::nginx::log::{debug, Short};
 use crate::nginx::util::{now_ms, request_log};
 use crate::stale::conf::StaleCacheConf;
 use crate::stale::main_conf;
-use crate::stale::state::{self, RequestState};
+use crate::stale::state::RequestState;
 
 pub use fill::fetch_output;
-pub use region::{init_hot_zone, nginx_zone_size, HotZone};
 pub use serve::subrequest;
-use swap::InPlace;
+use swap::hot_state;
 pub use swap::{main_body, main_header};
-
-/// The hot tier's part of a request's state.
-pub struct Hot {
-    plan: Plan,
-    /// The key's fresh period as the module knows it (memo or TTL lookup), in ms.
-    fresh_until: u64,
-    /// The fetch subrequest being served or filled from, once recognised.
-    fetch: *mut ngx_http_request_t,
-    /// What the fetch subrequest answers (its pool): the whole stored response, or for a
-    /// response sent in place its status line and headers and the body's first byte.
-    served: *mut ngx_buf_t,
-    /// A response sent in place from the zone.
-    in_place: Option<InPlace>,
-    /// The fetch's output, while filling.
-    bytes: Vec<u8>,
-    /// The fill cannot be used (too large, in a file, ...).
-    spoiled: bool,
-}
-
-impl Default for Hot {
-    fn default() -> Self {
-        Hot {
-            plan: Plan::Nothing,
-            fresh_until: 0,
-            fetch: ptr::null_mut(),
-            served: ptr::null_mut(),
-            in_place: None,
-            bytes: Vec::new(),
-            spoiled: false,
-        }
-    }
-}
 
 /// A fresh hit (memo or TTL lookup), fresh until `fresh_until`: decides whether srcache's
 /// fetch will be answered from the hot zone, or fill it.
@@ -103,14 +71,6 @@ pub fn on_fresh(
     let hot = state.hot_mut();
     hot.plan = plan;
     hot.fresh_until = fresh_until;
-}
-
-/// The request's state where a hot zone is configured: the filters ask for every response,
-/// and without a hot zone they need not look for a state (a walk of the pool's cleanups in
-/// locations without the layer).
-fn hot_state(r: &ngx_http_request_t) -> Option<core::ptr::NonNull<RequestState>> {
-    main_conf(r).hot.as_ref()?;
-    state::find(r)
 }
 
 /// Whether `r`'s fresh hit is to be answered from the hot zone (decided before srcache's

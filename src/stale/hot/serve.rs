@@ -12,7 +12,8 @@ use ngx::ffi::{
 use ngx::http::HttpModuleLocationConf;
 
 use super::region::HotZone;
-use super::swap::{body_chain, InPlace};
+use super::request::InPlace;
+use super::swap::body_chain;
 use crate::hotcache::{blank_line_end, parse_status, Pin, Plan};
 use crate::nginx::bits;
 use crate::nginx::filter_chain;

@@ -10,31 +10,12 @@ use ngx::ffi::{
     ngx_alloc_chain_link, ngx_buf_t, ngx_chain_t, ngx_file_t, ngx_http_request_t, ngx_pcalloc,
 };
 
-use super::hot_state;
 use super::region::{file_backed, Mapping};
-use crate::hotcache::Pin;
 use crate::nginx::bits;
 use crate::nginx::util::request_log;
+use crate::stale::main_conf;
+use crate::stale::state;
 use crate::stale::state::RequestState;
-
-/// A response whose body goes out from the zone in place (see the top of this file); it is
-/// unpinned when the request ends.
-pub struct InPlace {
-    pub(super) pin: Pin,
-    pub(super) owner: usize,
-    pub(super) pid: u32,
-    /// The body, one buffer per stretch of the zone (main request's pool).
-    pub(super) body: *mut ngx_chain_t,
-    pub(super) body_len: usize,
-    /// The stored status, which srcache sets on the main request.
-    pub(super) status: usize,
-    /// The header filter gave the response the body's length: the body filter swaps.
-    pub(super) armed: bool,
-    /// Another response replaced this one after it was armed (a filter below this module
-    /// finalized it: 412, 416, an error page): nothing is swapped.
-    pub(super) replaced: bool,
-    pub(super) swapped: bool,
-}
 
 /// One buffer per stretch of the body (the value from `skip` on), in the main request's
 /// pool, pointing into the region; also in its file where sendfile can read it.
@@ -169,4 +150,12 @@ pub unsafe fn main_body(r: &mut ngx_http_request_t, chain: *mut ngx_chain_t) -> 
         return chain;
     }
     ip.body
+}
+
+/// The request's state where a hot zone is configured: the filters ask for every response,
+/// and without a hot zone they need not look for a state (a walk of the pool's cleanups in
+/// locations without the layer).
+pub(super) fn hot_state(r: &ngx_http_request_t) -> Option<core::ptr::NonNull<RequestState>> {
+    main_conf(r).hot.as_ref()?;
+    state::find(r)
 }
