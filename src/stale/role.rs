@@ -14,8 +14,10 @@
 //! role at all (neither `stale_cache_role` nor a native GET/SET location), the layer keeps
 //! the old recognition, said once at startup (notice): the store is the subrequest that
 //! carries a body and starts after the main response's header went out, the fetch the one
-//! whose arguments are the cache key, raw or escaped. As soon as one location has a role,
-//! roles alone count: a location without one is neither fetch nor store.
+//! whose arguments are the cache key, raw or escaped. As soon as one location has a role
+//! (or `stale_cache_role`, even `off`), roles alone count: a location without one is
+//! neither fetch nor store. (A store subrequest sent elsewhere by `error_page` is then not
+//! counted: the fill ends "not stored", the safe side.)
 
 use core::cell::Cell;
 use core::ffi::{c_char, c_void};
