@@ -65,6 +65,15 @@ pub enum Next {
     Return(ngx_int_t),
 }
 
+/// What a stale hit holds while its refresh is prepared: the key's refresh lock, one of the
+/// worker's refresh slots, and whether the stale copy needs a PERSIST (or EXPIRE) to outlive
+/// the refresh.
+pub struct RefreshHold {
+    pub lock: HeldLock,
+    pub slot: Slot,
+    pub persist: bool,
+}
+
 /// A purge request's progress (`purge`).
 pub struct Purge {
     pub key: Vec<u8>,
@@ -96,12 +105,9 @@ pub struct RequestState {
     reached: Reached,
     /// The fill lock this request holds: it goes to the backend for a missing key.
     fill: Option<HeldLock>,
-    /// The refresh lock, held while the refresh is prepared.
-    refresh_lock: Option<HeldLock>,
-    /// This worker's count of refreshes in flight, taken with the refresh lock.
-    refresh_slot: Option<Slot>,
-    /// The stale copy needs a PERSIST (or EXPIRE) to outlive its refresh.
-    persist_pending: bool,
+    /// The refresh lock and slot, held while the fleet lease is asked and the refresh is
+    /// prepared.
+    refresh_hold: Option<RefreshHold>,
     /// The request body has been read (for the refresh to replay it).
     body_read: bool,
     /// The refresh to send once this request is over.
@@ -139,9 +145,7 @@ impl RequestState {
             ttl: 0,
             reached: Reached::WaitedWithoutLookup,
             fill: None,
-            refresh_lock: None,
-            refresh_slot: None,
-            persist_pending: false,
+            refresh_hold: None,
             body_read: false,
             refresh: None,
             wait: Wait::new(),
@@ -222,11 +226,7 @@ impl RequestState {
     }
 
     pub fn refresh_lock(&self) -> Option<&HeldLock> {
-        self.refresh_lock.as_ref()
-    }
-
-    pub fn persist_pending(&self) -> bool {
-        self.persist_pending
+        self.refresh_hold.as_ref().map(|h| &h.lock)
     }
 
     pub fn body_read(&self) -> bool {
@@ -408,21 +408,13 @@ impl RequestState {
     }
 
     /// The refresh lock and slot, for a refresh about to be prepared.
-    pub fn take_refresh_lock(&mut self, lock: HeldLock, slot: Slot, persist: bool) {
-        self.refresh_lock = Some(lock);
-        self.refresh_slot = Some(slot);
-        self.persist_pending = persist;
+    pub fn hold_refresh(&mut self, hold: RefreshHold) {
+        self.refresh_hold = Some(hold);
     }
 
-    pub fn give_up_refresh_lock(&mut self) -> Option<(HeldLock, Slot)> {
-        match (self.refresh_lock.take(), self.refresh_slot.take()) {
-            (Some(lock), Some(slot)) => Some((lock, slot)),
-            _ => None,
-        }
-    }
-
-    pub fn no_persist(&mut self) {
-        self.persist_pending = false;
+    /// The refresh lock and slot, to prepare the refresh or hand the lock over.
+    pub fn take_refresh_hold(&mut self) -> Option<RefreshHold> {
+        self.refresh_hold.take()
     }
 
     pub fn set_refresh(&mut self, pending: Option<PendingRefresh>) {

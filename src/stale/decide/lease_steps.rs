@@ -179,10 +179,11 @@ fn after_refresh_answer(
             // Another node refreshes: serve stale, and keep this node's refresh lock for a
             // lease period (never longer than the copy lives), so its stale hits neither
             // refresh nor ask Redis again meanwhile.
-            if let Some((lock, _slot)) = state.give_up_refresh_lock() {
-                lock.hand_over(refresh_lock_ms(state.ttl(), false, LEASE_MS));
+            if let Some(hold) = state.take_refresh_hold() {
+                // (The slot goes back: this node sends no refresh.)
+                hold.lock
+                    .hand_over(refresh_lock_ms(state.ttl(), false, LEASE_MS));
             }
-            state.no_persist();
             state.enter(Phase::Done);
             return Next::Continue;
         }

@@ -13,7 +13,7 @@ use ngx::ffi::{
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
 use super::refresh::{self, has_body};
-use super::state::{Next, Phase, RequestState};
+use super::state::{Next, Phase, RefreshHold, RequestState};
 use super::waiters::{
     lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock, Wait,
 };
@@ -314,7 +314,11 @@ fn serve_stale(
         Short(&key),
         lock_ms
     );
-    state.take_refresh_lock(HeldLock::new(zone, key, token), slot, persist);
+    state.hold_refresh(RefreshHold {
+        lock: HeldLock::new(zone, key, token),
+        slot,
+        persist,
+    });
     if ask_lease(state, req, false) {
         // One refresh per fleet: the lease is asked first (it goes on in `lease_step`).
         return Next::Return(AGAIN);
@@ -330,7 +334,12 @@ fn finish_stale(
     scf: &StaleCacheConf,
 ) -> Next {
     state.enter(Phase::Done);
-    let Some((lock, slot)) = state.give_up_refresh_lock() else {
+    let Some(RefreshHold {
+        lock,
+        slot,
+        persist,
+    }) = state.take_refresh_hold()
+    else {
         return Next::Continue;
     };
     let token = lock.token();
@@ -345,7 +354,7 @@ fn finish_stale(
     let settings = state.settings();
     let step = keep_copy(
         state.ttl(),
-        state.persist_pending(),
+        persist,
         settings.expire_uri.is_some(),
         settings.lock_exptime_ms,
     );
@@ -443,7 +452,11 @@ fn fill_or_wait(
                 state.finish(CacheStatus::StaleError);
                 return Next::Continue;
             };
-            state.take_refresh_lock(lock, slot, false);
+            state.hold_refresh(RefreshHold {
+                lock,
+                slot,
+                persist: false,
+            });
             return finish_stale(state, req, scf);
         }
         FillStep::Fill => {
