@@ -215,3 +215,28 @@ wait_backend_hits('/api/me', 2, 5);
 my $refresh = (backend_log('/api/me'))[-1];
 is($refresh->{headers}{cookie}, 'session=alice', 'Cookie replayed');
 is($refresh->{headers}{authorization}, 'Basic YWxpY2U6cHc=', 'Authorization replayed');
+
+
+
+=== TEST 11: a client cannot forge error-log lines through the URI of a failing lookup
+--- log_level: warn
+--- http_config eval: $::HTTP
+--- config eval
+base_config(set => { ttl => '/garbage' }, after => <<'_E_')
+    location = /garbage { internal; echo hello; }
+_E_
+--- request
+GET /api/x%0d%0a2026/12/06%2000:00:00%20[notice]%20forged%1b[31m
+--- error_code: 200
+--- response_headers
+X-Stale-Cache: ERROR
+--- check
+# (At the debug level nginx itself logs the decoded URI raw: this block logs from warn up.)
+my @lines = split /\n/, error_log_text();
+is(scalar(grep { /^2026\/12\/06 00:00:00 \[notice\]/ } @lines), 0, 'no forged line starts a line of the log');
+ok(!grep({ /\x1b/ } @lines), 'no raw escape byte in the log');
+is(scalar(grep { /answered no integer for "\/api\/x\\x0d\\x0a2026\/12\/06 00:00:00 \[notice\] forged\\x1b\[31m"/ } @lines), 1,
+   'the line shows the URI with its control bytes escaped');
+--- no_error_log
+[crit]
+[alert]

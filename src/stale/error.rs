@@ -56,7 +56,8 @@ struct Line<'a>(&'a StaleError, &'a [u8]);
 
 impl fmt::Display for Line<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let uri = String::from_utf8_lossy(self.1);
+        // The decoded URI is the client's: its control bytes (CR, LF, ESC) are escaped.
+        let uri = crate::resp::Escaped(self.1);
         match self.0 {
             StaleError::Inactive => f.write_str(
                 "\"stale_cache on\" but $cache_lock, $cache_ttl and $cache_key are unset; the \

@@ -23,6 +23,7 @@ use crate::nginx::timer::Timer;
 use crate::nginx::util::{cycle_log, live_headers, request_log, str_bytes};
 use crate::policy::CacheStatus;
 use crate::replay::Replay;
+use crate::resp::Escaped;
 use crate::settings::Settings;
 use crate::stale::StaleCacheModule;
 use ngx::http::{HttpModuleLocationConf, HttpModuleServerConf, NgxHttpCoreModule};
@@ -413,7 +414,7 @@ pub fn on_response_header(req: &mut ngx_http_request_t, is_refresh: bool) {
                 "stale_cache: the refresh of \"{}\" was answered from the cache, so nothing was \
                  refreshed; skip srcache_fetch for refreshes with \"srcache_fetch_skip \
                  $stale_cache_skip_fetch;\" (or the \"if ($http_x_skip_fetch != TRUE)\" line)",
-                String::from_utf8_lossy(str_bytes(&req.unparsed_uri))
+                Escaped(str_bytes(&req.unparsed_uri))
             ),
         );
     }
@@ -449,7 +450,12 @@ pub fn check_stored(
     cache_status: Option<CacheStatus>,
 ) {
     let status = req.headers_out.status;
-    if !(200..300).contains(&status) {
+    let method = str_bytes(&req.method_name);
+    // Only a refresh, or a fill of a method srcache may not cache, has anything to report:
+    // a fresh hit asks nothing here.
+    let filled_other_method =
+        matches!(cache_status, Some(CacheStatus::Miss)) && method != b"GET" && method != b"HEAD";
+    if !(200..300).contains(&status) || !(is_refresh || filled_other_method) {
         return;
     }
     let stored =
@@ -457,7 +463,7 @@ pub fn check_stored(
     if stored {
         return;
     }
-    let uri = String::from_utf8_lossy(str_bytes(&req.unparsed_uri)).into_owned();
+    let uri = Escaped(str_bytes(&req.unparsed_uri));
     if is_refresh {
         log::limited(
             request_log(req),
@@ -472,9 +478,8 @@ pub fn check_stored(
         );
         return;
     }
-    let method = str_bytes(&req.method_name);
-    let filled = matches!(cache_status, Some(CacheStatus::Miss));
-    if filled && method != b"GET" && method != b"HEAD" {
+    {
+        let method = str_bytes(&req.method_name);
         log::limited(
             request_log(req),
             NGX_LOG_WARN,
@@ -485,9 +490,9 @@ pub fn check_stored(
                  response of \"{uri}\": srcache caches GET and HEAD only unless \
                  \"srcache_methods\" lists {} too; until then these requests are collapsed \
                  but never cached",
-                String::from_utf8_lossy(method),
-                String::from_utf8_lossy(method),
-                String::from_utf8_lossy(method)
+                Escaped(method),
+                Escaped(method),
+                Escaped(method)
             ),
         );
     }

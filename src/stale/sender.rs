@@ -298,7 +298,11 @@ unsafe fn finish(raw: *mut Refresh, outcome: RefreshOutcome) {
     };
     let args = format_args!(
         "stale_cache: {} of \"{}\" via {} {} in {} ms",
-        refresh.what, refresh.uri, refresh.target.name, text, elapsed
+        refresh.what,
+        crate::resp::Escaped(refresh.uri.as_bytes()),
+        refresh.target.name,
+        text,
+        elapsed
     );
     if level == NGX_LOG_INFO {
         ngx::ngx_log_error!(level, refresh.log, "{}", args);
