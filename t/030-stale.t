@@ -87,6 +87,8 @@ is(backend_hits('/api/k'), 2, 'the refresh reached the backend meanwhile');
 wait_until(sub { refreshed('/api/k', $main::key) }, 5, 'the refresh of /api/k to be stored');
 my $r = http_get('/api/k');
 is($r->{body}, "backend GET /api/k hit 2\n", 'refreshed copy afterwards');
+ok(!exists $r->{headers}{'x-stale-cache-refreshed'},
+   'the copy a refresh stored does not show the internal confirmation header to clients');
 is(backend_hits('/api/k'), 2, 'exactly one refresh');
 
 

@@ -397,6 +397,9 @@ use super::sender::CONFIRM_HEADER;
 /// reported with how to fix the configuration (once per interval).
 pub fn on_response_header(req: &mut ngx_http_request_t, is_refresh: bool) {
     if !is_refresh {
+        // srcache stored a refresh's response with the confirmation header in it: a cache
+        // hit of that copy must not show it to the client.
+        hide_confirm_header(req);
         return;
     }
     // Only a location that runs this layer confirms: a refresh that lands anywhere else (a
@@ -417,6 +420,26 @@ pub fn on_response_header(req: &mut ngx_http_request_t, is_refresh: bool) {
                 Escaped(str_bytes(&req.unparsed_uri))
             ),
         );
+    }
+}
+
+/// Removes this layer's confirmation header from a response that is not a refresh's.
+fn hide_confirm_header(req: &mut ngx_http_request_t) {
+    // SAFETY: a live request's headers_out list, walked part by part; its elements are valid.
+    unsafe {
+        let mut part: *mut ngx::ffi::ngx_list_part_t = &mut req.headers_out.headers.part;
+        while let Some(p) = part.as_mut() {
+            let elts = p.elts as *mut ngx_table_elt_t;
+            for i in 0..p.nelts {
+                let h = &mut *elts.add(i);
+                if h.hash != 0 && str_bytes(&h.key).eq_ignore_ascii_case(CONFIRM_HEADER.as_bytes())
+                {
+                    // A hash of 0 marks a deleted header: it is not sent.
+                    h.hash = 0;
+                }
+            }
+            part = p.next;
+        }
     }
 }
 
