@@ -123,27 +123,60 @@ pub fn token_text(fill: bool, random: u64, unique: u64) -> String {
     format!("{kind}{random:016x}{unique:016x}")
 }
 
-/// A lease operation sent by this nginx to itself (`X-Stale-Cache-Lease: SECRET OP TOKEN MS`),
-/// parsed. `None` for anything malformed.
-pub fn parse_op_header(value: &[u8]) -> Option<(&[u8], Op, &[u8], u64)> {
+/// A lease operation sent by this nginx to itself
+/// (`X-Stale-Cache-Lease: SECRET OP TOKEN MS [key=ESCAPED_KEY]`), parsed. `None` for anything
+/// malformed.
+pub fn parse_op_header(value: &[u8]) -> Option<OpHeader<'_>> {
     let mut parts = value.split(|&b| b == b' ').filter(|p| !p.is_empty());
     let secret = parts.next()?;
     let op = Op::parse(parts.next()?)?;
     let token = parts.next()?;
     let ms = core::str::from_utf8(parts.next()?).ok()?.parse().ok()?;
+    let key_argument = match parts.next() {
+        // The key travels as the lookups' `key=` argument: percent-escaped, so the op request
+        // needs none of the client's headers to find it.
+        Some(k) if k.starts_with(b"key=") && k[4..].iter().all(|&b| escaped_byte(b)) => Some(k),
+        Some(_) => return None,
+        None => None,
+    };
     if parts.next().is_some() || !token.iter().all(u8::is_ascii_alphanumeric) {
         return None;
     }
-    Some((secret, op, token, ms))
+    Some(OpHeader {
+        secret,
+        op,
+        token,
+        ms,
+        key_argument,
+    })
+}
+
+/// The parts of a lease operation header.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OpHeader<'a> {
+    pub secret: &'a [u8],
+    pub op: Op,
+    pub token: &'a [u8],
+    pub ms: u64,
+    /// `key=...`, the escaped key the lease is on (headers of older workers have none).
+    pub key_argument: Option<&'a [u8]>,
+}
+
+fn escaped_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"-_.~%".contains(&b)
 }
 
 /// The header a lease operation request carries.
 pub const OP_HEADER: &[u8] = b"X-Stale-Cache-Lease";
 
-/// Its value.
-pub fn op_header_value(secret: &[u8], op: Op, token: &str, ms: u64) -> Vec<u8> {
+/// The User-Agent of lease operation requests, so access logs tell them from clients'.
+pub const OP_USER_AGENT: &[u8] = b"stale-cache-lease/1";
+
+/// Its value; `key_argument` is `key=...` as `replay::key_argument` writes it.
+pub fn op_header_value(secret: &[u8], op: Op, token: &str, ms: u64, key_argument: &[u8]) -> Vec<u8> {
     let mut out = secret.to_vec();
-    out.extend_from_slice(format!(" {} {} {}", op.name(), token, ms.max(1)).as_bytes());
+    out.extend_from_slice(format!(" {} {} {} ", op.name(), token, ms.max(1)).as_bytes());
+    out.extend_from_slice(key_argument);
     out
 }
 
@@ -201,16 +234,28 @@ mod tests {
 
     #[test]
     fn op_headers_round_trip_and_reject_garbage() {
-        let v = op_header_value(b"s3cr3t", Op::Renew, "0abc", 3000);
-        assert_eq!(v, b"s3cr3t renew 0abc 3000".to_vec());
+        let v = op_header_value(b"s3cr3t", Op::Renew, "0abc", 3000, b"key=ua%7C%2Fapi");
+        assert_eq!(v, b"s3cr3t renew 0abc 3000 key=ua%7C%2Fapi".to_vec());
         assert_eq!(
             parse_op_header(&v),
-            Some((&b"s3cr3t"[..], Op::Renew, &b"0abc"[..], 3000))
+            Some(OpHeader {
+                secret: b"s3cr3t",
+                op: Op::Renew,
+                token: b"0abc",
+                ms: 3000,
+                key_argument: Some(b"key=ua%7C%2Fapi"),
+            })
+        );
+        assert_eq!(
+            parse_op_header(b"s3cr3t renew 0abc 3000").map(|h| (h.ms, h.key_argument)),
+            Some((3000, None))
         );
         assert_eq!(parse_op_header(b"s renew 0abc"), None);
         assert_eq!(parse_op_header(b"s grab 0abc 1"), None);
         assert_eq!(parse_op_header(b"s renew x&y 1"), None);
         assert_eq!(parse_op_header(b"s renew 0abc 1 extra"), None);
+        assert_eq!(parse_op_header(b"s renew 0abc 1 key=a&op=pass"), None);
+        assert_eq!(parse_op_header(b"s renew 0abc 1 key=a key=b"), None);
         assert_eq!(parse_op_header(b"s renew 0abc -1"), None);
     }
 

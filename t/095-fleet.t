@@ -170,3 +170,23 @@ nodes_clean(1, 2);
 --- must_die
 --- error_log
 cache_lease
+
+=== TEST 8: the lease's own renew/release requests are no refreshes: no "srcache stored nothing" warning; they say who they are in the access log and still find the key made of the client's User-Agent
+--- log_level: info
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+    log_format ua '$request_uri $status "$http_user_agent"';
+--- config eval: fleet_config('access_log logs/ua.log ua;')
+--- pre
+start_nodes(1);
+--- check
+my $r = http_get('/api/leased', { 'User-Agent' => 'client-ua/7' });
+is($r->{headers}{'x-stale-cache'}, 'MISS', 'one fill, coordinated by the lease');
+wait_until(sub { (Test::StaleCache::slurp(node_prefix(0) . '/logs/ua.log', 0) // '') =~ m{^/api/leased 204 "stale-cache-lease/1"$}m },
+           5, 'the lease release request to be logged with its own User-Agent');
+ok(!defined redis('GET', lease_key('/api/leased', 'client-ua/7')),
+   'the release found the lease of the client\'s key (made of its User-Agent)');
+my $log = Test::StaleCache::slurp(node_prefix(0) . '/logs/ua.log', 0);
+unlike($log, qr{^/api/leased 204 "client-ua/7"$}m, 'no lease request with the client\'s User-Agent');
+unlike(error_log_text(), qr{srcache stored nothing}, 'no false "stored nothing" warning');
+nodes_clean(0);

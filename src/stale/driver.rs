@@ -94,7 +94,7 @@ pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     let req = unsafe { &mut *r };
     if core::ptr::eq(req.main, r) && main_conf(req).in_use {
         if let Some(peek) = state::peek(req) {
-            refresh::check_stored(req, peek.is_refresh, peek.status);
+            refresh::check_stored(req, peek.is_refresh && !peek.lease_op, peek.status);
         }
     }
     DECLINED

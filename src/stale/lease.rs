@@ -217,6 +217,8 @@ pub struct OpAsk {
     op: Op,
     token: String,
     ms: u64,
+    /// `key=...` of the lease's key, as the header carried it.
+    key_argument: Option<Vec<u8>>,
 }
 
 /// The lease operation request `req` carries (`OP_HEADER` with the secret), if any. Asked of
@@ -226,13 +228,14 @@ pub fn op_request(req: &ngx_http_request_t) -> Option<OpAsk> {
     let header = live_headers(req).find(|h| {
         str_bytes(&h.key).eq_ignore_ascii_case(lease::OP_HEADER)
             && lease::parse_op_header(str_bytes(&h.value))
-                .is_some_and(|(s, ..)| secret_matches(s, secret))
+                .is_some_and(|h| secret_matches(h.secret, secret))
     })?;
-    let (_, op, token, ms) = lease::parse_op_header(str_bytes(&header.value))?;
+    let parsed = lease::parse_op_header(str_bytes(&header.value))?;
     Some(OpAsk {
-        op,
-        token: String::from_utf8_lossy(token).into_owned(),
-        ms,
+        op: parsed.op,
+        token: String::from_utf8_lossy(parsed.token).into_owned(),
+        ms: parsed.ms,
+        key_argument: parsed.key_argument.map(<[u8]>::to_vec),
     })
 }
 
@@ -247,7 +250,13 @@ pub fn send_op(
     let Some(uri) = settings.lease_uri.as_deref() else {
         return false;
     };
-    let args = lease::arguments(&key_argument(&settings.key), ask.op, &ask.token, ask.ms);
+    // The key the lease was taken on: the op request's own `$cache_key` may differ, as it
+    // carries none of the client's headers (its User-Agent is `lease::OP_USER_AGENT`).
+    let key = ask
+        .key_argument
+        .clone()
+        .unwrap_or_else(|| key_argument(&settings.key));
+    let args = lease::arguments(&key, ask.op, &ask.token, ask.ms);
     if lookup::start(capture, req, uri, &args).is_err() {
         failed(req, "subrequest not started");
         return false;
@@ -305,13 +314,20 @@ pub fn keep(
     };
     let secret = main_conf(req).secret.as_bytes();
     let token = &lease.token;
+    // The client's headers but its User-Agent (ours tells these requests apart in access
+    // logs); the key travels in the op header, so a key made of headers still matches.
     let client: Vec<(&[u8], &[u8])> = live_headers(req)
         .map(|h| (str_bytes(&h.key), str_bytes(&h.value)))
-        .filter(|(name, _)| !name.eq_ignore_ascii_case(lease::OP_HEADER))
+        .filter(|(name, _)| {
+            !name.eq_ignore_ascii_case(lease::OP_HEADER)
+                && !name.eq_ignore_ascii_case(b"User-Agent")
+        })
         .collect();
+    let key_arg = key_argument(&settings.key);
     let build = |op: Op, ms: u64| {
-        let value = lease::op_header_value(secret, op, token, ms);
+        let value = lease::op_header_value(secret, op, token, ms, &key_arg);
         let mut headers = client.clone();
+        headers.push((b"User-Agent", lease::OP_USER_AGENT));
         headers.push((lease::OP_HEADER, &value));
         Replay {
             method: str_bytes(&req.method_name),

@@ -91,6 +91,8 @@ pub struct RequestState {
     status: Option<CacheStatus>,
     /// The request carries this nginx's refresh secret.
     is_refresh: bool,
+    /// ... and is a fleet lease operation (renew, release, pass), not a refresh.
+    lease_op: bool,
     /// The `$cache_*` settings, read once, at the first step.
     settings: Option<Settings>,
     /// The zone `$cache_lock` names, once known.
@@ -138,6 +140,7 @@ impl RequestState {
             phase: Phase::Start,
             status: None,
             is_refresh: false,
+            lease_op: false,
             settings: None,
             zone: None,
             lookup_started: 0,
@@ -312,6 +315,11 @@ impl RequestState {
 
     pub fn mark_refresh(&mut self) {
         self.is_refresh = true;
+    }
+
+    /// The refresh-authenticated request is a lease operation: nothing of it is stored.
+    pub fn mark_lease_op(&mut self) {
+        self.lease_op = true;
     }
 
     pub fn body_is_read(&mut self) {
@@ -514,6 +522,8 @@ fn set_ctx(main: *mut ngx_http_request_t, state: *mut RequestState) {
 pub struct Peek {
     pub status: Option<CacheStatus>,
     pub is_refresh: bool,
+    /// A lease operation request (of this nginx to itself), not a refresh.
+    pub lease_op: bool,
     pub wake_delay_ms: Option<u64>,
     pub ttl_left: Option<i64>,
 }
@@ -527,6 +537,7 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
         Some(Peek {
             status: ptr::addr_of!((*state).status).read(),
             is_refresh: ptr::addr_of!((*state).is_refresh).read(),
+            lease_op: ptr::addr_of!((*state).lease_op).read(),
             wake_delay_ms: ptr::addr_of!((*state).wake_delay_ms).read(),
             ttl_left: ptr::addr_of!((*state).ttl_left).read(),
         })

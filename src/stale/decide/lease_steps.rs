@@ -199,6 +199,8 @@ pub(super) fn lease_op_request(
     req: &mut ngx_http_request_t,
 ) -> Option<Next> {
     let ask = lease::op_request(req)?;
+    // Its 204 is no refresh that srcache failed to store (`refresh::check_stored`).
+    state.mark_lease_op();
     let no_content = Next::Return(NGX_HTTP_NO_CONTENT as _);
     let Ok(Some(settings)) =
         crate::settings::Settings::parse(&super::super::variables::read_cache_variables(req))
