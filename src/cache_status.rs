@@ -104,10 +104,19 @@ pub fn member(status: CacheStatus, facts: Facts) -> String {
     out
 }
 
-/// Seconds of freshness left from a Redis TTL and the stale window: negative once stale.
-pub fn ttl_left(redis_ttl: i64, stale_secs: u64) -> Option<i64> {
+/// Seconds of freshness left from a Redis TTL, the stale window and the error grace band
+/// (`$cache_stale_if_error`): an entry is fresh down to `stale + grace` seconds of life
+/// (`policy::classify`), so this is negative once stale (or in the band).
+pub fn ttl_left(redis_ttl: i64, stale_secs: u64, grace_secs: u64) -> Option<i64> {
+    let stale_from = i64::try_from(stale_secs.saturating_add(grace_secs)).unwrap_or(i64::MAX);
     // -1 (no expiry) and -2 (missing) say nothing about freshness.
-    (redis_ttl >= 0).then(|| redis_ttl - i64::try_from(stale_secs).unwrap_or(i64::MAX))
+    (redis_ttl >= 0).then(|| redis_ttl.saturating_sub(stale_from))
+}
+
+/// Seconds of freshness left by the freshness memo (fresh until `until_ms`), rounded as
+/// Redis rounds a `TTL`, so a memo answer and a lookup agree.
+pub fn memo_ttl_left(until_ms: u64, now_ms: u64) -> i64 {
+    i64::try_from(until_ms.saturating_sub(now_ms).saturating_add(500) / 1000).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -187,10 +196,29 @@ mod tests {
 
     #[test]
     fn ttl_from_redis() {
-        assert_eq!(ttl_left(105, 100), Some(5));
-        assert_eq!(ttl_left(50, 100), Some(-50));
-        assert_eq!(ttl_left(0, 100), Some(-100));
-        assert_eq!(ttl_left(-1, 100), None);
-        assert_eq!(ttl_left(-2, 100), None);
+        assert_eq!(ttl_left(105, 100, 0), Some(5));
+        assert_eq!(ttl_left(50, 100, 0), Some(-50));
+        assert_eq!(ttl_left(0, 100, 0), Some(-100));
+        assert_eq!(ttl_left(-1, 100, 0), None);
+        assert_eq!(ttl_left(-2, 100, 0), None);
+        assert_eq!(ttl_left(i64::MAX, u64::MAX, u64::MAX), Some(0));
+    }
+
+    #[test]
+    fn ttl_with_stale_if_error_counts_the_grace_band() {
+        // Stored for 165 s: 5 s fresh, 100 s stale, 60 s of grace for errors.
+        assert_eq!(ttl_left(164, 100, 60), Some(4));
+        assert_eq!(ttl_left(160, 100, 60), Some(0));
+        // Stale for 1 s, and in the grace band (stale-if-error) for 100 s + 10 s.
+        assert_eq!(ttl_left(159, 100, 60), Some(-1));
+        assert_eq!(ttl_left(50, 100, 60), Some(-110));
+    }
+
+    #[test]
+    fn memo_ttl_rounds_as_redis() {
+        assert_eq!(memo_ttl_left(10_000, 5_000), 5);
+        assert_eq!(memo_ttl_left(10_000, 5_600), 4);
+        assert_eq!(memo_ttl_left(10_000, 5_400), 5);
+        assert_eq!(memo_ttl_left(10_000, 12_000), 0);
     }
 }

@@ -99,3 +99,39 @@ is($r->{headers}{'x-stale-cache'}, 'TIMEOUT', 'a waiter gave up: TIMEOUT');
 is(::cs($r), 'stale-cache; fwd=miss; fwd-status=200; detail=lock-timeout', 'TIMEOUT: detail=lock-timeout');
 --- error_log
 waited $cache_lock_timeout
+
+=== TEST 4: with $cache_stale_if_error the ttl counts the grace band too: FRESH by lookup and by memo agree, STALE and STALE-ERROR are negative
+Stored for 165 s with a 100 s stale window and 60 s of grace: fresh for 5 s, stale from 159 s
+(1 s past freshness), in the band below 60 s.
+--- http_config eval: $::HTTP
+--- config eval
+::config("set \$cache_stale_if_error 60;\n        srcache_fetch_skip \$stale_cache_skip_fetch;")
+    =~ s/exptime=105/exptime=165/r
+--- request
+GET /api/g
+--- response_headers
+X-Stale-Cache: MISS
+--- check
+my $key = redis_key('/api/g');
+my $r = http_get('/api/g');
+is($r->{headers}{'x-stale-cache'}, 'FRESH', 'FRESH by lookup');
+like(::cs($r), qr/^stale-cache; hit; ttl=[45]$/, 'FRESH by lookup: 165 - 100 - 60 s left');
+$r = http_get('/api/g');
+is($r->{headers}{'x-stale-cache'}, 'FRESH', 'FRESH by the memo');
+like(::cs($r), qr/^stale-cache; hit; ttl=[3-5]$/, 'FRESH by the memo: the same freshness left');
+redis('FLUSHALL');
+my $s = http_get('/api/s2');
+is($s->{headers}{'x-stale-cache'}, 'MISS', 'another entry filled');
+is(redis('EXPIRE', redis_key('/api/s2'), 150), 1, 'EXPIRE 150: 10 s past freshness');
+backend_config('/api/s2', delay => 1);
+$r = http_get('/api/s2');
+is($r->{headers}{'x-stale-cache'}, 'STALE', 'STALE');
+like(::cs($r), qr/^stale-cache; hit; ttl=-1[01]; detail=stale$/, 'STALE: seconds past freshness (150 - 160)');
+wait_until(sub { redis('TTL', redis_key('/api/s2')) > 160 }, 5, 'the refresh to store');
+my $e = http_get('/api/e2');
+is($e->{headers}{'x-stale-cache'}, 'MISS', 'a third entry filled');
+is(redis('EXPIRE', redis_key('/api/e2'), 30), 1, 'EXPIRE 30: in the grace band');
+backend_config('/api/e2', status => 500);
+$r = http_get('/api/e2');
+is($r->{headers}{'x-stale-cache'}, 'STALE-ERROR', 'the backend failed: STALE-ERROR');
+like(::cs($r), qr/^stale-cache; hit; ttl=-13[01]; detail=stale-if-error$/, 'STALE-ERROR: seconds past freshness (30 - 160)');

@@ -104,7 +104,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     match first_look(facts) {
         FirstLook::FreshByMemo { until_ms } => {
             debug!(log, "stale_cache: \"{}\" fresh by the memo", Short(&key));
-            state.set_ttl_left(Some((until_ms.saturating_sub(now) / 1000) as i64));
+            state.set_ttl_left(Some(crate::cache_status::memo_ttl_left(until_ms, now)));
             zone.count(Counter::MemoHits);
             state.finish(CacheStatus::Fresh);
             hot::on_fresh(state, req, scf, until_ms);
@@ -208,7 +208,8 @@ pub fn after_lookup(
     scf: &StaleCacheConf,
 ) -> Step {
     let ttl = ttl_of(state)?;
-    let ttl_left = crate::cache_status::ttl_left(ttl, state.settings().stale_secs);
+    let settings = state.settings();
+    let ttl_left = crate::cache_status::ttl_left(ttl, settings.stale_secs, settings.grace_secs);
     state.looked_up(ttl, ttl_left);
     let zone = state.zone().expect("the zone is known before the lookup");
     let settings = state.settings();
