@@ -105,9 +105,6 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 #[derive(Debug, PartialEq, Eq)]
 pub enum KeepCopy {
     Nothing,
-    /// `$cache_persist` (lua-resty-cache's way): the key loses its expiry until the refresh
-    /// stores a new copy, so a refresh that fails or stores nothing pins it.
-    Persist,
     /// `$cache_expire` with this many seconds: the copy outlives the refresh lock, and no key
     /// is ever left without an expiry, whatever the refresh does.
     Expire(u64),
@@ -117,14 +114,20 @@ pub enum KeepCopy {
 /// keep the copy (`persist`: `$cache_persist` set and `ttl > 0`), `$cache_expire` is set
 /// (`expire`), and refresh locks last `lock_ms`. With `$cache_expire`, a key without expiry
 /// (pinned by an earlier PERSIST, or written so) gets one back on its next stale hit.
+///
+/// Without `$cache_expire` nothing is sent, `$cache_persist` or not: lua-resty-cache's
+/// PERSIST removed the key's expiry, and a refresh that failed, stored nothing or died left
+/// the copy in Redis forever (a deleted page never went away). The copy keeps its own expiry
+/// instead; the refresh lock then ends with the copy at the latest (`refresh_lock_ms`), so a
+/// copy that expires during its refresh costs one fill (waiters collapse onto it), never a
+/// pinned key. So a lua-resty-cache configuration works with its two lines changed, and
+/// `$cache_expire` only adds the extension of a copy about to expire.
 pub fn keep_copy(ttl: i64, persist: bool, expire: bool, lock_ms: u64) -> KeepCopy {
     let window = lock_ms.div_ceil(1000).max(1);
     match (expire, persist) {
         (true, _) if ttl == -1 => KeepCopy::Expire(window),
         (true, true) if ttl >= 0 && (ttl as u64) < window => KeepCopy::Expire(window),
-        (true, _) => KeepCopy::Nothing,
-        (false, true) => KeepCopy::Persist,
-        (false, false) => KeepCopy::Nothing,
+        (true, _) | (false, _) => KeepCopy::Nothing,
     }
 }
 
@@ -354,7 +357,9 @@ mod tests {
     fn keep_copy_never_leaves_a_key_without_expiry_when_expire_is_configured() {
         use KeepCopy::*;
         // (ttl, persist asked, $cache_expire set, lock 30 s) -> step
-        assert_eq!(keep_copy(50, true, false, 30_000), Persist);
+        // without $cache_expire never a PERSIST (it would pin the copy if the refresh failed)
+        assert_eq!(keep_copy(50, true, false, 30_000), Nothing);
+        assert_eq!(keep_copy(5, true, false, 30_000), Nothing);
         assert_eq!(keep_copy(50, false, false, 30_000), Nothing);
         assert_eq!(keep_copy(-1, false, false, 30_000), Nothing);
         // with $cache_expire: extend only a copy that could expire during the refresh

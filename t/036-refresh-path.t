@@ -222,7 +222,7 @@ backend GET /api/ok hit 1
 
 
 
-=== TEST 15: nginx -t warns: $cache_persist without $cache_expire can pin keys
+=== TEST 15: nginx -t says nothing of $cache_persist without $cache_expire (lua-resty-cache's configuration with its two lines changed): no PERSIST is sent, so no key can be pinned
 --- http_config eval: $::HTTP
 --- config eval: drop_in_config()
 --- request
@@ -230,8 +230,9 @@ GET /api/ok
 --- response_body
 backend GET /api/ok hit 1
 --- check
-like(Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/nginx-t.out") // '',
-     qr/\[warn\].*\$cache_persist without \$cache_expire: a key PERSISTed/, 'nginx -t warns');
+my $t = Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/nginx-t.out") // '';
+like($t, qr/test is successful/, 'nginx -t ran');
+unlike($t, qr/\[(warn|emerg)\]/, 'nginx -t warns of nothing');
 
 
 

@@ -1,9 +1,10 @@
 //! The checks of a merged location: the hot zone it needs, and its literal `$cache_*` values
-//! (bad ones fail `nginx -t`; PERSIST without EXPIRE is warned about).
+//! (bad ones fail `nginx -t`). `$cache_persist` without `$cache_expire` needs no warning: no
+//! PERSIST is sent then (`replay::keep_copy`).
 
 use core::ffi::{c_char, c_void};
 
-use ngx::ffi::{ngx_conf_t, NGX_LOG_EMERG, NGX_LOG_NOTICE, NGX_LOG_WARN};
+use ngx::ffi::{ngx_conf_t, NGX_LOG_EMERG};
 use ngx::http::Merge;
 
 use super::location::StaleCacheConf;
@@ -46,46 +47,12 @@ pub unsafe extern "C" fn merge_loc_conf(
         }
     }
     if conf.enabled() {
-        warn_persist_without_expire(cf);
         if let Err(message) = check_literal_variables(cf) {
             ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "stale_cache: {}", message);
             return CONF_ERROR;
         }
     }
     CONF_OK
-}
-
-/// PERSIST without `$cache_expire` can leave a key without expiry (a refresh that fails or
-/// stores nothing never gives it back): said at `nginx -t` (warn), and at start (notice).
-fn warn_persist_without_expire(cf: *mut ngx_conf_t) {
-    // SAFETY: merge runs inside `http` with a valid configuration context.
-    let mcf = main_conf(unsafe { &*cf });
-    let sets = literal_sets(cf);
-    let literal = |var: Var| {
-        sets.iter()
-            .rev()
-            .find(|(index, _)| mcf.vars[var.index()] == *index)
-            .map(|(_, v)| v.clone())
-    };
-    let on =
-        |v: Option<Vec<u8>>| v.is_some_and(|v| !v.is_empty() && !v.eq_ignore_ascii_case(b"off"));
-    if !on(literal(Var::Persist)) || on(literal(Var::Expire)) {
-        return;
-    }
-    // SAFETY: a plain global nginx sets once from its command line.
-    let level = if unsafe { ngx::ffi::ngx_test_config } != 0 {
-        NGX_LOG_WARN
-    } else {
-        NGX_LOG_NOTICE
-    };
-    ngx::ngx_conf_log_error!(
-        level,
-        cf,
-        "stale_cache: $cache_persist without $cache_expire: a key PERSISTed for a refresh that \
-         fails or stores nothing keeps no expiry; add \"set $cache_expire /redisexpire;\" and \
-         a location answering Redis EXPIRE $key $arg_ttl (see README), and the module will \
-         extend the stale copy's expiry instead of removing it"
-    );
 }
 
 /// Rejects bad `$cache_*` values that the location sets as literals.

@@ -214,7 +214,9 @@ pub fn after_lookup(
     let zone = state.zone().expect("the zone is known before the lookup");
     let settings = state.settings();
     let now = now_ms();
-    let persist = settings.persist_uri.is_some();
+    // Keeping the copy through its refresh needs `$cache_expire`: without it no PERSIST is
+    // sent (see `replay::keep_copy`) and the refresh lock ends with the copy.
+    let persist = settings.persist_uri.is_some() && settings.expire_uri.is_some();
     let action = decide(ttl, settings.stale_secs, settings.grace_secs, persist);
     debug!(
         request_log(req),
@@ -361,7 +363,6 @@ fn finish_stale(
     );
     let (uri, args) = match step {
         KeepCopy::Nothing => return Next::Continue,
-        KeepCopy::Persist => (settings.persist_uri.clone(), key_argument(&settings.key)),
         KeepCopy::Expire(secs) => {
             let mut args = key_argument(&settings.key);
             args.extend_from_slice(format!("&ttl={secs}").as_bytes());
