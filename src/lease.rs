@@ -173,7 +173,13 @@ pub const OP_HEADER: &[u8] = b"X-Stale-Cache-Lease";
 pub const OP_USER_AGENT: &[u8] = b"stale-cache-lease/1";
 
 /// Its value; `key_argument` is `key=...` as `replay::key_argument` writes it.
-pub fn op_header_value(secret: &[u8], op: Op, token: &str, ms: u64, key_argument: &[u8]) -> Vec<u8> {
+pub fn op_header_value(
+    secret: &[u8],
+    op: Op,
+    token: &str,
+    ms: u64,
+    key_argument: &[u8],
+) -> Vec<u8> {
     let mut out = secret.to_vec();
     out.extend_from_slice(format!(" {} {} {} ", op.name(), token, ms.max(1)).as_bytes());
     out.extend_from_slice(key_argument);

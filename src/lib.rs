@@ -8,6 +8,7 @@
 
 pub mod cache_status;
 pub mod collapse;
+pub mod confscan;
 pub mod flow;
 pub mod hotcache;
 pub mod keyderive;

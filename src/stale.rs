@@ -124,7 +124,7 @@ static MODULE_CTX: ngx_http_module_t = ngx_http_module_t {
     init_main_conf: None,
     create_srv_conf: None,
     merge_srv_conf: None,
-    create_loc_conf: Some(StaleCacheModule::create_loc_conf),
+    create_loc_conf: Some(conf::create_loc_conf),
     merge_loc_conf: Some(conf::merge_loc_conf),
 };
 

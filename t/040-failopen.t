@@ -9,6 +9,16 @@ our $BASE_HTTP = <<'_EOC_';
     stale_cache_zone srcache_locks 1m;
 _EOC_
 
+# nginx -t's error about $what cites a file and line holding $directive.
+sub cites_its_set_line {
+    my ($what, $directive) = @_;
+    my $out = Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/nginx-t.out") // '';
+    my ($file, $line) = $out =~ /\Q$what\E.* in (\S+):(\d+)$/m;
+    ok(defined $line, "the error cites a line") or return diag($out);
+    my @lines = split /\n/, Test::StaleCache::slurp($file) // '';
+    like($lines[$line - 1] // '', qr/\Q$directive\E/, "line $line is the set directive");
+}
+
 run_tests();
 
 __DATA__
@@ -249,6 +259,32 @@ my $c = base_config(); $c =~ s/set \$cache_lock srcache_locks;/set \$cache_lock 
 --- must_die
 --- error_log
 stale_cache: $cache_lock: "nozone" names no zone
+
+
+
+=== TEST 11b: nginx -t errors about literal $cache_* values cite the set line, not the end of the http block; a zone-name typo suggests the zone
+--- http_config eval: $::BASE_HTTP
+--- config eval
+base_config(set => { stale => 'abc' })
+--- must_die
+--- error_log
+stale_cache: $cache_stale: "abc" is not a number of seconds
+--- check
+::cites_its_set_line('$cache_stale: "abc"', 'set $cache_stale abc;');
+
+
+
+=== TEST 11c: a $cache_lock one letter off a zone's name: "did you mean", at the set line
+--- http_config eval: $::BASE_HTTP
+--- config eval
+my $c = base_config(); $c =~ s/set \$cache_lock srcache_locks;/set \$cache_lock srcache_lock;/ or die; $c
+--- must_die
+--- error_log
+stale_cache: $cache_lock: "srcache_lock" names no zone; did you mean srcache_locks?
+--- check
+::cites_its_set_line('$cache_lock: "srcache_lock"', 'set $cache_lock srcache_lock;');
+unlike(Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/nginx-t.out"), qr/add "stale_cache_zone/,
+       'no second zone suggested');
 
 
 

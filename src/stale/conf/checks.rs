@@ -3,6 +3,7 @@
 //! PERSIST is sent then (`replay::keep_copy`).
 
 use core::ffi::{c_char, c_void};
+use std::os::unix::ffi::OsStrExt;
 
 use ngx::ffi::{ngx_conf_t, NGX_LOG_EMERG};
 use ngx::http::Merge;
@@ -47,16 +48,64 @@ pub unsafe extern "C" fn merge_loc_conf(
         }
     }
     if conf.enabled() {
-        if let Err(message) = check_literal_variables(cf) {
-            ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "stale_cache: {}", message);
+        if let Err(bad) = check_literal_variables(cf) {
+            let line = conf.opened_at.as_ref().and_then(|(file, opened)| {
+                let text = std::fs::read(std::ffi::OsStr::from_bytes(file)).ok()?;
+                let line = crate::confscan::set_line(
+                    &text,
+                    *opened,
+                    bad.var.name().as_bytes(),
+                    &bad.value,
+                )?;
+                Some((file.as_slice(), line))
+            });
+            // SAFETY: merge runs inside `http` with a valid configuration context.
+            unsafe { log_at(cf, line, &bad.message) };
             return CONF_ERROR;
         }
     }
     CONF_OK
 }
 
+/// A bad literal `$cache_*` value.
+struct Bad {
+    var: Var,
+    value: Vec<u8>,
+    message: String,
+}
+
+/// Logs `message` at EMERG citing `at` (file, line) instead of nginx's own position, which
+/// at merge time is the end of the `http` block.
+///
+/// # Safety
+/// `cf` is nginx's live configuration context.
+unsafe fn log_at(cf: *mut ngx_conf_t, at: Option<(&[u8], usize)>, message: &str) {
+    // SAFETY: (caller) cf is live; configuration runs on one thread, and the file's name and
+    // line are put back before returning (`at`'s name outlives the call).
+    unsafe {
+        let file = (*cf).conf_file;
+        let saved = match (at, file.is_null()) {
+            (Some((name, line)), false) => {
+                let saved = ((*file).file.name, (*file).line);
+                (*file).file.name = ngx::ffi::ngx_str_t {
+                    len: name.len(),
+                    data: name.as_ptr() as *mut u8,
+                };
+                (*file).line = line;
+                Some(saved)
+            }
+            _ => None,
+        };
+        ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "stale_cache: {}", message);
+        if let Some((name, line)) = saved {
+            (*file).file.name = name;
+            (*file).line = line;
+        }
+    }
+}
+
 /// Rejects bad `$cache_*` values that the location sets as literals.
-fn check_literal_variables(cf: *mut ngx_conf_t) -> Result<(), String> {
+fn check_literal_variables(cf: *mut ngx_conf_t) -> Result<(), Bad> {
     // SAFETY: merge runs inside `http` with a valid configuration context.
     let mcf = main_conf(unsafe { &*cf });
     for (index, value) in literal_sets(cf) {
@@ -66,7 +115,12 @@ fn check_literal_variables(cf: *mut ngx_conf_t) -> Result<(), String> {
         if value.is_empty() {
             continue;
         }
-        check_literal(var, &value).map_err(|e| e.to_string())?;
+        let bad = |message: String| Bad {
+            var,
+            value: value.clone(),
+            message,
+        };
+        check_literal(var, &value).map_err(|e| bad(e.to_string()))?;
         let location_var = matches!(
             var,
             Var::Ttl | Var::Persist | Var::Expire | Var::Purge | Var::Lease
@@ -74,19 +128,28 @@ fn check_literal_variables(cf: *mut ngx_conf_t) -> Result<(), String> {
         // SAFETY: merge runs with a valid configuration context.
         let cfr = unsafe { &*cf };
         if location_var && !value.eq_ignore_ascii_case(b"off") && !reaches_a_location(cfr, &value) {
-            return Err(format!(
+            return Err(bad(format!(
                 "{var}: \"{}\" names no location of this server; add \"location = {} {{ \
                  internal; ... }}\" (see nginx-conf/) or fix the URI",
                 String::from_utf8_lossy(&value),
                 String::from_utf8_lossy(&value)
-            ));
+            )));
         }
         if var == Var::Lock && !mcf.zones.iter().any(|z| z.name == value) {
             let name = String::from_utf8_lossy(&value);
-            return Err(format!(
-                "$cache_lock: \"{name}\" names no zone; add \"stale_cache_zone {name} 1m;\" to \
-                 the http block"
-            ));
+            let zones = mcf.zones.iter().map(|z| z.name.as_slice());
+            // A typo of a zone that exists is far likelier than a zone to create.
+            let message = match crate::confscan::nearest(&value, zones) {
+                Some(near) => format!(
+                    "$cache_lock: \"{name}\" names no zone; did you mean {}?",
+                    String::from_utf8_lossy(near)
+                ),
+                None => format!(
+                    "$cache_lock: \"{name}\" names no zone; add \"stale_cache_zone {name} \
+                     1m;\" to the http block"
+                ),
+            };
+            return Err(bad(message));
         }
     }
     Ok(())

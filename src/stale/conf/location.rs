@@ -1,6 +1,6 @@
 //! A location's settings of the stale-cache layer, their defaults and merge.
 
-use ngx::ffi::ngx_msec_t;
+use ngx::ffi::{ngx_conf_t, ngx_msec_t};
 use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError};
 
 use crate::collapse::{UseStale, BACKOFF_BASE_MS, BACKOFF_CAP_MS};
@@ -40,6 +40,9 @@ pub struct StaleCacheConf {
     pub hot_max_size: Unset<usize>,
     /// `stale_cache_role`: this location's role for srcache (not inherited).
     pub role: crate::stale::role::Declared,
+    /// The file and line where this location's block opened (not inherited): `nginx -t`
+    /// errors about its literal `$cache_*` values cite their `set` line (`checks`).
+    pub opened_at: Option<(Vec<u8>, usize)>,
 }
 
 /// A hot copy is served for at most this long after it was copied from Redis.
@@ -63,6 +66,7 @@ impl Default for StaleCacheConf {
             hot_max_age_ms: Unset::default(),
             hot_max_size: Unset::default(),
             role: Default::default(),
+            opened_at: None,
         }
     }
 }
@@ -136,7 +140,30 @@ impl Merge for StaleCacheConf {
     }
 }
 
-// SAFETY: create_loc_conf (HttpModule's default) allocates exactly this type for this module.
+/// Creates a location's settings (HttpModule's default), noting where its block opens: nginx
+/// calls this while parsing the `location ... {` line (also `server`, `http` and `if`).
+pub unsafe extern "C" fn create_loc_conf(cf: *mut ngx_conf_t) -> *mut core::ffi::c_void {
+    use ngx::http::HttpModule;
+    // SAFETY: nginx passes its live configuration context.
+    let conf = unsafe { <StaleCacheModule as HttpModule>::create_loc_conf(cf) };
+    if conf.is_null() {
+        return conf;
+    }
+    // SAFETY: cf is live; conf_file, when set, is the file being parsed (its name is nginx's
+    // string for the whole cycle); conf was just allocated as a StaleCacheConf.
+    unsafe {
+        let file = (*cf).conf_file;
+        if !file.is_null() && !(*file).file.name.data.is_null() {
+            let name = &(*file).file.name;
+            let name = core::slice::from_raw_parts(name.data, name.len).to_vec();
+            (*(conf as *mut StaleCacheConf)).opened_at = Some((name, (*file).line));
+        }
+    }
+    conf
+}
+
+// SAFETY: create_loc_conf (HttpModule's default, called above) allocates exactly this type for
+// this module.
 unsafe impl HttpModuleLocationConf for StaleCacheModule {
     type LocationConf = StaleCacheConf;
 }

@@ -13,5 +13,5 @@ pub use directives::{
     set_refresh_address, set_refresh_backoff, set_skip_header, set_stale_cache, set_use_stale,
     HOT_MAX_AGE, HOT_MAX_SIZE, REFRESH_LIMIT,
 };
-pub use location::StaleCacheConf;
+pub use location::{create_loc_conf, StaleCacheConf};
 pub use main::{check_refresh_addresses, set_hot_zone, set_zone, MainConf};

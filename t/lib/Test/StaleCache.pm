@@ -1320,6 +1320,8 @@ sub run_block {
     if (exists $b{must_die}) {
         Test::More::ok(!$t_ok, "$name - nginx -t should fail") or Test::More::diag($t_out);
         log_checks($name, \%b, $t_out, 0);
+        # (a check of a must_die block reads nginx -t's output: logs/nginx-t.out)
+        run_code($name, 'check', $b{check});
         return;
     }
     unless ($t_ok) {
