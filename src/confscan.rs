@@ -8,6 +8,50 @@
 /// `location` blocks are skipped (`if` blocks are not: their `set`s are the location's).
 pub fn set_line(text: &[u8], opened: usize, var: &[u8], value: &[u8]) -> Option<usize> {
     let mut first = None;
+    let mut exact = None;
+    directives(text, opened, |words, at| {
+        if words.len() >= 2 && words[0] == b"set" && words[1].strip_prefix(b"$") == Some(var) {
+            if exact.is_none() && words.get(2).is_some_and(|v| v == value) {
+                exact = Some(at);
+            }
+            first.get_or_insert(at);
+        }
+    });
+    exact.or(first)
+}
+
+/// The literal store time of the block opening on line `opened`: the `exptime=N` argument of
+/// its `srcache_store` (lua-resty-cache's and srcache's documented way to pass it to the
+/// store location), with the directive's line. `None` when absent or not a literal number.
+pub fn store_exptime(text: &[u8], opened: usize) -> Option<(u64, usize)> {
+    let mut found = None;
+    directives(text, opened, |words, at| {
+        if words.first().is_some_and(|w| w == b"srcache_store") {
+            found = words
+                .iter()
+                .skip(1)
+                .find_map(|w| exptime_arg(w))
+                .map(|n| (n, at));
+        }
+    });
+    found
+}
+
+fn exptime_arg(word: &[u8]) -> Option<u64> {
+    let at = word
+        .windows(8)
+        .position(|w| w == b"exptime=")
+        .filter(|&i| i == 0 || matches!(word[i - 1], b'&' | b'?'))?;
+    let digits = word[at + 8..].split(|&b| b == b'&').next()?;
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) || digits.len() > 12 {
+        return None;
+    }
+    core::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Calls `each(words, line)` for every directive of the block opening on line `opened`
+/// (quotes removed, comments skipped, nested `location` blocks left out).
+fn directives(text: &[u8], opened: usize, mut each: impl FnMut(&[Vec<u8>], usize)) {
     let mut depth = 0usize;
     let mut skip_depth = None;
     let mut seen_open = false;
@@ -86,14 +130,10 @@ pub fn set_line(text: &[u8], opened: usize, var: &[u8], value: &[u8]) -> Option<
             }
             b';' => {
                 end_word(&mut word, &mut words, word_line);
-                if seen_open && skip_depth.is_none() && words.len() >= 2 {
-                    let (name, at) = &words[0];
-                    if name == b"set" && words[1].0.strip_prefix(b"$") == Some(var) {
-                        if words.get(2).is_some_and(|(v, _)| v == value) {
-                            return Some(*at);
-                        }
-                        first.get_or_insert(*at);
-                    }
+                if seen_open && skip_depth.is_none() && !words.is_empty() {
+                    let at = words[0].1;
+                    let plain: Vec<Vec<u8>> = words.drain(..).map(|(w, _)| w).collect();
+                    each(&plain, at);
                 }
                 words.clear();
             }
@@ -105,7 +145,6 @@ pub fn set_line(text: &[u8], opened: usize, var: &[u8], value: &[u8]) -> Option<
             }
         }
     }
-    first
 }
 
 /// The name nearest to `typo` among `names` (at most two edits away, and not `typo` itself):
@@ -164,6 +203,19 @@ mod tests {
         assert_eq!(set_line(CONF, 2, b"cache_stale", b"abc"), Some(3));
         assert_eq!(set_line(CONF, 5, b"cache_purge", b"/p"), None);
         assert_eq!(set_line(CONF, 99, b"cache_stale", b"abc"), None);
+    }
+
+    #[test]
+    fn literal_store_time() {
+        let conf =
+            b"location /api {\n  set $x 1;\n  srcache_store PUT /redis2 key=$k&exptime=105;\n}\n";
+        assert_eq!(store_exptime(conf, 1), Some((105, 3)));
+        let var = b"location /api {\n  srcache_store PUT /redis2 key=$k&exptime=$e;\n}\n";
+        assert_eq!(store_exptime(var, 1), None);
+        let other = b"location /api {\n  srcache_store PUT /redis2 key=$k&myexptime=5;\n}\n";
+        assert_eq!(store_exptime(other, 1), None);
+        assert_eq!(exptime_arg(b"exptime=165"), Some(165));
+        assert_eq!(exptime_arg(b"a=1&exptime=7&b=2"), Some(7));
     }
 
     #[test]

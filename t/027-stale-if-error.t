@@ -294,3 +294,24 @@ my $ttl = redis('TTL', $key);
 ok($ttl > 0, "the key keeps an expiry (TTL $ttl)");
 --- error_log
 refresh of "/api/down"
+
+
+
+=== TEST 11: stored for 105 s with $cache_stale 100 + $cache_stale_if_error 60: nginx -t warns naming the numbers at the srcache_store line, and a stale answer right after the store is logged once per key with the fix
+--- http_config eval: $::HTTP
+--- config eval: ::config()
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+my $t = Test::StaleCache::slurp("$TEST_NGINX_SERVROOT/logs/nginx-t.out") // '';
+my ($file, $line) = $t =~ /\[warn\].*srcache_store keeps entries for 105 s \(exptime=105\) but \$cache_stale 100 \+ \$cache_stale_if_error 60 = 160 s.*exptime=165.* in (\S+):(\d+)$/m;
+ok(defined $line, 'nginx -t warns with both numbers and the fix') or diag($t);
+like((split /\n/, Test::StaleCache::slurp($file // '/dev/null') // '')[($line // 1) - 1] // '',
+     qr/srcache_store PUT/, 'at the srcache_store line');
+is(http_get('/api/born')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
+my @r = map { http_get('/api/born') } 1 .. 3;
+is($r[0]{headers}{'x-stale-cache'}, 'STALE', 'stale right after its store');
+wait_log(qr{\[warn\].*"\|/api/born" was stored \d+ ms ago and is already stale \(Redis TTL 10[0-5] s; fresh only above \$cache_stale 100 \+ \$cache_stale_if_error 60 = 160 s\).*exptime=165}, 5);
+my $n = () = error_log_text() =~ /"\|\/api\/born" was stored/g;
+is($n, 1, 'logged once for the key');

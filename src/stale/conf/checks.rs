@@ -5,12 +5,12 @@
 use core::ffi::{c_char, c_void};
 use std::os::unix::ffi::OsStrExt;
 
-use ngx::ffi::{ngx_conf_t, NGX_LOG_EMERG};
+use ngx::ffi::{ngx_conf_t, NGX_LOG_EMERG, NGX_LOG_WARN};
 use ngx::http::Merge;
 
 use super::location::StaleCacheConf;
 use crate::nginx::util::{CONF_ERROR, CONF_OK};
-use crate::settings::{check_literal, Var};
+use crate::settings::{check_literal, parse_duration_secs, Var, DEFAULT_STALE_MS};
 use crate::stale::literals::literal_sets;
 use crate::stale::locations::reaches_a_location;
 use crate::stale::main_conf;
@@ -60,11 +60,65 @@ pub unsafe extern "C" fn merge_loc_conf(
                 Some((file.as_slice(), line))
             });
             // SAFETY: merge runs inside `http` with a valid configuration context.
-            unsafe { log_at(cf, line, &bad.message) };
+            unsafe { log_at(cf, NGX_LOG_EMERG, line, &bad.message) };
             return CONF_ERROR;
         }
+        warn_short_store_time(cf, conf);
     }
     CONF_OK
+}
+
+/// An entry stored for no longer than `$cache_stale` + `$cache_stale_if_error` is stale the
+/// moment it is stored, so every request refreshes it: warned at `nginx -t`, citing the
+/// `srcache_store` line. The store time is read from that line's literal `exptime=N`
+/// argument (srcache's own configuration is not this module's to read); the stale window
+/// and grace band from their literal `set`s (`$cache_stale` defaults to 100 s). Not an
+/// error: a store time passed through a variable, or a store location that ignores
+/// `exptime`, is not seen here, and a run-time line says the same thing for each key
+/// (`decide::born_stale`).
+fn warn_short_store_time(cf: *mut ngx_conf_t, conf: &StaleCacheConf) {
+    let Some((file, opened)) = conf.opened_at.as_ref() else {
+        return;
+    };
+    let Ok(text) = std::fs::read(std::ffi::OsStr::from_bytes(file)) else {
+        return;
+    };
+    let Some((store, line)) = crate::confscan::store_exptime(&text, *opened) else {
+        return;
+    };
+    // SAFETY: merge runs inside `http` with a valid configuration context.
+    let mcf = main_conf(unsafe { &*cf });
+    let sets = literal_sets(cf);
+    let literal = |var: Var| {
+        sets.iter()
+            .rev()
+            .find(|(index, _)| mcf.vars[var.index()] == *index)
+            .map(|(_, v)| v.clone())
+    };
+    let secs = |v: Option<Vec<u8>>, default_ms: u64| match v {
+        Some(v) if v.eq_ignore_ascii_case(b"off") => Some(0),
+        Some(v) => parse_duration_secs(&v).ok().map(|ms| ms.div_ceil(1000)),
+        None => Some(default_ms.div_ceil(1000)),
+    };
+    let (Some(stale), Some(grace)) = (
+        secs(literal(Var::Stale), DEFAULT_STALE_MS),
+        secs(literal(Var::StaleIfError), 0),
+    ) else {
+        return;
+    };
+    let needed = stale.saturating_add(grace);
+    if store > needed {
+        return;
+    }
+    let message = format!(
+        "srcache_store keeps entries for {store} s (exptime={store}) but $cache_stale {stale} + \
+         $cache_stale_if_error {grace} = {needed} s: every entry is stale as soon as it is \
+         stored, and every request sends a refresh; store for longer than {needed} s, e.g. \
+         exptime={} for 5 s of freshness",
+        needed + 5
+    );
+    // SAFETY: merge runs inside `http` with a valid configuration context.
+    unsafe { log_at(cf, NGX_LOG_WARN, Some((file, line)), &message) };
 }
 
 /// A bad literal `$cache_*` value.
@@ -79,7 +133,7 @@ struct Bad {
 ///
 /// # Safety
 /// `cf` is nginx's live configuration context.
-unsafe fn log_at(cf: *mut ngx_conf_t, at: Option<(&[u8], usize)>, message: &str) {
+unsafe fn log_at(cf: *mut ngx_conf_t, level: u32, at: Option<(&[u8], usize)>, message: &str) {
     // SAFETY: (caller) cf is live; configuration runs on one thread, and the file's name and
     // line are put back before returning (`at`'s name outlives the call).
     unsafe {
@@ -96,7 +150,7 @@ unsafe fn log_at(cf: *mut ngx_conf_t, at: Option<(&[u8], usize)>, message: &str)
             }
             _ => None,
         };
-        ngx::ngx_conf_log_error!(NGX_LOG_EMERG, cf, "stale_cache: {}", message);
+        ngx::ngx_conf_log_error!(level, cf, "stale_cache: {}", message);
         if let Some((name, line)) = saved {
             (*file).file.name = name;
             (*file).line = line;

@@ -3,6 +3,7 @@
 //! after a wake-up). The decisions are made by `crate::policy` and `crate::collapse`; these
 //! steps gather their inputs and carry them out.
 
+mod born_stale;
 mod lease_steps;
 
 use ngx::ffi::{
@@ -253,10 +254,12 @@ pub fn after_lookup(
         Action::FailOpen { reason } => Err(StaleError::Lookup(reason)),
         Action::FillOrWait => Ok(fill_or_wait(state, req, scf, zone, now)),
         Action::TryBackend => {
+            born_stale::check(req, zone, state.settings(), ttl, now);
             state.entered_grace();
             Ok(fill_or_wait(state, req, scf, zone, now))
         }
         Action::ServeStale { persist, refresh } => {
+            born_stale::check(req, zone, state.settings(), ttl, now);
             state.finish(CacheStatus::Stale);
             if !refresh {
                 return Ok(Next::Continue);
