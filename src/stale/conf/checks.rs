@@ -138,12 +138,14 @@ unsafe fn log_at(cf: *mut ngx_conf_t, level: u32, at: Option<(&[u8], usize)>, me
     // line are put back before returning (`at`'s name outlives the call).
     unsafe {
         let file = (*cf).conf_file;
-        let saved = match (at, file.is_null()) {
-            (Some((name, line)), false) => {
+        // nginx prints the name with `%s`: it needs a terminating NUL.
+        let name_z: Option<Vec<u8>> = at.map(|(name, _)| [name, b"\0"].concat());
+        let saved = match (at, &name_z, file.is_null()) {
+            (Some((name, line)), Some(z), false) => {
                 let saved = ((*file).file.name, (*file).line);
                 (*file).file.name = ngx::ffi::ngx_str_t {
                     len: name.len(),
-                    data: name.as_ptr() as *mut u8,
+                    data: z.as_ptr() as *mut u8,
                 };
                 (*file).line = line;
                 Some(saved)
