@@ -58,8 +58,10 @@ sed -e "s#/usr/lib/nginx/modules/ngx_http_stale_cache_module.so#$module#" \
     -e "s/^\( *\)#stale_cache_purge PURGE;/\1stale_cache_purge PURGE;/" \
     "$config" >"$prefix/conf/nginx.conf"
 
-for _ in $(seq 50); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break
+# Redis and the backend answering before nginx starts (the first curl would get a 502).
+for _ in $(seq 100); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 &&
+        curl -fs "http://127.0.0.1:$backend_port/__backend/hits" >/dev/null 2>&1 && break
     sleep 0.1
 done
 "$nginx" -p "$prefix" -c conf/nginx.conf
