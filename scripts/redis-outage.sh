@@ -9,6 +9,7 @@ config=${1:-$root/nginx-conf/stock-debian.conf}
 down=${2:-5}
 prefix=$root/build/outage
 port=${NGINX_PORT:-18080} backend_port=${BACKEND_PORT:-18081} redis_port=${REDIS_PORT:-16390}
+admin_port=${ADMIN_PORT:-18099}
 rm -rf "$prefix" && mkdir -p "$prefix"/{logs,conf,redis}
 pids=()
 cleanup() {
@@ -27,7 +28,8 @@ python3 "$root/t/lib/backend.py" --port "$backend_port" >"$prefix/logs/backend.l
 pids+=($!)
 sed -e "s#/usr/lib/nginx/modules/ngx_http_stale_cache_module.so#$root/build/ngx_http_stale_cache_module.so#" \
     -e "s#127.0.0.1:6379#127.0.0.1:$redis_port#" -e "s#127.0.0.1:8081#127.0.0.1:$backend_port#" \
-    -e "s#127.0.0.1:8080#127.0.0.1:$port#" "$config" >"$prefix/conf/nginx.conf"
+    -e "s#127.0.0.1:8080#127.0.0.1:$port#" -e "s#127.0.0.1:8099#127.0.0.1:$admin_port#" \
+    -e "s#^\( *\)8099\( \)#\1$admin_port\2#" "$config" >"$prefix/conf/nginx.conf"
 nginx -p "$prefix" -c conf/nginx.conf
 for _ in $(seq 50); do curl -fs "http://127.0.0.1:$backend_port/__backend/hits" >/dev/null 2>&1 && break; sleep 0.1; done
 curl -fs "http://127.0.0.1:$port/api/outage" >/dev/null

@@ -84,6 +84,8 @@ const H_GEN: usize = 96;
 const H_RETIRED: usize = 100;
 const H_SERVED_IN_PLACE: usize = 104;
 const H_SERVED_COPIED: usize = 112;
+/// Candidates (hit counts, no data) evicted; `H_EVICTIONS` counts stored responses only.
+const H_CANDIDATE_EVICTIONS: usize = 120;
 
 // Owner record fields.
 const O_PID: usize = 0;
@@ -147,7 +149,7 @@ pub enum Plan {
 /// What a store did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stored {
-    /// Stored, after evicting this many entries.
+    /// Stored, after evicting this many stored responses (candidates evicted not counted).
     Stored { evicted: u32 },
     /// Larger than a quarter of the table: never stored.
     TooBig,
@@ -169,7 +171,10 @@ pub struct HotStats {
     pub blocks: u32,
     pub free_blocks: u32,
     pub entries_used: u32,
+    /// Stored responses evicted to make room.
     pub evictions: u64,
+    /// Candidates (hit counts of keys not proven hot, no data) evicted to make room.
+    pub candidate_evictions: u64,
     pub stored: u64,
     pub rebuilds: u64,
     /// Entries out of the table still held by responses being sent.
@@ -364,6 +369,7 @@ impl<'a> HotTable<'a> {
             free_blocks: rd32(self.r, H_FREE_BLOCKS),
             entries_used: rd32(self.r, H_USED),
             evictions: rd64(self.r, H_EVICTIONS),
+            candidate_evictions: rd64(self.r, H_CANDIDATE_EVICTIONS),
             stored: rd64(self.r, H_STORED),
             rebuilds: rd64(self.r, H_REBUILDS),
             retired: rd32(self.r, H_RETIRED),
@@ -529,8 +535,7 @@ impl<'a> HotTable<'a> {
             if tail == NIL {
                 return None;
             }
-            self.remove_entry(tail);
-            *evicted += 1;
+            *evicted += self.evict(tail);
             steps += 1;
         }
         let e = rd32(self.r, H_FREE_ENTRY);
@@ -634,7 +639,6 @@ impl<'a> HotTable<'a> {
                     t.eset(e, E_HITS, 1);
                     t.eset64(e, E_FRESH_UNTIL, fresh_until);
                 }
-                t.count_evictions(evicted);
                 return Plan::Nothing;
             };
             t.touch(e);
@@ -724,11 +728,9 @@ impl<'a> HotTable<'a> {
                 if tail == NIL || tail == e {
                     // Only the new entry is left: the rest is held by pinned responses.
                     t.remove_entry(e);
-                    t.count_evictions(evicted);
                     return Stored::NoRoom;
                 }
-                t.remove_entry(tail);
-                evicted += 1;
+                evicted += t.evict(tail);
             }
             // Take `need` blocks off the free list, in order, and write the data into them.
             let first = rd32(t.r, H_FREE_BLOCK);
@@ -788,7 +790,6 @@ impl<'a> HotTable<'a> {
             t.eset(e, E_STATE, READY);
             let stored = rd64(t.r, H_STORED) + 1;
             wr64(t.r, H_STORED, stored);
-            t.count_evictions(evicted);
             Stored::Stored { evicted }
         })
     }
@@ -1003,9 +1004,21 @@ impl<'a> HotTable<'a> {
         })
     }
 
-    fn count_evictions(&mut self, n: u32) {
-        let total = rd64(self.r, H_EVICTIONS) + u64::from(n);
-        wr64(self.r, H_EVICTIONS, total);
+    /// Evicts `e` to make room, counted by what it held: a stored response, or a candidate
+    /// (a hit count only; candidates come and go with every key seen once, so counting them
+    /// as evicted responses would hide how often real copies are lost). Returns 1 for a
+    /// stored response, 0 for a candidate.
+    fn evict(&mut self, e: u32) -> u32 {
+        let response = self.eget(e, E_STATE) != CANDIDATE;
+        let at = if response {
+            H_EVICTIONS
+        } else {
+            H_CANDIDATE_EVICTIONS
+        };
+        let total = rd64(self.r, at) + 1;
+        wr64(self.r, at, total);
+        self.remove_entry(e);
+        u32::from(response)
     }
 
     /// Full consistency check (on reload): every index in range, the LRU list and the bucket
@@ -1281,6 +1294,33 @@ mod tests {
         // Same fingerprint, other key: nothing served.
         assert_eq!(t.read(fp, b"b", 1, 1000, |n| buf.get_mut(..n)), None);
         assert_eq!(t.read(fp, b"a", 1, 1000, |n| buf.get_mut(..n)), Some(1));
+    }
+
+    #[test]
+    fn candidates_evicted_are_not_counted_as_responses() {
+        let mut r = region(16);
+        let mut t = HotTable::init(&mut r, 1).unwrap();
+        let entries = t.entries as u64;
+        // Keys seen once each: candidates only, twice as many as the table holds.
+        for i in 0..entries * 2 {
+            assert_eq!(
+                plan(&mut t, format!("c{i}").as_bytes(), i, 1 << 40),
+                Plan::Nothing
+            );
+        }
+        let s = t.stats();
+        assert_eq!((s.evictions, s.candidate_evictions), (0, entries));
+        // A stored response evicted by candidates counts as a response.
+        let mut r = region(16);
+        let mut t = HotTable::init(&mut r, 1).unwrap();
+        put(&mut t, b"k", b"v", 0, 1 << 40);
+        for i in 0..entries {
+            plan(&mut t, format!("c{i}").as_bytes(), i + 1, 1 << 40);
+        }
+        let s = t.stats();
+        assert_eq!((s.evictions, s.candidate_evictions), (1, 0));
+        assert!(get(&mut t, b"k", 10, 1 << 40).is_none());
+        t.verify().unwrap();
     }
 
     #[test]

@@ -31,8 +31,7 @@ pub const ERROR_KINDS: [&str; 5] = ["inactive", "settings", "zone", "lookup", "r
 /// What a purge found, as exported.
 pub const PURGE_RESULTS: [&str; 3] = ["removed", "not_found", "failed"];
 
-/// Reasons a refresh was not sent although the key was stale. None exist yet: refresh
-/// backoff and caps will take these slots (see [`Counter::RefreshSkipped`]).
+/// Reasons a refresh was not sent although the key was stale (see [`Counter::RefreshSkipped`]).
 pub const REFRESH_SKIP_REASONS: [&str; 2] = ["backoff", "limit"];
 /// [`REFRESH_SKIP_REASONS`] index: the key's last refresh failed and its backoff lasts.
 pub const SKIP_BACKOFF: usize = 0;
@@ -591,8 +590,16 @@ pub fn render_hot(out: &mut String, zone: &str, stats: &HotStats) {
     one(
         "stale_cache_hot_evictions_total",
         "counter",
-        "Hot responses evicted, least recently used first, to make room.",
+        "Stored hot responses evicted, least recently used first, to make room.",
         &[("", stats.evictions)],
+    );
+    one(
+        "stale_cache_hot_candidate_evictions_total",
+        "counter",
+        "Candidates evicted to make room: hit counts of keys seen once and not stored (no \
+         response is lost; a high rate next to few stores means the table is too small to \
+         tell hot keys).",
+        &[("", stats.candidate_evictions)],
     );
     one(
         "stale_cache_hot_rebuilds_total",
@@ -724,6 +731,8 @@ mod tests {
             retired: 1,
             served_in_place: 7,
             served_copied: 2,
+            evictions: 5,
+            candidate_evictions: 11,
             ..HotStats::default()
         };
         render_hot(&mut out, "hot", &stats);
@@ -731,6 +740,8 @@ mod tests {
         assert!(out.contains("stale_cache_hot_bytes{zone=\"hot\",state=\"used\"} 24576\n"));
         assert!(out.contains("stale_cache_hot_entries{zone=\"hot\",state=\"retired\"} 1\n"));
         assert!(out.contains("stale_cache_hot_stored_total{zone=\"hot\"} 0\n"));
+        assert!(out.contains("stale_cache_hot_evictions_total{zone=\"hot\"} 5\n"));
+        assert!(out.contains("stale_cache_hot_candidate_evictions_total{zone=\"hot\"} 11\n"));
     }
 
     #[test]

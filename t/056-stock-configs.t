@@ -14,23 +14,79 @@ use Test::StaleCache;
 
 our $HTTP = "    stale_cache_zone srcache_locks 1m;\n";
 
-# The server block of nginx-conf/$file without its listen line, proxying to the harness's
-# backend; $extra goes into /api after its "set"s.
+# The admin listener of the shipped configs (their 8099: /metrics and PURGE answer only there).
+our $ADMIN_PORT = Test::StaleCache::pick_port();
+
+# The server block of nginx-conf/$file without its main listen line (the harness adds its
+# own), its admin listener on $ADMIN_PORT, proxying to the harness's backend; $extra goes
+# into /api after its "set"s.
 sub stock {
     my ($file, $extra) = @_;
     my $text = Test::StaleCache::slurp("nginx-conf/$file") // die "nginx-conf/$file: $!";
     my ($server) = $text =~ /\n    server \{\n(.*)\n    \}\n\}\s*\z/s or die "no server in $file";
-    $server =~ s/^\s*listen [^\n]*\n//m;
+    $server =~ s/^\s*listen 127\.0\.0\.1:8080;[^\n]*\n//m or die "no listen 8080 in $file";
+    $server =~ s/listen 127\.0\.0\.1:8099;/listen 127.0.0.1:$::ADMIN_PORT;/ or die "no admin listen in $file";
     $server =~ s{http://www;}{http://backend;}g;
     $server =~ s/(stale_cache on;)/$1\n$extra/ if $extra;
     return $server;
 }
 
-# The http-level lines of nginx-conf/$file the server needs (the module's key variables).
+# The http-level lines of nginx-conf/$file the server needs (the module's key variables, the
+# maps of the admin listener's guard).
 sub stock_http {
     my ($file) = @_;
     my $text = Test::StaleCache::slurp("nginx-conf/$file") // die "nginx-conf/$file: $!";
-    return $::HTTP . join '', map { "$_\n" } $text =~ /^(\s*stale_cache_redis_variable [^\n]*)$/mg;
+    my @maps = $text =~ /^(    map [^\n]*\{\n.*?^    \}\n)/msg or die "no map in $file";
+    my $admin = grep { s/^(\s+)8099 /${1}$::ADMIN_PORT /m } @maps;
+    die "no map of the admin port in $file" unless $admin;
+    return $::HTTP . join('', map { "$_\n" } $text =~ /^(\s*stale_cache_redis_variable [^\n]*)$/mg)
+        . join('', @maps);
+}
+
+# One request ("METHOD /path") to 127.0.0.1:$port.
+sub at_port {
+    my ($port, $line, $headers) = @_;
+    my $req = Test::StaleCache::build_request($line, $headers);
+    return (Test::StaleCache::run_jobs([{ port => $port, reqs => [$req] }], 10))[0];
+}
+
+# A reverse proxy on this host in front of the main listener, as a TLS terminator or another
+# nginx would be: every request it forwards comes from 127.0.0.1.
+our $PROXY_PORT = Test::StaleCache::pick_port();
+sub local_proxy {
+    return <<"_EOC_";
+    server {
+        listen 127.0.0.1:$::PROXY_PORT;
+        location / {
+            proxy_pass http://127.0.0.1:$ENV{TEST_NGINX_SERVER_PORT};
+            proxy_set_header User-Agent \$http_user_agent;
+        }
+    }
+_EOC_
+}
+
+# Through the local proxy, /metrics and PURGE are refused; on the admin listener both work.
+sub check_admin_guard {
+    my $key = redis_key('/api/g');
+    is(http_get('/api/g')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored');
+    my $r = at_port($::PROXY_PORT, 'GET /metrics');
+    is($r->{status}, 404, 'GET /metrics through the local proxy: 404');
+    unlike($r->{body}, qr/stale_cache_requests_total/, 'no metrics through the proxy');
+    is(http_get('/metrics')->{status}, 404, 'GET /metrics on the main listener: 404');
+    $r = at_port($::PROXY_PORT, 'PURGE /api/g');
+    is($r->{status}, 403, 'PURGE through the local proxy: 403');
+    is(http_request('PURGE', '/api/g')->{status}, 403, 'PURGE on the main listener: 403');
+    is(redis('EXISTS', $key), 1, 'the entry is still there');
+    is(at_port($::PROXY_PORT, 'GET /api/g')->{headers}{'x-stale-cache'}, 'FRESH',
+       'GET through the proxy is served from the cache');
+    $r = at_port($::ADMIN_PORT, 'GET /metrics');
+    is($r->{status}, 200, 'GET /metrics on the admin listener: 200');
+    like($r->{body}, qr/^stale_cache_requests_total\{zone="srcache_locks",status="fresh"\} [1-9]/m,
+         'with the counters');
+    $r = at_port($::ADMIN_PORT, 'PURGE /api/g');
+    is($r->{status}, 200, 'PURGE on the admin listener: 200');
+    is(redis('EXISTS', $key), 0, 'the entry is gone');
 }
 
 sub check_set_cookie {
@@ -147,5 +203,29 @@ is(backend_hits('/api/h'), 1, 'the backend saw the key once');
 # (The outage's start and /api/other's failed lookup are logged; nothing for the hot key.)
 is(error_log_count(qr/\[error\].*GET \/api\/h /), 0, 'no error line for the hot key');
 start_redis();
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/]
+
+
+
+=== TEST 8: stock-debian.conf: /metrics and PURGE answer only on the admin listener, never through a local proxy
+--- http_config eval: ::stock_http('stock-debian.conf') . ::local_proxy()
+--- config eval: ::stock('stock-debian.conf', 'stale_cache_purge PURGE;')
+--- request
+GET /api/warm
+--- check
+check_admin_guard();
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/]
+
+
+
+=== TEST 9: drop-in-redis2.conf: same
+--- http_config eval: ::stock_http('drop-in-redis2.conf') . ::local_proxy()
+--- config eval: ::stock('drop-in-redis2.conf', 'stale_cache_purge PURGE;')
+--- request
+GET /api/warm
+--- check
+check_admin_guard();
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/]

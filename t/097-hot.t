@@ -675,3 +675,34 @@ ok($body eq 'Z' x $size, 'whole and unchanged');
 is(error_log_count(qr/exited on signal/), 0, 'no worker crashed');
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
+
+=== TEST 17: keys seen once fill the zone with candidates: no stored response is counted as evicted
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+    stale_cache_hot_zone hot 1m;
+--- config eval: drop_in_config('stale_cache_hot on;') . $main::METRICS
+--- request
+GET /api/warm
+--- check
+my $entries = metric('stale_cache_hot_bytes{zone="hot",state="free"}') / 4096;
+cmp_ok($entries, '>=', 8, "a zone of $entries entries");
+# Each key: its fill, then a fresh hit that counts it (a candidate: a hit count, no data).
+my $seen_once = sub {
+    my $uri = shift;
+    http_get($uri);
+    wait_until(sub { (http_get($uri)->{headers}{'x-stale-cache'} // '') eq 'FRESH' }, 5,
+        "$uri counted");
+};
+$seen_once->("/api/c$_") for 1 .. 2 * $entries;
+is(metric('stale_cache_hot_stored_total{zone="hot"}'), 0, 'nothing stored');
+is(metric('stale_cache_hot_evictions_total{zone="hot"}'), 0,
+   'candidates only: no stored response evicted');
+cmp_ok(metric('stale_cache_hot_candidate_evictions_total{zone="hot"}'), '>=', $entries,
+       'the candidates evicted are counted on their own');
+# A stored response pushed out by candidates is an eviction.
+make_hot('/api/h');
+$seen_once->("/api/d$_") for 1 .. $entries + 1;
+is(metric('stale_cache_hot_evictions_total{zone="hot"}'), 1, 'the hot response evicted');
+isnt(http_get('/api/h')->{headers}{'x-stale-cache'}, 'HOT', 'and no longer served hot');
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/, qr/\[error\].*stale_cache/]
