@@ -2,7 +2,7 @@
 # Installs what building and testing the module needs, only where it is missing.
 # Debian/Ubuntu: the packaged nginx (the one the module is built for), its source headers,
 # the srcache/set-misc/echo/ndk modules, redis-server, the test harness base and bindgen's clang.
-# dpkg-dev builds the .deb (make deb, t/080-package.t); prometheus (promtool and the server)
+# dpkg-dev builds the .deb (make deb, t/080-package.t), lintian checks it (t/080); prometheus (promtool and the server)
 # checks the metrics endpoint (t/090-metrics.t); the brotli filter is a filter module loaded
 # after this one (t/097-hot.t); valgrind runs `make valgrind`.
 set -euo pipefail
@@ -35,7 +35,7 @@ packages=(
   nginx nginx-dev
   libnginx-mod-http-ndk libnginx-mod-http-srcache-filter
   libnginx-mod-http-set-misc libnginx-mod-http-echo libnginx-mod-http-brotli-filter
-  redis-server libtest-base-perl libclang-dev wrk dpkg-dev prometheus
+  redis-server libtest-base-perl libclang-dev wrk dpkg-dev lintian prometheus
   libpcre2-dev libssl-dev zlib1g-dev python3 make gcc pkg-config curl valgrind
 )
 
