@@ -2,9 +2,9 @@
 # Installs what building and testing the module needs, only where it is missing.
 # Debian/Ubuntu: the packaged nginx (the one the module is built for), its source headers,
 # the srcache/set-misc/echo/ndk modules, redis-server, the test harness base and bindgen's clang.
-# dpkg-dev builds the .deb (make deb, t/080-package.t), lintian checks it (t/080); prometheus (promtool and the server)
-# checks the metrics endpoint (t/090-metrics.t); the brotli filter is a filter module loaded
-# after this one (t/097-hot.t); valgrind runs `make valgrind`.
+# dpkg-dev builds the .deb (make deb, t/080-package.t), lintian checks it (t/080); prometheus
+# (promtool and the server) checks the metrics endpoint (t/090-metrics.t); the brotli filter
+# is a filter module loaded after this one (t/097-hot.t); valgrind runs `make valgrind`.
 set -euo pipefail
 
 # Rust first, before anything is installed: the distributions' rustc is too old (Debian 12 has
