@@ -1,7 +1,8 @@
 # ngx_http_stale_cache_module: build, test, run, bench.
 #
-# On a fresh Debian 12 machine `make run` and `make test` are all you type: both install what
-# is missing (scripts/deps.sh) and build the module against the installed nginx.
+# On a fresh Debian 12 machine with Rust (>= Cargo.toml's rust-version, from rustup) `make run`
+# and `make test` are all you type: both install what is missing (scripts/deps.sh, which says
+# how to get Rust when it is missing) and build the module against the installed nginx.
 
 SHELL := /bin/bash
 ROOT := $(CURDIR)

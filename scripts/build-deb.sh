@@ -50,10 +50,23 @@ strip --remove-section=.comment --remove-section=.note --strip-unneeded "$so"
 install -D -m 0644 "$root/packaging/debian/mod-http-stale-cache.conf" \
     "$pkgroot/usr/share/nginx/modules-available/mod-http-stale-cache.conf"
 install -D -m 0644 "$root/packaging/debian/copyright" "$doc/copyright"
+# lintian's one remark (informational) and why it does not apply: see the file.
+install -D -m 0644 "$root/packaging/debian/lintian-overrides" \
+    "$pkgroot/usr/share/lintian/overrides/$package"
 # A native package (no Debian revision): its changelog is changelog.gz.
 gzip -9n <"$root/packaging/debian/changelog" >"$doc/changelog.gz"
 gzip -9n <"$root/README.md" >"$doc/README.md.gz"
-chmod 0644 "$doc"/*.gz
+# The rest of the documentation (docs/*.md, compressed like the README), and the
+# configurations of nginx-conf/ as examples, uncompressed: they are copied into /etc/nginx.
+[ -d "$root/docs" ] || die "no docs/ folder in $root"
+(cd "$root" && find docs -name '*.md' -type f -printf '%P\0') |
+    while IFS= read -r -d '' f; do
+        mkdir -p "$(dirname "$doc/docs/$f")"
+        gzip -9n <"$root/docs/$f" >"$doc/docs/$f.gz"
+    done
+(cd "$root/nginx-conf" && find . -name '*.conf' -type f -printf '%P\0') |
+    while IFS= read -r -d '' f; do install -D -m 0644 "$root/nginx-conf/$f" "$doc/examples/$f"; done
+find "$doc" -name '*.gz' -exec chmod 0644 {} +
 
 mkdir -p "$pkgroot/DEBIAN"
 for f in postinst prerm postrm; do

@@ -1,6 +1,9 @@
 # The Debian package (scripts/build-deb.sh, `make deb`) of the module under test: dpkg -i,
 # nginx loads it through /etc/nginx/modules-enabled alone and serves a request, then dpkg -r
-# and dpkg -P leave nothing behind.
+# and dpkg -P leave nothing behind. Then the README's quick start, its lines read from
+# README.md and run as written (with a private copy of /etc/nginx, private ports and paths):
+# apt install of the package, the two files of nginx-conf/, nginx -t, the reload, and the
+# curls answer MISS, then FRESH.
 #
 # Standalone, not Test::StaleCache: the harness writes its own load_module lines, and a
 # configuration that includes modules-enabled must not load the module a second time.
@@ -46,7 +49,7 @@ $dir = "$root/$dir" unless $dir =~ m{^/};
 rmtree($dir);
 mkpath(["$dir/conf", "$dir/logs", "$dir/html", "$dir/tmp"]);
 
-my ($nginx_pid, $dpkg_touched, $child);
+my ($nginx_pid, $dpkg_touched, $child, @background);
 
 # Stops this file without aborting the rest of the suite (BAIL_OUT would).
 sub give_up { fail($_[0]); done_testing(); exit 1 }
@@ -88,6 +91,54 @@ sub status {
     return $rc == 0 ? $out : 'unknown';
 }
 
+# A loopback port nothing listens on (below the ephemeral range).
+sub free_port {
+    for (1 .. 50) {
+        my $p = 20000 + int(rand(12000));
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p, Listen => 1,
+                                      ReuseAddr => 1) or next;
+        close($s);
+        return $p;
+    }
+    return undef;
+}
+
+# Polls $cond every 50 ms until it is true or $seconds have passed; returns its last value.
+sub wait_for {
+    my ($seconds, $cond) = @_;
+    my $deadline = time + $seconds;
+    my $v;
+    until ($v = $cond->()) { last if time > $deadline; sleep 0.05 }
+    return $v;
+}
+
+# Starts @cmd in the background, output to $log; its pid is stopped by cleanup.
+sub background {
+    my ($log, @cmd) = @_;
+    my $pid = fork() // die "fork: $!";
+    if (!$pid) {
+        setpgrp(0, 0);
+        open(STDIN, '<', '/dev/null');
+        open(STDOUT, '>>', $log) or POSIX::_exit(127);
+        open(STDERR, '>&', \*STDOUT);
+        exec(@cmd) or POSIX::_exit(127);
+    }
+    push @background, $pid;
+    return $pid;
+}
+
+sub stop_background {
+    for my $pid (@background) {
+        kill 'TERM', $pid;
+        my $deadline = time + 5;
+        while (waitpid($pid, WNOHANG) == 0) {
+            if (time > $deadline) { kill 'KILL', $pid; waitpid($pid, 0); last }
+            sleep 0.05;
+        }
+    }
+    @background = ();
+}
+
 sub stop_nginx {
     return unless $nginx_pid;
     kill 'TERM', $nginx_pid;
@@ -102,6 +153,7 @@ sub stop_nginx {
 # Leaves the machine as it was: our nginx stopped, the package purged (also after a failure).
 sub cleanup {
     stop_nginx();
+    stop_background();
     if ($dpkg_touched && status() ne 'unknown' && status() ne 'not-installed') {
         my ($rc, $out) = dpkg('--purge', $PKG);
         diag("cleanup: dpkg --purge $PKG failed ($rc): $out") if $rc;
@@ -146,6 +198,22 @@ like($fields, qr/^Version: \Q$version\E$/m, "version $version, from Cargo.toml")
 like($fields, qr/^Depends:.*\b\Q$abi\E\b/m, "depends on $abi (Provides of $nginx_owner)") if $abi;
 ok($abi, "$nginx_owner provides an nginx ABI") unless $abi;
 like($fields, qr/^Depends:.*\blibnginx-mod-http-srcache-filter\b/m, 'depends on srcache');
+(undef, $fields) = run('dpkg-deb', '-f', $deb, 'Maintainer');
+my ($maintainer) = slurp("$root/packaging/debian/control") =~ /^Maintainer: (.+)$/m;
+is($fields, "$maintainer\n", "Maintainer: $maintainer");
+unlike($maintainer // '', qr/\.(example|invalid|test|localhost)>|noreply|seed/i, 'a real Maintainer address');
+(undef, $out) = run('dpkg-deb', '-c', $deb);
+for my $f (glob("$root/nginx-conf/*.conf $root/nginx-conf/*/*.conf")) {
+    (my $rel = $f) =~ s{^\Q$root\E/nginx-conf/}{};
+    like($out, qr{ \./usr/share/doc/$PKG/examples/\Q$rel\E\n}, "ships nginx-conf/$rel as an example");
+}
+SKIP: {
+    skip('lintian is not installed', 1) unless grep { -x "$_/lintian" } split /:/, $ENV{PATH};
+    # lintian says it would rather not run as root, on stderr: not a finding.
+    (undef, $out) = run('lintian', '--pedantic', '-I', $deb);
+    $out =~ s/^running with root privileges is not recommended!\n?//m;
+    is($out, '', 'lintian --pedantic -I: nothing to report');
+}
 
 # --- install -----------------------------------------------------------------------------
 
@@ -162,15 +230,7 @@ is(readlink($ENABLED), $AVAILABLE, "$ENABLED links to it");
 
 # --- a private nginx that loads it through modules-enabled only ----------------------------
 
-my $port;
-for (1 .. 50) {
-    my $p = 20000 + int(rand(12000));
-    my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p, Listen => 1,
-                                  ReuseAddr => 1) or next;
-    close($s);
-    $port = $p;
-    last;
-}
+my $port = free_port();
 give_up('no free port') unless $port;
 
 # Debian's load files name modules relative to the prefix (modules/...): the packaged prefix
@@ -261,6 +321,148 @@ ok(!-l "$ENABLED.removed", "$ENABLED.removed removed");
 ok(!-e $DOC, "$DOC removed");
 my @left = grep { /stale.cache/ } glob('/etc/nginx/modules-enabled/* /usr/share/nginx/modules-available/*');
 is("@left", '', 'nothing of the package left in modules-enabled or modules-available');
-$dpkg_touched = 0;
 
+QUICK_START();
+
+$dpkg_touched = 0;
 done_testing();
+
+# --- the README's quick start, as written --------------------------------------------------
+#
+# Each line of the block after README.md's quick-start marker is run as a user would type it,
+# without "sudo " (this runs as root), on a private stand-in for the machine: /etc/nginx is
+# $qs/etc/nginx, whose nginx.conf is Debian's own (its modules-enabled include kept, the
+# package's), /tmp/app is $qs/app, and the ports 8080, 8081, 6379 and 9145 are free ones. A
+# line this file does not know fails the test: the README cannot drift from it.
+sub QUICK_START {
+    my ($block) = slurp("$root/README.md") =~ /<!-- quick-start:[^>]*-->\s*```sh\n(.*?)```/s;
+    ok($block, "README.md has the quick-start block") or return;
+    my @lines = grep { /\S/ } split /\n/, $block;
+    my $qs = "$dir/quick-start";
+    mkpath([map { "$qs/etc/nginx/$_" } qw(conf.d sites-available sites-enabled)]);
+    mkpath(["$qs/logs", "$qs/redis"]);
+    my %port;
+    for my $p (qw(8080 8081 6379 9145)) { $port{$p} = free_port() or give_up('no free port') }
+    my $subst = sub {
+        my $c = shift;
+        $c =~ s{/etc/nginx/}{$qs/etc/nginx/}g;
+        $c =~ s{/tmp/app\b}{$qs/app}g;
+        $c =~ s/\b(8080|8081)\b/$port{$1}/g;
+        return $c;
+    };
+
+    # The nginx that already runs on the machine: Debian's nginx.conf, where it writes.
+    my $stock = slurp('/etc/nginx/nginx.conf');
+    my @debian = (qr{^\s*include /etc/nginx/modules-enabled/\*\.conf;}m,
+                  qr{^\s*include /etc/nginx/conf\.d/\*\.conf;}m, qr{^\s*include /etc/nginx/sites-enabled/\*;}m);
+    if (grep { $stock !~ $_ } @debian) {
+        diag('/etc/nginx/nginx.conf is not the packaged one: Debian\'s default includes used');
+        $stock = "user www-data;\nworker_processes auto;\ninclude /etc/nginx/modules-enabled/*.conf;\n"
+               . "events { worker_connections 768; }\nhttp {\n    include /etc/nginx/mime.types;\n"
+               . "    include /etc/nginx/conf.d/*.conf;\n    include /etc/nginx/sites-enabled/*;\n}\n";
+    }
+    $stock =~ s{/etc/nginx/(conf\.d|sites-enabled)/}{$qs/etc/nginx/$1/}g;
+    $stock =~ s{/var/log/nginx/}{$qs/logs/}g;
+    $stock =~ s{^\s*(pid|error_log|daemon)\s[^;]*;}{}mg;    # given with -g below
+    (my $outside = $stock) =~ s{\Q$qs\E/}{}g;
+    unlike($outside, qr{/var/log/|/run/|/etc/nginx/(conf\.d|sites)}, "the stand-in nginx.conf writes only under $qs");
+    open(my $h, '>', "$qs/etc/nginx/nginx.conf") or give_up("nginx.conf: $!");
+    print $h $stock;
+    close($h);
+    my @nginx = ($NGINX, '-p', "$dir/", '-c', "$qs/etc/nginx/nginx.conf",
+                 '-g', "daemon off; pid $qs/logs/nginx.pid; error_log $qs/logs/error.log info;");
+    background("$qs/logs/redis.out", 'redis-server', '--port', $port{6379}, '--bind', '127.0.0.1',
+               '--save', '', '--appendonly', 'no', '--dir', "$qs/redis");
+    ok(wait_for(10, sub { IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port{6379}) }),
+       'a private redis-server answers');
+
+    my $t0 = time;
+    my @answers;
+    for my $line (@lines) {
+        (my $cmd = $line) =~ s/^sudo //;
+        if ($cmd =~ /^apt install ([a-z0-9][a-z0-9.+ -]*)$/) {
+            for my $p (split ' ', $1) {
+                my (undef, $st) = run('dpkg-query', '-W', '-f=${db:Status-Status}', $p);
+                is($st, 'installed', "quick start: $p is installed");
+            }
+        } elsif ($cmd eq 'make deb') {
+            # make deb builds the module, then runs scripts/build-deb.sh: the .deb built above.
+            ok(-f $deb, "quick start: make deb (the package built above from the module under test)");
+        } elsif ($cmd =~ m{^apt install \./build/\Q$PKG\E_\*\.deb$}) {
+            my ($rc, $out);
+            for (1 .. 120) {
+                ($rc, $out) = run('apt-get', 'install', '-y', '--no-install-recommends', $deb);
+                last unless $rc && $out =~ /lock/i;
+                sleep 1;
+            }
+            $dpkg_touched = 1;
+            is($rc, 0, "quick start: $line") or diag($out);
+            is(status(), 'installed', 'quick start: the package is installed');
+            # The machine's nginx runs from here on: reload is the step that changes it.
+            $nginx_pid = background("$qs/logs/nginx.stderr", @nginx);
+            pop @background;
+            ok(wait_for(10, sub { -s "$qs/logs/nginx.pid" }), 'the stand-in for the running nginx is up');
+        } elsif ($cmd =~ /^(.+?)\s*&$/) {
+            background("$qs/logs/app.log", 'sh', '-c', 'exec ' . $subst->($1));
+            my $p = $port{8081};
+            ok(wait_for(10, sub { IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $p) }),
+               "quick start: $line");
+        } elsif ($cmd =~ m{^(cp|ln|mkdir) }) {
+            my ($rc, $out) = run('sh', '-c', $subst->($cmd));
+            is($rc, 0, "quick start: $line") or diag($out);
+        } elsif ($cmd eq 'nginx -t') {
+            # The copied files as shipped, but for the ports (the machine's own stay free).
+            for my $f (glob("$qs/etc/nginx/conf.d/* $qs/etc/nginx/sites-available/*")) {
+                my $text = slurp($f);
+                my $n = ($text =~ s/127\.0\.0\.1:(6379|8081|9145)\b/127.0.0.1:$port{$1}/g)
+                      + ($text =~ s/^(\s*listen )8080;/$1$port{8080};/mg);
+                ok($n, "ports of $f made private");
+                open(my $w, '>', $f) or give_up("$f: $!");
+                print $w $text;
+                close($w);
+            }
+            my ($rc, $out) = run(@nginx, '-t');
+            is($rc, 0, "quick start: $line") or diag($out);
+            unlike($out, qr/\[(warn|emerg|alert)\]/, 'quick start: nginx -t has no warning');
+        } elsif ($cmd eq 'systemctl reload nginx') {
+            my ($rc, $out) = run(@nginx, '-s', 'reload');
+            is($rc, 0, "quick start: $line (nginx -s reload)") or diag($out);
+            my $p = $port{8080};
+            ok(wait_for(10, sub { IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $p) }),
+               'quick start: the site listens');
+        } elsif ($cmd =~ /^curl /) {
+            my $c = $subst->($cmd);
+            my ($rc, $out) = run('sh', '-c', $c);
+            # The second curl may come before the first one's store has finished: repeated
+            # (deadline 5 s) while the answer is the fill's, never past FRESH.
+            if (@answers && (($out =~ /^X-Stale-Cache: (\S+)/mi)[0] // '') ne 'FRESH') {
+                wait_for(5, sub { (undef, $out) = run('sh', '-c', $c); $out =~ /^X-Stale-Cache: FRESH\r?$/mi });
+            }
+            is($rc, 0, "quick start: $line");
+            push @answers, $out;
+        } else {
+            fail("quick start: a line this test does not know: $line");
+        }
+    }
+    my $took = time - $t0;
+    ok($took < 600, sprintf('quick start: its steps took %.1f s (under 10 minutes)', $took));
+
+    is(scalar @answers, 2, 'quick start: two curls');
+    my ($first, $second) = @answers;
+    like($first // '', qr{^HTTP/1\.[01] 200 }, 'first curl: 200');
+    like($first // '', qr/^X-Stale-Cache: MISS\r?$/mi, 'first curl: X-Stale-Cache: MISS');
+    like($first // '', qr/^Cache-Status: stale-cache; fwd=miss; fwd-status=200\r?$/mi, 'first curl: Cache-Status');
+    like($second // '', qr{^HTTP/1\.[01] 200 }, 'second curl: 200');
+    like($second // '', qr/^X-Stale-Cache: FRESH\r?$/mi, 'second curl: X-Stale-Cache: FRESH');
+    like($second // '', qr/^Cache-Status: stale-cache; hit; ttl=\d+\r?$/mi, 'second curl: Cache-Status');
+    my $hits = () = slurp("$qs/logs/app.log") =~ m{"GET /api/hello }g;
+    is($hits, 1, 'the application saw one request');
+    unlike(slurp("$qs/logs/error.log"), qr/\[(alert|emerg|crit|error)\]|exited on signal/,
+           'quick start: no error in error.log');
+
+    stop_nginx();
+    stop_background();
+    my ($rc, $out) = dpkg('-P', $PKG);
+    is($rc, 0, 'dpkg -P after the quick start') or diag($out);
+    like(status(), qr/^(unknown|not-installed)$/, 'package purged again');
+}

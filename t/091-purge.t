@@ -23,7 +23,7 @@ sub config {
         . "    location = /metrics { stale_cache_metrics; }\n";
 }
 
-# A purge server on its own port, as README documents: the public server has no purge, the
+# A purge server on its own port, as docs/purge.md documents: the public server has no purge, the
 # purge server's allow/deny guard it.
 our $PURGE_PORT = pick_port();
 sub purge_server {

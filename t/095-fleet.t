@@ -1,5 +1,5 @@
 # A fleet: several nginx instances (own prefixes, ports, zones) sharing one Redis and one
-# backend, with `$cache_lease` (the fleet lease, README "Running a fleet"). This file runs the
+# backend, with `$cache_lease` (the fleet lease, docs/fleet.md). This file runs the
 # lease through the module's native Redis locations; t/096-fleet-redis2.t runs the same
 # blocks through redis2 + HttpRedis.
 use lib 't/lib';
