@@ -134,8 +134,16 @@ impl Flags {
     fn read(v: &ngx_variable_value_t) -> u32 {
         v.len() & Self::LEN
             | if v.valid() != 0 { Self::VALID } else { 0 }
-            | if v.no_cacheable() != 0 { Self::NO_CACHEABLE } else { 0 }
-            | if v.not_found() != 0 { Self::NOT_FOUND } else { 0 }
+            | if v.no_cacheable() != 0 {
+                Self::NO_CACHEABLE
+            } else {
+                0
+            }
+            | if v.not_found() != 0 {
+                Self::NOT_FOUND
+            } else {
+                0
+            }
             | if v.escape() != 0 { Self::ESCAPE } else { 0 }
     }
 
@@ -167,4 +175,3 @@ fn static_str(name: &'static str) -> ngx_str_t {
 
 /// Result code of a variable handler.
 pub const VAR_OK: ngx_int_t = super::util::OK;
-
