@@ -6,6 +6,7 @@
 //! happens per request; [`parse_duration_secs`] is public so literal values can
 //! be rejected at configuration time instead.
 
+use std::borrow::Cow;
 use std::fmt;
 
 /// Longest `$cache_key` accepted: keys are copied into the request and hashed
@@ -384,17 +385,11 @@ fn is_decimal(text: &[u8]) -> bool {
 /* ----------------------------------------------------------------- methods */
 
 /// The request methods the module handles (`$cache_methods`), upper-cased.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Methods {
+    /// The listed names; empty for the default, [`DEFAULT_METHODS`] (nothing to allocate for
+    /// the common case: settings are parsed on every request).
     names: Vec<Vec<u8>>,
-}
-
-impl Default for Methods {
-    fn default() -> Self {
-        Self {
-            names: vec![DEFAULT_METHODS.to_vec()],
-        }
-    }
 }
 
 impl Methods {
@@ -423,12 +418,32 @@ impl Methods {
 
     /// Whether requests with this method are handled.
     pub fn allows(&self, method: &[u8]) -> bool {
-        self.names.iter().any(|n| n.eq_ignore_ascii_case(method))
+        self.names().any(|n| n.eq_ignore_ascii_case(method))
     }
 
     /// The listed methods, upper-cased, without duplicates.
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
-        self.names.iter().map(Vec::as_slice)
+        let default = self.names.is_empty().then_some(DEFAULT_METHODS);
+        default
+            .into_iter()
+            .chain(self.names.iter().map(Vec::as_slice))
+    }
+}
+
+/// The same methods, however they were given (the default, or listed).
+impl PartialEq for Methods {
+    fn eq(&self, other: &Self) -> bool {
+        self.names().eq(other.names())
+    }
+}
+
+impl Eq for Methods {}
+
+impl fmt::Debug for Methods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.names().map(|n| n.escape_ascii().to_string()))
+            .finish()
     }
 }
 
@@ -475,8 +490,9 @@ pub struct Settings {
     /// so it is only validated and kept, for the nginx side to use at most as
     /// the interval at which waiters re-check the lock.
     pub lock_timeout_wait_ms: u64,
-    /// Header marking the module's own refresh requests (`$cache_skip_fetch`).
-    pub skip_fetch: Vec<u8>,
+    /// Header marking the module's own refresh requests (`$cache_skip_fetch`); the default
+    /// is borrowed, not allocated.
+    pub skip_fetch: Cow<'static, [u8]>,
     /// How long a key whose fill was not stored skips collapsing (`$cache_pass_ttl`); 0: never.
     pub pass_ttl_ms: u64,
     /// The error grace band at the end of an entry's life, in whole seconds rounded up
@@ -552,8 +568,8 @@ impl Settings {
             return Err(SettingsError::new(Var::LockExptime, value, Problem::Zero));
         }
         let skip_fetch = match vars.get(Var::SkipFetch) {
-            None => DEFAULT_SKIP_FETCH.to_vec(),
-            Some(v) if is_token(v) => v.to_vec(),
+            None => Cow::Borrowed(DEFAULT_SKIP_FETCH),
+            Some(v) if is_token(v) => Cow::Owned(v.to_vec()),
             Some(v) => {
                 return Err(SettingsError::new(
                     Var::SkipFetch,
@@ -749,7 +765,7 @@ mod tests {
         assert_eq!(s.backend_lock_timeout_ms, 10);
         assert_eq!(s.lock_timeout_ms, 3_000);
         assert_eq!(s.lock_timeout_wait_ms, 60);
-        assert_eq!(s.skip_fetch, b"X-Skip-Fetch");
+        assert_eq!(&*s.skip_fetch, b"X-Skip-Fetch");
         assert_eq!(s.pass_ttl_ms, 10_000);
     }
 
@@ -964,6 +980,13 @@ mod tests {
         let names: Vec<&[u8]> = s.methods.names().collect();
         assert_eq!(names, [&b"GET"[..], b"HEAD", b"POST", b"OPTIONS"]);
 
+        let default = parse(base()).methods;
+        assert_eq!(default.names().collect::<Vec<_>>(), [DEFAULT_METHODS]);
+        assert_eq!(default, Methods::parse(b"get").unwrap());
+        assert_ne!(default, Methods::parse(b"GET HEAD").unwrap());
+        assert!(default.allows(b"get") && !default.allows(b"HEAD"));
+        assert_eq!(format!("{default:?}"), "[\"GET\"]");
+
         let dup = Methods::parse(b"GET get GET").unwrap();
         assert_eq!(dup.names().count(), 1);
         let custom = Methods::parse(b"PROPFIND,M-SEARCH").unwrap();
@@ -998,7 +1021,7 @@ mod tests {
     #[test]
     fn skip_fetch_must_be_header_name() {
         assert_eq!(
-            parse(base().with(Var::SkipFetch, b"X-Refresh")).skip_fetch,
+            &*parse(base().with(Var::SkipFetch, b"X-Refresh")).skip_fetch,
             b"X-Refresh"
         );
         for bad in [&b"X Skip"[..], b"X-Skip:", b"X\xffSkip", b"(x)"] {
