@@ -132,19 +132,12 @@ impl Flags {
     // Elsewhere, through the generated accessors (slow, but right for that layout).
     #[cfg(not(target_endian = "little"))]
     fn read(v: &ngx_variable_value_t) -> u32 {
+        // Each accessor answers 0 or 1.
         v.len() & Self::LEN
-            | if v.valid() != 0 { Self::VALID } else { 0 }
-            | if v.no_cacheable() != 0 {
-                Self::NO_CACHEABLE
-            } else {
-                0
-            }
-            | if v.not_found() != 0 {
-                Self::NOT_FOUND
-            } else {
-                0
-            }
-            | if v.escape() != 0 { Self::ESCAPE } else { 0 }
+            | v.valid() << 28
+            | v.no_cacheable() << 29
+            | v.not_found() << 30
+            | v.escape() << 31
     }
 
     #[cfg(not(target_endian = "little"))]
