@@ -135,7 +135,7 @@ unsafe extern "C" fn rfc9211_variable(
         response_status: r.headers_out.status,
         srcache_hit,
     };
-    match pool_str(r.pool, member(status, facts).as_bytes()) {
+    match pool_str(r.pool, member(status, facts).as_str().as_bytes()) {
         Some(s) => set_value_in_pool(v, crate::nginx::util::str_bytes(&s)),
         None => set_not_found(v),
     }
