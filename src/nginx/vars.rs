@@ -58,6 +58,15 @@ pub fn variable_index(cf: *mut ngx_conf_t, name: &'static str) -> Option<ngx_uin
 
 /// The value of indexed variable `index` in request `r`; `None` when it has none.
 pub fn indexed_value(r: &ngx_http_request_t, index: ngx_uint_t) -> Option<&[u8]> {
+    // A value already evaluated (by `set`, or earlier) is read from its slot, as nginx's
+    // ngx_http_get_indexed_variable would answer it: the module reads its 16 `$cache_*`
+    // variables on every request.
+    // SAFETY: a live request's `variables` has a slot per indexed variable, and the index was
+    // resolved at configuration time; the slots are pool memory, not the request struct.
+    let slot = unsafe { r.variables.add(index as usize).as_ref()? };
+    if Flags::read(slot) & (Flags::VALID | Flags::NOT_FOUND) != 0 {
+        return value_bytes(slot);
+    }
     let r = r as *const ngx_http_request_t as *mut ngx_http_request_t;
     // SAFETY: r is a live request and the index was resolved at configuration time. nginx
     // evaluates the variable into `r->variables`, pool memory the request points to, not into
