@@ -63,7 +63,7 @@ pub fn indexed_value(r: &ngx_http_request_t, index: ngx_uint_t) -> Option<&[u8]>
     // variables on every request.
     // SAFETY: a live request's `variables` has a slot per indexed variable, and the index was
     // resolved at configuration time; the slots are pool memory, not the request struct.
-    let slot = unsafe { r.variables.add(index as usize).as_ref()? };
+    let slot = unsafe { r.variables.add(index).as_ref()? };
     if Flags::read(slot) & (Flags::VALID | Flags::NOT_FOUND) != 0 {
         return value_bytes(slot);
     }
