@@ -523,7 +523,23 @@ impl Settings {
     /// Validates the variables of one request. `Ok(None)` means the module is
     /// inactive for it: `$cache_lock`, `$cache_ttl` and `$cache_key` are all
     /// unset, where the Lua original silently did nothing.
+    ///
+    /// The values change little from one request to the next (most are literals of the
+    /// location; the key is the exception), so the last few valid sets of values are kept
+    /// per thread with what they parsed to: the same values again skip the validation.
     pub fn parse(vars: &RawVars<'_>) -> Result<Option<Settings>, SettingsError> {
+        if let Some(settings) = RECENT.with(|r| r.borrow().find(vars)) {
+            return Ok(Some(settings));
+        }
+        let parsed = Self::parse_uncached(vars)?;
+        if let Some(settings) = &parsed {
+            RECENT.with(|r| r.borrow_mut().insert(vars, settings));
+        }
+        Ok(parsed)
+    }
+
+    /// [`Settings::parse`] without the memo.
+    fn parse_uncached(vars: &RawVars<'_>) -> Result<Option<Settings>, SettingsError> {
         let required = [Var::Lock, Var::Ttl, Var::Key];
         let Some(while_set) = required.into_iter().find(|&v| vars.get(v).is_some()) else {
             return Ok(None);
@@ -637,6 +653,98 @@ impl Settings {
     }
 }
 
+/* -------------------------------------------------------------------- memo */
+
+thread_local! {
+    static RECENT: core::cell::RefCell<Recent> = core::cell::RefCell::new(Recent::default());
+}
+
+/// How many sets of values [`Recent`] keeps: a worker's locations with different literals.
+const RECENT_SETS: usize = 4;
+
+/// The last valid sets of values [`Settings::parse`] saw, but the key, and their settings
+/// (with an empty key).
+#[derive(Default)]
+struct Recent {
+    sets: Vec<ParsedSet>,
+    /// The set the next insertion replaces once all are taken.
+    next: usize,
+}
+
+struct ParsedSet {
+    /// Each variable's value length (`u32::MAX`: unset); the key's is not kept.
+    lens: [u32; Var::COUNT],
+    /// The values, one after the other.
+    bytes: Vec<u8>,
+    settings: Settings,
+}
+
+impl ParsedSet {
+    fn new(vars: &RawVars<'_>, settings: &Settings) -> Option<ParsedSet> {
+        let mut lens = [u32::MAX; Var::COUNT];
+        let mut bytes = Vec::new();
+        for var in Var::ALL.into_iter().filter(|&v| v != Var::Key) {
+            if let Some(value) = vars.get(var) {
+                lens[var.index()] = u32::try_from(value.len()).ok().filter(|&l| l != u32::MAX)?;
+                bytes.extend_from_slice(value);
+            }
+        }
+        Some(ParsedSet {
+            lens,
+            bytes,
+            settings: Settings {
+                key: Vec::new(),
+                ..settings.clone()
+            },
+        })
+    }
+
+    /// Whether `vars` holds the same values, the key aside.
+    fn matches(&self, vars: &RawVars<'_>) -> bool {
+        let mut at = 0;
+        for var in Var::ALL {
+            let len = self.lens[var.index()];
+            match vars.get(var) {
+                _ if var == Var::Key => {}
+                None if len == u32::MAX => {}
+                Some(value) if len != u32::MAX && value.len() == len as usize => {
+                    if self.bytes.get(at..at + value.len()) != Some(value) {
+                        return false;
+                    }
+                    at += value.len();
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Recent {
+    /// The settings of `vars` if the same values (the key aside) parsed before, and the key
+    /// is valid: the key is the only value whose check depends on nothing else.
+    fn find(&self, vars: &RawVars<'_>) -> Option<Settings> {
+        let key = vars.get(Var::Key).filter(|k| k.len() <= MAX_KEY_LEN)?;
+        let set = self.sets.iter().find(|set| set.matches(vars))?;
+        Some(Settings {
+            key: key.to_vec(),
+            ..set.settings.clone()
+        })
+    }
+
+    fn insert(&mut self, vars: &RawVars<'_>, settings: &Settings) {
+        let Some(set) = ParsedSet::new(vars, settings) else {
+            return;
+        };
+        if self.sets.len() < RECENT_SETS {
+            self.sets.push(set);
+        } else {
+            self.sets[self.next] = set;
+            self.next = (self.next + 1) % RECENT_SETS;
+        }
+    }
+}
+
 /// Checks one `$cache_*` value written as a literal in the configuration (`set $cache_stale
 /// abc;`), so the mistake fails `nginx -t` instead of being logged at run time. The other
 /// variables get valid stand-ins, so only an error about `var` itself is reported.
@@ -646,7 +754,7 @@ pub fn check_literal(var: Var, value: &[u8]) -> Result<(), SettingsError> {
         .with(Var::Ttl, b"/ttl")
         .with(Var::Key, b"key");
     raw.set(var, Some(value));
-    match Settings::parse(&raw) {
+    match Settings::parse_uncached(&raw) {
         Err(e) if e.var == var => Err(e),
         _ => Ok(()),
     }
@@ -1031,6 +1139,47 @@ mod tests {
             Methods::parse(b"GET\x7f").unwrap_err(),
             Problem::BadMethod(b"GET\x7f".to_vec())
         );
+    }
+
+    #[test]
+    fn recent_values_parse_as_before() {
+        let sets = [
+            base(),
+            base().with(Var::Stale, b"10"),
+            base().with(Var::Stale, b"20"),
+            base().with(Var::Persist, b"/p"),
+            base().with(Var::Expire, b"/p"),
+            base().with(Var::Persist, b"/p").with(Var::Expire, b"/q"),
+            base().with(Var::Persist, b"/q").with(Var::Expire, b"/p"),
+            base().with(Var::Methods, b"GET HEAD"),
+            base().with(Var::Lock, b"other"),
+        ];
+        // More sets than the memo keeps, twice over, with the key changing each time.
+        for round in 0..3 {
+            for (i, vars) in sets.iter().enumerate() {
+                let key = format!("key {round} {i}");
+                let vars = vars.with(Var::Key, key.as_bytes());
+                let expected = Settings::parse_uncached(&vars);
+                assert_eq!(Settings::parse(&vars), expected);
+                assert_eq!(Settings::parse(&vars), expected, "again");
+                assert_eq!(expected.unwrap().unwrap().key, key.as_bytes());
+            }
+        }
+        // The key is checked on every request, memo or not.
+        let long = vec![b'k'; MAX_KEY_LEN + 1];
+        let e = Settings::parse(&base().with(Var::Key, &long)).unwrap_err();
+        assert_eq!(e.problem, Problem::TooLong { max: MAX_KEY_LEN });
+        let mut no_key = base();
+        no_key.set(Var::Key, None);
+        assert_eq!(
+            Settings::parse(&no_key).unwrap_err().problem,
+            Problem::Missing {
+                while_set: Var::Lock
+            }
+        );
+        // A value that became invalid is not answered from the memo.
+        let bad = base().with(Var::Stale, b"1O");
+        assert!(Settings::parse(&bad).is_err());
     }
 
     #[test]
