@@ -10,7 +10,14 @@
 #              memo on, c: memo off, s: the module with $stale_cache_status/Cache-Status headers
 #              and the drop-in's whole set of variables; p: plain srcache in an nginx that does
 #              not load the module, the drop-in's location without it: REDIS=ref only).
+#              A row may name its own module build, ROWS="s:/tmp/old.so s": two builds
+#              side by side.
 #   N=2000 requests per row after WARM=50; the call graphs stay in build/callgrind/.
+#   TOOL=cpu: no valgrind; every row's nginx runs natively at once, and ROUNDS=5 rounds of
+#              wrk -c CONNECTIONS=4 for DURATION=5 s per row, alternating, measure the nginx
+#              process's CPU time (utime + stime) per request; ratios to the first row are
+#              the median of per-round ratios. Noisier than instructions (the kernel's share
+#              is in it), but it is the cost a busy server pays.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 out=$root/build/callgrind
@@ -19,6 +26,7 @@ redis_mode=${REDIS:-native}
 rows=${ROWS:-a b}
 n=${N:-2000}
 warm=${WARM:-50}
+tool=${TOOL:-callgrind}
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 redis_port=$(free_port); backend_port=$(free_port)
@@ -103,9 +111,10 @@ pure='set $cache_key "$http_user_agent|$uri"; set_escape_uri $escaped_key $cache
       proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_pass http://www;'
 
-run_row() {
-    local row=$1 port prefix pid load_module=$module module_locations
-    port=$(free_port); prefix=$out/$row
+# write_conf INDEX ROW[:MODULE] PORT: the configuration of one row's nginx in $out/INDEX.
+write_conf() {
+    local index=$1 row=${2%%:*} port=$3 prefix=$out/$1 load_module=$module module_locations
+    [ "$2" = "$row" ] || load_module=${2#*:}
     mkdir -p "$prefix"/{logs,conf}
     module_locations="location /a/ { $common }
         location /b/ { $module_vars $common }
@@ -141,13 +150,14 @@ http {
     }
 }
 CONF
-    valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.$row.out" \
-        --dump-instr=no \
-        nginx -p "$prefix" -c conf/nginx.conf >"$out/valgrind.$row.log" 2>&1 &
-    pid=$!
-    python3 - "$port" "/$row/item" "$warm" "$n" "$pid" <<'PY'
+}
+
+# Waits for the row's nginx (pid $3) to answer on port $1 at path $2, fills the entry, and
+# sends WARM fresh hits; with callgrind, then counts N more between a zero and a dump.
+client() {
+    python3 - "$1" "$2" "$warm" "$n" "$3" "$tool" <<'PY'
 import http.client, subprocess, sys, time
-port, path, warm, n, pid = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+port, path, warm, n, pid, tool = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
 deadline = time.time() + 120
 while True:
     try:
@@ -157,36 +167,91 @@ while True:
         break
     except OSError:
         if time.time() > deadline or subprocess.run(["kill", "-0", pid]).returncode != 0:
-            sys.exit("nginx under valgrind did not answer")
+            sys.exit("nginx did not answer")
         time.sleep(0.5)
 time.sleep(0.3)  # the fill's store ends
 def get():
     c.request("GET", path)
     r = c.getresponse()
     r.read()
-    return r
-for _ in range(warm):
-    r = get()
-status = r.getheader("X-Stale-Cache") or "-"
-subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
-for _ in range(n):
-    r = get()
     if r.status != 200:
         sys.exit(f"{path}: status {r.status}")
-subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
+    return r
+status = "-"
+for _ in range(max(warm, 1)):
+    status = get().getheader("X-Stale-Cache") or "-"
 print(f"{path}: served as {status}", file=sys.stderr)
+if tool == "callgrind":
+    subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
+    for _ in range(n):
+        get()
+    subprocess.run(["callgrind_control", "-d", pid], check=True, capture_output=True)
 PY
-    kill -QUIT "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
 }
 
-for row in $rows; do
-    run_row "$row"
+if [ "$tool" = callgrind ]; then
+    i=0
+    for spec in $rows; do
+        i=$((i + 1)); port=$(free_port)
+        write_conf "$i" "$spec" "$port"
+        valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.$i.out" --dump-instr=no \
+            nginx -p "$out/$i" -c conf/nginx.conf >"$out/valgrind.$i.log" 2>&1 &
+        pid=$!
+        client "$port" "/${spec%%:*}/item" "$pid"
+        kill -QUIT "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    echo "REDIS=$redis_mode, N=$n fresh hits per row; call graphs in $out"
+    i=0
+    for spec in $rows; do
+        i=$((i + 1))
+        f=$(ls "$out"/callgrind."$i".out.* 2>/dev/null | head -1 || true)
+        [ -n "$f" ] || f=$out/callgrind.$i.out
+        total=$(callgrind_annotate "$f" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
+        echo "row $spec: $((total / n)) instructions per request ($f)"
+    done
+    exit 0
+fi
+
+# TOOL=cpu: every row's nginx at once, natively.
+rounds=${ROUNDS:-5}; duration=${DURATION:-5}; connections=${CONNECTIONS:-4}
+ports=(); npids=(); i=0
+for spec in $rows; do
+    i=$((i + 1)); port=$(free_port); ports+=("$port")
+    write_conf "$i" "$spec" "$port"
+    nginx -p "$out/$i" -c conf/nginx.conf >"$out/nginx.$i.log" 2>&1 &
+    npids+=($!); pids+=($!)
+    client "$port" "/${spec%%:*}/item" "$!"
 done
-echo "REDIS=$redis_mode, N=$n fresh hits per row; call graphs in $out"
-for row in $rows; do
-    f=$(ls "$out"/callgrind."$row".out* | grep -v '\.out$' | head -1 || true)
-    [ -n "$f" ] || f=$out/callgrind.$row.out
-    total=$(callgrind_annotate "$f" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
-    echo "row $row: $((total / n)) instructions per request ($f)"
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+results=()
+for round in $(seq "$rounds"); do
+    i=0
+    for spec in $rows; do
+        t0=$(ticks "${npids[$i]}")
+        reqs=$(wrk -t1 -c"$connections" -d"$duration"s "http://127.0.0.1:${ports[$i]}/${spec%%:*}/item" \
+            | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
+        t1=$(ticks "${npids[$i]}")
+        results+=("$round $i $reqs $((t1 - t0))")
+        i=$((i + 1))
+    done
 done
+printf '%s\n' "${results[@]}" >"$out/cpu-runs.txt"
+python3 -c '
+import os, statistics, sys
+rows = sys.argv[1].split(); tick_us = 1e6 / os.sysconf("SC_CLK_TCK")
+runs = {}
+for line in sys.stdin:
+    rnd, i, reqs, ticks = map(int, line.split())
+    runs.setdefault(i, []).append((rnd, reqs, ticks * tick_us / max(reqs, 1)))
+mode = os.environ.get("REDIS", "native")
+print(f"REDIS={mode}: CPU us per request of the nginx process (utime + stime), "
+      f"median of {len(runs[0])} rounds; ratios: median of per-round ratios to row {rows[0]}")
+for i, spec in enumerate(rows):
+    cpu = [c for _, _, c in runs[i]]; rps = [r for _, r, _ in runs[i]]
+    ratio = statistics.median(c / c0 for (_, _, c), (_, _, c0) in zip(runs[i], runs[0]))
+    rratio = statistics.median(r / r0 for (_, r, _), (_, r0, _) in zip(runs[i], runs[0]))
+    print(f"row {spec}: {statistics.median(cpu):.1f} us/request (x{ratio:.3f}), "
+          f"requests per run {statistics.median(rps):.0f} (x{rratio:.3f}); runs: "
+          + " ".join(f"{c:.1f}" for c in cpu))
+' "$rows" <"$out/cpu-runs.txt"
