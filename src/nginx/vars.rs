@@ -6,6 +6,8 @@ use ngx::ffi::{
     ngx_uint_t, ngx_variable_value_t, NGX_HTTP_VAR_NOCACHEABLE,
 };
 
+use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule};
+
 use super::util::ERROR;
 
 /// Declares variable `name` with `flags`. `replace`: `get` becomes its handler even if it has
@@ -77,6 +79,37 @@ pub fn indexed_value(r: &ngx_http_request_t, index: ngx_uint_t) -> Option<&[u8]>
     let v = unsafe { v.as_ref()? };
     value_bytes(v)
 }
+
+/// [`indexed_value`], except that a variable not evaluated yet whose handler is `absent` (one
+/// that only says "not found", for variables a location may leave unset) is answered `None`
+/// without a call: most of the module's `$cache_*` variables are unset in most locations.
+/// The slot stays unevaluated; a later reader has nginx evaluate it as usual.
+pub fn indexed_value_unless(
+    r: &ngx_http_request_t,
+    index: ngx_uint_t,
+    absent: GetVariableFn,
+) -> Option<&[u8]> {
+    // SAFETY: as in `indexed_value`.
+    let slot = unsafe { r.variables.add(index).as_ref()? };
+    if Flags::read(slot) & (Flags::VALID | Flags::NOT_FOUND) != 0 {
+        return value_bytes(slot);
+    }
+    let cmcf = NgxHttpCoreModule::main_conf(r)?;
+    if index < cmcf.variables.nelts {
+        // SAFETY: the core module's `variables` holds `nelts` variables, the one of each index.
+        let v = unsafe { &*cmcf.variables.elts.cast::<ngx_http_variable_t>().add(index) };
+        if v.get_handler
+            .is_some_and(|h| core::ptr::fn_addr_eq(h, absent))
+        {
+            return None;
+        }
+    }
+    indexed_value(r, index)
+}
+
+/// A variable's get handler.
+pub type GetVariableFn =
+    unsafe extern "C" fn(*mut ngx_http_request_t, *mut ngx_variable_value_t, usize) -> ngx_int_t;
 
 /// The bytes of an evaluated value; `None` when it has none (not found, or not valid).
 pub fn value_bytes(v: &ngx_variable_value_t) -> Option<&[u8]> {
