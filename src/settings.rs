@@ -6,8 +6,8 @@
 //! happens per request; [`parse_duration_secs`] is public so literal values can
 //! be rejected at configuration time instead.
 
-use std::borrow::Cow;
 use std::fmt;
+use std::rc::Rc;
 
 /// Longest `$cache_key` accepted: keys are copied into the request and hashed
 /// under the zone lock, so an unbounded key would be a cheap way to burn CPU.
@@ -387,9 +387,9 @@ fn is_decimal(text: &[u8]) -> bool {
 /// The request methods the module handles (`$cache_methods`), upper-cased.
 #[derive(Clone, Default)]
 pub struct Methods {
-    /// The listed names; empty for the default, [`DEFAULT_METHODS`] (nothing to allocate for
-    /// the common case: settings are parsed on every request).
-    names: Vec<Vec<u8>>,
+    /// The listed names, shared by the settings of every request that lists them; `None` for
+    /// the default, [`DEFAULT_METHODS`].
+    names: Option<Rc<[Vec<u8>]>>,
 }
 
 impl Methods {
@@ -413,7 +413,9 @@ impl Methods {
         if names.is_empty() {
             return Err(Problem::BadMethodList);
         }
-        Ok(Methods { names })
+        Ok(Methods {
+            names: Some(names.into()),
+        })
     }
 
     /// Whether requests with this method are handled.
@@ -423,10 +425,9 @@ impl Methods {
 
     /// The listed methods, upper-cased, without duplicates.
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
-        let default = self.names.is_empty().then_some(DEFAULT_METHODS);
-        default
-            .into_iter()
-            .chain(self.names.iter().map(Vec::as_slice))
+        let listed = self.names.as_deref().unwrap_or_default();
+        let default = self.names.is_none().then_some(DEFAULT_METHODS);
+        default.into_iter().chain(listed.iter().map(Vec::as_slice))
     }
 }
 
@@ -473,19 +474,23 @@ const TOKEN_BYTES: [bool; 256] = {
 
 /* ---------------------------------------------------------------- settings */
 
+/// A location URI or header name of the settings: shared, not copied, by the settings of
+/// every request that names it (see [`Settings::parse`]'s memo).
+pub type Shared = Rc<[u8]>;
+
 /// Everything the module needs from the variables for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// Name of the lock zone (`$cache_lock`).
     pub lock_zone: Vec<u8>,
     /// Location answering Redis `TTL` (`$cache_ttl`); `?key=...` is appended.
-    pub ttl_uri: Vec<u8>,
+    pub ttl_uri: Shared,
     /// The cache key (`$cache_key`), at most [`MAX_KEY_LEN`] bytes.
     pub key: Vec<u8>,
     /// Location answering Redis `PERSIST`, `None` when off (`$cache_persist`).
-    pub persist_uri: Option<Vec<u8>>,
+    pub persist_uri: Option<Shared>,
     /// Location answering Redis `EXPIRE`, `None` when off (`$cache_expire`).
-    pub expire_uri: Option<Vec<u8>>,
+    pub expire_uri: Option<Shared>,
     /// Methods handled (`$cache_methods`).
     pub methods: Methods,
     /// The stale window (`$cache_stale`) in milliseconds.
@@ -505,18 +510,17 @@ pub struct Settings {
     /// so it is only validated and kept, for the nginx side to use at most as
     /// the interval at which waiters re-check the lock.
     pub lock_timeout_wait_ms: u64,
-    /// Header marking the module's own refresh requests (`$cache_skip_fetch`); the default
-    /// is borrowed, not allocated.
-    pub skip_fetch: Cow<'static, [u8]>,
+    /// Header marking the module's own refresh requests (`$cache_skip_fetch`).
+    pub skip_fetch: Shared,
     /// How long a key whose fill was not stored skips collapsing (`$cache_pass_ttl`); 0: never.
     pub pass_ttl_ms: u64,
     /// The error grace band at the end of an entry's life, in whole seconds rounded up
     /// (`$cache_stale_if_error`); 0: none.
     pub grace_secs: u64,
     /// Location answering Redis `DEL`, `None` when off (`$cache_purge`).
-    pub purge_uri: Option<Vec<u8>>,
+    pub purge_uri: Option<Shared>,
     /// Location running the fleet lease script, `None` when off (`$cache_lease`).
-    pub lease_uri: Option<Vec<u8>>,
+    pub lease_uri: Option<Shared>,
 }
 
 impl Settings {
@@ -554,7 +558,7 @@ impl Settings {
         let (lock, ttl, key) = (need(Var::Lock)?, need(Var::Ttl)?, need(Var::Key)?);
 
         let lock_zone = parse_name(Var::Lock, lock)?;
-        let ttl_uri = parse_uri(Var::Ttl, ttl, false)?.to_vec();
+        let ttl_uri = Shared::from(parse_uri(Var::Ttl, ttl, false)?);
         if key.len() > MAX_KEY_LEN {
             return Err(SettingsError::new(
                 Var::Key,
@@ -565,22 +569,22 @@ impl Settings {
         let persist_uri = match vars.get(Var::Persist) {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
-            Some(v) => Some(parse_uri(Var::Persist, v, true)?.to_vec()),
+            Some(v) => Some(Shared::from(parse_uri(Var::Persist, v, true)?)),
         };
         let expire_uri = match vars.get(Var::Expire) {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
-            Some(v) => Some(parse_uri(Var::Expire, v, true)?.to_vec()),
+            Some(v) => Some(Shared::from(parse_uri(Var::Expire, v, true)?)),
         };
         let purge_uri = match vars.get(Var::Purge) {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
-            Some(v) => Some(parse_uri(Var::Purge, v, true)?.to_vec()),
+            Some(v) => Some(Shared::from(parse_uri(Var::Purge, v, true)?)),
         };
         let lease_uri = match vars.get(Var::Lease) {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
-            Some(v) => Some(parse_uri(Var::Lease, v, true)?.to_vec()),
+            Some(v) => Some(Shared::from(parse_uri(Var::Lease, v, true)?)),
         };
         let methods = match vars.get(Var::Methods) {
             None => Methods::default(),
@@ -599,8 +603,8 @@ impl Settings {
             return Err(SettingsError::new(Var::LockExptime, value, Problem::Zero));
         }
         let skip_fetch = match vars.get(Var::SkipFetch) {
-            None => Cow::Borrowed(DEFAULT_SKIP_FETCH),
-            Some(v) if is_token(v) => Cow::Owned(v.to_vec()),
+            None => Shared::from(DEFAULT_SKIP_FETCH),
+            Some(v) if is_token(v) => Shared::from(v),
             Some(v) => {
                 return Err(SettingsError::new(
                     Var::SkipFetch,
@@ -645,7 +649,7 @@ impl Settings {
     /// Whether `uri` is one of the module's own lookup locations; the original
     /// skipped those so the TTL/PERSIST subrequests do not recurse.
     pub fn is_lookup_uri(&self, uri: &[u8]) -> bool {
-        uri == self.ttl_uri.as_slice()
+        uri == &*self.ttl_uri
             || self.persist_uri.as_deref() == Some(uri)
             || self.expire_uri.as_deref() == Some(uri)
             || self.purge_uri.as_deref() == Some(uri)
@@ -876,7 +880,7 @@ mod tests {
     fn defaults_match_the_lua_original() {
         let s = parse(base());
         assert_eq!(s.lock_zone, b"srcache_locks");
-        assert_eq!(s.ttl_uri, b"/redisttl");
+        assert_eq!(&*s.ttl_uri, b"/redisttl");
         assert_eq!(s.key, b"Mozilla|/api/x");
         assert_eq!(s.persist_uri, None);
         assert!(s.allows(b"GET"));
@@ -939,7 +943,7 @@ mod tests {
         assert_eq!(s.persist_uri.as_deref(), Some(&b"/redispersist"[..]));
         assert_eq!(s, {
             let mut d = parse(base());
-            d.persist_uri = Some(b"/redispersist".to_vec());
+            d.persist_uri = Some(Shared::from(&b"/redispersist"[..]));
             d
         });
         assert!(s.is_lookup_uri(b"/redisttl"));
