@@ -48,7 +48,7 @@ CARGO := NGINX_SOURCE_DIR=$(NGINX_SOURCE_DIR) NGINX_BUILD_DIR=$(NGINX_BUILD_DIR)
 MODULE_SO := $(BUILD)/ngx_http_stale_cache_module.so
 CARGO_SO := $(ROOT)/target/$(CARGO_PROFILE_DIR)/libngx_http_stale_cache_module.so
 
-.PHONY: all deps module test unit prove check-test-nginx stress valgrind run bench bench-smoke lint deb \
+.PHONY: all deps module test unit prove check-test-nginx stress valgrind run bench bench-callgrind bench-smoke lint deb \
   fuzz clean
 
 all: module
@@ -127,6 +127,12 @@ run: deps
 bench: deps
 	$(MAKE) module PROFILE=release
 	bench/run.sh
+
+# Instructions per fresh hit, plain srcache vs the module, counted by callgrind (repeatable on
+# a busy machine): see bench/callgrind.sh for REDIS=ref, ROWS and N.
+bench-callgrind: deps
+	$(MAKE) module PROFILE=release
+	bench/callgrind.sh
 
 # Seconds-long run of the same bench: proves it still works (CI), measures nothing.
 bench-smoke: module

@@ -17,7 +17,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 nginx_port=$(free_port); redis_port=$(free_port); backend_port=$(free_port)
 
 rm -rf "$prefix" && mkdir -p "$prefix"/{logs,conf,redis,modules}
-cp "$module" "$prefix/modules/"
+cp "$module" "$prefix/modules/ngx_http_stale_cache_module.so"
 ulimit -n 16384 2>/dev/null || true
 pids=()
 cleanup() {

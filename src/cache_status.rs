@@ -7,8 +7,6 @@
 //! for another one's fill instead of going to the backend) and `detail` (this module's own
 //! status where RFC 9211 has no word for it).
 
-use core::fmt::Write;
-
 use crate::policy::CacheStatus;
 
 /// The cache's identifier in the header (RFC 9211 suggests a product name).
@@ -27,24 +25,96 @@ pub struct Facts {
     pub srcache_hit: bool,
 }
 
+/// A member, built in place: it is made for every response that shows it, so neither the
+/// heap nor `core::fmt` is used.
+#[derive(Clone, Copy)]
+pub struct Member {
+    bytes: [u8; Member::CAP],
+    len: usize,
+}
+
+impl Member {
+    /// Room for the longest member (about 80 bytes: an i64 TTL, a usize status, the longest
+    /// words).
+    const CAP: usize = 128;
+
+    fn new() -> Self {
+        let mut member = Member {
+            bytes: [0; Member::CAP],
+            len: 0,
+        };
+        member.push(CACHE_ID);
+        member
+    }
+
+    fn push(&mut self, text: &str) {
+        let end = self.len + text.len();
+        // Never cut in practice (see CAP); a cut would only shorten the header.
+        if end <= Self::CAP {
+            self.bytes[self.len..end].copy_from_slice(text.as_bytes());
+            self.len = end;
+        }
+    }
+
+    fn push_int(&mut self, negative: bool, mut n: u64) {
+        let mut digits = [0u8; 21];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        if negative {
+            start -= 1;
+            digits[start] = b'-';
+        }
+        // ASCII digits and a sign.
+        self.push(core::str::from_utf8(&digits[start..]).unwrap_or_default());
+    }
+
+    /// The member's text.
+    pub fn as_str(&self) -> &str {
+        // Only whole `&str`s are ever copied in.
+        core::str::from_utf8(&self.bytes[..self.len]).unwrap_or_default()
+    }
+}
+
+impl core::fmt::Debug for Member {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<&str> for Member {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// The `Cache-Status` member for a request that ended with `status`.
-pub fn member(status: CacheStatus, facts: Facts) -> String {
-    let mut out = String::with_capacity(64);
-    out.push_str(CACHE_ID);
-    let hit = |out: &mut String| out.push_str("; hit");
-    let fwd = |out: &mut String, why: &str| {
-        let _ = write!(out, "; fwd={why}");
+pub fn member(status: CacheStatus, facts: Facts) -> Member {
+    let mut out = Member::new();
+    let hit = |out: &mut Member| out.push("; hit");
+    let fwd = |out: &mut Member, why: &str| {
+        out.push("; fwd=");
+        out.push(why);
         if facts.response_status != 0 {
-            let _ = write!(out, "; fwd-status={}", facts.response_status);
+            out.push("; fwd-status=");
+            out.push_int(false, facts.response_status as u64);
         }
     };
-    let ttl = |out: &mut String| {
+    let ttl = |out: &mut Member| {
         if let Some(t) = facts.ttl {
-            let _ = write!(out, "; ttl={t}");
+            out.push("; ttl=");
+            out.push_int(t < 0, t.unsigned_abs());
         }
     };
-    let detail = |out: &mut String, d: &str| {
-        let _ = write!(out, "; detail={d}");
+    let detail = |out: &mut Member, d: &str| {
+        out.push("; detail=");
+        out.push(d);
     };
     match status {
         CacheStatus::Fresh => {
@@ -65,7 +135,7 @@ pub fn member(status: CacheStatus, facts: Facts) -> String {
         CacheStatus::Miss => fwd(&mut out, "miss"),
         CacheStatus::Collapsed => {
             fwd(&mut out, "miss");
-            out.push_str("; collapsed");
+            out.push("; collapsed");
         }
         CacheStatus::Timeout => {
             fwd(&mut out, "miss");
@@ -191,6 +261,31 @@ mod tests {
         assert_eq!(
             member(CacheStatus::Error, f),
             "stale-cache; fwd=bypass; fwd-status=200; detail=error"
+        );
+    }
+
+    #[test]
+    fn extreme_numbers() {
+        let f = Facts {
+            ttl: Some(i64::MIN),
+            response_status: usize::MAX,
+            srcache_hit: false,
+        };
+        assert_eq!(
+            member(CacheStatus::StaleError, f),
+            "stale-cache; hit; ttl=-9223372036854775808; detail=stale-if-error"
+        );
+        assert_eq!(
+            member(CacheStatus::Timeout, f),
+            "stale-cache; fwd=miss; fwd-status=18446744073709551615; detail=lock-timeout"
+        );
+        assert_eq!(
+            member(CacheStatus::Fresh, facts(Some(0), 0)),
+            "stale-cache; hit; ttl=0"
+        );
+        assert_eq!(
+            member(CacheStatus::Refresh, facts(Some(i64::MAX), 0)),
+            "stale-cache; fwd=request; detail=refresh"
         );
     }
 

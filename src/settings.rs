@@ -7,6 +7,7 @@
 //! be rejected at configuration time instead.
 
 use std::fmt;
+use std::rc::Rc;
 
 /// Longest `$cache_key` accepted: keys are copied into the request and hashed
 /// under the zone lock, so an unbounded key would be a cheap way to burn CPU.
@@ -384,17 +385,11 @@ fn is_decimal(text: &[u8]) -> bool {
 /* ----------------------------------------------------------------- methods */
 
 /// The request methods the module handles (`$cache_methods`), upper-cased.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Default)]
 pub struct Methods {
-    names: Vec<Vec<u8>>,
-}
-
-impl Default for Methods {
-    fn default() -> Self {
-        Self {
-            names: vec![DEFAULT_METHODS.to_vec()],
-        }
-    }
+    /// The listed names, shared by the settings of every request that lists them; `None` for
+    /// the default, [`DEFAULT_METHODS`].
+    names: Option<Rc<[Vec<u8>]>>,
 }
 
 impl Methods {
@@ -418,30 +413,70 @@ impl Methods {
         if names.is_empty() {
             return Err(Problem::BadMethodList);
         }
-        Ok(Methods { names })
+        Ok(Methods {
+            names: Some(names.into()),
+        })
     }
 
     /// Whether requests with this method are handled.
     pub fn allows(&self, method: &[u8]) -> bool {
-        self.names.iter().any(|n| n.eq_ignore_ascii_case(method))
+        self.names().any(|n| n.eq_ignore_ascii_case(method))
     }
 
     /// The listed methods, upper-cased, without duplicates.
     pub fn names(&self) -> impl Iterator<Item = &[u8]> {
-        self.names.iter().map(Vec::as_slice)
+        let listed = self.names.as_deref().unwrap_or_default();
+        let default = self.names.is_none().then_some(DEFAULT_METHODS);
+        default.into_iter().chain(listed.iter().map(Vec::as_slice))
+    }
+}
+
+/// The same methods, however they were given (the default, or listed).
+impl PartialEq for Methods {
+    fn eq(&self, other: &Self) -> bool {
+        self.names().eq(other.names())
+    }
+}
+
+impl Eq for Methods {}
+
+impl fmt::Debug for Methods {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.names().map(|n| n.escape_ascii().to_string()))
+            .finish()
     }
 }
 
 /// RFC 9110 `token`: what method and header names are made of.
 fn is_token(text: &[u8]) -> bool {
-    !text.is_empty()
-        && text.len() <= MAX_NAME_LEN
-        && text
-            .iter()
-            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    !text.is_empty() && text.len() <= MAX_NAME_LEN && text.iter().all(|&b| TOKEN_BYTES[b as usize])
 }
 
+/// The bytes of a `token` (`$cache_skip_fetch` is checked on every request): letters, digits
+/// and ``!#$%&'*+-.^_`|~``.
+const TOKEN_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric();
+        b += 1;
+    }
+    let symbols = b"!#$%&'*+-.^_`|~";
+    let mut i = 0;
+    while i < symbols.len() {
+        table[symbols[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 /* ---------------------------------------------------------------- settings */
+
+/// A location URI or header name of the settings: shared, not copied, by the settings of
+/// every request that names it (see [`Settings::parse`]'s memo).
+pub type Shared = Rc<[u8]>;
 
 /// Everything the module needs from the variables for one request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -449,13 +484,13 @@ pub struct Settings {
     /// Name of the lock zone (`$cache_lock`).
     pub lock_zone: Vec<u8>,
     /// Location answering Redis `TTL` (`$cache_ttl`); `?key=...` is appended.
-    pub ttl_uri: Vec<u8>,
+    pub ttl_uri: Shared,
     /// The cache key (`$cache_key`), at most [`MAX_KEY_LEN`] bytes.
     pub key: Vec<u8>,
     /// Location answering Redis `PERSIST`, `None` when off (`$cache_persist`).
-    pub persist_uri: Option<Vec<u8>>,
+    pub persist_uri: Option<Shared>,
     /// Location answering Redis `EXPIRE`, `None` when off (`$cache_expire`).
-    pub expire_uri: Option<Vec<u8>>,
+    pub expire_uri: Option<Shared>,
     /// Methods handled (`$cache_methods`).
     pub methods: Methods,
     /// The stale window (`$cache_stale`) in milliseconds.
@@ -476,23 +511,39 @@ pub struct Settings {
     /// the interval at which waiters re-check the lock.
     pub lock_timeout_wait_ms: u64,
     /// Header marking the module's own refresh requests (`$cache_skip_fetch`).
-    pub skip_fetch: Vec<u8>,
+    pub skip_fetch: Shared,
     /// How long a key whose fill was not stored skips collapsing (`$cache_pass_ttl`); 0: never.
     pub pass_ttl_ms: u64,
     /// The error grace band at the end of an entry's life, in whole seconds rounded up
     /// (`$cache_stale_if_error`); 0: none.
     pub grace_secs: u64,
     /// Location answering Redis `DEL`, `None` when off (`$cache_purge`).
-    pub purge_uri: Option<Vec<u8>>,
+    pub purge_uri: Option<Shared>,
     /// Location running the fleet lease script, `None` when off (`$cache_lease`).
-    pub lease_uri: Option<Vec<u8>>,
+    pub lease_uri: Option<Shared>,
 }
 
 impl Settings {
     /// Validates the variables of one request. `Ok(None)` means the module is
     /// inactive for it: `$cache_lock`, `$cache_ttl` and `$cache_key` are all
     /// unset, where the Lua original silently did nothing.
+    ///
+    /// The values change little from one request to the next (most are literals of the
+    /// location; the key is the exception), so the last few valid sets of values are kept
+    /// per thread with what they parsed to: the same values again skip the validation.
     pub fn parse(vars: &RawVars<'_>) -> Result<Option<Settings>, SettingsError> {
+        if let Some(settings) = RECENT.with(|r| r.borrow().find(vars)) {
+            return Ok(Some(settings));
+        }
+        let parsed = Self::parse_uncached(vars)?;
+        if let Some(settings) = &parsed {
+            RECENT.with(|r| r.borrow_mut().insert(vars, settings));
+        }
+        Ok(parsed)
+    }
+
+    /// [`Settings::parse`] without the memo.
+    fn parse_uncached(vars: &RawVars<'_>) -> Result<Option<Settings>, SettingsError> {
         let required = [Var::Lock, Var::Ttl, Var::Key];
         let Some(while_set) = required.into_iter().find(|&v| vars.get(v).is_some()) else {
             return Ok(None);
@@ -507,7 +558,7 @@ impl Settings {
         let (lock, ttl, key) = (need(Var::Lock)?, need(Var::Ttl)?, need(Var::Key)?);
 
         let lock_zone = parse_name(Var::Lock, lock)?;
-        let ttl_uri = parse_uri(Var::Ttl, ttl, false)?.to_vec();
+        let ttl_uri = Shared::from(parse_uri(Var::Ttl, ttl, false)?);
         if key.len() > MAX_KEY_LEN {
             return Err(SettingsError::new(
                 Var::Key,
@@ -518,22 +569,22 @@ impl Settings {
         let persist_uri = match vars.get(Var::Persist) {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
-            Some(v) => Some(parse_uri(Var::Persist, v, true)?.to_vec()),
+            Some(v) => Some(Shared::from(parse_uri(Var::Persist, v, true)?)),
         };
         let expire_uri = match vars.get(Var::Expire) {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
-            Some(v) => Some(parse_uri(Var::Expire, v, true)?.to_vec()),
+            Some(v) => Some(Shared::from(parse_uri(Var::Expire, v, true)?)),
         };
         let purge_uri = match vars.get(Var::Purge) {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
-            Some(v) => Some(parse_uri(Var::Purge, v, true)?.to_vec()),
+            Some(v) => Some(Shared::from(parse_uri(Var::Purge, v, true)?)),
         };
         let lease_uri = match vars.get(Var::Lease) {
             None => None,
             Some(v) if v.eq_ignore_ascii_case(b"off") => None,
-            Some(v) => Some(parse_uri(Var::Lease, v, true)?.to_vec()),
+            Some(v) => Some(Shared::from(parse_uri(Var::Lease, v, true)?)),
         };
         let methods = match vars.get(Var::Methods) {
             None => Methods::default(),
@@ -552,8 +603,8 @@ impl Settings {
             return Err(SettingsError::new(Var::LockExptime, value, Problem::Zero));
         }
         let skip_fetch = match vars.get(Var::SkipFetch) {
-            None => DEFAULT_SKIP_FETCH.to_vec(),
-            Some(v) if is_token(v) => v.to_vec(),
+            None => Shared::from(DEFAULT_SKIP_FETCH),
+            Some(v) if is_token(v) => Shared::from(v),
             Some(v) => {
                 return Err(SettingsError::new(
                     Var::SkipFetch,
@@ -598,11 +649,103 @@ impl Settings {
     /// Whether `uri` is one of the module's own lookup locations; the original
     /// skipped those so the TTL/PERSIST subrequests do not recurse.
     pub fn is_lookup_uri(&self, uri: &[u8]) -> bool {
-        uri == self.ttl_uri.as_slice()
+        uri == &*self.ttl_uri
             || self.persist_uri.as_deref() == Some(uri)
             || self.expire_uri.as_deref() == Some(uri)
             || self.purge_uri.as_deref() == Some(uri)
             || self.lease_uri.as_deref() == Some(uri)
+    }
+}
+
+/* -------------------------------------------------------------------- memo */
+
+thread_local! {
+    static RECENT: core::cell::RefCell<Recent> = core::cell::RefCell::new(Recent::default());
+}
+
+/// How many sets of values [`Recent`] keeps: a worker's locations with different literals.
+const RECENT_SETS: usize = 4;
+
+/// The last valid sets of values [`Settings::parse`] saw, but the key, and their settings
+/// (with an empty key).
+#[derive(Default)]
+struct Recent {
+    sets: Vec<ParsedSet>,
+    /// The set the next insertion replaces once all are taken.
+    next: usize,
+}
+
+struct ParsedSet {
+    /// Each variable's value length (`u32::MAX`: unset); the key's is not kept.
+    lens: [u32; Var::COUNT],
+    /// The values, one after the other.
+    bytes: Vec<u8>,
+    settings: Settings,
+}
+
+impl ParsedSet {
+    fn new(vars: &RawVars<'_>, settings: &Settings) -> Option<ParsedSet> {
+        let mut lens = [u32::MAX; Var::COUNT];
+        let mut bytes = Vec::new();
+        for var in Var::ALL.into_iter().filter(|&v| v != Var::Key) {
+            if let Some(value) = vars.get(var) {
+                lens[var.index()] = u32::try_from(value.len()).ok().filter(|&l| l != u32::MAX)?;
+                bytes.extend_from_slice(value);
+            }
+        }
+        Some(ParsedSet {
+            lens,
+            bytes,
+            settings: Settings {
+                key: Vec::new(),
+                ..settings.clone()
+            },
+        })
+    }
+
+    /// Whether `vars` holds the same values, the key aside.
+    fn matches(&self, vars: &RawVars<'_>) -> bool {
+        let mut at = 0;
+        for var in Var::ALL {
+            let len = self.lens[var.index()];
+            match vars.get(var) {
+                _ if var == Var::Key => {}
+                None if len == u32::MAX => {}
+                Some(value) if len != u32::MAX && value.len() == len as usize => {
+                    if self.bytes.get(at..at + value.len()) != Some(value) {
+                        return false;
+                    }
+                    at += value.len();
+                }
+                _ => return false,
+            }
+        }
+        true
+    }
+}
+
+impl Recent {
+    /// The settings of `vars` if the same values (the key aside) parsed before, and the key
+    /// is valid: the key is the only value whose check depends on nothing else.
+    fn find(&self, vars: &RawVars<'_>) -> Option<Settings> {
+        let key = vars.get(Var::Key).filter(|k| k.len() <= MAX_KEY_LEN)?;
+        let set = self.sets.iter().find(|set| set.matches(vars))?;
+        Some(Settings {
+            key: key.to_vec(),
+            ..set.settings.clone()
+        })
+    }
+
+    fn insert(&mut self, vars: &RawVars<'_>, settings: &Settings) {
+        let Some(set) = ParsedSet::new(vars, settings) else {
+            return;
+        };
+        if self.sets.len() < RECENT_SETS {
+            self.sets.push(set);
+        } else {
+            self.sets[self.next] = set;
+            self.next = (self.next + 1) % RECENT_SETS;
+        }
     }
 }
 
@@ -615,7 +758,7 @@ pub fn check_literal(var: Var, value: &[u8]) -> Result<(), SettingsError> {
         .with(Var::Ttl, b"/ttl")
         .with(Var::Key, b"key");
     raw.set(var, Some(value));
-    match Settings::parse(&raw) {
+    match Settings::parse_uncached(&raw) {
         Err(e) if e.var == var => Err(e),
         _ => Ok(()),
     }
@@ -737,7 +880,7 @@ mod tests {
     fn defaults_match_the_lua_original() {
         let s = parse(base());
         assert_eq!(s.lock_zone, b"srcache_locks");
-        assert_eq!(s.ttl_uri, b"/redisttl");
+        assert_eq!(&*s.ttl_uri, b"/redisttl");
         assert_eq!(s.key, b"Mozilla|/api/x");
         assert_eq!(s.persist_uri, None);
         assert!(s.allows(b"GET"));
@@ -749,7 +892,7 @@ mod tests {
         assert_eq!(s.backend_lock_timeout_ms, 10);
         assert_eq!(s.lock_timeout_ms, 3_000);
         assert_eq!(s.lock_timeout_wait_ms, 60);
-        assert_eq!(s.skip_fetch, b"X-Skip-Fetch");
+        assert_eq!(&*s.skip_fetch, b"X-Skip-Fetch");
         assert_eq!(s.pass_ttl_ms, 10_000);
     }
 
@@ -800,7 +943,7 @@ mod tests {
         assert_eq!(s.persist_uri.as_deref(), Some(&b"/redispersist"[..]));
         assert_eq!(s, {
             let mut d = parse(base());
-            d.persist_uri = Some(b"/redispersist".to_vec());
+            d.persist_uri = Some(Shared::from(&b"/redispersist"[..]));
             d
         });
         assert!(s.is_lookup_uri(b"/redisttl"));
@@ -964,6 +1107,13 @@ mod tests {
         let names: Vec<&[u8]> = s.methods.names().collect();
         assert_eq!(names, [&b"GET"[..], b"HEAD", b"POST", b"OPTIONS"]);
 
+        let default = parse(base()).methods;
+        assert_eq!(default.names().collect::<Vec<_>>(), [DEFAULT_METHODS]);
+        assert_eq!(default, Methods::parse(b"get").unwrap());
+        assert_ne!(default, Methods::parse(b"GET HEAD").unwrap());
+        assert!(default.allows(b"get") && !default.allows(b"HEAD"));
+        assert_eq!(format!("{default:?}"), "[\"GET\"]");
+
         let dup = Methods::parse(b"GET get GET").unwrap();
         assert_eq!(dup.names().count(), 1);
         let custom = Methods::parse(b"PROPFIND,M-SEARCH").unwrap();
@@ -996,9 +1146,58 @@ mod tests {
     }
 
     #[test]
+    fn recent_values_parse_as_before() {
+        let sets = [
+            base(),
+            base().with(Var::Stale, b"10"),
+            base().with(Var::Stale, b"20"),
+            base().with(Var::Persist, b"/p"),
+            base().with(Var::Expire, b"/p"),
+            base().with(Var::Persist, b"/p").with(Var::Expire, b"/q"),
+            base().with(Var::Persist, b"/q").with(Var::Expire, b"/p"),
+            base().with(Var::Methods, b"GET HEAD"),
+            base().with(Var::Lock, b"other"),
+        ];
+        // More sets than the memo keeps, twice over, with the key changing each time.
+        for round in 0..3 {
+            for (i, vars) in sets.iter().enumerate() {
+                let key = format!("key {round} {i}");
+                let vars = vars.with(Var::Key, key.as_bytes());
+                let expected = Settings::parse_uncached(&vars);
+                assert_eq!(Settings::parse(&vars), expected);
+                assert_eq!(Settings::parse(&vars), expected, "again");
+                assert_eq!(expected.unwrap().unwrap().key, key.as_bytes());
+            }
+        }
+        // The key is checked on every request, memo or not.
+        let long = vec![b'k'; MAX_KEY_LEN + 1];
+        let e = Settings::parse(&base().with(Var::Key, &long)).unwrap_err();
+        assert_eq!(e.problem, Problem::TooLong { max: MAX_KEY_LEN });
+        let mut no_key = base();
+        no_key.set(Var::Key, None);
+        assert_eq!(
+            Settings::parse(&no_key).unwrap_err().problem,
+            Problem::Missing {
+                while_set: Var::Lock
+            }
+        );
+        // A value that became invalid is not answered from the memo.
+        let bad = base().with(Var::Stale, b"1O");
+        assert!(Settings::parse(&bad).is_err());
+    }
+
+    #[test]
+    fn token_table_is_rfc9110_tchar() {
+        for b in 0..=255u8 {
+            let tchar = b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+            assert_eq!(TOKEN_BYTES[usize::from(b)], tchar, "{b}");
+        }
+    }
+
+    #[test]
     fn skip_fetch_must_be_header_name() {
         assert_eq!(
-            parse(base().with(Var::SkipFetch, b"X-Refresh")).skip_fetch,
+            &*parse(base().with(Var::SkipFetch, b"X-Refresh")).skip_fetch,
             b"X-Refresh"
         );
         for bad in [&b"X Skip"[..], b"X-Skip:", b"X\xffSkip", b"(x)"] {

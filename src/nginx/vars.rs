@@ -6,6 +6,8 @@ use ngx::ffi::{
     ngx_uint_t, ngx_variable_value_t, NGX_HTTP_VAR_NOCACHEABLE,
 };
 
+use ngx::http::{HttpModuleMainConf, NgxHttpCoreModule};
+
 use super::util::ERROR;
 
 /// Declares variable `name` with `flags`. `replace`: `get` becomes its handler even if it has
@@ -58,6 +60,15 @@ pub fn variable_index(cf: *mut ngx_conf_t, name: &'static str) -> Option<ngx_uin
 
 /// The value of indexed variable `index` in request `r`; `None` when it has none.
 pub fn indexed_value(r: &ngx_http_request_t, index: ngx_uint_t) -> Option<&[u8]> {
+    // A value already evaluated (by `set`, or earlier) is read from its slot, as nginx's
+    // ngx_http_get_indexed_variable would answer it: the module reads its 16 `$cache_*`
+    // variables on every request.
+    // SAFETY: a live request's `variables` has a slot per indexed variable, and the index was
+    // resolved at configuration time; the slots are pool memory, not the request struct.
+    let slot = unsafe { r.variables.add(index).as_ref()? };
+    if Flags::read(slot) & (Flags::VALID | Flags::NOT_FOUND) != 0 {
+        return value_bytes(slot);
+    }
     let r = r as *const ngx_http_request_t as *mut ngx_http_request_t;
     // SAFETY: r is a live request and the index was resolved at configuration time. nginx
     // evaluates the variable into `r->variables`, pool memory the request points to, not into
@@ -66,14 +77,52 @@ pub fn indexed_value(r: &ngx_http_request_t, index: ngx_uint_t) -> Option<&[u8]>
     // SAFETY: a non-null value is a slot of the request's variables, which live (and keep
     // their data) as long as the request pool.
     let v = unsafe { v.as_ref()? };
-    if v.not_found() != 0 || v.valid() == 0 {
+    value_bytes(v)
+}
+
+/// [`indexed_value`], except that a variable not evaluated yet whose handler is `absent` (one
+/// that only says "not found", for variables a location may leave unset) is answered `None`
+/// without a call: most of the module's `$cache_*` variables are unset in most locations.
+/// The slot stays unevaluated; a later reader has nginx evaluate it as usual.
+pub fn indexed_value_unless(
+    r: &ngx_http_request_t,
+    index: ngx_uint_t,
+    absent: GetVariableFn,
+) -> Option<&[u8]> {
+    // SAFETY: as in `indexed_value`.
+    let slot = unsafe { r.variables.add(index).as_ref()? };
+    if Flags::read(slot) & (Flags::VALID | Flags::NOT_FOUND) != 0 {
+        return value_bytes(slot);
+    }
+    let cmcf = NgxHttpCoreModule::main_conf(r)?;
+    if index < cmcf.variables.nelts {
+        // SAFETY: the core module's `variables` holds `nelts` variables, the one of each index.
+        let v = unsafe { &*cmcf.variables.elts.cast::<ngx_http_variable_t>().add(index) };
+        if v.get_handler
+            .is_some_and(|h| core::ptr::fn_addr_eq(h, absent))
+        {
+            return None;
+        }
+    }
+    indexed_value(r, index)
+}
+
+/// A variable's get handler.
+pub type GetVariableFn =
+    unsafe extern "C" fn(*mut ngx_http_request_t, *mut ngx_variable_value_t, usize) -> ngx_int_t;
+
+/// The bytes of an evaluated value; `None` when it has none (not found, or not valid).
+pub fn value_bytes(v: &ngx_variable_value_t) -> Option<&[u8]> {
+    let word = Flags::read(v);
+    if word & Flags::NOT_FOUND != 0 || word & Flags::VALID == 0 {
         return None;
     }
-    if v.len() == 0 || v.data.is_null() {
+    let len = (word & Flags::LEN) as usize;
+    if len == 0 || v.data.is_null() {
         return Some(&[]);
     }
     // SAFETY: a valid value's data holds `len` bytes of pool memory (see above).
-    Some(unsafe { core::slice::from_raw_parts(v.data, v.len() as usize) })
+    Some(unsafe { core::slice::from_raw_parts(v.data, len) })
 }
 
 /// Fills `v` with `bytes`, which must live as long as the request (static or pool memory).
@@ -83,16 +132,64 @@ pub fn set_value(v: &mut ngx_variable_value_t, bytes: &'static [u8]) {
 
 /// Fills `v` with `bytes` from the request's pool.
 pub fn set_value_in_pool(v: &mut ngx_variable_value_t, bytes: &[u8]) {
-    v.set_len(bytes.len() as u32);
+    // `escape` is kept; nginx's values are far below the 28-bit length limit.
+    let word = Flags::read(v) & Flags::ESCAPE;
+    let len = bytes.len() as u32 & Flags::LEN;
+    Flags::write(v, word | len | Flags::VALID | Flags::NO_CACHEABLE);
     v.data = bytes.as_ptr() as *mut u8;
-    v.set_valid(1);
-    v.set_no_cacheable(1);
-    v.set_not_found(0);
 }
 
 /// Marks `v` as having no value.
 pub fn set_not_found(v: &mut ngx_variable_value_t) {
-    v.set_not_found(1);
+    Flags::write(v, Flags::read(v) | Flags::NOT_FOUND);
+}
+
+/// The first word of `ngx_variable_value_t`: `unsigned len:28, valid:1, no_cacheable:1,
+/// not_found:1, escape:1`. The generated accessors move one bit at a time (about 300
+/// instructions to fill a value, 40 to read one; variables are read and filled on every
+/// request), so the word is read and written whole, in the layout those accessors use.
+struct Flags;
+
+impl Flags {
+    const LEN: u32 = (1 << 28) - 1;
+    const VALID: u32 = 1 << 28;
+    const NO_CACHEABLE: u32 = 1 << 29;
+    const NOT_FOUND: u32 = 1 << 30;
+    const ESCAPE: u32 = 1 << 31;
+
+    #[cfg(target_endian = "little")]
+    fn read(v: &ngx_variable_value_t) -> u32 {
+        // SAFETY: the bitfield unit is 4 plain bytes (aligned for u32 by the zero-sized
+        // `_bitfield_align_1` before it); bindgen numbers its bits from the first byte's
+        // lowest bit, as a little-endian u32 does.
+        u32::from_le_bytes(unsafe { *core::ptr::addr_of!(v._bitfield_1).cast::<[u8; 4]>() })
+    }
+
+    #[cfg(target_endian = "little")]
+    fn write(v: &mut ngx_variable_value_t, word: u32) {
+        // SAFETY: as in `read`; the 4 bytes belong to `v`, borrowed mutably.
+        unsafe { *core::ptr::addr_of_mut!(v._bitfield_1).cast::<[u8; 4]>() = word.to_le_bytes() };
+    }
+
+    // Elsewhere, through the generated accessors (slow, but right for that layout).
+    #[cfg(not(target_endian = "little"))]
+    fn read(v: &ngx_variable_value_t) -> u32 {
+        // Each accessor answers 0 or 1.
+        v.len() & Self::LEN
+            | v.valid() << 28
+            | v.no_cacheable() << 29
+            | v.not_found() << 30
+            | v.escape() << 31
+    }
+
+    #[cfg(not(target_endian = "little"))]
+    fn write(v: &mut ngx_variable_value_t, word: u32) {
+        v.set_len(word & Self::LEN);
+        v.set_valid(u32::from(word & Self::VALID != 0));
+        v.set_no_cacheable(u32::from(word & Self::NO_CACHEABLE != 0));
+        v.set_not_found(u32::from(word & Self::NOT_FOUND != 0));
+        v.set_escape(u32::from(word & Self::ESCAPE != 0));
+    }
 }
 
 /// A variable handler's value slot.

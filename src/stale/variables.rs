@@ -11,8 +11,8 @@ use super::state;
 use crate::cache_status::{member, Facts};
 use crate::nginx::util::pool_str;
 use crate::nginx::vars::{
-    add_output_variable, add_variable, indexed_value, set_not_found, set_value, set_value_in_pool,
-    value_slot, variable_index, VAR_OK,
+    add_output_variable, add_variable, indexed_value, indexed_value_unless, set_not_found,
+    set_value, set_value_in_pool, value_slot, variable_index, VAR_OK,
 };
 use crate::policy::CacheStatus;
 use crate::settings::{RawVars, Var};
@@ -56,7 +56,10 @@ pub fn read_cache_variables(r: &ngx_http_request_t) -> RawVars<'_> {
     let indexes = &crate::stale::main_conf(r).vars;
     let mut raw = RawVars::new();
     for var in Var::ALL {
-        raw.set(var, indexed_value(r, indexes[var.index()]));
+        raw.set(
+            var,
+            indexed_value_unless(r, indexes[var.index()], unset_variable),
+        );
     }
     raw
 }
@@ -131,7 +134,7 @@ unsafe extern "C" fn rfc9211_variable(
         response_status: r.headers_out.status,
         srcache_hit,
     };
-    match pool_str(r.pool, member(status, facts).as_bytes()) {
+    match pool_str(r.pool, member(status, facts).as_str().as_bytes()) {
         Some(s) => set_value_in_pool(v, crate::nginx::util::str_bytes(&s)),
         None => set_not_found(v),
     }
