@@ -482,7 +482,7 @@ pub type Shared = Rc<[u8]>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// Name of the lock zone (`$cache_lock`).
-    pub lock_zone: Vec<u8>,
+    pub lock_zone: Shared,
     /// Location answering Redis `TTL` (`$cache_ttl`); `?key=...` is appended.
     pub ttl_uri: Shared,
     /// The cache key (`$cache_key`), at most [`MAX_KEY_LEN`] bytes.
@@ -778,9 +778,9 @@ fn check_name(var: Var, value: &[u8]) -> Result<(), SettingsError> {
     Ok(())
 }
 
-fn parse_name(var: Var, value: &[u8]) -> Result<Vec<u8>, SettingsError> {
+fn parse_name(var: Var, value: &[u8]) -> Result<Shared, SettingsError> {
     check_name(var, value)?;
-    Ok(value.to_vec())
+    Ok(Shared::from(value))
 }
 
 fn parse_uri(var: Var, value: &[u8], off_allowed: bool) -> Result<&[u8], SettingsError> {
@@ -879,7 +879,7 @@ mod tests {
     #[test]
     fn defaults_match_the_lua_original() {
         let s = parse(base());
-        assert_eq!(s.lock_zone, b"srcache_locks");
+        assert_eq!(&*s.lock_zone, b"srcache_locks");
         assert_eq!(&*s.ttl_uri, b"/redisttl");
         assert_eq!(s.key, b"Mozilla|/api/x");
         assert_eq!(s.persist_uri, None);
@@ -1070,7 +1070,7 @@ mod tests {
             err(base().with(Var::Lock, b"a zone")).problem,
             Problem::BadByte
         );
-        assert_eq!(parse(base().with(Var::Lock, b"z")).lock_zone, b"z");
+        assert_eq!(&*parse(base().with(Var::Lock, b"z")).lock_zone, b"z");
     }
 
     #[test]

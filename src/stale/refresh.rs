@@ -220,6 +220,10 @@ pub fn arm(r: *mut ngx_http_request_t, pending: PendingRefresh) {
 
 /// Starts the armed refresh of main request `request`, if any.
 fn start_armed(request: usize, why: &str) {
+    if ARMED.with(|a| a.borrow().is_empty()) {
+        // Most requests end with no refresh armed: no hashing.
+        return;
+    }
     // Dropping the timer deletes it.
     let Some(mut timer) = ARMED.with(|a| a.borrow_mut().remove(&request)) else {
         return;

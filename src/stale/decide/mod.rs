@@ -72,12 +72,11 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     }
     let zone = zone::find(&main_conf(req).zones, &settings.lock_zone)
         .map(ZoneRef::new)
-        .ok_or_else(|| StaleError::NoZone(settings.lock_zone.clone()))?;
+        .ok_or_else(|| StaleError::NoZone(settings.lock_zone.to_vec()))?;
     let now = now_ms();
     let memo = scf.memo_enabled();
-    let key = settings.key.clone();
     let facts = zone
-        .with_key(&key, |t, fp| {
+        .with_key(&settings.key, |t, fp| {
             let memo_fresh_until = if memo { t.memo_get(fp, now) } else { None };
             if memo_fresh_until.is_some() {
                 // A fresh hit needs nothing else from the table.
@@ -104,7 +103,11 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     let log = request_log(req);
     match first_look(facts) {
         FirstLook::FreshByMemo { until_ms } => {
-            debug!(log, "stale_cache: \"{}\" fresh by the memo", Short(&key));
+            debug!(
+                log,
+                "stale_cache: \"{}\" fresh by the memo",
+                Short(&state.settings().key)
+            );
             state.set_ttl_left(Some(crate::cache_status::memo_ttl_left(until_ms, now)));
             zone.count(Counter::MemoHits);
             state.finish(CacheStatus::Fresh);
@@ -117,7 +120,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             debug!(
                 log,
                 "stale_cache: \"{}\" passed for {} ms more",
-                Short(&key),
+                Short(&state.settings().key),
                 left_ms
             );
             state.finish(CacheStatus::Pass);
@@ -138,14 +141,17 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             debug!(
                 log,
                 "stale_cache: \"{}\" stale, refresh running",
-                Short(&key)
+                Short(&state.settings().key)
             );
             state.finish(CacheStatus::Stale);
             Ok(Next::Continue)
         }
         FirstLook::LookUp => {
-            let ttl_uri = state.settings().ttl_uri.clone();
-            lookup::start(state.capture_mut(), req, &ttl_uri, &key_argument(&key))?;
+            let (ttl_uri, args) = {
+                let settings = state.settings();
+                (settings.ttl_uri.clone(), key_argument(&settings.key))
+            };
+            lookup::start(state.capture_mut(), req, &ttl_uri, &args)?;
             state.enter(Phase::LookingUp);
             Ok(Next::Return(AGAIN))
         }
