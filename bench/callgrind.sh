@@ -8,8 +8,12 @@
 #              configuration and nginx-conf/drop-in-redis2.conf use them.
 #   ROWS="a b": the rows measured, each in its own nginx (a: plain srcache, b: the module,
 #              memo on, c: memo off, s: the module with $stale_cache_status/Cache-Status headers
-#              and the drop-in's whole set of variables; p: plain srcache in an nginx that does
-#              not load the module, the drop-in's location without it: REDIS=ref only).
+#              and the drop-in's whole set of variables; d: lua-resty-cache's documented
+#              location with its two lines changed, nothing added; p: plain srcache in an nginx
+#              that does not load the module, the same location without it; q: d's location
+#              with only `stale_cache on;` taken out, in an nginx without the module (its
+#              `set $cache_*` lines stay, as in a configuration that had lua-resty-cache):
+#              REDIS=ref only).
 #              A row may name its own module build, ROWS="s:/tmp/old.so s": two builds
 #              side by side.
 #   N=2000 requests per row after WARM=50; the call graphs stay in build/callgrind/.
@@ -103,6 +107,21 @@ drop_in='set $cache_lock bench; set $cache_ttl /redisttl; set $cache_persist /re
          add_header Cache-Status $stale_cache_rfc9211 always;
          proxy_pass http://www;'
 
+# d: lua-resty-cache's documented location with its two lines changed and nothing added (the
+# seed configuration, compared with p: the same location without the module).
+seed='set $cache_lock bench; set $cache_ttl /redisttl; set $cache_persist /redispersist;
+      set $cache_key "$http_user_agent|$uri"; set $cache_stale 100;
+      set $cache_lock_exptime 30; set $cache_backend_lock_timeout 0.01;
+      set $cache_lock_timeout 3; set $cache_lock_timeout_wait 0.06;
+      set $cache_skip_fetch "X-Skip-Fetch"; set_escape_uri $escaped_key $cache_key;
+      stale_cache on;
+      if ($http_x_skip_fetch != TRUE) { srcache_fetch GET /redis $cache_key; }
+      srcache_store PUT /redis2 key=$escaped_key&exptime=3600;
+      srcache_store_skip $upstream_http_set_cookie;
+      add_header X-Cache $srcache_fetch_status; add_header X-Store $srcache_store_status;
+      proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://www;'
+
 pure='set $cache_key "$http_user_agent|$uri"; set_escape_uri $escaped_key $cache_key;
       if ($http_x_skip_fetch != TRUE) { srcache_fetch GET /redis $cache_key; }
       srcache_store PUT /redis2 key=$escaped_key&exptime=3600;
@@ -119,11 +138,17 @@ write_conf() {
     module_locations="location /a/ { $common }
         location /b/ { $module_vars $common }
         location /c/ { $module_vars stale_cache_memo off; $common }
-        location /s/ { $drop_in }"
+        location /s/ { $drop_in }
+        location /d/ { $seed }"
     if [ "$row" = p ]; then
         [ "$redis_mode" = ref ] || { echo "row p needs REDIS=ref" >&2; return 1; }
         load_module=
         module_locations="location /p/ { $pure }"
+    fi
+    if [ "$row" = q ]; then
+        [ "$redis_mode" = ref ] || { echo "row q needs REDIS=ref" >&2; return 1; }
+        load_module=
+        module_locations="location /q/ { ${seed/stale_cache on;/} }"
     fi
     cat >"$prefix/conf/nginx.conf" <<CONF
 load_module /usr/lib/nginx/modules/ndk_http_module.so;
