@@ -37,6 +37,44 @@ sub curl_status {
     return `curl -s -o /dev/null -H 'User-Agent:' -w '%{http_code}' -X $method http://127.0.0.1:$port$uri`;
 }
 
+# All variants of a URL, as docs/purge.md writes it with native locations: the store location
+# also lists the entry's Redis key in the URL's variant set; the purge location runs the
+# module's script on the entry's key and that set.
+our $VARIANTS_HTTP = $HTTP . <<'_EOC_';
+    stale_cache_redis_variable $escaped_key $cache_key escape;
+    stale_cache_redis_variable $escaped_uri $uri escape;
+    stale_cache_redis_variable $redis_key $arg_key unescape md5;
+    stale_cache_redis_variable $redis_url $arg_url unescape md5;
+    stale_cache_redis_variable $redis_fetch_key $args md5;
+_EOC_
+our $VARIANTS = <<'_EOC_';
+    location /api {
+        set $cache_lock srcache_locks;
+        set $cache_ttl /redisttl;
+        set $cache_purge /redispurge;
+        set $cache_key "$http_user_agent|$uri";
+        set $cache_stale 100;
+        stale_cache on;
+        stale_cache_purge PURGE;
+        srcache_fetch GET /redis $cache_key;
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105&url=$escaped_uri;
+        add_header X-Stale-Cache $stale_cache_status always;
+        proxy_pass http://backend;
+    }
+    location = /redisttl { internal;
+        stale_cache_redis_pass redis; stale_cache_redis_command TTL $redis_key; }
+    location = /redis { internal;
+        stale_cache_redis_pass redis; stale_cache_redis_command GET $redis_fetch_key; }
+    location = /redis2 { internal; client_max_body_size 16m; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET $redis_key $request_body;
+        stale_cache_redis_command EXPIRE $redis_key $arg_exptime;
+        stale_cache_redis_command SADD variants:$redis_url $redis_key;
+        stale_cache_redis_command EXPIRE variants:$redis_url $arg_exptime; }
+    location = /redispurge { internal; stale_cache_redis_pass redis;
+        stale_cache_redis_command EVAL $stale_cache_purge_script 2 $redis_key variants:$redis_url; }
+    location = /metrics { stale_cache_metrics; }
+_EOC_
+
 run_tests();
 
 __DATA__
@@ -139,3 +177,13 @@ drop_in_config('set $cache_purge /nowhere; stale_cache_purge PURGE;')
 --- must_die
 --- error_log
 $cache_purge: "/nowhere" names no location
+
+=== TEST 9: all variants: a PURGE with one User-Agent deletes every User-Agent's copy
+--- http_config eval: $::VARIANTS_HTTP
+--- config eval: $::VARIANTS
+--- request
+GET /metrics
+--- check
+::variants_checks('/api/x');
+--- no_error_log
+[error]

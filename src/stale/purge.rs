@@ -4,6 +4,11 @@
 //! memo, pass mark and last-store memory, so the next request looks the key up, finds it
 //! missing and collapses into one fill. A fill under way keeps its lock.
 //!
+//! Variants: the subrequest's arguments are `key=<escaped key>&url=<escaped $uri>`. A
+//! `DEL $redis_key` location ignores `url`; a location that runs [`VARIANTS_SCRIPT`]
+//! (`$stale_cache_purge_script`) deletes every key the store location listed in the URL's
+//! variant set as well (docs/purge.md, "All variants of a URL").
+//!
 //! It runs in PRECONTENT, after the access phase, so nginx's `allow`/`deny` (inside
 //! `limit_except`) guard it, and before the location's content handler (`proxy_pass`).
 
@@ -33,6 +38,16 @@ use crate::replay::key_argument;
 use crate::resp::parse_integer_reply;
 use crate::settings::Settings;
 use crate::stale::{main_conf, StaleCacheModule};
+
+/// The variants purge, for `EVAL <script> 2 <entry key> <index key>`: deletes the entry, every
+/// key in the index set (popped in batches, so no reply or `DEL` grows with the set) and so
+/// the index; answers how many entries went. One line, no `$`, as nginx values need.
+pub const VARIANTS_SCRIPT: &str = "local n = redis.call('DEL', KEYS[1]) \
+local batch = redis.call('SPOP', KEYS[2], 100) \
+while #batch > 0 do for _, k in ipairs(batch) do \
+if k ~= KEYS[1] then n = n + redis.call('DEL', k) end end \
+batch = redis.call('SPOP', KEYS[2], 100) end \
+return n";
 
 /// `stale_cache_purge METHOD ... | off;`
 pub unsafe extern "C" fn set_purge(
@@ -140,7 +155,11 @@ fn start(state: &mut RequestState, req: &mut ngx_http_request_t) -> ngx_int_t {
     let Some(uri) = settings.purge_uri.clone() else {
         return fail(state, req, zone, "$cache_purge names no location");
     };
-    if lookup::start(state.capture_mut(), req, &uri, &key_argument(&settings.key)).is_err() {
+    // `url` names the variant set of a store location that keeps one (ignored otherwise).
+    let mut args = key_argument(&settings.key);
+    args.extend_from_slice(b"&url=");
+    args.extend(key_argument(str_bytes(&req.uri)).iter().skip(b"key=".len()));
+    if lookup::start(state.capture_mut(), req, &uri, &args).is_err() {
         return fail(
             state,
             req,
@@ -167,10 +186,15 @@ fn answer(state: &mut RequestState, req: &mut ngx_http_request_t) -> ngx_int_t {
     let f = purge.forgotten;
     let removed = deleted > 0 || f.memo || f.pass_mark;
     let word = |b: bool| if b { "removed" } else { "none" };
+    let redis = match deleted {
+        ..=0 => "not found".to_string(),
+        1 => "deleted".to_string(),
+        n => format!("deleted {n} keys"),
+    };
     let body = format!(
         "key: {}\nredis: {}\nmemo: {}\npass-mark: {}\n",
         String::from_utf8_lossy(&purge.key),
-        if deleted > 0 { "deleted" } else { "not found" },
+        redis,
         word(f.memo),
         word(f.pass_mark),
     );
@@ -222,4 +246,15 @@ fn respond(
     // does; the phase engine is told the request is taken care of (DONE).
     unsafe { ngx_http_finalize_request(req, rc) };
     DONE
+}
+
+#[cfg(test)]
+mod tests {
+    use super::VARIANTS_SCRIPT;
+
+    #[test]
+    fn the_variants_script_is_one_line_without_nginx_variables() {
+        assert!(!VARIANTS_SCRIPT.contains('$') && !VARIANTS_SCRIPT.contains('\n'));
+        assert!(VARIANTS_SCRIPT.contains("'SPOP', KEYS[2], 100"));
+    }
 }

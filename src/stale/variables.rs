@@ -48,6 +48,8 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
     add_output_variable(cf, "stale_cache_rfc9211", Some(rfc9211_variable))?;
     // The fleet lease's script, for the `$cache_lease` location (see `super::lease`).
     add_output_variable(cf, "stale_cache_lease_script", Some(lease_script))?;
+    // The variants purge's script, for a `$cache_purge` location (see `super::purge`).
+    add_output_variable(cf, "stale_cache_purge_script", Some(purge_script))?;
     Some(())
 }
 
@@ -149,5 +151,19 @@ unsafe extern "C" fn lease_script(
 ) -> ngx_int_t {
     // SAFETY: nginx passes the value slot being evaluated.
     set_value(unsafe { value_slot(v) }, crate::lease::SCRIPT.as_bytes());
+    VAR_OK
+}
+
+/// `$stale_cache_purge_script`: the variants purge, for a `$cache_purge` location's EVAL.
+unsafe extern "C" fn purge_script(
+    _r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes the value slot being evaluated.
+    set_value(
+        unsafe { value_slot(v) },
+        super::purge::VARIANTS_SCRIPT.as_bytes(),
+    );
     VAR_OK
 }

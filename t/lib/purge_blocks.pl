@@ -86,4 +86,42 @@ sub under_traffic_checks {
     Test::More::is(redis('EXISTS', redis_key($uri)), 1, 'stored again');
 }
 
+# The variant set of $uri, as the documented store locations name it.
+sub variants_key { 'variants:' . Digest::MD5::md5_hex($_[0]) }
+
+# Variants: $uri stored for two User-Agents; a PURGE with one deletes both entries and the
+# URL's variant set, and both miss again; a URL with no variants answers 404.
+sub variants_checks {
+    my ($uri) = @_;
+    my %ua = (a => { 'User-Agent' => 'agent-a' }, b => { 'User-Agent' => 'agent-b' });
+    for (sort keys %ua) {
+        my $r = http_get($uri, $ua{$_});
+        Test::More::is($r->{headers}{'x-stale-cache'}, 'MISS', "fill $uri for agent-$_");
+    }
+    my @keys = map { redis_key($uri, "agent-$_") } sort keys %ua;
+    Test::More::is(redis('EXISTS', @keys), 2, 'both variants stored');
+    my $index = variants_key($uri);
+    Test::More::is_deeply([sort @{ redis('SMEMBERS', $index) }], [sort @keys],
+                          'the variant set lists both Redis keys');
+    my $ttl = redis('TTL', $index);
+    Test::More::ok($ttl > 100 && $ttl <= 105, "the variant set expires with them (TTL $ttl)");
+    my $r = http_request('PURGE', $uri, $ua{a});
+    Test::More::is($r->{status}, 200, 'PURGE with agent-a: 200');
+    Test::More::is($r->{body}, "key: agent-a|$uri\nredis: deleted 2 keys\nmemo: none\npass-mark: none\n",
+                   'PURGE: says how many variants went');
+    Test::More::is(redis('EXISTS', @keys, $index), 0, 'both entries and the variant set are gone');
+    for (sort keys %ua) {
+        $r = http_get($uri, $ua{$_});
+        Test::More::is($r->{headers}{'x-stale-cache'}, 'MISS', "next GET for agent-$_: MISS");
+    }
+    Test::More::is(backend_hits($uri), 4, 'each variant filled again from the backend');
+    Test::More::is(redis('EXISTS', @keys), 2, 'both stored again');
+    $r = http_request('PURGE', '/api/none', $ua{a});
+    Test::More::is($r->{status}, 404, 'PURGE of a URL with no variants: 404');
+    Test::More::is($r->{body}, "key: agent-a|/api/none\nredis: not found\nmemo: none\npass-mark: none\n",
+                   'nothing deleted');
+    Test::More::is(purge_counts()->{removed}, 1, 'purges_total{result=removed} 1');
+    Test::More::is(purge_counts()->{not_found}, 1, 'purges_total{result=not_found} 1');
+}
+
 1;
