@@ -50,6 +50,23 @@ our $CONFIG = <<'_EOC_';
     location = /metrics { stale_cache_metrics; }
 _EOC_
 
+# All variants of a URL with redis2: the store also lists the entry's key in the URL's
+# variant set; the purge location EVALs the module's script on the entry's key and that set.
+our $VARIANTS = $CONFIG;
+for ([qr{srcache_store PUT /redis2 key=\$escaped_key&exptime=105;},
+      'set_escape_uri $escaped_uri $uri;
+        srcache_store PUT /redis2 key=$escaped_key&exptime=105&url=$escaped_uri;'],
+     [qr{redis2_query set \$key \$echo_request_body; redis2_query expire \$key \$exptime;},
+      'set_unescape_uri $url $arg_url; set_md5 $url;
+        redis2_query set $key $echo_request_body; redis2_query expire $key $exptime;
+        redis2_query sadd variants:$url $key; redis2_query expire variants:$url $exptime;'],
+     [qr{redis2_query del \$key; redis2_pass redis;},
+      'set_unescape_uri $url $arg_url; set_md5 $url;
+        redis2_query eval $stale_cache_purge_script 2 $key variants:$url; redis2_pass redis;']) {
+    my ($from, $to) = @$_;
+    $VARIANTS =~ s/$from/$to/ or die "the variants config: no $from\n";
+}
+
 run_tests();
 
 __DATA__
@@ -111,5 +128,15 @@ X-Backend-Delay: 0.3
 --- timeout: 15
 --- check
 ::under_traffic_checks('/api/h');
+--- no_error_log
+[error]
+
+=== TEST 5: all variants through redis2: a PURGE with one User-Agent deletes every copy
+--- http_config eval: $::HTTP
+--- config eval: $::VARIANTS
+--- request
+GET /metrics
+--- check
+::variants_checks('/api/x');
 --- no_error_log
 [error]
