@@ -5,9 +5,9 @@
 //! missing and collapses into one fill. A fill under way keeps its lock.
 //!
 //! Variants: the subrequest's arguments are `key=<escaped key>&url=<escaped $uri>`. A
-//! `DEL $redis_key` location ignores `url`; a location that runs [`VARIANTS_SCRIPT`]
-//! (`$stale_cache_purge_script`) deletes every key the store location listed in the URL's
-//! variant set as well (docs/purge.md, "All variants of a URL").
+//! `DEL $redis_key` location ignores `url`; one that runs `$stale_cache_purge_script`
+//! ([`crate::purge_script`]) deletes every key the store location listed in the URL's variant
+//! set as well (docs/purge.md, "All variants of a URL").
 //!
 //! It runs in PRECONTENT, after the access phase, so nginx's `allow`/`deny` (inside
 //! `limit_except`) guard it, and before the location's content handler (`proxy_pass`).
@@ -38,16 +38,6 @@ use crate::replay::key_argument;
 use crate::resp::parse_integer_reply;
 use crate::settings::Settings;
 use crate::stale::{main_conf, StaleCacheModule};
-
-/// The variants purge, for `EVAL <script> 2 <entry key> <index key>`: deletes the entry, every
-/// key in the index set (popped in batches, so no reply or `DEL` grows with the set) and so
-/// the index; answers how many entries went. One line, no `$`, as nginx values need.
-pub const VARIANTS_SCRIPT: &str = "local n = redis.call('DEL', KEYS[1]) \
-local batch = redis.call('SPOP', KEYS[2], 100) \
-while #batch > 0 do for _, k in ipairs(batch) do \
-if k ~= KEYS[1] then n = n + redis.call('DEL', k) end end \
-batch = redis.call('SPOP', KEYS[2], 100) end \
-return n";
 
 /// `stale_cache_purge METHOD ... | off;`
 pub unsafe extern "C" fn set_purge(
@@ -246,15 +236,4 @@ fn respond(
     // does; the phase engine is told the request is taken care of (DONE).
     unsafe { ngx_http_finalize_request(req, rc) };
     DONE
-}
-
-#[cfg(test)]
-mod tests {
-    use super::VARIANTS_SCRIPT;
-
-    #[test]
-    fn the_variants_script_is_one_line_without_nginx_variables() {
-        assert!(!VARIANTS_SCRIPT.contains('$') && !VARIANTS_SCRIPT.contains('\n'));
-        assert!(VARIANTS_SCRIPT.contains("'SPOP', KEYS[2], 100"));
-    }
 }

@@ -163,7 +163,7 @@ unsafe extern "C" fn purge_script(
     // SAFETY: nginx passes the value slot being evaluated.
     set_value(
         unsafe { value_slot(v) },
-        super::purge::VARIANTS_SCRIPT.as_bytes(),
+        crate::purge_script::VARIANTS_SCRIPT.as_bytes(),
     );
     VAR_OK
 }
