@@ -21,7 +21,10 @@ cp "$module" "$prefix/modules/ngx_http_stale_cache_module.so"
 ulimit -n 16384 2>/dev/null || true
 pids=()
 cleanup() {
-    [ -f "$prefix/logs/nginx.pid" ] && kill -QUIT "$(cat "$prefix/logs/nginx.pid")" 2>/dev/null || true
+    local pidfile
+    for pidfile in "$prefix/logs/nginx.pid" "$prefix/stock/logs/nginx.pid"; do
+        [ -f "$pidfile" ] && kill -QUIT "$(cat "$pidfile")" 2>/dev/null || true
+    done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
 }
@@ -146,7 +149,7 @@ done
 # the nginx workers spent per request (utime + stime from /proc, in clock ticks).
 worker_ticks() {
     local master total=0 pid
-    master=$(cat "$prefix/logs/nginx.pid")
+    master=$(cat "${1:-$prefix/logs/nginx.pid}")
     for pid in $(pgrep -P "$master"); do
         total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat" 2>/dev/null || echo 0)))
     done
@@ -164,6 +167,131 @@ for round in $(seq "$rounds"); do
         hp_cpu[$p]+="$(python3 -c "print(($t1 - $t0) * $tick_us / max(1.0, $r * $duration))") "
     done
 done
+# The shipped config adapted to this run (ports, module, Redis and backend addresses, as
+# nginx-conf/run.sh and t/056 do), every change checked so that an edit of the shipped file
+# that this no longer matches stops the bench instead of measuring something else.
+stock_prefix=$prefix/stock
+stock_port=$(free_port); stock_admin_port=$(free_port); stock_pc_port=$(free_port)
+declare -A stock_url=(
+    [s1]=http://127.0.0.1:$stock_port/api/s1 [sp1]=http://127.0.0.1:$stock_pc_port/api/s1
+    [s100]=http://127.0.0.1:$stock_port/api/s100 [sp100]=http://127.0.0.1:$stock_pc_port/api/s100)
+stock_run() {
+    mkdir -p "$stock_prefix"/{logs,conf,pcache}
+    python3 - "$root/nginx-conf/stock-debian.conf" "$prefix/modules/ngx_http_stale_cache_module.so" \
+        "$redis_port" "$backend_port" "$stock_port" "$stock_admin_port" "$stock_pc_port" \
+        "$stock_prefix" "${BENCH_STOCK_SENDFILE:-0}" >"$stock_prefix/conf/nginx.conf" <<'PY'
+import re, sys
+src, module, redis, backend, port, admin, pc_port, prefix, sendfile = sys.argv[1:]
+text = open(src).read()
+def sub(pattern, repl, count=1, flags=re.M):
+    global text
+    text, n = re.subn(pattern, repl, text, flags=flags)
+    if n != count:
+        sys.exit(f"bench/run.sh: {src}: {pattern!r} matched {n} times, expected {count}")
+sub(r"/usr/lib/nginx/modules/ngx_http_stale_cache_module\.so", module)
+sub(r"127\.0\.0\.1:6379;", f"127.0.0.1:{redis};")
+sub(r"127\.0\.0\.1:8081;", f"127.0.0.1:{backend};")
+sub(r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{port};")
+sub(r"listen 127\.0\.0\.1:8099;", f"listen 127.0.0.1:{admin};")
+sub(r"^(\s+)8099(\s)", rf"\g<1>{admin}\g<2>")
+# The hot tier's two commented-out lines, as its comments say to turn it on.
+sub(r"^(\s*)# (stale_cache_hot_zone hot \S+;)", r"\1\2")
+sub(r"^(\s*)# (stale_cache_hot on;)", r"\1\2")
+# Fresh for an hour (and the 100 s stale window) instead of 5 s: every request a fresh hit.
+sub(r"exptime=105;", "exptime=3700;")
+# BENCH_STOCK_SENDFILE=1: "sendfile on", as Debian's own nginx.conf has it around the conf.d
+# files; the shipped file alone leaves nginx's default, off.
+if sendfile == "1":
+    sub(r"^(http \{\n)", r"\1    sendfile on;  # BENCH_STOCK_SENDFILE=1\n")
+sub(r"^\}\s*\Z", f"""
+    # Added by bench/run.sh: nginx's own cache in the same http block (same access log,
+    # backend keepalive, status headers, key; entries valid for an hour).
+    proxy_cache_path {prefix}/pcache levels=1:2 keys_zone=stockpc:10m max_size=1g
+                     inactive=2h use_temp_path=off;
+    server {{
+        listen 127.0.0.1:{pc_port};
+        location /api {{
+            proxy_cache stockpc;
+            proxy_cache_key "$http_user_agent|$uri";
+            proxy_cache_valid 200 1h;
+            proxy_cache_lock on;
+            proxy_cache_use_stale updating;
+            proxy_cache_background_update on;
+            add_header X-Cache-Status $upstream_cache_status;
+            add_header Cache-Status "proxy_cache; $upstream_cache_status" always;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_pass http://www;
+        }}
+    }}
+}}
+""")
+print(text, end="")
+PY
+    curl -fs -o /dev/null "http://127.0.0.1:$backend_port/__backend/config?path=/api/s1&body_size=1024"
+    curl -fs -o /dev/null "http://127.0.0.1:$backend_port/__backend/config?path=/api/s100&body_size=102400"
+    nginx -p "$stock_prefix" -c conf/nginx.conf
+    # Fill each key, then hit it until it is served from the hot zone (a key proves hot at its
+    # second fresh hit; the next fetch copies it) or from proxy_cache.
+    local p want got
+    for p in s1 sp1 s100 sp100; do
+        case $p in sp*) want=HIT ;; *) want=HOT ;; esac
+        got=
+        for _ in $(seq 100); do
+            got=$(stock_served "$p")
+            [ "$got" = "$want" ] && break
+            sleep 0.05
+        done
+        [ "$got" = "$want" ] || { echo "bench/run.sh: stock row $p is served as '$got', not $want" >&2; exit 1; }
+    done
+}
+# How a stock row's request is served: X-Stale-Cache of the module's server, X-Cache-Status
+# of the proxy_cache server.
+stock_served() {
+    local h=X-Stale-Cache
+    case $1 in sp*) h=X-Cache-Status ;; esac
+    # No User-Agent, as wrk sends none: the shipped key is "$http_user_agent|$uri".
+    curl -s -A '' -D - -o /dev/null "${stock_url[$1]}" | tr -d '\r' | sed -n "s/^$h: //p"
+}
+# After the rows: how each was served, and the backend's hits on the keys (1 per server and
+# body: the fill; anything more means a row measured misses or refreshes, not fresh hits).
+stock_check() {
+    local p
+    stock_served_as=
+    for p in s1 sp1 s100 sp100; do
+        stock_served "$p" >/dev/null
+        stock_served_as+="$p $(stock_served "$p"); "
+    done
+    stock_hits=$(( $(curl -s "http://127.0.0.1:$backend_port/__backend/hits?path=/api/s1") +
+                   $(curl -s "http://127.0.0.1:$backend_port/__backend/hits?path=/api/s100") ))
+    if [ "$stock_hits" != 4 ] || [ "$stock_served_as" != "s1 HOT; sp1 HIT; s100 HOT; sp100 HIT; " ]; then
+        echo "bench/run.sh: stock rows: backend hits $stock_hits (expected 4), served as: $stock_served_as" >&2
+        stock_bad=1
+    fi
+}
+stock_bad=0
+
+# S/SP: the shipped nginx-conf/stock-debian.conf as an operator runs it (access log, status
+# headers, its Redis locations and keepalive pools), its hot-tier lines uncommented and entries
+# stored fresh for an hour, beside a proxy_cache server added to the same http block (same
+# access log, status headers, backend keepalive, entries valid for an hour). A second nginx of
+# its own, started after the rows above ran; its rows alternate like H/P.
+stock_run
+for round in $(seq "$rounds"); do
+    for p in s1 sp1 s100 sp100; do
+        t0=$(worker_ticks "$stock_prefix/logs/nginx.pid")
+        read -r r l50 l99 bad < <(run_wrk "${stock_url[$p]}" "$duration")
+        t1=$(worker_ticks "$stock_prefix/logs/nginx.pid")
+        [ "$bad" = 0 ] || echo "warning: row $p had $bad non-2xx responses" >&2
+        hp_rps[$p]+="$r "
+        hp_cpu[$p]+="$(python3 -c "print(($t1 - $t0) * $tick_us / max(1.0, $r * $duration))") "
+        # Its access log as shipped, emptied between runs (nginx appends, so it keeps writing).
+        : >"$stock_prefix/logs/access.log"
+    done
+done
+stock_check
+kill -QUIT "$(cat "$stock_prefix/logs/nginx.pid")" 2>/dev/null || true
+
 # How the rows' last request was served (the second of two: the first may refill the copy).
 curl -s -o /dev/null "$url/h100/item"
 hot_served=$(curl -s -D - -o /dev/null "$url/h100/item" | tr -d '\r' | sed -n 's/^X-Stale-Cache: //p')
@@ -298,3 +426,28 @@ print(f"\nH1/P1 = {h1p1:.2f} (CPU {c1:.2f}x), H100/P100 = {h100p100:.2f} (CPU {c
       f"(median of per-round ratios; served as: hot rows {sys.argv[9] or '?'}, proxy_cache rows {sys.argv[10] or '?'})")
 print("H/P runs (req/s, in order): " + "; ".join(f"{k}: {' '.join(f'{x:.0f}' for x in v)}" for k, v in rps.items()))
 PY
+python3 - "${hp_rps[s1]}" "${hp_rps[sp1]}" "${hp_rps[s100]}" "${hp_rps[sp100]}" \
+    "${hp_cpu[s1]}" "${hp_cpu[sp1]}" "${hp_cpu[s100]}" "${hp_cpu[sp100]}" "$stock_served_as" "$stock_hits" "${BENCH_STOCK_SENDFILE:-0}" <<'PY'
+import statistics, sys
+keys = ("s1", "sp1", "s100", "sp100")
+rps = {k: [float(x) for x in v.split()] for k, v in zip(keys, sys.argv[1:5])}
+cpu = {k: [float(x) for x in v.split()] for k, v in zip(keys, sys.argv[5:9])}
+med = statistics.median
+print()
+sendfile = "sendfile on (BENCH_STOCK_SENDFILE=1)" if sys.argv[11] == "1" else "sendfile off as shipped"
+print(f"| S/SP: shipped stock-debian.conf, hot tier on, vs proxy_cache in the same nginx, {sendfile} | req/s | CPU us/request (nginx workers) |")
+print("|---|---:|---:|")
+names = {"s1": "S1: stock-debian.conf, hot tier, 1 KB body", "sp1": "SP1: proxy_cache server beside it, 1 KB body",
+         "s100": "S100: stock-debian.conf, hot tier, 100 KB body", "sp100": "SP100: proxy_cache server beside it, 100 KB body"}
+for k in keys:
+    print(f"| {names[k]} | {med(rps[k]):.0f} | {med(cpu[k]):.1f} |")
+r1 = med(s / p for s, p in zip(rps["s1"], rps["sp1"]))
+r100 = med(s / p for s, p in zip(rps["s100"], rps["sp100"]))
+c1 = med(s / p for s, p in zip(cpu["s1"], cpu["sp1"]))
+c100 = med(s / p for s, p in zip(cpu["s100"], cpu["sp100"]))
+print(f"\nS1/SP1 = {r1:.2f} (CPU {c1:.2f}x), S100/SP100 = {r100:.2f} (CPU {c100:.2f}x) "
+      f"(median of per-round ratios; served as: {sys.argv[9].strip().rstrip(';')}; backend hits on these keys: {sys.argv[10]})")
+print("S/SP runs (req/s, in order): " + "; ".join(f"{k}: {' '.join(f'{x:.0f}' for x in v)}" for k, v in rps.items()))
+PY
+# The stock rows measured something other than fresh hits: fail (CI's smoke run catches it).
+[ "$stock_bad" = 0 ]
