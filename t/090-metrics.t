@@ -2,9 +2,7 @@
 # request sequences, by promtool, and through a real Prometheus server scraping them.
 use lib 't/lib';
 use Test::StaleCache;
-use File::Path qw(make_path);
-use JSON::PP ();
-use POSIX ();
+use Prometheus;
 
 our $HTTP = <<'_EOC_';
     stale_cache_zone srcache_locks 1m;
@@ -46,52 +44,10 @@ sub promtool_check {
     Test::More::is($out, '', 'promtool check metrics: no problems reported') or Test::More::diag($out);
 }
 
-my $PROM_PID;
-END { if ($PROM_PID) { kill 'TERM', $PROM_PID; waitpid($PROM_PID, 0) } }
-
-# Starts a Prometheus server (loopback, private data directory, 1 s scrapes) on nginx's
-# /metrics; returns its port.
-sub start_prometheus {
-    my $dir = "$TEST_NGINX_SERVROOT/prometheus";
-    make_path("$dir/data");
-    my $port = pick_port();
-    open my $fh, '>', "$dir/prometheus.yml" or die $!;
-    print $fh <<"_EOY_";
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: stale_cache
-    metrics_path: /metrics
-    static_configs:
-      - targets: ['127.0.0.1:$TEST_NGINX_SERVER_PORT']
-_EOY_
-    close $fh;
-    $PROM_PID = fork // die "fork: $!";
-    if (!$PROM_PID) {
-        open STDOUT, '>', "$dir/prometheus.log";
-        open STDERR, '>&', \*STDOUT;
-        POSIX::setsid();
-        { no warnings 'exec'; exec 'prometheus', "--config.file=$dir/prometheus.yml", "--storage.tsdb.path=$dir/data",
-             "--web.listen-address=127.0.0.1:$port", '--log.level=warn' };
-        POSIX::_exit(127);
-    }
-    return $port;
-}
-
-sub stop_prometheus {
-    return unless $PROM_PID;
-    kill 'TERM', $PROM_PID;
-    waitpid($PROM_PID, 0);
-    undef $PROM_PID;
-}
-
 # An instant query through Prometheus's HTTP API: the first result's value, or undef.
 sub prom_query {
     my ($port, $q) = @_;
-    my $esc = $q =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ger;
-    my $json = `curl -s --max-time 2 'http://127.0.0.1:$port/api/v1/query?query=$esc'`;
-    my $d = eval { JSON::PP::decode_json($json) } or return undef;
+    my $d = prom_api($port, $q) or return undef;
     return undef unless $d->{status} eq 'success' && @{ $d->{data}{result} };
     return $d->{data}{result}[0]{value}[1];
 }

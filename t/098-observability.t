@@ -4,9 +4,8 @@
 # Prometheus server scraping the module accepts every query and answers the ratios.
 use lib 't/lib';
 use Test::StaleCache;
-use File::Path qw(make_path);
+use Prometheus;
 use JSON::PP ();
-use POSIX ();
 
 our $HTTP = <<'_EOC_';
     stale_cache_zone srcache_locks 1m;
@@ -81,45 +80,6 @@ sub missing {
         }
     }
     return @missing;
-}
-
-my $PROM_PID;
-END { if ($PROM_PID) { kill 'TERM', $PROM_PID; waitpid($PROM_PID, 0) } }
-
-# A Prometheus server (loopback, private data directory) scraping /metrics every second.
-sub start_prometheus {
-    my $dir = "$TEST_NGINX_SERVROOT/prometheus";
-    make_path("$dir/data");
-    my $port = pick_port();
-    open my $fh, '>', "$dir/prometheus.yml" or die $!;
-    print $fh <<"_EOY_";
-global:
-  scrape_interval: 1s
-  scrape_timeout: 1s
-scrape_configs:
-  - job_name: stale_cache
-    static_configs:
-      - targets: ['127.0.0.1:$TEST_NGINX_SERVER_PORT']
-_EOY_
-    close $fh;
-    $PROM_PID = fork // die "fork: $!";
-    if (!$PROM_PID) {
-        open STDOUT, '>', "$dir/prometheus.log";
-        open STDERR, '>&', \*STDOUT;
-        POSIX::setsid();
-        { no warnings 'exec'; exec 'prometheus', "--config.file=$dir/prometheus.yml",
-            "--storage.tsdb.path=$dir/data", "--web.listen-address=127.0.0.1:$port", '--log.level=warn' };
-        POSIX::_exit(127);
-    }
-    return $port;
-}
-
-# An instant query: the decoded answer of Prometheus's API (undef when it does not answer).
-sub prom {
-    my ($port, $q) = @_;
-    my $esc = $q =~ s/([^A-Za-z0-9_.~-])/sprintf('%%%02X', ord $1)/ger;
-    my $json = `curl -s --max-time 5 'http://127.0.0.1:$port/api/v1/query?query=$esc'`;
-    return eval { JSON::PP::decode_json($json) };
 }
 
 sub one_line { my $q = shift; $q =~ s/\s+/ /g; $q }
@@ -200,13 +160,13 @@ SKIP: {
     skip 'prometheus not installed', 3 if system('command -v prometheus >/dev/null 2>&1');
     my $port = start_prometheus();
     # Two scrapes at least: rate() needs both.
-    wait_until(sub { my $a = prom($port, 'count(rate(stale_cache_requests_total[1m]))');
+    wait_until(sub { my $a = prom_api($port, 'count(rate(stale_cache_requests_total[1m]))', 5);
                      $a && $a->{status} eq 'success' && @{ $a->{data}{result} } }, 60,
                'Prometheus to scrape /metrics twice');
     my @bad;
     my @empty;
     for my $q (@docs, map { plain($_) } @exprs) {
-        my $a = prom($port, $q);
+        my $a = prom_api($port, $q, 5);
         if (!$a || $a->{status} ne 'success') {
             push @bad, "$q: " . ($a ? "$a->{errorType}: $a->{error}" : 'no answer');
         } elsif (!@{ $a->{data}{result} } && $q !~ /\)\s*>\s*[\d.]+\s*$/) {
@@ -215,7 +175,7 @@ SKIP: {
     }
     is(join("\n", @bad), '', 'Prometheus accepts every query');
     is(join("\n", @empty), '', 'and every query but the filters answers');
-    my $hit = prom($port, plain($exprs[0]));
+    my $hit = prom_api($port, plain($exprs[0]), 5);
     like($hit->{data}{result}[0]{value}[1] // '', qr/^(0(\.\d+)?|1|NaN)$/, 'the hit ratio is a ratio');
 }
 --- no_error_log eval
