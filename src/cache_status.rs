@@ -56,23 +56,13 @@ impl Member {
         }
     }
 
-    fn push_int(&mut self, negative: bool, mut n: u64) {
-        let mut digits = [0u8; 21];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
+    fn push_int(&mut self, negative: bool, n: u64) {
         if negative {
-            start -= 1;
-            digits[start] = b'-';
+            self.push("-");
         }
-        // ASCII digits and a sign.
-        self.push(core::str::from_utf8(&digits[start..]).unwrap_or_default());
+        let mut buf = [0; 20];
+        // ASCII digits.
+        self.push(core::str::from_utf8(crate::resp::decimal(n, &mut buf)).unwrap_or_default());
     }
 
     /// The member's text.

@@ -55,18 +55,22 @@ pub fn encode_bulk_header(out: &mut Vec<u8>, len: usize) {
     out.extend_from_slice(CRLF);
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
+fn push_decimal(out: &mut Vec<u8>, n: usize) {
+    out.extend_from_slice(decimal(n as u64, &mut [0; 20]));
+}
+
+/// The decimal digits of `n`, written at the end of `buf` without allocating.
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut start = buf.len();
     loop {
         start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
+        buf[start] = b'0' + (n % 10) as u8;
         n /= 10;
         if n == 0 {
             break;
         }
     }
-    out.extend_from_slice(&digits[start..]);
+    &buf[start..]
 }
 
 /* ------------------------------------------------------------------ errors */
