@@ -92,21 +92,6 @@ common='set $cache_key $uri; set_escape_uri $escaped_key $cache_key;
         add_header X-Stale-Cache $stale_cache_status;
         proxy_pass http://www;'
 module_vars='set $cache_lock bench; set $cache_ttl /redisttl; set $cache_stale 100; stale_cache on;'
-drop_in='set $cache_lock bench; set $cache_ttl /redisttl; set $cache_persist /redispersist;
-         set $cache_key "$http_user_agent|$uri"; set $cache_stale 100;
-         set $cache_lock_exptime 30; set $cache_backend_lock_timeout 0.01;
-         set $cache_lock_timeout 3; set $cache_lock_timeout_wait 0.06;
-         set $cache_skip_fetch "X-Skip-Fetch"; set_escape_uri $escaped_key $cache_key;
-         stale_cache on;
-         if ($http_x_skip_fetch != TRUE) { srcache_fetch GET /redis $cache_key; }
-         srcache_store PUT /redis2 key=$escaped_key&exptime=3600;
-         srcache_store_skip $upstream_http_set_cookie;
-         add_header X-Cache $srcache_fetch_status; add_header X-Store $srcache_store_status;
-         add_header X-Stale-Cache $stale_cache_status;
-         proxy_http_version 1.1; proxy_set_header Connection "";
-         add_header Cache-Status $stale_cache_rfc9211 always;
-         proxy_pass http://www;'
-
 # d: lua-resty-cache's documented location with its two lines changed and nothing added (the
 # seed configuration, compared with p: the same location without the module).
 seed='set $cache_lock bench; set $cache_ttl /redisttl; set $cache_persist /redispersist;
@@ -121,6 +106,11 @@ seed='set $cache_lock bench; set $cache_ttl /redisttl; set $cache_persist /redis
       add_header X-Cache $srcache_fetch_status; add_header X-Store $srcache_store_status;
       proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_pass http://www;'
+
+# s: d's location plus the module's status headers (the drop-in configs send both).
+drop_in="$seed
+         add_header X-Stale-Cache \$stale_cache_status;
+         add_header Cache-Status \$stale_cache_rfc9211 always;"
 
 pure='set $cache_key "$http_user_agent|$uri"; set_escape_uri $escaped_key $cache_key;
       if ($http_x_skip_fetch != TRUE) { srcache_fetch GET /redis $cache_key; }

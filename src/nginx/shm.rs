@@ -41,3 +41,20 @@ pub fn with_table<T, D>(
     }
     result
 }
+
+/// A table's fingerprint seed, read from the zone once per worker (under the mutex) so that
+/// keys are hashed outside it; the seed never changes for a mapping of the table.
+#[derive(Default)]
+pub struct SeedCache(core::cell::Cell<Option<u64>>);
+
+impl SeedCache {
+    /// The seed, reading it with `read` (which takes the mutex) the first time.
+    pub fn get(&self, read: impl FnOnce() -> Option<u64>) -> Option<u64> {
+        if let Some(seed) = self.0.get() {
+            return Some(seed);
+        }
+        let seed = read()?;
+        self.0.set(Some(seed));
+        Some(seed)
+    }
+}

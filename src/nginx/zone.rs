@@ -5,8 +5,6 @@ use core::ffi::c_void;
 
 use ngx::ffi::{ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t};
 
-use core::cell::Cell;
-
 use crate::locktable::{Fingerprint, LayoutError, LockTable};
 use crate::metrics::{self, Counters};
 
@@ -18,20 +16,13 @@ pub struct Zone {
     pub name: Vec<u8>,
     pub shm: *mut ngx_shm_zone_t,
     /// The table's fingerprint seed, read once per worker so keys hash outside the mutex.
-    pub seed: Cell<Option<u64>>,
+    pub seed: crate::nginx::shm::SeedCache,
 }
 
 impl Zone {
     /// The fingerprint of `key` in this zone's table; `None` before the zone is mapped.
     pub fn fingerprint(&self, key: &[u8]) -> Option<Fingerprint> {
-        let seed = match self.seed.get() {
-            Some(seed) => seed,
-            None => {
-                let seed = self.with_table(|t| t.seed())?;
-                self.seed.set(Some(seed));
-                seed
-            }
-        };
+        let seed = self.seed.get(|| self.with_table(|t| t.seed()))?;
         Some(Fingerprint::of(seed, key))
     }
 

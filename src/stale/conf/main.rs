@@ -2,7 +2,6 @@
 //! the `$cache_*` variable indexes, the refresh secret, and the check of the refresh
 //! addresses against the `listen`s.
 
-use core::cell::Cell;
 use core::ffi::{c_char, c_void};
 use core::ptr;
 
@@ -208,7 +207,7 @@ pub unsafe extern "C" fn set_zone(
     mcf.zones.push(Zone {
         name,
         shm,
-        seed: Cell::new(None),
+        seed: Default::default(),
     });
     CONF_OK
 }

@@ -30,7 +30,7 @@ pub struct HotZone {
     /// The region's size (SIZE).
     pub size: usize,
     /// The table's fingerprint seed, read once per worker.
-    seed: Cell<Option<u64>>,
+    seed: crate::nginx::shm::SeedCache,
     /// This process's owner record for pins (`None`: not claimed yet; `Some(None)`: none
     /// free, serve by copying), with the pid it was claimed under.
     owner: Cell<Option<(u32, Option<usize>)>>,
@@ -65,21 +65,14 @@ impl HotZone {
             name,
             shm,
             size,
-            seed: Cell::new(None),
+            seed: Default::default(),
             owner: Cell::new(None),
             region: Cell::new(None),
         }
     }
 
     pub(super) fn fingerprint(&self, key: &[u8]) -> Option<u64> {
-        let seed = match self.seed.get() {
-            Some(seed) => seed,
-            None => {
-                let seed = self.with_table(|t| t.seed())?;
-                self.seed.set(Some(seed));
-                seed
-            }
-        };
+        let seed = self.seed.get(|| self.with_table(|t| t.seed()))?;
         Some(fingerprint(seed, key))
     }
 
