@@ -125,19 +125,17 @@ pub fn prepare(
     req: &ngx_http_request_t,
     scf: &StaleCacheConf,
 ) -> Option<PendingRefresh> {
-    match build(lock, slot, settings, grace, req, scf) {
-        Ok(pending) => Some(pending),
-        Err(error) => {
+    build(lock, slot, settings, grace, req, scf)
+        .inspect_err(|error| {
             log::limited(
                 request_log(req),
                 NGX_LOG_ERR,
                 "refresh",
                 Every::Interval,
                 format_args!("stale_cache: {error}"),
-            );
-            None
-        }
-    }
+            )
+        })
+        .ok()
 }
 
 /// The refresh request (a replay of this one) and where it goes.
