@@ -12,6 +12,7 @@ mod ctx;
 mod directives;
 pub mod handler;
 pub mod module;
+mod refusal;
 mod reply;
 pub mod role;
 mod variables;

@@ -243,6 +243,41 @@ pub enum Reply {
     NilArray,
 }
 
+/// The error codes Redis documents that a cache location may meet; any other code is logged
+/// under `ERR`, so what a server sends cannot grow the limiter table.
+const CAUSES: &[&str] = &[
+    "ERR",
+    "OOM",
+    "READONLY",
+    "LOADING",
+    "BUSY",
+    "MASTERDOWN",
+    "NOSCRIPT",
+    "NOAUTH",
+    "NOPERM",
+    "WRONGPASS",
+    "WRONGTYPE",
+    "MISCONF",
+    "EXECABORT",
+    "NOREPLICAS",
+    "MOVED",
+    "ASK",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "CROSSSLOT",
+];
+
+/// The code of an error reply: its first word (Redis's error code) when it is a known one,
+/// `ERR` otherwise.
+pub fn error_code(text: &[u8]) -> &'static str {
+    let word = text.split(|&b| b == b' ').next().unwrap_or_default();
+    CAUSES
+        .iter()
+        .find(|c| c.as_bytes() == word)
+        .copied()
+        .unwrap_or("ERR")
+}
+
 /* ----------------------------------------------------------- state machine */
 
 /// A complete header line, as seen by the shared state machine.
@@ -275,6 +310,8 @@ impl Line {
 #[derive(Clone, Copy, Debug)]
 struct Token {
     line: Option<Line>,
+    /// The line is the first line of a top-level reply (not an array element, not a payload).
+    head: bool,
     /// This token completed a whole top-level reply.
     reply_done: bool,
 }
@@ -314,6 +351,8 @@ struct Machine {
     depth: usize,
     /// Whether to keep `+`/`-` line text (up to [`MAX_TEXT_LEN`]) in `text`.
     capture: bool,
+    /// Whether to keep the text of `-` lines even when `capture` is off.
+    capture_errors: bool,
     text: Vec<u8>,
     /// Errors are sticky: after one, the stream position is meaningless.
     failed: Option<ProtocolError>,
@@ -328,6 +367,7 @@ impl Machine {
             open: [0; MAX_DEPTH],
             depth: 0,
             capture,
+            capture_errors: capture,
             text: Vec::new(),
             failed: None,
         }
@@ -375,7 +415,7 @@ impl Machine {
                         .iter()
                         .position(|&b| b == b'\r' || b == b'\n')
                         .unwrap_or(rest.len());
-                    self.capture_text(&rest[..end]);
+                    self.capture_text(&rest[..end], error);
                     pos += end;
                     if end < rest.len() {
                         if rest[end] == b'\n' {
@@ -433,8 +473,8 @@ impl Machine {
         Ok((pos, None))
     }
 
-    fn capture_text(&mut self, bytes: &[u8]) {
-        if self.capture {
+    fn capture_text(&mut self, bytes: &[u8], error: bool) {
+        if self.capture || (error && self.capture_errors) {
             let room = MAX_TEXT_LEN - self.text.len();
             self.text.extend_from_slice(&bytes[..bytes.len().min(room)]);
         }
@@ -443,6 +483,7 @@ impl Machine {
     /// Updates the array stack once a header line (or a payload) has ended.
     fn finish(&mut self, line: Option<Line>) -> Result<Token, ProtocolError> {
         self.state = State::Type;
+        let head = line.is_some() && self.depth == 0;
         let reply_done = match line {
             Some(Line::Bulk(len)) => {
                 self.state = State::Payload(BulkBody::new(len));
@@ -458,7 +499,11 @@ impl Machine {
             }
             _ => self.element_done(),
         };
-        Ok(Token { line, reply_done })
+        Ok(Token {
+            line,
+            head,
+            reply_done,
+        })
     }
 
     /// Counts one finished element against the enclosing arrays, closing
@@ -521,6 +566,10 @@ fn checked_length(n: i64) -> Result<Option<usize>, ProtocolError> {
 pub struct ReplyFramer {
     machine: Machine,
     complete: usize,
+    /// Top-level replies whose first line is in.
+    heads: usize,
+    /// The first error line (top-level or nested): the index of its reply and its text.
+    first_error: Option<(usize, Vec<u8>)>,
 }
 
 impl Default for ReplyFramer {
@@ -533,8 +582,14 @@ impl ReplyFramer {
     /// A framer at the start of a reply stream.
     pub fn new() -> Self {
         Self {
-            machine: Machine::new(false),
+            // Keeps the text of `-` lines (at most MAX_TEXT_LEN bytes) to report errors.
+            machine: Machine {
+                capture_errors: true,
+                ..Machine::new(false)
+            },
             complete: 0,
+            heads: 0,
+            first_error: None,
         }
     }
 
@@ -556,10 +611,14 @@ impl ReplyFramer {
         while self.complete < target_replies && pos < chunk.len() {
             let (used, token) = self.machine.advance(&chunk[pos..])?;
             pos += used;
-            if let Some(Token {
-                reply_done: true, ..
-            }) = token
-            {
+            let Some(token) = token else { continue };
+            if token.line == Some(Line::Error) && self.first_error.is_none() {
+                self.first_error = Some((self.complete, self.machine.text.clone()));
+            }
+            if token.head {
+                self.heads += 1;
+            }
+            if token.reply_done {
                 self.complete += 1;
             }
         }
@@ -569,6 +628,20 @@ impl ReplyFramer {
     /// Top-level replies completed so far.
     pub fn complete_replies(&self) -> usize {
         self.complete
+    }
+
+    /// Top-level replies whose first line (type and length, or whole `+`/`-`/`:` line) is in:
+    /// once it reaches the number of commands, whether one failed is known, apart from
+    /// errors nested in the last reply's array.
+    pub fn heads(&self) -> usize {
+        self.heads
+    }
+
+    /// The first error seen: the 0-based index of the reply it is in (nested errors, as
+    /// in `EXEC` results, count for their reply) and its text, truncated to
+    /// [`MAX_TEXT_LEN`].
+    pub fn first_error(&self) -> Option<(usize, &[u8])> {
+        self.first_error.as_ref().map(|(i, t)| (*i, t.as_slice()))
     }
 
     /// True when no reply is partially received, e.g. to tell a clean end of
@@ -617,6 +690,8 @@ pub struct ValueReader {
     skip: usize,
     skipped: usize,
     first_error: Option<Vec<u8>>,
+    /// The 0-based index of the skipped reply `first_error` is in.
+    first_error_reply: usize,
     head: Option<ValueHead>,
 }
 
@@ -628,6 +703,7 @@ impl ValueReader {
             skip: skip_replies,
             skipped: 0,
             first_error: None,
+            first_error_reply: 0,
             head: None,
         }
     }
@@ -644,6 +720,7 @@ impl ValueReader {
             if self.skipped < self.skip {
                 if token.line == Some(Line::Error) && self.first_error.is_none() {
                     self.first_error = Some(self.machine.text.clone());
+                    self.first_error_reply = self.skipped;
                 }
                 if token.reply_done {
                     self.skipped += 1;
@@ -676,6 +753,12 @@ impl ValueReader {
     /// [`MAX_TEXT_LEN`], for logging why a setup command failed.
     pub fn first_skipped_error(&self) -> Option<&[u8]> {
         self.first_error.as_deref()
+    }
+
+    /// The 0-based index of the reply [`first_skipped_error`](Self::first_skipped_error)
+    /// is in (0 when there is none).
+    pub fn first_skipped_error_reply(&self) -> usize {
+        self.first_error_reply
     }
 }
 
@@ -1339,6 +1422,55 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn error_codes_are_known_codes_or_err() {
+        assert_eq!(error_code(b"OOM command not allowed"), "OOM");
+        assert_eq!(
+            error_code(b"READONLY You can't write against a read only replica."),
+            "READONLY"
+        );
+        assert_eq!(error_code(b"LOADING"), "LOADING");
+        assert_eq!(error_code(b"oom lower case"), "ERR");
+        assert_eq!(error_code(b"SOMETHINGNEW x"), "ERR");
+        assert_eq!(error_code(b""), "ERR");
+    }
+
+    #[test]
+    fn framer_reports_heads_and_the_first_error_with_its_reply() {
+        // SET refused, EXPIRE applied, then an EXEC with a nested error.
+        let stream = b"-OOM command not allowed\r\n:1\r\n*2\r\n+OK\r\n-ERR nested\r\n";
+        for chunks in chunkings(stream) {
+            let mut framer = ReplyFramer::new();
+            for chunk in &chunks {
+                assert_eq!(framer.feed(chunk), Ok(chunk.len()));
+            }
+            assert_eq!(framer.heads(), 3);
+            assert_eq!(framer.complete_replies(), 3);
+            assert_eq!(
+                framer.first_error(),
+                Some((0, &b"OOM command not allowed"[..]))
+            );
+        }
+        let mut framer = ReplyFramer::new();
+        framer.feed(b"+OK\r\n*2\r\n:1\r\n-ERR nested\r\n").unwrap();
+        assert_eq!(framer.first_error(), Some((1, &b"ERR nested"[..])));
+        // A bulk's head is in once its length line is, before its payload.
+        let mut framer = ReplyFramer::new();
+        framer.feed(b"+OK\r\n$5\r\nab").unwrap();
+        assert_eq!((framer.heads(), framer.complete_replies()), (2, 1));
+        assert_eq!(framer.first_error(), None);
+    }
+
+    #[test]
+    fn value_reader_names_the_reply_of_the_first_skipped_error() {
+        let mut reader = ValueReader::new(3);
+        reader
+            .feed(b"+OK\r\n-READONLY replica\r\n-ERR x\r\n$-1\r\n")
+            .unwrap();
+        assert_eq!(reader.first_skipped_error(), Some(&b"READONLY replica"[..]));
+        assert_eq!(reader.first_skipped_error_reply(), 1);
     }
 
     #[test]

@@ -31,8 +31,11 @@ pub(super) struct RedisCtx {
     pub(super) request: *mut ngx_http_request_t,
     pub(super) mode: ReplyMode,
     pub(super) commands: usize,
-    /// `raw` mode: counts complete replies so the response ends exactly after the last one.
+    /// `raw` mode: counts complete replies so the response ends exactly after the last one,
+    /// and finds error replies.
     pub(super) framer: ReplyFramer,
+    /// `raw` mode: the bytes read before the status was known (see `reply`), sent first.
+    pub(super) held: Vec<u8>,
     /// The server answered something unparsable (it is reachable: no backoff).
     pub(super) invalid_reply: Cell<bool>,
     pub(super) value: ValueState,

@@ -66,6 +66,7 @@ pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
         mode: conf.reply_mode(),
         commands: conf.commands.len(),
         framer: ReplyFramer::new(),
+        held: Vec::new(),
         invalid_reply: Cell::new(false),
         value: ValueState::new(conf.commands.len()),
         deadline: Deadline::new(r),
@@ -208,6 +209,7 @@ unsafe extern "C" fn reinit_request(r: *mut ngx_http_request_t) -> ngx_int_t {
     let u = unsafe { &mut *(*r).upstream };
     let ctx = ctx_of(u);
     ctx.framer = ReplyFramer::new();
+    ctx.held.clear();
     ctx.value = ValueState::new(ctx.commands);
     OK
 }

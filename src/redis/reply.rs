@@ -1,9 +1,10 @@
 //! Reading a Redis location's replies: `value` mode streams the last reply's payload as the
 //! body (HttpRedis-compatible: nil is 404, an error is 502); `raw` mode streams every reply's
-//! bytes (redis2-compatible). What Redis sends is checked by the RESP reader, never trusted.
+//! bytes (redis2-compatible), with 502 instead of 200 when a command got an error reply
+//! (redis2 answers 200). Every error reply counts, whichever command got it (`refusal`).
+//! What Redis sends is checked by the RESP reader, never trusted.
 
 use core::ffi::c_void;
-use core::fmt;
 use core::ptr;
 
 use ngx::ffi::{
@@ -13,45 +14,27 @@ use ngx::ffi::{
 
 use super::conf::ReplyMode;
 use super::ctx::{ctx_of, out_bufs_end, peer_name, push_bytes, set_status, RedisCtx};
+use super::refusal;
 use crate::nginx::bits;
 use crate::nginx::util::{AGAIN, ERROR, OK};
-use crate::resp::{self, BulkBody, ValueHead};
+use crate::resp::{BulkBody, ValueHead};
 
 /// nginx's code for "the upstream's response could not be parsed": a 502 with its log line.
 const UPSTREAM_INVALID_HEADER: ngx_int_t = 40;
 
-/// What can be wrong with what a Redis server sent.
-enum RedisError<'a> {
-    /// An error reply (`-ERR ...`): the server is up and refused the command.
-    Reply(&'a str),
-    /// Bytes that are not RESP, or not what the location's reply mode can send.
-    Protocol(&'a str),
-}
-
-impl fmt::Display for RedisError<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            RedisError::Reply(text) => write!(f, "replied with an error: \"{text}\""),
-            RedisError::Protocol(what) => write!(f, "sent an invalid reply: {what}"),
-        }
-    }
-}
-
-/// Logs what the server sent wrong, naming the server, in one place. Error replies are logged
-/// per request like nginx's own upstream errors: each one is a command the server refused.
-fn report(u: &ngx_http_upstream_t, ctx: &RedisCtx, error: RedisError<'_>) {
-    if matches!(error, RedisError::Protocol(_)) {
-        // A server answering garbage is up: no backoff for it (see finalize_request).
-        ctx.invalid_reply.set(true);
-    }
+/// Logs that the server sent something that is not RESP, or not what the location's reply
+/// mode can send, naming the server. A server answering garbage is up: no backoff for it
+/// (see finalize_request). Error replies are `refusal`s, logged there.
+fn report(u: &ngx_http_upstream_t, ctx: &RedisCtx, what: &str) {
+    ctx.invalid_reply.set(true);
     // SAFETY: the ctx's request is the live request that owns this upstream.
     let log = unsafe { (*(*ctx.request).connection).log };
     ngx::ngx_log_error!(
         NGX_LOG_ERR,
         log,
-        "stale_cache: redis server {} {}",
+        "stale_cache: redis server {} sent an invalid reply: {}",
         peer_name(u),
-        error
+        what
     );
 }
 
@@ -61,12 +44,37 @@ pub(super) unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ng
     let ctx = ctx_of(u);
     match ctx.mode {
         ReplyMode::Value => process_value_header(u, ctx),
-        _ => {
-            // Raw replies stream as they come; the filter ends the body after the last one.
-            set_status(u, NGX_HTTP_OK, -1);
-            OK
-        }
+        _ => process_raw_header(u, ctx),
     }
+}
+
+/// `raw` mode: the status says whether every command succeeded, so it waits for the first
+/// line of every reply (the replies before the last are held meanwhile, in `ctx.held`, and
+/// sent first once the header is out). 200 when none is an error, 502 when one is; the body
+/// is the replies' bytes either way. An error nested in the last reply's array (EXEC's
+/// results) comes after the header and is passed through.
+fn process_raw_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) -> ngx_int_t {
+    let input = unread(&u.buffer);
+    let used = match ctx.framer.feed_until(input, ctx.commands) {
+        Ok(used) => used,
+        Err(e) => return protocol_error(u, ctx, &e.to_string()),
+    };
+    ctx.held.extend_from_slice(&input[..used]);
+    // SAFETY: the framer consumed `used` ≤ unread bytes.
+    u.buffer.pos = unsafe { u.buffer.pos.add(used) };
+    if ctx.framer.heads() < ctx.commands {
+        compact(&mut u.buffer);
+        return AGAIN;
+    }
+    match ctx.framer.first_error() {
+        Some((index, text)) => {
+            // SAFETY: the ctx's request is the live request that owns this upstream.
+            refusal::report(unsafe { &*ctx.request }, u, index, text);
+            set_status(u, NGX_HTTP_BAD_GATEWAY, -1);
+        }
+        None => set_status(u, NGX_HTTP_OK, -1),
+    }
+    OK
 }
 
 /// Buffer contents between `pos` and `last`.
@@ -91,9 +99,9 @@ fn process_value_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) -> ngx_
         return AGAIN;
     };
     if let Some(text) = ctx.value.reader.first_skipped_error() {
-        let message = resp::Escaped(text).to_string();
         // The value's own reply is still unread: the connection cannot be reused.
-        return redis_error_reply(u, ctx, &message);
+        let (index, text) = (ctx.value.reader.first_skipped_error_reply(), text.to_vec());
+        return redis_error_reply(u, ctx, index, &text);
     }
     match head {
         ValueHead::Bulk { len } => {
@@ -119,8 +127,8 @@ fn process_value_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) -> ngx_
             OK
         }
         ValueHead::Error(text) => {
-            let message = resp::Escaped(text).to_string();
-            redis_error_reply(u, ctx, &message)
+            let text = text.clone();
+            redis_error_reply(u, ctx, ctx.commands.saturating_sub(1), &text)
         }
         ValueHead::Array => protocol_error(
             u,
@@ -144,16 +152,23 @@ fn compact(b: &mut ngx_buf_t) {
     }
 }
 
-/// Redis answered an error: log it and answer 502 to the caller.
-fn redis_error_reply(u: &mut ngx_http_upstream_t, ctx: &RedisCtx, message: &str) -> ngx_int_t {
-    report(u, ctx, RedisError::Reply(message));
+/// Redis refused command `index` (0-based) with `text`: log it (rate-limited) and answer 502
+/// to the caller.
+fn redis_error_reply(
+    u: &mut ngx_http_upstream_t,
+    ctx: &RedisCtx,
+    index: usize,
+    text: &[u8],
+) -> ngx_int_t {
+    // SAFETY: the ctx's request is the live request that owns this upstream.
+    refusal::report(unsafe { &*ctx.request }, u, index, text);
     set_status(u, NGX_HTTP_BAD_GATEWAY, 0);
     OK
 }
 
 /// Unparsable bytes before the response header: nginx answers 502 and drops the connection.
 fn protocol_error(u: &mut ngx_http_upstream_t, ctx: &RedisCtx, what: &str) -> ngx_int_t {
-    report(u, ctx, RedisError::Protocol(what));
+    report(u, ctx, what);
     UPSTREAM_INVALID_HEADER
 }
 
@@ -183,9 +198,25 @@ pub(super) unsafe extern "C" fn filter_init(data: *mut c_void) -> ngx_int_t {
                 }
             }
         }
-        // Unknown until the last reply is complete; not -1, so that Redis closing the
-        // connection early is reported as a truncated reply.
-        _ => u.length = 1,
+        _ => {
+            // The replies read with the header go first.
+            let held = core::mem::take(&mut ctx.held);
+            // SAFETY: the request pool is live.
+            let pool = unsafe { (*ctx.request).pool };
+            let mut tail = out_bufs_end(u);
+            if !push_bytes(pool, &mut tail, &held) {
+                return ERROR;
+            }
+            if ctx.framer.complete_replies() >= ctx.commands {
+                u.length = 0;
+                // Bytes after the last reply are reported by the filter.
+                bits::set_upstream_keepalive(u, unread(&u.buffer).is_empty());
+            } else {
+                // Unknown until the last reply is complete; not -1, so that Redis closing
+                // the connection early is reported as a truncated reply.
+                u.length = 1;
+            }
+        }
     }
     OK
 }

@@ -200,6 +200,12 @@ pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
 fn ttl_of(state: &RequestState) -> Result<i64, StaleError> {
     let capture = state.capture();
     if !capture.answered_ok() {
+        // A raw-mode Redis location answers an error reply with 502 and the reply as body.
+        if let (502, Err(ReplyError::ErrorReply(text))) =
+            (capture.status, parse_integer_reply(&capture.body))
+        {
+            return Err(StaleError::RedisError(text));
+        }
         return Err(StaleError::Lookup(FailReason::LookupFailed));
     }
     parse_integer_reply(&capture.body).map_err(|e| match e {
