@@ -19,17 +19,49 @@ pub enum FillEnd {
     Abandoned,
 }
 
+/// What srcache's store subrequest did with a request's response: the one account of
+/// "stored" for the fill's end, the metrics and the hot tier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreOutcome {
+    /// No store subrequest ran: srcache did not store this response (an uncacheable status or
+    /// `Cache-Control`, `srcache_store_skip`, a body over its limit, the response not
+    /// complete). Nothing says the response may be reused.
+    NotRun,
+    /// The store location answered 2xx: the response is in Redis.
+    Stored,
+    /// srcache sent the response to its store location, which answered `status` (not 2xx):
+    /// Redis refused the write (an error reply such as `-OOM` or `-READONLY`: 502), was
+    /// down or timed out. The response was complete and cacheable, but it is not in Redis.
+    Refused {
+        /// The store subrequest's status.
+        status: usize,
+    },
+}
+
+impl StoreOutcome {
+    /// The outcome from the store subrequest's status, if one ran.
+    pub fn of(store_status: Option<usize>) -> Self {
+        match store_status {
+            None => StoreOutcome::NotRun,
+            Some(200..=299) => StoreOutcome::Stored,
+            Some(status) => StoreOutcome::Refused { status },
+        }
+    }
+
+    pub fn is_stored(self) -> bool {
+        self == StoreOutcome::Stored
+    }
+}
+
 /// A fill counts only when its answer was stored: "filled" is an outcome in Redis, not a
-/// status code. `store_status` is the status of srcache's store subrequest, if one ran.
-pub fn fill_end(
-    response_status: usize,
-    connection_error: bool,
-    store_status: Option<usize>,
-) -> FillEnd {
-    match store_status {
-        Some(status) if (200..300).contains(&status) => FillEnd::Stored,
-        _ if connection_error || response_status == 0 => FillEnd::Abandoned,
-        _ => FillEnd::NotStored,
+/// status code.
+pub fn fill_end(response_status: usize, connection_error: bool, store: StoreOutcome) -> FillEnd {
+    match store {
+        StoreOutcome::Stored => FillEnd::Stored,
+        // srcache stores only a complete answer: it was complete, whoever left after it.
+        StoreOutcome::Refused { .. } => FillEnd::NotStored,
+        StoreOutcome::NotRun if connection_error || response_status == 0 => FillEnd::Abandoned,
+        StoreOutcome::NotRun => FillEnd::NotStored,
     }
 }
 
@@ -221,18 +253,33 @@ mod tests {
 
     #[test]
     fn a_fill_counts_when_it_was_stored() {
-        assert_eq!(fill_end(200, false, Some(200)), FillEnd::Stored);
-        assert_eq!(fill_end(302, false, Some(201)), FillEnd::Stored);
+        let of = StoreOutcome::of;
+        assert_eq!(fill_end(200, false, of(Some(200))), FillEnd::Stored);
+        assert_eq!(fill_end(302, false, of(Some(201))), FillEnd::Stored);
         // A store that finished counts even if the client left after it.
-        assert_eq!(fill_end(200, true, Some(200)), FillEnd::Stored);
+        assert_eq!(fill_end(200, true, of(Some(200))), FillEnd::Stored);
         // Complete answers that were not stored: uncacheable, or the store failed.
-        assert_eq!(fill_end(200, false, None), FillEnd::NotStored);
-        assert_eq!(fill_end(404, false, None), FillEnd::NotStored);
-        assert_eq!(fill_end(500, false, None), FillEnd::NotStored);
-        assert_eq!(fill_end(200, false, Some(502)), FillEnd::NotStored);
+        assert_eq!(fill_end(200, false, of(None)), FillEnd::NotStored);
+        assert_eq!(fill_end(404, false, of(None)), FillEnd::NotStored);
+        assert_eq!(fill_end(500, false, of(None)), FillEnd::NotStored);
+        assert_eq!(fill_end(200, false, of(Some(502))), FillEnd::NotStored);
+        // A refused store had a complete answer, even if the client left after it.
+        assert_eq!(fill_end(200, true, of(Some(502))), FillEnd::NotStored);
         // The filler did not finish its answer: someone else must fill.
-        assert_eq!(fill_end(200, true, None), FillEnd::Abandoned);
-        assert_eq!(fill_end(0, false, None), FillEnd::Abandoned);
+        assert_eq!(fill_end(200, true, of(None)), FillEnd::Abandoned);
+        assert_eq!(fill_end(0, false, of(None)), FillEnd::Abandoned);
+    }
+
+    #[test]
+    fn store_outcomes() {
+        assert_eq!(StoreOutcome::of(None), StoreOutcome::NotRun);
+        assert_eq!(StoreOutcome::of(Some(204)), StoreOutcome::Stored);
+        assert_eq!(
+            StoreOutcome::of(Some(502)),
+            StoreOutcome::Refused { status: 502 }
+        );
+        assert!(StoreOutcome::of(Some(200)).is_stored());
+        assert!(!StoreOutcome::of(Some(404)).is_stored());
     }
 
     #[test]

@@ -362,7 +362,11 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
     let r = unsafe { &*state.request() };
     // SAFETY: the connection is live until the request is gone.
     let connection_error = unsafe { (*r.connection).error() } != 0;
-    let end = fill_end(r.headers_out.status, connection_error, state.store_status());
+    let end = fill_end(
+        r.headers_out.status,
+        connection_error,
+        state.store_outcome(),
+    );
     metrics::request_ended(&state, fill.is_some(), r, end);
     if let Some(lock) = fill {
         debug!(
@@ -384,7 +388,7 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
             zone.with_key(&settings.key, |t, fp| t.pass_clear(fp, now));
         }
     }
-    if matches!(state.store_status(), Some(200..=299)) {
+    if state.store_outcome().is_stored() {
         // A new copy went to Redis through this node: the hot copy is not it.
         if let Some(settings) = state.settings_if_read() {
             hot::forget(r, &settings.key);

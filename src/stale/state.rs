@@ -26,6 +26,7 @@ use super::lease::RequestLease;
 use super::lookup::Capture;
 use super::refresh::{PendingRefresh, Slot};
 use super::waiters::{HeldLock, Wait};
+use crate::collapse::StoreOutcome;
 use crate::flow::Reached;
 use crate::locktable::Forgotten;
 use crate::nginx::zone::ZoneRef;
@@ -248,8 +249,10 @@ impl RequestState {
         self.wake_delay_ms
     }
 
-    pub fn store_status(&self) -> Option<usize> {
-        self.store_status
+    /// What srcache's store subrequest did with this request's response (final once the
+    /// request ends: the store runs after the response's last byte).
+    pub fn store_outcome(&self) -> StoreOutcome {
+        StoreOutcome::of(self.store_status)
     }
 
     pub fn lease(&self) -> &RequestLease {
