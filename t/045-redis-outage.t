@@ -82,7 +82,34 @@ stop_trickle();
 --- error_log
 sent no complete reply within 1100 ms
 
-=== TEST 2: raw mode, the reply trickles in after its first byte: cut off at the deadline
+=== TEST 2: raw mode, the reply trickles in after its head: cut off at the deadline
+--- pre
+# Raw mode answers once every reply's first line is in (its status says whether a command
+# failed); the bulk payload after the head streams, and the deadline cuts it.
+trickle_server("\$40\r\n" . ('1' x 40) . "\r\n", 100);
+--- config
+location = /ttl {
+    stale_cache_redis_pass 127.0.0.1:$TEST_NGINX_TRICKLE_PORT;
+    stale_cache_redis_connect_timeout 100ms;
+    stale_cache_redis_read_timeout 1s;
+    stale_cache_redis_command GET k;
+    stale_cache_redis_reply raw;
+}
+--- request
+GET /ttl
+--- ignore_response
+--- timeout: 10
+--- check
+my ($r) = responses();
+# Per read, the 47 bytes would take 4.7 s; the deadline is 100 ms + 1 s after the start.
+cmp_ok($r->{elapsed}, '>=', 0.9, "not ended before the read timeout ($r->{elapsed} s)");
+cmp_ok($r->{elapsed}, '<', 2.5, "ended at the deadline, not per read ($r->{elapsed} s)");
+unlike($r->{body} // '', qr/\r\n\z/, 'the reply was cut off, not completed');
+stop_trickle();
+--- error_log
+sent no complete reply within 1100 ms
+
+=== TEST 3: raw mode, a one-line reply trickles in: nginx's header timeout (read timeout in all) ends it with 504
 --- pre
 trickle_server(":" . ('1' x 40) . "\r\n", 100);
 --- config
@@ -94,19 +121,19 @@ location = /ttl {
 }
 --- request
 GET /ttl
---- ignore_response
+--- error_code: 504
 --- timeout: 10
 --- check
 my ($r) = responses();
-# Per read, the 43 bytes would take 4.3 s; the deadline is 100 ms + 1 s after the start.
+# Per read, the 43 bytes would take 4.3 s; nginx waits read_timeout in all for a header.
 cmp_ok($r->{elapsed}, '>=', 0.9, "not ended before the read timeout ($r->{elapsed} s)");
-cmp_ok($r->{elapsed}, '<', 2.5, "ended at the deadline, not per read ($r->{elapsed} s)");
-unlike($r->{body} // '', qr/\r\n\z/, 'the reply was cut off, not completed');
+cmp_ok($r->{elapsed}, '<', 2.5, "ended at the read timeout, not per read ($r->{elapsed} s)");
+unlike($r->{body} // '', qr/:1111/, 'no part of the reply was passed on');
 stop_trickle();
 --- error_log
-sent no complete reply within 1100 ms
+upstream timed out
 
-=== TEST 3: Redis stopped for 2 s under load, stock configuration: all 200, about one line per second per worker
+=== TEST 4: Redis stopped for 2 s under load, stock configuration: all 200, about one line per second per worker
 --- workers: 2
 --- log_level: notice
 --- http_config
