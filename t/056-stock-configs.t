@@ -102,6 +102,40 @@ sub check_keepalive {
     ok(!grep({ ($_->{headers}{connection} // '') =~ /close/i } @log), 'no Connection: close');
 }
 
+# Redis full (issue: every error reply counts): noeviction, 2 MB of data, maxmemory 1mb, so
+# every write answers -OOM. The stock store location is one "SET key body EX ttl": a refused
+# store changes nothing in Redis, counts as not stored (pass mark), and a stale entry's
+# refused refresh does not renew the old copy as fresh.
+sub check_redis_full {
+    my $key = redis_key('/api/full');
+    is(http_get('/api/full')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored');
+    is(redis('EXPIRE', $key, 50), 1, 'now stale (50 s left)');
+    redis('CONFIG', 'SET', 'maxmemory-policy', 'noeviction');
+    redis('SET', "filler:$_", 'f' x 65536) for 1 .. 32;
+    redis('CONFIG', 'SET', 'maxmemory', '1mb');
+    my $r = http_get('/api/full');
+    is($r->{headers}{'x-stale-cache'}, 'STALE', 'stale: served at once, refresh sent');
+    wait_log(qr/refused SET \(command 1 of \d\) of location "\/redis2" with OOM/, 10);
+    wait_backend_hits('/api/full', 2);
+    $r = http_get('/api/full');
+    is($r->{headers}{'x-stale-cache'}, 'STALE', 'after the refused refresh: still STALE, not FRESH');
+    is($r->{body}, "backend GET /api/full hit 1\n", 'the old body');
+    my $ttl = redis('TTL', $key);
+    ok($ttl > 0 && $ttl <= 50, "the old copy kept its life (TTL $ttl)");
+    is(http_get('/api/cold')->{headers}{'x-stale-cache'}, 'MISS', 'a cold miss under OOM');
+    is(http_get('/api/cold')->{headers}{'x-stale-cache'}, 'PASS', 'its store was refused: PASS');
+    is(redis('EXISTS', redis_key('/api/cold')), 0, 'nothing stored');
+    $r = at_port($::ADMIN_PORT, 'GET /metrics');
+    like($r->{body}, qr/^stale_cache_fills_total\{zone="srcache_locks",outcome="stored"\} 2$/m,
+         'metrics: the two fills before Redis was full (/api/warm, /api/full) counted stored');
+    like($r->{body}, qr/^stale_cache_fills_total\{zone="srcache_locks",outcome="not_stored"\} 1$/m,
+         'metrics: the refused one not stored');
+    is(error_log_count(qr/refused SET \(command 1 of 1\) of location "\/redis2" with OOM: "OOM /), 1,
+       'one line (once per 10 s), naming the command, the location and the cause');
+    redis('CONFIG', 'SET', 'maxmemory', '0');
+}
+
 run_tests();
 
 __DATA__
@@ -225,5 +259,17 @@ check_admin_guard();
 GET /api/warm
 --- check
 check_admin_guard();
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/]
+
+
+
+=== TEST 10: stock-debian.conf: Redis full (-OOM): nothing counted stored, the old copy not renewed as fresh, one log line
+--- http_config eval: ::stock_http('stock-debian.conf')
+--- config eval: ::stock('stock-debian.conf')
+--- request
+GET /api/warm
+--- check
+check_redis_full();
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/]
