@@ -159,6 +159,9 @@ pub fn backoff_ms(failures: u8, base_ms: u64, cap_ms: u64) -> u64 {
 pub enum RefreshEnd {
     /// It answered 2xx: the new entry is stored.
     Stored,
+    /// It answered 2xx, but Redis refused its store (its request marked the key with the
+    /// refresh backoff already).
+    NotStored,
     /// It answered this status (not 2xx).
     Status(u16),
     /// It did not answer in time.
@@ -226,7 +229,7 @@ impl UseStale {
                 .any(|(w, bit)| *w == word && self.0 & bit != 0)
         };
         match end {
-            RefreshEnd::Stored => false,
+            RefreshEnd::Stored | RefreshEnd::NotStored => false,
             RefreshEnd::Error => has("error"),
             RefreshEnd::Timeout => has("timeout"),
             RefreshEnd::Status(502) => has("http_502") || has("error"),

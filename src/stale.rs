@@ -10,7 +10,7 @@
 //!   (`crate::flow`, `crate::policy`, `crate::collapse`) what to do;
 //! - the rooms that act and return, never calling back up: `lookup` (TTL/PERSIST/EXPIRE and
 //!   lease subrequests), `waiters` (held locks and waiting requests), `lease` (the fleet
-//!   lease), `refresh` and `sender` (the background refresh), `hot` (the hot tier), `purge`;
+//!   lease), `refresh` and `sender` (the background refresh, `store`: one whose store was refused), `hot` (the hot tier), `purge`;
 //! - `filters` (the output filters, one dispatch; srcache's subrequests known by their
 //!   location's `role`), `variables`, `metrics`, `error`, `conf`.
 
@@ -31,6 +31,7 @@ mod refresh;
 mod role;
 mod sender;
 mod state;
+mod store;
 mod variables;
 mod waiters;
 

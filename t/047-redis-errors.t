@@ -174,7 +174,7 @@ unfill_redis();
 
 
 
-=== TEST 3: Redis full: a stale entry whose refresh is refused is not renewed as fresh; its old body stays STALE
+=== TEST 3: Redis full: a stale entry whose refresh is refused is not renewed as fresh, the refresh counts failed and backs off; its old body stays STALE
 --- http_config eval: $::HTTP
 --- config eval: ::config()
 --- pre
@@ -184,6 +184,8 @@ my $r = http_get('/api/old');
 is($r->{headers}{'x-stale-cache'}, 'STALE', 'stale: served at once');
 is($r->{body}, "backend GET /api/old hit 1\n", 'the old body');
 wait_log(qr/refused SET .* with OOM/, 10);
+wait_until(sub { metric_z('stale_cache_refreshes_total', 'outcome="failed"') == 1 }, 10,
+           'the refresh ended, counted failed');
 --- request
 GET /api/old
 --- response_headers
@@ -191,13 +193,18 @@ X-Stale-Cache: STALE
 --- response_body
 backend GET /api/old hit 1
 --- check
-cmp_ok(backend_hits('/api/old'), '>=', 2, 'the fill and the refused refresh');
+is(metric_z('stale_cache_refreshes_total', 'outcome="succeeded"'), 0, 'the refused refresh did not succeed');
+is(metric_z('stale_cache_refreshes_skipped_total', 'reason="backoff"'), 1,
+   'the next stale hit sent no refresh: the key backs off as after a failed refresh');
+is(backend_hits('/api/old'), 2, 'the fill and the refused refresh');
 my $ttl = redis('TTL', redis_key('/api/old'));
 cmp_ok($ttl, '<=', 50, "the old copy keeps its old life (TTL $ttl, not renewed to 105)");
 cmp_ok($ttl, '>', 0, 'and is still there');
 like(redis('GET', redis_key('/api/old')), qr/hit 1/, 'Redis still holds the old body');
 is(metric_z('stale_cache_requests_total', 'status="fresh"'), 0, 'never FRESH');
 unfill_redis();
+--- error_log
+the refresh of "/api/old" was not stored (its store location answered 502): the stale copy stays as it was and the key's refreshes back off
 
 
 

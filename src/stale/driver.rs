@@ -28,7 +28,7 @@ use super::state::{self, Next, Phase, RequestState};
 use super::variables::read_cache_variables;
 use super::waiters::WaitEnd;
 use super::{hot, metrics};
-use crate::collapse::{fill_end, FillEnd};
+use crate::collapse::{fill_end, FillEnd, StoreOutcome};
 use crate::nginx::bits;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{live_headers, now_ms, request_log, str_bytes, AGAIN, DECLINED, DONE};
@@ -95,6 +95,17 @@ pub unsafe extern "C" fn log_handler(r: *mut ngx_http_request_t) -> ngx_int_t {
     if core::ptr::eq(req.main, r) && main_conf(req).in_use {
         if let Some(peek) = state::peek(req) {
             refresh::check_stored(req, peek.is_refresh && !peek.lease_op, peek.status);
+            if let (true, false, StoreOutcome::Refused { status }) =
+                (peek.is_refresh, peek.lease_op, peek.store)
+            {
+                // A refresh is decided without settings: its key is read here.
+                if let (Ok(Some(settings)), Some(zone)) = (
+                    Settings::parse(&read_cache_variables(req)),
+                    metrics::zone_of_request(req),
+                ) {
+                    super::store::refused_refresh(req, zone, &settings.key, status);
+                }
+            }
         }
     }
     DECLINED

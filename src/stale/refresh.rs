@@ -289,6 +289,7 @@ pub fn send(pending: PendingRefresh) {
                 // about the backend, and nothing was stored.
                 RefreshOutcome::Failed(_) | RefreshOutcome::Unconfirmed(_) => RefreshEnd::Error,
             };
+            let end = super::store::refresh_end(end, &lock);
             let counter = if end == RefreshEnd::Stored {
                 Counter::RefreshesSucceeded
             } else {

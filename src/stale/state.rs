@@ -529,6 +529,8 @@ pub struct Peek {
     pub lease_op: bool,
     pub wake_delay_ms: Option<u64>,
     pub ttl_left: Option<i64>,
+    /// What srcache's store subrequest did (final in the LOG phase).
+    pub store: StoreOutcome,
 }
 
 /// What variable handlers and filters may know of `r`'s state.
@@ -543,6 +545,7 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
             lease_op: ptr::addr_of!((*state).lease_op).read(),
             wake_delay_ms: ptr::addr_of!((*state).wake_delay_ms).read(),
             ttl_left: ptr::addr_of!((*state).ttl_left).read(),
+            store: StoreOutcome::of(ptr::addr_of!((*state).store_status).read()),
         })
     }
 }

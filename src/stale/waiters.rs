@@ -455,7 +455,8 @@ impl HeldLock {
         let now = now_ms();
         let stored = end == RefreshEnd::Stored;
         let marked = lock.zone.with_key(&lock.key, |t, fp| {
-            let mark = if stored {
+            let mark = if stored || end == RefreshEnd::NotStored {
+                // NotStored: its own request set the error mark (`store::refused_refresh`).
                 None
             } else if policy.grace && !policy.use_stale.covers(end) {
                 t.pass_set(fp, policy.pass_ms, now);
