@@ -149,7 +149,8 @@ deb: deps
 # needs nightly and runs for minutes. One fuzzer process at a time, FUZZ_SECONDS per
 # target; new inputs go to fuzz/corpus (ignored by git), crashes to fuzz/artifacts.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= framer value_reader bulk_body parse_reply integer_reply
+FUZZ_TARGETS ?= framer value_reader bulk_body parse_reply integer_reply cluster_redirect \
+  cluster_slots
 
 fuzz:
 	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal
