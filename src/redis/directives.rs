@@ -191,7 +191,7 @@ pub unsafe extern "C" fn set_redis_variable(
             Some(step) => steps.push(step),
             None => {
                 let message = format!(
-                    "unknown transformation \"{}\", expected \"escape\", \"unescape\" or \"md5\"",
+                    "unknown transformation \"{}\", expected \"escape\", \"unescape\", \"md5\" or \"tag\"",
                     String::from_utf8_lossy(str_bytes(arg))
                 );
                 return conf_error(cf, cmd, &message);
