@@ -216,13 +216,17 @@ fn value(buf: &[u8], pos: usize, depth: usize) -> Result<(Value<'_>, usize), Inc
 /// The length of the complete reply at the start of `buf` (`Ok(None)`: not all here yet;
 /// `Err`: not RESP, or nested deeper than a slot map). Used to step over the `CLUSTER SLOTS`
 /// and `ASKING` replies that precede a request's own.
-pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, ()> {
+pub fn reply_len(buf: &[u8]) -> Result<Option<usize>, NotResp> {
     match value(buf, 0, 0) {
         Ok((_, used)) => Ok(Some(used)),
         Err(Incomplete::More) => Ok(None),
-        Err(Incomplete::Invalid) => Err(()),
+        Err(Incomplete::Invalid) => Err(NotResp),
     }
 }
+
+/// Bytes that are not a RESP reply (or one nested deeper than a slot map).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NotResp;
 
 /// Why a `CLUSTER SLOTS` reply gave no map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -575,7 +579,7 @@ mod tests {
         }
         assert_eq!(reply_len(b"+OK\r\n:1\r\n"), Ok(Some(5)));
         assert_eq!(reply_len(b"*2\r\n:1\r\n"), Ok(None));
-        assert_eq!(reply_len(b"?\r\n"), Err(()));
+        assert_eq!(reply_len(b"?\r\n"), Err(NotResp));
         // A huge announced count does not allocate for it.
         assert_eq!(
             SlotMap::from_cluster_slots(b"*2000000000\r\n"),

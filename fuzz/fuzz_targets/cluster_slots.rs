@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use stale_cache_fuzz::cluster::{reply_len, MapError, NodeAddr, SlotMap, SLOTS};
+use stale_cache_fuzz::cluster::{reply_len, MapError, NodeAddr, NotResp, SlotMap, SLOTS};
 use stale_cache_fuzz::reference::{self, Stop};
 
 fuzz_target!(|data: &[u8]| {
@@ -37,6 +37,6 @@ fuzz_target!(|data: &[u8]| {
         Err(MapError::Invalid(_)) => {}
     }
     if let Err(Stop::Incomplete) = reference::value(data, 0, 0) {
-        assert!(matches!(len, Ok(None) | Err(())));
+        assert!(matches!(len, Ok(None) | Err(NotResp)));
     }
 });

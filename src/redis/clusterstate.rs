@@ -1,0 +1,123 @@
+//! Redis Cluster state, a leaf of the folder: a request's part (`ClusterReq`: its slot,
+//! where its next try goes, the replies its own commands are preceded by) and each worker's
+//! slot map per cluster, refreshed by one request at a time (see `redis::cluster`).
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use ngx::ffi::{ngx_chain_t, ngx_msec_t};
+
+use crate::cluster::{NodeAddr, SlotMap};
+
+/// Redirections one request follows before it fails open like any Redis error.
+pub const REDIRECT_LIMIT: u8 = 5;
+/// The least time between two map refreshes of a worker: a failover answers many requests
+/// with `-MOVED` or a refused connection, each asking for a refresh; one is enough.
+pub const REFRESH_INTERVAL_MS: ngx_msec_t = 100;
+
+/// A request's part of cluster mode (all off for a plain upstream).
+pub struct ClusterReq {
+    /// The location's upstream is a cluster (set when its balancer starts the request).
+    pub on: bool,
+    /// The cluster's server group: the key of the worker's map.
+    pub group: usize,
+    /// The slot of the request's first key (`None`: no key).
+    pub slot: Option<u16>,
+    /// The request's own commands, which the prefix (ASKING, CLUSTER SLOTS) goes before.
+    pub commands: *mut ngx_chain_t,
+    /// Where the next try goes (from a `-MOVED` or `-ASK`).
+    pub next: Option<NodeAddr>,
+    /// The next try starts with ASKING (after `-ASK`).
+    pub asking: bool,
+    /// The current try's first reply is ASKING's `+OK`.
+    pub expect_asking: bool,
+    /// This request holds the worker's refresh of the map.
+    pub refresh: bool,
+    /// The current try's first reply is CLUSTER SLOTS's.
+    pub expect_slots: bool,
+    /// CLUSTER SLOTS's reply, gathered across reads.
+    pub slots_buf: Vec<u8>,
+    /// The first reply of the request's own commands was looked at for a redirection.
+    pub peeked: bool,
+    pub redirects: u8,
+    /// The current try ended in a redirection: not a failure of the server.
+    pub redirected: bool,
+    /// The current try's peer came from the round robin over the seed nodes.
+    pub used_rr: bool,
+}
+
+impl Default for ClusterReq {
+    fn default() -> Self {
+        ClusterReq {
+            on: false,
+            group: 0,
+            slot: None,
+            commands: core::ptr::null_mut(),
+            next: None,
+            asking: false,
+            expect_asking: false,
+            refresh: false,
+            expect_slots: false,
+            slots_buf: Vec::new(),
+            peeked: false,
+            redirects: 0,
+            redirected: false,
+            used_rr: false,
+        }
+    }
+}
+
+/// One cluster as a worker sees it.
+#[derive(Default)]
+pub struct Cluster {
+    pub map: SlotMap,
+    /// Something said the map is out of date (`-MOVED`, `-CLUSTERDOWN`, a node refusing).
+    pub stale: bool,
+    /// When the refresh in flight started (0: none).
+    pub refreshing_since: ngx_msec_t,
+    /// When the last refresh started.
+    pub last_refresh: ngx_msec_t,
+    /// Whether a map was ever read.
+    pub loaded: bool,
+}
+
+thread_local! {
+    /// Per worker, per cluster (its server group's address): the slot map. Per worker, not
+    /// in shared memory: a map is small (16384 slots), a refresh costs one CLUSTER SLOTS per
+    /// worker per topology change, and nothing needs locking.
+    static CLUSTERS: RefCell<HashMap<usize, Cluster>> = RefCell::new(HashMap::new());
+}
+
+/// Runs `f` on the worker's state of cluster `group`.
+pub fn with<R>(group: usize, f: impl FnOnce(&mut Cluster) -> R) -> R {
+    CLUSTERS.with(|c| f(c.borrow_mut().entry(group).or_default()))
+}
+
+impl Cluster {
+    /// Whether a request starting now should refresh the map (and, if so, takes the turn).
+    /// `timeout`: how long a refresh may run before another may start.
+    pub fn claim_refresh(&mut self, now: ngx_msec_t, timeout: ngx_msec_t) -> bool {
+        if self.loaded && !self.stale {
+            return false;
+        }
+        if self.refreshing_since != 0 && now.wrapping_sub(self.refreshing_since) < timeout {
+            return false;
+        }
+        if self.loaded && now.wrapping_sub(self.last_refresh) < REFRESH_INTERVAL_MS {
+            return false;
+        }
+        self.refreshing_since = now.max(1);
+        self.last_refresh = now;
+        true
+    }
+
+    /// A refresh ended; `map` when it read one.
+    pub fn end_refresh(&mut self, map: Option<SlotMap>) {
+        self.refreshing_since = 0;
+        if let Some(map) = map {
+            self.map = map;
+            self.loaded = true;
+            self.stale = false;
+        }
+    }
+}
