@@ -48,6 +48,33 @@ sub get_many {
         $timeout // 10);
 }
 
+# wrk -c16 over $n paths "$prefix<i>" for at most $seconds, in the background.
+sub start_wrk {
+    my ($prefix, $n, $seconds) = @_;
+    my $dir = $ENV{TEST_NGINX_SERVROOT};
+    open my $fh, '>', "$dir/wrk.lua" or die "wrk.lua: $!";
+    print $fh "local i = 0\nrequest = function()\n  i = i + 1\n"
+            . "  return wrk.format('GET', '$prefix' .. (i % $n))\nend\n";
+    close $fh;
+    unlink "$dir/wrk.out";
+    my $pid = Test::StaleCache::spawn("$dir/wrk.out", '/usr/bin/wrk', '-t2', '-c16', "-d${seconds}s",
+        '-s', "$dir/wrk.lua", "http://127.0.0.1:$ENV{TEST_NGINX_SERVER_PORT}/");
+    return $pid;
+}
+
+# Stops wrk (SIGINT: it prints its summary) and reads it.
+sub stop_wrk {
+    my $pid = shift;
+    kill 'INT', $pid;
+    Test::StaleCache::wait_pid($pid, 10) // Test::StaleCache::kill_wait($pid, 'KILL', 5);
+    my $text = Test::StaleCache::slurp("$ENV{TEST_NGINX_SERVROOT}/wrk.out") // '';
+    my ($requests) = $text =~ /(\d+) requests in/;
+    my ($non2xx) = $text =~ /Non-2xx or 3xx responses: (\d+)/;
+    my @err = $text =~ /Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)/;
+    my $errors = 0; $errors += $_ for @err;
+    return (requests => $requests // 0, non2xx => $non2xx // 0, errors => $errors, text => $text);
+}
+
 run_tests();
 
 __DATA__
@@ -77,5 +104,103 @@ my @again = ::get_many([map { "/api/c$_" } 0 .. 19]);
 is(scalar(grep { ($_->{headers}{'x-stale-cache'} // '') eq 'FRESH' && $_->{status} == 200 } @again),
    20, 'the 20 keys are FRESH hits from the cluster');
 is(scalar(backend_log()), 20, 'no new backend hit');
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: redis-cli --cluster reshard of 2,000 slots under wrk -c16: 0 non-2xx, <= 10 extra backend hits
+--- workers: 2
+--- log_level: info
+--- http_config eval: ::cluster_http()
+--- config eval: ::cluster_server('set $cache_stale 1;')
+--- timeout: 120
+--- check
+RedisCluster::flushall();
+my @r = ::get_many([map { "/api/r$_" } 0 .. 19]);
+is(scalar(grep { $_->{status} == 200 } @r), 20, '20 keys filled');
+is(scalar(backend_log()), 20, '20 backend hits');
+my ($from, $to) = @{ RedisCluster::primaries() }[0, 1];
+my $id = sub { (RedisCluster::cmd($_[0], 'CLUSTER', 'MYID')) };
+my ($from_id, $to_id) = ($id->($from), $id->($to));
+my %before = map { $_ => RedisCluster::node_of(::ckey("/api/r$_")) } 0 .. 19;
+# Where each key was before the reshard.
+my $wrk = ::start_wrk('/api/r', 20, 30);
+my $t0 = time;
+my $out = `@{[ RedisCluster::cli() ]} --cluster reshard 127.0.0.1:$from --cluster-from $from_id --cluster-to $to_id --cluster-slots 2000 --cluster-yes 2>&1`;
+is($?, 0, 'reshard done') or diag($out);
+my $took = time - $t0;
+diag(sprintf 'reshard of 2000 slots took %.1f s', $took);
+my %res = ::stop_wrk($wrk);
+cmp_ok($res{requests}, '>', 100, "wrk sent $res{requests} requests during the reshard");
+is($res{non2xx}, 0, '0 non-2xx responses') or diag($res{text});
+is($res{errors}, 0, 'no socket errors') or diag($res{text});
+my $extra = scalar(backend_log()) - 20;
+cmp_ok($extra, '<=', 10, "$extra extra backend hits");
+my $moved = grep { RedisCluster::node_of(::ckey("/api/r$_")) != $before{$_} } 0 .. 19;
+diag("$moved of the 20 keys moved to another primary");
+# All 20 keys are served from the cluster after the move.
+my @again = ::get_many([map { "/api/r$_" } 0 .. 19]);
+is(scalar(grep { ($_->{headers}{'x-stale-cache'} // '') eq 'FRESH' } @again), 20, '20 FRESH after the reshard');
+
+
+
+=== TEST 3: kill -9 of a primary under wrk -c16: 0 non-2xx, all keys from Redis again within 5 s
+--- workers: 2
+--- log_level: info
+--- http_config eval: ::cluster_http()
+--- config eval: ::cluster_server('set $cache_stale 1;')
+--- timeout: 120
+--- check
+RedisCluster::flushall();
+my @r = ::get_many([map { "/api/k$_" } 0 .. 19]);
+is(scalar(grep { $_->{status} == 200 } @r), 20, '20 keys filled');
+# The victim: a primary holding some of the keys; its replica has them once replicated.
+my %on;
+$on{ RedisCluster::node_of(::ckey("/api/k$_")) }++ for 0 .. 19;
+my ($victim) = sort { $on{$b} <=> $on{$a} } keys %on;
+RedisCluster::wait_for(sub { my $info = RedisCluster::cmd($victim, 'INFO', 'replication');
+    my ($off) = $info =~ /master_repl_offset:(\d+)/; my ($ack) = $info =~ /slave0:.*offset=(\d+)/;
+    defined $ack && $ack >= $off }, 10, 'the victim\'s replica to catch up');
+my $wrk = ::start_wrk('/api/k', 20, 30);
+sleep 1;
+my $t0 = time;
+RedisCluster::kill9($victim);
+# Within 5 s every key is a FRESH hit again (the replica was promoted, the map refreshed).
+my $fresh_at;
+while (time - $t0 < 5 * time_scale()) {
+    my @x = ::get_many([map { "/api/k$_" } 0 .. 19]);
+    if (20 == grep { ($_->{headers}{'x-stale-cache'} // '') eq 'FRESH' } @x) { $fresh_at = time - $t0; last }
+    Time::HiRes::sleep(0.1);
+}
+ok(defined $fresh_at, sprintf('all 20 keys FRESH from the cluster %.1f s after the kill', $fresh_at // -1));
+sleep 1;
+my %res = ::stop_wrk($wrk);
+cmp_ok($res{requests}, '>', 100, "wrk sent $res{requests} requests");
+is($res{non2xx}, 0, '0 non-2xx responses') or diag($res{text});
+is($res{errors}, 0, 'no socket errors') or diag($res{text});
+diag("$on{$victim} keys were on the killed primary; backend hits: " . scalar(backend_log()));
+
+
+
+=== TEST 4: stale refresh and purge as with one Redis: EXPIRE on the key's node -> STALE + one refresh; PURGE deletes on the key's node
+--- http_config eval: ::cluster_http()
+--- config eval: ::cluster_server("stale_cache_purge PURGE;\nstale_cache_memo off;")
+--- check
+RedisCluster::flushall();
+my $key = ::ckey('/api/s');
+is(http_get('/api/s')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
+wait_until(sub { defined RedisCluster::on_key('GET', $key) }, 5, 'the entry on its primary');
+is(http_get('/api/s')->{headers}{'x-stale-cache'}, 'FRESH', 'FRESH from the cluster');
+is(RedisCluster::on_key('EXPIRE', $key, 50), 1, 'EXPIRE 50 on the key\'s node: stale');
+is(http_get('/api/s')->{headers}{'x-stale-cache'}, 'STALE', 'STALE');
+wait_until(sub { backend_hits('/api/s') == 2 && RedisCluster::on_key('TTL', $key) > 100 }, 5,
+           'one refresh stored a new copy');
+is(backend_hits('/api/s'), 2, 'one refresh');
+my ($r) = Test::StaleCache::run_jobs([{ port => $::ADMIN_PORT,
+    reqs => [Test::StaleCache::build_request('PURGE /api/s')] }], 10);
+is($r->{status}, 200, 'PURGE on the admin listener: 200');
+is(RedisCluster::on_key('EXISTS', $key), 0, 'the entry is gone from its primary');
+is(http_get('/api/s')->{headers}{'x-stale-cache'}, 'MISS', 'a MISS after the purge');
 --- no_error_log
 [error]

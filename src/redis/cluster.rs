@@ -298,8 +298,14 @@ unsafe extern "C" fn free_peer(
         // again (one request per worker does).
         clusterstate::with(c.group, |cl| cl.stale = true);
     }
-    // Our own count: the round robin zeroes it for a single seed.
-    pc.tries = tries.saturating_sub(1);
+    // Our own count: the round robin zeroes it for a single seed. A node of the map that
+    // failed ends the tries: until the map changes, every try would go to it again, so the
+    // request fails open at once (the seeds' round robin tries the next seed as usual).
+    pc.tries = if failed && !c.used_rr {
+        0
+    } else {
+        tries.saturating_sub(1)
+    };
 }
 
 /// Which argument of `command` is its first key, when its name (and EVAL's key count) are
