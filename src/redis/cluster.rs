@@ -149,21 +149,37 @@ unsafe extern "C" fn init_peer(
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 const CLUSTER_SLOTS: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
 
-/// Sets the request's buffers for this try: ASKING after an `-ASK`, CLUSTER SLOTS while
-/// this request refreshes the map, then its own commands.
+/// Sets the request's buffers for this try: a pause after `-TRYAGAIN`/`-CLUSTERDOWN`, CLUSTER
+/// SLOTS while this request refreshes the map, ASKING after an `-ASK` (it covers the one
+/// command after it), then its own commands.
 pub(super) fn build_prefix(r: &mut ngx_http_request_t, c: &mut ClusterReq) -> bool {
     let mut head = ptr::null_mut();
     let mut tail = &mut head as *mut *mut _;
-    c.expect_asking = c.asking;
-    if c.asking && !push_bytes(r.pool, &mut tail, ASKING) {
-        return false;
+    c.skip_before = 0;
+    if c.delay_ms > 0 {
+        // The pause is the node's: WAIT for more replicas than exist blocks this connection
+        // (only) for the timeout, so the worker never sleeps and no timer is needed.
+        let ms = c.delay_ms.to_string();
+        let wait = format!(
+            "*3\r\n$4\r\nWAIT\r\n$7\r\n1000000\r\n${}\r\n{ms}\r\n",
+            ms.len()
+        );
+        if !push_bytes(r.pool, &mut tail, wait.as_bytes()) {
+            return false;
+        }
+        c.skip_before = 1;
+        c.delay_ms = 0;
     }
-    c.asking = false;
     c.expect_slots = c.refresh;
     c.slots_buf.clear();
     if c.refresh && !push_bytes(r.pool, &mut tail, CLUSTER_SLOTS) {
         return false;
     }
+    c.skip_after = u8::from(c.asking);
+    if c.asking && !push_bytes(r.pool, &mut tail, ASKING) {
+        return false;
+    }
+    c.asking = false;
     c.peeked = false;
     c.redirected = false;
     // SAFETY: `tail` is the `next` slot of the last prefix link, or `head` itself.

@@ -11,6 +11,9 @@ use crate::cluster::{NodeAddr, SlotMap};
 
 /// Redirections one request follows before it fails open like any Redis error.
 pub const REDIRECT_LIMIT: u8 = 5;
+/// Tries again after `-TRYAGAIN` or `-CLUSTERDOWN`, waiting 10, 20, then 40 ms before each.
+pub const RETRY_LIMIT: u8 = 3;
+pub const RETRY_FIRST_DELAY_MS: u32 = 10;
 /// The least time between two map refreshes of a worker: a failover answers many requests
 /// with `-MOVED` or a refused connection, each asking for a refresh; one is enough.
 pub const REFRESH_INTERVAL_MS: ngx_msec_t = 100;
@@ -29,8 +32,13 @@ pub struct ClusterReq {
     pub next: Option<NodeAddr>,
     /// The next try starts with ASKING (after `-ASK`).
     pub asking: bool,
-    /// The current try's first reply is ASKING's `+OK`.
-    pub expect_asking: bool,
+    /// The current try's prefix: replies before the map (WAIT's) and after it (ASKING's).
+    pub skip_before: u8,
+    pub skip_after: u8,
+    /// The next try first waits this long on the node (after `-TRYAGAIN`/`-CLUSTERDOWN`).
+    pub delay_ms: u32,
+    /// `-TRYAGAIN`/`-CLUSTERDOWN` retries so far.
+    pub retries: u8,
     /// This request holds the worker's refresh of the map.
     pub refresh: bool,
     /// The current try's first reply is CLUSTER SLOTS's.
@@ -55,7 +63,10 @@ impl Default for ClusterReq {
             commands: core::ptr::null_mut(),
             next: None,
             asking: false,
-            expect_asking: false,
+            skip_before: 0,
+            skip_after: 0,
+            delay_ms: 0,
+            retries: 0,
             refresh: false,
             expect_slots: false,
             slots_buf: Vec::new(),

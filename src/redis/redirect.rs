@@ -5,9 +5,9 @@
 
 use ngx::ffi::{ngx_buf_t, ngx_http_upstream_t, ngx_int_t, NGX_LOG_ERR};
 
-use super::clusterstate::{self, REDIRECT_LIMIT};
+use super::clusterstate::{self, REDIRECT_LIMIT, RETRY_FIRST_DELAY_MS, RETRY_LIMIT};
 use super::ctx::{peer_name, RedisCtx};
-use crate::cluster::{parse_redirect, reply_len, NotResp, Redirect, SlotMap};
+use crate::cluster::{parse_redirect, reply_len, NodeAddr, NotResp, Redirect, SlotMap};
 use crate::nginx::log::{limited, Every};
 use crate::nginx::util::AGAIN;
 use crate::resp::Escaped;
@@ -40,11 +40,37 @@ fn log_of(ctx: &RedisCtx) -> *mut ngx::ffi::ngx_log_t {
     unsafe { (*(*ctx.request).connection).log }
 }
 
+/// Steps over `count` whole replies of the prefix (WAIT's, ASKING's: whatever they say, the
+/// request's own replies follow). `Some(rc)` when process_header must return.
+fn skip(u: &mut ngx_http_upstream_t, count: &mut u8) -> Option<ngx_int_t> {
+    while *count > 0 {
+        match reply_len(unread(&u.buffer)) {
+            Ok(None) => {
+                compact(&mut u.buffer);
+                return Some(AGAIN);
+            }
+            Ok(Some(used)) => {
+                // SAFETY: `used` ≤ the unread bytes.
+                u.buffer.pos = unsafe { u.buffer.pos.add(used) };
+                *count -= 1;
+            }
+            Err(NotResp) => {
+                u.peer.tries = 0;
+                return Some(UPSTREAM_INVALID_HEADER);
+            }
+        }
+    }
+    None
+}
+
 /// `Some(rc)`: process_header returns `rc` (more to read, or a redirection); `None`: the
 /// location reads the reply as usual, from `u.buffer.pos`.
 pub(super) fn cluster_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) -> Option<ngx_int_t> {
     if !ctx.cluster.on {
         return None;
+    }
+    if let Some(rc) = skip(u, &mut ctx.cluster.skip_before) {
+        return Some(rc);
     }
     if ctx.cluster.expect_slots {
         let c = &mut ctx.cluster;
@@ -104,23 +130,8 @@ pub(super) fn cluster_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) ->
             u.buffer.last = u.buffer.start.add(rest.len());
         }
     }
-    if ctx.cluster.expect_asking {
-        match reply_len(unread(&u.buffer)) {
-            Ok(None) => {
-                compact(&mut u.buffer);
-                return Some(AGAIN);
-            }
-            // ASKING answers +OK; whatever it said, the command's own reply follows.
-            Ok(Some(used)) => {
-                // SAFETY: `used` ≤ the unread bytes.
-                u.buffer.pos = unsafe { u.buffer.pos.add(used) };
-                ctx.cluster.expect_asking = false;
-            }
-            Err(NotResp) => {
-                u.peer.tries = 0;
-                return Some(UPSTREAM_INVALID_HEADER);
-            }
-        }
+    if let Some(rc) = skip(u, &mut ctx.cluster.skip_after) {
+        return Some(rc);
     }
     if ctx.cluster.peeked {
         return None;
@@ -149,12 +160,26 @@ pub(super) fn cluster_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) ->
             });
             (node, false)
         }
-        Redirect::Ask { node, .. } => (node, true),
-        Redirect::ClusterDown => {
-            clusterstate::with(c.group, |cl| cl.stale = true);
-            return None;
+        // ASKING covers one command: a location of several (SET + EXPIRE) would run the
+        // others unasked on the importing node. It fails open instead (the cluster
+        // configuration stores with one SET ... EX).
+        Redirect::Ask { node, .. } if ctx.commands == 1 => (node, true),
+        Redirect::Ask { .. } => return None,
+        Redirect::ClusterDown | Redirect::TryAgain => {
+            if matches!(redirect, Redirect::ClusterDown) {
+                clusterstate::with(c.group, |cl| cl.stale = true);
+            }
+            if c.retries >= RETRY_LIMIT {
+                return None;
+            }
+            // The same node again, after a pause that doubles with each retry.
+            let node = NodeAddr::parse(peer_name(u).as_bytes())?;
+            c.delay_ms = RETRY_FIRST_DELAY_MS << c.retries;
+            c.retries += 1;
+            c.next = Some(node);
+            c.redirected = true;
+            return Some(UPSTREAM_INVALID_HEADER);
         }
-        Redirect::TryAgain => return None,
     };
     if c.redirects >= REDIRECT_LIMIT {
         limited(
