@@ -14,10 +14,12 @@ sub conf_text { Test::StaleCache::slurp('nginx-conf/redis-cluster.conf') // die 
 
 # The server block of the shipped file, on the harness's listener and backend.
 sub cluster_server {
-    my $extra = shift;
+    my ($extra, $no_admin) = @_;
     my ($server) = conf_text() =~ /\n    server \{\n(.*)\n    \}\n\}\s*\z/s or die 'no server';
     $server =~ s/^\s*listen 127\.0\.0\.1:8080;[^\n]*\n//m or die 'no listen 8080';
-    $server =~ s/listen 127\.0\.0\.1:8099;/listen 127.0.0.1:$::ADMIN_PORT;/ or die 'no admin listen';
+    # (Without it for several nodes: they would all bind the one admin port.)
+    $server =~ s/listen 127\.0\.0\.1:8099;/$no_admin ? '' : "listen 127.0.0.1:$::ADMIN_PORT;"/e
+        or die 'no admin listen';
     $server =~ s{http://www;}{http://backend;}g;
     $server =~ s/(stale_cache on;)/$1\n$extra/ if $extra;
     return $server;
@@ -202,5 +204,34 @@ my ($r) = Test::StaleCache::run_jobs([{ port => $::ADMIN_PORT,
 is($r->{status}, 200, 'PURGE on the admin listener: 200');
 is(RedisCluster::on_key('EXISTS', $key), 0, 'the entry is gone from its primary');
 is(http_get('/api/s')->{headers}{'x-stale-cache'}, 'MISS', 'a MISS after the purge');
+--- no_error_log
+[error]
+
+
+
+=== TEST 5: fleet lease, 3 nodes on the cluster: 150 concurrent cold misses over 10 keys round-robin, one fill per key for the fleet
+--- log_level: info
+--- http_config eval: ::cluster_http()
+--- config eval: ::cluster_server('set $cache_lease /redislease;', 'no admin')
+--- pre
+start_nodes(3);
+--- check
+RedisCluster::flushall();
+my @ports = node_ports();
+my @jobs = map { { port => $ports[$_ % 3],
+                   reqs => [Test::StaleCache::build_request('GET /api/f' . ($_ % 10), { 'X-Backend-Delay' => '0.3' })] } }
+           0 .. 149;
+my @r = Test::StaleCache::run_jobs(\@jobs, 20);
+is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 150, '150 x 200')
+    or diag(explain [map { $_->{error} // $_->{status} } @r]);
+is(scalar(backend_log()), 10, 'one backend hit per key for the 3 nodes');
+my $leases = 0;
+for my $i (0 .. 9) {
+    my $key = ::ckey("/api/f$i");
+    is(RedisCluster::node_of("$key:lease"), RedisCluster::node_of($key), "f$i: lease key on the entry's node")
+        if $i < 2;
+    $leases++ if defined RedisCluster::on_key('GET', $key);
+}
+is($leases, 10, 'the 10 entries are stored');
 --- no_error_log
 [error]

@@ -82,7 +82,7 @@ sub ports { map { $_->{port} } @NODES }
 
 # The primaries' ports, as node $port sees them (CLUSTER SLOTS).
 sub primaries {
-    my $port = shift // (ports())[0];
+    my $port = shift // (grep { alive($_) } ports())[0];
     my $slots = cmd($port, 'CLUSTER', 'SLOTS');
     my %p = map { $_->[2][1] => 1 } @$slots;
     return [sort { $a <=> $b } keys %p];
@@ -108,7 +108,7 @@ sub alive { my $port = shift; (eval { cmd($port, 'PING') } // '') eq 'PONG' }
 # Keys per primary: { port => DBSIZE }.
 sub sizes { return { map { $_ => cmd($_, 'DBSIZE') } @{ primaries() } } }
 
-sub flushall { eval { cmd($_, 'FLUSHALL') } for @{ primaries() } }
+sub flushall { cmd($_, 'FLUSHALL') for @{ primaries() } }
 
 sub pid_of { my $port = shift; (map { $_->{pid} } grep { $_->{port} == $port } @NODES)[0] }
 
