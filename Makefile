@@ -127,6 +127,7 @@ run: deps
 bench: deps
 	$(MAKE) module PROFILE=release
 	bench/run.sh
+	bench/cluster.sh
 
 # Instructions per fresh hit, plain srcache vs the module, counted by callgrind (repeatable on
 # a busy machine): see bench/callgrind.sh for REDIS=ref, ROWS and N.
