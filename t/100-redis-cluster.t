@@ -235,3 +235,22 @@ for my $i (0 .. 9) {
 is($leases, 10, 'the 10 entries are stored');
 --- no_error_log
 [error]
+
+
+
+=== TEST 6: the hot tier on the cluster: fill, two fresh hits from the key's node, then HOT with the same body
+--- http_config eval: ::cluster_http() . "    stale_cache_hot_zone hot 8m;\n"
+--- config eval: ::cluster_server('stale_cache_hot on;')
+--- check
+RedisCluster::flushall();
+is(http_get('/api/h')->{headers}{'x-stale-cache'}, 'MISS', 'filled');
+wait_until(sub { defined RedisCluster::on_key('GET', ::ckey('/api/h')) }, 5, 'the entry on its primary');
+is(http_get('/api/h')->{headers}{'x-stale-cache'}, 'FRESH', 'first fresh hit');
+my $fresh = http_get('/api/h');
+is($fresh->{headers}{'x-stale-cache'}, 'FRESH', 'second fresh hit (fills the zone)');
+my $hot = http_get('/api/h');
+is($hot->{headers}{'x-stale-cache'}, 'HOT', 'then served hot');
+is($hot->{body}, $fresh->{body}, 'the same body');
+is(scalar(backend_log()), 1, 'one backend hit');
+--- no_error_log
+[error]
