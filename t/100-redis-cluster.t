@@ -254,3 +254,22 @@ is($hot->{body}, $fresh->{body}, 'the same body');
 is(scalar(backend_log()), 1, 'one backend hit');
 --- no_error_log
 [error]
+
+
+
+=== TEST 7: stale-if-error on the cluster: an entry in the error band, the backend failing: the stored copy (STALE-ERROR)
+--- http_config eval: ::cluster_http()
+--- config eval: ::cluster_server("set \$cache_stale_if_error 60;\nstale_cache_memo off;")
+--- check
+RedisCluster::flushall();
+my $key = ::ckey('/api/e');
+my $fill = http_get('/api/e');
+is($fill->{headers}{'x-stale-cache'}, 'MISS', 'filled');
+wait_until(sub { defined RedisCluster::on_key('GET', $key) }, 5, 'the entry on its primary');
+is(RedisCluster::on_key('EXPIRE', $key, 30), 1, 'EXPIRE 30 on the key\'s node: in the error band');
+backend_config('/api/e', status => 500);
+my $r = http_get('/api/e');
+is($r->{headers}{'x-stale-cache'}, 'STALE-ERROR', 'STALE-ERROR');
+is($r->{status}, 200, 'status 200');
+is($r->{body}, $fill->{body}, 'the stored copy');
+is(scalar(backend_log()), 2, 'one refresh tried the backend');
