@@ -273,3 +273,35 @@ is($r->{headers}{'x-stale-cache'}, 'STALE-ERROR', 'STALE-ERROR');
 is($r->{status}, 200, 'status 200');
 is($r->{body}, $fill->{body}, 'the stored copy');
 is(scalar(backend_log()), 2, 'one refresh tried the backend');
+
+
+
+=== TEST 8: replica_reads: fetches and TTL lookups go to replicas (READONLY), stores to primaries; hits still FRESH
+--- http_config eval
+my $h = ::cluster_http();
+$h =~ s/stale_cache_redis_cluster;/stale_cache_redis_cluster replica_reads;/ or die;
+$h
+--- config eval: ::cluster_server('stale_cache_memo off;')
+--- check
+RedisCluster::flushall();
+my %primary = map { $_ => 1 } @{ RedisCluster::primaries() };
+my @replicas = grep { !$primary{$_} && RedisCluster::alive($_) } RedisCluster::ports();
+RedisCluster::cmd($_, 'CONFIG', 'RESETSTAT') for @replicas;
+my @r = ::get_many([map { "/api/ro$_" } 0 .. 19]);
+is(scalar(grep { $_->{status} == 200 } @r), 20, '20 filled');
+wait_until(sub { 20 == grep { defined RedisCluster::on_key('GET', ::ckey("/api/ro$_")) } 0 .. 19 }, 5,
+           'the entries on their primaries');
+# Replication is asynchronous: a replica may not have an entry yet right after the fill.
+wait_until(sub { 20 == grep { ($_->{headers}{'x-stale-cache'} // '') eq 'FRESH' }
+                          ::get_many([map { "/api/ro$_" } 0 .. 19]) }, 5, '20 FRESH hits');
+my ($gets, $readonly) = (0, 0);
+for my $p (@replicas) {
+    my $stats = RedisCluster::cmd($p, 'INFO', 'commandstats');
+    $gets += $1 if $stats =~ /^cmdstat_get:calls=(\d+)/m;
+    $readonly += $1 if $stats =~ /^cmdstat_readonly:calls=(\d+)/m;
+}
+cmp_ok($gets, '>', 0, "replicas answered $gets GETs");
+cmp_ok($readonly, '>', 0, "after READONLY ($readonly)");
+is(scalar(backend_log()), 20, 'no backend hit beyond the 20 fills');
+--- no_error_log
+[error]

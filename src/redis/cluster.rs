@@ -29,12 +29,16 @@ use ngx::ffi::{
 use ngx::http::HttpModule;
 
 use super::clusterstate::{self, ClusterReq, REDIRECT_LIMIT};
-use super::conf::{conf_of, RedisArg, RedisModule};
+use super::conf::{conf_of, RedisArg, RedisConf, RedisModule};
 use super::ctx::{push_bytes, RedisCtx};
 use crate::cluster::{first_key_index, NodeAddr};
-use crate::nginx::util::{conf_error, current_msec, CONF_OK, ERROR, OK};
+use crate::nginx::util::{conf_args, conf_error, current_msec, str_bytes, CONF_OK, ERROR, OK};
 
-/// `stale_cache_redis_cluster;` (in an `upstream` block, before `keepalive`).
+/// A bit of the server group's flags, beside nginx's `NGX_HTTP_UPSTREAM_*` ones (which use
+/// the low bits): `replica_reads` was given.
+const REPLICA_READS: ngx_uint_t = 1 << 30;
+
+/// `stale_cache_redis_cluster [replica_reads];` (in an `upstream` block, before `keepalive`).
 pub unsafe extern "C" fn set_redis_cluster(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
@@ -42,10 +46,11 @@ pub unsafe extern "C" fn set_redis_cluster(
 ) -> *mut c_char {
     // SAFETY: nginx passes the configuration being parsed (an `upstream` block: its ctx is
     // the block's ngx_http_conf_ctx_t) and the command, valid during the call.
-    let (uscf, cmd) = unsafe {
+    let (cfr, uscf, cmd) = unsafe {
         let ctx = (*cf).ctx as *mut ngx_http_conf_ctx_t;
         let index = (&raw const ngx_http_upstream_module).read().ctx_index;
         (
+            &*cf,
             &mut *(*(*ctx).srv_conf.add(index) as *mut ngx_http_upstream_srv_conf_t),
             &*cmd,
         )
@@ -57,6 +62,11 @@ pub unsafe extern "C" fn set_redis_cluster(
             "must come before \"keepalive\" and replaces any other balancer",
         );
     }
+    let replica_reads = match conf_args(cfr).get(1).map(str_bytes) {
+        None => false,
+        Some(b"replica_reads") => true,
+        Some(_) => return conf_error(cf, cmd, "takes only \"replica_reads\""),
+    };
     uscf.peer.init_upstream = Some(init_upstream);
     uscf.flags = (NGX_HTTP_UPSTREAM_CREATE
         | NGX_HTTP_UPSTREAM_WEIGHT
@@ -64,6 +74,9 @@ pub unsafe extern "C" fn set_redis_cluster(
         | NGX_HTTP_UPSTREAM_FAIL_TIMEOUT
         | NGX_HTTP_UPSTREAM_DOWN
         | NGX_HTTP_UPSTREAM_BACKUP) as ngx_uint_t;
+    if replica_reads {
+        uscf.flags |= REPLICA_READS;
+    }
     CONF_OK
 }
 
@@ -135,6 +148,8 @@ unsafe extern "C" fn init_peer(
     let c = &mut ctx.cluster;
     c.on = true;
     c.group = us as usize;
+    // SAFETY: nginx passes the request's live server group.
+    c.replica_ok = unsafe { (*us).flags } & REPLICA_READS != 0 && reads_only(conf_of(req));
     c.commands = u.request_bufs;
     let conf = conf_of(req);
     let timeout = conf.upstream.connect_timeout + conf.upstream.read_timeout;
@@ -147,6 +162,7 @@ unsafe extern "C" fn init_peer(
 }
 
 const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
+const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
 const CLUSTER_SLOTS: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
 
 /// Sets the request's buffers for this try: a pause after `-TRYAGAIN`/`-CLUSTERDOWN`, CLUSTER
@@ -169,6 +185,24 @@ pub(super) fn build_prefix(r: &mut ngx_http_request_t, c: &mut ClusterReq) -> bo
         }
         c.skip_before = 1;
         c.delay_ms = 0;
+    }
+    if c.replica_ok && c.next.is_none() && !c.asking {
+        // A replica of the key's slot, if the map knows one (they take turns).
+        let replica = c.slot.and_then(|slot| {
+            clusterstate::with(c.group, |cl| {
+                let replicas: Vec<NodeAddr> = cl.map.replicas(slot).cloned().collect();
+                cl.turn = cl.turn.wrapping_add(1);
+                (!replicas.is_empty()).then(|| replicas[cl.turn % replicas.len()].clone())
+            })
+        });
+        if let Some(replica) = replica {
+            // Replicas answer reads only on connections that said READONLY.
+            if !push_bytes(r.pool, &mut tail, READONLY) {
+                return false;
+            }
+            c.skip_before += 1;
+            c.next = Some(replica);
+        }
     }
     c.expect_slots = c.refresh;
     c.slots_buf.clear();
@@ -322,6 +356,17 @@ unsafe extern "C" fn free_peer(
     } else {
         tries.saturating_sub(1)
     };
+}
+
+/// Whether every command of the location only reads (what a replica may answer).
+fn reads_only(conf: &RedisConf) -> bool {
+    conf.commands.iter().all(|command| match command.first() {
+        Some(RedisArg::Literal(name)) => matches!(
+            name.to_ascii_uppercase().as_slice(),
+            b"GET" | b"TTL" | b"PTTL" | b"EXISTS" | b"STRLEN" | b"MGET"
+        ),
+        _ => false,
+    })
 }
 
 /// Which argument of `command` is its first key, when its name (and EVAL's key count) are

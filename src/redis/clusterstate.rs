@@ -52,6 +52,8 @@ pub struct ClusterReq {
     pub redirected: bool,
     /// The current try's peer came from the round robin over the seed nodes.
     pub used_rr: bool,
+    /// `replica_reads` and a location that only reads: the first try may go to a replica.
+    pub replica_ok: bool,
 }
 
 impl Default for ClusterReq {
@@ -74,6 +76,7 @@ impl Default for ClusterReq {
             redirects: 0,
             redirected: false,
             used_rr: false,
+            replica_ok: false,
         }
     }
 }
@@ -90,6 +93,8 @@ pub struct Cluster {
     pub last_refresh: ngx_msec_t,
     /// Whether a map was ever read.
     pub loaded: bool,
+    /// Whose turn among a slot's replicas (`replica_reads`).
+    pub turn: usize,
 }
 
 thread_local! {

@@ -59,7 +59,11 @@ directive_table! {
         )
         .offset(offset_of!(RedisConf, upstream.buffer_size)),
         Directive::new(ngx_string!("stale_cache_redis_watch"), ANY_LEVEL | TAKE1, set_redis_watch),
-        Directive::new(ngx_string!("stale_cache_redis_cluster"), UPSTREAM | NOARGS, set_redis_cluster)
+        Directive::new(
+            ngx_string!("stale_cache_redis_cluster"),
+            UPSTREAM | NOARGS | TAKE1,
+            set_redis_cluster,
+        )
             .no_conf(),
         Directive::new(
             ngx_string!("stale_cache_redis_variable"),
