@@ -410,6 +410,12 @@ mod tests {
         assert_eq!(slot(b"{user1000}.following"), slot(b"user1000"));
         assert_eq!(slot(b"{user1000}.followers"), slot(b"{user1000}.following"));
         assert_eq!(slot(b"user1000"), 3443);
+        // The edge cases, as `CLUSTER KEYSLOT` of Redis 7.0 answers them.
+        assert_eq!(slot(b"{}"), 15257);
+        assert_eq!(slot(b"{{a}}"), 10276);
+        assert_eq!(slot(b"a{b}c{d}"), 3300);
+        assert_eq!(slot(b"a{bc"), 13842);
+        assert_eq!(slot(b"{0123456789abcdef0123456789abcdef}:lease"), 1829);
     }
 
     #[test]
