@@ -166,6 +166,7 @@ RedisCluster::wait_for(sub { my $info = RedisCluster::cmd($victim, 'INFO', 'repl
     defined $ack && $ack >= $off }, 10, 'the victim\'s replica to catch up');
 my $wrk = ::start_wrk('/api/k', 20, 30);
 sleep 1;
+RedisCluster::cmd($_, 'CONFIG', 'RESETSTAT') for grep { RedisCluster::alive($_) } RedisCluster::ports();
 my $t0 = time;
 RedisCluster::kill9($victim);
 # Within 5 s every key is a FRESH hit again (the replica was promoted, the map refreshed).
@@ -178,6 +179,15 @@ while (time - $t0 < 5 * time_scale()) {
 ok(defined $fresh_at, sprintf('all 20 keys FRESH from the cluster %.1f s after the kill', $fresh_at // -1));
 sleep 1;
 my %res = ::stop_wrk($wrk);
+my $elapsed = time - $t0;
+# The map refreshes of the failover: at most one per worker per 100 ms, not one per request.
+my $refreshes = 0;
+for my $p (grep { RedisCluster::alive($_) } RedisCluster::ports()) {
+    $refreshes += $1 if RedisCluster::cmd($p, 'INFO', 'commandstats') =~ /^cmdstat_cluster\|slots:calls=(\d+)/m;
+}
+cmp_ok($refreshes, '<=', 2 * 10 * $elapsed + 4,
+       sprintf('%d CLUSTER SLOTS in %.1f s for 2 workers (at most one per worker per 100 ms)', $refreshes, $elapsed));
+cmp_ok($refreshes, '>=', 1, 'the map was read again');
 cmp_ok($res{requests}, '>', 100, "wrk sent $res{requests} requests");
 is($res{non2xx}, 0, '0 non-2xx responses') or diag($res{text});
 is($res{errors}, 0, 'no socket errors') or diag($res{text});
