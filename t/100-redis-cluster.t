@@ -315,3 +315,32 @@ cmp_ok($readonly, '>', 0, "after READONLY ($readonly)");
 is(scalar(backend_log()), 20, 'no backend hit beyond the 20 fills');
 --- no_error_log
 [error]
+
+
+
+=== TEST 9: stale_cache_redis_cluster after keepalive fails nginx -t (keepalive would be lost)
+--- http_config
+    upstream rc_late {
+        server 127.0.0.1:7000;
+        keepalive 8;
+        stale_cache_redis_cluster;
+    }
+--- config
+    location = /r { stale_cache_redis_pass rc_late; stale_cache_redis_command GET k; }
+--- must_die
+--- error_log
+"stale_cache_redis_cluster": must come before "keepalive" and cannot be combined with another balancer
+
+
+
+=== TEST 10: an unknown parameter fails nginx -t
+--- http_config
+    upstream rc_bad {
+        stale_cache_redis_cluster replicas;
+        server 127.0.0.1:7000;
+    }
+--- config
+    location = /r { stale_cache_redis_pass rc_bad; stale_cache_redis_command GET k; }
+--- must_die
+--- error_log
+"stale_cache_redis_cluster": takes only "replica_reads"

@@ -59,7 +59,7 @@ pub unsafe extern "C" fn set_redis_cluster(
         return conf_error(
             cf,
             cmd,
-            "must come before \"keepalive\" and replaces any other balancer",
+            "must come before \"keepalive\" and cannot be combined with another balancer",
         );
     }
     let replica_reads = match conf_args(cfr).get(1).map(str_bytes) {
