@@ -102,7 +102,8 @@ pub enum Redirect {
 /// Reads the text of an error reply (without `-` and CRLF). `None`: an ordinary error, or a
 /// redirection that does not parse (which is then an ordinary error, never trusted).
 pub fn parse_redirect(text: &[u8]) -> Option<Redirect> {
-    let mut words = text.split(|&c| c == b' ').filter(|w| !w.is_empty());
+    // Exactly as Redis writes them: single spaces, nothing before the kind.
+    let mut words = text.split(|&c| c == b' ');
     let kind = words.next()?;
     match kind {
         b"MOVED" | b"ASK" => {
@@ -497,6 +498,10 @@ mod tests {
             b"MOVED",
             b"ERR unknown command",
             b"moved 1 127.0.0.1:1",
+            b"MOVED  1 127.0.0.1:1",
+            b"MOVED 1 127.0.0.1:1 ",
+            b" MOVED 1 127.0.0.1:1",
+            b"  TRYAGAIN x",
             b"",
         ] {
             assert_eq!(
