@@ -390,6 +390,57 @@ impl SlotMap {
     }
 }
 
+/// The least time between two map refreshes of a worker: a failover answers many requests
+/// with `-MOVED` or a refused connection, each asking for a refresh; one is enough.
+pub const REFRESH_INTERVAL_MS: usize = 100;
+
+/// One cluster as a worker sees it: its map, and whose turn it is to read it again.
+#[derive(Default)]
+pub struct Cluster {
+    pub map: SlotMap,
+    /// Something said the map is out of date (`-MOVED`, `-CLUSTERDOWN`, a node refusing).
+    pub stale: bool,
+    /// When the refresh in flight started, in ms (0: none).
+    pub refreshing_since: usize,
+    /// When the last refresh started.
+    pub last_refresh: usize,
+    /// Whether a map was ever read.
+    pub loaded: bool,
+    /// Whose turn among a slot's replicas (`replica_reads`).
+    pub turn: usize,
+}
+
+impl Cluster {
+    /// Whether a request starting at `now` (ms) should refresh the map; if so, it takes the
+    /// turn. One refresh at a time, at most one per `REFRESH_INTERVAL_MS`, and only when the
+    /// map is missing or stale. `timeout`: how long a refresh may run
+    /// before another may start (its request may have ended without telling).
+    pub fn claim_refresh(&mut self, now: usize, timeout: usize) -> bool {
+        if self.loaded && !self.stale {
+            return false;
+        }
+        if self.refreshing_since != 0 && now.wrapping_sub(self.refreshing_since) < timeout {
+            return false;
+        }
+        if self.last_refresh != 0 && now.wrapping_sub(self.last_refresh) < REFRESH_INTERVAL_MS {
+            return false;
+        }
+        self.refreshing_since = now.max(1);
+        self.last_refresh = now.max(1);
+        true
+    }
+
+    /// A refresh ended; `map` when it read one.
+    pub fn end_refresh(&mut self, map: Option<SlotMap>) {
+        self.refreshing_since = 0;
+        if let Some(map) = map {
+            self.map = map;
+            self.loaded = true;
+            self.stale = false;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -596,5 +647,36 @@ mod tests {
             SlotMap::from_cluster_slots(b"*2000000000\r\n"),
             Err(MapError::Incomplete)
         );
+    }
+
+    #[test]
+    fn one_refresh_at_a_time_and_not_too_often() {
+        let mut c = Cluster::default();
+        // No map yet: the first request refreshes, the others go to the seeds meanwhile.
+        assert!(c.claim_refresh(1000, 750));
+        assert!(!c.claim_refresh(1001, 750));
+        // It failed (no map): the next try 100 ms after it started, not at once.
+        c.end_refresh(None);
+        assert!(!c.claim_refresh(1002, 750));
+        assert!(c.claim_refresh(1100, 750));
+        // A map arrived: nobody refreshes while it is not stale.
+        let (map, _) = SlotMap::from_cluster_slots(
+            b"*1\r\n*3\r\n:0\r\n:16383\r\n*2\r\n$9\r\n127.0.0.1\r\n:7000\r\n",
+        )
+        .unwrap();
+        c.end_refresh(Some(map));
+        assert!(!c.claim_refresh(5000, 750));
+        // A storm of -MOVED: one refresh, then none for 100 ms, whatever the requests.
+        c.stale = true;
+        assert!(c.claim_refresh(5001, 750));
+        assert!((5002..5700).all(|now| !c.claim_refresh(now, 750)));
+        // A refresh whose request vanished lets another start after `timeout`.
+        assert!(c.claim_refresh(5751, 750));
+        c.end_refresh(None);
+        assert!(
+            !c.claim_refresh(5760, 750),
+            "within 100 ms of the last start"
+        );
+        assert!(c.claim_refresh(5851, 750));
     }
 }

@@ -5,18 +5,16 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use ngx::ffi::{ngx_chain_t, ngx_msec_t};
+use ngx::ffi::ngx_chain_t;
 
-use crate::cluster::{NodeAddr, SlotMap};
+pub use crate::cluster::Cluster;
+use crate::cluster::NodeAddr;
 
 /// Redirections one request follows before it fails open like any Redis error.
 pub const REDIRECT_LIMIT: u8 = 5;
 /// Tries again after `-TRYAGAIN` or `-CLUSTERDOWN`, waiting 10, 20, then 40 ms before each.
 pub const RETRY_LIMIT: u8 = 3;
 pub const RETRY_FIRST_DELAY_MS: u32 = 10;
-/// The least time between two map refreshes of a worker: a failover answers many requests
-/// with `-MOVED` or a refused connection, each asking for a refresh; one is enough.
-pub const REFRESH_INTERVAL_MS: ngx_msec_t = 100;
 
 /// A request's part of cluster mode (all off for a plain upstream).
 pub struct ClusterReq {
@@ -81,22 +79,6 @@ impl Default for ClusterReq {
     }
 }
 
-/// One cluster as a worker sees it.
-#[derive(Default)]
-pub struct Cluster {
-    pub map: SlotMap,
-    /// Something said the map is out of date (`-MOVED`, `-CLUSTERDOWN`, a node refusing).
-    pub stale: bool,
-    /// When the refresh in flight started (0: none).
-    pub refreshing_since: ngx_msec_t,
-    /// When the last refresh started.
-    pub last_refresh: ngx_msec_t,
-    /// Whether a map was ever read.
-    pub loaded: bool,
-    /// Whose turn among a slot's replicas (`replica_reads`).
-    pub turn: usize,
-}
-
 thread_local! {
     /// Per worker, per cluster (its server group's address): the slot map. Per worker, not
     /// in shared memory: a map is small (16384 slots), a refresh costs one CLUSTER SLOTS per
@@ -107,33 +89,4 @@ thread_local! {
 /// Runs `f` on the worker's state of cluster `group`.
 pub fn with<R>(group: usize, f: impl FnOnce(&mut Cluster) -> R) -> R {
     CLUSTERS.with(|c| f(c.borrow_mut().entry(group).or_default()))
-}
-
-impl Cluster {
-    /// Whether a request starting now should refresh the map (and, if so, takes the turn).
-    /// `timeout`: how long a refresh may run before another may start.
-    pub fn claim_refresh(&mut self, now: ngx_msec_t, timeout: ngx_msec_t) -> bool {
-        if self.loaded && !self.stale {
-            return false;
-        }
-        if self.refreshing_since != 0 && now.wrapping_sub(self.refreshing_since) < timeout {
-            return false;
-        }
-        if self.loaded && now.wrapping_sub(self.last_refresh) < REFRESH_INTERVAL_MS {
-            return false;
-        }
-        self.refreshing_since = now.max(1);
-        self.last_refresh = now;
-        true
-    }
-
-    /// A refresh ended; `map` when it read one.
-    pub fn end_refresh(&mut self, map: Option<SlotMap>) {
-        self.refreshing_since = 0;
-        if let Some(map) = map {
-            self.map = map;
-            self.loaded = true;
-            self.stale = false;
-        }
-    }
 }
