@@ -408,9 +408,30 @@ pub struct Cluster {
     pub loaded: bool,
     /// Whose turn among a slot's replicas (`replica_reads`).
     pub turn: usize,
+    /// Nodes that failed (refused, reset, timed out), and until when (ms) requests for them
+    /// fail open at once instead of waiting for a timeout each.
+    down: Vec<(NodeAddr, usize)>,
 }
 
 impl Cluster {
+    /// A node failed at `now`: requests for it fail at once for `backoff` ms.
+    pub fn mark_down(&mut self, node: &NodeAddr, now: usize, backoff: usize) {
+        let until = now.wrapping_add(backoff.max(1));
+        if let Some(entry) = self.down.iter_mut().find(|(n, _)| n == node) {
+            entry.1 = until;
+        } else if self.down.len() < MAX_NODES {
+            self.down.push((node.clone(), until));
+        }
+    }
+
+    /// Whether requests for `node` fail at once now (its backoff is running).
+    pub fn is_down(&mut self, node: &NodeAddr, now: usize) -> bool {
+        // Ended backoffs go: the node is tried again (and marked again if still failing).
+        self.down
+            .retain(|(_, until)| (until.wrapping_sub(now) as isize) > 0);
+        self.down.iter().any(|(n, _)| n == node)
+    }
+
     /// Whether a request starting at `now` (ms) should refresh the map; if so, it takes the
     /// turn. One refresh at a time, at most one per `REFRESH_INTERVAL_MS`, and only when the
     /// map is missing or stale. `timeout`: how long a refresh may run
@@ -678,5 +699,21 @@ mod tests {
             "within 100 ms of the last start"
         );
         assert!(c.claim_refresh(5851, 750));
+    }
+
+    #[test]
+    fn a_failed_node_is_down_for_its_backoff() {
+        let mut c = Cluster::default();
+        let a = NodeAddr("127.0.0.1:7000".into());
+        let b = NodeAddr("127.0.0.1:7001".into());
+        c.mark_down(&a, 1000, 1000);
+        assert!(c.is_down(&a, 1000));
+        assert!(c.is_down(&a, 1999));
+        assert!(!c.is_down(&b, 1500));
+        assert!(!c.is_down(&a, 2000));
+        // Failing again starts a new backoff.
+        c.mark_down(&a, 2100, 1000);
+        assert!(c.is_down(&a, 3000));
+        assert!(!c.is_down(&a, 3100));
     }
 }

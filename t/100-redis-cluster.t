@@ -6,6 +6,7 @@ use lib 't/lib';
 use Test::StaleCache;
 use RedisCluster;
 use Digest::MD5 ();
+use Time::HiRes qw(time sleep);
 
 our @PORTS = RedisCluster::start();
 our $ADMIN_PORT = Test::StaleCache::pick_port();
@@ -344,3 +345,39 @@ is(scalar(backend_log()), 20, 'no backend hit beyond the 20 fills');
 --- must_die
 --- error_log
 "stale_cache_redis_cluster": takes only "replica_reads"
+
+
+
+=== TEST 11: a stalled primary (SIGSTOP): after the first timeout, requests for its keys fail open at once for the backoff, not one timeout each
+--- http_config eval: ::cluster_http()
+--- config eval: ::cluster_server('stale_cache_memo off;')
+--- timeout: 60
+--- check
+RedisCluster::flushall();
+my @r = ::get_many([map { "/api/st$_" } 0 .. 19]);
+is(scalar(grep { $_->{status} == 200 } @r), 20, '20 keys filled');
+my %on;
+push @{ $on{ RedisCluster::node_of(::ckey("/api/st$_")) } }, $_ for 0 .. 19;
+my ($victim) = sort { @{ $on{$b} } <=> @{ $on{$a} } } keys %on;
+my @keys = @{ $on{$victim} };
+my $pid = RedisCluster::pid_of($victim);
+kill 'STOP', $pid;
+my $t0 = time;
+my $first = http_get("/api/st$keys[0]");
+my $t_first = time - $t0;
+is($first->{status}, 200, sprintf('the first request: 200 from the backend after the timeout (%.2f s)', $t_first));
+# Then, within the node's backoff (1 s, and before the cluster fails it over): at once.
+my @t;
+for my $k (@keys) {
+    my $t1 = time;
+    my $x = http_get("/api/st$k");
+    push @t, time - $t1;
+    is($x->{status}, 200, "st$k: 200");
+}
+kill 'CONT', $pid;
+my ($slowest) = sort { $b <=> $a } @t;
+cmp_ok($slowest, '<', 0.3, sprintf('%d requests for its keys, the slowest in %.3f s (a timeout is 0.75 s)',
+                                   scalar @t, $slowest));
+# The cluster settles (the stopped node may have been failed over) before the file ends.
+RedisCluster::wait_for(sub { !grep { (eval { RedisCluster::cmd($_, 'CLUSTER', 'INFO') } // '') !~ /cluster_state:ok/ }
+                               grep { RedisCluster::alive($_) } RedisCluster::ports() }, 20, 'the cluster to be ok');

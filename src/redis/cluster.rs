@@ -32,7 +32,9 @@ use super::clusterstate::{self, ClusterReq, REDIRECT_LIMIT};
 use super::conf::{conf_of, RedisArg, RedisConf, RedisModule};
 use super::ctx::{push_bytes, RedisCtx};
 use crate::cluster::{first_key_index, NodeAddr};
-use crate::nginx::util::{conf_args, conf_error, current_msec, str_bytes, CONF_OK, ERROR, OK};
+use crate::nginx::util::{
+    conf_args, conf_error, current_msec, str_bytes, CONF_OK, DECLINED, ERROR, OK,
+};
 
 /// A bit of the server group's flags, beside nginx's `NGX_HTTP_UPSTREAM_*` ones (which use
 /// the low bits): `replica_reads` was given.
@@ -305,6 +307,16 @@ unsafe extern "C" fn get_peer(pc: *mut ngx_peer_connection_t, data: *mut c_void)
         let slot = c.slot?;
         clusterstate::with(c.group, |cl| cl.map.primary(slot).cloned())
     });
+    if let Some(node) = &target {
+        if clusterstate::with(c.group, |cl| cl.is_down(node, current_msec())) {
+            // The node failed a moment ago: fail open at once (no try, no log line), as
+            // the group backoff does for one Redis. DECLINED is nginx's quiet "no peer".
+            // (`cached` from an earlier try would make nginx grant one more try: none.)
+            pc.tries = 0;
+            pc.set_cached(0);
+            return DECLINED;
+        }
+    }
     let sock = target.as_ref().and_then(node_sock);
     let Some(sock) = sock else {
         c.used_rr = true;
@@ -345,8 +357,20 @@ unsafe extern "C" fn free_peer(
     }
     if failed {
         // A node refusing or timing out may be a primary that failed over: read the map
-        // again (one request per worker does).
-        clusterstate::with(c.group, |cl| cl.stale = true);
+        // again (one request per worker does); until its backoff ends, requests for it
+        // fail open at once instead of each waiting for a timeout.
+        let node = (!c.used_rr && !pc.name.is_null())
+            // SAFETY: the name of this try's peer, one of our NodeSocks.
+            .then(|| {
+                NodeAddr(String::from_utf8_lossy(str_bytes(unsafe { &*pc.name })).into_owned())
+            });
+        let backoff = conf_of(req).backoff();
+        clusterstate::with(c.group, |cl| {
+            cl.stale = true;
+            if let Some(node) = &node {
+                cl.mark_down(node, current_msec(), backoff);
+            }
+        });
     }
     // Our own count: the round robin zeroes it for a single seed. A node of the map that
     // failed ends the tries: until the map changes, every try would go to it again, so the
