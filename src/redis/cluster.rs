@@ -359,11 +359,13 @@ unsafe extern "C" fn free_peer(
         // A node refusing or timing out may be a primary that failed over: read the map
         // again (one request per worker does); until its backoff ends, requests for it
         // fail open at once instead of each waiting for a timeout.
-        let node = (!c.used_rr && !pc.name.is_null())
-            // SAFETY: the name of this try's peer, one of our NodeSocks.
-            .then(|| {
-                NodeAddr(String::from_utf8_lossy(str_bytes(unsafe { &*pc.name })).into_owned())
-            });
+        let name = if c.used_rr || pc.name.is_null() {
+            None
+        } else {
+            // SAFETY: the name of this try's peer, one of our NodeSocks (never freed).
+            Some(unsafe { &*pc.name })
+        };
+        let node = name.map(|n| NodeAddr(String::from_utf8_lossy(str_bytes(n)).into_owned()));
         let backoff = conf_of(req).backoff();
         clusterstate::with(c.group, |cl| {
             cl.stale = true;
