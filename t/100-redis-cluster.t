@@ -128,6 +128,7 @@ my $id = sub { (RedisCluster::cmd($_[0], 'CLUSTER', 'MYID')) };
 my ($from_id, $to_id) = ($id->($from), $id->($to));
 my %before = map { $_ => RedisCluster::node_of(::ckey("/api/r$_")) } 0 .. 19;
 # Where each key was before the reshard.
+RedisCluster::cmd($_, 'CONFIG', 'RESETSTAT') for grep { RedisCluster::alive($_) } RedisCluster::ports();
 my $wrk = ::start_wrk('/api/r', 20, 30);
 my $t0 = time;
 my $out = `@{[ RedisCluster::cli() ]} --cluster reshard 127.0.0.1:$from --cluster-from $from_id --cluster-to $to_id --cluster-slots 2000 --cluster-yes 2>&1`;
@@ -141,7 +142,13 @@ is($res{errors}, 0, 'no socket errors') or diag($res{text});
 my $extra = scalar(backend_log()) - 20;
 cmp_ok($extra, '<=', 10, "$extra extra backend hits");
 my $moved = grep { RedisCluster::node_of(::ckey("/api/r$_")) != $before{$_} } 0 .. 19;
-diag("$moved of the 20 keys moved to another primary");
+my %calls;
+for my $p (grep { RedisCluster::alive($_) } RedisCluster::ports()) {
+    my $stats = RedisCluster::cmd($p, 'INFO', 'commandstats');
+    $calls{$1} += $2 while $stats =~ /^cmdstat_(asking|cluster\|slots):calls=(\d+)/mg;
+}
+diag(sprintf '%d of the 20 keys moved to another primary; ASKING sent %d times, CLUSTER SLOTS %d',
+             $moved, $calls{asking} // 0, $calls{'cluster|slots'} // 0);
 # All 20 keys are served from the cluster after the move.
 my @again = ::get_many([map { "/api/r$_" } 0 .. 19]);
 is(scalar(grep { ($_->{headers}{'x-stale-cache'} // '') eq 'FRESH' } @again), 20, '20 FRESH after the reshard');
