@@ -49,16 +49,39 @@ pub fn slot(key: &[u8]) -> u16 {
 /// Which argument of a command is its first key, for the commands the module's Redis
 /// locations send (`None`: no key, e.g. PING, or an EVAL without keys).
 pub fn first_key_index(name: &[u8], args: usize, numkeys: Option<&[u8]>) -> Option<usize> {
-    let upper = name.to_ascii_uppercase();
-    match upper.as_slice() {
-        b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO" => {
-            let n: usize = std::str::from_utf8(numkeys?).ok()?.parse().ok()?;
-            (n > 0 && args > 3).then_some(3)
-        }
-        b"PING" | b"AUTH" | b"SELECT" | b"ECHO" | b"INFO" | b"CLUSTER" | b"READONLY"
-        | b"READWRITE" | b"ASKING" | b"MULTI" | b"EXEC" | b"SCRIPT" | b"HELLO" | b"CLIENT" => None,
-        _ => (args > 1).then_some(1),
+    // Every Redis request of every location asks this: no allocation.
+    let is = |list: &[&[u8]]| list.iter().any(|n| n.eq_ignore_ascii_case(name));
+    if is(&[
+        b"EVAL",
+        b"EVALSHA",
+        b"EVAL_RO",
+        b"EVALSHA_RO",
+        b"FCALL",
+        b"FCALL_RO",
+    ]) {
+        let n: usize = std::str::from_utf8(numkeys?).ok()?.parse().ok()?;
+        return (n > 0 && args > 3).then_some(3);
     }
+    let keyless: &[&[u8]] = &[
+        b"PING",
+        b"AUTH",
+        b"SELECT",
+        b"ECHO",
+        b"INFO",
+        b"CLUSTER",
+        b"READONLY",
+        b"READWRITE",
+        b"ASKING",
+        b"MULTI",
+        b"EXEC",
+        b"SCRIPT",
+        b"HELLO",
+        b"CLIENT",
+    ];
+    if is(keyless) {
+        return None;
+    }
+    (args > 1).then_some(1)
 }
 
 /// A node's address as Redis names it (`ip:port`), checked: a literal IP and a port.
