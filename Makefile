@@ -127,6 +127,7 @@ run: deps
 bench: deps
 	$(MAKE) module PROFILE=release
 	bench/run.sh
+	bench/cluster.sh
 
 # Instructions per fresh hit, plain srcache vs the module, counted by callgrind (repeatable on
 # a busy machine): see bench/callgrind.sh for REDIS=ref, ROWS and N.
@@ -149,7 +150,8 @@ deb: deps
 # needs nightly and runs for minutes. One fuzzer process at a time, FUZZ_SECONDS per
 # target; new inputs go to fuzz/corpus (ignored by git), crashes to fuzz/artifacts.
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS ?= framer value_reader bulk_body parse_reply integer_reply
+FUZZ_TARGETS ?= framer value_reader bulk_body parse_reply integer_reply cluster_redirect \
+  cluster_slots
 
 fuzz:
 	@rustup run nightly rustc --version >/dev/null 2>&1 || rustup toolchain install nightly --profile minimal

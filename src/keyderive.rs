@@ -17,6 +17,9 @@ pub enum Transform {
     Unescape,
     /// The lowercase hex MD5 digest (32 bytes), as `set_md5`.
     Md5,
+    /// Wraps the value in `{` `}`: a Redis Cluster hash tag, so keys built from it (the
+    /// entry `{md5}` and its lease `{md5}:lease`) hash to one slot.
+    Tag,
 }
 
 impl Transform {
@@ -25,6 +28,7 @@ impl Transform {
             b"escape" => Some(Transform::Escape),
             b"unescape" => Some(Transform::Unescape),
             b"md5" => Some(Transform::Md5),
+            b"tag" => Some(Transform::Tag),
             _ => None,
         }
     }
@@ -34,6 +38,7 @@ impl Transform {
             Transform::Escape => escape(input),
             Transform::Unescape => unescape(input),
             Transform::Md5 => md5_hex(input).to_vec(),
+            Transform::Tag => [b"{".as_slice(), input, b"}"].concat(),
         }
     }
 }
@@ -268,5 +273,9 @@ mod tests {
         assert_eq!(derive(b"x", &[]), b"x");
         assert_eq!(Transform::parse(b"md5"), Some(Transform::Md5));
         assert_eq!(Transform::parse(b"sha1"), None);
+        // A hash tag around the digest: `{md5}`.
+        let tagged = derive(b"k", &[Transform::Md5, Transform::Tag]);
+        assert_eq!(tagged, [b"{".as_slice(), &md5_hex(b"k"), b"}"].concat());
+        assert_eq!(Transform::parse(b"tag"), Some(Transform::Tag));
     }
 }

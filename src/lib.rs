@@ -7,6 +7,7 @@
 //! locations), left out of test builds.
 
 pub mod cache_status;
+pub mod cluster;
 pub mod collapse;
 pub mod confscan;
 pub mod flow;

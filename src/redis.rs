@@ -7,11 +7,14 @@
 //! (the descriptor nginx loads).
 
 mod backoff;
+mod cluster;
+mod clusterstate;
 pub mod conf;
 mod ctx;
 mod directives;
 pub mod handler;
 pub mod module;
+mod redirect;
 mod refusal;
 mod reply;
 pub mod role;

@@ -424,7 +424,7 @@ GET k => v
     location = /r { return 200; }
 --- must_die
 --- error_log
-"stale_cache_redis_variable": unknown transformation "sha1", expected "escape", "unescape" or "md5"
+"stale_cache_redis_variable": unknown transformation "sha1", expected "escape", "unescape", "md5" or "tag"
 
 
 

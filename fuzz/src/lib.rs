@@ -8,6 +8,11 @@ pub mod resp;
 
 pub mod reference;
 
+/// The pure Redis Cluster code (slot, redirections, slot map), from its own source file.
+#[allow(dead_code)]
+#[path = "../../src/cluster.rs"]
+pub mod cluster;
+
 /// Cuts `data` into reads whose sizes cycle through `pattern` (0 is an empty read),
 /// so the fuzzer also explores how a reply stream arrives. An empty pattern gives
 /// one read.

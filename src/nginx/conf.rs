@@ -93,6 +93,8 @@ pub const ANY_LEVEL: ngx_uint_t =
     (NGX_HTTP_MAIN_CONF | NGX_HTTP_SRV_CONF | NGX_HTTP_LOC_CONF) as ngx_uint_t;
 /// Only in `http`.
 pub const HTTP: ngx_uint_t = NGX_HTTP_MAIN_CONF as ngx_uint_t;
+/// Only in `upstream`.
+pub const UPSTREAM: ngx_uint_t = ngx::ffi::NGX_HTTP_UPS_CONF as ngx_uint_t;
 /// Only in `location`.
 pub const LOCATION: ngx_uint_t = NGX_HTTP_LOC_CONF as ngx_uint_t;
 /// Argument counts.

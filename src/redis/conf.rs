@@ -8,7 +8,7 @@ use core::ptr;
 use ngx::ffi::{
     ngx_http_complex_value_t, ngx_http_request_t, ngx_http_upstream_conf_t,
     ngx_http_upstream_srv_conf_t, ngx_msec_t, NGX_CONF_BITMASK_SET, NGX_HTTP_UPSTREAM_FT_ERROR,
-    NGX_HTTP_UPSTREAM_FT_TIMEOUT,
+    NGX_HTTP_UPSTREAM_FT_INVALID_HEADER, NGX_HTTP_UPSTREAM_FT_TIMEOUT,
 };
 use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError};
 
@@ -133,9 +133,12 @@ impl Merge for RedisConf {
         merge(&mut c.next_upstream_tries, p.next_upstream_tries, 0);
         merge(&mut c.local, p.local, ptr::null_mut());
         merge(&mut c.socket_keepalive, p.socket_keepalive, 0);
+        // INVALID_HEADER: a cluster's redirection (`-MOVED`, `-ASK`) is a next try; a reply
+        // that does not parse ends the tries itself (peer.tries = 0, see `reply`).
         c.next_upstream = (NGX_CONF_BITMASK_SET
             | NGX_HTTP_UPSTREAM_FT_ERROR
-            | NGX_HTTP_UPSTREAM_FT_TIMEOUT) as usize;
+            | NGX_HTTP_UPSTREAM_FT_TIMEOUT
+            | NGX_HTTP_UPSTREAM_FT_INVALID_HEADER) as usize;
         if c.upstream.is_null() {
             c.upstream = p.upstream;
         }

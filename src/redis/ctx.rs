@@ -11,6 +11,7 @@ use ngx::ffi::{
     NGX_LOG_ERR,
 };
 
+use super::clusterstate::ClusterReq;
 use super::conf::{conf_of, ReplyMode};
 use crate::nginx::log::{limited, Every};
 use crate::nginx::util::{request_log, str_bytes};
@@ -42,6 +43,8 @@ pub(super) struct RedisCtx {
     pub(super) deadline: Deadline,
     /// This request is the one trying a server group in backoff.
     pub(super) probe: bool,
+    /// Cluster mode (`stale_cache_redis_cluster`): the key's slot, redirections, the map.
+    pub(super) cluster: ClusterReq,
 }
 
 /// The one deadline of a Redis request. nginx's upstream timeouts are per step and its read

@@ -14,12 +14,15 @@ use ngx::ffi::{
 use ngx::http::{HttpModuleLocationConf, Merge, NgxHttpCoreModule};
 use ngx::ngx_string;
 
+use super::cluster::set_redis_cluster;
 use super::conf::{check, RedisArg, RedisConf, ReplyMode};
 use super::handler::redis_handler;
 use super::variables::declare_derived;
 use crate::directive_table;
 use crate::keyderive::Transform;
-use crate::nginx::conf::{Directive, ANY_LEVEL, HTTP, LOCATION, ONE_OR_MORE, TAKE1, TWO_OR_MORE};
+use crate::nginx::conf::{
+    Directive, ANY_LEVEL, HTTP, LOCATION, NOARGS, ONE_OR_MORE, TAKE1, TWO_OR_MORE, UPSTREAM,
+};
 use crate::nginx::util::{conf_args, conf_error, pool_str, str_bytes, CONF_ERROR, CONF_OK};
 
 /// A timeout stored by nginx's own slot setter.
@@ -56,6 +59,12 @@ directive_table! {
         )
         .offset(offset_of!(RedisConf, upstream.buffer_size)),
         Directive::new(ngx_string!("stale_cache_redis_watch"), ANY_LEVEL | TAKE1, set_redis_watch),
+        Directive::new(
+            ngx_string!("stale_cache_redis_cluster"),
+            UPSTREAM | NOARGS | TAKE1,
+            set_redis_cluster,
+        )
+            .no_conf(),
         Directive::new(
             ngx_string!("stale_cache_redis_variable"),
             HTTP | TWO_OR_MORE,
@@ -191,7 +200,7 @@ pub unsafe extern "C" fn set_redis_variable(
             Some(step) => steps.push(step),
             None => {
                 let message = format!(
-                    "unknown transformation \"{}\", expected \"escape\", \"unescape\" or \"md5\"",
+                    "unknown transformation \"{}\", expected \"escape\", \"unescape\", \"md5\" or \"tag\"",
                     String::from_utf8_lossy(str_bytes(arg))
                 );
                 return conf_error(cf, cmd, &message);

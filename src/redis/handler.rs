@@ -16,6 +16,8 @@ use ngx::ffi::{
 use ngx::http::HttpModule;
 
 use super::backoff::{admit, end_backoff, start_backoff};
+use super::cluster::{build_prefix, key_index};
+use super::clusterstate::{self, ClusterReq};
 use super::conf::{conf_of, RedisArg, RedisModule};
 use super::ctx::{ctx_of, push_buf, push_bytes, Deadline, RedisCtx, ValueState};
 use super::reply::{filter, filter_init, process_header};
@@ -71,6 +73,7 @@ pub unsafe extern "C" fn redis_handler(r: *mut ngx_http_request_t) -> ngx_int_t 
         value: ValueState::new(conf.commands.len()),
         deadline: Deadline::new(r),
         probe,
+        cluster: ClusterReq::default(),
     });
     if ctx.is_null() {
         return NGX_HTTP_INTERNAL_SERVER_ERROR as ngx_int_t;
@@ -144,17 +147,32 @@ unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
     let mut head: *mut ngx_chain_t = ptr::null_mut();
     let mut tail: *mut *mut ngx_chain_t = &mut head;
     let mut pending: Vec<u8> = Vec::with_capacity(256);
+    // The slot of the first key (for a cluster's balancer, which runs after this).
+    let mut slot = None;
 
     for command in &conf.commands {
         resp::encode_array_header(&mut pending, command.len());
-        for arg in command {
+        let key_at = if slot.is_none() {
+            key_index(command)
+        } else {
+            None
+        };
+        for (i, arg) in command.iter().enumerate() {
             match arg {
-                RedisArg::Literal(bytes) => push_bulk(&mut pending, bytes),
+                RedisArg::Literal(bytes) => {
+                    if key_at == Some(i) {
+                        slot = Some(crate::cluster::slot(bytes));
+                    }
+                    push_bulk(&mut pending, bytes)
+                }
                 RedisArg::Complex(cv) => {
                     let mut value = ngx_str_t::default();
                     // SAFETY: `cv` was compiled at configuration time; r is live.
                     if unsafe { ngx_http_complex_value(r, *cv, &mut value) } != OK {
                         return ERROR;
+                    }
+                    if key_at == Some(i) {
+                        slot = Some(crate::cluster::slot(str_bytes(&value)));
                     }
                     push_bulk(&mut pending, str_bytes(&value));
                 }
@@ -193,6 +211,7 @@ unsafe extern "C" fn create_request(r: *mut ngx_http_request_t) -> ngx_int_t {
     if !push_bytes(pool, &mut tail, &pending) {
         return ERROR;
     }
+    ctx_of(u).cluster.slot = slot;
     // SAFETY: r->upstream is set while the upstream framework drives this request.
     unsafe { (*req.upstream).request_bufs = head };
     OK
@@ -211,6 +230,14 @@ unsafe extern "C" fn reinit_request(r: *mut ngx_http_request_t) -> ngx_int_t {
     ctx.framer = ReplyFramer::new();
     ctx.held.clear();
     ctx.value = ValueState::new(ctx.commands);
+    if ctx.cluster.on {
+        // SAFETY: as above, the live request.
+        let req = unsafe { &mut *r };
+        // This try's prefix: ASKING after an -ASK, the map while this request refreshes it.
+        if !build_prefix(req, &mut ctx.cluster) {
+            return ERROR;
+        }
+    }
     OK
 }
 
@@ -228,6 +255,17 @@ unsafe extern "C" fn finalize_request(r: *mut ngx_http_request_t, rc: ngx_int_t)
     };
     ctx.deadline.disarm();
     let conf = conf_of(req);
+    if ctx.cluster.on {
+        let c = &mut ctx.cluster;
+        if c.refresh {
+            // The map did not arrive: the next request after the interval tries again.
+            clusterstate::with(c.group, |cl| cl.end_refresh(None));
+            c.refresh = false;
+        }
+        // No backoff for the whole group: one failed node is not the cluster (its slots
+        // fail open until the map says where they went).
+        return;
+    }
     // A failure before any reply (refused, unreachable, timed out), or a reply that did not
     // arrive by the deadline, opens the backoff window.
     let failed =

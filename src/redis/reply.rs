@@ -14,13 +14,11 @@ use ngx::ffi::{
 
 use super::conf::ReplyMode;
 use super::ctx::{ctx_of, out_bufs_end, peer_name, push_bytes, set_status, RedisCtx};
+use super::redirect::{cluster_header, UPSTREAM_INVALID_HEADER};
 use super::refusal;
 use crate::nginx::bits;
 use crate::nginx::util::{AGAIN, ERROR, OK};
 use crate::resp::{BulkBody, ValueHead};
-
-/// nginx's code for "the upstream's response could not be parsed": a 502 with its log line.
-const UPSTREAM_INVALID_HEADER: ngx_int_t = 40;
 
 /// Logs that the server sent something that is not RESP, or not what the location's reply
 /// mode can send, naming the server. A server answering garbage is up: no backoff for it
@@ -42,6 +40,9 @@ pub(super) unsafe extern "C" fn process_header(r: *mut ngx_http_request_t) -> ng
     // SAFETY: called by the upstream framework with a live request and upstream.
     let u = unsafe { &mut *(*r).upstream };
     let ctx = ctx_of(u);
+    if let Some(rc) = cluster_header(u, ctx) {
+        return rc;
+    }
     match ctx.mode {
         ReplyMode::Value => process_value_header(u, ctx),
         _ => process_raw_header(u, ctx),
@@ -166,9 +167,11 @@ fn redis_error_reply(
     OK
 }
 
-/// Unparsable bytes before the response header: nginx answers 502 and drops the connection.
+/// Unparsable bytes before the response header: nginx answers 502 and drops the connection
+/// (no next try: another server would not make the reply parse).
 fn protocol_error(u: &mut ngx_http_upstream_t, ctx: &RedisCtx, what: &str) -> ngx_int_t {
     report(u, ctx, what);
+    u.peer.tries = 0;
     UPSTREAM_INVALID_HEADER
 }
 

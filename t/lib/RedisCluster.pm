@@ -1,0 +1,133 @@
+# A private Redis Cluster on loopback for the cluster tests: six redis-server processes
+# (three primaries, a replica each, cluster-node-timeout 1 s) made into a cluster by
+# `redis-cli --cluster create`, on free ports of the harness's range (each node's bus port,
+# port + 10000, free too). Its files are in <servroot>-cluster (the harness empties the
+# servroot when a file starts); it is stopped when the test file ends.
+package RedisCluster;
+use strict;
+use warnings;
+use IO::Socket::INET;
+use File::Path qw(make_path remove_tree);
+use Time::HiRes qw(time sleep);
+use Test::StaleCache ();
+
+my @NODES;    # { port, pid }
+my $PARENT = $$;
+our $DIR;
+
+sub cli { $ENV{TEST_NGINX_REDIS_CLI} // '/usr/bin/redis-cli' }
+
+# Six free ports whose bus ports are free too.
+sub pick_ports {
+    my @ports;
+    while (@ports < 6) {
+        my $p = Test::StaleCache::pick_port();
+        next if $p + 10000 > 65535;
+        my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p + 10000,
+                                      Listen => 1, ReuseAddr => 1) or next;
+        close $s;
+        push @ports, $p;
+    }
+    return @ports;
+}
+
+# One command to the node on $port; the reply (dies on an error reply).
+sub cmd {
+    my ($port, @args) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 3)
+        or die "redis $port: cannot connect: $!\n";
+    my $req = '*' . @args . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @args;
+    syswrite($s, $req) == length $req or die "redis $port: write: $!\n";
+    my $buf = '';
+    return Test::StaleCache::resp_parse($s, \$buf, time + 5);
+}
+
+sub start {
+    $DIR = "$ENV{TEST_NGINX_SERVROOT}-cluster";
+    remove_tree($DIR);
+    my $server = $ENV{TEST_NGINX_REDIS_SERVER} // '/usr/bin/redis-server';
+    for my $port (pick_ports()) {
+        make_path("$DIR/$port");
+        my $pid = Test::StaleCache::spawn("$DIR/$port/redis.log", $server, '--port', $port,
+            '--bind', '127.0.0.1', '--protected-mode', 'no', '--save', '', '--appendonly', 'no',
+            '--daemonize', 'no', '--dir', "$DIR/$port", '--cluster-enabled', 'yes',
+            '--cluster-config-file', "$DIR/$port/nodes.conf", '--cluster-node-timeout', 1000);
+        push @NODES, { port => $port, pid => $pid };
+    }
+    for my $n (@NODES) {
+        wait_for(sub { (eval { cmd($n->{port}, 'PING') } // '') eq 'PONG' }, 10,
+                 "redis node $n->{port} to start (see $DIR/$n->{port}/redis.log)");
+    }
+    my @addrs = map { "127.0.0.1:$_->{port}" } @NODES;
+    my $out = `@{[ cli() ]} --cluster create @addrs --cluster-replicas 1 --cluster-yes 2>&1`;
+    die "redis-cli --cluster create failed:\n$out" if $?;
+    wait_for(sub { !grep { (eval { cmd($_->{port}, 'CLUSTER', 'INFO') } // '') !~ /cluster_state:ok/ } @NODES },
+             20, 'the cluster to be ok');
+    # Every node knows the same primaries.
+    wait_for(sub { my %p = map { scalar(@{ primaries($_->{port}) }) => 1 } @NODES;
+                   keys %p == 1 && (keys %p)[0] == 3 }, 20, 'every node to see 3 primaries');
+    return ports();
+}
+
+sub wait_for {
+    my ($cond, $timeout, $what) = @_;
+    my $deadline = time + $timeout * Test::StaleCache::time_scale();
+    until ($cond->()) {
+        die "RedisCluster: waited ${timeout}s for $what\n" if time > $deadline;
+        sleep 0.05;
+    }
+}
+
+sub ports { map { $_->{port} } @NODES }
+
+# The primaries' ports, as node $port sees them (CLUSTER SLOTS).
+sub primaries {
+    my $port = shift // (grep { alive($_) } ports())[0];
+    my $slots = cmd($port, 'CLUSTER', 'SLOTS');
+    my %p = map { $_->[2][1] => 1 } @$slots;
+    return [sort { $a <=> $b } keys %p];
+}
+
+# The port of the primary serving $key (asked of any live node).
+sub node_of {
+    my $key = shift;
+    for my $n (grep { alive($_->{port}) } @NODES) {
+        my $slot = eval { cmd($n->{port}, 'CLUSTER', 'KEYSLOT', $key) } // next;
+        for my $r (@{ cmd($n->{port}, 'CLUSTER', 'SLOTS') }) {
+            return $r->[2][1] if $slot >= $r->[0] && $slot <= $r->[1];
+        }
+    }
+    return undef;
+}
+
+# A command on the node serving $key.
+sub on_key { my ($c, $key, @rest) = @_; cmd(node_of($key), $c, $key, @rest) }
+
+sub alive { my $port = shift; (eval { cmd($port, 'PING') } // '') eq 'PONG' }
+
+# Keys per primary: { port => DBSIZE }.
+sub sizes { return { map { $_ => cmd($_, 'DBSIZE') } @{ primaries() } } }
+
+sub flushall { cmd($_, 'FLUSHALL') for @{ primaries() } }
+
+sub pid_of { my $port = shift; (map { $_->{pid} } grep { $_->{port} == $port } @NODES)[0] }
+
+sub kill9 {
+    my $port = shift;
+    my $pid = pid_of($port);
+    kill 'KILL', $pid;
+    Test::StaleCache::wait_pid($pid, 5);
+}
+
+sub stop {
+    return unless $$ == $PARENT;
+    for my $n (@NODES) {
+        Test::StaleCache::kill_wait($n->{pid}, 'TERM', 5) if $n->{pid};
+        $n->{pid} = undef;
+    }
+    @NODES = ();
+}
+
+END { local ($?, $@); stop() }
+
+1;
