@@ -130,6 +130,8 @@ pub struct RequestState {
     purge: Option<Purge>,
     /// The hot tier's plan for this request (`hot`).
     hot: Hot,
+    /// `stale_cache_http`: the looked-up entry's age, for `$stale_cache_http_age`.
+    entry_age: Option<u64>,
 }
 
 impl RequestState {
@@ -159,6 +161,7 @@ impl RequestState {
             ttl_left: None,
             purge: None,
             hot: Default::default(),
+            entry_age: None,
         }
     }
 
@@ -344,6 +347,11 @@ impl RequestState {
         self.reached = Reached::Lookup { grace: false };
     }
 
+    /// `stale_cache_http`: the looked-up entry's age (RFC 9111 4.2.3).
+    pub fn set_entry_age(&mut self, age: Option<u64>) {
+        self.entry_age = age;
+    }
+
     pub fn entered_grace(&mut self) {
         self.reached = Reached::Lookup { grace: true };
     }
@@ -526,6 +534,7 @@ pub struct Peek {
     pub lease_op: bool,
     pub wake_delay_ms: Option<u64>,
     pub ttl_left: Option<i64>,
+    pub entry_age: Option<u64>,
 }
 
 /// What variable handlers and filters may know of `r`'s state.
@@ -540,6 +549,7 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
             lease_op: ptr::addr_of!((*state).lease_op).read(),
             wake_delay_ms: ptr::addr_of!((*state).wake_delay_ms).read(),
             ttl_left: ptr::addr_of!((*state).ttl_left).read(),
+            entry_age: ptr::addr_of!((*state).entry_age).read(),
         })
     }
 }

@@ -196,13 +196,22 @@ pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
     );
 }
 
-/// The TTL lookup's answer, read strictly: anything but an integer reply fails open.
-fn ttl_of(state: &RequestState) -> Result<i64, StaleError> {
+/// The TTL lookup's answer, read strictly: anything but an integer reply fails open. In the
+/// `stale_cache_http` mode the lookup script may also answer the entry's own windows.
+fn ttl_of(
+    state: &RequestState,
+    http: bool,
+) -> Result<(i64, Option<crate::http::windows::EntryWindows>), StaleError> {
     let capture = state.capture();
     if !capture.answered_ok() {
         return Err(StaleError::Lookup(FailReason::LookupFailed));
     }
-    parse_integer_reply(&capture.body).map_err(|e| match e {
+    let parsed = if http {
+        crate::http::parse_lookup(&capture.body).map(|l| (l.ttl, l.entry))
+    } else {
+        parse_integer_reply(&capture.body).map(|ttl| (ttl, None))
+    };
+    parsed.map_err(|e| match e {
         ReplyError::ErrorReply(text) => StaleError::RedisError(text),
         _ => StaleError::Lookup(FailReason::BadReply),
     })
@@ -214,17 +223,22 @@ pub fn after_lookup(
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
 ) -> Step {
-    let ttl = ttl_of(state)?;
+    let (ttl, entry) = ttl_of(state, scf.http().is_some())?;
     let settings = state.settings();
-    let ttl_left = crate::cache_status::ttl_left(ttl, settings.stale_secs, settings.grace_secs);
+    // An entry stored in the `stale_cache_http` mode is judged by its own windows.
+    let (stale_secs, grace_secs) = entry.map_or((settings.stale_secs, settings.grace_secs), |e| {
+        (e.stale, e.grace)
+    });
+    let ttl_left = crate::cache_status::ttl_left(ttl, stale_secs, grace_secs);
     state.looked_up(ttl, ttl_left);
+    state.set_entry_age(entry.map(|e| e.age(ttl)));
     let zone = state.zone().expect("the zone is known before the lookup");
     let settings = state.settings();
     let now = now_ms();
     // Keeping the copy through its refresh needs `$cache_expire`: without it no PERSIST is
     // sent (see `replay::keep_copy`) and the refresh lock ends with the copy.
     let persist = settings.persist_uri.is_some() && settings.expire_uri.is_some();
-    let action = decide(ttl, settings.stale_secs, settings.grace_secs, persist);
+    let action = decide(ttl, stale_secs, grace_secs, persist);
     debug!(
         request_log(req),
         "stale_cache: \"{}\" ttl {}: {:?}",

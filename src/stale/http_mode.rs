@@ -1,0 +1,185 @@
+//! `stale_cache_http`: the HTTP-semantics mode's directive and variables. The rules are pure
+//! (`crate::http`); this file hands them a response's status and headers and gives srcache
+//! their answers:
+//!
+//! - `$stale_cache_http_skip`: why the response is not stored (empty when it is), for
+//!   `srcache_store_skip`;
+//! - `$stale_cache_http_exptime`: how long Redis keeps it (fresh + stale + grace), for
+//!   `srcache_store`'s exptime;
+//! - `$stale_cache_http_windows`: the entry's windows, stored beside it in `<key>:w`;
+//! - `$stale_cache_http_lookup_script`: the TTL lookup's script, which answers the TTL with the
+//!   entry's windows, so each entry is judged by its own;
+//! - `$stale_cache_http_age`: the `Age` of a response served from the cache.
+
+use core::ffi::{c_char, c_void};
+
+use ngx::ffi::{
+    ngx_command_t, ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_list_part_t, ngx_list_t,
+    ngx_table_elt_t, ngx_variable_value_t,
+};
+use ngx::http::HttpModuleLocationConf;
+
+use super::conf::StaleCacheConf;
+use super::state;
+use crate::http::{judge, Limits, Verdict, LOOKUP_SCRIPT};
+use crate::nginx::util::{conf_args, conf_error, pool_str, str_bytes, CONF_OK};
+use crate::nginx::vars::{
+    add_output_variable, set_not_found, set_value, set_value_in_pool, value_slot, VAR_OK,
+};
+use crate::stale::StaleCacheModule;
+
+/// `stale_cache_http on [default=T] [max_fresh=T] [stale=T] [max_stale=T] [stale_if_error=T]
+/// [max_stale_if_error=T] | off;`
+pub unsafe extern "C" fn set_http(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx calls this for the directive with the configuration being parsed, the
+    // command, and this module's StaleCacheConf of the block.
+    let (cfr, cmd, scf) = unsafe { (&*cf, &*cmd, &mut *(conf as *mut StaleCacheConf)) };
+    if scf.http.is_some() {
+        return conf_error(cf, cmd, "is duplicate");
+    }
+    let args: Vec<&[u8]> = conf_args(cfr)[1..].iter().map(str_bytes).collect();
+    match Limits::from_args(&args) {
+        Ok(limits) => {
+            scf.http = Some(limits);
+            CONF_OK
+        }
+        Err(e) => conf_error(cf, cmd, &e),
+    }
+}
+
+pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
+    add_output_variable(cf, "stale_cache_http_skip", Some(skip_variable))?;
+    add_output_variable(cf, "stale_cache_http_exptime", Some(exptime_variable))?;
+    add_output_variable(cf, "stale_cache_http_windows", Some(windows_variable))?;
+    add_output_variable(cf, "stale_cache_http_age", Some(age_variable))?;
+    add_output_variable(cf, "stale_cache_http_lookup_script", Some(script_variable))
+}
+
+/// Fills `v` with a copy of `text` in `r`'s pool.
+fn set_pool_value(r: &ngx_http_request_t, v: &mut ngx_variable_value_t, text: &str) {
+    match pool_str(r.pool, text.as_bytes()) {
+        Some(s) => set_value_in_pool(v, str_bytes(&s)),
+        None => set_not_found(v),
+    }
+}
+
+/// The header lines of an nginx list, deleted ones (hash 0) left out.
+fn list_lines(list: &ngx_list_t) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let mut part: *const ngx_list_part_t = &list.part;
+    let mut index = 0;
+    core::iter::from_fn(move || {
+        // SAFETY: a header list of a live request: each part holds `nelts` elements and the
+        // last part's `next` is null; the elements are only read.
+        unsafe {
+            while !part.is_null() {
+                if index < (*part).nelts {
+                    let h = &*((*part).elts as *const ngx_table_elt_t).add(index);
+                    index += 1;
+                    if h.hash != 0 {
+                        return Some((str_bytes(&h.key), str_bytes(&h.value)));
+                    }
+                } else {
+                    part = (*part).next;
+                    index = 0;
+                }
+            }
+        }
+        None
+    })
+}
+
+/// The mode's verdict on `r`'s response, `None` when the mode is off in its location or the
+/// response has no status yet.
+fn verdict(r: &ngx_http_request_t) -> Option<Verdict> {
+    let limits = StaleCacheModule::location_conf(r)?.http()?;
+    let status = u16::try_from(r.headers_out.status)
+        .ok()
+        .filter(|&s| s != 0)?;
+    // What the backend sent (X-Accel-Expires included, which nginx does not pass on), else
+    // the response's own headers.
+    // SAFETY: r is live; its upstream, when set, lives in its pool.
+    let headers = match unsafe { r.upstream.as_ref() } {
+        Some(u) if u.headers_in.headers.part.nelts > 0 => &u.headers_in.headers,
+        _ => &r.headers_out.headers,
+    };
+    let authorization = !r.headers_in.authorization.is_null();
+    // SAFETY: nginx's cached time is set up before any request runs.
+    let now = unsafe { (*ngx::ffi::ngx_cached_time).sec };
+    Some(judge(
+        status,
+        list_lines(headers),
+        authorization,
+        now,
+        limits,
+    ))
+}
+
+unsafe extern "C" fn skip_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the value slot being evaluated.
+    let (r, v) = unsafe { (&*r, value_slot(v)) };
+    match verdict(r) {
+        Some(Verdict::Skip(why)) => set_value(v, why.as_str().as_bytes()),
+        _ => set_value(v, b""),
+    }
+    VAR_OK
+}
+
+unsafe extern "C" fn exptime_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the value slot being evaluated.
+    let (r, v) = unsafe { (&*r, value_slot(v)) };
+    match verdict(r) {
+        Some(Verdict::Store(w)) => set_pool_value(r, v, &w.total().to_string()),
+        _ => set_not_found(v),
+    }
+    VAR_OK
+}
+
+unsafe extern "C" fn windows_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the value slot being evaluated.
+    let (r, v) = unsafe { (&*r, value_slot(v)) };
+    match verdict(r) {
+        Some(Verdict::Store(w)) => set_pool_value(r, v, &w.encode()),
+        _ => set_not_found(v),
+    }
+    VAR_OK
+}
+
+unsafe extern "C" fn age_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the value slot being evaluated.
+    let (r, v) = unsafe { (&*r, value_slot(v)) };
+    match state::peek(r).and_then(|p| p.entry_age) {
+        Some(age) => set_pool_value(r, v, &age.to_string()),
+        None => set_not_found(v),
+    }
+    VAR_OK
+}
+
+unsafe extern "C" fn script_variable(
+    _r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes the value slot being evaluated.
+    set_value(unsafe { value_slot(v) }, LOOKUP_SCRIPT.as_bytes());
+    VAR_OK
+}

@@ -1,0 +1,152 @@
+# The HTTP-semantics mode (stale_cache_http) through nginx-conf/http-cache.conf as shipped (its
+# server block, with the harness's backend and Redis): what is stored and for how long comes
+# from the response; each entry keeps its own windows in "<key>:w", so the TTL lookup judges
+# it by them; responses from the cache carry Age.
+use lib 't/lib';
+use Test::StaleCache;
+use Time::HiRes qw(time sleep);
+use POSIX qw(strftime);
+
+our $HTTP = "    stale_cache_zone srcache_locks 1m;\n";
+
+# The server block of nginx-conf/http-cache.conf without its listen line (the harness adds
+# its own), proxying to the harness's backend; its http-level key variables.
+sub shipped {
+    my $text = Test::StaleCache::slurp('nginx-conf/http-cache.conf') // die "http-cache.conf: $!";
+    my ($server) = $text =~ /\n    server \{\n(.*)\n    \}\n\}\s*\z/s or die 'no server';
+    $server =~ s/^\s*listen 127\.0\.0\.1:8080;[^\n]*\n//m or die 'no listen 8080';
+    $server =~ s{http://www;}{http://backend;}g or die 'no proxy_pass';
+    return $server;
+}
+
+sub shipped_http {
+    my $text = Test::StaleCache::slurp('nginx-conf/http-cache.conf') // die "http-cache.conf: $!";
+    return $::HTTP . join('', map { "$_\n" } $text =~ /^(\s*stale_cache_redis_variable [^\n]*)$/mg);
+}
+
+# The Redis key of $path under http-cache.conf ($scheme://$host$request_uri; the harness
+# sends Host: localhost).
+sub key_of { Digest::MD5::md5_hex("http://localhost" . shift) }
+
+sub hdr { my ($r, $h) = @_; $r->{headers}{lc $h} }
+
+# A response with max-age=2: stored for 2 s with windows "0_0_2_0", the second request is a
+# FRESH hit with an Age; after the entry's life the backend is asked again.
+sub check_max_age {
+    my $p = '/ma';
+    backend_config($p, header => ['Cache-Control: max-age=2']);
+    my $r = http_get($p);
+    is(hdr($r, 'x-stale-cache'), 'MISS', 'first: MISS');
+    my $key = key_of($p);
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored');
+    my $ttl = redis('TTL', $key);
+    ok($ttl >= 1 && $ttl <= 2, "stored for max-age (TTL $ttl)");
+    is(redis('GET', "$key:w"), '0_0_2_0', 'the entry\'s windows: no stale, no grace, 2 s in all');
+    $r = http_get($p);
+    is(hdr($r, 'x-stale-cache'), 'FRESH', 'second: FRESH');
+    like(hdr($r, 'age') // '', qr/^[01]$/, 'with an Age');
+    is($r->{body}, "backend GET $p hit 1\n", 'the stored body');
+    wait_until(sub { !redis('EXISTS', $key) }, 5, 'the entry ends with its freshness');
+    $r = http_get($p);
+    is(hdr($r, 'x-stale-cache'), 'MISS', 'after max-age: MISS (never served stale)');
+    is(backend_hits($p), 2, 'the backend asked twice');
+}
+
+# Responses that must not be stored, each asked twice: two backend hits, nothing in Redis.
+sub check_not_stored {
+    my %cases = (
+        '/none'    => [],
+        '/nostore' => ['Cache-Control: max-age=60, no-store'],
+        '/private' => ['Cache-Control: private, max-age=60'],
+        '/nocache' => ['Cache-Control: no-cache, max-age=60'],
+        '/zero'    => ['Cache-Control: max-age=0'],
+        '/vary'    => ['Cache-Control: max-age=60', 'Vary: Accept'],
+        '/old'     => ['Cache-Control: max-age=60', 'Age: 120'],
+    );
+    for my $p (sort keys %cases) {
+        backend_config($p, header => $cases{$p});
+        http_get($p) for 1 .. 2;
+        is(backend_hits($p), 2, "$p: both requests went to the backend");
+        is(redis('EXISTS', key_of($p)), 0, "$p: nothing stored");
+    }
+}
+
+# s-maxage wins over max-age; Expires - Date counts; a 404 with max-age is stored.
+sub check_stored {
+    backend_config('/s', header => ['Cache-Control: max-age=5, s-maxage=50']);
+    backend_config('/e', header => ['Expires: ' . strftime('%a, %d %b %Y %H:%M:%S GMT', gmtime(int(time) + 40))]);
+    backend_config('/404', status => 404, header => ['Cache-Control: max-age=30']);
+    for my $p ('/s', '/e', '/404') {
+        http_get($p);
+        wait_until(sub { redis('EXISTS', key_of($p)) }, 5, "$p stored");
+        my $r = http_get($p);
+        is(hdr($r, 'x-stale-cache'), 'FRESH', "$p: FRESH");
+        is(backend_hits($p), 1, "$p: one backend hit");
+    }
+    my $ttl = redis('TTL', key_of('/s'));
+    ok($ttl > 40, "s-maxage's 50 s, not max-age's 5 (TTL $ttl)");
+    $ttl = redis('TTL', key_of('/e'));
+    ok($ttl > 30 && $ttl <= 40, "Expires - Date (TTL $ttl)");
+    is(http_get('/404')->{status}, 404, 'the stored 404 is served');
+}
+
+# The origin's stale-while-revalidate: stale after max-age, served at once and refreshed.
+sub check_swr {
+    my $p = '/swr';
+    backend_config($p, header => ['Cache-Control: max-age=1, stale-while-revalidate=30']);
+    http_get($p);
+    my $key = key_of($p);
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored');
+    is(redis('GET', "$key:w"), '30_0_31_0', 'windows: 30 s stale');
+    wait_until(sub { redis('TTL', $key) < 30 }, 5, 'out of its freshness');
+    my $r = http_get($p);
+    is(hdr($r, 'x-stale-cache'), 'STALE', 'STALE');
+    is($r->{body}, "backend GET $p hit 1\n", 'the stored body, at once');
+    wait_until(sub { backend_hits($p) == 2 }, 5, 'refreshed in the background');
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: max-age: stored for its freshness only, FRESH with Age, then a miss
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_max_age();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 2: no-store, private, no-cache, max-age=0, Vary, no freshness, too old: not stored
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_not_stored();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 3: s-maxage over max-age, Expires - Date, a 404 with max-age
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_stored();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 4: the origin's stale-while-revalidate: STALE, refreshed
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_swr();
+--- no_error_log
+[alert]
+[crit]
