@@ -105,6 +105,31 @@ sub check_swr {
     wait_until(sub { backend_hits($p) == 2 }, 5, 'refreshed in the background');
 }
 
+# An unsafe request answered 2xx/3xx deletes its URL's entry and those of its same-host
+# Location and Content-Location; an error answer deletes nothing.
+sub check_invalidation {
+    my @paths = ('/inv', '/loc-target', '/cl-target', '/other');
+    for my $p (@paths) {
+        backend_config($p, header => ['Cache-Control: max-age=60']);
+        http_get($p);
+        wait_until(sub { redis('EXISTS', key_of($p)) }, 5, "$p stored");
+    }
+    backend_config('/failing', status => 500);
+    is(http_request('POST', '/failing', {}, 'x')->{status}, 500, 'a failing POST');
+    is(redis('EXISTS', key_of('/inv')), 1, 'deletes nothing');
+    is(http_request('POST', '/inv', {}, 'x')->{status}, 200, 'POST /inv: 200');
+    wait_until(sub { !redis('EXISTS', key_of('/inv')) && !redis('EXISTS', key_of('/inv') . ':w') },
+               5, 'the entry of /inv and its windows deleted');
+    backend_config('/act', header => ['Location: /loc-target',
+                                      'Content-Location: http://localhost/cl-target']);
+    is(http_request('DELETE', '/act')->{status}, 200, 'DELETE /act: 200');
+    wait_until(sub { !redis('EXISTS', key_of('/loc-target')) }, 5, 'the Location\'s entry deleted');
+    wait_until(sub { !redis('EXISTS', key_of('/cl-target')) }, 5,
+               'the Content-Location\'s entry deleted');
+    is(redis('EXISTS', key_of('/other')), 1, 'another entry stays');
+    is(http_get('/inv')->{headers}{'x-stale-cache'}, 'MISS', 'the next GET of /inv: MISS');
+}
+
 run_tests();
 
 __DATA__
@@ -147,6 +172,17 @@ check_stored();
 --- config eval: ::shipped()
 --- check
 check_swr();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 5: POST/DELETE answered 2xx invalidate the URL, its Location and Content-Location
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_invalidation();
 --- no_error_log
 [alert]
 [crit]

@@ -5,6 +5,7 @@
 
 pub mod date;
 pub mod freshness;
+pub mod invalidate;
 pub mod windows;
 
 pub use freshness::{judge, Limits, Skip, Verdict};

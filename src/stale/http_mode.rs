@@ -20,16 +20,17 @@ use ngx::ffi::{
 use ngx::http::HttpModuleLocationConf;
 
 use super::conf::StaleCacheConf;
+use super::lookup;
 use super::state;
-use crate::http::{judge, Limits, Verdict, LOOKUP_SCRIPT};
-use crate::nginx::util::{conf_args, conf_error, pool_str, str_bytes, CONF_OK};
+use crate::http::{invalidate, judge, Limits, Verdict, LOOKUP_SCRIPT};
+use crate::nginx::util::{conf_args, conf_error, pool_str, request_log, str_bytes, CONF_OK};
 use crate::nginx::vars::{
     add_output_variable, set_not_found, set_value, set_value_in_pool, value_slot, VAR_OK,
 };
 use crate::stale::StaleCacheModule;
 
 /// `stale_cache_http on [default=T] [max_fresh=T] [stale=T] [max_stale=T] [stale_if_error=T]
-/// [max_stale_if_error=T] | off;`
+/// [max_stale_if_error=T] [invalidate=URI] | off;`
 pub unsafe extern "C" fn set_http(
     cf: *mut ngx_conf_t,
     cmd: *mut ngx_command_t,
@@ -41,7 +42,18 @@ pub unsafe extern "C" fn set_http(
     if scf.http.is_some() {
         return conf_error(cf, cmd, "is duplicate");
     }
-    let args: Vec<&[u8]> = conf_args(cfr)[1..].iter().map(str_bytes).collect();
+    let mut args: Vec<&[u8]> = conf_args(cfr)[1..].iter().map(str_bytes).collect();
+    if let Some(i) = args.iter().position(|a| a.starts_with(b"invalidate=")) {
+        let uri = &args.remove(i)[b"invalidate=".len()..];
+        if !uri.starts_with(b"/") {
+            return conf_error(
+                cf,
+                cmd,
+                "invalidate= expects a location such as /redisinvalidate",
+            );
+        }
+        scf.http_invalidate = Some(uri.to_vec());
+    }
     match Limits::from_args(&args) {
         Ok(limits) => {
             scf.http = Some(limits);
@@ -182,4 +194,57 @@ unsafe extern "C" fn script_variable(
     // SAFETY: nginx passes the value slot being evaluated.
     set_value(unsafe { value_slot(v) }, LOOKUP_SCRIPT.as_bytes());
     VAR_OK
+}
+
+/// The main request's response header: an unsafe request answered 2xx/3xx invalidates its
+/// URL (and its same-host Location/Content-Location) through the `invalidate=` location.
+/// Safe methods return at the first test.
+pub fn on_main_header(req: &mut ngx_http_request_t) {
+    const SAFE: usize = (ngx::ffi::NGX_HTTP_GET
+        | ngx::ffi::NGX_HTTP_HEAD
+        | ngx::ffi::NGX_HTTP_OPTIONS
+        | ngx::ffi::NGX_HTTP_TRACE) as usize;
+    if req.method & SAFE != 0 {
+        return;
+    }
+    if !invalidate::is_unsafe(str_bytes(&req.method_name))
+        || !invalidate::invalidating_status(req.headers_out.status)
+    {
+        return;
+    }
+    let Some(uri) = StaleCacheModule::location_conf(req)
+        .filter(|c| c.http().is_some())
+        .and_then(|c| c.http_invalidate.clone())
+    else {
+        return;
+    };
+    let scheme = crate::nginx::vars::by_name(req, b"scheme").map(<[u8]>::to_vec);
+    let host = crate::nginx::vars::by_name(req, b"host").map(<[u8]>::to_vec);
+    let (Some(scheme), Some(host)) = (scheme, host) else {
+        return;
+    };
+    let origin = [&scheme[..], b"://", &host[..]].concat();
+    let url = [&origin[..], str_bytes(&req.unparsed_uri)].concat();
+    let line = |name: &[u8]| {
+        list_lines(&req.headers_out.headers)
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| invalidate::same_origin_url(&origin, v))
+    };
+    let (loc, cl) = (line(b"location"), line(b"content-location"));
+    let args = invalidate::arguments(&url, loc.as_deref(), cl.as_deref());
+    let Some(mut state) = state::attach(req) else {
+        return;
+    };
+    // SAFETY: one step at a time (see `state`): a response header filter of the main request
+    // holds no other borrow of its state.
+    let state = unsafe { state.as_mut() };
+    if lookup::start(state.capture_mut(), req, &uri, &args).is_err() {
+        crate::nginx::log::limited(
+            request_log(req),
+            ngx::ffi::NGX_LOG_ERR,
+            "invalidate",
+            crate::nginx::log::Every::Interval,
+            format_args!("stale_cache: the invalidation subrequest could not start"),
+        );
+    }
 }

@@ -43,6 +43,9 @@ pub struct StaleCacheConf {
     /// `stale_cache_http on ...`: HTTP caching semantics and the mode's limits (None: off or
     /// unset; see `crate::http`).
     pub http: Option<Option<crate::http::Limits>>,
+    /// `stale_cache_http ... invalidate=URI`: the location that deletes the entries an unsafe
+    /// request invalidates.
+    pub http_invalidate: Option<Vec<u8>>,
     /// The file and line where this location's block opened (not inherited): `nginx -t`
     /// errors about its literal `$cache_*` values cite their `set` line (`checks`).
     pub opened_at: Option<(Vec<u8>, usize)>,
@@ -70,6 +73,7 @@ impl Default for StaleCacheConf {
             hot_max_size: Unset::default(),
             role: Default::default(),
             http: None,
+            http_invalidate: None,
             opened_at: None,
         }
     }
@@ -140,6 +144,9 @@ impl Merge for StaleCacheConf {
             DEFAULT_REFRESH_LIMIT,
         );
         inherit(&mut self.purge_methods, &prev.purge_methods);
+        if self.http.is_none() {
+            self.http_invalidate.clone_from(&prev.http_invalidate);
+        }
         inherit(&mut self.http, &prev.http);
         self.hot.merge(prev.hot, 0);
         let age = DEFAULT_HOT_MAX_AGE_MS as ngx_msec_t;
