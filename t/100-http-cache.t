@@ -130,6 +130,32 @@ sub check_invalidation {
     is(http_get('/inv')->{headers}{'x-stale-cache'}, 'MISS', 'the next GET of /inv: MISS');
 }
 
+# Surrogate-Control wins over Cache-Control; must-understand with an unknown status is not
+# stored; a compressed response is stored; If-None-Match overrules If-Modified-Since.
+sub check_more {
+    backend_config('/sc', header => ['Cache-Control: no-store', 'Surrogate-Control: max-age=60']);
+    backend_config('/sc-ns', header => ['Cache-Control: max-age=60', 'Surrogate-Control: no-store']);
+    backend_config('/mu', status => 599, header => ['Cache-Control: max-age=60, must-understand']);
+    backend_config('/gz', header => ['Cache-Control: max-age=60', 'Content-Encoding: gzip']);
+    for my $p ('/sc', '/sc-ns', '/mu', '/gz') {
+        http_get($p) for 1 .. 2;
+    }
+    is(backend_hits('/sc'), 1, 'Surrogate-Control: max-age stores despite Cache-Control: no-store');
+    ok(!defined hdr(http_get('/sc'), 'surrogate-control'), 'Surrogate-Control not sent to clients');
+    is(backend_hits('/sc-ns'), 2, 'Surrogate-Control: no-store is not stored');
+    is(backend_hits('/mu'), 2, 'must-understand with status 599 is not stored');
+    is(backend_hits('/gz'), 1, 'a compressed response is stored');
+    my $lm = 'Mon, 01 Jan 2024 00:00:00 GMT';
+    backend_config('/cond', header => ['Cache-Control: max-age=60', 'ETag: "abc"',
+                                       "Last-Modified: $lm"]);
+    http_get('/cond');
+    wait_until(sub { redis('EXISTS', key_of('/cond')) }, 5, 'stored');
+    my $r = http_get('/cond', { 'If-None-Match' => '"abc"',
+                               'If-Modified-Since' => 'Sun, 31 Dec 2023 00:00:00 GMT' });
+    is($r->{status}, 304, 'a matching If-None-Match: 304, whatever If-Modified-Since says');
+    is(backend_hits('/cond'), 1, 'from the cache');
+}
+
 run_tests();
 
 __DATA__
@@ -183,6 +209,17 @@ check_swr();
 --- config eval: ::shipped()
 --- check
 check_invalidation();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 6: Surrogate-Control, must-understand, Content-Encoding, If-None-Match precedence
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_more();
 --- no_error_log
 [alert]
 [crit]

@@ -103,6 +103,7 @@ struct Directives {
     no_cache: bool,
     public: bool,
     must_revalidate: bool,
+    must_understand: bool,
     /// `s-maxage` present (valid or not): also forbids serving stale.
     has_s_maxage: bool,
     /// `Some(None)`: present but invalid, which makes the response stale.
@@ -132,7 +133,16 @@ fn directives_of(line: &[u8], out: &mut Directives) {
                 break;
             }
         }
-        let item = rest[..end].trim_ascii();
+        let mut item = rest[..end].trim_ascii();
+        // Surrogate-Control's "directive;target": a directive for another surrogate is not
+        // this cache's (Cache-Control has no targets, so nothing changes there).
+        if let Some(semi) = item.iter().position(|&b| b == b';') {
+            if !item[semi + 1..].trim_ascii().is_empty() {
+                item = &[];
+            } else {
+                item = item[..semi].trim_ascii();
+            }
+        }
         rest = if end < rest.len() {
             &rest[end + 1..]
         } else {
@@ -154,6 +164,8 @@ fn directives_of(line: &[u8], out: &mut Directives) {
             out.no_cache = true;
         } else if is(b"public") {
             out.public = true;
+        } else if is(b"must-understand") {
+            out.must_understand = true;
         } else if is(b"must-revalidate") || is(b"proxy-revalidate") {
             out.must_revalidate = true;
         } else if is(b"s-maxage") {
@@ -184,6 +196,11 @@ fn heuristically_cacheable(status: u16) -> bool {
     )
 }
 
+/// Statuses this cache understands (for `must-understand`): those of RFC 9110.
+fn understood_status(status: u16) -> bool {
+    matches!(status, 200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505)
+}
+
 /// Statuses never stored: interim and partial responses, and 304 (it updates an entry, it
 /// is not one).
 fn never_stored(status: u16) -> bool {
@@ -194,6 +211,9 @@ fn never_stored(status: u16) -> bool {
 #[derive(Default)]
 struct Facts<'a> {
     cc: Directives,
+    /// Surrogate-Control (W3C Edge Architecture): for caches like this one, it wins over
+    /// Cache-Control.
+    sc: Option<Directives>,
     expires: Option<&'a [u8]>,
     expires_lines: usize,
     date: Option<&'a [u8]>,
@@ -217,6 +237,8 @@ pub fn judge<'a>(
         let is = |n: &[u8]| name.eq_ignore_ascii_case(n);
         if is(b"cache-control") {
             directives_of(value, &mut f.cc);
+        } else if is(b"surrogate-control") {
+            directives_of(value, f.sc.get_or_insert_with(Directives::default));
         } else if is(b"expires") {
             f.expires_lines += 1;
             f.expires.get_or_insert(value);
@@ -235,14 +257,25 @@ pub fn judge<'a>(
     if never_stored(status) {
         return Verdict::Skip(Skip::Status);
     }
-    if cc.no_store {
+    // must-understand: stored only with a status this cache knows, and then no-store yields.
+    let understood = cc.must_understand && understood_status(status);
+    if cc.must_understand && !understood {
+        return Verdict::Skip(Skip::Status);
+    }
+    let surrogate_fresh = f.sc.as_ref().is_some_and(|sc| sc.max_age.is_some());
+    if f.sc.as_ref().is_some_and(|sc| sc.no_store) {
         return Verdict::Skip(Skip::NoStore);
     }
-    if cc.private {
-        return Verdict::Skip(Skip::Private);
-    }
-    if cc.no_cache {
-        return Verdict::Skip(Skip::NoCache);
+    if !surrogate_fresh {
+        if cc.no_store && !understood {
+            return Verdict::Skip(Skip::NoStore);
+        }
+        if cc.private {
+            return Verdict::Skip(Skip::Private);
+        }
+        if cc.no_cache {
+            return Verdict::Skip(Skip::NoCache);
+        }
     }
     if f.vary {
         return Verdict::Skip(Skip::Vary);
@@ -273,6 +306,8 @@ pub fn judge<'a>(
             _ => delta_seconds(x).map(|s| s as i64),
         }
         .or(Some(0))
+    } else if let Some(m) = f.sc.as_ref().and_then(|sc| sc.max_age) {
+        Some(m.map_or(0, |m| m as i64))
     } else if let Some(s) = cc.s_maxage {
         Some(s.map_or(0, |s| s as i64))
     } else if let Some(m) = cc.max_age {
@@ -502,6 +537,34 @@ mod tests {
             store(&[("Cache-Control", "max-age=99999999999")]),
             w(365 * 86_400, 0, 0, 0)
         );
+    }
+
+    #[test]
+    fn surrogate_control_wins() {
+        let h =
+            |cc: &'static str, sc: &'static str| [("Cache-Control", cc), ("Surrogate-Control", sc)];
+        assert_eq!(store(&h("max-age=1", "max-age=60")), w(60, 0, 0, 0));
+        assert_eq!(store(&h("no-store", "max-age=60")), w(60, 0, 0, 0));
+        assert_eq!(
+            store(&h("max-age=60", "no-store")),
+            Verdict::Skip(Skip::NoStore)
+        );
+        assert_eq!(
+            store(&h("max-age=60", "max-age=0")),
+            Verdict::Skip(Skip::Expired)
+        );
+        // Targeted at another surrogate: ignored.
+        assert_eq!(store(&h("max-age=1", "max-age=60;other")), w(1, 0, 0, 0));
+    }
+
+    #[test]
+    fn must_understand() {
+        let l = Limits::default();
+        let cc = [("Cache-Control", "max-age=60, must-understand")];
+        assert_eq!(run(599, &cc, false, &l), Verdict::Skip(Skip::Status));
+        assert_eq!(run(200, &cc, false, &l), w(60, 0, 0, 0));
+        let cc = [("Cache-Control", "max-age=60, must-understand, no-store")];
+        assert_eq!(run(200, &cc, false, &l), w(60, 0, 0, 0));
     }
 
     #[test]

@@ -198,13 +198,22 @@ unsafe extern "C" fn script_variable(
 
 /// The main request's response header: an unsafe request answered 2xx/3xx invalidates its
 /// URL (and its same-host Location/Content-Location) through the `invalidate=` location.
-/// Safe methods return at the first test.
+/// Safe methods return after two pointer tests (or three, with both If-None-Match and
+/// If-Modified-Since).
 pub fn on_main_header(req: &mut ngx_http_request_t) {
     const SAFE: usize = (ngx::ffi::NGX_HTTP_GET
         | ngx::ffi::NGX_HTTP_HEAD
         | ngx::ffi::NGX_HTTP_OPTIONS
         | ngx::ffi::NGX_HTTP_TRACE) as usize;
     if req.method & SAFE != 0 {
+        // RFC 9110 13.2.2: If-Modified-Since is evaluated only without If-None-Match;
+        // nginx's not-modified filter (after this one) would let it overrule a matching ETag.
+        if !req.headers_in.if_none_match.is_null()
+            && !req.headers_in.if_modified_since.is_null()
+            && StaleCacheModule::location_conf(req).is_some_and(|c| c.http().is_some())
+        {
+            req.headers_in.if_modified_since = core::ptr::null_mut();
+        }
         return;
     }
     if !invalidate::is_unsafe(str_bytes(&req.method_name))
