@@ -201,6 +201,7 @@ check_swr();
 --- no_error_log
 [alert]
 [crit]
+is already stale
 
 
 

@@ -274,12 +274,18 @@ pub fn after_lookup(
         Action::FailOpen { reason } => Err(StaleError::Lookup(reason)),
         Action::FillOrWait => Ok(fill_or_wait(state, req, scf, zone, now)),
         Action::TryBackend => {
-            born_stale::check(req, zone, state.settings(), ttl, now);
+            // An entry with its own windows is stale when its origin said so.
+            if entry.is_none() {
+                born_stale::check(req, zone, state.settings(), ttl, now);
+            }
             state.entered_grace();
             Ok(fill_or_wait(state, req, scf, zone, now))
         }
         Action::ServeStale { persist, refresh } => {
-            born_stale::check(req, zone, state.settings(), ttl, now);
+            // An entry with its own windows is stale when its origin said so.
+            if entry.is_none() {
+                born_stale::check(req, zone, state.settings(), ttl, now);
+            }
             state.finish(CacheStatus::Stale);
             if !refresh {
                 return Ok(Next::Continue);
