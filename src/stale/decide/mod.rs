@@ -5,6 +5,7 @@
 
 mod born_stale;
 mod lease_steps;
+mod ttl;
 
 use ngx::ffi::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_internal_redirect, ngx_http_request_t,
@@ -26,15 +27,15 @@ use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN, DONE};
 use crate::nginx::zone::{self, ZoneRef};
-use crate::policy::{decide, Action, CacheStatus, FailReason};
+use crate::policy::{decide, Action, CacheStatus};
 use crate::replay::{keep_copy, key_argument, KeepCopy};
-use crate::resp::{parse_integer_reply, ReplyError};
 use crate::stale::main_conf;
 
 type Step = Result<Next, StaleError>;
 
 pub use lease_steps::lease_step;
 use lease_steps::{ask_lease, lease_op_request};
+use ttl::ttl_of;
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
 /// locks, then the TTL lookup.
@@ -194,27 +195,6 @@ pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
             Short(key)
         ),
     );
-}
-
-/// The TTL lookup's answer, read strictly: anything but an integer reply fails open. In the
-/// `stale_cache_http` mode the lookup script may also answer the entry's own windows.
-fn ttl_of(
-    state: &RequestState,
-    http: bool,
-) -> Result<(i64, Option<crate::http::windows::EntryWindows>), StaleError> {
-    let capture = state.capture();
-    if !capture.answered_ok() {
-        return Err(StaleError::Lookup(FailReason::LookupFailed));
-    }
-    let parsed = if http {
-        crate::http::parse_lookup(&capture.body).map(|l| (l.ttl, l.entry))
-    } else {
-        parse_integer_reply(&capture.body).map(|ttl| (ttl, None))
-    };
-    parsed.map_err(|e| match e {
-        ReplyError::ErrorReply(text) => StaleError::RedisError(text),
-        _ => StaleError::Lookup(FailReason::BadReply),
-    })
 }
 
 /// The TTL is in: decide and act.
