@@ -156,6 +156,35 @@ sub check_more {
     is(backend_hits('/cond'), 1, 'from the cache');
 }
 
+# A response with an ETag is kept past its freshness (revalidate=1h): the next request
+# revalidates it with If-None-Match; the 304's headers and life update the stored response,
+# whose body stays; a 200 in its place is served and replaces it.
+sub check_revalidation {
+    my $p = '/rv';
+    backend_config($p, header => ['Cache-Control: max-age=1', 'ETag: "v1"', 'X-Version: 1']);
+    http_get($p);
+    my $key = key_of($p);
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored');
+    my $ttl = redis('TTL', $key);
+    ok($ttl > 3000, "kept for revalidation (TTL $ttl)");
+    wait_until(sub { redis('TTL', $key) < 3600 }, 5, 'past its freshness');
+    backend_config($p, status => 304, header => ['Cache-Control: max-age=60', 'ETag: "v1"',
+                                                 'X-Version: 2']);
+    my $r = http_get($p);
+    is($r->{status}, 200, 'the client gets a 200');
+    is($r->{body}, "backend GET $p hit 1\n", 'with the stored body');
+    is(hdr($r, 'x-version'), '2', 'and the 304\'s headers');
+    my @log = backend_log($p);
+    is(scalar @log, 2, 'one revalidation');
+    is($log[1]{headers}{'if-none-match'}, '"v1"', 'conditional, with the stored ETag');
+    like(redis('GET', $key), qr/X-Version: 2\r\n.*hit 1\n\z/s, 'the stored response updated');
+    $ttl = redis('TTL', $key);
+    ok($ttl > 3600, "with the 304's life (TTL $ttl)");
+    $r = http_get($p);
+    is(hdr($r, 'x-stale-cache'), 'FRESH', 'then FRESH');
+    is(backend_hits($p), 2, 'without the backend');
+}
+
 run_tests();
 
 __DATA__
@@ -221,6 +250,17 @@ check_invalidation();
 --- config eval: ::shipped()
 --- check
 check_more();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 7: revalidation: If-None-Match, a 304 updates the stored headers and life
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_revalidation();
 --- no_error_log
 [alert]
 [crit]

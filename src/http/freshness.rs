@@ -19,6 +19,10 @@ pub struct Limits {
     pub grace: u64,
     /// The longest error grace band, the origin's included.
     pub max_grace: u64,
+    /// How long a response with a validator (`ETag`, `Last-Modified`) is kept past its
+    /// freshness (and stale window) to be revalidated with a conditional request (0: not).
+    /// It shares the error grace band: a request there revalidates before being answered.
+    pub revalidate: u64,
 }
 
 impl Default for Limits {
@@ -30,6 +34,7 @@ impl Default for Limits {
             max_stale: 86_400,
             grace: 0,
             max_grace: 86_400,
+            revalidate: 0,
         }
     }
 }
@@ -201,10 +206,10 @@ fn understood_status(status: u16) -> bool {
     matches!(status, 200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505)
 }
 
-/// Statuses never stored: interim and partial responses, and 304 (it updates an entry, it
-/// is not one).
+/// Statuses never stored: interim and partial responses. (A 304 updates a stored response:
+/// the store script merges it, and stores nothing without one.)
 fn never_stored(status: u16) -> bool {
-    !(200..=599).contains(&status) || status == 206 || status == 304
+    !(200..=599).contains(&status) || status == 206
 }
 
 /// What the response's headers say, gathered in one pass.
@@ -221,6 +226,7 @@ struct Facts<'a> {
     age_lines: usize,
     x_accel_expires: Option<&'a [u8]>,
     vary: bool,
+    validator: bool,
 }
 
 /// Judges a response: `status`, its header lines, whether the request carried
@@ -249,6 +255,8 @@ pub fn judge<'a>(
             f.age.get_or_insert(value);
         } else if is(b"x-accel-expires") {
             f.x_accel_expires.get_or_insert(value);
+        } else if is(b"etag") || is(b"last-modified") {
+            f.validator = true;
         } else if is(b"vary") && !value.trim_ascii().is_empty() {
             f.vary = true;
         }
@@ -273,10 +281,13 @@ pub fn judge<'a>(
         if cc.private {
             return Verdict::Skip(Skip::Private);
         }
-        if cc.no_cache {
+        if cc.no_cache && !(f.validator && limits.revalidate > 0) {
             return Verdict::Skip(Skip::NoCache);
         }
     }
+    // Kept to be revalidated: a response with a validator, when the operator allows it.
+    let revalidate = if f.validator { limits.revalidate } else { 0 };
+    let stale_from_birth = cc.no_cache && revalidate > 0;
     if f.vary {
         return Verdict::Skip(Skip::Vary);
     }
@@ -325,6 +336,7 @@ pub fn judge<'a>(
     };
     let lifetime = match explicit {
         Some(l) => l,
+        None if stale_from_birth => 0,
         None if !heuristically_cacheable(status) => return Verdict::Skip(Skip::Status),
         None => match limits.default_fresh {
             Some(d) => d as i64,
@@ -332,19 +344,26 @@ pub fn judge<'a>(
         },
     };
     let remaining = lifetime.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX));
-    if remaining <= 0 {
+    if remaining <= 0 && revalidate == 0 {
         return Verdict::Skip(Skip::Expired);
     }
-    let fresh = (remaining as u64).min(limits.max_fresh);
-    let (stale, grace) = if cc.must_revalidate || cc.has_s_maxage {
-        (0, 0)
+    let fresh = if stale_from_birth {
+        0
+    } else {
+        u64::try_from(remaining).unwrap_or(0).min(limits.max_fresh)
+    };
+    let (stale, grace) = if cc.must_revalidate || cc.has_s_maxage || stale_from_birth {
+        (0, revalidate)
     } else {
         (
             cc.swr.unwrap_or(limits.stale).min(limits.max_stale),
-            cc.sie.unwrap_or(limits.grace).min(limits.max_grace),
+            cc.sie
+                .unwrap_or(limits.grace)
+                .min(limits.max_grace)
+                .max(revalidate),
         )
     };
-    if fresh == 0 {
+    if fresh == 0 && grace == 0 {
         return Verdict::Skip(Skip::Expired);
     }
     Verdict::Store(Windows {
@@ -490,7 +509,7 @@ mod tests {
                 "{s}"
             );
         }
-        for s in [100, 206, 304, 600] {
+        for s in [100, 206, 600] {
             assert_eq!(
                 run(s, &cc, false, &Limits::default()),
                 Verdict::Skip(Skip::Status)
@@ -555,6 +574,39 @@ mod tests {
         );
         // Targeted at another surrogate: ignored.
         assert_eq!(store(&h("max-age=1", "max-age=60;other")), w(1, 0, 0, 0));
+    }
+
+    #[test]
+    fn revalidation_band() {
+        let l = Limits {
+            revalidate: 600,
+            ..Limits::default()
+        };
+        let v = |cc: &'static str| run(200, &[("Cache-Control", cc), ("ETag", "\"x\"")], false, &l);
+        assert_eq!(v("max-age=60"), w(60, 0, 600, 0));
+        assert_eq!(v("max-age=60, must-revalidate"), w(60, 0, 600, 0));
+        assert_eq!(v("no-cache"), w(0, 0, 600, 0));
+        assert_eq!(v("max-age=0"), w(0, 0, 600, 0));
+        assert_eq!(v("no-store"), Verdict::Skip(Skip::NoStore));
+        // Without a validator nothing changes.
+        assert_eq!(
+            run(200, &[("Cache-Control", "max-age=60")], false, &l),
+            w(60, 0, 0, 0)
+        );
+        assert_eq!(
+            run(200, &[("Cache-Control", "no-cache")], false, &l),
+            Verdict::Skip(Skip::NoCache)
+        );
+        // A 304 gets windows from its own headers (the store script merges it).
+        assert_eq!(
+            run(
+                304,
+                &[("Cache-Control", "max-age=2"), ("ETag", "\"x\"")],
+                false,
+                &l
+            ),
+            w(2, 0, 600, 0)
+        );
     }
 
     #[test]
@@ -675,6 +727,7 @@ impl Limits {
                 "max_stale" => l.max_stale = secs()?,
                 "stale_if_error" => l.grace = secs()?,
                 "max_stale_if_error" => l.max_grace = secs()?,
+                "revalidate" => l.revalidate = secs()?,
                 _ => return Err(format!("unknown parameter \"{text}\"")),
             }
         }

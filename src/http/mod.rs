@@ -9,4 +9,4 @@ pub mod invalidate;
 pub mod windows;
 
 pub use freshness::{judge, Limits, Skip, Verdict};
-pub use windows::{parse_lookup, Lookup, Windows, LOOKUP_SCRIPT};
+pub use windows::{parse_lookup, Lookup, Windows, LOOKUP_SCRIPT, STORE_SCRIPT};

@@ -9,6 +9,8 @@
 //! - `$stale_cache_http_windows`: the entry's windows, stored beside it in `<key>:w`;
 //! - `$stale_cache_http_lookup_script`: the TTL lookup's script, which answers the TTL with the
 //!   entry's windows, so each entry is judged by its own;
+//! - `$stale_cache_http_store_script`: the store location's script, which merges a `304` into
+//!   the stored response;
 //! - `$stale_cache_http_age`: the `Age` of a response served from the cache.
 
 use core::ffi::{c_char, c_void};
@@ -22,7 +24,7 @@ use ngx::http::HttpModuleLocationConf;
 use super::conf::StaleCacheConf;
 use super::lookup;
 use super::state;
-use crate::http::{invalidate, judge, Limits, Verdict, LOOKUP_SCRIPT};
+use crate::http::{invalidate, judge, Limits, Skip, Verdict, Windows, LOOKUP_SCRIPT, STORE_SCRIPT};
 use crate::nginx::util::{conf_args, conf_error, pool_str, request_log, str_bytes, CONF_OK};
 use crate::nginx::vars::{
     add_output_variable, set_not_found, set_value, set_value_in_pool, value_slot, VAR_OK,
@@ -68,7 +70,12 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
     add_output_variable(cf, "stale_cache_http_exptime", Some(exptime_variable))?;
     add_output_variable(cf, "stale_cache_http_windows", Some(windows_variable))?;
     add_output_variable(cf, "stale_cache_http_age", Some(age_variable))?;
-    add_output_variable(cf, "stale_cache_http_lookup_script", Some(script_variable))
+    add_output_variable(cf, "stale_cache_http_lookup_script", Some(script_variable))?;
+    add_output_variable(
+        cf,
+        "stale_cache_http_store_script",
+        Some(store_script_variable),
+    )
 }
 
 /// Fills `v` with a copy of `text` in `r`'s pool.
@@ -121,13 +128,25 @@ fn verdict(r: &ngx_http_request_t) -> Option<Verdict> {
     let authorization = !r.headers_in.authorization.is_null();
     // SAFETY: nginx's cached time is set up before any request runs.
     let now = unsafe { (*ngx::ffi::ngx_cached_time).sec };
-    Some(judge(
-        status,
-        list_lines(headers),
-        authorization,
-        now,
-        limits,
-    ))
+    let verdict = judge(status, list_lines(headers), authorization, now, limits);
+    Some(match verdict {
+        // A refresh revalidating an entry got a full answer the cache would not keep: it is
+        // kept for one second, stale from birth, so that the requests waiting for the
+        // refresh are served this answer (from Redis, as every collapsed request is) and
+        // the next request asks the origin again. Answers that must not be stored at all
+        // (no-store, private, ...) are not.
+        Verdict::Skip(Skip::NoFreshness | Skip::Expired | Skip::Status)
+            if status != 304 && state::peek(r).is_some_and(|p| p.is_refresh) =>
+        {
+            Verdict::Store(Windows {
+                fresh: 0,
+                stale: 0,
+                grace: 1,
+                age: 0,
+            })
+        }
+        v => v,
+    })
 }
 
 unsafe extern "C" fn skip_variable(
@@ -256,4 +275,14 @@ pub fn on_main_header(req: &mut ngx_http_request_t) {
             format_args!("stale_cache: the invalidation subrequest could not start"),
         );
     }
+}
+
+unsafe extern "C" fn store_script_variable(
+    _r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes the value slot being evaluated.
+    set_value(unsafe { value_slot(v) }, STORE_SCRIPT.as_bytes());
+    VAR_OK
 }

@@ -132,6 +132,8 @@ pub struct RequestState {
     hot: Hot,
     /// `stale_cache_http`: the looked-up entry's age, for `$stale_cache_http_age`.
     entry_age: Option<u64>,
+    /// `stale_cache_http`: the conditional headers a refresh in the grace band sends.
+    validators: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl RequestState {
@@ -162,6 +164,7 @@ impl RequestState {
             purge: None,
             hot: Default::default(),
             entry_age: None,
+            validators: Vec::new(),
         }
     }
 
@@ -350,6 +353,14 @@ impl RequestState {
     /// `stale_cache_http`: the looked-up entry's age (RFC 9111 4.2.3).
     pub fn set_entry_age(&mut self, age: Option<u64>) {
         self.entry_age = age;
+    }
+
+    pub fn set_validators(&mut self, v: Vec<(Vec<u8>, Vec<u8>)>) {
+        self.validators = v;
+    }
+
+    pub fn validators(&self) -> &[(Vec<u8>, Vec<u8>)] {
+        &self.validators
     }
 
     pub fn entered_grace(&mut self) {

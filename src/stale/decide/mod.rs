@@ -206,12 +206,18 @@ pub fn after_lookup(
     let (ttl, entry) = ttl_of(state, scf.http().is_some())?;
     let settings = state.settings();
     // An entry stored in the `stale_cache_http` mode is judged by its own windows.
-    let (stale_secs, grace_secs) = entry.map_or((settings.stale_secs, settings.grace_secs), |e| {
-        (e.stale, e.grace)
-    });
+    let (stale_secs, grace_secs) = entry
+        .as_ref()
+        .map_or((settings.stale_secs, settings.grace_secs), |e| {
+            (e.stale, e.grace)
+        });
     let ttl_left = crate::cache_status::ttl_left(ttl, stale_secs, grace_secs);
     state.looked_up(ttl, ttl_left);
-    state.set_entry_age(entry.map(|e| e.age(ttl)));
+    state.set_entry_age(entry.as_ref().map(|e| e.age(ttl)));
+    if let Some(e) = &entry {
+        // In the grace band a refresh revalidates the stored response with its validators.
+        state.set_validators(crate::http::windows::conditional_headers(e));
+    }
     let zone = state.zone().expect("the zone is known before the lookup");
     let settings = state.settings();
     let now = now_ms();
@@ -355,7 +361,15 @@ fn finish_stale(
         return Next::Continue;
     };
     let token = lock.token();
-    let pending = refresh::prepare(lock, slot, state.settings(), state.in_grace(), req, scf);
+    let pending = refresh::prepare(
+        lock,
+        slot,
+        state.settings(),
+        state.in_grace(),
+        req,
+        scf,
+        state.validators(),
+    );
     state.set_refresh(pending);
     if state.in_grace() {
         return try_backend_now(state, req, token);
