@@ -82,6 +82,10 @@ pub enum Verdict {
     Skip(Skip),
 }
 
+/// This cache's device token in `Surrogate-Control` targets: a configuration announces it
+/// with `Surrogate-Capability: stale-cache="Surrogate/1.0"` on requests to the origin.
+pub const SURROGATE_TARGET: &str = "stale-cache";
+
 /// Delta-seconds are capped here (RFC 9111 1.2.2).
 const DELTA_MAX: u64 = 2_147_483_648;
 
@@ -142,10 +146,11 @@ fn directives_of(line: &[u8], out: &mut Directives) {
         // Surrogate-Control's "directive;target": a directive for another surrogate is not
         // this cache's (Cache-Control has no targets, so nothing changes there).
         if let Some(semi) = item.iter().position(|&b| b == b';') {
-            if !item[semi + 1..].trim_ascii().is_empty() {
-                item = &[];
-            } else {
+            let target = item[semi + 1..].trim_ascii();
+            if target.is_empty() || target.eq_ignore_ascii_case(SURROGATE_TARGET.as_bytes()) {
                 item = item[..semi].trim_ascii();
+            } else {
+                item = &[];
             }
         }
         rest = if end < rest.len() {
@@ -572,8 +577,12 @@ mod tests {
             store(&h("max-age=60", "max-age=0")),
             Verdict::Skip(Skip::Expired)
         );
-        // Targeted at another surrogate: ignored.
+        // Targeted at another surrogate: ignored; at this one: used.
         assert_eq!(store(&h("max-age=1", "max-age=60;other")), w(1, 0, 0, 0));
+        assert_eq!(
+            store(&h("max-age=1", "max-age=60;Stale-Cache")),
+            w(60, 0, 0, 0)
+        );
     }
 
     #[test]
