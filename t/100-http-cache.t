@@ -185,6 +185,38 @@ sub check_revalidation {
     is(backend_hits($p), 2, 'without the backend');
 }
 
+# A revalidation answered with a response that may not be stored (no-store): the old entry
+# goes, and the client is not served it.
+sub check_revalidation_no_store {
+    my $p = '/rvns';
+    backend_config($p, header => ['Cache-Control: max-age=1', 'ETag: "v1"']);
+    http_get($p);
+    my $key = key_of($p);
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored');
+    wait_until(sub { redis('TTL', $key) < 3600 }, 5, 'past its freshness');
+    backend_config($p, header => ['Cache-Control: no-store']);
+    my $r = http_get($p);
+    is($r->{status}, 200, '200');
+    unlike($r->{body}, qr/hit 1\n/, 'not the old answer');
+    wait_until(sub { !redis('EXISTS', $key) }, 5, 'the old entry is gone');
+}
+
+# A 304 without freshness of its own: served from the stored response, which stays.
+sub check_revalidation_bare_304 {
+    my $p = '/rv2';
+    backend_config($p, header => ['Cache-Control: max-age=1', 'ETag: "v1"']);
+    http_get($p);
+    my $key = key_of($p);
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored');
+    wait_until(sub { redis('TTL', $key) < 3600 }, 5, 'past its freshness');
+    backend_config($p, status => 304, header => ['ETag: "v1"']);
+    my $r = http_get($p);
+    is($r->{status}, 200, '200');
+    is($r->{body}, "backend GET $p hit 1\n", 'the stored body');
+    is(backend_hits($p), 2, 'one revalidation, no second request');
+    is(redis('EXISTS', $key), 1, 'the entry stays');
+}
+
 run_tests();
 
 __DATA__
@@ -261,6 +293,28 @@ check_more();
 --- config eval: ::shipped()
 --- check
 check_revalidation();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 8: a revalidation answered with no-store drops the entry
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_revalidation_no_store();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 9: a 304 without freshness: the stored response is served and stays
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_revalidation_bare_304();
 --- no_error_log
 [alert]
 [crit]

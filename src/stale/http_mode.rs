@@ -233,6 +233,16 @@ pub fn on_main_header(req: &mut ngx_http_request_t) {
         {
             req.headers_in.if_modified_since = core::ptr::null_mut();
         }
+        // A refresh whose answer may not be stored at all (no-store, private, ...): the
+        // entry it was to replace goes, so nobody is served the old answer in its place.
+        // (A 304 is not a new answer: the stored one stays.)
+        if (200..300).contains(&req.headers_out.status)
+            && StaleCacheModule::location_conf(req).is_some_and(|c| c.http().is_some())
+            && state::peek(req).is_some_and(|p| p.is_refresh)
+            && matches!(verdict(req), Some(Verdict::Skip(_)))
+        {
+            invalidate_urls(req, false);
+        }
         return;
     }
     if !invalidate::is_unsafe(str_bytes(&req.method_name))
@@ -240,6 +250,12 @@ pub fn on_main_header(req: &mut ngx_http_request_t) {
     {
         return;
     }
+    invalidate_urls(req, true);
+}
+
+/// Sends the `invalidate=` location the request's URL, and with `locations` its same-host
+/// Location and Content-Location.
+fn invalidate_urls(req: &mut ngx_http_request_t, locations: bool) {
     let Some(uri) = StaleCacheModule::location_conf(req)
         .filter(|c| c.http().is_some())
         .and_then(|c| c.http_invalidate.clone())
@@ -258,7 +274,11 @@ pub fn on_main_header(req: &mut ngx_http_request_t) {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .and_then(|(_, v)| invalidate::same_origin_url(&origin, v))
     };
-    let (loc, cl) = (line(b"location"), line(b"content-location"));
+    let (loc, cl) = if locations {
+        (line(b"location"), line(b"content-location"))
+    } else {
+        (None, None)
+    };
     let args = invalidate::arguments(&url, loc.as_deref(), cl.as_deref());
     let Some(mut state) = state::attach(req) else {
         return;
