@@ -196,7 +196,7 @@ sub check_revalidation_no_store {
     wait_until(sub { redis('TTL', $key) < 3600 }, 5, 'past its freshness');
     backend_config($p, header => ['Cache-Control: no-store']);
     my $r = http_get($p);
-    is($r->{status}, 200, '200');
+    is($r->{status}, 200, 'answered 200');
     unlike($r->{body}, qr/hit 1\n/, 'not the old answer');
     wait_until(sub { !redis('EXISTS', $key) }, 5, 'the old entry is gone');
 }
@@ -211,7 +211,7 @@ sub check_revalidation_bare_304 {
     wait_until(sub { redis('TTL', $key) < 3600 }, 5, 'past its freshness');
     backend_config($p, status => 304, header => ['ETag: "v1"']);
     my $r = http_get($p);
-    is($r->{status}, 200, '200');
+    is($r->{status}, 200, 'answered 200');
     is($r->{body}, "backend GET $p hit 1\n", 'the stored body');
     is(backend_hits($p), 2, 'one revalidation, no second request');
     is(redis('EXISTS', $key), 1, 'the entry stays');
