@@ -49,7 +49,7 @@ MODULE_SO := $(BUILD)/ngx_http_stale_cache_module.so
 CARGO_SO := $(ROOT)/target/$(CARGO_PROFILE_DIR)/libngx_http_stale_cache_module.so
 
 .PHONY: all deps module test unit prove check-test-nginx stress valgrind run bench bench-callgrind bench-smoke lint deb \
-  fuzz clean
+  fuzz clean conformance
 
 all: module
 
@@ -145,6 +145,13 @@ deb: deps
 	$(if $(filter file,$(origin NGINX_SOURCE_DIR)),,$(error make deb packages the module built against the packaged nginx; unset NGINX_SOURCE_DIR))
 	$(MAKE) module PROFILE=release
 	scripts/build-deb.sh $(MODULE_SO) $(BUILD)
+
+# The public HTTP cache test suite (npm package http-cache-tests, installed under
+# build/conformance) against nginx-conf/http-cache.conf on private ports: prints the required
+# and all tests passed, counted as cache-tests.fyi does (scripts/conformance.sh).
+# CONFORMANCE_LIST_FAILING=1 lists the failing required tests; CONFORMANCE_ID=<id> runs one.
+conformance: module
+	STALE_CACHE_MODULE=$(MODULE_SO) NGINX_BINARY=$(NGINX_BINARY) scripts/conformance.sh
 
 # Coverage-guided fuzzing of the RESP reader (fuzz/, see README). Not part of `test`: it
 # needs nightly and runs for minutes. One fuzzer process at a time, FUZZ_SECONDS per

@@ -12,6 +12,7 @@ pub mod collapse;
 pub mod confscan;
 pub mod flow;
 pub mod hotcache;
+pub mod http;
 pub mod keyderive;
 pub mod lease;
 pub mod locktable;

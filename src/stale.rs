@@ -21,6 +21,7 @@ mod driver;
 mod error;
 mod filters;
 mod hot;
+mod http_mode;
 mod lease;
 mod literals;
 mod locations;

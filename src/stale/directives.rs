@@ -98,5 +98,10 @@ directive_table! {
             super::role::set_role,
         )
         .offset(offset_of!(StaleCacheConf, role)),
+        Directive::new(
+            ngx_string!("stale_cache_http"),
+            ANY_LEVEL | ONE_OR_MORE,
+            super::http_mode::set_http,
+        ),
     ];
 }

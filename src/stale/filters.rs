@@ -54,6 +54,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
             hot::main_header(req);
             let is_refresh = state::peek(req).is_some_and(|s| s.is_refresh);
             refresh::on_response_header(req, is_refresh);
+            super::http_mode::on_main_header(req);
         }
         Kind::Lookup(state) => {
             lookup::capture_header(state, req);

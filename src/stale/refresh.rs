@@ -43,6 +43,8 @@ pub struct PendingRefresh {
     /// What its end leaves behind (backoff, stale-if-error).
     policy: RefreshPolicy,
     slot: Slot,
+    /// It revalidates a stored response (stale_cache_http): a 304 refreshed the entry.
+    revalidates: bool,
 }
 
 thread_local! {
@@ -124,8 +126,9 @@ pub fn prepare(
     grace: bool,
     req: &ngx_http_request_t,
     scf: &StaleCacheConf,
+    conditional: &[(Vec<u8>, Vec<u8>)],
 ) -> Option<PendingRefresh> {
-    build(lock, slot, settings, grace, req, scf)
+    build(lock, slot, settings, grace, req, scf, conditional)
         .inspect_err(|error| {
             log::limited(
                 request_log(req),
@@ -138,6 +141,18 @@ pub fn prepare(
         .ok()
 }
 
+fn is_conditional(name: &[u8]) -> bool {
+    [
+        &b"if-none-match"[..],
+        b"if-modified-since",
+        b"if-match",
+        b"if-unmodified-since",
+        b"if-range",
+    ]
+    .iter()
+    .any(|c| name.eq_ignore_ascii_case(c))
+}
+
 /// The refresh request (a replay of this one) and where it goes.
 fn build(
     lock: HeldLock,
@@ -146,6 +161,7 @@ fn build(
     grace: bool,
     req: &ngx_http_request_t,
     scf: &StaleCacheConf,
+    conditional: &[(Vec<u8>, Vec<u8>)],
 ) -> Result<PendingRefresh, RefreshError> {
     let target = target(scf, req)?;
     let body = if has_body(req) {
@@ -153,9 +169,13 @@ fn build(
     } else {
         None
     };
-    let header_pairs: Vec<(&[u8], &[u8])> = live_headers(req)
+    // A revalidating refresh (stale_cache_http) sends the stored response's validators in
+    // place of the client's.
+    let mut header_pairs: Vec<(&[u8], &[u8])> = live_headers(req)
         .map(|h| (str_bytes(&h.key), str_bytes(&h.value)))
+        .filter(|(k, _)| conditional.is_empty() || !is_conditional(k))
         .collect();
+    header_pairs.extend(conditional.iter().map(|(k, v)| (&k[..], &v[..])));
     let secret = crate::stale::main_conf(req).secret.as_bytes();
     let replay = Replay {
         method: str_bytes(&req.method_name),
@@ -182,6 +202,7 @@ fn build(
             backoff: scf.refresh_backoff(),
         },
         slot,
+        revalidates: !conditional.is_empty(),
     })
 }
 
@@ -266,6 +287,7 @@ pub fn send(pending: PendingRefresh) {
         lock,
         policy,
         slot,
+        revalidates,
     } = pending;
     debug!(
         crate::nginx::util::cycle_log(),
@@ -283,6 +305,8 @@ pub fn send(pending: PendingRefresh) {
         Box::new(move |outcome: &RefreshOutcome, _ms| {
             let end = match outcome {
                 RefreshOutcome::Status(s) if (200..300).contains(s) => RefreshEnd::Stored,
+                // The store location merged the 304 into the stored response.
+                RefreshOutcome::Status(304) if revalidates => RefreshEnd::Stored,
                 RefreshOutcome::Status(s) => RefreshEnd::Status(*s),
                 RefreshOutcome::TimedOut(_) => RefreshEnd::Timeout,
                 // Whatever answered is not this nginx's stale-cache layer: nothing is known

@@ -131,6 +131,10 @@ pub struct RequestState {
     purge: Option<Purge>,
     /// The hot tier's plan for this request (`hot`).
     hot: Hot,
+    /// `stale_cache_http`: the looked-up entry's age, for `$stale_cache_http_age`.
+    entry_age: Option<u64>,
+    /// `stale_cache_http`: the conditional headers a refresh in the grace band sends.
+    validators: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl RequestState {
@@ -160,6 +164,8 @@ impl RequestState {
             ttl_left: None,
             purge: None,
             hot: Default::default(),
+            entry_age: None,
+            validators: Vec::new(),
         }
     }
 
@@ -347,6 +353,19 @@ impl RequestState {
         self.reached = Reached::Lookup { grace: false };
     }
 
+    /// `stale_cache_http`: the looked-up entry's age (RFC 9111 4.2.3).
+    pub fn set_entry_age(&mut self, age: Option<u64>) {
+        self.entry_age = age;
+    }
+
+    pub fn set_validators(&mut self, v: Vec<(Vec<u8>, Vec<u8>)>) {
+        self.validators = v;
+    }
+
+    pub fn validators(&self) -> &[(Vec<u8>, Vec<u8>)] {
+        &self.validators
+    }
+
     pub fn entered_grace(&mut self) {
         self.reached = Reached::Lookup { grace: true };
     }
@@ -531,6 +550,7 @@ pub struct Peek {
     pub ttl_left: Option<i64>,
     /// What srcache's store subrequest did (final in the LOG phase).
     pub store: StoreOutcome,
+    pub entry_age: Option<u64>,
 }
 
 /// What variable handlers and filters may know of `r`'s state.
@@ -546,6 +566,7 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
             wake_delay_ms: ptr::addr_of!((*state).wake_delay_ms).read(),
             ttl_left: ptr::addr_of!((*state).ttl_left).read(),
             store: StoreOutcome::of(ptr::addr_of!((*state).store_status).read()),
+            entry_age: ptr::addr_of!((*state).entry_age).read(),
         })
     }
 }

@@ -50,6 +50,7 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
     add_output_variable(cf, "stale_cache_lease_script", Some(lease_script))?;
     // The variants purge's script, for a `$cache_purge` location (see `super::purge`).
     add_output_variable(cf, "stale_cache_purge_script", Some(purge_script))?;
+    super::http_mode::declare(cf)?;
     Some(())
 }
 

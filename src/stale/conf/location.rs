@@ -40,6 +40,12 @@ pub struct StaleCacheConf {
     pub hot_max_size: Unset<usize>,
     /// `stale_cache_role`: this location's role for srcache (not inherited).
     pub role: crate::stale::role::Declared,
+    /// `stale_cache_http on ...`: HTTP caching semantics and the mode's limits (None: off or
+    /// unset; see `crate::http`).
+    pub http: Option<Option<crate::http::Limits>>,
+    /// `stale_cache_http ... invalidate=URI`: the location that deletes the entries an unsafe
+    /// request invalidates.
+    pub http_invalidate: Option<Vec<u8>>,
     /// The file and line where this location's block opened (not inherited): `nginx -t`
     /// errors about its literal `$cache_*` values cite their `set` line (`checks`).
     pub opened_at: Option<(Vec<u8>, usize)>,
@@ -66,6 +72,8 @@ impl Default for StaleCacheConf {
             hot_max_age_ms: Unset::default(),
             hot_max_size: Unset::default(),
             role: Default::default(),
+            http: None,
+            http_invalidate: None,
             opened_at: None,
         }
     }
@@ -110,6 +118,11 @@ impl StaleCacheConf {
         self.hot_max_size.or(DEFAULT_HOT_MAX_SIZE)
     }
 
+    /// The `stale_cache_http` mode's limits, when the mode is on.
+    pub fn http(&self) -> Option<&crate::http::Limits> {
+        self.http.as_ref().and_then(Option::as_ref)
+    }
+
     pub fn skip_header_name(&self) -> &[u8] {
         self.skip_header.as_deref().unwrap_or(DEFAULT_SKIP_FETCH)
     }
@@ -131,6 +144,10 @@ impl Merge for StaleCacheConf {
             DEFAULT_REFRESH_LIMIT,
         );
         inherit(&mut self.purge_methods, &prev.purge_methods);
+        if self.http.is_none() {
+            self.http_invalidate.clone_from(&prev.http_invalidate);
+        }
+        inherit(&mut self.http, &prev.http);
         self.hot.merge(prev.hot, 0);
         let age = DEFAULT_HOT_MAX_AGE_MS as ngx_msec_t;
         self.hot_max_age_ms.merge(prev.hot_max_age_ms, age);

@@ -5,6 +5,7 @@
 
 mod born_stale;
 mod lease_steps;
+mod ttl;
 
 use ngx::ffi::{
     ngx_event_t, ngx_http_finalize_request, ngx_http_internal_redirect, ngx_http_request_t,
@@ -26,15 +27,15 @@ use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN, DONE};
 use crate::nginx::zone::{self, ZoneRef};
-use crate::policy::{decide, Action, CacheStatus, FailReason};
+use crate::policy::{decide, Action, CacheStatus};
 use crate::replay::{keep_copy, key_argument, KeepCopy};
-use crate::resp::{parse_integer_reply, ReplyError};
 use crate::stale::main_conf;
 
 type Step = Result<Next, StaleError>;
 
 pub use lease_steps::lease_step;
 use lease_steps::{ask_lease, lease_op_request};
+use ttl::ttl_of;
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
 /// locks, then the TTL lookup.
@@ -196,41 +197,34 @@ pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
     );
 }
 
-/// The TTL lookup's answer, read strictly: anything but an integer reply fails open.
-fn ttl_of(state: &RequestState) -> Result<i64, StaleError> {
-    let capture = state.capture();
-    if !capture.answered_ok() {
-        // A raw-mode Redis location answers an error reply with 502 and the reply as body.
-        if let (502, Err(ReplyError::ErrorReply(text))) =
-            (capture.status, parse_integer_reply(&capture.body))
-        {
-            return Err(StaleError::RedisError(text));
-        }
-        return Err(StaleError::Lookup(FailReason::LookupFailed));
-    }
-    parse_integer_reply(&capture.body).map_err(|e| match e {
-        ReplyError::ErrorReply(text) => StaleError::RedisError(text),
-        _ => StaleError::Lookup(FailReason::BadReply),
-    })
-}
-
 /// The TTL is in: decide and act.
 pub fn after_lookup(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
 ) -> Step {
-    let ttl = ttl_of(state)?;
+    let (ttl, entry) = ttl_of(state, scf.http().is_some())?;
     let settings = state.settings();
-    let ttl_left = crate::cache_status::ttl_left(ttl, settings.stale_secs, settings.grace_secs);
+    // An entry stored in the `stale_cache_http` mode is judged by its own windows.
+    let (stale_secs, grace_secs) = entry
+        .as_ref()
+        .map_or((settings.stale_secs, settings.grace_secs), |e| {
+            (e.stale, e.grace)
+        });
+    let ttl_left = crate::cache_status::ttl_left(ttl, stale_secs, grace_secs);
     state.looked_up(ttl, ttl_left);
+    state.set_entry_age(entry.as_ref().map(|e| e.age(ttl)));
+    if let Some(e) = &entry {
+        // In the grace band a refresh revalidates the stored response with its validators.
+        state.set_validators(crate::http::windows::conditional_headers(e));
+    }
     let zone = state.zone().expect("the zone is known before the lookup");
     let settings = state.settings();
     let now = now_ms();
     // Keeping the copy through its refresh needs `$cache_expire`: without it no PERSIST is
     // sent (see `replay::keep_copy`) and the refresh lock ends with the copy.
     let persist = settings.persist_uri.is_some() && settings.expire_uri.is_some();
-    let action = decide(ttl, settings.stale_secs, settings.grace_secs, persist);
+    let action = decide(ttl, stale_secs, grace_secs, persist);
     debug!(
         request_log(req),
         "stale_cache: \"{}\" ttl {}: {:?}",
@@ -266,12 +260,18 @@ pub fn after_lookup(
         Action::FailOpen { reason } => Err(StaleError::Lookup(reason)),
         Action::FillOrWait => Ok(fill_or_wait(state, req, scf, zone, now)),
         Action::TryBackend => {
-            born_stale::check(req, zone, state.settings(), ttl, now);
+            // An entry with its own windows is stale when its origin said so.
+            if entry.is_none() {
+                born_stale::check(req, zone, state.settings(), ttl, now);
+            }
             state.entered_grace();
             Ok(fill_or_wait(state, req, scf, zone, now))
         }
         Action::ServeStale { persist, refresh } => {
-            born_stale::check(req, zone, state.settings(), ttl, now);
+            // An entry with its own windows is stale when its origin said so.
+            if entry.is_none() {
+                born_stale::check(req, zone, state.settings(), ttl, now);
+            }
             state.finish(CacheStatus::Stale);
             if !refresh {
                 return Ok(Next::Continue);
@@ -361,7 +361,15 @@ fn finish_stale(
         return Next::Continue;
     };
     let token = lock.token();
-    let pending = refresh::prepare(lock, slot, state.settings(), state.in_grace(), req, scf);
+    let pending = refresh::prepare(
+        lock,
+        slot,
+        state.settings(),
+        state.in_grace(),
+        req,
+        scf,
+        state.validators(),
+    );
     state.set_refresh(pending);
     if state.in_grace() {
         return try_backend_now(state, req, token);
