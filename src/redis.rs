@@ -14,4 +14,6 @@ pub mod handler;
 pub mod module;
 mod reply;
 pub mod role;
+#[allow(dead_code)]
+pub mod side;
 mod variables;
