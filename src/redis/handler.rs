@@ -226,6 +226,8 @@ unsafe extern "C" fn finalize_request(r: *mut ngx_http_request_t, rc: ngx_int_t)
     };
     ctx.deadline.disarm();
     let conf = conf_of(req);
+    // A Sentinel-managed group rediscovers its master on a `-READONLY`.
+    super::sentinel::readonly_hook(conf.upstream.upstream, u);
     // A failure before any reply (refused, unreachable, timed out), or a reply that did not
     // arrive by the deadline, opens the backoff window.
     let failed =

@@ -1,0 +1,115 @@
+//! nginx's peer selection for a Sentinel-managed group, shaped like nginx's own balancers
+//! (hash, least_conn): `init_upstream` at configuration, `init_peer` per request, `get` hands
+//! the upstream this worker's current master, `free` reports failures to discovery.
+//!
+//! `keepalive` after `stale_cache_redis_sentinel` wraps these functions: it looks a cached
+//! connection up by the address `get` chose, so after a failover the connections to the
+//! demoted master are never reused; they stay idle in the pool until Redis closes them or
+//! newer ones push them out.
+
+use core::ffi::c_void;
+
+use ngx::ffi::{
+    ngx_conf_t, ngx_http_request_t, ngx_http_upstream_srv_conf_t, ngx_http_upstream_t, ngx_int_t,
+    ngx_peer_connection_t, ngx_str_t, ngx_uint_t, sockaddr, NGX_BUSY, NGX_PEER_FAILED,
+};
+
+use super::super::side::PeerAddr;
+use super::{discover, find, Sentinel};
+use crate::nginx::util::{ERROR, OK};
+
+/// A request's choice: the master's address, kept with the request because the worker's
+/// current master may change while the connection is in use.
+struct PeerData {
+    sentinel: &'static Sentinel,
+    addr: Option<PeerAddr>,
+    name: Vec<u8>,
+    name_str: ngx_str_t,
+}
+
+pub unsafe extern "C" fn init_upstream(
+    _cf: *mut ngx_conf_t,
+    us: *mut ngx_http_upstream_srv_conf_t,
+) -> ngx_int_t {
+    // SAFETY: nginx passes the group being initialised.
+    unsafe { (*us).peer.init = Some(init_peer) };
+    OK
+}
+
+unsafe extern "C" fn init_peer(
+    r: *mut ngx_http_request_t,
+    us: *mut ngx_http_upstream_srv_conf_t,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request with its upstream and the group whose peer data
+    // set_sentinel made a Sentinel of the configuration's pool.
+    let (req, sentinel) = unsafe { (&mut *r, &*((*us).peer.data as *const Sentinel)) };
+    discover::ensure_started(sentinel);
+    // SAFETY: the request pool is live; the data is dropped with it.
+    let pool = unsafe { ngx::core::Pool::from_ngx_pool(req.pool) };
+    let data = pool.allocate(PeerData {
+        sentinel,
+        addr: None,
+        name: Vec::new(),
+        name_str: ngx_str_t::default(),
+    });
+    if data.is_null() {
+        return ERROR;
+    }
+    // SAFETY: the request's upstream, created before init_peer is called.
+    let u: &mut ngx_http_upstream_t = unsafe { &mut *req.upstream };
+    u.peer.data = data as *mut c_void;
+    u.peer.get = Some(get);
+    u.peer.free = Some(free);
+    u.peer.tries = 1;
+    OK
+}
+
+unsafe extern "C" fn get(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
+    // SAFETY: `data` is the PeerData init_peer made (keepalive passes it through).
+    let (pc, d) = unsafe { (&mut *pc, &mut *(data as *mut PeerData)) };
+    let Some(master) = discover::master(d.sentinel) else {
+        // No master known yet (the worker just started and no Sentinel answered): nginx
+        // answers "no live upstreams", a 502 the callers fail open on.
+        return NGX_BUSY as ngx_int_t;
+    };
+    d.addr = Some(master);
+    d.name = master.socket_addr().to_string().into_bytes();
+    d.name_str = ngx_str_t {
+        len: d.name.len(),
+        data: d.name.as_mut_ptr(),
+    };
+    let addr = d.addr.as_ref().expect("just set");
+    pc.sockaddr = addr.as_ptr() as *mut sockaddr;
+    pc.socklen = addr.len();
+    pc.name = &mut d.name_str;
+    OK
+}
+
+unsafe extern "C" fn free(pc: *mut ngx_peer_connection_t, data: *mut c_void, state: ngx_uint_t) {
+    // SAFETY: as in `get`.
+    let (pc, d) = unsafe { (&mut *pc, &*(data as *const PeerData)) };
+    if state & NGX_PEER_FAILED as ngx_uint_t != 0 {
+        // Refused, reset or timed out: the master may have changed; ask now.
+        discover::suspect(d.sentinel);
+    }
+    pc.tries = 0;
+}
+
+/// Called when a Redis request of `group` ends: a `-READONLY` in what it read means this
+/// worker talks to a demoted master; discovery runs at once. Costs nothing for groups that
+/// are not Sentinel-managed beyond one look at this cycle's (usually empty) list.
+pub fn readonly_hook(group: *mut ngx_http_upstream_srv_conf_t, u: &ngx_http_upstream_t) {
+    let Some(sentinel) = find(group) else {
+        return;
+    };
+    let b = &u.buffer;
+    if b.start.is_null() || b.last <= b.start {
+        return;
+    }
+    // SAFETY: the upstream's receive buffer holds what was read between start and last.
+    let read =
+        unsafe { core::slice::from_raw_parts(b.start, b.last.offset_from(b.start) as usize) };
+    if read.windows(10).any(|w| w == b"-READONLY ") {
+        discover::demoted(sentinel);
+    }
+}

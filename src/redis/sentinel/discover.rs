@@ -1,0 +1,290 @@
+//! A worker's discovery of the current master: a round asks the Sentinels in turn (starting
+//! with the one that answered last) for `SENTINEL get-master-addr-by-name`, and accepts an
+//! answer only when that server says `ROLE` master. Rounds run every `interval`, at once
+//! (at most every 100 ms) when a connection to the master fails or it answers `-READONLY`,
+//! and every 200 ms while no master is confirmed. All of it on timers and non-blocking
+//! connections (`side`); a round never holds a request.
+
+use ngx::ffi::{ngx_event_t, NGX_LOG_NOTICE, NGX_LOG_WARN};
+
+use super::super::side::{exchange, Outcome, PeerAddr};
+use super::{Auth, Sentinel};
+use crate::nginx::log::{limited, Every};
+use crate::nginx::timer::Timer;
+use crate::nginx::util::{cycle_log, now_ms};
+use crate::resp::{Escaped, Reply};
+
+/// The soonest a failure-triggered round follows the previous one.
+const MIN_GAP_MS: u64 = 100;
+/// How soon the next round runs while no master is confirmed.
+const RETRY_MS: u64 = 200;
+
+#[derive(Default)]
+pub struct State {
+    master: Option<PeerAddr>,
+    /// The Sentinel a round starts with: the last one that answered.
+    first: usize,
+    running: bool,
+    /// A round was asked for while one ran.
+    again: bool,
+    last_round: u64,
+    timer: Option<Timer<&'static Sentinel>>,
+}
+
+/// This worker's current master, if one was ever confirmed (kept when every Sentinel is
+/// down: the last known master is used).
+pub fn master(s: &Sentinel) -> Option<PeerAddr> {
+    s.state.borrow().master
+}
+
+/// Starts the periodic rounds (once per worker).
+pub fn start(s: &'static Sentinel) {
+    let started = {
+        let mut st = s.state.borrow_mut();
+        if st.timer.is_some() {
+            true
+        } else {
+            st.timer = Some(Timer::new(s, tick, cycle_log(), true));
+            false
+        }
+    };
+    if !started {
+        round(s);
+    }
+}
+
+pub fn ensure_started(s: &'static Sentinel) {
+    if s.state.borrow().timer.is_none() {
+        start(s);
+    }
+}
+
+/// A connection to the master failed: look again now (or very soon).
+pub fn suspect(s: &'static Sentinel) {
+    let soon = {
+        let mut st = s.state.borrow_mut();
+        if st.running {
+            st.again = true;
+            return;
+        }
+        let since = now_ms().saturating_sub(st.last_round);
+        if since < MIN_GAP_MS {
+            arm(&mut st, MIN_GAP_MS - since);
+            return;
+        }
+        true
+    };
+    if soon {
+        round(s);
+    }
+}
+
+/// The master answered `-READONLY`: it was demoted.
+pub fn demoted(s: &'static Sentinel) {
+    suspect(s);
+}
+
+fn arm(st: &mut State, ms: u64) {
+    if let Some(t) = st.timer.as_mut() {
+        t.arm(ms);
+    }
+}
+
+unsafe extern "C" fn tick(ev: *mut ngx_event_t) {
+    // SAFETY: `ev` is the event of the Timer in this Sentinel's state (see `start`), and the
+    // state is not borrowed while timers fire.
+    let s: &'static Sentinel = unsafe { *Timer::<&'static Sentinel>::data_of(ev) };
+    let busy = s.state.borrow().running;
+    if busy {
+        s.state.borrow_mut().again = true;
+    } else {
+        round(s);
+    }
+}
+
+fn round(s: &'static Sentinel) {
+    {
+        let mut st = s.state.borrow_mut();
+        st.running = true;
+        st.again = false;
+        st.last_round = now_ms();
+        // The periodic round; an earlier one replaces it when something fails.
+        let interval = s.interval as u64;
+        arm(&mut st, interval);
+    }
+    ask(s, 0, Vec::new());
+}
+
+/// Asks Sentinel number `tried` of this round (counting from the first).
+fn ask(s: &'static Sentinel, tried: usize, mut why: Vec<String>) {
+    let n = s.sentinels.len();
+    if tried == n {
+        failed(s, why);
+        return;
+    }
+    let index = (s.state.borrow().first + tried) % n;
+    let sentinel = s.sentinels[index];
+    let mut commands: Vec<Vec<&[u8]>> = Vec::new();
+    let auth = Auth::command(&s.sentinel_auth);
+    let authed = auth.is_some();
+    commands.extend(auth);
+    commands.push(vec![
+        b"SENTINEL",
+        b"get-master-addr-by-name",
+        &s.master_name,
+    ]);
+    exchange(
+        sentinel,
+        &commands,
+        s.timeout as u64,
+        cycle_log(),
+        Box::new(move |outcome| {
+            s.counters.lookup(outcome.is_ok());
+            match master_of(outcome, authed) {
+                Ok(addr) => check_role(s, tried, index, addr, why),
+                Err(e) => {
+                    why.push(format!("sentinel {}: {e}", sentinel.socket_addr()));
+                    ask(s, tried + 1, why);
+                }
+            }
+        }),
+    );
+}
+
+/// The address in a Sentinel's answer.
+fn master_of(outcome: Outcome, authed: bool) -> Result<PeerAddr, String> {
+    let replies = outcome.map_err(|e| e.to_string())?;
+    if authed {
+        if let Some(Reply::Error(text)) = replies.first() {
+            return Err(format!("AUTH refused: {}", Escaped(text)));
+        }
+    }
+    match replies.last() {
+        Some(Reply::Array(items)) => match items.as_slice() {
+            [Reply::Bulk(ip), Reply::Bulk(port)] => {
+                let text = format!(
+                    "{}:{}",
+                    String::from_utf8_lossy(ip),
+                    String::from_utf8_lossy(port)
+                );
+                let ip: std::net::IpAddr = String::from_utf8_lossy(ip)
+                    .parse()
+                    .map_err(|_| format!("not an IP address: {}", Escaped(text.as_bytes())))?;
+                let port: u16 = String::from_utf8_lossy(port)
+                    .parse()
+                    .map_err(|_| format!("not a port: {}", Escaped(text.as_bytes())))?;
+                Ok(PeerAddr::new(std::net::SocketAddr::new(ip, port)))
+            }
+            _ => Err("unexpected answer".into()),
+        },
+        Some(Reply::NilArray) | Some(Reply::Nil) => Err("does not know this master name".into()),
+        Some(Reply::Error(text)) => Err(format!("error: {}", Escaped(text))),
+        _ => Err("unexpected answer".into()),
+    }
+}
+
+/// Accepts `addr` if it says it is a master.
+fn check_role(
+    s: &'static Sentinel,
+    tried: usize,
+    index: usize,
+    addr: PeerAddr,
+    mut why: Vec<String>,
+) {
+    let mut commands: Vec<Vec<&[u8]>> = Vec::new();
+    let auth = Auth::command(&s.redis_auth);
+    let authed = auth.is_some();
+    commands.extend(auth);
+    commands.push(vec![b"ROLE"]);
+    exchange(
+        addr,
+        &commands,
+        s.timeout as u64,
+        cycle_log(),
+        Box::new(move |outcome| match role_of(outcome, authed) {
+            Ok(()) => accepted(s, index, addr),
+            Err(e) => {
+                why.push(format!(
+                    "master {} named by a sentinel: {e}",
+                    addr.socket_addr()
+                ));
+                ask(s, tried + 1, why);
+            }
+        }),
+    );
+}
+
+fn role_of(outcome: Outcome, authed: bool) -> Result<(), String> {
+    let replies = outcome.map_err(|e| e.to_string())?;
+    if authed {
+        if let Some(Reply::Error(text)) = replies.first() {
+            return Err(format!("AUTH refused: {}", Escaped(text)));
+        }
+    }
+    match replies.last() {
+        Some(Reply::Array(items)) => match items.first() {
+            Some(Reply::Bulk(role)) if role == b"master" => Ok(()),
+            Some(Reply::Bulk(role)) => Err(format!("its role is {}", Escaped(role))),
+            _ => Err("unexpected ROLE answer".into()),
+        },
+        Some(Reply::Error(text)) => Err(format!("error: {}", Escaped(text))),
+        _ => Err("unexpected ROLE answer".into()),
+    }
+}
+
+fn accepted(s: &'static Sentinel, index: usize, addr: PeerAddr) {
+    let (previous, again) = {
+        let mut st = s.state.borrow_mut();
+        let previous = st.master.replace(addr);
+        st.first = index;
+        st.running = false;
+        (previous, st.again)
+    };
+    if previous != Some(addr) {
+        let new = addr.socket_addr();
+        let was = previous.map_or(String::new(), |old| format!(" (was {})", old.socket_addr()));
+        ngx::ngx_log_error!(
+            NGX_LOG_NOTICE,
+            cycle_log(),
+            "stale_cache: redis master \"{}\" of upstream \"{}\" is {}{}",
+            Escaped(&s.master_name),
+            s.upstream_name,
+            new,
+            was
+        );
+        s.counters.master_seen(&new);
+        // The group's backoff was about the old master: the new one gets requests at once.
+        super::super::backoff::end_group_backoff(s.group);
+    }
+    if again {
+        suspect(s);
+    }
+}
+
+/// No Sentinel named a master that confirmed it: keep the last known one, warn once per
+/// 10 s, and try again soon.
+fn failed(s: &'static Sentinel, why: Vec<String>) {
+    let master = {
+        let mut st = s.state.borrow_mut();
+        st.running = false;
+        arm(&mut st, RETRY_MS);
+        st.master
+    };
+    let kept = match master {
+        Some(m) => format!("keeping the last known master {}", m.socket_addr()),
+        None => "no master known yet: its locations answer 502".to_string(),
+    };
+    limited(
+        cycle_log(),
+        NGX_LOG_WARN,
+        "sentinel lookup",
+        Every::Interval,
+        format_args!(
+            "stale_cache: no Sentinel of upstream \"{}\" named a working master \"{}\" ({}); {}",
+            s.upstream_name,
+            Escaped(&s.master_name),
+            why.join("; "),
+            kept
+        ),
+    );
+}
