@@ -93,7 +93,7 @@ fn arm(st: &mut State, ms: u64) {
 unsafe extern "C" fn tick(ev: *mut ngx_event_t) {
     // SAFETY: `ev` is the event of the Timer in this Sentinel's state (see `start`), and the
     // state is not borrowed while timers fire.
-    let s: &'static Sentinel = unsafe { *Timer::<&'static Sentinel>::data_of(ev) };
+    let s: &'static Sentinel = unsafe { Timer::<&'static Sentinel>::data_of(ev) };
     let busy = s.state.borrow().running;
     if busy {
         s.state.borrow_mut().again = true;
