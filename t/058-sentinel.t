@@ -201,3 +201,82 @@ fill_and_hit('/api/all3');
 my $n = error_log_count(qr/no Sentinel of upstream "redis_sentinel" named a working master/);
 ok($n >= 1 && $n <= 2, "warned $n time(s) in 3 s (one per 10 s per worker)");
 like(error_log_text(), qr/keeping the last known master 127\.0\.0\.1:\d+/, 'says which master it keeps');
+
+
+
+=== TEST 5: SENTINEL FAILOVER (the old master stays up, demoted): stores follow, the old one refuses nothing after the switch
+--- http_config eval: $::HTTP
+--- config eval: $::SERVER
+--- timeout: 60
+--- request
+GET /api/warm
+--- check
+::start_sentinel($_) for grep { !$::PID{"s$_"} } 0 .. 2;
+my ($m) = ::rcli($::S[0], 'SENTINEL', 'get-master-addr-by-name', 'mymaster') =~ /(\d+)\s*$/;
+my ($old, $new) = $m == $::P1 ? ($::P1, $::P2) : ($::P2, $::P1);
+wait_until(sub { ::rcli($new, 'INFO', 'replication') =~ /master_link_status:up/ }, 15, 'the replica is in sync');
+# Kept-alive connections to the master, in both workers.
+fill_and_hit("/api/m$_") for 1 .. 4;
+my $ro0 = sub { my ($n) = ::rcli($old, 'INFO', 'errorstats') =~ /errorstat_READONLY:count=(\d+)/; $n // 0 };
+is(::rcli($::S[1], 'SENTINEL', 'failover', 'mymaster'), 'OK', 'failover asked');
+wait_until(sub { ::rcli($new, 'ROLE') =~ /^master/ && ::rcli($old, 'ROLE') =~ /^slave/ }, 15, 'roles swapped');
+# Each worker follows within its interval (1 s) or at its first -READONLY.
+sleep_ms(2500);
+my $before = $ro0->();
+for my $i (1 .. 30) { http_get("/api/after-switch$i") }
+is($ro0->() - $before, 0, 'after the switch, no write reached the demoted master');
+is(::rcli($new, 'EXISTS', redis_key('/api/after-switch30')), 1, 'stored on the new master');
+--- error_log eval
+qr/redis master "mymaster" of upstream "redis_sentinel" is 127\.0\.0\.1:\d+ \(was/
+
+
+
+=== TEST 6: the sentinel line after keepalive is refused (keepalive would be lost)
+--- http_config
+    upstream rs { keepalive 8; stale_cache_redis_sentinel mymaster 127.0.0.1:1; }
+--- config
+    location /t { stale_cache_redis_pass rs; stale_cache_redis_command PING; }
+--- must_die
+--- error_log
+must come before "keepalive"
+
+
+
+=== TEST 7: no Sentinel address, an unknown parameter: refused, the password never echoed
+--- http_config
+    upstream rs { stale_cache_redis_sentinel mymaster passwd=s3cret; }
+--- config
+    location /t { stale_cache_redis_pass rs; stale_cache_redis_command PING; }
+--- must_die
+--- error_log
+unknown parameter "passwd="
+--- no_error_log
+s3cret
+
+
+
+=== TEST 8: a -READONLY makes the worker look again at once (interval 60 s: nothing else would)
+--- http_config eval: my $h = $::HTTP; $h =~ s/(stale_cache_redis_sentinel mymaster [^;]*);/$1 interval=60s;/ or die; $h
+--- config eval: $::SERVER
+--- timeout: 60
+--- request
+GET /api/warm
+--- check
+my ($m) = ::rcli($::S[0], 'SENTINEL', 'get-master-addr-by-name', 'mymaster') =~ /(\d+)\s*$/;
+my ($old, $new) = $m == $::P1 ? ($::P1, $::P2) : ($::P2, $::P1);
+wait_until(sub { ::rcli($new, 'INFO', 'replication') =~ /master_link_status:up/ }, 15, 'the replica is in sync');
+fill_and_hit('/api/ro0');
+my $ro = sub { my ($n) = ::rcli($old, 'INFO', 'errorstats') =~ /errorstat_READONLY:count=(\d+)/; $n // 0 };
+my $ro_before = $ro->();
+is(::rcli($::S[1], 'SENTINEL', 'failover', 'mymaster'), 'OK', 'failover asked');
+wait_until(sub { ::rcli($new, 'ROLE') =~ /^master/ && ::rcli($old, 'ROLE') =~ /^slave/ }, 15, 'roles swapped');
+# Sentinels have announced the new master; the workers learned nothing yet (interval 60 s).
+wait_until(sub { ::rcli($::S[0], 'SENTINEL', 'get-master-addr-by-name', 'mymaster') =~ /\b$new\b/ }, 15, 'sentinels know');
+my $i = 0;
+wait_until(sub { $i++; http_get("/api/ro$i"); ::rcli($new, 'EXISTS', redis_key("/api/ro$i")) eq '1' }, 10, 'a store reaches the new master');
+my $refused = $ro->() - $ro_before;
+ok($refused <= 4, "-READONLY answers before the workers switched: $refused (at most a few per worker)");
+diag("stores until one reached the new master: $i, -READONLY: $refused");
+my $after = $ro->();
+for my $j (1 .. 20) { http_get("/api/ro-after$j") }
+is($ro->() - $after, 0, 'none after');
