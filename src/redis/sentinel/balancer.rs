@@ -14,18 +14,8 @@ use ngx::ffi::{
     ngx_peer_connection_t, ngx_str_t, ngx_uint_t, sockaddr, NGX_BUSY, NGX_PEER_FAILED,
 };
 
-use super::super::side::PeerAddr;
 use super::{discover, find, Sentinel};
-use crate::nginx::util::{ERROR, OK};
-
-/// A request's choice: the master's address, kept with the request because the worker's
-/// current master may change while the connection is in use.
-struct PeerData {
-    sentinel: &'static Sentinel,
-    addr: Option<PeerAddr>,
-    name: Vec<u8>,
-    name_str: ngx_str_t,
-}
+use crate::nginx::util::OK;
 
 pub unsafe extern "C" fn init_upstream(
     _cf: *mut ngx_conf_t,
@@ -44,20 +34,10 @@ unsafe extern "C" fn init_peer(
     // set_sentinel made a Sentinel of the configuration's pool.
     let (req, sentinel) = unsafe { (&mut *r, &*((*us).peer.data as *const Sentinel)) };
     discover::ensure_started(sentinel);
-    // SAFETY: the request pool is live; the data is dropped with it.
-    let pool = unsafe { ngx::core::Pool::from_ngx_pool(req.pool) };
-    let data = pool.allocate(PeerData {
-        sentinel,
-        addr: None,
-        name: Vec::new(),
-        name_str: ngx_str_t::default(),
-    });
-    if data.is_null() {
-        return ERROR;
-    }
     // SAFETY: the request's upstream, created before init_peer is called.
     let u: &mut ngx_http_upstream_t = unsafe { &mut *req.upstream };
-    u.peer.data = data as *mut c_void;
+    // The peer data is the group itself: `get` needs nothing of the request's own.
+    u.peer.data = sentinel as *const Sentinel as *mut c_void;
     u.peer.get = Some(get);
     u.peer.free = Some(free);
     u.peer.tries = 1;
@@ -65,32 +45,26 @@ unsafe extern "C" fn init_peer(
 }
 
 unsafe extern "C" fn get(pc: *mut ngx_peer_connection_t, data: *mut c_void) -> ngx_int_t {
-    // SAFETY: `data` is the PeerData init_peer made (keepalive passes it through).
-    let (pc, d) = unsafe { (&mut *pc, &mut *(data as *mut PeerData)) };
-    let Some(master) = discover::master(d.sentinel) else {
+    // SAFETY: `data` is the Sentinel init_peer set (keepalive passes it through).
+    let (pc, sentinel) = unsafe { (&mut *pc, &*(data as *const Sentinel)) };
+    let Some(master) = discover::master(sentinel) else {
         // No master known yet (the worker just started and no Sentinel answered): nginx
         // answers "no live upstreams", a 502 the callers fail open on.
         return NGX_BUSY as ngx_int_t;
     };
-    d.addr = Some(master);
-    d.name = master.socket_addr().to_string().into_bytes();
-    d.name_str = ngx_str_t {
-        len: d.name.len(),
-        data: d.name.as_mut_ptr(),
-    };
-    let addr = d.addr.as_ref().expect("just set");
-    pc.sockaddr = addr.as_ptr() as *mut sockaddr;
-    pc.socklen = addr.len();
-    pc.name = &mut d.name_str;
+    // Never freed (see discover::Named): valid for as long as the connection is used.
+    pc.sockaddr = master.addr.as_ptr() as *mut sockaddr;
+    pc.socklen = master.addr.len();
+    pc.name = &master.name as *const ngx_str_t as *mut ngx_str_t;
     OK
 }
 
 unsafe extern "C" fn free(pc: *mut ngx_peer_connection_t, data: *mut c_void, state: ngx_uint_t) {
-    // SAFETY: as in `get`.
-    let (pc, d) = unsafe { (&mut *pc, &*(data as *const PeerData)) };
+    // SAFETY: as in `get`; the Sentinel lives in the configuration's pool.
+    let (pc, sentinel) = unsafe { (&mut *pc, &*(data as *const Sentinel)) };
     if state & NGX_PEER_FAILED as ngx_uint_t != 0 {
         // Refused, reset or timed out: the master may have changed; ask now.
-        discover::suspect(d.sentinel);
+        discover::suspect(sentinel);
     }
     pc.tries = 0;
 }

@@ -5,7 +5,7 @@
 //! and every 200 ms while no master is confirmed. All of it on timers and non-blocking
 //! connections (`side`); a round never holds a request.
 
-use ngx::ffi::{ngx_event_t, NGX_LOG_NOTICE, NGX_LOG_WARN};
+use ngx::ffi::{ngx_event_t, ngx_str_t, NGX_LOG_NOTICE, NGX_LOG_WARN};
 
 use super::super::side::{exchange, Outcome, PeerAddr};
 use super::{Auth, Sentinel};
@@ -19,9 +19,39 @@ const MIN_GAP_MS: u64 = 100;
 /// How soon the next round runs while no master is confirmed.
 const RETRY_MS: u64 = 200;
 
+/// A master's address and its name as nginx's upstream wants them, made once per address a
+/// worker ever uses and never freed: requests point at it without copying, and one that
+/// started before a switch keeps a valid address and name until it ends.
+pub struct Named {
+    pub addr: PeerAddr,
+    pub name: ngx_str_t,
+}
+
+impl Named {
+    fn leak(addr: PeerAddr) -> &'static Named {
+        let bytes: &'static mut [u8] = Box::leak(
+            addr.socket_addr()
+                .to_string()
+                .into_bytes()
+                .into_boxed_slice(),
+        );
+        Box::leak(Box::new(Named {
+            addr,
+            name: ngx_str_t {
+                len: bytes.len(),
+                data: bytes.as_mut_ptr(),
+            },
+        }))
+    }
+}
+
 #[derive(Default)]
 pub struct State {
     master: Option<PeerAddr>,
+    /// The current master's `Named` (`master` is its address).
+    named: Option<&'static Named>,
+    /// Every `Named` this worker made, reused when a master comes back.
+    seen: Vec<&'static Named>,
     /// The Sentinel a round starts with: the last one that answered.
     first: usize,
     running: bool,
@@ -33,8 +63,8 @@ pub struct State {
 
 /// This worker's current master, if one was ever confirmed (kept when every Sentinel is
 /// down: the last known master is used).
-pub fn master(s: &Sentinel) -> Option<PeerAddr> {
-    s.state.borrow().master
+pub fn master(s: &Sentinel) -> Option<&'static Named> {
+    s.state.borrow().named
 }
 
 /// Starts the periodic rounds (once per worker).
@@ -236,6 +266,17 @@ fn accepted(s: &'static Sentinel, index: usize, addr: PeerAddr) {
     let (previous, again) = {
         let mut st = s.state.borrow_mut();
         let previous = st.master.replace(addr);
+        if previous != Some(addr) {
+            let named = match st.seen.iter().find(|n| n.addr == addr) {
+                Some(n) => *n,
+                None => {
+                    let n = Named::leak(addr);
+                    st.seen.push(n);
+                    n
+                }
+            };
+            st.named = Some(named);
+        }
         st.first = index;
         st.running = false;
         (previous, st.again)
