@@ -52,6 +52,8 @@ pub struct State {
     named: Option<&'static Named>,
     /// Every `Named` this worker made, reused when a master comes back.
     seen: Vec<&'static Named>,
+    /// This worker has confirmed a master itself (not only inherited the configuration's).
+    confirmed: bool,
     /// The Sentinel a round starts with: the last one that answered.
     first: usize,
     running: bool,
@@ -182,7 +184,7 @@ fn ask(s: &'static Sentinel, tried: usize, mut why: Vec<String>) {
 }
 
 /// The address in a Sentinel's answer.
-fn master_of(outcome: Outcome, authed: bool) -> Result<PeerAddr, String> {
+pub(super) fn master_of(outcome: Outcome, authed: bool) -> Result<PeerAddr, String> {
     let replies = outcome.map_err(|e| e.to_string())?;
     if authed {
         if let Some(Reply::Error(text)) = replies.first() {
@@ -244,7 +246,7 @@ fn check_role(
     );
 }
 
-fn role_of(outcome: Outcome, authed: bool) -> Result<(), String> {
+pub(super) fn role_of(outcome: Outcome, authed: bool) -> Result<(), String> {
     let replies = outcome.map_err(|e| e.to_string())?;
     if authed {
         if let Some(Reply::Error(text)) = replies.first() {
@@ -262,28 +264,49 @@ fn role_of(outcome: Outcome, authed: bool) -> Result<(), String> {
     }
 }
 
+/// The master found as the configuration was read (`boot`): the workers start with it.
+pub(super) fn preset(s: &Sentinel, index: usize, addr: PeerAddr) {
+    let mut st = s.state.borrow_mut();
+    st.first = index;
+    set_master(&mut st, addr);
+    s.counters.master_seen(&addr.socket_addr());
+}
+
+/// Makes `addr` the current master; answers the previous one.
+fn set_master(st: &mut State, addr: PeerAddr) -> Option<PeerAddr> {
+    let previous = st.master.replace(addr);
+    if previous != Some(addr) {
+        let named = match st.seen.iter().find(|n| n.addr == addr) {
+            Some(n) => *n,
+            None => {
+                let n = Named::leak(addr);
+                st.seen.push(n);
+                n
+            }
+        };
+        st.named = Some(named);
+    }
+    previous
+}
+
 fn accepted(s: &'static Sentinel, index: usize, addr: PeerAddr) {
-    let (previous, again) = {
+    let (previous, again, first) = {
         let mut st = s.state.borrow_mut();
-        let previous = st.master.replace(addr);
-        if previous != Some(addr) {
-            let named = match st.seen.iter().find(|n| n.addr == addr) {
-                Some(n) => *n,
-                None => {
-                    let n = Named::leak(addr);
-                    st.seen.push(n);
-                    n
-                }
-            };
-            st.named = Some(named);
-        }
+        let previous = set_master(&mut st, addr);
         st.first = index;
         st.running = false;
-        (previous, st.again)
+        // The worker's first confirmation is logged even when it confirms the master found
+        // as the configuration was read.
+        let first = !st.confirmed;
+        st.confirmed = true;
+        (previous, st.again, first)
     };
-    if previous != Some(addr) {
+    if previous != Some(addr) || first {
         let new = addr.socket_addr();
-        let was = previous.map_or(String::new(), |old| format!(" (was {})", old.socket_addr()));
+        let was = match previous {
+            Some(old) if old != addr => format!(" (was {})", old.socket_addr()),
+            _ => String::new(),
+        };
         ngx::ngx_log_error!(
             NGX_LOG_NOTICE,
             cycle_log(),

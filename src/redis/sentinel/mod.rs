@@ -15,6 +15,7 @@
 //! `super::side`.
 
 mod balancer;
+mod boot;
 mod discover;
 mod metrics;
 
@@ -172,6 +173,8 @@ pub unsafe extern "C" fn set_sentinel(
         return CONF_ERROR;
     }
     REGISTRY.with(|r| r.borrow_mut().push((cfr.cycle, sentinel)));
+    // SAFETY: just allocated and initialised above.
+    boot::initial_master(unsafe { &*sentinel });
     uscf.peer.data = sentinel as *mut c_void;
     uscf.peer.init_upstream = Some(balancer::init_upstream);
     // nginx refuses an upstream block without servers; this placeholder is never used (the
