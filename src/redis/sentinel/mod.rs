@@ -101,7 +101,17 @@ fn current() -> Vec<&'static Sentinel> {
 
 /// The group a Redis location's server group is, if it is Sentinel-managed.
 fn find(group: *mut ngx_http_upstream_srv_conf_t) -> Option<&'static Sentinel> {
-    current().into_iter().find(|s| s.group == group)
+    // Per Redis request: walks the list in place, no allocation.
+    // SAFETY: ngx_cycle is the running cycle, set by nginx before any module code runs.
+    let cycle = unsafe { ngx::ffi::ngx_cycle } as *mut ngx_cycle_t;
+    REGISTRY.with(|r| {
+        r.borrow()
+            .iter()
+            .filter(|&&(c, _)| c == cycle)
+            // SAFETY: registered entries are live (see REGISTRY).
+            .map(|&(_, s)| unsafe { &*s })
+            .find(|s| s.group == group)
+    })
 }
 
 /// The workers start discovering at once, so the first requests find a master.
