@@ -202,9 +202,11 @@ pub(super) fn master_of(outcome: Outcome, authed: bool) -> Result<PeerAddr, Stri
                 let ip: std::net::IpAddr = String::from_utf8_lossy(ip)
                     .parse()
                     .map_err(|_| format!("not an IP address: {}", Escaped(text.as_bytes())))?;
-                let port: u16 = String::from_utf8_lossy(port)
-                    .parse()
-                    .map_err(|_| format!("not a port: {}", Escaped(text.as_bytes())))?;
+                // Read as an address with the IP: the port's own digits are checked with it.
+                let port = format!("0.0.0.0:{}", String::from_utf8_lossy(port))
+                    .parse::<std::net::SocketAddr>()
+                    .map_err(|_| format!("not a port: {}", Escaped(text.as_bytes())))?
+                    .port();
                 Ok(PeerAddr::new(std::net::SocketAddr::new(ip, port)))
             }
             _ => Err("unexpected answer".into()),
