@@ -227,8 +227,13 @@ pub fn exchange(
         (*(*c).write).handler = Some(write_handler);
         (*(*c).read).log = log;
         (*(*c).write).log = log;
-        if rc == OK {
-            write_handler((*c).write);
+        // Connected at once (common on loopback): the write event is reported by the next
+        // loop iteration, never from here, so `done` never runs inside this call. Level-
+        // triggered event methods need the event added first; epoll has it already.
+        if rc == OK && ngx_handle_write_event((*c).write, 0) != OK {
+            close(e);
+            e.early = Some(SideError::Connect);
+            ngx_add_timer(&mut e.deadline, 1);
         }
     }
 }
