@@ -96,3 +96,29 @@ GET /get
 error_log_count(qr/named by a sentinel: AUTH refused/) >= 1
 --- no_error_log
 Secret
+
+
+
+=== TEST 4: a graceful shutdown while a lookup hangs (a Sentinel that accepts and never answers): the worker waits for it, no open socket left
+--- http_config
+    upstream rs {
+        stale_cache_redis_sentinel mymaster 127.0.0.1:$TEST_NGINX_REDIS_PORT timeout=300ms;
+        keepalive 8;
+    }
+--- config eval: $::LOCATION
+--- request
+GET /get
+--- error_code: 502
+--- check
+Test::StaleCache::fake_redis_blackhole();
+# Lookups now hang until their deadline. Quit while one is connected to the blackhole.
+my ($master, @workers) = nginx_pids();
+my $in_flight = sub {
+    my $out = `ss -tnpH state established dst 127.0.0.1:$TEST_NGINX_REDIS_PORT 2>/dev/null`;
+    grep { $out =~ /pid=$_,/ } @workers;
+};
+wait_until($in_flight, 10, 'a worker waiting for the Sentinel');
+kill 'QUIT', $master;
+ok(defined Test::StaleCache::wait_pid($master, 10), 'nginx exited');
+unlike(error_log_text(), qr/open socket #\d+ left in connection/, 'no socket left open');
+Test::StaleCache::close_blackhole();

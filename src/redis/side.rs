@@ -194,8 +194,10 @@ pub fn exchange(
     e.deadline.handler = Some(deadline_handler);
     e.deadline.data = no_connection();
     e.deadline.log = log;
-    // A worker shutting down does not wait for a discovery round.
-    e.deadline.set_cancelable(1);
+    // Not cancelable: a worker shutting down gracefully waits for the exchange to end (at
+    // most the deadline) instead of exiting with its socket open, which nginx reports as an
+    // alert ("open socket left in connection").
+    e.deadline.set_cancelable(0);
     e.pc.sockaddr = e.addr.as_ptr() as *mut sockaddr;
     e.pc.socklen = e.addr.len();
     e.pc.name = &mut e.name_str;

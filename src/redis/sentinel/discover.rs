@@ -134,7 +134,16 @@ unsafe extern "C" fn tick(ev: *mut ngx_event_t) {
     }
 }
 
+/// The worker is shutting down gracefully: no new exchange (each would hold the exit back).
+fn exiting() -> bool {
+    // SAFETY: a plain global nginx sets from this worker's own event loop.
+    unsafe { ngx::ffi::ngx_exiting != 0 }
+}
+
 fn round(s: &'static Sentinel) {
+    if exiting() {
+        return;
+    }
     {
         let mut st = s.state.borrow_mut();
         st.running = true;
@@ -150,6 +159,10 @@ fn round(s: &'static Sentinel) {
 /// Asks Sentinel number `tried` of this round (counting from the first).
 fn ask(s: &'static Sentinel, tried: usize, mut why: Vec<String>) {
     let n = s.sentinels.len();
+    if exiting() {
+        s.state.borrow_mut().running = false;
+        return;
+    }
     if tried == n {
         failed(s, why);
         return;
@@ -225,6 +238,10 @@ fn check_role(
     addr: PeerAddr,
     mut why: Vec<String>,
 ) {
+    if exiting() {
+        s.state.borrow_mut().running = false;
+        return;
+    }
     let mut commands: Vec<Vec<&[u8]>> = Vec::new();
     let auth = Auth::command(&s.redis_auth);
     let authed = auth.is_some();
