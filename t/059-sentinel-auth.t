@@ -122,3 +122,25 @@ kill 'QUIT', $master;
 ok(defined Test::StaleCache::wait_pid($master, 10), 'nginx exited');
 unlike(error_log_text(), qr/open socket #\d+ left in connection/, 'no socket left open');
 Test::StaleCache::close_blackhole();
+
+
+
+=== TEST 5: a server line after the sentinel line is refused
+--- http_config
+    upstream rs { stale_cache_redis_sentinel mymaster 127.0.0.1:1; server 127.0.0.1:2; }
+--- config
+    location /t { stale_cache_redis_pass rs; stale_cache_redis_command PING; }
+--- must_die
+--- error_log
+remove the "server" lines of its upstream block
+
+
+
+=== TEST 6: a server line before the sentinel line is refused
+--- http_config
+    upstream rs { server 127.0.0.1:2; stale_cache_redis_sentinel mymaster 127.0.0.1:1; }
+--- config
+    location /t { stale_cache_redis_pass rs; stale_cache_redis_command PING; }
+--- must_die
+--- error_log
+remove the "server" lines of its upstream block

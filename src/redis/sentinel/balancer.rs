@@ -18,10 +18,22 @@ use super::{discover, find, Sentinel};
 use crate::nginx::util::OK;
 
 pub unsafe extern "C" fn init_upstream(
-    _cf: *mut ngx_conf_t,
+    cf: *mut ngx_conf_t,
     us: *mut ngx_http_upstream_srv_conf_t,
 ) -> ngx_int_t {
-    // SAFETY: nginx passes the group being initialised.
+    // SAFETY: nginx passes the group being initialised; `servers` holds the placeholder
+    // set_sentinel added, and any `server` line of the block.
+    let servers = unsafe { (*(*us).servers).nelts };
+    if servers != 1 {
+        ngx::ngx_conf_log_error!(
+            ngx::ffi::NGX_LOG_EMERG,
+            cf,
+            "\"stale_cache_redis_sentinel\" finds the server itself: remove the \"server\" \
+             lines of its upstream block"
+        );
+        return crate::nginx::util::ERROR;
+    }
+    // SAFETY: as above.
     unsafe { (*us).peer.init = Some(init_peer) };
     OK
 }

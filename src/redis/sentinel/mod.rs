@@ -141,6 +141,14 @@ pub unsafe extern "C" fn set_sentinel(
     };
     // SAFETY: the group of the block being parsed.
     let uscf = unsafe { &mut *group };
+    // SAFETY: the block's array of servers, created with it.
+    if unsafe { (*uscf.servers).nelts } != 0 {
+        return conf_error(
+            cf,
+            cmd,
+            "finds the server itself: remove the \"server\" lines of its upstream block",
+        );
+    }
     if uscf.peer.init_upstream.is_some() {
         return conf_error(
             cf,
