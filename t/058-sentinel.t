@@ -111,6 +111,15 @@ GET /api/warm
 --- check
 fill_and_hit('/api/a');
 is(::rcli($::P1, 'EXISTS', redis_key('/api/a')), 1, 'stored on the primary');
+# keepalive after the sentinel line keeps its pool: hits reuse connections (the only new ones
+# are the workers' ROLE checks, about one per second each).
+my $conns = sub { (::rcli($::P1, 'INFO', 'stats') =~ /total_connections_received:(\d+)/)[0] };
+my $c0 = $conns->();
+my $t0 = Time::HiRes::time();
+http_get('/api/a') for 1 .. 50;
+my $opened = $conns->() - $c0;
+my $secs = Time::HiRes::time() - $t0;
+ok($opened <= 4 + 4 * $secs, sprintf('50 hits opened %d Redis connection(s) in %.1f s', $opened, $secs));
 my $m = ::admin_metrics();
 ok(::metric_value($m, 'stale_cache_redis_sentinel_lookups_total{upstream="redis_sentinel",result="ok"}') >= 1, 'lookups counted');
 is(::metric_value($m, 'stale_cache_redis_sentinel_failovers_total{upstream="redis_sentinel"}'), 0, 'no failover');
