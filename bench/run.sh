@@ -22,7 +22,8 @@ ulimit -n 16384 2>/dev/null || true
 pids=()
 cleanup() {
     local pidfile
-    for pidfile in "$prefix/logs/nginx.pid" "$prefix/stock/logs/nginx.pid"; do
+    for pidfile in "$prefix/logs/nginx.pid" "$prefix/stock/logs/nginx.pid" "$prefix/t/logs/nginx.pid" \
+                   "$prefix/ts/logs/nginx.pid"; do
         [ -f "$pidfile" ] && kill -QUIT "$(cat "$pidfile")" 2>/dev/null || true
     done
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -292,6 +293,69 @@ done
 stock_check
 kill -QUIT "$(cat "$stock_prefix/logs/nginx.pid")" 2>/dev/null || true
 
+# T/TS: fresh hits through Redis (hot tier off) with the shipped stock-debian.conf and the
+# shipped redis-sentinel.conf, two nginx side by side on the same Redis; for the Sentinel one,
+# three Sentinels watch that Redis as "mymaster". Alternating rows, median of per-round ratios.
+sentinel_ports=($(free_port) $(free_port) $(free_port))
+for i in 0 1 2; do
+    mkdir -p "$prefix/sentinel$i"
+    printf 'port %s\nbind 127.0.0.1\ndir %s\nsentinel monitor mymaster 127.0.0.1 %s 2\n' \
+        "${sentinel_ports[$i]}" "$prefix/sentinel$i" "$redis_port" >"$prefix/sentinel$i/sentinel.conf"
+    redis-server "$prefix/sentinel$i/sentinel.conf" --sentinel --logfile "$prefix/logs/sentinel$i.log" &
+    pids+=($!)
+done
+declare -A t_url
+t_start() {  # name source-file: adapted like the S rows, fresh for an hour, hot tier off
+    local name=$1 file=$2 port
+    port=$(free_port)
+    mkdir -p "$prefix/$name"/{logs,conf}
+    python3 - "$root/nginx-conf/$file" "$prefix/modules/ngx_http_stale_cache_module.so" \
+        "$redis_port" "$backend_port" "$port" "$(free_port)" "${sentinel_ports[@]}" \
+        >"$prefix/$name/conf/nginx.conf" <<'PY'
+import re, sys
+src, module, redis, backend, port, admin, s0, s1, s2 = sys.argv[1:]
+text = open(src).read()
+def sub(pattern, repl, count=1):
+    global text
+    text, n = re.subn(pattern, repl, text, flags=re.M)
+    if n != count:
+        sys.exit(f"bench/run.sh: {src}: {pattern!r} matched {n} times, expected {count}")
+sub(r"/usr/lib/nginx/modules/ngx_http_stale_cache_module\.so", module)
+if "stale_cache_redis_sentinel" in text:
+    for shipped, mine in (("26379", s0), ("26380", s1), ("26381", s2)):
+        sub(rf"127\.0\.0\.1:{shipped}([ ;])", rf"127.0.0.1:{mine}\g<1>")
+else:
+    sub(r"127\.0\.0\.1:6379;", f"127.0.0.1:{redis};")
+sub(r"127\.0\.0\.1:8081;", f"127.0.0.1:{backend};")
+sub(r"listen 127\.0\.0\.1:8080;", f"listen 127.0.0.1:{port};")
+sub(r"listen 127\.0\.0\.1:8099;", f"listen 127.0.0.1:{admin};")
+sub(r"^(\s+)8099(\s)", rf"\g<1>{admin}\g<2>")
+sub(r"exptime=105;", "exptime=3700;")
+print(text, end="")
+PY
+    nginx -p "$prefix/$name" -c conf/nginx.conf
+    t_url[$name]=http://127.0.0.1:$port/api/t
+    local got=
+    for _ in $(seq 100); do
+        got=$(curl -s -A '' -D - -o /dev/null "${t_url[$name]}" | tr -d '\r' | sed -n 's/^X-Cache: //p')
+        [ "$got" = HIT ] && break
+        sleep 0.05
+    done
+    [ "$got" = HIT ] || { echo "bench/run.sh: row $name is served as '$got', not HIT" >&2; exit 1; }
+}
+t_start t stock-debian.conf
+t_start ts redis-sentinel.conf
+declare -A t_rps
+for round in $(seq "$rounds"); do
+    for p in t ts; do
+        read -r r l50 l99 bad < <(run_wrk "${t_url[$p]}" "$duration")
+        [ "$bad" = 0 ] || echo "warning: row $p had $bad non-2xx responses" >&2
+        t_rps[$p]+="$r "
+        : >"$prefix/$p/logs/access.log"
+    done
+done
+for p in t ts; do kill -QUIT "$(cat "$prefix/$p/logs/nginx.pid")" 2>/dev/null || true; done
+
 # How the rows' last request was served (the second of two: the first may refill the copy).
 curl -s -o /dev/null "$url/h100/item"
 hot_served=$(curl -s -D - -o /dev/null "$url/h100/item" | tr -d '\r' | sed -n 's/^X-Stale-Cache: //p')
@@ -448,6 +512,18 @@ c100 = med(s / p for s, p in zip(cpu["s100"], cpu["sp100"]))
 print(f"\nS1/SP1 = {r1:.2f} (CPU {c1:.2f}x), S100/SP100 = {r100:.2f} (CPU {c100:.2f}x) "
       f"(median of per-round ratios; served as: {sys.argv[9].strip().rstrip(';')}; backend hits on these keys: {sys.argv[10]})")
 print("S/SP runs (req/s, in order): " + "; ".join(f"{k}: {' '.join(f'{x:.0f}' for x in v)}" for k, v in rps.items()))
+PY
+python3 - "${t_rps[t]}" "${t_rps[ts]}" <<'PY'
+import statistics, sys
+t, ts = ([float(x) for x in v.split()] for v in sys.argv[1:3])
+med = statistics.median
+print()
+print("| T/TS: fresh hits through Redis, shipped configs, hot tier off | req/s |")
+print("|---|---:|")
+print(f"| T: stock-debian.conf (upstream redis: one server) | {med(t):.0f} |")
+print(f"| TS: redis-sentinel.conf (the same Redis found through 3 Sentinels) | {med(ts):.0f} |")
+print(f"\nTS/T = {med(b / a for a, b in zip(t, ts)):.2f} (median of per-round ratios)")
+print("T/TS runs (req/s, in order): " + "; ".join(f"{k}: {' '.join(f'{x:.0f}' for x in v)}" for k, v in (("t", t), ("ts", ts))))
 PY
 # The stock rows measured something other than fresh hits: fail (CI's smoke run catches it).
 [ "$stock_bad" = 0 ]

@@ -4,7 +4,8 @@
 //!
 //! Floors, each importing only those below it: `conf` (settings, the module type); `ctx` (a
 //! request's state) and `backoff`; `reply` and `variables`; `handler`; `directives`; `module`
-//! (the descriptor nginx loads).
+//! (the descriptor nginx loads). `side` (a one-shot RESP exchange outside requests) and
+//! `sentinel` (the Sentinel balancer) sit beside them.
 
 mod backoff;
 mod cluster;
@@ -18,4 +19,6 @@ mod redirect;
 mod refusal;
 mod reply;
 pub mod role;
+pub mod sentinel;
+pub mod side;
 mod variables;

@@ -30,7 +30,6 @@ const CRLF: &[u8; 2] = b"\r\n";
 /// Appends `args` as an array of bulk strings, the request form Redis always
 /// understands and the only binary-safe one. The nginx layer writes the same
 /// thing piecewise with the two header encoders; this is their reference.
-#[cfg(any(test, fuzzing))]
 pub fn encode_command(out: &mut Vec<u8>, args: &[&[u8]]) {
     encode_array_header(out, args.len());
     for arg in args {
@@ -224,7 +223,6 @@ impl fmt::Display for ReplyKind {
 }
 
 /// A fully parsed reply, from [`parse_reply`].
-#[cfg(any(test, fuzzing))]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply {
     /// `+text`
@@ -821,9 +819,8 @@ impl BulkBody {
 
 /// Parses the first reply in `buf`, which should hold it entirely: returns the
 /// reply and its length in bytes, or `None` if `buf` ends before it does.
-/// Production code only streams; this tree form is the oracle for tests and
-/// fuzz targets.
-#[cfg(any(test, fuzzing))]
+/// The Redis locations stream; this tree form is the oracle for tests and fuzz
+/// targets, and reads the small replies of the side client (`redis::side`).
 pub fn parse_reply(buf: &[u8]) -> Result<Option<(Reply, usize)>, ProtocolError> {
     let mut machine = Machine::new(false);
     // Arrays being filled: their elements so far and their element count.

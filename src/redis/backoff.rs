@@ -121,6 +121,11 @@ pub(super) fn start_backoff(r: &ngx_http_request_t, u: &ngx_http_upstream_t, con
     }
 }
 
+/// Sentinel found a new master for `group`: the backoff was about the old one.
+pub(super) fn end_group_backoff(group: *mut ngx_http_upstream_srv_conf_t) {
+    BACKOFF.with(|b| b.borrow_mut().remove(&(group as usize)));
+}
+
 /// A request reached the server and got an answer: the group is up again.
 pub(super) fn end_backoff(conf: &RedisConf) {
     BACKOFF.with(|b| b.borrow_mut().remove(&group_of(conf)));

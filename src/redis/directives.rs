@@ -71,6 +71,12 @@ directive_table! {
             set_redis_variable,
         )
         .no_conf(),
+        Directive::new(
+            ngx_string!("stale_cache_redis_sentinel"),
+            (ngx::ffi::NGX_HTTP_UPS_CONF as ngx::ffi::ngx_uint_t) | TWO_OR_MORE,
+            super::sentinel::set_sentinel,
+        )
+        .no_conf(),
     ];
 }
 

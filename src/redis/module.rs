@@ -42,5 +42,6 @@ pub static mut ngx_http_stale_cache_redis_module: ngx_module_t = ngx_module_t {
     // from the single configuration thread.
     commands: unsafe { &raw mut COMMANDS[0] },
     type_: NGX_HTTP_MODULE as _,
+    init_process: Some(super::sentinel::init_process),
     ..ngx_module_t::default()
 };

@@ -37,6 +37,10 @@ fn command_name(r: &ngx_http_request_t, index: usize) -> String {
 pub(super) fn report(r: &ngx_http_request_t, u: &ngx_http_upstream_t, index: usize, text: &[u8]) {
     let conf = conf_of(r);
     let cause = error_code(text);
+    if cause == "READONLY" {
+        // A demoted master: a Sentinel-managed group looks for the new one at once.
+        super::sentinel::master_refused_write(conf.upstream.upstream);
+    }
     let key = (conf as *const _ as usize, cause);
     let allowed = LIMITERS.with(|l| {
         l.borrow_mut()

@@ -121,6 +121,7 @@ fn exposition(r: &ngx_http_request_t) -> String {
         })
         .collect();
     let mut out = render(&data);
+    crate::redis::sentinel::render(&mut out);
     if let Some(hot) = main_conf(r).hot.as_ref() {
         if let Some(stats) = hot.stats() {
             render_hot(&mut out, &String::from_utf8_lossy(&hot.name), &stats);
