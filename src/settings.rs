@@ -543,7 +543,7 @@ impl Settings {
     }
 
     /// [`Settings::parse`] without the memo.
-    fn parse_uncached(vars: &RawVars<'_>) -> Result<Option<Settings>, SettingsError> {
+    pub fn parse_uncached(vars: &RawVars<'_>) -> Result<Option<Settings>, SettingsError> {
         let required = [Var::Lock, Var::Ttl, Var::Key];
         let Some(while_set) = required.into_iter().find(|&v| vars.get(v).is_some()) else {
             return Ok(None);

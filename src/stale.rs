@@ -26,6 +26,7 @@ mod literals;
 mod locations;
 mod lookup;
 mod metrics;
+mod preset;
 mod purge;
 mod refresh;
 mod role;

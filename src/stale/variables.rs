@@ -7,6 +7,7 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 
+use super::preset::unset_variable;
 use super::state;
 use crate::cache_status::{member, Facts};
 use crate::nginx::util::pool_str;
@@ -17,16 +18,6 @@ use crate::nginx::vars::{
 use crate::policy::CacheStatus;
 use crate::settings::{RawVars, Var};
 use crate::stale::StaleCacheModule;
-
-unsafe extern "C" fn unset_variable(
-    _r: *mut ngx_http_request_t,
-    v: *mut ngx_variable_value_t,
-    _data: usize,
-) -> ngx_int_t {
-    // SAFETY: nginx passes the value slot being evaluated.
-    set_not_found(unsafe { value_slot(v) });
-    VAR_OK
-}
 
 /// Declares the `$cache_*` inputs as changeable (so `set` works on them), remembering their
 /// indexes in the main conf, and the output variables.
