@@ -7,14 +7,20 @@ use core::cell::Cell;
 use ngx::ffi::{ngx_http_request_t, ngx_int_t, ngx_uint_t, ngx_variable_value_t};
 
 use crate::nginx::vars::{
-    handlers_are, indexed_value_unless, set_not_found, value_slot, RawSlot, VAR_OK,
+    handlers_are, indexed_value_unless, set_not_found, value_slot, GetVariableFn, RawSlot, VAR_OK,
 };
 use crate::preset::Preset;
 use crate::settings::{Settings, Var};
 
-/// The get handler of the `$cache_*` variables: "not found" until a `set` writes one (an
-/// unset one is simply empty, as in the Lua original, not an "unknown variable" error).
-pub unsafe extern "C" fn unset_variable(
+/// The get handler of the `$cache_*` variables, registered and compared through this one
+/// value: Rust may give a small function one address per codegen unit, so an address taken
+/// in one file can differ from the one nginx was given in another (and every comparison with
+/// it would fail, silently sending each request down the slow path).
+pub static UNSET_VARIABLE: GetVariableFn = unset_variable;
+
+/// "Not found" until a `set` writes the variable (an unset one is simply empty, as in the Lua
+/// original, not an "unknown variable" error).
+unsafe extern "C" fn unset_variable(
     _r: *mut ngx_http_request_t,
     v: *mut ngx_variable_value_t,
     _data: usize,
@@ -68,7 +74,7 @@ impl PresetSlots {
     pub fn settings(&self, r: &ngx_http_request_t) -> Option<Settings> {
         let ours = self.ours.get().unwrap_or_else(|| {
             // Once per worker and configuration: handlers do not change after it.
-            let mask = handlers_are(r, &self.indexes, unset_variable);
+            let mask = handlers_are(r, &self.indexes, UNSET_VARIABLE);
             self.ours.set(Some(mask));
             mask
         });
@@ -86,7 +92,7 @@ impl PresetSlots {
         self.preset.with_key(indexed_value_unless(
             r,
             self.indexes[Var::Key.index()],
-            unset_variable,
+            UNSET_VARIABLE,
         ))
     }
 }

@@ -7,7 +7,7 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 
-use super::preset::unset_variable;
+use super::preset::UNSET_VARIABLE;
 use super::state;
 use crate::cache_status::{member, Facts};
 use crate::nginx::util::pool_str;
@@ -29,7 +29,7 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
             cf,
             var.name(),
             NGX_HTTP_VAR_CHANGEABLE,
-            Some(unset_variable),
+            Some(UNSET_VARIABLE),
         )?;
         mcf.vars[var.index()] = variable_index(cf, var.name())?;
     }
@@ -51,7 +51,7 @@ pub fn read_cache_variables(r: &ngx_http_request_t) -> RawVars<'_> {
     for var in Var::ALL {
         raw.set(
             var,
-            indexed_value_unless(r, indexes[var.index()], unset_variable),
+            indexed_value_unless(r, indexes[var.index()], UNSET_VARIABLE),
         );
     }
     raw
