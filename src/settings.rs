@@ -420,7 +420,11 @@ impl Methods {
 
     /// Whether requests with this method are handled.
     pub fn allows(&self, method: &[u8]) -> bool {
-        self.names().any(|n| n.eq_ignore_ascii_case(method))
+        match &self.names {
+            // The default, asked on every request: nginx spells methods in capitals.
+            None => method == DEFAULT_METHODS || method.eq_ignore_ascii_case(DEFAULT_METHODS),
+            Some(names) => names.iter().any(|n| n.eq_ignore_ascii_case(method)),
+        }
     }
 
     /// The listed methods, upper-cased, without duplicates.
@@ -1109,6 +1113,8 @@ mod tests {
 
         let default = parse(base()).methods;
         assert_eq!(default.names().collect::<Vec<_>>(), [DEFAULT_METHODS]);
+        assert!(default.allows(b"GET") && default.allows(b"get") && default.allows(b"gEt"));
+        assert!(!default.allows(b"HEAD") && !default.allows(b"GETX") && !default.allows(b""));
         assert_eq!(default, Methods::parse(b"get").unwrap());
         assert_ne!(default, Methods::parse(b"GET HEAD").unwrap());
         assert!(default.allows(b"get") && !default.allows(b"HEAD"));
