@@ -361,10 +361,10 @@ fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
 /// fill's outcome, and starts its refresh; everything else it held is released when its
 /// state is dropped.
 pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
-    // SAFETY: `data` is the state `attach` leaked; nginx runs each cleanup exactly once, after
-    // every callback of the request (and its subrequests) has run.
-    let state = unsafe { state::reclaim(data) };
-    let (mut state, fill, unsent) = state.into_end();
+    // SAFETY: `data` is the state `attach` made; nginx runs each cleanup exactly once, after
+    // every callback of the request (and its subrequests) has run, before it frees the pool.
+    let mut state = unsafe { state::reclaim(data) };
+    let (fill, unsent) = state.take_end();
     super::waiters::stop_waiting(state.wait_mut());
     // SAFETY: the request is being freed but its fields are still readable now.
     let r = unsafe { &*state.request() };

@@ -1,9 +1,10 @@
 //! One `RequestState` per main request: its phase and what it holds, with every transition
 //! a method here (its fields are private).
 //!
-//! The state is a heap allocation owned by a cleanup of the request's pool: it survives
+//! The state lives in the request's pool, as the data of one of its cleanups: it survives
 //! internal redirects (which clear module contexts), and its end (`driver::end_of_request`)
-//! runs however the request ends (finished, failed, abandoned by its client). What it holds
+//! runs however the request ends (finished, failed, abandoned by its client), before nginx
+//! frees the pool's memory. What it holds
 //! is released by dropping it: locks (`waiters::HeldLock`), the refresh slot and a prepared
 //! refresh, the lease's poll timer, the wait.
 //!
@@ -439,9 +440,8 @@ impl RequestState {
 
     /// What is left of the request when it ends: its fill lock and its unsent refresh (the
     /// rest is released when the state is dropped).
-    pub fn into_end(mut self: Box<Self>) -> (Box<Self>, Option<HeldLock>, Option<PendingRefresh>) {
-        let (fill, refresh) = (self.fill.take(), self.refresh.take());
-        (self, fill, refresh)
+    pub fn take_end(&mut self) -> (Option<HeldLock>, Option<PendingRefresh>) {
+        (self.fill.take(), self.refresh.take())
     }
 }
 
@@ -462,19 +462,29 @@ fn end_handler() -> EndFn {
         .expect("the end handler is set at configuration")
 }
 
+/// nginx aligns pool allocations to a machine word.
+const POOL_ALIGNMENT: usize = core::mem::size_of::<usize>();
+const _: () = assert!(core::mem::align_of::<RequestState>() <= POOL_ALIGNMENT);
+
 /// The state of main request `r`, created on first use; `None` if the pool is exhausted.
 pub fn attach(r: &mut ngx_http_request_t) -> Option<NonNull<RequestState>> {
     if let Some(state) = find(r) {
         return Some(state);
     }
     let raw = r as *mut ngx_http_request_t;
-    // SAFETY: the request's pool is live; the cleanup record is zeroed by nginx.
-    let cleanup = unsafe { ngx_pool_cleanup_add(r.pool, 0).as_mut()? };
-    let state = Box::into_raw(Box::new(RequestState::new(raw)));
+    // The state lives in the request's pool, in the cleanup record's data (no allocation of
+    // its own), and is dropped in place by the cleanup (`reclaim`), which runs before nginx
+    // frees the pool's memory.
+    // SAFETY: the request's pool is live; nginx allocates `data` with the size asked for,
+    // aligned to a word (checked above to be enough), and zeroes the rest of the record.
+    let cleanup =
+        unsafe { ngx_pool_cleanup_add(r.pool, core::mem::size_of::<RequestState>()).as_mut()? };
+    let state = NonNull::new(cleanup.data as *mut RequestState)?;
+    // SAFETY: `data` is fresh, suitably aligned pool memory of the state's size.
+    unsafe { state.as_ptr().write(RequestState::new(raw)) };
     cleanup.handler = Some(end_handler());
-    cleanup.data = state as *mut c_void;
-    set_ctx(raw, state);
-    NonNull::new(state)
+    set_ctx(raw, state.as_ptr());
+    Some(state)
 }
 
 /// The state of `r`'s main request if it has one (no allocation), also after an internal
@@ -544,12 +554,42 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
     }
 }
 
-/// Frees the state of an ended request (the pool cleanup's data).
+/// The state of an ended request, dropped in place (in its pool's memory) with this value.
+pub struct Ended(NonNull<RequestState>);
+
+impl core::ops::Deref for Ended {
+    type Target = RequestState;
+
+    fn deref(&self) -> &RequestState {
+        // SAFETY: a live state, owned by this value from `reclaim` on.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl core::ops::DerefMut for Ended {
+    fn deref_mut(&mut self) -> &mut RequestState {
+        // SAFETY: as in `deref`; borrowed mutably through this value.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        // SAFETY: a live state owned by this value, dropped once; the magic is cleared first
+        // so that nothing takes the pool's leftover bytes for a state.
+        unsafe {
+            ptr::addr_of_mut!((*self.0.as_ptr()).magic).write(0);
+            ptr::drop_in_place(self.0.as_ptr());
+        }
+    }
+}
+
+/// Takes over the state of an ended request (the pool cleanup's data), to drop it.
 ///
 /// # Safety
-/// `data` must be the pointer `attach` leaked, given once, after every callback of the
-/// request (and its subrequests) has run.
-pub unsafe fn reclaim(data: *mut c_void) -> Box<RequestState> {
-    // SAFETY: (caller) as above.
-    unsafe { Box::from_raw(data as *mut RequestState) }
+/// `data` must be the state `attach` made, given once, after every callback of the request
+/// (and its subrequests) has run, while the pool's memory is still there.
+pub unsafe fn reclaim(data: *mut c_void) -> Ended {
+    // SAFETY: (caller) the live state `attach` wrote, non-null.
+    Ended(unsafe { NonNull::new_unchecked(data as *mut RequestState) })
 }
