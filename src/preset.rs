@@ -64,8 +64,7 @@ impl Preset {
             raw.set(*var, Some(bytes));
         }
         raw.set(Var::Key, Some(STAND_IN_KEY));
-        let mut settings = Settings::parse_uncached(&raw).ok()??;
-        settings.key = Vec::new();
+        let settings = Settings::parse_uncached(&raw).ok()??.with_key(b"");
         Some(Preset { expect, settings })
     }
 
@@ -80,10 +79,7 @@ impl Preset {
     /// long): the full parse then says why.
     pub fn with_key(&self, key: Option<&[u8]>) -> Option<Settings> {
         let key = key.filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)?;
-        Some(Settings {
-            key: key.to_vec(),
-            ..self.settings.clone()
-        })
+        Some(self.settings.with_key(key))
     }
 }
 
