@@ -109,12 +109,13 @@ pub struct RequestState {
     /// The fill lock this request holds: it goes to the backend for a missing key.
     fill: Option<HeldLock>,
     /// The refresh lock and slot, held while the fleet lease is asked and the refresh is
-    /// prepared.
-    refresh_hold: Option<RefreshHold>,
+    /// prepared. (Boxed, as the refresh and the purge below: only stale hits and purges
+    /// have them, and every request's state is allocated from its pool.)
+    refresh_hold: Option<Box<RefreshHold>>,
     /// The request body has been read (for the refresh to replay it).
     body_read: bool,
     /// The refresh to send once this request is over.
-    refresh: Option<PendingRefresh>,
+    refresh: Option<Box<PendingRefresh>>,
     wait: Wait,
     /// For `$stale_cache_wake_delay`: from the fill's store to this request resuming.
     wake_delay_ms: Option<u64>,
@@ -128,7 +129,7 @@ pub struct RequestState {
     /// For `$stale_cache_rfc9211`: seconds of freshness left (negative: stale), when known.
     ttl_left: Option<i64>,
     /// A purge request's progress; `None` for every other request.
-    purge: Option<Purge>,
+    purge: Option<Box<Purge>>,
     /// The hot tier's plan for this request (`hot`).
     hot: Hot,
 }
@@ -258,7 +259,7 @@ impl RequestState {
     }
 
     pub fn purge(&self) -> Option<&Purge> {
-        self.purge.as_ref()
+        self.purge.as_deref()
     }
 
     pub fn is_purge(&self) -> bool {
@@ -289,7 +290,7 @@ impl RequestState {
     }
 
     pub fn purge_mut(&mut self) -> Option<&mut Purge> {
-        self.purge.as_mut()
+        self.purge.as_deref_mut()
     }
 
     pub fn hot_mut(&mut self) -> &mut Hot {
@@ -418,30 +419,30 @@ impl RequestState {
 
     /// The refresh lock and slot, for a refresh about to be prepared.
     pub fn hold_refresh(&mut self, hold: RefreshHold) {
-        self.refresh_hold = Some(hold);
+        self.refresh_hold = Some(Box::new(hold));
     }
 
     /// The refresh lock and slot, to prepare the refresh or hand the lock over.
     pub fn take_refresh_hold(&mut self) -> Option<RefreshHold> {
-        self.refresh_hold.take()
+        self.refresh_hold.take().map(|hold| *hold)
     }
 
     pub fn set_refresh(&mut self, pending: Option<PendingRefresh>) {
-        self.refresh = pending;
+        self.refresh = pending.map(Box::new);
     }
 
     pub fn take_refresh(&mut self) -> Option<PendingRefresh> {
-        self.refresh.take()
+        self.refresh.take().map(|pending| *pending)
     }
 
     pub fn set_purge(&mut self, purge: Purge) {
-        self.purge = Some(purge);
+        self.purge = Some(Box::new(purge));
     }
 
     /// What is left of the request when it ends: its fill lock and its unsent refresh (the
     /// rest is released when the state is dropped).
     pub fn take_end(&mut self) -> (Option<HeldLock>, Option<PendingRefresh>) {
-        (self.fill.take(), self.refresh.take())
+        (self.fill.take(), self.take_refresh())
     }
 }
 
