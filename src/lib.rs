@@ -18,6 +18,7 @@ pub mod lease;
 pub mod locktable;
 pub mod metrics;
 pub mod policy;
+pub mod preset;
 pub mod purge_script;
 pub mod replay;
 pub mod resp;

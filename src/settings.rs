@@ -420,7 +420,11 @@ impl Methods {
 
     /// Whether requests with this method are handled.
     pub fn allows(&self, method: &[u8]) -> bool {
-        self.names().any(|n| n.eq_ignore_ascii_case(method))
+        match &self.names {
+            // The default, asked on every request: nginx spells methods in capitals.
+            None => method == DEFAULT_METHODS || method.eq_ignore_ascii_case(DEFAULT_METHODS),
+            Some(names) => names.iter().any(|n| n.eq_ignore_ascii_case(method)),
+        }
     }
 
     /// The listed methods, upper-cased, without duplicates.
@@ -478,15 +482,32 @@ const TOKEN_BYTES: [bool; 256] = {
 /// every request that names it (see [`Settings::parse`]'s memo).
 pub type Shared = Rc<[u8]>;
 
-/// Everything the module needs from the variables for one request.
+/// Everything the module needs from the variables for one request: its key, and the other
+/// values, which read through this value (`settings.ttl_uri`) and are shared, not copied, by
+/// the settings of every request with the same values ([`Settings::parse`]'s memo, a
+/// location's preset): a request's settings are two words and a key.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
+    /// The cache key (`$cache_key`), at most [`MAX_KEY_LEN`] bytes.
+    pub key: Vec<u8>,
+    values: Rc<Values>,
+}
+
+impl core::ops::Deref for Settings {
+    type Target = Values;
+
+    fn deref(&self) -> &Values {
+        &self.values
+    }
+}
+
+/// The settings but the key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Values {
     /// Name of the lock zone (`$cache_lock`).
     pub lock_zone: Shared,
     /// Location answering Redis `TTL` (`$cache_ttl`); `?key=...` is appended.
     pub ttl_uri: Shared,
-    /// The cache key (`$cache_key`), at most [`MAX_KEY_LEN`] bytes.
-    pub key: Vec<u8>,
     /// Location answering Redis `PERSIST`, `None` when off (`$cache_persist`).
     pub persist_uri: Option<Shared>,
     /// Location answering Redis `EXPIRE`, `None` when off (`$cache_expire`).
@@ -543,7 +564,7 @@ impl Settings {
     }
 
     /// [`Settings::parse`] without the memo.
-    fn parse_uncached(vars: &RawVars<'_>) -> Result<Option<Settings>, SettingsError> {
+    pub fn parse_uncached(vars: &RawVars<'_>) -> Result<Option<Settings>, SettingsError> {
         let required = [Var::Lock, Var::Ttl, Var::Key];
         let Some(while_set) = required.into_iter().find(|&v| vars.get(v).is_some()) else {
             return Ok(None);
@@ -614,10 +635,9 @@ impl Settings {
             }
         };
 
-        Ok(Some(Settings {
+        let values = Values {
             lock_zone,
             ttl_uri,
-            key: key.to_vec(),
             persist_uri,
             expire_uri,
             methods,
@@ -638,9 +658,23 @@ impl Settings {
             },
             purge_uri,
             lease_uri,
+        };
+        Ok(Some(Settings {
+            key: key.to_vec(),
+            values: Rc::new(values),
         }))
     }
 
+    /// The same settings with another key (the other values shared, not copied).
+    pub fn with_key(&self, key: &[u8]) -> Settings {
+        Settings {
+            key: key.to_vec(),
+            values: Rc::clone(&self.values),
+        }
+    }
+}
+
+impl Values {
     /// Whether requests with this method are handled.
     pub fn allows(&self, method: &[u8]) -> bool {
         self.methods.allows(method)
@@ -696,10 +730,7 @@ impl ParsedSet {
         Some(ParsedSet {
             lens,
             bytes,
-            settings: Settings {
-                key: Vec::new(),
-                ..settings.clone()
-            },
+            settings: settings.with_key(b""),
         })
     }
 
@@ -730,10 +761,7 @@ impl Recent {
     fn find(&self, vars: &RawVars<'_>) -> Option<Settings> {
         let key = vars.get(Var::Key).filter(|k| k.len() <= MAX_KEY_LEN)?;
         let set = self.sets.iter().find(|set| set.matches(vars))?;
-        Some(Settings {
-            key: key.to_vec(),
-            ..set.settings.clone()
-        })
+        Some(set.settings.with_key(key))
     }
 
     fn insert(&mut self, vars: &RawVars<'_>, settings: &Settings) {
@@ -943,13 +971,22 @@ mod tests {
         assert_eq!(s.persist_uri.as_deref(), Some(&b"/redispersist"[..]));
         assert_eq!(s, {
             let mut d = parse(base());
-            d.persist_uri = Some(Shared::from(&b"/redispersist"[..]));
+            Rc::make_mut(&mut d.values).persist_uri = Some(Shared::from(&b"/redispersist"[..]));
             d
         });
         assert!(s.is_lookup_uri(b"/redisttl"));
         assert!(s.is_lookup_uri(b"/redispersist"));
         assert!(!s.is_lookup_uri(b"/api"));
         assert!(!s.is_lookup_uri(b"/redisttl/"));
+    }
+
+    #[test]
+    fn settings_with_another_key_share_the_other_values() {
+        let s = parse(base());
+        let t = s.with_key(b"other");
+        assert_eq!(t.key, b"other");
+        assert!(Rc::ptr_eq(&s.values, &t.values));
+        assert_eq!(t, parse(base().with(Var::Key, b"other")));
     }
 
     #[test]
@@ -1107,8 +1144,10 @@ mod tests {
         let names: Vec<&[u8]> = s.methods.names().collect();
         assert_eq!(names, [&b"GET"[..], b"HEAD", b"POST", b"OPTIONS"]);
 
-        let default = parse(base()).methods;
+        let default = parse(base()).methods.clone();
         assert_eq!(default.names().collect::<Vec<_>>(), [DEFAULT_METHODS]);
+        assert!(default.allows(b"GET") && default.allows(b"get") && default.allows(b"gEt"));
+        assert!(!default.allows(b"HEAD") && !default.allows(b"GETX") && !default.allows(b""));
         assert_eq!(default, Methods::parse(b"get").unwrap());
         assert_ne!(default, Methods::parse(b"GET HEAD").unwrap());
         assert!(default.allows(b"get") && !default.allows(b"HEAD"));

@@ -27,6 +27,7 @@ mod literals;
 mod locations;
 mod lookup;
 mod metrics;
+mod preset;
 mod purge;
 mod refresh;
 mod role;
@@ -74,29 +75,38 @@ impl HttpModule for StaleCacheModule {
         let Some(cmcf) = NgxHttpCoreModule::main_conf_mut(unsafe { &*cf }) else {
             return ERROR;
         };
-        let handlers: [(u32, ngx_http_handler_pt); 5] = [
+        // SAFETY: as above.
+        let purges = main_conf(unsafe { &*cf }).purges;
+        let handlers: [(u32, ngx_http_handler_pt, bool); 5] = [
             (
                 ngx_http_phases_NGX_HTTP_POST_READ_PHASE,
                 Some(driver::post_read_handler),
+                true,
             ),
             (
                 ngx_http_phases_NGX_HTTP_PREACCESS_PHASE,
                 Some(driver::preaccess_handler),
+                true,
             ),
             (
                 ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
                 Some(driver::precontent_handler),
+                true,
             ),
             (
                 ngx_http_phases_NGX_HTTP_LOG_PHASE,
                 Some(driver::log_handler),
+                true,
             ),
+            // Every request pays for a handler in its phases: this one only where a
+            // location purges.
             (
                 ngx_http_phases_NGX_HTTP_PRECONTENT_PHASE,
                 Some(purge::precontent_handler),
+                purges,
             ),
         ];
-        for (phase, handler) in handlers {
+        for (phase, handler, _) in handlers.into_iter().filter(|h| h.2) {
             // SAFETY: the core module initialised the phase arrays before postconfiguration.
             let slot =
                 unsafe { ngx::ffi::ngx_array_push(&mut cmcf.phases[phase as usize].handlers) }

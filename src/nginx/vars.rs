@@ -94,17 +94,71 @@ pub fn indexed_value_unless(
     if Flags::read(slot) & (Flags::VALID | Flags::NOT_FOUND) != 0 {
         return value_bytes(slot);
     }
-    let cmcf = NgxHttpCoreModule::main_conf(r)?;
-    if index < cmcf.variables.nelts {
-        // SAFETY: the core module's `variables` holds `nelts` variables, the one of each index.
-        let v = unsafe { &*cmcf.variables.elts.cast::<ngx_http_variable_t>().add(index) };
-        if v.get_handler
-            .is_some_and(|h| core::ptr::fn_addr_eq(h, absent))
-        {
-            return None;
-        }
+    if handler_is(r, index, absent) {
+        return None;
     }
     indexed_value(r, index)
+}
+
+/// Whether indexed variable `index`'s get handler is `handler`.
+fn handler_is(r: &ngx_http_request_t, index: ngx_uint_t, handler: GetVariableFn) -> bool {
+    let Some(cmcf) = NgxHttpCoreModule::main_conf(r) else {
+        return false;
+    };
+    if index >= cmcf.variables.nelts {
+        return false;
+    }
+    // SAFETY: the core module's `variables` holds `nelts` variables, the one of each index.
+    let v = unsafe { &*cmcf.variables.elts.cast::<ngx_http_variable_t>().add(index) };
+    v.get_handler
+        .is_some_and(|h| core::ptr::fn_addr_eq(h, handler))
+}
+
+/// A value slot as a whole: its flag word and its data pointer, compared at once with what a
+/// `set` of a literal leaves in it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RawSlot {
+    word: u32,
+    data: usize,
+}
+
+impl RawSlot {
+    /// A slot nobody evaluated or wrote (nginx zeroes a request's slots).
+    pub const UNEVALUATED: RawSlot = RawSlot { word: 0, data: 0 };
+
+    /// What `set $var literal;` leaves: a valid, cacheable, found value of `len` bytes at
+    /// `addr` (the literal's own bytes); `None` for a length a slot cannot hold.
+    pub fn set_to(addr: usize, len: usize) -> Option<RawSlot> {
+        let len = u32::try_from(len).ok().filter(|&l| l <= Flags::LEN)?;
+        Some(RawSlot {
+            word: len | Flags::VALID,
+            data: addr,
+        })
+    }
+
+    /// Whether `r`'s slot of variable `index` holds exactly this (the pointer of an
+    /// unevaluated slot is not looked at).
+    ///
+    /// # Safety
+    /// `variables` must be the live request's `variables` array and `index` an index
+    /// resolved at configuration time.
+    #[inline]
+    pub unsafe fn is_in(self, variables: *const ngx_variable_value_t, index: ngx_uint_t) -> bool {
+        // SAFETY: (caller) a slot of the request's variables.
+        let slot = unsafe { &*variables.add(index) };
+        let word = Flags::read(slot);
+        word == self.word && (word == 0 || slot.data as usize == self.data)
+    }
+}
+
+/// For each of `indexes`, whether its variable's get handler is `handler` (bit i for
+/// `indexes[i]`). Handlers are set at configuration time, so the answer holds for the cycle.
+pub fn handlers_are(r: &ngx_http_request_t, indexes: &[ngx_uint_t], handler: GetVariableFn) -> u32 {
+    indexes
+        .iter()
+        .enumerate()
+        .filter(|&(_, &index)| handler_is(r, index, handler))
+        .fold(0, |mask, (i, _)| mask | 1 << i)
 }
 
 /// A variable's get handler.

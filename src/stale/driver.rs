@@ -148,7 +148,7 @@ pub fn run(
 ) -> ngx_int_t {
     loop {
         let step = match state.phase() {
-            Phase::Start => match settings_of(state, req) {
+            Phase::Start => match settings_of(state, req, scf) {
                 Err(error) => Err(error),
                 Ok(true) => Ok(read_body(state, req)),
                 Ok(false) => decide::start(state, req, scf),
@@ -223,11 +223,19 @@ thread_local! {
 /// request must read its body before deciding: a request with a body in `$cache_methods` may
 /// take a fill or refresh lock, and a client that stalls its body must not hold one (nor its
 /// key's refresh). Refreshes (decided without settings) are left alone.
-fn settings_of(state: &mut RequestState, req: &ngx_http_request_t) -> Result<bool, StaleError> {
+fn settings_of(
+    state: &mut RequestState,
+    req: &ngx_http_request_t,
+    scf: &StaleCacheConf,
+) -> Result<bool, StaleError> {
     if state.is_refresh() {
         return Ok(false);
     }
-    let settings = match Settings::parse(&read_cache_variables(req)) {
+    let preset = scf.preset.as_ref().and_then(|p| p.settings(req));
+    let settings = match preset.map_or_else(
+        || Settings::parse(&read_cache_variables(req)),
+        |s| Ok(Some(s)),
+    ) {
         Ok(Some(s)) => s,
         Ok(None) => return Err(StaleError::Inactive),
         Err(e) => return Err(StaleError::Settings(e)),
@@ -364,10 +372,10 @@ fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
 /// fill's outcome, and starts its refresh; everything else it held is released when its
 /// state is dropped.
 pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
-    // SAFETY: `data` is the state `attach` leaked; nginx runs each cleanup exactly once, after
-    // every callback of the request (and its subrequests) has run.
-    let state = unsafe { state::reclaim(data) };
-    let (mut state, fill, unsent) = state.into_end();
+    // SAFETY: `data` is the state `attach` made; nginx runs each cleanup exactly once, after
+    // every callback of the request (and its subrequests) has run, before it frees the pool.
+    let mut state = unsafe { state::reclaim(data) };
+    let (fill, unsent) = state.take_end();
     super::waiters::stop_waiting(state.wait_mut());
     // SAFETY: the request is being freed but its fields are still readable now.
     let r = unsafe { &*state.request() };

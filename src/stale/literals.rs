@@ -6,8 +6,9 @@
 //! addresses. Values with variables in them are only known per request.
 
 use ngx::ffi::{
-    ngx_array_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_script_set_var_code,
-    ngx_http_script_value_code, ngx_module_t,
+    ngx_array_t, ngx_conf_t, ngx_http_conf_ctx_t, ngx_http_core_loc_conf_t, ngx_http_core_module,
+    ngx_http_core_srv_conf_t, ngx_http_script_set_var_code, ngx_http_script_value_code,
+    ngx_module_t,
 };
 
 extern "C" {
@@ -20,6 +21,14 @@ const WORD: usize = core::mem::size_of::<usize>();
 /// (variable index, literal value) for each literal `set` of the location being merged.
 pub fn literal_sets(cf: *mut ngx_conf_t) -> Vec<(usize, Vec<u8>)> {
     let mut found = Vec::new();
+    for_each_literal(cf, |index, text| found.push((index, text.to_vec())));
+    found
+}
+
+/// Calls `f` with (variable index, literal value) for each literal `set` of the location
+/// being merged, in script order; the value is the literal's own bytes in the configuration's
+/// memory (where a request's variable points after the `set` ran: see `crate::preset`).
+pub fn for_each_literal(cf: *mut ngx_conf_t, mut f: impl FnMut(usize, &[u8])) {
     // SAFETY: during merge, cf.ctx is the location's http conf ctx; the rewrite module's
     // location conf starts with its `ngx_array_t *codes` (null when the location has no
     // rewrite directives); the array holds `nelts * size` bytes of script codes, whose
@@ -29,7 +38,7 @@ pub fn literal_sets(cf: *mut ngx_conf_t) -> Vec<(usize, Vec<u8>)> {
         let index = (&raw const ngx_http_rewrite_module).read().ctx_index;
         let rewrite_conf = *(*ctx).loc_conf.add(index) as *const *mut ngx_array_t;
         if rewrite_conf.is_null() || (*rewrite_conf).is_null() {
-            return found;
+            return;
         }
         let codes = &**rewrite_conf;
         let words = codes.nelts * codes.size / WORD;
@@ -41,17 +50,49 @@ pub fn literal_sets(cf: *mut ngx_conf_t) -> Vec<(usize, Vec<u8>)> {
         while i + 6 <= words {
             if *base.add(i) == value_code && *base.add(i + 4) == set_var_code {
                 let (len, data) = (*base.add(i + 2), *base.add(i + 3) as *const u8);
+                // The literal's text, which the configuration's memory keeps for the cycle.
                 let text = if len == 0 || data.is_null() {
-                    Vec::new()
+                    &[][..]
                 } else {
-                    core::slice::from_raw_parts(data, len).to_vec()
+                    core::slice::from_raw_parts(data, len)
                 };
-                found.push((*base.add(i + 5), text));
+                f(*base.add(i + 5), text);
                 i += 6;
             } else {
                 i += 1;
             }
         }
     }
-    found
+}
+
+/// Which block the configuration being merged belongs to: whose `set`s its requests run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Block {
+    /// A `server` (its `set`s run before any location's).
+    Server,
+    /// An `if` (or `limit_except`) block inside a location: no script of its own, its `set`s
+    /// are compiled into the enclosing location's.
+    Inner,
+    /// A location, nested or not: its own script (and the server's) run.
+    Location,
+}
+
+/// The block of the configuration being merged.
+pub fn block_of(cf: *mut ngx_conf_t) -> Block {
+    // SAFETY: during merge, cf.ctx is the http conf ctx of the block being merged; its
+    // srv_conf holds the core module's server conf, whose `ctx` is the server block's own,
+    // and its loc_conf the core module's location conf.
+    unsafe {
+        let ctx = &*((*cf).ctx as *const ngx_http_conf_ctx_t);
+        let core = (&raw const ngx_http_core_module).read().ctx_index;
+        let cscf = *ctx.srv_conf.add(core) as *const ngx_http_core_srv_conf_t;
+        if !cscf.is_null() && !(*cscf).ctx.is_null() && (*(*cscf).ctx).loc_conf == ctx.loc_conf {
+            return Block::Server;
+        }
+        let clcf = *ctx.loc_conf.add(core) as *const ngx_http_core_loc_conf_t;
+        if !clcf.is_null() && (*clcf).noname() != 0 {
+            return Block::Inner;
+        }
+    }
+    Block::Location
 }

@@ -19,7 +19,7 @@ use ngx::ffi::{
     ngx_http_request_t, ngx_int_t, NGX_HTTP_BAD_GATEWAY, NGX_HTTP_NOT_FOUND, NGX_HTTP_OK,
     NGX_HTTP_SERVICE_UNAVAILABLE, NGX_LOG_ERR,
 };
-use ngx::http::HttpModuleLocationConf;
+use ngx::http::{HttpModuleLocationConf, HttpModuleMainConf};
 
 use super::conf::StaleCacheConf;
 use super::lookup;
@@ -30,7 +30,8 @@ use crate::locktable::Forgotten;
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{
-    conf_args, conf_error, now_ms, request_log, str_bytes, AGAIN, CONF_OK, DECLINED, DONE,
+    conf_args, conf_error, now_ms, request_log, str_bytes, AGAIN, CONF_ERROR, CONF_OK, DECLINED,
+    DONE,
 };
 use crate::nginx::zone;
 use crate::nginx::zone::ZoneRef;
@@ -72,6 +73,10 @@ pub unsafe extern "C" fn set_purge(
         methods.push(m.to_vec());
     }
     scf.purge_methods = Some(methods);
+    let Some(mcf) = StaleCacheModule::main_conf_mut(cfr) else {
+        return CONF_ERROR;
+    };
+    mcf.purges = true;
     CONF_OK
 }
 

@@ -4,6 +4,7 @@
 
 use core::cell::{Cell, RefCell};
 use core::fmt;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use std::collections::HashMap;
 
 use core::ptr;
@@ -222,6 +223,11 @@ thread_local! {
     static ARMED: RefCell<HashMap<usize, Timer<Armed>>> = RefCell::new(HashMap::new());
 }
 
+/// How many refreshes ARMED holds, read without reaching the thread-local (every request's
+/// output and end ask, and almost always find none). A worker is one thread: relaxed is
+/// enough.
+static ARMED_COUNT: AtomicUsize = AtomicUsize::new(0);
+
 /// Arms the refresh main request `r` prepared, once the stale path's own steps
 /// (PERSIST/EXPIRE) are done: it starts when the stale response has been handed to nginx's
 /// output, and within `START_BOUND_MS` at the latest, however slowly the client reads.
@@ -234,12 +240,17 @@ pub fn arm(r: *mut ngx_http_request_t, pending: PendingRefresh) {
     // Shutting down drops the timer; the request's end still sends the refresh.
     let mut timer = Timer::new(armed, armed_timer, cycle_log(), true);
     timer.arm(START_BOUND_MS);
-    ARMED.with(|a| a.borrow_mut().insert(request, timer));
+    if ARMED
+        .with(|a| a.borrow_mut().insert(request, timer))
+        .is_none()
+    {
+        ARMED_COUNT.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Starts the armed refresh of main request `request`, if any.
 fn start_armed(request: usize, why: &str) {
-    if ARMED.with(|a| a.borrow().is_empty()) {
+    if ARMED_COUNT.load(Ordering::Relaxed) == 0 {
         // Most requests end with no refresh armed: no hashing.
         return;
     }
@@ -247,6 +258,7 @@ fn start_armed(request: usize, why: &str) {
     let Some(mut timer) = ARMED.with(|a| a.borrow_mut().remove(&request)) else {
         return;
     };
+    ARMED_COUNT.fetch_sub(1, Ordering::Relaxed);
     if let Some(pending) = timer.data_mut().pending.take() {
         debug!(cycle_log(), "stale_cache: refresh starts: {}", why);
         send(pending);
@@ -261,7 +273,7 @@ unsafe extern "C" fn armed_timer(ev: *mut ngx_event_t) {
 
 /// The main request's last buffer has been handed to nginx's output.
 pub fn output_done(r: &ngx_http_request_t) {
-    if ARMED.with(|a| !a.borrow().is_empty()) {
+    if ARMED_COUNT.load(Ordering::Relaxed) != 0 {
         start_armed(
             r as *const _ as usize,
             "the stale response was handed to the output",

@@ -1,9 +1,10 @@
 //! One `RequestState` per main request: its phase and what it holds, with every transition
 //! a method here (its fields are private).
 //!
-//! The state is a heap allocation owned by a cleanup of the request's pool: it survives
+//! The state lives in the request's pool, as the data of one of its cleanups: it survives
 //! internal redirects (which clear module contexts), and its end (`driver::end_of_request`)
-//! runs however the request ends (finished, failed, abandoned by its client). What it holds
+//! runs however the request ends (finished, failed, abandoned by its client), before nginx
+//! frees the pool's memory. What it holds
 //! is released by dropping it: locks (`waiters::HeldLock`), the refresh slot and a prepared
 //! refresh, the lease's poll timer, the wait.
 //!
@@ -109,12 +110,13 @@ pub struct RequestState {
     /// The fill lock this request holds: it goes to the backend for a missing key.
     fill: Option<HeldLock>,
     /// The refresh lock and slot, held while the fleet lease is asked and the refresh is
-    /// prepared.
-    refresh_hold: Option<RefreshHold>,
+    /// prepared. (Boxed, as the refresh and the purge below: only stale hits and purges
+    /// have them, and every request's state is allocated from its pool.)
+    refresh_hold: Option<Box<RefreshHold>>,
     /// The request body has been read (for the refresh to replay it).
     body_read: bool,
     /// The refresh to send once this request is over.
-    refresh: Option<PendingRefresh>,
+    refresh: Option<Box<PendingRefresh>>,
     wait: Wait,
     /// For `$stale_cache_wake_delay`: from the fill's store to this request resuming.
     wake_delay_ms: Option<u64>,
@@ -128,7 +130,7 @@ pub struct RequestState {
     /// For `$stale_cache_rfc9211`: seconds of freshness left (negative: stale), when known.
     ttl_left: Option<i64>,
     /// A purge request's progress; `None` for every other request.
-    purge: Option<Purge>,
+    purge: Option<Box<Purge>>,
     /// The hot tier's plan for this request (`hot`).
     hot: Hot,
     /// `stale_cache_http`: the looked-up entry's age, for `$stale_cache_http_age`.
@@ -266,7 +268,7 @@ impl RequestState {
     }
 
     pub fn purge(&self) -> Option<&Purge> {
-        self.purge.as_ref()
+        self.purge.as_deref()
     }
 
     pub fn is_purge(&self) -> bool {
@@ -297,7 +299,7 @@ impl RequestState {
     }
 
     pub fn purge_mut(&mut self) -> Option<&mut Purge> {
-        self.purge.as_mut()
+        self.purge.as_deref_mut()
     }
 
     pub fn hot_mut(&mut self) -> &mut Hot {
@@ -439,31 +441,30 @@ impl RequestState {
 
     /// The refresh lock and slot, for a refresh about to be prepared.
     pub fn hold_refresh(&mut self, hold: RefreshHold) {
-        self.refresh_hold = Some(hold);
+        self.refresh_hold = Some(Box::new(hold));
     }
 
     /// The refresh lock and slot, to prepare the refresh or hand the lock over.
     pub fn take_refresh_hold(&mut self) -> Option<RefreshHold> {
-        self.refresh_hold.take()
+        self.refresh_hold.take().map(|hold| *hold)
     }
 
     pub fn set_refresh(&mut self, pending: Option<PendingRefresh>) {
-        self.refresh = pending;
+        self.refresh = pending.map(Box::new);
     }
 
     pub fn take_refresh(&mut self) -> Option<PendingRefresh> {
-        self.refresh.take()
+        self.refresh.take().map(|pending| *pending)
     }
 
     pub fn set_purge(&mut self, purge: Purge) {
-        self.purge = Some(purge);
+        self.purge = Some(Box::new(purge));
     }
 
     /// What is left of the request when it ends: its fill lock and its unsent refresh (the
     /// rest is released when the state is dropped).
-    pub fn into_end(mut self: Box<Self>) -> (Box<Self>, Option<HeldLock>, Option<PendingRefresh>) {
-        let (fill, refresh) = (self.fill.take(), self.refresh.take());
-        (self, fill, refresh)
+    pub fn take_end(&mut self) -> (Option<HeldLock>, Option<PendingRefresh>) {
+        (self.fill.take(), self.take_refresh())
     }
 }
 
@@ -484,19 +485,29 @@ fn end_handler() -> EndFn {
         .expect("the end handler is set at configuration")
 }
 
+/// nginx aligns pool allocations to a machine word.
+const POOL_ALIGNMENT: usize = core::mem::size_of::<usize>();
+const _: () = assert!(core::mem::align_of::<RequestState>() <= POOL_ALIGNMENT);
+
 /// The state of main request `r`, created on first use; `None` if the pool is exhausted.
 pub fn attach(r: &mut ngx_http_request_t) -> Option<NonNull<RequestState>> {
     if let Some(state) = find(r) {
         return Some(state);
     }
     let raw = r as *mut ngx_http_request_t;
-    // SAFETY: the request's pool is live; the cleanup record is zeroed by nginx.
-    let cleanup = unsafe { ngx_pool_cleanup_add(r.pool, 0).as_mut()? };
-    let state = Box::into_raw(Box::new(RequestState::new(raw)));
+    // The state lives in the request's pool, in the cleanup record's data (no allocation of
+    // its own), and is dropped in place by the cleanup (`reclaim`), which runs before nginx
+    // frees the pool's memory.
+    // SAFETY: the request's pool is live; nginx allocates `data` with the size asked for,
+    // aligned to a word (checked above to be enough), and zeroes the rest of the record.
+    let cleanup =
+        unsafe { ngx_pool_cleanup_add(r.pool, core::mem::size_of::<RequestState>()).as_mut()? };
+    let state = NonNull::new(cleanup.data as *mut RequestState)?;
+    // SAFETY: `data` is fresh, suitably aligned pool memory of the state's size.
+    unsafe { state.as_ptr().write(RequestState::new(raw)) };
     cleanup.handler = Some(end_handler());
-    cleanup.data = state as *mut c_void;
-    set_ctx(raw, state);
-    NonNull::new(state)
+    set_ctx(raw, state.as_ptr());
+    Some(state)
 }
 
 /// The state of `r`'s main request if it has one (no allocation), also after an internal
@@ -571,12 +582,42 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
     }
 }
 
-/// Frees the state of an ended request (the pool cleanup's data).
+/// The state of an ended request, dropped in place (in its pool's memory) with this value.
+pub struct Ended(NonNull<RequestState>);
+
+impl core::ops::Deref for Ended {
+    type Target = RequestState;
+
+    fn deref(&self) -> &RequestState {
+        // SAFETY: a live state, owned by this value from `reclaim` on.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+impl core::ops::DerefMut for Ended {
+    fn deref_mut(&mut self) -> &mut RequestState {
+        // SAFETY: as in `deref`; borrowed mutably through this value.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        // SAFETY: a live state owned by this value, dropped once; the magic is cleared first
+        // so that nothing takes the pool's leftover bytes for a state.
+        unsafe {
+            ptr::addr_of_mut!((*self.0.as_ptr()).magic).write(0);
+            ptr::drop_in_place(self.0.as_ptr());
+        }
+    }
+}
+
+/// Takes over the state of an ended request (the pool cleanup's data), to drop it.
 ///
 /// # Safety
-/// `data` must be the pointer `attach` leaked, given once, after every callback of the
-/// request (and its subrequests) has run.
-pub unsafe fn reclaim(data: *mut c_void) -> Box<RequestState> {
-    // SAFETY: (caller) as above.
-    unsafe { Box::from_raw(data as *mut RequestState) }
+/// `data` must be the state `attach` made, given once, after every callback of the request
+/// (and its subrequests) has run, while the pool's memory is still there.
+pub unsafe fn reclaim(data: *mut c_void) -> Ended {
+    // SAFETY: (caller) the live state `attach` wrote, non-null.
+    Ended(unsafe { NonNull::new_unchecked(data as *mut RequestState) })
 }

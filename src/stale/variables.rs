@@ -7,6 +7,7 @@ use ngx::ffi::{
 };
 use ngx::http::HttpModuleMainConf;
 
+use super::preset::UNSET_VARIABLE;
 use super::state;
 use crate::cache_status::{member, Facts};
 use crate::nginx::util::pool_str;
@@ -18,16 +19,6 @@ use crate::policy::CacheStatus;
 use crate::settings::{RawVars, Var};
 use crate::stale::StaleCacheModule;
 
-unsafe extern "C" fn unset_variable(
-    _r: *mut ngx_http_request_t,
-    v: *mut ngx_variable_value_t,
-    _data: usize,
-) -> ngx_int_t {
-    // SAFETY: nginx passes the value slot being evaluated.
-    set_not_found(unsafe { value_slot(v) });
-    VAR_OK
-}
-
 /// Declares the `$cache_*` inputs as changeable (so `set` works on them), remembering their
 /// indexes in the main conf, and the output variables.
 pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
@@ -38,7 +29,7 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
             cf,
             var.name(),
             NGX_HTTP_VAR_CHANGEABLE,
-            Some(unset_variable),
+            Some(UNSET_VARIABLE),
         )?;
         mcf.vars[var.index()] = variable_index(cf, var.name())?;
     }
@@ -61,7 +52,7 @@ pub fn read_cache_variables(r: &ngx_http_request_t) -> RawVars<'_> {
     for var in Var::ALL {
         raw.set(
             var,
-            indexed_value_unless(r, indexes[var.index()], unset_variable),
+            indexed_value_unless(r, indexes[var.index()], UNSET_VARIABLE),
         );
     }
     raw

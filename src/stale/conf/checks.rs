@@ -10,10 +10,12 @@ use ngx::http::Merge;
 
 use super::location::StaleCacheConf;
 use crate::nginx::util::{CONF_ERROR, CONF_OK};
+use crate::preset::{Literals, Preset};
 use crate::settings::{check_literal, parse_duration_secs, Var, DEFAULT_STALE_MS};
-use crate::stale::literals::literal_sets;
+use crate::stale::literals::{block_of, for_each_literal, literal_sets, Block};
 use crate::stale::locations::reaches_a_location;
 use crate::stale::main_conf;
+use crate::stale::preset::PresetSlots;
 
 /// Merges a location's settings; where the layer is on, checks its literal `$cache_*` values.
 pub unsafe extern "C" fn merge_loc_conf(
@@ -32,6 +34,7 @@ pub unsafe extern "C" fn merge_loc_conf(
     if conf.merge(prev).is_err() {
         return CONF_ERROR;
     }
+    (conf.literals, conf.server_literals) = literals(cf, prev);
     // SAFETY: merge runs inside `http` with a valid configuration context.
     let cfr = unsafe { &*cf };
     crate::stale::role::merged(cfr, conf.role, &main_conf(cfr).roles);
@@ -64,8 +67,35 @@ pub unsafe extern "C" fn merge_loc_conf(
             return CONF_ERROR;
         }
         warn_short_store_time(cf, conf);
+        // SAFETY: merge runs inside `http` with a valid configuration context.
+        let indexes = &main_conf(unsafe { &*cf }).vars;
+        conf.preset =
+            Preset::new(&conf.literals).and_then(|preset| PresetSlots::new(preset, indexes));
     }
     CONF_OK
+}
+
+/// The literal `$cache_*` values the requests of the block being merged run, and those of
+/// its server's script: its own script's, then the server's, or for an `if` block its
+/// location's (see `Literals::inherit`).
+fn literals(cf: *mut ngx_conf_t, parent: &StaleCacheConf) -> (Literals, Literals) {
+    let block = block_of(cf);
+    if block == Block::Inner {
+        return (parent.literals.clone(), parent.server_literals.clone());
+    }
+    // SAFETY: merge runs inside `http` with a valid configuration context.
+    let mcf = main_conf(unsafe { &*cf });
+    let mut literals = Literals::default();
+    for_each_literal(cf, |index, text| {
+        if let Some(var) = Var::ALL.into_iter().find(|v| mcf.vars[v.index()] == index) {
+            literals.push(var, text.as_ptr() as usize, text);
+        }
+    });
+    if block == Block::Server {
+        return (literals.clone(), literals);
+    }
+    literals.inherit(&parent.server_literals);
+    (literals, parent.server_literals.clone())
 }
 
 /// An entry stored for no longer than `$cache_stale` + `$cache_stale_if_error` is stale the

@@ -49,6 +49,12 @@ pub struct StaleCacheConf {
     /// The file and line where this location's block opened (not inherited): `nginx -t`
     /// errors about its literal `$cache_*` values cite their `set` line (`checks`).
     pub opened_at: Option<(Vec<u8>, usize)>,
+    /// The literal `set $cache_* ...` values its requests run (its own, then its server's),
+    /// those of its server alone, and the settings they give, worked out at merge; see
+    /// `crate::preset`.
+    pub literals: crate::preset::Literals,
+    pub server_literals: crate::preset::Literals,
+    pub preset: Option<crate::stale::preset::PresetSlots>,
 }
 
 /// A hot copy is served for at most this long after it was copied from Redis.
@@ -75,6 +81,9 @@ impl Default for StaleCacheConf {
             http: None,
             http_invalidate: None,
             opened_at: None,
+            literals: Default::default(),
+            server_literals: Default::default(),
+            preset: None,
         }
     }
 }

@@ -26,6 +26,9 @@ pub struct MainConf {
     pub secret: String,
     /// Some location has `stale_cache on` (POST_READ work is skipped otherwise).
     pub in_use: bool,
+    /// Some location has `stale_cache_purge` with methods (its PRECONTENT handler is
+    /// registered only then).
+    pub purges: bool,
     /// Every `stale_cache_refresh_address`, as written, checked against the `listen`s.
     pub refresh_addresses: Vec<(RefreshTarget, String)>,
     /// `stale_cache_hot_zone NAME SIZE`: the hot tier's zone, if any.
@@ -41,6 +44,7 @@ impl Default for MainConf {
             vars: [0; Var::COUNT],
             secret: process_secret(),
             in_use: false,
+            purges: false,
             refresh_addresses: Vec::new(),
             hot: None,
             roles: Default::default(),
