@@ -144,6 +144,9 @@ pub enum Plan {
     Fill,
     /// Counted; nothing to do.
     Nothing,
+    /// Not a fresh hit: Redis is away and this request fills its key on this node; what its
+    /// store subrequest carries is kept here if Redis refuses it (`crate::stale::local`).
+    KeepStore,
 }
 
 /// What a store did.
@@ -794,6 +797,16 @@ impl<'a> HotTable<'a> {
         })
     }
 
+    /// The length of `key`'s value if its copy was stored at or after `since` and is within
+    /// its fresh period now (no max age: a copy kept while Redis is away).
+    pub fn local_len(&self, fp: u64, key: &[u8], now: u64, since: u64) -> Option<usize> {
+        let e = self.find(fp, key)?;
+        (self.eget(e, E_STATE) == READY
+            && self.eget64(e, E_STORED_AT) >= since
+            && now < self.eget64(e, E_FRESH_UNTIL))
+            .then(|| self.eget(e, E_VALUE_LEN) as usize)
+    }
+
     /// The length of `key`'s value if its copy is servable now.
     pub fn servable_len(&self, fp: u64, key: &[u8], now: u64, max_age_ms: u64) -> Option<usize> {
         let e = self.find(fp, key)?;
@@ -1357,6 +1370,20 @@ mod tests {
             put(&mut t, format!("s{i}").as_bytes(), b"x", 20 + i, 5000);
         }
         t.verify().unwrap();
+    }
+
+    #[test]
+    fn a_local_copy_counts_from_its_store_to_its_fresh_end() {
+        let mut r = region(64);
+        let mut t = HotTable::init(&mut r, 1).unwrap();
+        put(&mut t, b"k", b"v", 100, 5_100);
+        let fp = fingerprint(t.seed(), b"k");
+        // No max age: served until its fresh period ends, to requests that began before
+        // it was stored.
+        assert_eq!(t.local_len(fp, b"k", 5_099, 100), Some(1));
+        assert_eq!(t.local_len(fp, b"k", 5_100, 100), None);
+        assert_eq!(t.local_len(fp, b"k", 200, 101), None);
+        assert_eq!(t.local_len(fp, b"x", 200, 0), None);
     }
 
     #[test]

@@ -277,9 +277,14 @@ unsafe extern "C" fn body_read(r: *mut ngx_http_request_t) {
 
 /* ---------------------------------------------------------------- PRECONTENT */
 
-/// Whether srcache issued a fetch for `r` and it missed (`$srcache_fetch_status` is MISS).
-fn srcache_fetch_missed(r: &mut ngx_http_request_t) -> bool {
-    vars::by_name(r, b"srcache_fetch_status") == Some(b"MISS".as_slice())
+/// `$srcache_fetch_status`: MISS when srcache's fetch missed, BYPASS when it was skipped
+/// (or failed).
+fn srcache_fetch_status(r: &mut ngx_http_request_t) -> Option<&'static [u8]> {
+    match vars::by_name(r, b"srcache_fetch_status") {
+        Some(b"MISS") => Some(b"MISS"),
+        Some(b"BYPASS") => Some(b"BYPASS"),
+        _ => None,
+    }
 }
 
 /// The PRECONTENT handler.
@@ -303,8 +308,16 @@ pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_i
         // Parked (waiting, or a refetch posted): only its own event moves it on.
         return AGAIN;
     }
-    if state.phase() == Phase::Done && expected_an_entry(state) && srcache_fetch_missed(req) {
-        entry_gone(state, req);
+    if state.phase() == Phase::Done && expected_an_entry(state) {
+        match srcache_fetch_status(req) {
+            Some(b"MISS") => entry_gone(state, req),
+            // Skipped or failed while Redis is away: collapse on this node (`local`).
+            Some(b"BYPASS") if super::local::away() => {
+                super::local::filling(state);
+                entry_gone(state, req);
+            }
+            _ => {}
+        }
     }
     if !state.after_fetch() {
         return DECLINED;
@@ -372,11 +385,17 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
             r.headers_out.status,
             end
         );
+        // Not stored in Redis but kept on this node (Redis away): the waiters are answered
+        // from here, no pass mark.
+        let kept = end == FillEnd::NotStored && super::local::keep_refused_store(&mut state, r);
+        // Not stored because Redis is away (the store skipped or refused): no pass mark
+        // either; one waiter fills in its place.
+        let away = end == FillEnd::NotStored && !kept && super::local::away();
         let pass_ms = match (end, state.settings_if_read()) {
-            (FillEnd::NotStored, Some(settings)) => settings.pass_ttl_ms,
+            (FillEnd::NotStored, Some(settings)) if !kept && !away => settings.pass_ttl_ms,
             _ => 0,
         };
-        lock.release_with_pass(end == FillEnd::Stored, pass_ms);
+        lock.release_with_pass(end == FillEnd::Stored || kept, pass_ms);
     } else if end == FillEnd::Stored && state.status() == Some(CacheStatus::Pass) {
         // A passed key answered something cacheable: collapsing resumes at once.
         if let (Some(zone), Some(settings)) = (state.zone(), state.settings_if_read()) {

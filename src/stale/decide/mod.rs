@@ -18,9 +18,9 @@ use super::state::{Next, Phase, RefreshHold, RequestState};
 use super::waiters::{
     lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock, Wait,
 };
-use super::{hot, lookup};
+use super::{hot, local, lookup, metrics};
 use crate::collapse::{after_lock, refresh_lock_ms};
-use crate::flow::{fill_step, first_look, FillStep, FirstLook, ZoneFacts};
+use crate::flow::{fill_step, first_look, FillStep, FirstLook, Reached, ZoneFacts};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
@@ -146,6 +146,11 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             state.finish(CacheStatus::Stale);
             Ok(Next::Continue)
         }
+        FirstLook::LookUp if local::skip_lookup(now) => {
+            // Redis is away (this worker's last lookup failed less than a second ago):
+            // collapse on this node without asking it.
+            Ok(go_local(state, req, scf, zone))
+        }
         FirstLook::LookUp => {
             let (ttl_uri, args) = {
                 let settings = state.settings();
@@ -214,7 +219,21 @@ pub fn after_lookup(
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
 ) -> Step {
-    let ttl = ttl_of(state)?;
+    let ttl = match ttl_of(state) {
+        Ok(ttl) => {
+            local::lookup_answered();
+            ttl
+        }
+        Err(error @ StaleError::Lookup(FailReason::LookupFailed)) => {
+            // No answer (Redis down, in backoff, timing out): collapse on this node.
+            local::lookup_failed(now_ms());
+            metrics::error(state, req, error.kind_name());
+            error.log(req);
+            let zone = state.zone().expect("the zone is known before the lookup");
+            return Ok(go_local(state, req, scf, zone));
+        }
+        Err(error) => return Err(error),
+    };
     let settings = state.settings();
     let ttl_left = crate::cache_status::ttl_left(ttl, settings.stale_secs, settings.grace_secs);
     state.looked_up(ttl, ttl_left);
@@ -414,7 +433,36 @@ pub fn after_wake(
     scf: &StaleCacheConf,
 ) -> Step {
     let zone = state.zone().expect("the zone is known before waiting");
+    // The filler's store was refused (Redis away) and kept on this node: a copy stored since
+    // this request began (after a wait), or any fresh one (srcache's fetch skipped, Redis away).
+    let since = match state.phase() {
+        Phase::Waiting => Some(state.lookup_started()),
+        _ if state.hot_mut().plan == crate::hotcache::Plan::KeepStore => Some(0),
+        _ => None,
+    };
+    if since.is_some_and(|since| local::try_serve(state, req, since)) {
+        if state.reached() == Reached::SrcacheMissed {
+            // srcache's fetch already ran for this request: let it fetch again.
+            return Ok(refetch(state, req, CacheStatus::Local));
+        }
+        return Ok(Next::Continue);
+    }
     Ok(fill_or_wait(state, req, scf, zone, now_ms()))
+}
+
+/// Redis is away: a copy kept on this node is served (LOCAL); otherwise the key is filled
+/// under the fill lock as on a miss (its store is refused and kept here), or waited for.
+fn go_local(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+    zone: ZoneRef,
+) -> Next {
+    if local::try_serve(state, req, 0) {
+        return Next::Continue;
+    }
+    local::filling(state);
+    fill_or_wait(state, req, scf, zone, now_ms())
 }
 
 /// A missing key: fill it, or wait for the request filling it (`flow::fill_step` decides).
@@ -485,7 +533,7 @@ fn fill_or_wait(
             }
             if again {
                 // srcache's fetch already ran for this request: let it fetch again.
-                return refetch(state, req);
+                return refetch(state, req, CacheStatus::Collapsed);
             }
         }
         FillStep::Wait { holder, budget_ms } => {
@@ -526,13 +574,13 @@ fn fill_or_wait(
 /// A fill stored the entry while this request waited after srcache's miss: send the request
 /// through its location again (once) so srcache serves the entry. The redirect runs from a
 /// posted event, not from inside this step, so no phase handler is re-entered.
-fn refetch(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
+fn refetch(state: &mut RequestState, req: &ngx_http_request_t, status: CacheStatus) -> Next {
     if state.refetched() {
         state.finish(CacheStatus::Gone);
         return Next::Continue;
     }
     state.set_refetched();
-    state.finish(CacheStatus::Collapsed);
+    state.finish(status);
     debug!(
         request_log(req),
         "stale_cache: fetching again after the fill"

@@ -1,0 +1,168 @@
+//! Collapsing while Redis is away (down, in backoff, lookups failing or timing out): the
+//! lock zone still lets one request per key on this node go to the backend, and what srcache
+//! then tried to store (and Redis refused) is kept in this node's shared memory, the local
+//! zone (`stale_cache_local_zone`, or the hot zone), for the response's fresh period. The
+//! key's waiters, and the requests after them within that period, are answered from it
+//! through srcache's fetch, as the hot tier answers (`hot::subrequest`): `LOCAL`.
+//!
+//! One call site keeps a copy: `keep_refused_store`, from the store subrequest's answer, for
+//! any store that did not store (Redis down, in backoff, or refusing).
+
+use core::cell::Cell;
+
+use ngx::ffi::{ngx_http_request_t, NGX_LOG_NOTICE};
+
+use super::hot::{self, local_zone};
+use super::state::RequestState;
+use crate::hotcache::{Plan, Stored};
+use crate::nginx::log::{self, debug, Every, Short};
+use crate::nginx::util::{now_ms, request_log};
+use crate::policy::CacheStatus;
+
+/// How long this worker skips the TTL lookup after one failed (one request probes then).
+pub const PROBE_EVERY_MS: u64 = 1_000;
+
+thread_local! {
+    /// When this worker's last TTL lookup failed and when it last let one through while
+    /// away (0: the lookups answer).
+    static AWAY: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+}
+
+/// A TTL lookup failed (no answer: Redis down, in backoff, timing out).
+pub fn lookup_failed(now: u64) {
+    AWAY.set((now.max(1), now));
+}
+
+/// A TTL lookup answered: Redis is back.
+pub fn lookup_answered() {
+    if AWAY.get().0 != 0 {
+        AWAY.set((0, 0));
+    }
+}
+
+/// Whether Redis is away for this worker: its last TTL lookup failed, or its native Redis
+/// locations are in backoff.
+pub fn away() -> bool {
+    AWAY.get().0 != 0 || crate::redis::any_group_down()
+}
+
+/// Whether the TTL lookup is skipped now: Redis is away and another request probed it less
+/// than `PROBE_EVERY_MS` ago (this one then probes).
+pub fn skip_lookup(now: u64) -> bool {
+    let (since, probed) = AWAY.get();
+    if since == 0 {
+        return false;
+    }
+    if now.saturating_sub(probed) < PROBE_EVERY_MS {
+        return true;
+    }
+    AWAY.set((since, now));
+    false
+}
+
+/// Serves the request from its key's copy on this node if there is one stored at or after
+/// `since` and still within its fresh period: srcache's fetch is answered from the zone.
+pub fn try_serve(state: &mut RequestState, req: &ngx_http_request_t, since: u64) -> bool {
+    let found = hot::plan_local(state, req, since);
+    debug!(
+        request_log(req),
+        "stale_cache: local copy of \"{}\": {:?}",
+        Short(&state.settings().key),
+        found
+    );
+    if found.is_none() {
+        return false;
+    }
+    state.finish(CacheStatus::Local);
+    true
+}
+
+/// Redis is away: this request may fill its key on this node. srcache is to store anyway
+/// (`$stale_cache_redis_down` is empty for it), so what it stores is noted (`hot::subrequest`)
+/// and kept here when Redis refuses it.
+pub fn filling(state: &mut RequestState) {
+    state.hot_mut().plan = Plan::KeepStore;
+}
+
+/// The request is over and its store did not store (`store_status` not 2xx, or none ran):
+/// keeps the response srcache's store carried (srcache's stored form: status line, headers,
+/// body) on this node for its fresh period (`exptime=` of the store less the stale window
+/// and grace band), so the key's waiters and the next requests are answered from it
+/// (`try_serve`). The one place a store that did not store turns into local reuse. Returns
+/// whether it was kept.
+pub fn keep_refused_store(state: &mut RequestState, r: &ngx_http_request_t) -> bool {
+    if matches!(state.store_status(), Some(200..=299)) {
+        return false;
+    }
+    let Some(zone) = local_zone(r) else {
+        return false;
+    };
+    let (body, exptime) = {
+        let hot = state.hot_mut();
+        (hot.store_body, hot.store_exptime)
+    };
+    // SAFETY: srcache's store subrequest's body, in the main request's pool, which is
+    // still there while the request's cleanups run.
+    let Some(body) = (unsafe { body.as_ref() }) else {
+        return false;
+    };
+    let Some(settings) = state.settings_if_read() else {
+        return false;
+    };
+    let key = settings.key.as_slice();
+    let Some(fresh_secs) = exptime
+        .and_then(|e| e.checked_sub(settings.stale_secs + settings.grace_secs))
+        .filter(|&s| s > 0)
+    else {
+        return false;
+    };
+    let mut bytes = Vec::new();
+    let mut cl = body.bufs;
+    // SAFETY: the body's chain: valid links and buffers, memory buffers hold `pos..last`.
+    while let Some(link) = unsafe { cl.as_ref() } {
+        // SAFETY: as above.
+        let Some(b) = (unsafe { link.buf.as_ref() }) else {
+            break;
+        };
+        if b.in_file() != 0 && b.memory() == 0 && b.temporary() == 0 {
+            return false; // in a temporary file: not kept
+        }
+        // SAFETY: as above.
+        let len = unsafe { b.last.offset_from(b.pos) }.max(0) as usize;
+        if len > 0 {
+            // SAFETY: as above.
+            bytes.extend_from_slice(unsafe { core::slice::from_raw_parts(b.pos, len) });
+        }
+        cl = link.next;
+    }
+    if bytes.is_empty() {
+        return false;
+    }
+    let now = now_ms();
+    let stored = hot::keep(zone, key, &bytes, now, now + fresh_secs * 1000);
+    debug!(
+        request_log(r),
+        "stale_cache: refused store of \"{}\" kept on this node ({} bytes, {} s): {:?}",
+        Short(key),
+        bytes.len(),
+        fresh_secs,
+        stored
+    );
+    let Some(Stored::Stored { evicted }) = stored else {
+        return false;
+    };
+    if evicted > 0 {
+        log::limited(
+            request_log(r),
+            NGX_LOG_NOTICE,
+            "local-evict",
+            Every::Once,
+            format_args!(
+                "stale_cache: local zone \"{}\" is full: evicting the least recently used \
+                 copies",
+                String::from_utf8_lossy(&zone.name)
+            ),
+        );
+    }
+    true
+}
