@@ -345,7 +345,10 @@ fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
     if let Some(zone) = state.zone() {
         zone.with_key(&key, |t, fp| t.memo_clear(fp, now));
     }
-    hot::forget(req, &key);
+    if !super::local::recently_away(now) {
+        // (While Redis is, or was just, away, the copy kept on this node is what serves.)
+        hot::forget(req, &key);
+    }
     debug!(
         request_log(req),
         "stale_cache: srcache missed \"{}\", which was expected {}",
@@ -387,12 +390,12 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
         );
         // Not stored in Redis but kept on this node (Redis away): the waiters are answered
         // from here, no pass mark.
-        let kept = end == FillEnd::NotStored && super::local::keep_refused_store(&mut state, r);
+        let kept = super::local::keep_store(&mut state, r);
         // Not stored because Redis is away (the store skipped or refused): no pass mark
         // either; one waiter fills in its place.
-        let away = end == FillEnd::NotStored && !kept && super::local::away();
+        let away = end == FillEnd::NotStored && super::local::away();
         let pass_ms = match (end, state.settings_if_read()) {
-            (FillEnd::NotStored, Some(settings)) if !kept && !away => settings.pass_ttl_ms,
+            (FillEnd::NotStored, Some(settings)) if !(kept || away) => settings.pass_ttl_ms,
             _ => 0,
         };
         lock.release_with_pass(end == FillEnd::Stored || kept, pass_ms);
@@ -403,8 +406,9 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
             zone.with_key(&settings.key, |t, fp| t.pass_clear(fp, now));
         }
     }
-    if matches!(state.store_status(), Some(200..=299)) {
-        // A new copy went to Redis through this node: the hot copy is not it.
+    if matches!(state.store_status(), Some(200..=299)) && state.hot_mut().store_body.is_null() {
+        // A new copy went to Redis through this node: the hot copy is not it (unless this
+        // request kept it: `local`).
         if let Some(settings) = state.settings_if_read() {
             hot::forget(r, &settings.key);
         }

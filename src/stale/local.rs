@@ -22,15 +22,23 @@ use crate::policy::CacheStatus;
 /// How long this worker skips the TTL lookup after one failed (one request probes then).
 pub const PROBE_EVERY_MS: u64 = 1_000;
 
+/// How long after Redis was last seen away fills keep their response on this node even
+/// when Redis stored it: the workers learn that Redis is back one by one (each has its own
+/// backoff), and those still finding it away are answered from the copy meanwhile.
+pub const RECENTLY_AWAY_MS: u64 = 10_000;
+
 thread_local! {
     /// When this worker's last TTL lookup failed and when it last let one through while
     /// away (0: the lookups answer).
     static AWAY: Cell<(u64, u64)> = const { Cell::new((0, 0)) };
+    /// When this worker last found Redis away.
+    static LAST_AWAY: Cell<u64> = const { Cell::new(0) };
 }
 
 /// A TTL lookup failed (no answer: Redis down, in backoff, timing out).
 pub fn lookup_failed(now: u64) {
     AWAY.set((now.max(1), now));
+    LAST_AWAY.set(now);
 }
 
 /// A TTL lookup answered: Redis is back.
@@ -43,7 +51,16 @@ pub fn lookup_answered() {
 /// Whether Redis is away for this worker: its last TTL lookup failed, or its native Redis
 /// locations are in backoff.
 pub fn away() -> bool {
-    AWAY.get().0 != 0 || crate::redis::any_group_down()
+    let away = AWAY.get().0 != 0 || crate::redis::any_group_down();
+    if away {
+        LAST_AWAY.set(now_ms());
+    }
+    away
+}
+
+/// Whether this worker found Redis away in the last `RECENTLY_AWAY_MS`.
+pub fn recently_away(now: u64) -> bool {
+    away() || now.saturating_sub(LAST_AWAY.get()) < RECENTLY_AWAY_MS && LAST_AWAY.get() != 0
 }
 
 /// Whether the TTL lookup is skipped now: Redis is away and another request probed it less
@@ -77,21 +94,28 @@ pub fn try_serve(state: &mut RequestState, req: &ngx_http_request_t, since: u64)
     true
 }
 
-/// Redis is away: this request may fill its key on this node. srcache is to store anyway
-/// (`$stale_cache_redis_down` is empty for it), so what it stores is noted (`hot::subrequest`)
-/// and kept here when Redis refuses it.
+/// This request may fill its key (Redis away, or a fill lock taken): srcache is to store
+/// even while Redis is down (`$stale_cache_redis_down` is empty for it), so what it stores
+/// is noted (`hot::subrequest`) and can be kept here (`keep_store`).
 pub fn filling(state: &mut RequestState) {
-    state.hot_mut().plan = Plan::KeepStore;
+    let hot = state.hot_mut();
+    if hot.plan == Plan::Nothing {
+        hot.plan = Plan::KeepStore;
+    }
 }
 
-/// The request is over and its store did not store (`store_status` not 2xx, or none ran):
-/// keeps the response srcache's store carried (srcache's stored form: status line, headers,
-/// body) on this node for its fresh period (`exptime=` of the store less the stale window
-/// and grace band), so the key's waiters and the next requests are answered from it
-/// (`try_serve`). The one place a store that did not store turns into local reuse. Returns
-/// whether it was kept.
-pub fn keep_refused_store(state: &mut RequestState, r: &ngx_http_request_t) -> bool {
-    if matches!(state.store_status(), Some(200..=299)) {
+/// The request filled its key (`Plan::KeepStore`) and is over: when its store did not
+/// store, or Redis was away in the last `RECENTLY_AWAY_MS` (this worker's neighbours may
+/// still find it away), keeps the response srcache's store carried (srcache's stored form:
+/// status line, headers, body) on this node for its fresh period (`exptime=` of the store
+/// less the stale window and grace band), so the key's waiters and the next requests are
+/// answered from it (`try_serve`). The one place a store turns into local reuse (a
+/// store refused for another reason can reach it by the same plan). Returns whether it was
+/// kept.
+pub fn keep_store(state: &mut RequestState, r: &ngx_http_request_t) -> bool {
+    let stored = matches!(state.store_status(), Some(200..=299));
+    if stored && !recently_away(now_ms()) {
+        // Redis has the copy and every worker finds it there.
         return false;
     }
     let Some(zone) = local_zone(r) else {

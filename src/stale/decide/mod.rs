@@ -437,7 +437,7 @@ pub fn after_wake(
     // this request began (after a wait), or any fresh one (srcache's fetch skipped, Redis away).
     let since = match state.phase() {
         Phase::Waiting => Some(state.lookup_started()),
-        _ if state.hot_mut().plan == crate::hotcache::Plan::KeepStore => Some(0),
+        _ if local::recently_away(now_ms()) => Some(0),
         _ => None,
     };
     if since.is_some_and(|since| local::try_serve(state, req, since)) {
@@ -519,6 +519,8 @@ fn fill_or_wait(
             return finish_stale(state, req, scf);
         }
         FillStep::Fill => {
+            // Its store is noted, to keep on this node if Redis is (or was just) away.
+            local::filling(state);
             state.take_fill(HeldLock::new(zone, key, token));
             zone.count(Counter::FillsStarted);
             if ask_lease(state, req, true) {
