@@ -804,7 +804,7 @@ impl<'a> HotTable<'a> {
         (self.eget(e, E_STATE) == READY
             && self.eget64(e, E_STORED_AT) >= since
             && now < self.eget64(e, E_FRESH_UNTIL))
-            .then(|| self.eget(e, E_VALUE_LEN) as usize)
+        .then(|| self.eget(e, E_VALUE_LEN) as usize)
     }
 
     /// The length of `key`'s value if its copy is servable now.

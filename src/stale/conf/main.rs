@@ -277,9 +277,8 @@ fn add_region_zone(
     let tag = StaleCacheModule::module() as *const _ as *mut c_void;
     // SAFETY: cf is valid; nginx copies nothing of the name beyond the cycle's life of the
     // configuration, whose pool keeps `name` (moved into the HotZone below) alive.
-    let shm = unsafe {
-        ngx::ffi::ngx_shared_memory_add(cf, &mut ngx_name, hot::nginx_zone_size(), tag)
-    };
+    let shm =
+        unsafe { ngx::ffi::ngx_shared_memory_add(cf, &mut ngx_name, hot::nginx_zone_size(), tag) };
     // SAFETY: a non-null result is the zone nginx keeps for this cycle.
     let zone = unsafe { shm.as_mut() }?;
     zone.init = Some(hot::init_hot_zone as _);
@@ -299,6 +298,7 @@ pub unsafe extern "C" fn set_local_zone(
     let cmd = unsafe { &*cmd };
     // SAFETY: as above.
     let args = conf_args(unsafe { &*cf });
+    // SAFETY: as above.
     let Some(mcf) = StaleCacheModule::main_conf_mut(unsafe { &*cf }) else {
         return CONF_ERROR;
     };
@@ -311,18 +311,30 @@ pub unsafe extern "C" fn set_local_zone(
         if name == b"off" {
             return CONF_OK;
         }
-        return conf_error(cf, cmd, "takes a name and a size (like \"local 4m\"), or \"off\"");
+        return conf_error(
+            cf,
+            cmd,
+            "takes a name and a size (like \"local 4m\"), or \"off\"",
+        );
     }
     let valid_name = !name.is_empty()
         && name
             .iter()
             .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(b));
     if !valid_name {
-        return conf_error(cf, cmd, "the zone name must be letters, digits, '_', '-' or '.'");
+        return conf_error(
+            cf,
+            cmd,
+            "the zone name must be letters, digits, '_', '-' or '.'",
+        );
     }
     if mcf.zones.iter().any(|z| z.name == name) || mcf.hot.as_ref().is_some_and(|h| h.name == name)
     {
-        return conf_error(cf, cmd, "names another zone; give the local zone its own name");
+        return conf_error(
+            cf,
+            cmd,
+            "names another zone; give the local zone its own name",
+        );
     }
     let mut size_arg = args[2];
     // SAFETY: parses the argument string nginx owns.

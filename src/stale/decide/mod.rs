@@ -5,26 +5,22 @@
 
 mod born_stale;
 mod lease_steps;
+mod refetch;
 
-use ngx::ffi::{
-    ngx_event_t, ngx_http_finalize_request, ngx_http_internal_redirect, ngx_http_request_t,
-    ngx_http_run_posted_requests, NGX_LOG_ERR, NGX_LOG_NOTICE,
-};
+use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
 use super::refresh::{self, has_body};
 use super::state::{Next, Phase, RefreshHold, RequestState};
-use super::waiters::{
-    lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock, Wait,
-};
+use super::waiters::{lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock};
 use super::{hot, local, lookup, metrics};
 use crate::collapse::{after_lock, refresh_lock_ms};
 use crate::flow::{fill_step, first_look, FillStep, FirstLook, Reached, ZoneFacts};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN, DONE};
+use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
 use crate::nginx::zone::{self, ZoneRef};
 use crate::policy::{decide, Action, CacheStatus, FailReason};
 use crate::replay::{keep_copy, key_argument, KeepCopy};
@@ -35,6 +31,7 @@ type Step = Result<Next, StaleError>;
 
 pub use lease_steps::lease_step;
 use lease_steps::{ask_lease, lease_op_request};
+use refetch::refetch;
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
 /// locks, then the TTL lookup.
@@ -571,39 +568,4 @@ fn fill_or_wait(
         state.finish(status);
     }
     Next::Continue
-}
-
-/// A fill stored the entry while this request waited after srcache's miss: send the request
-/// through its location again (once) so srcache serves the entry. The redirect runs from a
-/// posted event, not from inside this step, so no phase handler is re-entered.
-fn refetch(state: &mut RequestState, req: &ngx_http_request_t, status: CacheStatus) -> Next {
-    if state.refetched() {
-        state.finish(CacheStatus::Gone);
-        return Next::Continue;
-    }
-    state.set_refetched();
-    state.finish(status);
-    debug!(
-        request_log(req),
-        "stale_cache: fetching again after the fill"
-    );
-    let r = state.request();
-    state.wait_mut().post(r, refetch_event_handler);
-    Next::Return(AGAIN)
-}
-
-unsafe extern "C" fn refetch_event_handler(ev: *mut ngx_event_t) {
-    // SAFETY: the event is the wait event of a live RequestState (see `refetch`), whose end
-    // removes it from the posted queue; no step of the request runs while it runs.
-    let r = unsafe { Wait::of_event(ev) }.request();
-    // SAFETY: the request is live while its state is; the redirect keeps the URI and
-    // arguments (both in the request's pool) and runs the phases anew, like try_files; the
-    // finalize balances the reference the redirect takes.
-    unsafe {
-        let c = (*r).connection;
-        let (mut uri, mut args) = ((*r).uri, (*r).args);
-        ngx_http_internal_redirect(r, &mut uri, &mut args);
-        ngx_http_finalize_request(r, DONE);
-        ngx_http_run_posted_requests(c);
-    }
 }

@@ -35,6 +35,7 @@ use crate::stale::main_conf;
 use crate::stale::state::RequestState;
 
 pub use fill::fetch_output;
+pub use region::local_zone;
 pub use serve::subrequest;
 pub use swap::{main_body, main_header};
 
@@ -92,13 +93,6 @@ pub fn will_serve(r: &ngx_http_request_t) -> bool {
             Plan::Serve | Plan::KeepStore
         )
     }
-}
-
-/// The zone where copies are kept while Redis is away: the hot zone when there is one,
-/// else the local zone (`stale_cache_local_zone`, on by default).
-pub fn local_zone(r: &ngx_http_request_t) -> Option<&region::HotZone> {
-    let mcf = main_conf(r);
-    mcf.hot.as_ref().or(mcf.local.as_ref())
 }
 
 /// Plans to answer srcache's fetch from `key`'s copy on this node (Redis away) if one was

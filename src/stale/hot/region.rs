@@ -362,3 +362,10 @@ fn new_region(
     );
     OK
 }
+
+/// The zone where copies are kept while Redis is away: the hot zone when there is one,
+/// else the local zone (`stale_cache_local_zone`, on by default).
+pub fn local_zone(r: &ngx::ffi::ngx_http_request_t) -> Option<&HotZone> {
+    let mcf = crate::stale::main_conf(r);
+    mcf.hot.as_ref().or(mcf.local.as_ref())
+}

@@ -98,7 +98,8 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
         // Redis is away and this request fills: note what its store carries.
         if hot.store_body.is_null() && is_store(sr) {
             hot.store_body = sr.request_body;
-            hot.store_exptime = crate::collapse::store_exptime(crate::nginx::util::str_bytes(&sr.args));
+            hot.store_exptime =
+                crate::collapse::store_exptime(crate::nginx::util::str_bytes(&sr.args));
         }
         return DECLINED;
     }
@@ -116,7 +117,7 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
     };
     // A local copy (Redis away) is served to the end of its fresh period.
     let (zone, max_age) = if hot.local {
-        (super::local_zone(sr), u64::MAX)
+        (super::region::local_zone(sr), u64::MAX)
     } else {
         (main_conf(sr).hot.as_ref(), scf.hot_max_age_ms())
     };
