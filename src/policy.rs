@@ -518,7 +518,8 @@ mod tests {
                 "PASS",
                 "GONE",
                 "STALE-ERROR",
-                "HOT"
+                "HOT",
+                "LOCAL"
             ]
         );
         for (i, s) in CacheStatus::ALL.iter().enumerate() {
