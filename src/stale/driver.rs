@@ -312,7 +312,7 @@ pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_i
         match srcache_fetch_status(req) {
             Some(b"MISS") => entry_gone(state, req),
             // Skipped or failed while Redis is away: collapse on this node (`local`).
-            Some(b"BYPASS") if super::local::away() => {
+            Some(b"BYPASS") if super::local::enabled(req) && super::local::away() => {
                 super::local::filling(state);
                 entry_gone(state, req);
             }

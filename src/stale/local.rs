@@ -16,7 +16,7 @@ use super::hot::{self, local_zone};
 use super::state::RequestState;
 use crate::hotcache::{Plan, Stored};
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{now_ms, request_log};
+use crate::nginx::util::{now_ms, request_log, str_bytes};
 use crate::policy::CacheStatus;
 
 /// How long this worker skips the TTL lookup after one failed (one request probes then).
@@ -46,6 +46,29 @@ pub fn lookup_answered() {
     if AWAY.get().0 != 0 {
         AWAY.set((0, 0));
     }
+}
+
+/// The TTL lookup of `req` failed and the request goes on collapsing on this node (one line
+/// per interval per worker, with the lookup failures').
+pub fn log_away(req: &ngx_http_request_t) {
+    log::limited(
+        request_log(req),
+        NGX_LOG_ERR,
+        "lookup",
+        Every::Interval,
+        format_args!(
+            "stale_cache: TTL lookup failed for \"{}\"; Redis is away: collapsing on this node \
+             (one request per key goes to the backend, the others are answered from this \
+             node's memory)",
+            crate::resp::Escaped(str_bytes(&req.uri))
+        ),
+    );
+}
+
+/// Whether Redis's absence is met on this node (a local or hot zone to keep copies in);
+/// without one the layer steps aside as before (`ERROR`) while Redis is away.
+pub fn enabled(r: &ngx_http_request_t) -> bool {
+    local_zone(r).is_some()
 }
 
 /// Whether Redis is away for this worker: its last TTL lookup failed, or its native Redis

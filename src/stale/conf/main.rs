@@ -261,7 +261,7 @@ pub unsafe extern "C" fn set_hot_zone(
     CONF_OK
 }
 
-/// Adds nginx's small zone for a region-backed table (hot or local) named `name` whose
+/// Adds nginx's small zone for the local zone's table named `name` whose
 /// region is `size` bytes, and records it in `slot`; the zone's initialiser finds its size
 /// there (the main conf lives as long as the cycle).
 fn add_region_zone(
@@ -283,6 +283,7 @@ fn add_region_zone(
     let zone = unsafe { shm.as_mut() }?;
     zone.init = Some(hot::init_hot_zone as _);
     let table = slot.insert(HotZone::new(name, shm, size));
+    table.local = true;
     zone.data = table as *mut HotZone as *mut c_void;
     Some(())
 }

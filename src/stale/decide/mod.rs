@@ -143,7 +143,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             state.finish(CacheStatus::Stale);
             Ok(Next::Continue)
         }
-        FirstLook::LookUp if local::skip_lookup(now) => {
+        FirstLook::LookUp if local::enabled(req) && local::skip_lookup(now) => {
             // Redis is away (this worker's last lookup failed less than a second ago):
             // collapse on this node without asking it.
             Ok(go_local(state, req, scf, zone))
@@ -221,11 +221,11 @@ pub fn after_lookup(
             local::lookup_answered();
             ttl
         }
-        Err(error @ StaleError::Lookup(FailReason::LookupFailed)) => {
+        Err(error @ StaleError::Lookup(FailReason::LookupFailed)) if local::enabled(req) => {
             // No answer (Redis down, in backoff, timing out): collapse on this node.
             local::lookup_failed(now_ms());
             metrics::error(state, req, error.kind_name());
-            error.log(req);
+            local::log_away(req);
             let zone = state.zone().expect("the zone is known before the lookup");
             return Ok(go_local(state, req, scf, zone));
         }
