@@ -10,7 +10,7 @@
 
 use core::cell::Cell;
 
-use ngx::ffi::{ngx_http_request_t, NGX_LOG_NOTICE};
+use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
 use super::hot::{self, local_zone};
 use super::state::RequestState;
