@@ -127,18 +127,17 @@ pub fn filling(state: &mut RequestState) {
     }
 }
 
-/// The request filled its key (`Plan::KeepStore`) and is over: when its store did not
-/// store, or Redis was away in the last `RECENTLY_AWAY_MS` (this worker's neighbours may
-/// still find it away), keeps the response srcache's store carried (srcache's stored form:
+/// The request filled its key (`Plan::KeepStore`) and is over: when Redis is away or was
+/// in the last `RECENTLY_AWAY_MS` (this worker's neighbours may still find it away), keeps the response srcache's store carried (srcache's stored form:
 /// status line, headers, body) on this node for its fresh period (`exptime=` of the store
 /// less the stale window and grace band), so the key's waiters and the next requests are
 /// answered from it (`try_serve`). The one place a store turns into local reuse (a
 /// store refused for another reason can reach it by the same plan). Returns whether it was
 /// kept.
 pub fn keep_store(state: &mut RequestState, r: &ngx_http_request_t) -> bool {
-    let stored = matches!(state.store_status(), Some(200..=299));
-    if stored && !recently_away(now_ms()) {
-        // Redis has the copy and every worker finds it there.
+    if !recently_away(now_ms()) {
+        // Redis has the copy and every worker finds it there (or refused it while up: a
+        // store it refuses is not kept here yet).
         return false;
     }
     let Some(zone) = local_zone(r) else {

@@ -7,7 +7,7 @@ use core::ffi::c_void;
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_LOG_INFO, NGX_LOG_NOTICE,
+    ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_LOG_DEBUG, NGX_LOG_NOTICE,
     NGX_LOG_WARN,
 };
 
@@ -350,10 +350,10 @@ fn new_region(
     };
     conf.region.set(Some(*m));
     zone.data = m as *mut Mapping as *mut c_void;
-    // The local zone is there by default: its line is for the curious (info).
+    // The local zone is there by default: its line is for the curious (debug).
     ngx::ngx_log_error!(
         if conf.local {
-            NGX_LOG_INFO
+            NGX_LOG_DEBUG
         } else {
             NGX_LOG_NOTICE
         },
