@@ -35,7 +35,7 @@ thread_local! {
     static LAST_AWAY: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A TTL lookup failed (no answer: Redis down, in backoff, timing out).
+/// A TTL lookup failed (no answer: Redis down, in backoff, timing out), or a store.
 pub fn lookup_failed(now: u64) {
     AWAY.set((now.max(1), now));
     LAST_AWAY.set(now);
@@ -69,6 +69,11 @@ pub fn log_away(req: &ngx_http_request_t) {
 /// without one the layer steps aside as before (`ERROR`) while Redis is away.
 pub fn enabled(r: &ngx_http_request_t) -> bool {
     local_zone(r).is_some()
+}
+
+/// Whether this worker's last TTL lookup failed (`$stale_cache_redis_away`).
+pub fn lookups_failing() -> bool {
+    AWAY.get().0 != 0
 }
 
 /// Whether Redis is away for this worker: its last TTL lookup failed, or its native Redis

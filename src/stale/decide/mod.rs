@@ -143,7 +143,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             state.finish(CacheStatus::Stale);
             Ok(Next::Continue)
         }
-        FirstLook::LookUp if local::enabled(req) && local::skip_lookup(now) => {
+        FirstLook::LookUp if local::skip_lookup(now) && local::enabled(req) => {
             // Redis is away (this worker's last lookup failed less than a second ago):
             // collapse on this node without asking it.
             Ok(go_local(state, req, scf, zone))
