@@ -6,6 +6,7 @@
 # backend and Redis), 2 workers.
 use lib 't/lib';
 use Test::StaleCache;
+use Time::HiRes ();
 
 our $HTTP = "    stale_cache_zone srcache_locks 1m;\n";
 our $ADMIN_PORT = Test::StaleCache::pick_port();
@@ -34,10 +35,12 @@ sub stock_http {
 }
 
 # $n concurrent GETs of $path: the responses, each checked to be a 200 from the backend's body.
+# With $bad (an array ref), the failures are added to it instead of being a test each.
 sub burst {
-    my ($path, $n, $what) = @_;
+    my ($path, $n, $what, $bad) = @_;
     my @r = concurrent_get($path, $n, undef, 10);
     my @bad = grep { ($_->{status} // 0) != 200 || ($_->{body} // '') !~ /^backend GET \Q$path\E hit \d+$/ } @r;
+    if ($bad) { push @$bad, @bad; return @r }
     is(scalar @bad, 0, "$what: all $n answered 200 with the backend's body")
         or diag(explain [map { { status => $_->{status}, error => $_->{error}, body => $_->{body} } } @bad[0 .. 2]]);
     return @r;
@@ -194,3 +197,45 @@ takes a name and a size (like "local 4m"), or "off"
 --- must_die
 --- error_log
 is duplicate (one local zone per http block)
+
+
+
+=== TEST 10: drop-in-redis2.conf with real redis2/HttpRedis, Redis stopped for 2 s: one backend request per key, about one error line per second per worker
+--- redis2
+--- workers: 2
+--- log_level: notice
+--- http_config eval: ::stock_http('drop-in-redis2.conf')
+--- config eval: ::stock('drop-in-redis2.conf')
+--- request
+GET /api/warm
+--- check
+is(http_get('/api/d')->{headers}{'x-stale-cache'}, 'MISS', 'filled while Redis is up');
+is(http_get('/api/d')->{headers}{'x-stale-cache'}, 'FRESH', 'fresh');
+my $from = Time::HiRes::time();
+stop_redis();
+my (%s, $n, @bad);
+while (Time::HiRes::time() < $from + 2) {
+    my @r = burst('/api/d', 16, '', \@bad);
+    burst('/api/dcold', 16, '', \@bad);
+    $s{$_} += statuses(@r)->{$_} for keys %{ statuses(@r) };
+    $n++;
+}
+my $outage = Time::HiRes::time() - $from;
+is(scalar @bad, 0, "all answered 200 with the backend's body ($n bursts of 2 x 16)")
+    or diag(explain [@bad[0 .. 2]]);
+is(backend_hits('/api/d'), 2, "one backend request for the key during the outage ($n bursts)")
+    or diag(explain \%s);
+is(backend_hits('/api/dcold'), 1, 'one for the cold key');
+cmp_ok($s{LOCAL} // 0, '>=', 16 * $n - 2, 'the others: LOCAL') or diag(explain \%s);
+my @lines = grep { /\[(warn|error|crit|alert|emerg)\]/ } split /\n/, error_log_text();
+# 2 workers, at most 2 lines per second each (the module's probe of its lookups, and the
+# fills' fetch and store), plus the first failures in each worker.
+cmp_ok(scalar(@lines), '<=', 2 * 2 * ($outage + 1) + 6, scalar(@lines) . " error lines in $outage s")
+    or diag(join "\n", @lines[0 .. ($#lines < 20 ? $#lines : 20)]);
+start_redis();
+wait_until(sub { my $r = http_get('/api/d');
+                 ($r->{headers}{'x-cache'} // '') eq 'HIT' && $r->{headers}{'x-stale-cache'} eq 'FRESH' },
+           5, 'served from Redis again');
+cmp_ok(backend_hits('/api/d'), '<=', 4, 'at most 2 more backend requests once Redis is back');
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/]
