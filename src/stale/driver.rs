@@ -390,9 +390,7 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
         );
         // Not stored in Redis but kept on this node (Redis away): the waiters are answered
         // from here, no pass mark.
-        if end == FillEnd::NotStored
-            && !state.hot_mut().store_body.is_null()
-            && super::local::enabled(r)
+        if end == FillEnd::NotStored && state.hot_mut().store.is_some() && super::local::enabled(r)
         {
             // srcache's store ran for a complete answer and did not store (its location
             // failed: Redis down or refusing; with redis2/HttpRedis this is how the layer
@@ -415,7 +413,7 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
             zone.with_key(&settings.key, |t, fp| t.pass_clear(fp, now));
         }
     }
-    if matches!(state.store_status(), Some(200..=299)) && state.hot_mut().store_body.is_null() {
+    if matches!(state.store_status(), Some(200..=299)) && state.hot_mut().store.is_none() {
         // A new copy went to Redis through this node: the hot copy is not it (unless this
         // request kept it: `local`).
         if let Some(settings) = state.settings_if_read() {

@@ -148,9 +148,8 @@ pub fn keep_store(state: &mut RequestState, r: &ngx_http_request_t) -> bool {
     let Some(zone) = local_zone(r) else {
         return false;
     };
-    let (body, exptime) = {
-        let hot = state.hot_mut();
-        (hot.store_body, hot.store_exptime)
+    let Some((body, exptime)) = state.hot_mut().store.as_ref().map(|s| (s.body, s.exptime)) else {
+        return false;
     };
     // SAFETY: srcache's store subrequest's body, in the main request's pool, which is
     // still there while the request's cleanups run.

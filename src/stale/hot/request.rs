@@ -26,11 +26,17 @@ pub struct Hot {
     /// Redis is away: `Plan::Serve` answers from a copy kept on this node (no max age, the
     /// local zone; `crate::stale::local`), reported LOCAL.
     pub local: bool,
-    /// srcache's store subrequest's body (`Plan::KeepStore`): the response as srcache
-    /// stores it (main request's pool).
-    pub store_body: *mut ngx_http_request_body_t,
-    /// `exptime=` of that store.
-    pub store_exptime: Option<u64>,
+    /// srcache's store subrequest (`Plan::KeepStore`), boxed: few requests have one, and
+    /// the state stays small (one allocation size for every request).
+    pub store: Option<Box<StoreNote>>,
+}
+
+/// What srcache's store subrequest carried (`crate::stale::local`).
+pub struct StoreNote {
+    /// Its body: the response as srcache stores it (main request's pool).
+    pub body: *mut ngx_http_request_body_t,
+    /// `exptime=` of the store.
+    pub exptime: Option<u64>,
 }
 
 impl Default for Hot {
@@ -44,8 +50,7 @@ impl Default for Hot {
             bytes: Vec::new(),
             spoiled: false,
             local: false,
-            store_body: ptr::null_mut(),
-            store_exptime: None,
+            store: None,
         }
     }
 }

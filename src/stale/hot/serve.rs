@@ -96,10 +96,11 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
     }
     if hot.plan == Plan::KeepStore {
         // Redis is away and this request fills: note what its store carries.
-        if hot.store_body.is_null() && is_store(sr) {
-            hot.store_body = sr.request_body;
-            hot.store_exptime =
-                crate::collapse::store_exptime(crate::nginx::util::str_bytes(&sr.args));
+        if hot.store.is_none() && is_store(sr) {
+            hot.store = Some(Box::new(super::request::StoreNote {
+                body: sr.request_body,
+                exptime: crate::collapse::store_exptime(crate::nginx::util::str_bytes(&sr.args)),
+            }));
         }
         return DECLINED;
     }
