@@ -268,3 +268,32 @@ cmp_ok(backend_hits('/api/fc'), '<=', 3, 'the cold key: at most one backend requ
 start_redis();
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/]
+
+
+
+=== TEST 12: stock-debian.conf, Redis stopped past a local copy's fresh period: the stale copy is served at once while one request fills again
+--- workers: 2
+--- http_config eval: ::stock_http('stock-debian.conf')
+--- config eval: ::stock('stock-debian.conf')
+--- request
+GET /api/warm
+--- check
+stop_redis();
+my @r = burst('/api/sl', 16, 'Redis down, 16 at once');
+is(backend_hits('/api/sl'), 1, 'one backend request');
+my $t0 = Time::HiRes::time();
+# The copy is fresh for 5 s (stored for 105, 100 of them stale): the time passing is the test.
+sleep_until($t0 + 5.2);
+backend_config('/api/sl', delay => 0.5);
+@r = burst('/api/sl', 16, 'after its fresh period, 16 at once');
+is(backend_hits('/api/sl'), 2, 'one more backend request') or diag(explain statuses(@r));
+my $s = statuses(@r);
+is($s->{MISS} // 0, 1, 'one MISS (the fill)') or diag(explain $s);
+is($s->{LOCAL} // 0, 15, 'the others LOCAL') or diag(explain $s);
+my @quick = grep { ($_->{headers}{'x-stale-cache'} // '') eq 'LOCAL' && $_->{elapsed} < 0.4 } @r;
+is(scalar @quick, 15, 'served the stale copy without waiting for the 0.5 s fill');
+my $x = wait_until(sub { my $r = http_get('/api/sl'); $r->{body} =~ /hit 2$/ && $r }, 3, 'the new copy served');
+is($x->{headers}{'x-stale-cache'}, 'LOCAL', 'LOCAL, the fill kept');
+start_redis();
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/]

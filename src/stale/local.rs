@@ -105,21 +105,45 @@ pub fn skip_lookup(now: u64) -> bool {
     false
 }
 
-/// Serves the request from its key's copy on this node if there is one stored at or after
-/// `since` and still within its fresh period: srcache's fetch is answered from the zone.
-pub fn try_serve(state: &mut RequestState, req: &ngx_http_request_t, since: u64) -> bool {
-    let found = hot::plan_local(state, req, since);
+/// A copy of the request's key on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copy {
+    None,
+    Fresh,
+    /// Past its fresh period, in its stale window.
+    Stale,
+}
+
+/// Plans to serve the request from its key's copy on this node if there is one stored at or
+/// after `since` and its life is not over (srcache's fetch is answered from the zone), and
+/// reports it LOCAL; a stale copy is served only if `stale_ok`.
+pub fn try_serve(
+    state: &mut RequestState,
+    req: &ngx_http_request_t,
+    since: u64,
+    stale_ok: bool,
+) -> Copy {
+    let found = match hot::plan_local(state, req, since) {
+        None => Copy::None,
+        Some(true) => Copy::Fresh,
+        Some(false) => Copy::Stale,
+    };
     debug!(
         request_log(req),
         "stale_cache: local copy of \"{}\": {:?}",
         Short(&state.settings().key),
         found
     );
-    if found.is_none() {
-        return false;
+    match found {
+        Copy::None => {}
+        Copy::Stale if !stale_ok => {
+            let hot = state.hot_mut();
+            hot.plan = Plan::Nothing;
+            hot.local = false;
+        }
+        _ => state.finish(CacheStatus::Local),
     }
-    state.finish(CacheStatus::Local);
-    true
+    found
 }
 
 /// This request may fill its key (Redis away, or a fill lock taken): srcache is to store
@@ -127,8 +151,9 @@ pub fn try_serve(state: &mut RequestState, req: &ngx_http_request_t, since: u64)
 /// is noted (`hot::subrequest`) and can be kept here (`keep_store`).
 pub fn filling(state: &mut RequestState) {
     let hot = state.hot_mut();
-    if hot.plan == Plan::Nothing {
+    if hot.plan != Plan::Fill {
         hot.plan = Plan::KeepStore;
+        hot.local = false;
     }
 }
 
@@ -189,7 +214,9 @@ pub fn keep_store(state: &mut RequestState, r: &ngx_http_request_t) -> bool {
         return false;
     }
     let now = now_ms();
-    let stored = hot::keep(zone, key, &bytes, now, now + fresh_secs * 1000);
+    // The whole life is kept: fresh for `fresh_secs`, then stale (served while a fill runs).
+    let life_ms = exptime.unwrap_or(0) * 1000;
+    let stored = hot::keep(zone, key, &bytes, now, now + life_ms);
     debug!(
         request_log(r),
         "stale_cache: refused store of \"{}\" kept on this node ({} bytes, {} s): {:?}",

@@ -123,6 +123,15 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             state.finish(CacheStatus::Pass);
             Ok(Next::Continue)
         }
+        FirstLook::WaitForFill { .. }
+            if local::enabled(req)
+                && local::try_serve(state, req, 0, true) != local::Copy::None =>
+        {
+            // This node kept a copy while Redis was away (stale, or fresh from a fill that
+            // just ended): served at once instead of waiting for the fill (this worker may
+            // not have met Redis away itself: the fill runs in another).
+            Ok(Next::Continue)
+        }
         FirstLook::WaitForFill { holder } => {
             // A fill of this key is under way, so the key is missing: wait for it without
             // asking Redis (a burst of misses costs one TTL lookup, not one per request).
@@ -437,7 +446,7 @@ pub fn after_wake(
         _ if local::recently_away(now_ms()) => Some(0),
         _ => None,
     };
-    if since.is_some_and(|since| local::try_serve(state, req, since)) {
+    if since.is_some_and(|since| local::try_serve(state, req, since, false) == local::Copy::Fresh) {
         if state.reached() == Reached::SrcacheMissed {
             // srcache's fetch already ran for this request: let it fetch again.
             return Ok(refetch(state, req, CacheStatus::Local));
@@ -455,11 +464,37 @@ fn go_local(
     scf: &StaleCacheConf,
     zone: ZoneRef,
 ) -> Next {
-    if local::try_serve(state, req, 0) {
-        return Next::Continue;
+    match local::try_serve(state, req, 0, true) {
+        local::Copy::Fresh => Next::Continue,
+        // Stale: one request fills (its store kept here), the others are served the stale
+        // copy at once instead of waiting for it.
+        local::Copy::Stale => {
+            if let Some(lock) = take_fill_lock(state, zone) {
+                local::filling(state);
+                state.take_fill(lock);
+                zone.count(Counter::FillsStarted);
+                state.finish(CacheStatus::Miss);
+            }
+            Next::Continue
+        }
+        local::Copy::None => {
+            local::filling(state);
+            fill_or_wait(state, req, scf, zone, now_ms())
+        }
     }
-    local::filling(state);
-    fill_or_wait(state, req, scf, zone, now_ms())
+}
+
+/// The key's fill lock if it is free now (no waiting).
+fn take_fill_lock(state: &RequestState, zone: ZoneRef) -> Option<HeldLock> {
+    let settings = state.settings();
+    let token = new_token();
+    let lock = lock_request(LockKind::Fill, token, settings.lock_exptime_ms, 0);
+    let key = settings.key.clone();
+    let now = now_ms();
+    match zone.with_key(&key, |t, fp| t.try_lock_as(fp, lock, now, owner_alive)) {
+        Some(LockAttempt::Acquired(_)) => Some(HeldLock::new(zone, key, token)),
+        _ => None,
+    }
 }
 
 /// A missing key: fill it, or wait for the request filling it (`flow::fill_step` decides).

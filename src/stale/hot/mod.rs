@@ -96,16 +96,21 @@ pub fn will_serve(r: &ngx_http_request_t) -> bool {
 }
 
 /// Plans to answer srcache's fetch from `key`'s copy on this node (Redis away) if one was
-/// stored at or after `since` and is within its fresh period; the length found.
-pub fn plan_local(state: &mut RequestState, req: &ngx_http_request_t, since: u64) -> Option<usize> {
+/// stored at or after `since` and its life (fresh period and stale window) is not over;
+/// whether it is fresh.
+pub fn plan_local(state: &mut RequestState, req: &ngx_http_request_t, since: u64) -> Option<bool> {
     let zone = local_zone(req)?;
     let now = now_ms();
-    let key = state.settings().key.as_slice();
-    let found = zone.with_key(key, |t, fp| t.local_len(fp, key, now, since))??;
+    let settings = state.settings();
+    let (key, unfresh_ms) = (
+        settings.key.as_slice(),
+        (settings.stale_secs + settings.grace_secs) * 1000,
+    );
+    let (_, fresh) = zone.with_key(key, |t, fp| t.local_len(fp, key, now, since, unfresh_ms))??;
     let hot = state.hot_mut();
     hot.plan = Plan::Serve;
     hot.local = true;
-    Some(found)
+    Some(fresh)
 }
 
 /// Keeps `value` as `key`'s copy in `zone` (the local zone or the hot zone), fresh until
