@@ -5,6 +5,7 @@
 
 mod born_stale;
 mod lease_steps;
+mod local_steps;
 mod refetch;
 
 use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
@@ -31,6 +32,7 @@ type Step = Result<Next, StaleError>;
 
 pub use lease_steps::lease_step;
 use lease_steps::{ask_lease, lease_op_request};
+use local_steps::go_local;
 use refetch::refetch;
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
@@ -456,49 +458,8 @@ pub fn after_wake(
     Ok(fill_or_wait(state, req, scf, zone, now_ms()))
 }
 
-/// Redis is away: a copy kept on this node is served (LOCAL); otherwise the key is filled
-/// under the fill lock as on a miss (its store is refused and kept here), or waited for.
-fn go_local(
-    state: &mut RequestState,
-    req: &mut ngx_http_request_t,
-    scf: &StaleCacheConf,
-    zone: ZoneRef,
-) -> Next {
-    match local::try_serve(state, req, 0, true) {
-        local::Copy::Fresh => Next::Continue,
-        // Stale: one request fills (its store kept here), the others are served the stale
-        // copy at once instead of waiting for it.
-        local::Copy::Stale => {
-            if let Some(lock) = take_fill_lock(state, zone) {
-                local::filling(state);
-                state.take_fill(lock);
-                zone.count(Counter::FillsStarted);
-                state.finish(CacheStatus::Miss);
-            }
-            Next::Continue
-        }
-        local::Copy::None => {
-            local::filling(state);
-            fill_or_wait(state, req, scf, zone, now_ms())
-        }
-    }
-}
-
-/// The key's fill lock if it is free now (no waiting).
-fn take_fill_lock(state: &RequestState, zone: ZoneRef) -> Option<HeldLock> {
-    let settings = state.settings();
-    let token = new_token();
-    let lock = lock_request(LockKind::Fill, token, settings.lock_exptime_ms, 0);
-    let key = settings.key.clone();
-    let now = now_ms();
-    match zone.with_key(&key, |t, fp| t.try_lock_as(fp, lock, now, owner_alive)) {
-        Some(LockAttempt::Acquired(_)) => Some(HeldLock::new(zone, key, token)),
-        _ => None,
-    }
-}
-
 /// A missing key: fill it, or wait for the request filling it (`flow::fill_step` decides).
-fn fill_or_wait(
+pub(super) fn fill_or_wait(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
