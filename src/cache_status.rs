@@ -117,6 +117,11 @@ pub fn member(status: CacheStatus, facts: Facts) -> Member {
             ttl(&mut out);
             detail(&mut out, "hot");
         }
+        CacheStatus::Local => {
+            // Redis away: a copy kept in this node's shared memory.
+            hit(&mut out);
+            detail(&mut out, "local");
+        }
         CacheStatus::Stale => {
             hit(&mut out);
             ttl(&mut out);

@@ -65,6 +65,14 @@ pub fn fill_end(response_status: usize, connection_error: bool, store: StoreOutc
     }
 }
 
+/// The value of `exptime=` in srcache's store subrequest's arguments (the usual
+/// `key=...&exptime=N`): how long the stored copy lives, the fresh period included.
+pub fn store_exptime(args: &[u8]) -> Option<u64> {
+    args.split(|&b| b == b'&')
+        .find_map(|a| a.strip_prefix(b"exptime="))
+        .and_then(|v| core::str::from_utf8(v).ok()?.parse().ok())
+}
+
 /// What a request does after asking for a key's fill lock.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterLock {
@@ -241,6 +249,14 @@ impl UseStale {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn exptime_from_store_arguments() {
+        assert_eq!(store_exptime(b"key=a%20b&exptime=105"), Some(105));
+        assert_eq!(store_exptime(b"exptime=7"), Some(7));
+        assert_eq!(store_exptime(b"key=x"), None);
+        assert_eq!(store_exptime(b"key=x&exptime=oops"), None);
+    }
+
     use super::*;
     use crate::locktable::{LockKind, TakeOver};
     use std::num::NonZeroU64;

@@ -144,6 +144,9 @@ pub enum Plan {
     Fill,
     /// Counted; nothing to do.
     Nothing,
+    /// Not a fresh hit: Redis is away and this request fills its key on this node; what its
+    /// store subrequest carries is kept here if Redis refuses it (`crate::stale::local`).
+    KeepStore,
 }
 
 /// What a store did.
@@ -794,6 +797,28 @@ impl<'a> HotTable<'a> {
         })
     }
 
+    /// A copy kept while Redis is away (stored with its whole life as `fresh_until`, no max
+    /// age): its length, and whether it is still fresh (`unfresh_ms`, its stale window, not
+    /// yet reached), if it was stored at or after `since` and its life is not over.
+    pub fn local_len(
+        &self,
+        fp: u64,
+        key: &[u8],
+        now: u64,
+        since: u64,
+        unfresh_ms: u64,
+    ) -> Option<(usize, bool)> {
+        let e = self.find(fp, key)?;
+        let life_end = self.eget64(e, E_FRESH_UNTIL);
+        let usable = self.eget(e, E_STATE) == READY
+            && self.eget64(e, E_STORED_AT) >= since
+            && now < life_end;
+        usable.then(|| {
+            let fresh = now.saturating_add(unfresh_ms) < life_end;
+            (self.eget(e, E_VALUE_LEN) as usize, fresh)
+        })
+    }
+
     /// The length of `key`'s value if its copy is servable now.
     pub fn servable_len(&self, fp: u64, key: &[u8], now: u64, max_age_ms: u64) -> Option<usize> {
         let e = self.find(fp, key)?;
@@ -1357,6 +1382,23 @@ mod tests {
             put(&mut t, format!("s{i}").as_bytes(), b"x", 20 + i, 5000);
         }
         t.verify().unwrap();
+    }
+
+    #[test]
+    fn a_local_copy_counts_from_its_store_to_its_fresh_end() {
+        let mut r = region(64);
+        let mut t = HotTable::init(&mut r, 1).unwrap();
+        // Stored at 100 for a life of 105 s, the last 100 s of it stale.
+        put(&mut t, b"k", b"v", 100, 105_100);
+        let fp = fingerprint(t.seed(), b"k");
+        // No max age: fresh for 5 s, then stale to the end of its life, to requests that
+        // began before it was stored.
+        assert_eq!(t.local_len(fp, b"k", 5_099, 100, 100_000), Some((1, true)));
+        assert_eq!(t.local_len(fp, b"k", 5_100, 100, 100_000), Some((1, false)));
+        assert_eq!(t.local_len(fp, b"k", 105_099, 0, 100_000), Some((1, false)));
+        assert_eq!(t.local_len(fp, b"k", 105_100, 0, 100_000), None);
+        assert_eq!(t.local_len(fp, b"k", 200, 101, 100_000), None);
+        assert_eq!(t.local_len(fp, b"x", 200, 0, 100_000), None);
     }
 
     #[test]

@@ -214,11 +214,15 @@ pub enum CacheStatus {
     /// Fresh, and answered from this node's hot tier (`stale_cache_hot`) without asking
     /// Redis: the same bytes srcache fetched earlier, at most `stale_cache_hot_max_age` old.
     Hot,
+    /// Redis is away (down, in backoff, lookups failing): answered from this node's shared
+    /// memory with the response of the one request of the key that went to the backend
+    /// (collapsed without Redis), within that response's fresh period.
+    Local,
 }
 
 impl CacheStatus {
     /// Number of statuses, for counter arrays.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 
     /// Every status, in [`CacheStatus::index`] order.
     pub const ALL: [CacheStatus; CacheStatus::COUNT] = [
@@ -234,6 +238,7 @@ impl CacheStatus {
         CacheStatus::Gone,
         CacheStatus::StaleError,
         CacheStatus::Hot,
+        CacheStatus::Local,
     ];
 
     /// The variable's value.
@@ -251,6 +256,7 @@ impl CacheStatus {
             CacheStatus::Gone => "GONE",
             CacheStatus::StaleError => "STALE-ERROR",
             CacheStatus::Hot => "HOT",
+            CacheStatus::Local => "LOCAL",
         }
     }
 
@@ -512,7 +518,8 @@ mod tests {
                 "PASS",
                 "GONE",
                 "STALE-ERROR",
-                "HOT"
+                "HOT",
+                "LOCAL"
             ]
         );
         for (i, s) in CacheStatus::ALL.iter().enumerate() {

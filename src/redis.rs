@@ -22,3 +22,9 @@ pub mod role;
 pub mod sentinel;
 pub mod side;
 mod variables;
+
+/// Whether this worker's native Redis locations of any server group answer 502 from the
+/// backoff right now (Redis down): the stale layer collapses on this node meanwhile.
+pub fn any_group_down() -> bool {
+    backoff::group_down(core::ptr::null_mut())
+}

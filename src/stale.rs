@@ -24,6 +24,7 @@ mod hot;
 mod http_mode;
 mod lease;
 mod literals;
+mod local;
 mod locations;
 mod lookup;
 mod metrics;
@@ -125,6 +126,9 @@ impl HttpModule for StaleCacheModule {
         // SAFETY: as above.
         let mcf = main_conf(unsafe { &*cf });
         role::check(cf, mcf.in_use, &mcf.roles);
+        if conf::add_default_local_zone(cf).is_none() {
+            return ERROR;
+        }
         OK
     }
 }

@@ -1,6 +1,7 @@
 # Fail open: whatever goes wrong with Redis, the TTL location or the $cache_*
 # variables, the request is served by the backend (never a 500, never a hang),
-# with $stale_cache_status ERROR and one rate-limited error line.
+# with $stale_cache_status ERROR and one rate-limited error line. (With Redis away and the
+# local zone on, the default, requests collapse on the node instead: t/048-local.t.)
 use lib 't/lib';
 use Test::StaleCache;
 use Digest::MD5 qw(md5_hex);
@@ -23,8 +24,8 @@ run_tests();
 
 __DATA__
 
-=== TEST 1: Redis stopped: 20 concurrent + 5 sequential requests served by the backend, one error line
---- http_config eval: $::BASE_HTTP
+=== TEST 1: Redis stopped, local zone off: 20 concurrent + 5 sequential requests served by the backend, one error line
+--- http_config eval: $::BASE_HTTP . "    stale_cache_local_zone off;\n"
 --- config eval: base_config()
 --- pre
 stop_redis();
@@ -100,8 +101,8 @@ is(error_log_count(qr/stale_cache: TTL lookup answered no integer for "\/api\/x"
 
 
 
-=== TEST 4: Redis never answers (blackhole): bounded by the redis timeouts, backend 200, ERROR
---- http_config eval: $::BASE_HTTP
+=== TEST 4: Redis never answers (blackhole), local zone off: bounded by the redis timeouts, backend 200, ERROR
+--- http_config eval: $::BASE_HTTP . "    stale_cache_local_zone off;\n"
 --- config eval: base_config()
 --- pre
 fake_redis_blackhole();
@@ -327,11 +328,11 @@ for my $l (backend_log('/api/x')) {
 --- no_error_log eval
 [qr/stale_cache: (?!zone "srcache_locks": \d+ slots)/, "[error]"]
 
-=== TEST 14: Redis down with error_page set: the lookup's error never reaches the client
+=== TEST 14: Redis down with error_page set, local zone off: the lookup's error never reaches the client
 A failing TTL subrequest (502) would be redirected by error_page; its output must stay a
 capture, not be written in front of the client's response.
 --- log_level: info
---- http_config eval: $::BASE_HTTP
+--- http_config eval: $::BASE_HTTP . "    stale_cache_local_zone off;\n"
 --- config eval
 "    error_page 500 502 503 504 /50x.html;\n    location = /50x.html { echo 'ERROR PAGE'; }\n" . base_config()
 --- pre
@@ -347,8 +348,9 @@ X-Stale-Cache: ERROR
 
 === TEST 15: a TTL location whose server speaks garbage mid-reply: fail open, connection kept
 The TTL location points at the HTTP backend: the "reply" starts with "HTTP/1.1", not RESP.
+The local zone is off: with it, the key would be filled and reused on this node (t/048).
 --- log_level: info
---- http_config eval: $::BASE_HTTP
+--- http_config eval: $::BASE_HTTP . "    stale_cache_local_zone off;\n"
 --- config eval
 base_config(set => { ttl => '/garbagettl' }, after => <<'_E_')
     location = /garbagettl { internal; stale_cache_redis_pass 127.0.0.1:$TEST_NGINX_BACKEND_PORT;

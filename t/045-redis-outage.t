@@ -133,11 +133,12 @@ stop_trickle();
 --- error_log
 upstream timed out
 
-=== TEST 4: Redis stopped for 2 s under load, stock configuration: all 200, about one line per second per worker
+=== TEST 4: Redis stopped for 2 s under load, stock configuration, local zone off: all 200, about one line per second per worker
 --- workers: 2
 --- log_level: notice
 --- http_config
     stale_cache_zone srcache_locks 1m;
+    stale_cache_local_zone off;
     stale_cache_redis_variable $escaped_key $cache_key escape;
     stale_cache_redis_variable $redis_key $arg_key unescape md5;
     stale_cache_redis_variable $redis_fetch_key $args md5;

@@ -5,6 +5,8 @@
 # stored), and it never renews an old copy as fresh. Clients always get the backend's answer.
 # -OOM and -READONLY come from real redis-servers (maxmemory 1mb + noeviction, REPLICAOF);
 # the others from t/lib/fake_redis.py.
+# These blocks run with the local zone off (the pass path without it); TEST 10 shows the
+# default: a refused store's answer kept on this node and reused (LOCAL), t/048 the rest.
 use lib 't/lib';
 use Test::StaleCache;
 use IO::Socket::INET;
@@ -14,8 +16,16 @@ our $FAKE_PORT = $ENV{TEST_NGINX_FAKE_PORT} = pick_port();
 our $MASTER_PORT = pick_port();
 our ($FAKE_PID, $MASTER_PID);
 
+our $HTTP_LOCAL = <<'_EOC_';
+    stale_cache_zone srcache_locks 1m;
+    upstream fake {
+        server 127.0.0.1:$TEST_NGINX_FAKE_PORT;
+        keepalive 16;
+    }
+_EOC_
 our $HTTP = <<'_EOC_';
     stale_cache_zone srcache_locks 1m;
+    stale_cache_local_zone off;
     upstream fake {
         server 127.0.0.1:$TEST_NGINX_FAKE_PORT;
         keepalive 16;
@@ -347,3 +357,34 @@ cmp_ok(fake('TTL', redis_key('/api/ok')), '>=', 100, 'stored with its expiry (SE
 is(metric_z('stale_cache_fills_total', 'outcome="stored"'), 1, 'the fill: stored');
 --- no_error_log
 [error]
+
+
+
+=== TEST 10: Redis full (-OOM), cold misses, the local zone on (the default): 1 backend request, its waiters answered with its response from this node (LOCAL), nothing counted stored, one log line
+--- http_config eval: $::HTTP_LOCAL
+--- config eval: ::config()
+--- pre
+fill_redis();
+--- request
+GET /api/full-local
+--- more_headers
+X-Backend-Delay: 0.3
+--- concurrency: 20
+--- response_body
+backend GET /api/full-local hit 1
+--- check
+my @r = responses();
+my $n = statuses(@r);
+is($n->{MISS}, 1, 'one filler') or diag(explain $n);
+is($n->{LOCAL}, 19, 'the 19 waiters: its response, kept on this node') or diag(explain $n);
+is(backend_hits('/api/full-local'), 1, 'one backend request for 20 clients');
+is(redis('EXISTS', redis_key('/api/full-local')), 0, 'nothing in Redis');
+is(metric_z('stale_cache_fills_total', 'outcome="stored"'), 0, 'no fill counted stored');
+my $r = http_get('/api/full-local');
+is($r->{headers}{'x-stale-cache'}, 'LOCAL', 'the next request: the local copy');
+is(backend_hits('/api/full-local'), 1, 'still one backend request');
+is(refusals('/redis2', 'OOM'), 1, 'the refused store: one line');
+unfill_redis();
+--- no_error_log
+[alert]
+[crit]

@@ -105,8 +105,8 @@ promtool_check($resp->{body});
 --- no_error_log
 [error]
 
-=== TEST 2: fresh hits by lookup and by memo, pass marks, lookup errors, other zones
---- http_config eval: $::HTTP
+=== TEST 2: fresh hits by lookup and by memo, pass marks, lookup errors (local zone off), other zones
+--- http_config eval: $::HTTP . "    stale_cache_local_zone off;\n"
 --- config eval: $::CONFIG
 --- pre
 backend_config('/api/bad', status => 500);

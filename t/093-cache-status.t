@@ -21,8 +21,8 @@ run_tests();
 
 __DATA__
 
-=== TEST 1: MISS, FRESH by lookup and by memo, BYPASS, PASS, ERROR; none where the layer is off
---- http_config eval: $::HTTP
+=== TEST 1: MISS, FRESH by lookup and by memo, BYPASS, PASS, ERROR (local zone off); none where the layer is off
+--- http_config eval: $::HTTP . "    stale_cache_local_zone off;\n"
 --- config eval: ::config()
 --- request
 GET /api/a

@@ -7,8 +7,9 @@ use ngx::ffi::ngx_conf_set_flag_slot;
 use ngx::ngx_string;
 
 use super::conf::{
-    set_hot_zone, set_refresh_address, set_refresh_backoff, set_skip_header, set_stale_cache,
-    set_use_stale, set_zone, StaleCacheConf, HOT_MAX_AGE, HOT_MAX_SIZE, REFRESH_LIMIT,
+    set_hot_zone, set_local_zone, set_refresh_address, set_refresh_backoff, set_skip_header,
+    set_stale_cache, set_use_stale, set_zone, StaleCacheConf, HOT_MAX_AGE, HOT_MAX_SIZE,
+    REFRESH_LIMIT,
 };
 use super::{metrics, purge};
 use crate::directive_table;
@@ -72,6 +73,12 @@ directive_table! {
         ),
         Directive::new(ngx_string!("stale_cache_hot_zone"), HTTP | TAKE2, set_hot_zone)
             .main_conf(),
+        Directive::new(
+            ngx_string!("stale_cache_local_zone"),
+            HTTP | TAKE12,
+            set_local_zone
+        )
+        .main_conf(),
         Directive::new(
             ngx_string!("stale_cache_hot"),
             ANY_LEVEL | FLAG,

@@ -296,9 +296,14 @@ unsafe extern "C" fn body_read(r: *mut ngx_http_request_t) {
 
 /* ---------------------------------------------------------------- PRECONTENT */
 
-/// Whether srcache issued a fetch for `r` and it missed (`$srcache_fetch_status` is MISS).
-fn srcache_fetch_missed(r: &mut ngx_http_request_t) -> bool {
-    vars::by_name(r, b"srcache_fetch_status") == Some(b"MISS".as_slice())
+/// `$srcache_fetch_status`: MISS when srcache's fetch missed, BYPASS when it was skipped
+/// (or failed).
+fn srcache_fetch_status(r: &mut ngx_http_request_t) -> Option<&'static [u8]> {
+    match vars::by_name(r, b"srcache_fetch_status") {
+        Some(b"MISS") => Some(b"MISS"),
+        Some(b"BYPASS") => Some(b"BYPASS"),
+        _ => None,
+    }
 }
 
 /// The PRECONTENT handler.
@@ -322,8 +327,16 @@ pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_i
         // Parked (waiting, or a refetch posted): only its own event moves it on.
         return AGAIN;
     }
-    if state.phase() == Phase::Done && expected_an_entry(state) && srcache_fetch_missed(req) {
-        entry_gone(state, req);
+    if state.phase() == Phase::Done && expected_an_entry(state) {
+        match srcache_fetch_status(req) {
+            Some(b"MISS") => entry_gone(state, req),
+            // Skipped or failed while Redis is away: collapse on this node (`local`).
+            Some(b"BYPASS") if super::local::enabled(req) && super::local::away() => {
+                super::local::filling(state);
+                entry_gone(state, req);
+            }
+            _ => {}
+        }
     }
     if !state.after_fetch() {
         return DECLINED;
@@ -351,7 +364,10 @@ fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
     if let Some(zone) = state.zone() {
         zone.with_key(&key, |t, fp| t.memo_clear(fp, now));
     }
-    hot::forget(req, &key);
+    if !super::local::recently_away(now) {
+        // (While Redis is, or was just, away, the copy kept on this node is what serves.)
+        hot::forget(req, &key);
+    }
     debug!(
         request_log(req),
         "stale_cache: srcache missed \"{}\", which was expected {}",
@@ -395,11 +411,24 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
             r.headers_out.status,
             end
         );
+        // Not stored in Redis but kept on this node (Redis away): the waiters are answered
+        // from here, no pass mark.
+        if end == FillEnd::NotStored && state.hot_mut().store.is_some() && super::local::enabled(r)
+        {
+            // srcache's store ran for a complete answer and did not store (its location
+            // failed: Redis down or refusing; with redis2/HttpRedis this is how the layer
+            // learns it before a lookup fails): Redis is away for this worker.
+            super::local::lookup_failed(now_ms());
+        }
+        let kept = super::local::keep_store(&mut state, r);
+        // Not stored because Redis is away (the store skipped or refused): no pass mark
+        // either; one waiter fills in its place.
+        let away = end == FillEnd::NotStored && super::local::away();
         let pass_ms = match (end, state.settings_if_read()) {
-            (FillEnd::NotStored, Some(settings)) => settings.pass_ttl_ms,
+            (FillEnd::NotStored, Some(settings)) if !(kept || away) => settings.pass_ttl_ms,
             _ => 0,
         };
-        lock.release_with_pass(end == FillEnd::Stored, pass_ms);
+        lock.release_with_pass(end == FillEnd::Stored || kept, pass_ms);
     } else if end == FillEnd::Stored && state.status() == Some(CacheStatus::Pass) {
         // A passed key answered something cacheable: collapsing resumes at once.
         if let (Some(zone), Some(settings)) = (state.zone(), state.settings_if_read()) {
@@ -407,8 +436,9 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
             zone.with_key(&settings.key, |t, fp| t.pass_clear(fp, now));
         }
     }
-    if state.store_outcome().is_stored() {
-        // A new copy went to Redis through this node: the hot copy is not it.
+    if state.store_outcome().is_stored() && state.hot_mut().store.is_none() {
+        // A new copy went to Redis through this node: the hot copy is not it (unless this
+        // request kept it: `local`).
         if let Some(settings) = state.settings_if_read() {
             hot::forget(r, &settings.key);
         }

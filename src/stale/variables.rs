@@ -37,6 +37,7 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
     add_output_variable(cf, "stale_cache_wake_delay", Some(wake_delay_variable))?;
     add_output_variable(cf, "stale_cache_skip_fetch", Some(skip_fetch_variable))?;
     add_output_variable(cf, "stale_cache_rfc9211", Some(rfc9211_variable))?;
+    add_output_variable(cf, "stale_cache_redis_away", Some(redis_away_variable))?;
     // The fleet lease's script, for the `$cache_lease` location (see `super::lease`).
     add_output_variable(cf, "stale_cache_lease_script", Some(lease_script))?;
     // The variants purge's script, for a `$cache_purge` location (see `super::purge`).
@@ -106,6 +107,23 @@ unsafe extern "C" fn skip_fetch_variable(
     // grace band srcache would otherwise serve the old copy in place of the backend's).
     let skip = state::peek(r).is_some_and(|s| s.is_refresh || s.status == Some(CacheStatus::Pass));
     set_value(v, if skip { b"1" } else { b"" });
+    VAR_OK
+}
+
+/// `$stale_cache_redis_away`: `1` while this worker's TTL lookups fail (Redis down, timing
+/// out: learned from the lookups themselves, so it works with redis2/HttpRedis locations),
+/// empty otherwise and for a request answered from, or filling, this node's local zone
+/// (its fetch is answered here; its store is kept here if Redis refuses it). For
+/// `srcache_fetch_skip` and `srcache_store_skip`, like `$stale_cache_redis_down`.
+unsafe extern "C" fn redis_away_variable(
+    r: *mut ngx_http_request_t,
+    v: *mut ngx_variable_value_t,
+    _data: usize,
+) -> ngx_int_t {
+    // SAFETY: nginx passes a live request and the value slot being evaluated.
+    let (r, v) = unsafe { (&*r, value_slot(v)) };
+    let away = super::local::lookups_failing() && !super::hot::will_serve(r);
+    set_value(v, if away { b"1" } else { b"" });
     VAR_OK
 }
 

@@ -35,7 +35,15 @@ pub struct MainConf {
     pub hot: Option<HotZone>,
     /// Whether any location has a role for srcache (`crate::stale::role`).
     pub roles: crate::stale::role::Roles,
+    /// `stale_cache_local_zone NAME SIZE`, or the default one (see `add_default_local_zone`):
+    /// where responses are kept for reuse on this node while Redis is away.
+    pub local: Option<HotZone>,
+    /// `stale_cache_local_zone` was given (a zone, or `off`): no default zone.
+    pub local_set: bool,
 }
+
+/// The default `stale_cache_local_zone` (see docs/directives.md for why this size).
+pub const DEFAULT_LOCAL_ZONE: (&str, usize) = ("stale_cache_local", 4 * 1024 * 1024);
 
 impl Default for MainConf {
     fn default() -> Self {
@@ -48,6 +56,8 @@ impl Default for MainConf {
             refresh_addresses: Vec::new(),
             hot: None,
             roles: Default::default(),
+            local: None,
+            local_set: false,
         }
     }
 }
@@ -253,4 +263,110 @@ pub unsafe extern "C" fn set_hot_zone(
     // SAFETY: the zone nginx returned above, valid for the cycle.
     unsafe { (*shm).data = hot as *mut HotZone as *mut c_void };
     CONF_OK
+}
+
+/// Adds nginx's small zone for the local zone's table named `name` whose
+/// region is `size` bytes, and records it in `slot`; the zone's initialiser finds its size
+/// there (the main conf lives as long as the cycle).
+fn add_region_zone(
+    cf: *mut ngx_conf_t,
+    name: Vec<u8>,
+    size: usize,
+    slot: &mut Option<HotZone>,
+) -> Option<()> {
+    let mut ngx_name = ngx::ffi::ngx_str_t {
+        len: name.len(),
+        data: name.as_ptr() as *mut u8,
+    };
+    let tag = StaleCacheModule::module() as *const _ as *mut c_void;
+    // SAFETY: cf is valid; nginx copies nothing of the name beyond the cycle's life of the
+    // configuration, whose pool keeps `name` (moved into the HotZone below) alive.
+    let shm =
+        unsafe { ngx::ffi::ngx_shared_memory_add(cf, &mut ngx_name, hot::nginx_zone_size(), tag) };
+    // SAFETY: a non-null result is the zone nginx keeps for this cycle.
+    let zone = unsafe { shm.as_mut() }?;
+    zone.init = Some(hot::init_hot_zone as _);
+    let table = slot.insert(HotZone::new(name, shm, size));
+    table.local = true;
+    zone.data = table as *mut HotZone as *mut c_void;
+    Some(())
+}
+
+/// `stale_cache_local_zone NAME SIZE | off;` — where this node keeps responses for reuse
+/// while Redis is away (on by default, see `add_default_local_zone`).
+pub unsafe extern "C" fn set_local_zone(
+    cf: *mut ngx_conf_t,
+    cmd: *mut ngx_command_t,
+    _conf: *mut c_void,
+) -> *mut c_char {
+    // SAFETY: nginx passes the command being parsed, valid during the call.
+    let cmd = unsafe { &*cmd };
+    // SAFETY: as above.
+    let args = conf_args(unsafe { &*cf });
+    // SAFETY: as above.
+    let Some(mcf) = StaleCacheModule::main_conf_mut(unsafe { &*cf }) else {
+        return CONF_ERROR;
+    };
+    if mcf.local_set {
+        return conf_error(cf, cmd, "is duplicate (one local zone per http block)");
+    }
+    mcf.local_set = true;
+    let name = str_bytes(&args[1]).to_vec();
+    if args.len() == 2 {
+        if name == b"off" {
+            return CONF_OK;
+        }
+        return conf_error(
+            cf,
+            cmd,
+            "takes a name and a size (like \"local 4m\"), or \"off\"",
+        );
+    }
+    let valid_name = !name.is_empty()
+        && name
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(b));
+    if !valid_name {
+        return conf_error(
+            cf,
+            cmd,
+            "the zone name must be letters, digits, '_', '-' or '.'",
+        );
+    }
+    if mcf.zones.iter().any(|z| z.name == name) || mcf.hot.as_ref().is_some_and(|h| h.name == name)
+    {
+        return conf_error(
+            cf,
+            cmd,
+            "names another zone; give the local zone its own name",
+        );
+    }
+    let mut size_arg = args[2];
+    // SAFETY: parses the argument string nginx owns.
+    let size = unsafe { ngx::ffi::ngx_parse_size(&mut size_arg) };
+    let min = 1024 * 1024;
+    if size < 0 || (size as usize) < min {
+        let message = format!(
+            "invalid size \"{}\" (a size like 4m; at least {min} bytes)",
+            String::from_utf8_lossy(str_bytes(&size_arg)),
+        );
+        return conf_error(cf, cmd, &message);
+    }
+    match add_region_zone(cf, name, size as usize, &mut mcf.local) {
+        Some(()) => CONF_OK,
+        None => CONF_ERROR,
+    }
+}
+
+/// postconfiguration: without `stale_cache_local_zone`, a location with `stale_cache on`
+/// and no hot zone gets the default local zone (the hot zone, when there is one, keeps the
+/// local copies too).
+pub fn add_default_local_zone(cf: *mut ngx_conf_t) -> Option<()> {
+    // SAFETY: postconfiguration passes the configuration being read.
+    let mcf = StaleCacheModule::main_conf_mut(unsafe { &*cf })?;
+    if mcf.local_set || !mcf.in_use || mcf.hot.is_some() {
+        return Some(());
+    }
+    let (name, size) = DEFAULT_LOCAL_ZONE;
+    add_region_zone(cf, name.as_bytes().to_vec(), size, &mut mcf.local)
 }

@@ -14,4 +14,7 @@ pub use directives::{
     HOT_MAX_AGE, HOT_MAX_SIZE, REFRESH_LIMIT,
 };
 pub use location::{create_loc_conf, StaleCacheConf};
-pub use main::{check_refresh_addresses, set_hot_zone, set_zone, MainConf};
+pub use main::{
+    add_default_local_zone, check_refresh_addresses, set_hot_zone, set_local_zone, set_zone,
+    MainConf,
+};

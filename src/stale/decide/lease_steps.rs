@@ -112,7 +112,7 @@ fn after_fill_answer(
             let next = settle_fill(state, CacheStatus::Collapsed);
             if again {
                 // srcache's fetch already ran for this request: let it fetch again.
-                return refetch(state, req);
+                return refetch(state, req, CacheStatus::Collapsed);
             }
             next
         }

@@ -6,28 +6,25 @@
 mod born_stale;
 mod lease_steps;
 mod ttl;
+mod local_steps;
+mod refetch;
 
-use ngx::ffi::{
-    ngx_event_t, ngx_http_finalize_request, ngx_http_internal_redirect, ngx_http_request_t,
-    ngx_http_run_posted_requests, NGX_LOG_ERR, NGX_LOG_NOTICE,
-};
+use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
 use super::refresh::{self, has_body};
 use super::state::{Next, Phase, RefreshHold, RequestState};
-use super::waiters::{
-    lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock, Wait,
-};
-use super::{hot, lookup};
+use super::waiters::{lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock};
+use super::{hot, local, lookup, metrics};
 use crate::collapse::{after_lock, refresh_lock_ms};
-use crate::flow::{fill_step, first_look, FillStep, FirstLook, ZoneFacts};
+use crate::flow::{fill_step, first_look, FillStep, FirstLook, Reached, ZoneFacts};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN, DONE};
+use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
 use crate::nginx::zone::{self, ZoneRef};
-use crate::policy::{decide, Action, CacheStatus};
+use crate::policy::{decide, Action, CacheStatus, FailReason};
 use crate::replay::{keep_copy, key_argument, KeepCopy};
 use crate::stale::main_conf;
 
@@ -36,6 +33,8 @@ type Step = Result<Next, StaleError>;
 pub use lease_steps::lease_step;
 use lease_steps::{ask_lease, lease_op_request};
 use ttl::ttl_of;
+use local_steps::go_local;
+use refetch::refetch;
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
 /// locks, then the TTL lookup.
@@ -126,6 +125,15 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             state.finish(CacheStatus::Pass);
             Ok(Next::Continue)
         }
+        FirstLook::WaitForFill { .. }
+            if local::enabled(req)
+                && local::try_serve(state, req, 0, true) != local::Copy::None =>
+        {
+            // This node kept a copy while Redis was away (stale, or fresh from a fill that
+            // just ended): served at once instead of waiting for the fill (this worker may
+            // not have met Redis away itself: the fill runs in another).
+            Ok(Next::Continue)
+        }
         FirstLook::WaitForFill { holder } => {
             // A fill of this key is under way, so the key is missing: wait for it without
             // asking Redis (a burst of misses costs one TTL lookup, not one per request).
@@ -145,6 +153,11 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             );
             state.finish(CacheStatus::Stale);
             Ok(Next::Continue)
+        }
+        FirstLook::LookUp if local::skip_lookup(now) && local::enabled(req) => {
+            // Redis is away (this worker's last lookup failed less than a second ago):
+            // collapse on this node without asking it.
+            Ok(go_local(state, req, scf, zone))
         }
         FirstLook::LookUp => {
             let (ttl_uri, args) = {
@@ -202,7 +215,21 @@ pub fn after_lookup(
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
 ) -> Step {
-    let (ttl, entry) = ttl_of(state, scf.http().is_some())?;
+    let (ttl, entry) = match ttl_of(state, scf.http().is_some()) {
+        Ok(answer) => {
+            local::lookup_answered();
+            answer
+        }
+        Err(error @ StaleError::Lookup(FailReason::LookupFailed)) if local::enabled(req) => {
+            // No answer (Redis down, in backoff, timing out): collapse on this node.
+            local::lookup_failed(now_ms());
+            metrics::error(state, req, error.kind_name());
+            local::log_away(req);
+            let zone = state.zone().expect("the zone is known before the lookup");
+            return Ok(go_local(state, req, scf, zone));
+        }
+        Err(error) => return Err(error),
+    };
     let settings = state.settings();
     // An entry stored in the `stale_cache_http` mode is judged by its own windows.
     let (stale_secs, grace_secs) = entry
@@ -427,11 +454,25 @@ pub fn after_wake(
     scf: &StaleCacheConf,
 ) -> Step {
     let zone = state.zone().expect("the zone is known before waiting");
+    // The filler's store was refused (Redis away) and kept on this node: a copy stored since
+    // this request began (after a wait), or any fresh one (srcache's fetch skipped, Redis away).
+    let since = match state.phase() {
+        Phase::Waiting => Some(state.lookup_started()),
+        _ if local::recently_away(now_ms()) => Some(0),
+        _ => None,
+    };
+    if since.is_some_and(|since| local::try_serve(state, req, since, false) == local::Copy::Fresh) {
+        if state.reached() == Reached::SrcacheMissed {
+            // srcache's fetch already ran for this request: let it fetch again.
+            return Ok(refetch(state, req, CacheStatus::Local));
+        }
+        return Ok(Next::Continue);
+    }
     Ok(fill_or_wait(state, req, scf, zone, now_ms()))
 }
 
 /// A missing key: fill it, or wait for the request filling it (`flow::fill_step` decides).
-fn fill_or_wait(
+pub(super) fn fill_or_wait(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
@@ -484,6 +525,8 @@ fn fill_or_wait(
             return finish_stale(state, req, scf);
         }
         FillStep::Fill => {
+            // Its store is noted, to keep on this node if Redis is (or was just) away.
+            local::filling(state);
             state.take_fill(HeldLock::new(zone, key, token));
             zone.count(Counter::FillsStarted);
             if ask_lease(state, req, true) {
@@ -498,7 +541,7 @@ fn fill_or_wait(
             }
             if again {
                 // srcache's fetch already ran for this request: let it fetch again.
-                return refetch(state, req);
+                return refetch(state, req, CacheStatus::Collapsed);
             }
         }
         FillStep::Wait { holder, budget_ms } => {
@@ -534,39 +577,4 @@ fn fill_or_wait(
         state.finish(status);
     }
     Next::Continue
-}
-
-/// A fill stored the entry while this request waited after srcache's miss: send the request
-/// through its location again (once) so srcache serves the entry. The redirect runs from a
-/// posted event, not from inside this step, so no phase handler is re-entered.
-fn refetch(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
-    if state.refetched() {
-        state.finish(CacheStatus::Gone);
-        return Next::Continue;
-    }
-    state.set_refetched();
-    state.finish(CacheStatus::Collapsed);
-    debug!(
-        request_log(req),
-        "stale_cache: fetching again after the fill"
-    );
-    let r = state.request();
-    state.wait_mut().post(r, refetch_event_handler);
-    Next::Return(AGAIN)
-}
-
-unsafe extern "C" fn refetch_event_handler(ev: *mut ngx_event_t) {
-    // SAFETY: the event is the wait event of a live RequestState (see `refetch`), whose end
-    // removes it from the posted queue; no step of the request runs while it runs.
-    let r = unsafe { Wait::of_event(ev) }.request();
-    // SAFETY: the request is live while its state is; the redirect keeps the URI and
-    // arguments (both in the request's pool) and runs the phases anew, like try_files; the
-    // finalize balances the reference the redirect takes.
-    unsafe {
-        let c = (*r).connection;
-        let (mut uri, mut args) = ((*r).uri, (*r).args);
-        ngx_http_internal_redirect(r, &mut uri, &mut args);
-        ngx_http_finalize_request(r, DONE);
-        ngx_http_run_posted_requests(c);
-    }
 }

@@ -35,8 +35,8 @@ use crate::stale::main_conf;
 use crate::stale::state::RequestState;
 
 pub use fill::fetch_output;
+pub use region::local_zone;
 pub use serve::subrequest;
-use swap::hot_state;
 pub use swap::{main_body, main_header};
 
 /// A fresh hit (memo or TTL lookup), fresh until `fresh_until`: decides whether srcache's
@@ -77,17 +77,71 @@ pub fn on_fresh(
 /// fetch): `$stale_cache_redis_down` then lets srcache fetch, since the answer does not come
 /// from Redis. Reads one field (variable handlers may run while a step of the request does).
 pub fn will_serve(r: &ngx_http_request_t) -> bool {
-    let Some(state) = hot_state(r) else {
+    // Asked only while Redis is down: the local zone (default on) may serve then too.
+    if local_zone(r).is_none() {
+        return false;
+    }
+    let Some(state) = crate::stale::state::find(r) else {
         return false;
     };
-    // SAFETY: the state is live while its request is; one Copy field is read through the raw
+    // SAFETY: the state is live while its request is; Copy fields are read through the raw
     // pointer, no reference to the state is made.
-    unsafe { ptr::addr_of!((*RequestState::hot_ptr(state)).plan).read() == Plan::Serve }
+    unsafe {
+        let hot = RequestState::hot_ptr(state);
+        matches!(
+            ptr::addr_of!((*hot).plan).read(),
+            Plan::Serve | Plan::KeepStore
+        )
+    }
+}
+
+/// Plans to answer srcache's fetch from `key`'s copy on this node (Redis away) if one was
+/// stored at or after `since` and its life (fresh period and stale window) is not over;
+/// whether it is fresh.
+pub fn plan_local(state: &mut RequestState, req: &ngx_http_request_t, since: u64) -> Option<bool> {
+    let zone = local_zone(req)?;
+    let now = now_ms();
+    let settings = state.settings();
+    let (key, unfresh_ms) = (
+        settings.key.as_slice(),
+        (settings.stale_secs + settings.grace_secs) * 1000,
+    );
+    let (_, fresh) = zone.with_key(key, |t, fp| t.local_len(fp, key, now, since, unfresh_ms))??;
+    let hot = state.hot_mut();
+    hot.plan = Plan::Serve;
+    hot.local = true;
+    Some(fresh)
+}
+
+/// Keeps `value` as `key`'s copy in `zone` (the local zone or the hot zone), fresh until
+/// `fresh_until` (`crate::stale::local`).
+pub fn keep(
+    zone: &region::HotZone,
+    key: &[u8],
+    value: &[u8],
+    now: u64,
+    fresh_until: u64,
+) -> Option<crate::hotcache::Stored> {
+    let m = zone.mapping()?;
+    zone.with_key(key, |t, fp| {
+        let put = |t: &mut crate::hotcache::HotTable| {
+            t.store(fp, key, value, now, fresh_until, |at, n| {
+                region::detach_pages(&m, at, n)
+            })
+        };
+        let mut stored = put(t);
+        if stored == crate::hotcache::Stored::NoRoom
+            && t.release_dead_owners(crate::nginx::process::owner_alive) > 0
+        {
+            stored = put(t);
+        }
+        stored
+    })
 }
 
 /// Drops the hot copy of `key` on this node (purge, store, a fetch that missed).
 pub fn forget(req: &ngx_http_request_t, key: &[u8]) {
-    if let Some(zone) = main_conf(req).hot.as_ref() {
+    if let Some(zone) = local_zone(req) {
         zone.with_key(key, |t, fp| t.remove(fp, key));
     }
 }
@@ -110,7 +164,7 @@ pub fn release(state: &mut RequestState, r: &ngx_http_request_t) {
     let Some(ip) = state.hot_mut().in_place.take() else {
         return;
     };
-    if let Some(zone) = main_conf(r).hot.as_ref() {
+    if let Some(zone) = local_zone(r) {
         zone.with_table(|t| t.unpin(ip.owner, ip.pid, &ip.pin));
     }
 }

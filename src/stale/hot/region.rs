@@ -7,7 +7,8 @@ use core::ffi::c_void;
 use core::ptr;
 
 use ngx::ffi::{
-    ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_LOG_NOTICE, NGX_LOG_WARN,
+    ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t, NGX_LOG_DEBUG, NGX_LOG_NOTICE,
+    NGX_LOG_WARN,
 };
 
 use crate::hotcache::{fingerprint, HotError, HotTable};
@@ -36,6 +37,8 @@ pub struct HotZone {
     owner: Cell<Option<(u32, Option<usize>)>>,
     /// This configuration's region, set by `init_hot_zone` in the master before fork.
     region: Cell<Option<Mapping>>,
+    /// `stale_cache_local_zone` (or its default), not the hot tier's.
+    pub local: bool,
 }
 
 /// Where a region is (same address in the master and every worker). The copy in nginx's
@@ -68,6 +71,7 @@ impl HotZone {
             seed: Default::default(),
             owner: Cell::new(None),
             region: Cell::new(None),
+            local: false,
         }
     }
 
@@ -346,10 +350,16 @@ fn new_region(
     };
     conf.region.set(Some(*m));
     zone.data = m as *mut Mapping as *mut c_void;
+    // The local zone is there by default: its line is for the curious (debug).
     ngx::ngx_log_error!(
-        NGX_LOG_NOTICE,
+        if conf.local {
+            NGX_LOG_DEBUG
+        } else {
+            NGX_LOG_NOTICE
+        },
         zone.shm.log,
-        "stale_cache: hot zone \"{}\": {} blocks of {} bytes ({} KiB of responses){}",
+        "stale_cache: {} zone \"{}\": {} blocks of {} bytes ({} KiB of responses){}",
+        if conf.local { "local" } else { "hot" },
         name,
         blocks,
         crate::hotcache::BLOCK_SIZE,
@@ -361,4 +371,11 @@ fn new_region(
         }
     );
     OK
+}
+
+/// The zone where copies are kept while Redis is away: the hot zone when there is one,
+/// else the local zone (`stale_cache_local_zone`, on by default).
+pub fn local_zone(r: &ngx::ffi::ngx_http_request_t) -> Option<&HotZone> {
+    let mcf = crate::stale::main_conf(r);
+    mcf.hot.as_ref().or(mcf.local.as_ref())
 }

@@ -3,13 +3,13 @@
 
 use core::ptr;
 
-use ngx::ffi::{ngx_buf_t, ngx_chain_t, ngx_http_request_t};
+use ngx::ffi::{ngx_buf_t, ngx_chain_t, ngx_http_request_body_t, ngx_http_request_t};
 
 use crate::hotcache::{Pin, Plan};
 
 /// The hot tier's part of a request's state.
 pub struct Hot {
-    pub(super) plan: Plan,
+    pub plan: Plan,
     /// The key's fresh period as the module knows it (memo or TTL lookup), in ms.
     pub(super) fresh_until: u64,
     /// The fetch subrequest being served or filled from, once recognised.
@@ -23,6 +23,20 @@ pub struct Hot {
     pub(super) bytes: Vec<u8>,
     /// The fill cannot be used (too large, in a file, ...).
     pub(super) spoiled: bool,
+    /// Redis is away: `Plan::Serve` answers from a copy kept on this node (no max age, the
+    /// local zone; `crate::stale::local`), reported LOCAL.
+    pub local: bool,
+    /// srcache's store subrequest (`Plan::KeepStore`), boxed: few requests have one, and
+    /// the state stays small (one allocation size for every request).
+    pub store: Option<Box<StoreNote>>,
+}
+
+/// What srcache's store subrequest carried (`crate::stale::local`).
+pub struct StoreNote {
+    /// Its body: the response as srcache stores it (main request's pool).
+    pub body: *mut ngx_http_request_body_t,
+    /// `exptime=` of the store.
+    pub exptime: Option<u64>,
 }
 
 impl Default for Hot {
@@ -35,6 +49,8 @@ impl Default for Hot {
             in_place: None,
             bytes: Vec::new(),
             spoiled: false,
+            local: false,
+            store: None,
         }
     }
 }

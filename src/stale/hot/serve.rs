@@ -44,6 +44,15 @@ fn is_fetch(sr: &ngx_http_request_t, key: &[u8]) -> bool {
     role::of_subrequest(sr, declared, &main_conf(sr).roles, Some(key)) == Some(Role::Fetch)
 }
 
+/// Whether `sr` is srcache's store subrequest.
+fn is_store(sr: &ngx_http_request_t) -> bool {
+    if lookup::is_lookup(sr) {
+        return false;
+    }
+    let declared = StaleCacheModule::location_conf(sr).map_or(Declared::Unset, |c| c.role);
+    role::of_subrequest(sr, declared, &main_conf(sr).roles, None) == Some(Role::Store)
+}
+
 /// The stretches of a pinned value in the region, as `(offset, len)`.
 struct Runs {
     at: [(usize, usize); MAX_RUNS],
@@ -82,7 +91,20 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
     let Some(key) = key else {
         return DECLINED;
     };
-    if hot.plan == Plan::Nothing || !hot.fetch.is_null() || !is_fetch(sr, key) {
+    if hot.plan == Plan::Nothing {
+        return DECLINED;
+    }
+    if hot.plan == Plan::KeepStore {
+        // Redis is away and this request fills: note what its store carries.
+        if hot.store.is_none() && is_store(sr) {
+            hot.store = Some(Box::new(super::request::StoreNote {
+                body: sr.request_body,
+                exptime: crate::collapse::store_exptime(crate::nginx::util::str_bytes(&sr.args)),
+            }));
+        }
+        return DECLINED;
+    }
+    if !hot.fetch.is_null() || !is_fetch(sr, key) {
         return DECLINED;
     }
     hot.fetch = sr;
@@ -94,14 +116,21 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
     let Some(scf) = StaleCacheModule::location_conf(main) else {
         return DECLINED;
     };
-    let Some(zone) = main_conf(sr).hot.as_ref() else {
+    // A local copy (Redis away) is served to the end of its fresh period.
+    let (zone, max_age) = if hot.local {
+        (super::region::local_zone(sr), u64::MAX)
+    } else {
+        (main_conf(sr).hot.as_ref(), scf.hot_max_age_ms())
+    };
+    let Some(zone) = zone else {
         return DECLINED;
     };
-    let (max_age, now) = (scf.hot_max_age_ms(), now_ms());
+    let now = now_ms();
     let pool = sr.pool;
     let mut buf: *mut ngx_buf_t = ptr::null_mut();
     // In place only while this module's filters come first (they swap the body).
-    let in_place_ok = filter_chain::ours_first();
+    // (Without a hot zone the filters do not look for the state: local copies are copied.)
+    let in_place_ok = filter_chain::ours_first() && main_conf(sr).hot.is_some();
     let mut runs = Runs {
         at: [(0, 0); MAX_RUNS],
         n: 0,
@@ -162,7 +191,7 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
         }
     };
     hot.served = buf;
-    let in_place = hot.in_place.is_some();
+    let (in_place, local) = (hot.in_place.is_some(), hot.local);
     debug!(
         request_log(sr),
         "stale_cache: \"{}\" answered from the hot tier ({} bytes{})",
@@ -170,8 +199,10 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
         len,
         if in_place { ", in place" } else { "" }
     );
-    // SAFETY: as above; the borrows of the state's parts ended.
-    unsafe { (*state.as_ptr()).set_status(CacheStatus::Hot) };
+    if !local {
+        // SAFETY: as above; the borrows of the state's parts ended.
+        unsafe { (*state.as_ptr()).set_status(CacheStatus::Hot) };
+    }
     sr.content_handler = Some(serve_content);
     DECLINED
 }

@@ -1,0 +1,56 @@
+//! The steps while Redis is away (`crate::stale::local`): a copy kept on this node served,
+//! or the key filled on this node (one request), its store kept here.
+
+use ngx::ffi::ngx_http_request_t;
+
+use super::fill_or_wait;
+use crate::locktable::{LockAttempt, LockKind};
+use crate::metrics::Counter;
+use crate::nginx::util::now_ms;
+use crate::nginx::zone::ZoneRef;
+use crate::policy::CacheStatus;
+use crate::stale::conf::StaleCacheConf;
+use crate::stale::local;
+use crate::stale::state::{Next, RequestState};
+use crate::stale::waiters::{lock_request, new_token, owner_alive, HeldLock};
+
+/// Redis is away: a copy kept on this node is served (LOCAL); otherwise the key is filled
+/// under the fill lock as on a miss (its store is refused and kept here), or waited for.
+pub(super) fn go_local(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+    zone: ZoneRef,
+) -> Next {
+    match local::try_serve(state, req, 0, true) {
+        local::Copy::Fresh => Next::Continue,
+        // Stale: one request fills (its store kept here), the others are served the stale
+        // copy at once instead of waiting for it.
+        local::Copy::Stale => {
+            if let Some(lock) = take_fill_lock(state, zone) {
+                local::filling(state);
+                state.take_fill(lock);
+                zone.count(Counter::FillsStarted);
+                state.finish(CacheStatus::Miss);
+            }
+            Next::Continue
+        }
+        local::Copy::None => {
+            local::filling(state);
+            fill_or_wait(state, req, scf, zone, now_ms())
+        }
+    }
+}
+
+/// The key's fill lock if it is free now (no waiting).
+fn take_fill_lock(state: &RequestState, zone: ZoneRef) -> Option<HeldLock> {
+    let settings = state.settings();
+    let token = new_token();
+    let lock = lock_request(LockKind::Fill, token, settings.lock_exptime_ms, 0);
+    let key = settings.key.clone();
+    let now = now_ms();
+    match zone.with_key(&key, |t, fp| t.try_lock_as(fp, lock, now, owner_alive)) {
+        Some(LockAttempt::Acquired(_)) => Some(HeldLock::new(zone, key, token)),
+        _ => None,
+    }
+}
