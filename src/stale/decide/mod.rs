@@ -5,9 +5,9 @@
 
 mod born_stale;
 mod lease_steps;
-mod ttl;
 mod local_steps;
 mod refetch;
+mod ttl;
 
 use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
@@ -32,9 +32,9 @@ type Step = Result<Next, StaleError>;
 
 pub use lease_steps::lease_step;
 use lease_steps::{ask_lease, lease_op_request};
-use ttl::ttl_of;
 use local_steps::go_local;
 use refetch::refetch;
+use ttl::ttl_of;
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
 /// locks, then the TTL lookup.
