@@ -8,6 +8,7 @@ mod lease_steps;
 mod local_steps;
 mod refetch;
 mod ttl;
+mod waiting;
 
 use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
@@ -15,7 +16,7 @@ use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
 use super::refresh::{self, has_body};
 use super::state::{Next, Phase, RefreshHold, RequestState};
-use super::waiters::{lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock};
+use super::waiters::{lock_request, new_token, owner_alive, zone_full, HeldLock};
 use super::{hot, local, lookup, metrics};
 use crate::collapse::{after_lock, refresh_lock_ms};
 use crate::flow::{fill_step, first_look, FillStep, FirstLook, Reached, ZoneFacts};
@@ -35,6 +36,8 @@ use lease_steps::{ask_lease, lease_op_request};
 use local_steps::go_local;
 use refetch::refetch;
 use ttl::ttl_of;
+pub use waiting::give_up_waiting;
+use waiting::wait_for;
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
 /// locks, then the TTL lookup.
@@ -169,44 +172,6 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             Ok(Next::Return(AGAIN))
         }
     }
-}
-
-/// Parks the request until the fill lock's `holder` releases it (or its wait budget ends).
-fn wait_for(
-    state: &mut RequestState,
-    req: &mut ngx_http_request_t,
-    zone: ZoneRef,
-    holder: u64,
-    budget: u64,
-) {
-    state.enter(Phase::Waiting);
-    let key = state.settings().key.clone();
-    start_waiting(state.wait_mut(), req, zone, &key, holder, budget);
-}
-
-/// `$cache_lock_timeout` is over: go on without the fill (logged at warn, rate-limited).
-pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
-    state.finish(CacheStatus::Timeout);
-    if let Some(zone) = state.zone() {
-        zone.count(Counter::WaitTimeouts);
-    }
-    let key = &state.settings().key;
-    debug!(
-        request_log(req),
-        "stale_cache: wait for \"{}\" timed out",
-        Short(key)
-    );
-    log::limited(
-        request_log(req),
-        ngx::ffi::NGX_LOG_WARN,
-        "lock-timeout",
-        Every::Interval,
-        format_args!(
-            "stale_cache: waited $cache_lock_timeout for the request filling \"{}\"; going on \
-             without it",
-            Short(key)
-        ),
-    );
 }
 
 /// The TTL is in: decide and act.
