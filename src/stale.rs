@@ -34,6 +34,7 @@ mod sender;
 mod state;
 mod store;
 mod variables;
+mod vary;
 mod waiters;
 
 use ngx::ffi::{

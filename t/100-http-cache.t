@@ -60,7 +60,8 @@ sub check_not_stored {
         '/private' => ['Cache-Control: private, max-age=60'],
         '/nocache' => ['Cache-Control: no-cache, max-age=60'],
         '/zero'    => ['Cache-Control: max-age=0'],
-        '/vary'    => ['Cache-Control: max-age=60', 'Vary: Accept'],
+        '/vary'    => ['Cache-Control: max-age=60', 'Vary: *'],
+        '/vary2'   => ['Cache-Control: max-age=60', 'Vary: Accept, *'],
         '/old'     => ['Cache-Control: max-age=60', 'Age: 120'],
     );
     for my $p (sort keys %cases) {
@@ -232,7 +233,7 @@ check_max_age();
 
 
 
-=== TEST 2: no-store, private, no-cache, max-age=0, Vary, no freshness, too old: not stored
+=== TEST 2: no-store, private, no-cache, max-age=0, Vary: *, no freshness, too old: not stored
 --- http_config eval: ::shipped_http()
 --- config eval: ::shipped()
 --- check

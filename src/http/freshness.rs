@@ -52,7 +52,7 @@ pub enum Skip {
     Expired,
     /// A status a shared cache does not store (or not without explicit freshness).
     Status,
-    /// `Vary`: variants are not told apart yet, so none is stored.
+    /// `Vary: *`: no request can be matched to it (RFC 9111 4.1), so it is not stored.
     Vary,
     /// A response to a request with `Authorization` that does not allow sharing it.
     Authorization,
@@ -262,7 +262,7 @@ pub fn judge<'a>(
             f.x_accel_expires.get_or_insert(value);
         } else if is(b"etag") || is(b"last-modified") {
             f.validator = true;
-        } else if is(b"vary") && !value.trim_ascii().is_empty() {
+        } else if is(b"vary") && super::vary::has_star(value) {
             f.vary = true;
         }
     }
@@ -536,8 +536,12 @@ mod tests {
         ] {
             assert_eq!(store(&[("Cache-Control", cc)]), Verdict::Skip(why), "{cc}");
         }
-        assert_eq!(
+        assert!(matches!(
             store(&[("Cache-Control", "max-age=60"), ("Vary", "Accept")]),
+            Verdict::Store(_)
+        ));
+        assert_eq!(
+            store(&[("Cache-Control", "max-age=60"), ("Vary", "Accept, *")]),
             Verdict::Skip(Skip::Vary)
         );
         assert_eq!(store(&[("Expires", "0")]), Verdict::Skip(Skip::Expired));

@@ -135,6 +135,9 @@ pub struct RequestState {
     entry_age: Option<u64>,
     /// `stale_cache_http`: the conditional headers a refresh in the grace band sends.
     validators: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `stale_cache_http`: the variant suffix of this request (`:v:<md5>`) once the lookup
+    /// found that its URL varies (`$stale_cache_http_variant`).
+    variant: Option<String>,
 }
 
 impl RequestState {
@@ -166,6 +169,7 @@ impl RequestState {
             hot: Default::default(),
             entry_age: None,
             validators: Vec::new(),
+            variant: None,
         }
     }
 
@@ -364,6 +368,14 @@ impl RequestState {
 
     pub fn validators(&self) -> &[(Vec<u8>, Vec<u8>)] {
         &self.validators
+    }
+
+    pub fn set_variant(&mut self, v: String) {
+        self.variant = Some(v);
+    }
+
+    pub fn variant(&self) -> Option<&str> {
+        self.variant.as_deref()
     }
 
     pub fn entered_grace(&mut self) {
@@ -569,6 +581,14 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
             entry_age: ptr::addr_of!((*state).entry_age).read(),
         })
     }
+}
+
+/// `r`'s variant suffix (`stale_cache_http`), empty when its URL does not vary.
+pub fn variant_of(r: &ngx_http_request_t) -> Option<String> {
+    let state = find(r)?.as_ptr();
+    // SAFETY: the state is live while its request is; a variable handler runs while no step
+    // changes the field, which is only cloned.
+    unsafe { (*ptr::addr_of!((*state).variant)).clone() }
 }
 
 /// Frees the state of an ended request (the pool cleanup's data).

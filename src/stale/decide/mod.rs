@@ -203,7 +203,15 @@ pub fn after_lookup(
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
 ) -> Step {
-    let (ttl, entry) = ttl_of(state, scf.http().is_some())?;
+    let (mut ttl, entry, vary) = ttl_of(state, scf.http().is_some())?;
+    if let Some(names) = vary {
+        if state.variant().is_none() {
+            // The URL varies: one more lookup, of this request's variant.
+            return super::vary::look_up_variant(state, req, &names);
+        }
+        // A variant is never a vary record: treat it as missing.
+        ttl = -2;
+    }
     let settings = state.settings();
     // An entry stored in the `stale_cache_http` mode is judged by its own windows.
     let (stale_secs, grace_secs) = entry
@@ -234,6 +242,12 @@ pub fn after_lookup(
     );
     match action {
         Action::ServeFresh { memo_ms } => {
+            // A variant is neither memoised nor kept in the hot tier under its URL's key:
+            // another request may need another variant.
+            if state.variant().is_some() {
+                state.finish(CacheStatus::Fresh);
+                return Ok(Next::Continue);
+            }
             if scf.memo_enabled() && memo_ms > 0 {
                 let stored =
                     zone.with_key(&settings.key, |t, fp| t.memo_set(fp, now + memo_ms, now));
