@@ -1,0 +1,190 @@
+# stale_cache_http, Vary (nginx-conf/http-cache.conf as shipped): a response with Vary is
+# stored as a variant of its URL ("<key>:v:<md5>"), the URL's "<key>:w" says what it varies
+# on, Vary: * is never stored, a purge or an invalidation drops every variant, and a URL
+# without Vary costs no extra Redis round trip.
+use lib 't/lib';
+use Test::StaleCache;
+
+our $HTTP = "    stale_cache_zone srcache_locks 1m;\n";
+
+sub shipped {
+    my $text = Test::StaleCache::slurp('nginx-conf/http-cache.conf') // die "http-cache.conf: $!";
+    my ($server) = $text =~ /\n    server \{\n(.*)\n    \}\n\}\s*\z/s or die 'no server';
+    $server =~ s/^\s*listen 127\.0\.0\.1:8080;[^\n]*\n//m or die 'no listen 8080';
+    $server =~ s{http://www;}{http://backend;}g or die 'no proxy_pass';
+    # PURGE requests delete the URL through $cache_purge (/redispurge).
+    $server =~ s/(\n\s*stale_cache on;)/$1\n            stale_cache_purge PURGE;/ or die 'no stale_cache on';
+    return $server;
+}
+
+sub shipped_http {
+    my $text = Test::StaleCache::slurp('nginx-conf/http-cache.conf') // die "http-cache.conf: $!";
+    return $::HTTP . join('', map { "$_\n" } $text =~ /^(\s*stale_cache_redis_variable [^\n]*)$/mg);
+}
+
+sub key_of { Digest::MD5::md5_hex("http://localhost" . shift) }
+sub hdr { my ($r, $h) = @_; $r->{headers}{lc $h} }
+sub variants {    # the variant entries of key $k (a count in scalar context)
+    my $k = shift;
+    my @v = sort grep { /^\Q$k\E:v:[0-9a-f]{32}$/ } @{ redis('KEYS', "$k:v:*") };
+    return @v;
+}
+
+# How many EVALs (lookups and stores: one round trip each) Redis ran.
+sub evals {
+    my ($n) = redis('INFO', 'commandstats') =~ /cmdstat_eval:calls=(\d+)/;
+    return $n // 0;
+}
+
+sub get_al {
+    my ($p, $al) = @_;
+    return http_get($p, defined $al ? { 'Accept-Language' => $al } : {});
+}
+
+# Variants of one URL: each Accept-Language has its own entry; the names and values are
+# normalised; a request without the header is a variant of its own.
+sub check_variants {
+    my $p = '/v';
+    my $key = key_of($p);
+    backend_config($p, header => ['Cache-Control: max-age=60', 'Vary: accept-language']);
+    my $r = get_al($p, 'en');
+    is(hdr($r, 'x-stale-cache'), 'MISS', 'en: MISS');
+    wait_until(sub { redis('GET', "$key:w") }, 5, 'stored');
+    is(redis('GET', "$key:w"), 'v=accept-language', 'the URL\'s record: what it varies on');
+    is(redis('EXISTS', $key), 0, 'no entry under the URL\'s own key');
+    is(scalar(my @v = variants($key)), 1, 'one variant');
+    $r = get_al($p, 'en');
+    is(hdr($r, 'x-stale-cache'), 'FRESH', 'en again: FRESH');
+    is($r->{body}, "backend GET $p hit 1\n", 'en: its variant');
+    like(hdr($r, 'age') // '', qr/^\d+$/, 'with an Age');
+    $r = get_al($p, 'fr');
+    is(hdr($r, 'x-stale-cache'), 'MISS', 'fr: MISS (not the en variant)');
+    is($r->{body}, "backend GET $p hit 2\n", 'fr: from the backend');
+    wait_until(sub { variants($key) == 2 }, 5, 'the fr variant stored');
+    is(get_al($p, 'fr')->{body}, "backend GET $p hit 2\n", 'fr again: the fr variant');
+    is(get_al($p, ' en ')->{body}, "backend GET $p hit 1\n", 'en with spaces: the en variant');
+    $r = get_al($p, undef);
+    is($r->{body}, "backend GET $p hit 3\n", 'no Accept-Language: a variant of its own');
+    wait_until(sub { variants($key) == 3 }, 5, 'stored');
+    is(get_al($p, undef)->{body}, "backend GET $p hit 3\n", 'and served from it');
+    is(get_al($p, '')->{body}, "backend GET $p hit 4\n", 'an empty Accept-Language differs from none');
+    is(backend_hits($p), 4, 'four backend hits for four variants');
+    is(redis('SCARD', "$key:vs"), 8, 'the variant set lists the four variants and their windows');
+
+    # Several names, in any case and order, with list members spaced differently.
+    my $q = '/v2';
+    backend_config($q, header => ['Cache-Control: max-age=60', 'Vary: Accept-Language, ACCEPT',
+                                  'Vary: accept-language']);
+    http_get($q, { 'Accept' => 'text/html, */*', 'Accept-Language' => 'de' });
+    wait_until(sub { redis('GET', key_of($q) . ':w') }, 5, 'stored');
+    is(redis('GET', key_of($q) . ':w'), 'v=accept,accept-language', 'names sorted, case-folded, once');
+    is(http_get($q, { 'Accept-Language' => 'de', 'Accept' => 'text/html,*/*' })->{body},
+       "backend GET $q hit 1\n", 'the same variant');
+    is(http_get($q, { 'Accept-Language' => 'de', 'Accept' => '*/*, text/html' })->{body},
+       "backend GET $q hit 2\n", 'members in another order: another variant');
+}
+
+# Vary: * is never stored; a URL that stops varying is stored under its own key again.
+sub check_star_and_change {
+    my $p = '/star';
+    backend_config($p, header => ['Cache-Control: max-age=60', 'Vary: *']);
+    get_al($p, 'en') for 1 .. 2;
+    is(backend_hits($p), 2, 'Vary: * : both requests to the backend');
+    is(scalar @{ redis('KEYS', key_of($p) . '*') }, 0, 'nothing in Redis');
+
+    my $q = '/change';
+    my $key = key_of($q);
+    backend_config($q, header => ['Cache-Control: max-age=1', 'Vary: Accept-Language']);
+    get_al($q, 'en');
+    wait_until(sub { variants($key) == 1 }, 5, 'a variant stored');
+    wait_until(sub { !variants($key) }, 5, 'it expired');
+    backend_config($q, header => ['Cache-Control: max-age=60']);
+    get_al($q, 'en');
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored under the URL\'s key');
+    like(redis('GET', "$key:w"), qr/^\d+_\d+_\d+_\d+$/, 'with its windows (no vary record)');
+    is(get_al($q, 'fr')->{body}, "backend GET $q hit 2\n", 'served to every request');
+    is(backend_hits($q), 2, 'from the cache');
+}
+
+# A purge, and an unsafe request's invalidation, drop every variant of the URL.
+sub check_purge {
+    my $p = '/pv';
+    my $key = key_of($p);
+    backend_config($p, header => ['Cache-Control: max-age=60', 'Vary: Accept-Language']);
+    for my $al ('en', 'fr', 'de') {
+        get_al($p, $al);
+    }
+    wait_until(sub { variants($key) == 3 }, 5, 'three variants stored');
+    my $r = http_request('PURGE', $p);
+    is($r->{status}, 200, 'PURGE: 200');
+    is(scalar @{ redis('KEYS', "$key*") }, 0, 'every variant, window and record gone');
+    is(hdr(get_al($p, 'fr'), 'x-stale-cache'), 'MISS', 'fr afterwards: MISS');
+
+    for my $al ('en', 'de') {
+        get_al($p, $al);
+    }
+    wait_until(sub { variants($key) == 3 }, 5, 'three variants again');
+    is(http_request('POST', $p, {}, 'x')->{status}, 200, 'POST: 200');
+    wait_until(sub { !@{ redis('KEYS', "$key*") } }, 5, 'the POST invalidated every variant');
+}
+
+# Round trips: a URL without Vary is looked up with one EVAL, as before; one with Vary with
+# one more (its variant), never more.
+sub check_round_trips {
+    backend_config('/plain', header => ['Cache-Control: max-age=60']);
+    backend_config('/varies', header => ['Cache-Control: max-age=60', 'Vary: Accept-Language']);
+    for my $p ('/plain', '/varies') {
+        get_al($p, 'en');
+        wait_until(sub { redis('GET', key_of($p) . ':w') }, 5, "$p stored");
+    }
+    redis('CONFIG', 'RESETSTAT');
+    is(hdr(get_al('/plain', 'en'), 'x-stale-cache'), 'FRESH', '/plain: FRESH');
+    is(evals(), 1, '/plain: one lookup');
+    redis('CONFIG', 'RESETSTAT');
+    is(hdr(get_al('/varies', 'en'), 'x-stale-cache'), 'FRESH', '/varies: FRESH');
+    is(evals(), 2, '/varies: one lookup more, for its variant');
+}
+
+run_tests();
+
+__DATA__
+
+=== TEST 1: variants of a URL, normalised names and values
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_variants();
+--- no_error_log
+[alert]
+[crit]
+[error]
+
+=== TEST 2: Vary: * is not stored; a URL that stops varying
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_star_and_change();
+--- no_error_log
+[alert]
+[crit]
+[error]
+
+=== TEST 3: purge and invalidation drop every variant
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_purge();
+--- no_error_log
+[alert]
+[crit]
+[error]
+
+=== TEST 4: round trips with and without Vary
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_round_trips();
+--- no_error_log
+[alert]
+[crit]
+[error]
