@@ -128,8 +128,9 @@ sub check_purge {
     wait_until(sub { !@{ redis('KEYS', "$key*") } }, 5, 'the POST invalidated every variant');
 }
 
-# Round trips: a URL without Vary is looked up with one EVAL, as before; one with Vary with
-# one more (its variant), never more.
+# Round trips: a URL without Vary is looked up with one EVAL, then answered by the freshness
+# memo; one with Vary with one EVAL more the first time (the URL's record, then its
+# variant), then by its variant's memo; another variant goes straight to its own lookup.
 sub check_round_trips {
     backend_config('/plain', header => ['Cache-Control: max-age=60']);
     backend_config('/varies', header => ['Cache-Control: max-age=60', 'Vary: Accept-Language']);
@@ -140,9 +141,36 @@ sub check_round_trips {
     redis('CONFIG', 'RESETSTAT');
     is(hdr(get_al('/plain', 'en'), 'x-stale-cache'), 'FRESH', '/plain: FRESH');
     is(evals(), 1, '/plain: one lookup');
+    is(hdr(get_al('/plain', 'en'), 'x-stale-cache'), 'FRESH', '/plain again: FRESH');
+    is(evals(), 1, '/plain again: no lookup (the memo)');
     redis('CONFIG', 'RESETSTAT');
     is(hdr(get_al('/varies', 'en'), 'x-stale-cache'), 'FRESH', '/varies: FRESH');
     is(evals(), 2, '/varies: one lookup more, for its variant');
+    my $r = get_al('/varies', 'en');
+    is(hdr($r, 'x-stale-cache'), 'FRESH', '/varies again: FRESH');
+    is($r->{body}, "backend GET /varies hit 1\n", 'its variant');
+    is(evals(), 2, '/varies again: no lookup (the variant\'s memo)');
+    redis('CONFIG', 'RESETSTAT');
+    $r = get_al('/varies', 'fr');
+    is(hdr($r, 'x-stale-cache'), 'MISS', '/varies fr: MISS');
+    is($r->{body}, "backend GET /varies hit 2\n", 'from the backend');
+    wait_until(sub { evals() >= 2 }, 5, 'stored');
+    is(evals(), 2, '/varies fr: one lookup (its variant, directly) and the store');
+    redis('CONFIG', 'RESETSTAT');
+    is(get_al('/varies', 'fr')->{body}, "backend GET /varies hit 2\n", '/varies fr again');
+    is(evals(), 1, 'one lookup: the variant');
+    is(get_al('/varies', 'fr')->{body}, "backend GET /varies hit 2\n", 'and again');
+    is(evals(), 1, 'then its memo');
+
+    # The URL stops varying: a remembered variant's lookup finds no record, the URL is
+    # looked up as a whole.
+    redis('DEL', key_of('/varies') . ':w');
+    backend_config('/varies', header => ['Cache-Control: max-age=60']);
+    is(get_al('/varies', 'de')->{body}, "backend GET /varies hit 3\n", 'de: from the backend');
+    wait_until(sub { redis('EXISTS', key_of('/varies')) }, 5, 'stored under the URL\'s key');
+    $r = get_al('/varies', 'it');
+    is(hdr($r, 'x-stale-cache'), 'FRESH', 'it: FRESH');
+    is($r->{body}, "backend GET /varies hit 3\n", 'the URL\'s entry');
 }
 
 run_tests();

@@ -77,6 +77,22 @@ pub fn variant<'a>(names: &str, request: impl IntoIterator<Item = (&'a [u8], &'a
     format!(":v:{}", String::from_utf8_lossy(&hex))
 }
 
+/// A request's variant, once its URL is known to vary.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Variant {
+    /// The normalised names the URL varies on.
+    pub names: String,
+    /// `:v:<md5>`, appended to the URL's Redis key.
+    pub suffix: String,
+}
+
+impl Variant {
+    /// The key of the variant's freshness memo: the URL's key and the suffix.
+    pub fn memo_key(&self, key: &[u8]) -> Vec<u8> {
+        [key, b"\n", self.suffix.as_bytes()].concat()
+    }
+}
+
 /// The vary record kept in `<key>:w` of a URL whose responses vary: `v=<names>`.
 pub fn record_names(record: &[u8]) -> Option<&[u8]> {
     record.strip_prefix(b"v=").filter(|n| !n.is_empty())

@@ -44,11 +44,17 @@ impl Windows {
 ///
 /// A URL whose responses vary has no entry of its own: its `<key>:w` holds the vary record
 /// (`v=<names>`, see `crate::http::vary`), which the script answers as a bulk string; the
-/// module then looks the request's variant up with the same script. Entries without Vary
-/// cost the same two reads as before.
+/// module then looks the request's variant up with the same script, given the variant's keys
+/// and the URL's (KEYS 3 and 4). A missing variant answers the URL's vary record when it
+/// still has one (the variant is missing), else -3 (the URL does not vary any more). Entries
+/// without Vary cost the same two reads as before.
 pub const LOOKUP_SCRIPT: &str = "local t = redis.call('TTL', KEYS[1]) \
 local w = redis.call('GET', KEYS[2]) \
 if t < 0 then \
+if #KEYS >= 4 and KEYS[4] ~= KEYS[2] then \
+w = redis.call('GET', KEYS[4]) \
+if not (w and string.sub(w, 1, 2) == 'v=') then return -3 end \
+end \
 if w and string.sub(w, 1, 2) == 'v=' then return w end \
 return t end \
 if not w then return t end \

@@ -342,6 +342,7 @@ fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
     let key = state.settings().key.clone();
     if let Some(zone) = state.zone() {
         zone.with_key(&key, |t, fp| t.memo_clear(fp, now));
+        super::vary::memo_clear(state, zone, now);
     }
     hot::forget(req, &key);
     debug!(

@@ -135,9 +135,9 @@ pub struct RequestState {
     entry_age: Option<u64>,
     /// `stale_cache_http`: the conditional headers a refresh in the grace band sends.
     validators: Vec<(Vec<u8>, Vec<u8>)>,
-    /// `stale_cache_http`: the variant suffix of this request (`:v:<md5>`) once the lookup
-    /// found that its URL varies (`$stale_cache_http_variant`).
-    variant: Option<String>,
+    /// `stale_cache_http`: this request's variant once its URL is known to vary
+    /// (`$stale_cache_http_variant`).
+    variant: Option<crate::http::vary::Variant>,
 }
 
 impl RequestState {
@@ -370,12 +370,12 @@ impl RequestState {
         &self.validators
     }
 
-    pub fn set_variant(&mut self, v: String) {
-        self.variant = Some(v);
+    pub fn set_variant(&mut self, v: Option<crate::http::vary::Variant>) {
+        self.variant = v;
     }
 
-    pub fn variant(&self) -> Option<&str> {
-        self.variant.as_deref()
+    pub fn variant(&self) -> Option<&crate::http::vary::Variant> {
+        self.variant.as_ref()
     }
 
     pub fn entered_grace(&mut self) {
@@ -588,7 +588,11 @@ pub fn variant_of(r: &ngx_http_request_t) -> Option<String> {
     let state = find(r)?.as_ptr();
     // SAFETY: the state is live while its request is; a variable handler runs while no step
     // changes the field, which is only cloned.
-    unsafe { (*ptr::addr_of!((*state).variant)).clone() }
+    unsafe {
+        (*ptr::addr_of!((*state).variant))
+            .as_ref()
+            .map(|v| v.suffix.clone())
+    }
 }
 
 /// Frees the state of an ended request (the pool cleanup's data).

@@ -5,27 +5,23 @@
 
 mod born_stale;
 mod lease_steps;
+mod refetch;
 mod ttl;
 
-use ngx::ffi::{
-    ngx_event_t, ngx_http_finalize_request, ngx_http_internal_redirect, ngx_http_request_t,
-    ngx_http_run_posted_requests, NGX_LOG_ERR, NGX_LOG_NOTICE,
-};
+use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
 use super::refresh::{self, has_body};
 use super::state::{Next, Phase, RefreshHold, RequestState};
-use super::waiters::{
-    lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock, Wait,
-};
+use super::waiters::{lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock};
 use super::{hot, lookup};
 use crate::collapse::{after_lock, refresh_lock_ms};
 use crate::flow::{fill_step, first_look, FillStep, FirstLook, ZoneFacts};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN, DONE};
+use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
 use crate::nginx::zone::{self, ZoneRef};
 use crate::policy::{decide, Action, CacheStatus};
 use crate::replay::{keep_copy, key_argument, KeepCopy};
@@ -35,6 +31,7 @@ type Step = Result<Next, StaleError>;
 
 pub use lease_steps::lease_step;
 use lease_steps::{ask_lease, lease_op_request};
+use refetch::refetch;
 use ttl::ttl_of;
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
@@ -100,6 +97,10 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             pass_left_ms: None,
             lock: None,
         });
+    // A URL this worker knows to vary: its variant's memo, or a lookup of its variant.
+    if scf.http().is_some() && super::vary::first_look(state, req, zone, memo, now) {
+        return Ok(Next::Continue);
+    }
     state.begin(zone, now);
     let log = request_log(req);
     match first_look(facts) {
@@ -204,13 +205,8 @@ pub fn after_lookup(
     scf: &StaleCacheConf,
 ) -> Step {
     let (mut ttl, entry, vary) = ttl_of(state, scf.http().is_some())?;
-    if let Some(names) = vary {
-        if state.variant().is_none() {
-            // The URL varies: one more lookup, of this request's variant.
-            return super::vary::look_up_variant(state, req, &names);
-        }
-        // A variant is never a vary record: treat it as missing.
-        ttl = -2;
+    if let Some(next) = super::vary::after_answer(state, req, vary, &mut ttl) {
+        return next;
     }
     let settings = state.settings();
     // An entry stored in the `stale_cache_http` mode is judged by its own windows.
@@ -242,9 +238,9 @@ pub fn after_lookup(
     );
     match action {
         Action::ServeFresh { memo_ms } => {
-            // A variant is neither memoised nor kept in the hot tier under its URL's key:
-            // another request may need another variant.
-            if state.variant().is_some() {
+            // A variant is neither memoised nor kept in the hot tier under its URL's key
+            // (another request may need another variant): its memo has a key of its own.
+            if super::vary::fresh(state, zone, scf.memo_enabled(), memo_ms, now) {
                 state.finish(CacheStatus::Fresh);
                 return Ok(Next::Continue);
             }
@@ -549,39 +545,4 @@ fn fill_or_wait(
         state.finish(status);
     }
     Next::Continue
-}
-
-/// A fill stored the entry while this request waited after srcache's miss: send the request
-/// through its location again (once) so srcache serves the entry. The redirect runs from a
-/// posted event, not from inside this step, so no phase handler is re-entered.
-fn refetch(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
-    if state.refetched() {
-        state.finish(CacheStatus::Gone);
-        return Next::Continue;
-    }
-    state.set_refetched();
-    state.finish(CacheStatus::Collapsed);
-    debug!(
-        request_log(req),
-        "stale_cache: fetching again after the fill"
-    );
-    let r = state.request();
-    state.wait_mut().post(r, refetch_event_handler);
-    Next::Return(AGAIN)
-}
-
-unsafe extern "C" fn refetch_event_handler(ev: *mut ngx_event_t) {
-    // SAFETY: the event is the wait event of a live RequestState (see `refetch`), whose end
-    // removes it from the posted queue; no step of the request runs while it runs.
-    let r = unsafe { Wait::of_event(ev) }.request();
-    // SAFETY: the request is live while its state is; the redirect keeps the URI and
-    // arguments (both in the request's pool) and runs the phases anew, like try_files; the
-    // finalize balances the reference the redirect takes.
-    unsafe {
-        let c = (*r).connection;
-        let (mut uri, mut args) = ((*r).uri, (*r).args);
-        ngx_http_internal_redirect(r, &mut uri, &mut args);
-        ngx_http_finalize_request(r, DONE);
-        ngx_http_run_posted_requests(c);
-    }
 }
