@@ -26,6 +26,7 @@ mod lease;
 mod literals;
 mod locations;
 mod lookup;
+mod memo_age;
 mod metrics;
 mod purge;
 mod refresh;

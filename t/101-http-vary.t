@@ -173,6 +173,29 @@ sub check_round_trips {
     is($r->{body}, "backend GET /varies hit 3\n", 'the URL\'s entry');
 }
 
+# Hits answered by the freshness memo (no lookup) carry Age too: the entry's age when it
+# was looked up plus the time since.
+sub check_memo_age {
+    backend_config('/aged', header => ['Cache-Control: max-age=600', 'Age: 100']);
+    backend_config('/aged-v', header => ['Cache-Control: max-age=600', 'Age: 200',
+                                         'Vary: Accept-Language']);
+    for my $p ('/aged', '/aged-v') {
+        get_al($p, 'en');
+        wait_until(sub { redis('GET', key_of($p) . ':w') }, 5, "$p stored");
+        my $r = get_al($p, 'en');
+        is(hdr($r, 'x-stale-cache'), 'FRESH', "$p: FRESH after a lookup");
+        my $age = hdr($r, 'age') // '';
+        like($age, qr/^\d+$/, "$p: with an Age");
+        redis('CONFIG', 'RESETSTAT');
+        $r = get_al($p, 'en');
+        is(hdr($r, 'x-stale-cache'), 'FRESH', "$p: FRESH by the memo");
+        is(evals(), 0, "$p: no lookup");
+        my $memo_age = hdr($r, 'age') // 'none';
+        ok($memo_age =~ /^\d+$/ && $memo_age >= $age && $memo_age <= $age + 2,
+           "$p: the memo hit's Age ($memo_age) follows the lookup's ($age)");
+    }
+}
+
 run_tests();
 
 __DATA__
@@ -212,6 +235,16 @@ check_purge();
 --- config eval: ::shipped()
 --- check
 check_round_trips();
+--- no_error_log
+[alert]
+[crit]
+[error]
+
+=== TEST 5: Age on hits answered by the freshness memo
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_memo_age();
 --- no_error_log
 [alert]
 [crit]

@@ -118,6 +118,7 @@ pub fn first_look(
     );
     state.begin(zone, now);
     state.set_ttl_left(Some(crate::cache_status::memo_ttl_left(until_ms, now)));
+    state.set_entry_age(super::memo_age::recall(zone, &memo_key, now));
     zone.count(Counter::MemoHits);
     state.finish(CacheStatus::Fresh);
     true
@@ -125,13 +126,22 @@ pub fn first_look(
 
 /// A fresh variant (`true`): its memo is set, and the worker remembers its URL varies for
 /// as long. `false` for a request without a variant.
-pub fn fresh(state: &RequestState, zone: ZoneRef, memo: bool, memo_ms: u64, now: u64) -> bool {
+pub fn fresh(
+    state: &RequestState,
+    zone: ZoneRef,
+    memo: bool,
+    memo_ms: u64,
+    now: u64,
+    age: Option<u64>,
+) -> bool {
     let Some(v) = state.variant() else {
         return false;
     };
     let key = &state.settings().key;
     if memo && memo_ms > 0 {
-        zone.with_key(&v.memo_key(key), |t, fp| t.memo_set(fp, now + memo_ms, now));
+        let memo_key = v.memo_key(key);
+        zone.with_key(&memo_key, |t, fp| t.memo_set(fp, now + memo_ms, now));
+        super::memo_age::remember(zone, &memo_key, age, now);
         remember(key, &v.names, now + memo_ms);
     }
     true

@@ -15,7 +15,7 @@ use super::error::{warn, StaleError};
 use super::refresh::{self, has_body};
 use super::state::{Next, Phase, RefreshHold, RequestState};
 use super::waiters::{lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock};
-use super::{hot, lookup};
+use super::{hot, lookup, memo_age};
 use crate::collapse::{after_lock, refresh_lock_ms};
 use crate::flow::{fill_step, first_look, FillStep, FirstLook, ZoneFacts};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
@@ -111,6 +111,10 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
                 Short(&state.settings().key)
             );
             state.set_ttl_left(Some(crate::cache_status::memo_ttl_left(until_ms, now)));
+            if scf.http().is_some() {
+                let age = memo_age::recall(zone, &state.settings().key, now);
+                state.set_entry_age(age);
+            }
             zone.count(Counter::MemoHits);
             state.finish(CacheStatus::Fresh);
             hot::on_fresh(state, req, scf, until_ms);
@@ -240,11 +244,13 @@ pub fn after_lookup(
         Action::ServeFresh { memo_ms } => {
             // A variant is neither memoised nor kept in the hot tier under its URL's key
             // (another request may need another variant): its memo has a key of its own.
-            if super::vary::fresh(state, zone, scf.memo_enabled(), memo_ms, now) {
+            let age = entry.as_ref().map(|e| e.age(ttl));
+            if super::vary::fresh(state, zone, scf.memo_enabled(), memo_ms, now, age) {
                 state.finish(CacheStatus::Fresh);
                 return Ok(Next::Continue);
             }
             if scf.memo_enabled() && memo_ms > 0 {
+                memo_age::remember(zone, &settings.key, age, now);
                 let stored =
                     zone.with_key(&settings.key, |t, fp| t.memo_set(fp, now + memo_ms, now));
                 if let Some(MemoOutcome::StoredEvicted(_)) = stored {
