@@ -22,6 +22,7 @@ mod error;
 mod filters;
 mod hot;
 mod http_mode;
+mod http_request;
 mod lease;
 mod literals;
 mod locations;

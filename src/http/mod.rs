@@ -6,6 +6,7 @@
 pub mod date;
 pub mod freshness;
 pub mod invalidate;
+pub mod request;
 pub mod vary;
 pub mod windows;
 

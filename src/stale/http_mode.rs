@@ -129,6 +129,10 @@ fn verdict(r: &ngx_http_request_t) -> Option<Verdict> {
     let status = u16::try_from(r.headers_out.status)
         .ok()
         .filter(|&s| s != 0)?;
+    // A request with no-store: nothing of the exchange is stored (RFC 9111 5.2.1.5).
+    if super::http_request::directives(r).no_store {
+        return Some(Verdict::Skip(Skip::NoStore));
+    }
     let headers = response_headers(r);
     let authorization = !r.headers_in.authorization.is_null();
     // SAFETY: nginx's cached time is set up before any request runs.

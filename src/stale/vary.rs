@@ -92,6 +92,7 @@ fn variant_of(req: &ngx_http_request_t, names: String) -> Variant {
 pub fn first_look(
     state: &mut RequestState,
     req: &ngx_http_request_t,
+    scf: &super::conf::StaleCacheConf,
     zone: ZoneRef,
     memo: bool,
     now: u64,
@@ -117,8 +118,13 @@ pub fn first_look(
         Short(&state.settings().key)
     );
     state.begin(zone, now);
-    state.set_ttl_left(Some(crate::cache_status::memo_ttl_left(until_ms, now)));
-    state.set_entry_age(super::memo_age::recall(zone, &memo_key, now));
+    let left = crate::cache_status::memo_ttl_left(until_ms, now);
+    state.set_ttl_left(Some(left));
+    let age = super::memo_age::recall(zone, &memo_key, now);
+    state.set_entry_age(age);
+    if super::http_request::pass_stored(state, req, scf, age, Some(left)) {
+        return true;
+    }
     zone.count(Counter::MemoHits);
     state.finish(CacheStatus::Fresh);
     true

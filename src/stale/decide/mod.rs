@@ -15,7 +15,7 @@ use super::error::{warn, StaleError};
 use super::refresh::{self, has_body};
 use super::state::{Next, Phase, RefreshHold, RequestState};
 use super::waiters::{lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock};
-use super::{hot, lookup, memo_age};
+use super::{hot, http_request, lookup, memo_age};
 use crate::collapse::{after_lock, refresh_lock_ms};
 use crate::flow::{fill_step, first_look, FillStep, FirstLook, ZoneFacts};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
@@ -97,8 +97,11 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             pass_left_ms: None,
             lock: None,
         });
+    if http_request::pass_at_once(state, req, scf) {
+        return Ok(Next::Continue);
+    }
     // A URL this worker knows to vary: its variant's memo, or a lookup of its variant.
-    if scf.http().is_some() && super::vary::first_look(state, req, zone, memo, now) {
+    if scf.http().is_some() && super::vary::first_look(state, req, scf, zone, memo, now) {
         return Ok(Next::Continue);
     }
     state.begin(zone, now);
@@ -114,6 +117,10 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             if scf.http().is_some() {
                 let age = memo_age::recall(zone, &state.settings().key, now);
                 state.set_entry_age(age);
+                let left = Some(crate::cache_status::memo_ttl_left(until_ms, now));
+                if http_request::pass_stored(state, req, scf, age, left) {
+                    return Ok(Next::Continue);
+                }
             }
             zone.count(Counter::MemoHits);
             state.finish(CacheStatus::Fresh);
@@ -222,6 +229,10 @@ pub fn after_lookup(
     let ttl_left = crate::cache_status::ttl_left(ttl, stale_secs, grace_secs);
     state.looked_up(ttl, ttl_left);
     state.set_entry_age(entry.as_ref().map(|e| e.age(ttl)));
+    let age = entry.as_ref().map(|e| e.age(ttl));
+    if ttl >= 0 && http_request::pass_stored(state, req, scf, age, ttl_left) {
+        return Ok(Next::Continue);
+    }
     if let Some(e) = &entry {
         // In the grace band a refresh revalidates the stored response with its validators.
         state.set_validators(crate::http::windows::conditional_headers(e));
