@@ -196,6 +196,38 @@ sub check_memo_age {
     }
 }
 
+# A variant's own windows: stale-while-revalidate serves it STALE and refreshes that variant
+# only; concurrent misses of one variant collapse into one backend request.
+sub check_windows_and_collapsing {
+    my $p = '/vw';
+    my $key = key_of($p);
+    backend_config($p, header => ['Cache-Control: max-age=1, stale-while-revalidate=30',
+                                  'Vary: Accept-Language']);
+    get_al($p, 'en');
+    get_al($p, 'fr');
+    wait_until(sub { variants($key) == 2 }, 5, 'two variants');
+    my ($en) = grep { redis('GET', $_) =~ /hit 1\n\z/ } variants($key);
+    is(redis('GET', "$en:w"), '30_0_31_0', 'the en variant\'s windows: 30 s stale');
+    wait_until(sub { redis('TTL', $en) < 30 }, 5, 'past its freshness');
+    my $r = get_al($p, 'en');
+    is(hdr($r, 'x-stale-cache'), 'STALE', 'en: STALE');
+    is($r->{body}, "backend GET $p hit 1\n", 'the stored en variant, at once');
+    wait_until(sub { redis('GET', $en) =~ /hit 3\n\z/ }, 5, 'the en variant refreshed');
+    like(redis('GET', grep { $_ ne $en } variants($key)), qr/hit 2\n\z/, 'the fr variant untouched');
+
+    my $q = '/vc';
+    backend_config($q, header => ['Cache-Control: max-age=60', 'Vary: Accept-Language']);
+    get_al($q, 'en');
+    wait_until(sub { variants(key_of($q)) == 1 }, 5, 'the URL varies');
+    my @r = Test::StaleCache::run_jobs(
+        [map { { port => $ENV{TEST_NGINX_SERVER_PORT},
+                 reqs => [Test::StaleCache::build_request("GET $q",
+                          { 'Accept-Language' => 'it', 'X-Backend-Delay' => '0.5' })] } } 1 .. 10], 15);
+    is(scalar(grep { ($_->{status} // 0) == 200 } @r), 10, '10 concurrent misses of the it variant: 10 x 200');
+    is(scalar(grep { $_->{body} eq "backend GET $q hit 2\n" } @r), 10, 'all with the one it answer');
+    is(backend_hits($q), 2, 'one backend request for them');
+}
+
 run_tests();
 
 __DATA__
@@ -245,6 +277,16 @@ check_round_trips();
 --- config eval: ::shipped()
 --- check
 check_memo_age();
+--- no_error_log
+[alert]
+[crit]
+[error]
+
+=== TEST 6: a variant's own windows (stale-while-revalidate) and collapsing of one variant's misses
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_windows_and_collapsing();
 --- no_error_log
 [alert]
 [crit]

@@ -106,6 +106,9 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     }
     state.begin(zone, now);
     let log = request_log(req);
+    // In the mode, a request that does not know its variant yet looks the URL up even while
+    // a fill or refresh of it runs: srcache must fetch the request's variant, not the URL's.
+    let blind = scf.http().is_some() && state.variant().is_none();
     match first_look(facts) {
         FirstLook::FreshByMemo { until_ms } => {
             debug!(
@@ -139,7 +142,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             state.finish(CacheStatus::Pass);
             Ok(Next::Continue)
         }
-        FirstLook::WaitForFill { holder } => {
+        FirstLook::WaitForFill { holder } if !blind => {
             // A fill of this key is under way, so the key is missing: wait for it without
             // asking Redis (a burst of misses costs one TTL lookup, not one per request).
             let timeout = state.settings().lock_timeout_ms;
@@ -147,7 +150,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             wait_for(state, req, zone, holder, timeout);
             Ok(Next::Return(AGAIN))
         }
-        FirstLook::StaleRefreshRunning => {
+        FirstLook::StaleRefreshRunning if !blind => {
             // A refresh of this key is under way: it is stale, and its copy lives at least
             // as long as the refresh lock (see `collapse::refresh_lock_ms`), so srcache can
             // serve it without a TTL lookup.
@@ -159,7 +162,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             state.finish(CacheStatus::Stale);
             Ok(Next::Continue)
         }
-        FirstLook::LookUp => {
+        FirstLook::LookUp | FirstLook::WaitForFill { .. } | FirstLook::StaleRefreshRunning => {
             let (ttl_uri, args) = {
                 let settings = state.settings();
                 (settings.ttl_uri.clone(), key_argument(&settings.key))
