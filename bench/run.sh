@@ -82,7 +82,7 @@ http {
         location /ht/ { $module_vars set \$cache_ttl /redisttlh; stale_cache_http on;
             set \$cache_key \$uri; set_escape_uri \$escaped_key \$cache_key;
             srcache_fetch_skip \$stale_cache_skip_fetch; srcache_fetch GET /redish \$cache_key;
-            srcache_store PUT /redis2h key=\$escaped_key&exptime=\$stale_cache_http_exptime&w=\$stale_cache_http_windows&v=\$stale_cache_http_store_variant&vary=\$stale_cache_http_vary;
+            srcache_store PUT /redis2h key=\$escaped_key&exptime=\$stale_cache_http_exptime&w=\$stale_cache_http_windows&v=\$stale_cache_http_variant;
             srcache_response_cache_control off; srcache_store_hide_header Age;
             add_header Age \$stale_cache_http_age always;
             add_header X-Stale-Cache \$stale_cache_status;
@@ -95,7 +95,7 @@ http {
         location = /redis2h { internal; stale_cache_role store; set_unescape_uri \$exptime \$arg_exptime;
             set_unescape_uri \$key \$arg_key; set_md5 \$key; stale_cache_redis_pass redis;
             stale_cache_redis_command EVAL \$stale_cache_http_store_script 5 \$key\$arg_v \$key\$arg_v:w
-            \$key \$key:w \$key:vs \$request_body \$exptime \$arg_w \$arg_vary; }
+            \$key \$key:w \$key:vs \$request_body \$exptime \$arg_w; }
         # Stored already stale (50 s < 100 s): every hit is stale and a refresh is running.
         location /d/ { $module_vars $common proxy_set_header X-Backend-Delay 1;
                        srcache_store PUT /redis2 key=\$escaped_key&exptime=50; }

@@ -98,15 +98,6 @@ pub fn record_names(record: &[u8]) -> Option<&[u8]> {
     record.strip_prefix(b"v=").filter(|n| !n.is_empty())
 }
 
-/// Purge and invalidation of a URL in the mode, for `EVAL <script> 3 <key> <key>:w <key>:vs`:
-/// deletes the entry, its windows (or vary record) and every variant listed in the URL's
-/// variant set (with their windows), popped in batches; answers how many keys went.
-pub const PURGE_SCRIPT: &str = "local n = redis.call('DEL', KEYS[1], KEYS[2]) \
-local batch = redis.call('SPOP', KEYS[3], 100) \
-while #batch > 0 do for _, k in ipairs(batch) do n = n + redis.call('DEL', k) end \
-batch = redis.call('SPOP', KEYS[3], 100) end \
-return n";
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -173,10 +164,5 @@ mod tests {
         assert_eq!(variant("", req(&[("Foo", "1")])), "");
         assert_eq!(record_names(b"v=accept"), Some(&b"accept"[..]));
         assert_eq!(record_names(b"30_10_100_5"), None);
-    }
-
-    #[test]
-    fn the_purge_script_is_one_line_without_nginx_variables() {
-        assert!(!PURGE_SCRIPT.contains('$') && !PURGE_SCRIPT.contains('\n'));
     }
 }

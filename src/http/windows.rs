@@ -80,19 +80,20 @@ return r";
 ///
 /// Variants (`crate::http::vary`): with KEYS entry (the variant's: `<key>:v:<md5>`), its
 /// windows, the URL's entry, the URL's windows and the URL's variant set (`<key>:vs`), and
-/// ARGV[4] the response's normalised Vary names, a response that varies is stored under its
-/// variant key; the URL's `<key>:w` becomes the vary record `v=<names>` (the URL's own entry,
-/// if any, goes) and the variant set lists the variant's keys for purges. Both live as long
-/// as the URL's longest-lived variant.
+/// the response's normalised Vary names after the windows (`<windows>~<names>`), a response
+/// that varies is stored under its variant key; the URL's `<key>:w` becomes the vary record
+/// `v=<names>` (the URL's own entry, if any, goes) and the variant set lists the variant's
+/// keys for purges. Both live as long as the URL's longest-lived variant.
 pub const STORE_SCRIPT: &str = "local b = ARGV[1] \
+local w, names = string.match(ARGV[3], '^([^~]*)~?(.*)$') \
 if string.sub(b, 1, 12) ~= 'HTTP/1.1 304' and string.sub(b, 1, 12) ~= 'HTTP/1.0 304' then \
 redis.call('SET', KEYS[1], b, 'EX', ARGV[2]) \
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2]) \
-if #KEYS >= 5 and ARGV[4] and ARGV[4] ~= '' and KEYS[1] ~= KEYS[3] then \
+redis.call('SET', KEYS[2], w, 'EX', ARGV[2]) \
+if #KEYS >= 5 and names ~= '' and KEYS[1] ~= KEYS[3] then \
 local e = tonumber(ARGV[2]) \
 local bt = redis.call('TTL', KEYS[4]) \
 if bt > e then e = bt end \
-redis.call('SET', KEYS[4], 'v=' .. ARGV[4], 'EX', e) \
+redis.call('SET', KEYS[4], 'v=' .. names, 'EX', e) \
 redis.call('DEL', KEYS[3]) \
 redis.call('SADD', KEYS[5], KEYS[1], KEYS[2]) \
 if redis.call('TTL', KEYS[5]) < e then redis.call('EXPIRE', KEYS[5], e) end \
@@ -122,7 +123,7 @@ first = false \
 end \
 for _, line in ipairs(new) do out[#out + 1] = line end \
 redis.call('SET', KEYS[1], table.concat(out, '\\r\\n') .. string.sub(old, oe), 'EX', ARGV[2]) \
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2]) \
+redis.call('SET', KEYS[2], w, 'EX', ARGV[2]) \
 return 1";
 
 /// The lookup's answer.

@@ -194,7 +194,16 @@ unsafe extern "C" fn windows_variable(
     // SAFETY: nginx passes a live request and the value slot being evaluated.
     let (r, v) = unsafe { (&*r, value_slot(v)) };
     match verdict(r) {
-        Some(Verdict::Store(w)) => set_pool_value(r, v, &w.encode()),
+        Some(Verdict::Store(w)) => {
+            // A response that varies: its names ride along, for the URL's vary record.
+            let names = super::vary::response_vary(r).unwrap_or_default();
+            let text = if names.is_empty() {
+                w.encode()
+            } else {
+                format!("{}~{names}", w.encode())
+            };
+            set_pool_value(r, v, &text)
+        }
         _ => set_not_found(v),
     }
     VAR_OK

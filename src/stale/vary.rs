@@ -1,12 +1,11 @@
 //! `stale_cache_http`, Vary: the variant lookup and the variables that name a request's
 //! variant (`crate::http::vary` has the rules).
 //!
-//! - `$stale_cache_http_variant`: this request's variant suffix once the lookup found that
-//!   its URL varies, else empty; appended to the entry's Redis key by the TTL and fetch
-//!   locations;
-//! - `$stale_cache_http_store_variant` / `$stale_cache_http_vary`: the variant suffix and the
-//!   normalised Vary names of the response being stored, for the store location;
-//! - `$stale_cache_http_purge_script`: the purge of a URL with all its variants.
+//! `$stale_cache_http_variant`, appended to the entry's Redis key: in the TTL and fetch
+//! locations (subrequests) this request's variant suffix once the lookup found that its URL
+//! varies; in `srcache_store`'s arguments (the main request, its response known) the variant
+//! of the response being stored, from its `Vary`; else empty. The response's normalised
+//! names travel in `$stale_cache_http_windows` (`<windows>~<names>`).
 
 use ngx::ffi::{ngx_conf_t, ngx_http_request_t, ngx_int_t, ngx_variable_value_t};
 use ngx::http::HttpModuleLocationConf;
@@ -31,18 +30,7 @@ use crate::replay::key_argument;
 use crate::stale::StaleCacheModule;
 
 pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
-    add_output_variable(cf, "stale_cache_http_variant", Some(variant_variable))?;
-    add_output_variable(
-        cf,
-        "stale_cache_http_store_variant",
-        Some(store_variant_variable),
-    )?;
-    add_output_variable(cf, "stale_cache_http_vary", Some(vary_variable))?;
-    add_output_variable(
-        cf,
-        "stale_cache_http_purge_script",
-        Some(purge_script_variable),
-    )
+    add_output_variable(cf, "stale_cache_http_variant", Some(variant_variable))
 }
 
 /// The longest this worker's memory of varying URLs grows; when full it is emptied.
@@ -248,12 +236,19 @@ unsafe extern "C" fn variant_variable(
 ) -> ngx_int_t {
     // SAFETY: nginx passes a live request and the value slot being evaluated.
     let (r, v) = unsafe { (&*r, value_slot(v)) };
-    set_text(r, v, &state::variant_of(r).unwrap_or_default());
+    let suffix = if core::ptr::eq(r.main, r) && r.headers_out.status != 0 {
+        // srcache_store's arguments: the response's variant.
+        let names = response_vary(r).unwrap_or_default();
+        vary::variant(&names, list_lines(&r.headers_in.headers))
+    } else {
+        state::variant_of(r).unwrap_or_default()
+    };
+    set_text(r, v, &suffix);
     VAR_OK
 }
 
 /// The response's normalised Vary names, when the mode is on and the response has a status.
-fn response_vary(r: &ngx_http_request_t) -> Option<String> {
+pub fn response_vary(r: &ngx_http_request_t) -> Option<String> {
     StaleCacheModule::location_conf(r)?.http()?;
     if r.headers_out.status == 0 {
         return None;
@@ -262,40 +257,4 @@ fn response_vary(r: &ngx_http_request_t) -> Option<String> {
         .filter(|(n, _)| n.eq_ignore_ascii_case(b"vary"))
         .map(|(_, v)| v);
     Some(vary::names(lines))
-}
-
-unsafe extern "C" fn store_variant_variable(
-    r: *mut ngx_http_request_t,
-    v: *mut ngx_variable_value_t,
-    _data: usize,
-) -> ngx_int_t {
-    // SAFETY: nginx passes a live request and the value slot being evaluated.
-    let (r, v) = unsafe { (&*r, value_slot(v)) };
-    let names = response_vary(r).unwrap_or_default();
-    // SAFETY: a live request's `main` is its live main request, whose headers are read.
-    let main = unsafe { &*r.main };
-    let variant = vary::variant(&names, list_lines(&main.headers_in.headers));
-    set_text(r, v, &variant);
-    VAR_OK
-}
-
-unsafe extern "C" fn vary_variable(
-    r: *mut ngx_http_request_t,
-    v: *mut ngx_variable_value_t,
-    _data: usize,
-) -> ngx_int_t {
-    // SAFETY: nginx passes a live request and the value slot being evaluated.
-    let (r, v) = unsafe { (&*r, value_slot(v)) };
-    set_text(r, v, &response_vary(r).unwrap_or_default());
-    VAR_OK
-}
-
-unsafe extern "C" fn purge_script_variable(
-    _r: *mut ngx_http_request_t,
-    v: *mut ngx_variable_value_t,
-    _data: usize,
-) -> ngx_int_t {
-    // SAFETY: nginx passes the value slot being evaluated.
-    set_value(unsafe { value_slot(v) }, vary::PURGE_SCRIPT.as_bytes());
-    VAR_OK
 }
