@@ -17,6 +17,13 @@ sub shipped {
     return $server;
 }
 
+# The same with the hot tier on.
+sub shipped_hot {
+    my $server = shipped();
+    $server =~ s/(\n\s*stale_cache on;)/$1\n            stale_cache_hot on;/ or die 'no stale_cache on';
+    return $server;
+}
+
 sub shipped_http {
     my $text = Test::StaleCache::slurp('nginx-conf/http-cache.conf') // die "http-cache.conf: $!";
     return $::HTTP . join('', map { "$_\n" } $text =~ /^(\s*stale_cache_redis_variable [^\n]*)$/mg);
@@ -228,6 +235,28 @@ sub check_windows_and_collapsing {
     is(backend_hits($q), 2, 'one backend request for them');
 }
 
+# The hot tier: a URL without Vary becomes HOT in the mode; a variant never enters it, so
+# every client keeps getting its own variant.
+sub check_hot {
+    backend_config('/hplain', header => ['Cache-Control: max-age=60']);
+    http_get('/hplain');
+    wait_until(sub { hdr(http_get('/hplain'), 'x-stale-cache') eq 'FRESH' }, 5, 'stored');
+    my $hot = wait_until(sub { my $r = http_get('/hplain'); hdr($r, 'x-stale-cache') eq 'HOT' && $r },
+                         5, '/hplain served HOT');
+    is($hot->{body}, "backend GET /hplain hit 1\n", 'the hot copy');
+    my $p = '/hv';
+    backend_config($p, header => ['Cache-Control: max-age=60', 'Vary: Accept-Language']);
+    get_al($p, 'en');
+    get_al($p, 'fr');
+    wait_until(sub { variants(key_of($p)) == 2 }, 5, 'two variants');
+    for my $i (1 .. 6) {
+        my ($en, $fr) = (get_al($p, 'en'), get_al($p, 'fr'));
+        is($en->{body}, "backend GET $p hit 1\n", "round $i: en gets its variant");
+        is($fr->{body}, "backend GET $p hit 2\n", "round $i: fr gets its variant");
+        isnt(hdr($en, 'x-stale-cache'), 'HOT', "round $i: not from the hot tier");
+    }
+}
+
 run_tests();
 
 __DATA__
@@ -287,6 +316,16 @@ check_memo_age();
 --- config eval: ::shipped()
 --- check
 check_windows_and_collapsing();
+--- no_error_log
+[alert]
+[crit]
+[error]
+
+=== TEST 7: the hot tier: HOT for a URL without Vary, never for a variant
+--- http_config eval: ::shipped_http() . "    stale_cache_hot_zone hot 4m;\n"
+--- config eval: ::shipped_hot()
+--- check
+check_hot();
 --- no_error_log
 [alert]
 [crit]
