@@ -1,9 +1,11 @@
 # stale_cache_http, Vary (nginx-conf/http-cache.conf as shipped): a response with Vary is
 # stored as a variant of its URL ("<key>:v:<md5>"), the URL's "<key>:w" says what it varies
 # on, Vary: * is never stored, a purge or an invalidation drops every variant, and a URL
-# without Vary costs no extra Redis round trip.
+# without Vary costs no extra Redis round trip; per-entry windows with stale, collapsing,
+# the hot tier and three nodes.
 use lib 't/lib';
 use Test::StaleCache;
+use Fleet;
 
 our $HTTP = "    stale_cache_zone srcache_locks 1m;\n";
 
@@ -257,6 +259,35 @@ sub check_hot {
     }
 }
 
+# Three nginx on one Redis: a variant one node stored is served by the others (each learns
+# the URL's record by itself); concurrent misses of a new variant: at most one fill per
+# node; a PURGE through one node drops the variants for all.
+sub check_fleet {
+    my $p = '/fv';
+    my $key = key_of($p);
+    backend_config($p, header => ['Cache-Control: max-age=60', 'Vary: Accept-Language']);
+    get_al($p, 'en');
+    wait_until(sub { variants($key) == 1 }, 5, 'en stored by node 0');
+    my @r = fleet_get($p, 30, { 'Accept-Language' => 'en' });
+    is(scalar(grep { ($_->{status} // 0) == 200 && $_->{body} eq "backend GET $p hit 1\n" } @r), 30,
+       '30 en requests over 3 nodes: the stored en variant');
+    is(backend_hits($p), 1, 'no backend request for them');
+    @r = fleet_get($p, 30, { 'Accept-Language' => 'fr', 'X-Backend-Delay' => '0.3' });
+    is(scalar(grep { ($_->{status} // 0) == 200 && $_->{body} =~ /^backend GET \Q$p\E hit [234]\n\z/ } @r),
+       30, '30 fr requests: 200, each with a fr answer');
+    my $hits = backend_hits($p);
+    ok($hits >= 2 && $hits <= 4, "at most one fill per node ($hits backend hits in all)");
+    wait_until(sub { variants($key) == 2 }, 5, 'fr stored');
+    my ($r) = Test::StaleCache::run_jobs([{ port => (node_ports())[1],
+        reqs => [Test::StaleCache::build_request("PURGE $p")] }], 10);
+    is($r->{status}, 200, 'PURGE through node 1: 200');
+    is(scalar @{ redis('KEYS', "$key*") }, 0, 'every key of the URL gone');
+    @r = fleet_get($p, 3, { 'Accept-Language' => 'en' });
+    is(scalar(grep { ($_->{status} // 0) == 200 && $_->{body} ne "backend GET $p hit 1\n" } @r), 3,
+       'each node answers en anew after the purge');
+    nodes_clean(1, 2);
+}
+
 run_tests();
 
 __DATA__
@@ -326,6 +357,18 @@ check_windows_and_collapsing();
 --- config eval: ::shipped_hot()
 --- check
 check_hot();
+--- no_error_log
+[alert]
+[crit]
+[error]
+
+=== TEST 8: three nginx on one Redis: variants shared, one fill per node at most, PURGE through one node
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- pre
+start_nodes(3);
+--- check
+check_fleet();
 --- no_error_log
 [alert]
 [crit]
