@@ -76,6 +76,26 @@ http {
         location /a/ { $common $store_fresh }
         location /b/ { $module_vars $common $store_fresh }
         location /c/ { $module_vars stale_cache_memo off; $common $store_fresh }
+        # HT: the stale_cache_http mode as nginx-conf/http-cache.conf runs it (windows in
+        # "<key>:w", the lookup and store scripts, the variant suffix in the keys), a URL
+        # without Vary, fresh for an hour by its Cache-Control.
+        location /ht/ { $module_vars set \$cache_ttl /redisttlh; stale_cache_http on;
+            set \$cache_key \$uri; set_escape_uri \$escaped_key \$cache_key;
+            srcache_fetch_skip \$stale_cache_skip_fetch; srcache_fetch GET /redish \$cache_key;
+            srcache_store PUT /redis2h key=\$escaped_key&exptime=\$stale_cache_http_exptime&w=\$stale_cache_http_windows&v=\$stale_cache_http_variant;
+            srcache_response_cache_control off; srcache_store_hide_header Age;
+            add_header Age \$stale_cache_http_age always;
+            add_header X-Stale-Cache \$stale_cache_status;
+            proxy_set_header X-Backend-Header "Cache-Control: max-age=3600"; proxy_pass http://www; }
+        location = /redisttlh { internal; set_unescape_uri \$key \$arg_key; set_md5 \$key;
+            stale_cache_redis_pass redis; stale_cache_redis_command EVAL \$stale_cache_http_lookup_script
+            4 \$key\$stale_cache_http_variant \$key\$stale_cache_http_variant:w \$key \$key:w; }
+        location = /redish { internal; set_md5 \$redis_key \$args; stale_cache_redis_pass redis;
+            stale_cache_redis_command GET \$redis_key\$stale_cache_http_variant; }
+        location = /redis2h { internal; stale_cache_role store; set_unescape_uri \$exptime \$arg_exptime;
+            set_unescape_uri \$key \$arg_key; set_md5 \$key; stale_cache_redis_pass redis;
+            stale_cache_redis_command EVAL \$stale_cache_http_store_script 5 \$key\$arg_v \$key\$arg_v:w
+            \$key \$key:w \$key:vs \$request_body \$exptime \$arg_w; }
         # Stored already stale (50 s < 100 s): every hit is stale and a refresh is running.
         location /d/ { $module_vars $common proxy_set_header X-Backend-Delay 1;
                        srcache_store PUT /redis2 key=\$escaped_key&exptime=50; }
@@ -110,7 +130,7 @@ sleep 0.5
 url=http://127.0.0.1:$nginx_port
 
 # Fill the fresh entries once (and the stale one, whose first fill takes 1 s).
-for p in a b c; do curl -s -o /dev/null "$url/$p/item"; done
+for p in a b c ht; do curl -s -o /dev/null "$url/$p/item"; done
 sleep 0.2
 # The hot rows' key: the fill, a fresh hit (counted), a fresh hit that copies it into the zone.
 for p in h1 h100 p1 p100; do for _ in 1 2 3; do curl -s -o /dev/null "$url/$p/item"; sleep 0.05; done; done
@@ -140,7 +160,7 @@ print(rps, p50, p99, non2xx.group(1) if non2xx else 0)'
 
 declare -A rps p50 p99
 for round in $(seq "$rounds"); do
-    for p in a b c; do
+    for p in a b c ht; do
         read -r r l50 l99 bad < <(run_wrk "$url/$p/item" "$duration")
         [ "$bad" = 0 ] || echo "warning: row $p had $bad non-2xx responses" >&2
         rps[$p]+="$r "; p50[$p]+="$l50 "; p99[$p]+="$l99 "
@@ -365,6 +385,10 @@ p_served=$(curl -s -D - -o /dev/null "$url/p100/item" | tr -d '\r' | sed -n 's/^
 curl -s -o /dev/null "$url/d/item"
 read -r d_rps d50 d99 d_bad < <(run_wrk "$url/d/item" "$stale_duration")
 
+# HT must have been fresh hits of the mode (stored with its windows), not misses.
+ht_served=$(curl -s -D - -o /dev/null "$url/ht/item" | tr -d '\r' | sed -n 's/^X-Stale-Cache: //p')
+[ "$ht_served" = FRESH ] || { echo "bench/run.sh: row ht is served as '$ht_served', not FRESH" >&2; exit 1; }
+export BENCH_HT_RUNS="${rps[ht]}" BENCH_HT_P50="${p50[ht]}" BENCH_HT_P99="${p99[ht]}"
 median() { python3 -c 'import statistics,sys; print(statistics.median(map(float, sys.argv[1:])))' $1; }
 # The floor of the wake-up measurement: the same client, N answers that need no waiting
 # (fresh hits). It also fills each worker's idle Redis pool, as a busy site's would be.
@@ -432,6 +456,10 @@ print("|---|---|---:|---:|---:|")
 print(f"| A | plain srcache, fresh hits (ceiling) | {ra:.0f} | {pa50:.2f} | {pa99:.2f} |")
 print(f"| B | module, fresh hits, memo on | {rb:.0f} | {pb50:.2f} | {pb99:.2f} |")
 print(f"| C | module, fresh hits, memo off | {rc:.0f} | {pc50:.2f} | {pc99:.2f} |")
+import statistics
+ht_runs = [float(x) for x in os.environ["BENCH_HT_RUNS"].split()]
+ht50, ht99 = (statistics.median(float(x) for x in os.environ[k].split()) for k in ("BENCH_HT_P50", "BENCH_HT_P99"))
+print(f"| HT | module, stale_cache_http on (http-cache.conf's scripts), fresh hits, no Vary, memo on | {statistics.median(ht_runs):.0f} | {ht50:.2f} | {ht99:.2f} |")
 print(f"| D | module, stale hits, refresh running (backend 1 s) | {drps:.0f} | {d50:.2f} | {d99:.2f} |")
 print()
 print("| E: cold misses | backend hits | 200s | client p50 ms | client p99 ms | wake-up in nginx p50 / p99 / max ms | answer after the fill's, p50 / p99 ms |")
@@ -466,7 +494,9 @@ import statistics
 ra_runs, rb_runs, rc_runs = ([float(x) for x in runs[k].split()] for k in "ABC")
 ba = statistics.median(b / a for a, b in zip(ra_runs, rb_runs))
 ca = statistics.median(c / a for a, c in zip(ra_runs, rc_runs))
-print(f"Ratios (median of per-round ratios): B/A = {ba:.2f}, C/A = {ca:.2f}; D-p99 / B-p99 = {d99/pb99:.2f}")
+hta = statistics.median(h / a for a, h in zip(ra_runs, ht_runs))
+print(f"Ratios (median of per-round ratios): B/A = {ba:.2f}, C/A = {ca:.2f}, HT/A = {hta:.2f}; D-p99 / B-p99 = {d99/pb99:.2f}")
+runs["HT"] = os.environ["BENCH_HT_RUNS"]
 print("Runs (req/s, in order): " + "; ".join(f"{k}: {' '.join(f'{float(x):.0f}' for x in v.split())}" for k, v in runs.items()))
 PY
 python3 - "${hp_rps[h1]}" "${hp_rps[p1]}" "${hp_rps[h100]}" "${hp_rps[p100]}" \

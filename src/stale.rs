@@ -22,11 +22,13 @@ mod error;
 mod filters;
 mod hot;
 mod http_mode;
+mod http_request;
 mod lease;
 mod literals;
 mod local;
 mod locations;
 mod lookup;
+mod memo_age;
 mod metrics;
 mod preset;
 mod purge;
@@ -36,6 +38,7 @@ mod sender;
 mod state;
 mod store;
 mod variables;
+mod vary;
 mod waiters;
 
 use ngx::ffi::{

@@ -60,7 +60,8 @@ sub check_not_stored {
         '/private' => ['Cache-Control: private, max-age=60'],
         '/nocache' => ['Cache-Control: no-cache, max-age=60'],
         '/zero'    => ['Cache-Control: max-age=0'],
-        '/vary'    => ['Cache-Control: max-age=60', 'Vary: Accept'],
+        '/vary'    => ['Cache-Control: max-age=60', 'Vary: *'],
+        '/vary2'   => ['Cache-Control: max-age=60', 'Vary: Accept, *'],
         '/old'     => ['Cache-Control: max-age=60', 'Age: 120'],
     );
     for my $p (sort keys %cases) {
@@ -217,6 +218,34 @@ sub check_revalidation_bare_304 {
     is(redis('EXISTS', $key), 1, 'the entry stays');
 }
 
+# The request's own directives (RFC 9111 5.2.1): no-cache, max-age=0, Pragma: no-cache and
+# no-store go to the origin (no-store: nothing stored); max-age and min-fresh against the
+# entry's age and freshness left.
+sub check_request_directives {
+    my $p = '/rq';
+    my $key = key_of($p);
+    backend_config($p, header => ['Cache-Control: max-age=600', 'Age: 50']);
+    http_get($p);
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored');
+    is(hdr(http_get($p), 'x-stale-cache'), 'FRESH', 'a plain request: FRESH');
+    my $n = 1;
+    for my $h (['Cache-Control', 'no-cache'], ['Cache-Control', 'max-age=0'], ['Pragma', 'no-cache'],
+               ['Cache-Control', 'max-age=10'], ['Cache-Control', 'min-fresh=1000']) {
+        my $r = http_get($p, { $h->[0] => $h->[1] });
+        $n++;
+        is($r->{body}, "backend GET $p hit $n\n", "$h->[0]: $h->[1]: from the origin");
+        wait_until(sub { redis('GET', $key) =~ /hit $n\n\z/ }, 5, "$h->[0]: $h->[1]: the answer stored");
+    }
+    for my $cc ('max-age=1000', 'min-fresh=10', 'max-stale=5') {
+        is(http_get($p, { 'Cache-Control' => $cc })->{body}, "backend GET $p hit $n\n",
+           "Cache-Control: $cc: from the cache");
+    }
+    my $r = http_get($p, { 'Cache-Control' => 'no-store' });
+    is($r->{body}, "backend GET $p hit " . ($n + 1) . "\n", 'no-store: from the origin');
+    is(http_get($p)->{body}, "backend GET $p hit $n\n", 'and not stored');
+    like(redis('GET', $key), qr/hit $n\n\z/, 'Redis holds the earlier answer');
+}
+
 run_tests();
 
 __DATA__
@@ -232,7 +261,7 @@ check_max_age();
 
 
 
-=== TEST 2: no-store, private, no-cache, max-age=0, Vary, no freshness, too old: not stored
+=== TEST 2: no-store, private, no-cache, max-age=0, Vary: *, no freshness, too old: not stored
 --- http_config eval: ::shipped_http()
 --- config eval: ::shipped()
 --- check
@@ -315,6 +344,15 @@ check_revalidation_no_store();
 --- config eval: ::shipped()
 --- check
 check_revalidation_bare_304();
+--- no_error_log
+[alert]
+[crit]
+
+=== TEST 10: the request's Cache-Control: no-cache, no-store, max-age, min-fresh
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_request_directives();
 --- no_error_log
 [alert]
 [crit]

@@ -23,6 +23,11 @@ pub struct Limits {
     /// freshness (and stale window) to be revalidated with a conditional request (0: not).
     /// It shares the error grace band: a request there revalidates before being answered.
     pub revalidate: u64,
+    /// Heuristic freshness (RFC 9111 4.2.2) of a response without explicit freshness but
+    /// with `Last-Modified`: this percentage of the time since then (0: none).
+    pub heuristic_percent: u64,
+    /// The longest heuristic freshness.
+    pub max_heuristic: u64,
 }
 
 impl Default for Limits {
@@ -35,6 +40,8 @@ impl Default for Limits {
             grace: 0,
             max_grace: 86_400,
             revalidate: 0,
+            heuristic_percent: 0,
+            max_heuristic: 86_400,
         }
     }
 }
@@ -52,7 +59,7 @@ pub enum Skip {
     Expired,
     /// A status a shared cache does not store (or not without explicit freshness).
     Status,
-    /// `Vary`: variants are not told apart yet, so none is stored.
+    /// `Vary: *`: no request can be matched to it (RFC 9111 4.1), so it is not stored.
     Vary,
     /// A response to a request with `Authorization` that does not allow sharing it.
     Authorization,
@@ -232,6 +239,7 @@ struct Facts<'a> {
     x_accel_expires: Option<&'a [u8]>,
     vary: bool,
     validator: bool,
+    last_modified: Option<&'a [u8]>,
 }
 
 /// Judges a response: `status`, its header lines, whether the request carried
@@ -260,9 +268,12 @@ pub fn judge<'a>(
             f.age.get_or_insert(value);
         } else if is(b"x-accel-expires") {
             f.x_accel_expires.get_or_insert(value);
-        } else if is(b"etag") || is(b"last-modified") {
+        } else if is(b"etag") {
             f.validator = true;
-        } else if is(b"vary") && !value.trim_ascii().is_empty() {
+        } else if is(b"last-modified") {
+            f.validator = true;
+            f.last_modified.get_or_insert(value);
+        } else if is(b"vary") && super::vary::has_star(value) {
             f.vary = true;
         }
     }
@@ -339,13 +350,26 @@ pub fn judge<'a>(
     } else {
         None
     };
+    // Heuristic freshness (RFC 9111 4.2.2): a share of the time since Last-Modified, for
+    // statuses that allow it or a response marked public.
+    let heuristic = || -> Option<i64> {
+        if limits.heuristic_percent == 0 || !(heuristically_cacheable(status) || cc.public) {
+            return None;
+        }
+        let since = date.unwrap_or(now) - date::parse(f.last_modified?)?;
+        let h = u64::try_from(since).ok()? * limits.heuristic_percent / 100;
+        (h > 0).then(|| h.min(limits.max_heuristic) as i64)
+    };
     let lifetime = match explicit {
         Some(l) => l,
         None if stale_from_birth => 0,
-        None if !heuristically_cacheable(status) => return Verdict::Skip(Skip::Status),
-        None => match limits.default_fresh {
-            Some(d) => d as i64,
-            None => return Verdict::Skip(Skip::NoFreshness),
+        None => match heuristic() {
+            Some(h) => h,
+            None if !heuristically_cacheable(status) => return Verdict::Skip(Skip::Status),
+            None => match limits.default_fresh {
+                Some(d) => d as i64,
+                None => return Verdict::Skip(Skip::NoFreshness),
+            },
         },
     };
     let remaining = lifetime.saturating_sub(i64::try_from(age).unwrap_or(i64::MAX));
@@ -536,8 +560,12 @@ mod tests {
         ] {
             assert_eq!(store(&[("Cache-Control", cc)]), Verdict::Skip(why), "{cc}");
         }
-        assert_eq!(
+        assert!(matches!(
             store(&[("Cache-Control", "max-age=60"), ("Vary", "Accept")]),
+            Verdict::Store(_)
+        ));
+        assert_eq!(
+            store(&[("Cache-Control", "max-age=60"), ("Vary", "Accept, *")]),
             Verdict::Skip(Skip::Vary)
         );
         assert_eq!(store(&[("Expires", "0")]), Verdict::Skip(Skip::Expired));
@@ -737,6 +765,15 @@ impl Limits {
                 "stale_if_error" => l.grace = secs()?,
                 "max_stale_if_error" => l.max_grace = secs()?,
                 "revalidate" => l.revalidate = secs()?,
+                "heuristic" if value == "off" => l.heuristic_percent = 0,
+                "heuristic" => {
+                    l.heuristic_percent = value
+                        .strip_suffix('%')
+                        .and_then(|p| p.parse().ok())
+                        .filter(|&p| p <= 100)
+                        .ok_or_else(|| format!("expected a percentage such as 10% in \"{text}\""))?
+                }
+                "max_heuristic" => l.max_heuristic = secs()?,
                 _ => return Err(format!("unknown parameter \"{text}\"")),
             }
         }
@@ -747,6 +784,91 @@ impl Limits {
 #[cfg(test)]
 mod directive_tests {
     use super::*;
+
+    #[test]
+    fn heuristic_freshness() {
+        let now = 1_800_000_000;
+        let lm = |ago: i64| {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs((now - ago) as u64);
+            httpdate(t)
+        };
+        let limits = Limits::from_args(&[b"on", b"heuristic=10%", b"max_heuristic=1h"])
+            .unwrap()
+            .unwrap();
+        let judge_lm = |status: u16, ago: i64, extra: &[(&str, &str)]| {
+            let lm = lm(ago);
+            let mut h: Vec<(&[u8], &[u8])> = vec![(b"Last-Modified", lm.as_bytes())];
+            h.extend(extra.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+            judge(status, h, false, now, &limits)
+        };
+        let fresh = |v: Verdict| match v {
+            Verdict::Store(w) => Some(w.fresh),
+            Verdict::Skip(_) => None,
+        };
+        assert_eq!(fresh(judge_lm(200, 600, &[])), Some(60));
+        assert_eq!(fresh(judge_lm(404, 86_400, &[])), Some(3600), "capped");
+        assert_eq!(fresh(judge_lm(200, 5, &[])), None, "under a second");
+        assert_eq!(
+            fresh(judge_lm(599, 600, &[])),
+            None,
+            "not heuristically cacheable"
+        );
+        assert_eq!(
+            fresh(judge_lm(599, 600, &[("Cache-Control", "public")])),
+            Some(60)
+        );
+        assert_eq!(
+            fresh(judge_lm(200, 600, &[("Cache-Control", "max-age=7")])),
+            Some(7),
+            "explicit freshness wins"
+        );
+        assert_eq!(
+            fresh(judge_lm(200, 600, &[("Expires", "0")])),
+            None,
+            "an invalid Expires is explicit: expired"
+        );
+        let off = Limits::default();
+        let lm600 = lm(600);
+        assert_eq!(
+            judge(
+                200,
+                [(&b"Last-Modified"[..], lm600.as_bytes())],
+                false,
+                now,
+                &off
+            ),
+            Verdict::Skip(Skip::NoFreshness)
+        );
+        assert!(Limits::from_args(&[b"on", b"heuristic=10"]).is_err());
+        assert!(Limits::from_args(&[b"on", b"heuristic=101%"]).is_err());
+    }
+
+    /// An IMF-fixdate.
+    fn httpdate(t: std::time::SystemTime) -> String {
+        let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+        let days = secs.div_euclid(86_400);
+        let rem = secs.rem_euclid(86_400);
+        // civil from days (Howard Hinnant's algorithm)
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let d = doy - (153 * mp + 2) / 5 + 1;
+        let m = if mp < 10 { mp + 3 } else { mp - 9 };
+        let y = yoe + era * 400 + i64::from(m <= 2);
+        let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][days.rem_euclid(7) as usize];
+        let mon = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ][(m - 1) as usize];
+        format!(
+            "{wd}, {d:02} {mon} {y} {:02}:{:02}:{:02} GMT",
+            rem / 3600,
+            rem / 60 % 60,
+            rem % 60
+        )
+    }
 
     #[test]
     fn directive_arguments() {

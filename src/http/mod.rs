@@ -6,6 +6,8 @@
 pub mod date;
 pub mod freshness;
 pub mod invalidate;
+pub mod request;
+pub mod vary;
 pub mod windows;
 
 pub use freshness::{judge, Limits, Skip, Verdict};

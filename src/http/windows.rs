@@ -41,9 +41,22 @@ impl Windows {
 
 /// The lookup script: the entry's TTL, and with it the entry's windows when it has them
 /// (`*5`: ttl, stale, grace, total, age), else the bare TTL as the `TTL` command answers.
+///
+/// A URL whose responses vary has no entry of its own: its `<key>:w` holds the vary record
+/// (`v=<names>`, see `crate::http::vary`), which the script answers as a bulk string; the
+/// module then looks the request's variant up with the same script, given the variant's keys
+/// and the URL's (KEYS 3 and 4). A missing variant answers the URL's vary record when it
+/// still has one (the variant is missing), else -3 (the URL does not vary any more). Entries
+/// without Vary cost the same two reads as before.
 pub const LOOKUP_SCRIPT: &str = "local t = redis.call('TTL', KEYS[1]) \
-if t < 0 then return t end \
 local w = redis.call('GET', KEYS[2]) \
+if t < 0 then \
+if #KEYS >= 4 and KEYS[4] ~= KEYS[2] then \
+w = redis.call('GET', KEYS[4]) \
+if not (w and string.sub(w, 1, 2) == 'v=') then return -3 end \
+end \
+if w and string.sub(w, 1, 2) == 'v=' then return w end \
+return t end \
 if not w then return t end \
 local r = {t} \
 for n in string.gmatch(w, '%d+') do r[#r + 1] = tonumber(n) end \
@@ -64,10 +77,27 @@ return r";
 /// 4.3.4): its header lines replace those of the same name, the body stays, and the entry gets
 /// the 304's life. A 304 without a stored response, or for another ETag, stores nothing.
 /// KEYS: entry, windows; ARGV: the response as srcache stores it, exptime, windows.
+///
+/// Variants (`crate::http::vary`): with KEYS entry (the variant's: `<key>:v:<md5>`), its
+/// windows, the URL's entry, the URL's windows and the URL's variant set (`<key>:vs`), and
+/// the response's normalised Vary names after the windows (`<windows>~<names>`), a response
+/// that varies is stored under its variant key; the URL's `<key>:w` becomes the vary record
+/// `v=<names>` (the URL's own entry, if any, goes) and the variant set lists the variant's
+/// keys for purges. Both live as long as the URL's longest-lived variant.
 pub const STORE_SCRIPT: &str = "local b = ARGV[1] \
+local w, names = string.match(ARGV[3], '^([^~]*)~?(.*)$') \
 if string.sub(b, 1, 12) ~= 'HTTP/1.1 304' and string.sub(b, 1, 12) ~= 'HTTP/1.0 304' then \
 redis.call('SET', KEYS[1], b, 'EX', ARGV[2]) \
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2]) \
+redis.call('SET', KEYS[2], w, 'EX', ARGV[2]) \
+if #KEYS >= 5 and names ~= '' and KEYS[1] ~= KEYS[3] then \
+local e = tonumber(ARGV[2]) \
+local bt = redis.call('TTL', KEYS[4]) \
+if bt > e then e = bt end \
+redis.call('SET', KEYS[4], 'v=' .. names, 'EX', e) \
+redis.call('DEL', KEYS[3]) \
+redis.call('SADD', KEYS[5], KEYS[1], KEYS[2]) \
+if redis.call('TTL', KEYS[5]) < e then redis.call('EXPIRE', KEYS[5], e) end \
+end \
 return 1 end \
 local old = redis.call('GET', KEYS[1]) \
 local oe = old and string.find(old, '\\r\\n\\r\\n', 1, true) \
@@ -93,13 +123,16 @@ first = false \
 end \
 for _, line in ipairs(new) do out[#out + 1] = line end \
 redis.call('SET', KEYS[1], table.concat(out, '\\r\\n') .. string.sub(old, oe), 'EX', ARGV[2]) \
-redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2]) \
+redis.call('SET', KEYS[2], w, 'EX', ARGV[2]) \
 return 1";
 
 /// The lookup's answer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Lookup {
     pub ttl: i64,
+    /// The URL varies: the normalised names of its vary record (its variant is to be looked
+    /// up); `ttl` is then -2.
+    pub vary: Option<Vec<u8>>,
     /// The entry's own windows: (stale, grace, total, age when stored).
     pub entry: Option<EntryWindows>,
 }
@@ -142,7 +175,14 @@ pub fn conditional_headers(e: &EntryWindows) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// then in the grace band two bulk strings (the validators).
 pub fn parse_lookup(buf: &[u8]) -> Result<Lookup, ReplyError> {
     if buf.first() != Some(&b'*') {
-        return parse_integer_reply(buf).map(|ttl| Lookup { ttl, entry: None });
+        if buf.first() == Some(&b'$') {
+            return parse_vary(buf);
+        }
+        return parse_integer_reply(buf).map(|ttl| Lookup {
+            ttl,
+            entry: None,
+            vary: None,
+        });
     }
     let bad = || ReplyError::WrongType(crate::resp::ReplyKind::Array);
     let (count, mut rest) = if let Some(r) = buf.strip_prefix(b"*5\r\n") {
@@ -187,6 +227,7 @@ pub fn parse_lookup(buf: &[u8]) -> Result<Lookup, ReplyError> {
     let [etag, last_modified] = strings;
     Ok(Lookup {
         ttl: n[0],
+        vary: None,
         entry: Some(EntryWindows {
             stale: n[1] as u64,
             grace: n[2] as u64,
@@ -195,6 +236,26 @@ pub fn parse_lookup(buf: &[u8]) -> Result<Lookup, ReplyError> {
             etag,
             last_modified,
         }),
+    })
+}
+
+/// The vary record as the lookup script answers it: `$<n>\r\nv=<names>\r\n`.
+fn parse_vary(buf: &[u8]) -> Result<Lookup, ReplyError> {
+    let bad = || ReplyError::WrongType(crate::resp::ReplyKind::Bulk);
+    let end = buf.windows(2).position(|p| p == b"\r\n").ok_or_else(bad)?;
+    let len: usize = core::str::from_utf8(&buf[1..end])
+        .ok()
+        .and_then(|l| l.parse().ok())
+        .ok_or_else(bad)?;
+    let value = buf.get(end + 2..end + 2 + len).ok_or_else(bad)?;
+    if &buf[end + 2 + len..] != b"\r\n" {
+        return Err(bad());
+    }
+    let names = crate::http::vary::record_names(value).ok_or_else(bad)?;
+    Ok(Lookup {
+        ttl: -2,
+        entry: None,
+        vary: Some(names.to_vec()),
     })
 }
 
@@ -227,9 +288,17 @@ mod tests {
             parse_lookup(b":42\r\n").unwrap(),
             Lookup {
                 ttl: 42,
-                entry: None
+                entry: None,
+                vary: None
             }
         );
+        let v = parse_lookup(b"$19\r\nv=accept,user-agent\r\n").unwrap();
+        assert_eq!(
+            (v.ttl, v.vary.as_deref()),
+            (-2, Some(&b"accept,user-agent"[..]))
+        );
+        assert!(parse_lookup(b"$19\r\nv=accept,user-agent\r\nx").is_err());
+        assert!(parse_lookup(b"$3\r\nabc\r\n").is_err());
         let l = parse_lookup(b"*5\r\n:80\r\n:30\r\n:10\r\n:100\r\n:5\r\n").unwrap();
         assert_eq!(l.ttl, 80);
         let e = l.entry.unwrap();

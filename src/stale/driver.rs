@@ -363,6 +363,7 @@ fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
     let key = state.settings().key.clone();
     if let Some(zone) = state.zone() {
         zone.with_key(&key, |t, fp| t.memo_clear(fp, now));
+        super::vary::memo_clear(state, zone, now);
     }
     if !super::local::recently_away(now) {
         // (While Redis is, or was just, away, the copy kept on this node is what serves.)

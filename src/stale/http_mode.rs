@@ -71,6 +71,7 @@ pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
     add_output_variable(cf, "stale_cache_http_windows", Some(windows_variable))?;
     add_output_variable(cf, "stale_cache_http_age", Some(age_variable))?;
     add_output_variable(cf, "stale_cache_http_lookup_script", Some(script_variable))?;
+    super::vary::declare(cf)?;
     add_output_variable(
         cf,
         "stale_cache_http_store_script",
@@ -87,7 +88,7 @@ fn set_pool_value(r: &ngx_http_request_t, v: &mut ngx_variable_value_t, text: &s
 }
 
 /// The header lines of an nginx list, deleted ones (hash 0) left out.
-fn list_lines(list: &ngx_list_t) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub(super) fn list_lines(list: &ngx_list_t) -> impl Iterator<Item = (&[u8], &[u8])> {
     let mut part: *const ngx_list_part_t = &list.part;
     let mut index = 0;
     core::iter::from_fn(move || {
@@ -111,6 +112,16 @@ fn list_lines(list: &ngx_list_t) -> impl Iterator<Item = (&[u8], &[u8])> {
     })
 }
 
+/// What the backend sent (X-Accel-Expires included, which nginx does not pass on), else the
+/// response's own headers.
+pub(super) fn response_headers(r: &ngx_http_request_t) -> &ngx_list_t {
+    // SAFETY: r is live; its upstream, when set, lives in its pool.
+    match unsafe { r.upstream.as_ref() } {
+        Some(u) if u.headers_in.headers.part.nelts > 0 => &u.headers_in.headers,
+        _ => &r.headers_out.headers,
+    }
+}
+
 /// The mode's verdict on `r`'s response, `None` when the mode is off in its location or the
 /// response has no status yet.
 fn verdict(r: &ngx_http_request_t) -> Option<Verdict> {
@@ -118,13 +129,11 @@ fn verdict(r: &ngx_http_request_t) -> Option<Verdict> {
     let status = u16::try_from(r.headers_out.status)
         .ok()
         .filter(|&s| s != 0)?;
-    // What the backend sent (X-Accel-Expires included, which nginx does not pass on), else
-    // the response's own headers.
-    // SAFETY: r is live; its upstream, when set, lives in its pool.
-    let headers = match unsafe { r.upstream.as_ref() } {
-        Some(u) if u.headers_in.headers.part.nelts > 0 => &u.headers_in.headers,
-        _ => &r.headers_out.headers,
-    };
+    // A request with no-store: nothing of the exchange is stored (RFC 9111 5.2.1.5).
+    if super::http_request::directives(r).no_store {
+        return Some(Verdict::Skip(Skip::NoStore));
+    }
+    let headers = response_headers(r);
     let authorization = !r.headers_in.authorization.is_null();
     // SAFETY: nginx's cached time is set up before any request runs.
     let now = unsafe { (*ngx::ffi::ngx_cached_time).sec };
@@ -185,7 +194,16 @@ unsafe extern "C" fn windows_variable(
     // SAFETY: nginx passes a live request and the value slot being evaluated.
     let (r, v) = unsafe { (&*r, value_slot(v)) };
     match verdict(r) {
-        Some(Verdict::Store(w)) => set_pool_value(r, v, &w.encode()),
+        Some(Verdict::Store(w)) => {
+            // A response that varies: its names ride along, for the URL's vary record.
+            let names = super::vary::response_vary(r).unwrap_or_default();
+            let text = if names.is_empty() {
+                w.encode()
+            } else {
+                format!("{}~{names}", w.encode())
+            };
+            set_pool_value(r, v, &text)
+        }
         _ => set_not_found(v),
     }
     VAR_OK

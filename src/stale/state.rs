@@ -137,6 +137,9 @@ pub struct RequestState {
     entry_age: Option<u64>,
     /// `stale_cache_http`: the conditional headers a refresh in the grace band sends.
     validators: Vec<(Vec<u8>, Vec<u8>)>,
+    /// `stale_cache_http`: this request's variant once its URL is known to vary
+    /// (`$stale_cache_http_variant`).
+    variant: Option<crate::http::vary::Variant>,
 }
 
 impl RequestState {
@@ -168,6 +171,7 @@ impl RequestState {
             hot: Default::default(),
             entry_age: None,
             validators: Vec::new(),
+            variant: None,
         }
     }
 
@@ -366,6 +370,14 @@ impl RequestState {
 
     pub fn validators(&self) -> &[(Vec<u8>, Vec<u8>)] {
         &self.validators
+    }
+
+    pub fn set_variant(&mut self, v: Option<crate::http::vary::Variant>) {
+        self.variant = v;
+    }
+
+    pub fn variant(&self) -> Option<&crate::http::vary::Variant> {
+        self.variant.as_ref()
     }
 
     pub fn entered_grace(&mut self) {
@@ -579,6 +591,18 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
             store: StoreOutcome::of(ptr::addr_of!((*state).store_status).read()),
             entry_age: ptr::addr_of!((*state).entry_age).read(),
         })
+    }
+}
+
+/// `r`'s variant suffix (`stale_cache_http`), empty when its URL does not vary.
+pub fn variant_of(r: &ngx_http_request_t) -> Option<String> {
+    let state = find(r)?.as_ptr();
+    // SAFETY: the state is live while its request is; a variable handler runs while no step
+    // changes the field, which is only cloned.
+    unsafe {
+        (*ptr::addr_of!((*state).variant))
+            .as_ref()
+            .map(|v| v.suffix.clone())
     }
 }
 

@@ -4,6 +4,8 @@
 use ngx::ffi::ngx_http_request_t;
 
 use super::fill_or_wait;
+use super::refetch::refetch;
+use crate::flow::Reached;
 use crate::locktable::{LockAttempt, LockKind};
 use crate::metrics::Counter;
 use crate::nginx::util::now_ms;
@@ -11,7 +13,7 @@ use crate::nginx::zone::ZoneRef;
 use crate::policy::CacheStatus;
 use crate::stale::conf::StaleCacheConf;
 use crate::stale::local;
-use crate::stale::state::{Next, RequestState};
+use crate::stale::state::{Next, Phase, RequestState};
 use crate::stale::waiters::{lock_request, new_token, owner_alive, HeldLock};
 
 /// Redis is away: a copy kept on this node is served (LOCAL); otherwise the key is filled
@@ -53,4 +55,27 @@ fn take_fill_lock(state: &RequestState, zone: ZoneRef) -> Option<HeldLock> {
         Some(LockAttempt::Acquired(_)) => Some(HeldLock::new(zone, key, token)),
         _ => None,
     }
+}
+
+/// After a wake-up: the filler's store was refused (Redis away) and kept on this node: a copy
+/// stored since this request began (after a wait), or any fresh one (srcache's fetch
+/// skipped, Redis away). `None`: go on to the fill lock.
+pub(super) fn served_after_wake(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+) -> Option<Next> {
+    let since = match state.phase() {
+        Phase::Waiting => Some(state.lookup_started()),
+        _ if local::recently_away(now_ms()) => Some(0),
+        _ => None,
+    };
+    if !since.is_some_and(|since| local::try_serve(state, req, since, false) == local::Copy::Fresh)
+    {
+        return None;
+    }
+    if state.reached() == Reached::SrcacheMissed {
+        // srcache's fetch already ran for this request: let it fetch again.
+        return Some(refetch(state, req, CacheStatus::Local));
+    }
+    Some(Next::Continue)
 }

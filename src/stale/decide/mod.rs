@@ -17,9 +17,9 @@ use super::error::{warn, StaleError};
 use super::refresh::{self, has_body};
 use super::state::{Next, Phase, RefreshHold, RequestState};
 use super::waiters::{lock_request, new_token, owner_alive, zone_full, HeldLock};
-use super::{hot, local, lookup, metrics};
+use super::{hot, http_request, local, lookup, memo_age, metrics};
 use crate::collapse::{after_lock, refresh_lock_ms};
-use crate::flow::{fill_step, first_look, FillStep, FirstLook, Reached, ZoneFacts};
+use crate::flow::{fill_step, first_look, FillStep, FirstLook, ZoneFacts};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
@@ -101,8 +101,18 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             pass_left_ms: None,
             lock: None,
         });
+    if http_request::pass_at_once(state, req, scf) {
+        return Ok(Next::Continue);
+    }
+    // A URL this worker knows to vary: its variant's memo, or a lookup of its variant.
+    if scf.http().is_some() && super::vary::first_look(state, req, scf, zone, memo, now) {
+        return Ok(Next::Continue);
+    }
     state.begin(zone, now);
     let log = request_log(req);
+    // In the mode, a request that does not know its variant yet looks the URL up even while
+    // a fill or refresh of it runs: srcache must fetch the request's variant, not the URL's.
+    let blind = scf.http().is_some() && state.variant().is_none();
     match first_look(facts) {
         FirstLook::FreshByMemo { until_ms } => {
             debug!(
@@ -111,6 +121,14 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
                 Short(&state.settings().key)
             );
             state.set_ttl_left(Some(crate::cache_status::memo_ttl_left(until_ms, now)));
+            if scf.http().is_some() {
+                let age = memo_age::recall(zone, &state.settings().key, now);
+                state.set_entry_age(age);
+                let left = Some(crate::cache_status::memo_ttl_left(until_ms, now));
+                if http_request::pass_stored(state, req, scf, age, left) {
+                    return Ok(Next::Continue);
+                }
+            }
             zone.count(Counter::MemoHits);
             state.finish(CacheStatus::Fresh);
             hot::on_fresh(state, req, scf, until_ms);
@@ -137,7 +155,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             // not have met Redis away itself: the fill runs in another).
             Ok(Next::Continue)
         }
-        FirstLook::WaitForFill { holder } => {
+        FirstLook::WaitForFill { holder } if !blind => {
             // A fill of this key is under way, so the key is missing: wait for it without
             // asking Redis (a burst of misses costs one TTL lookup, not one per request).
             let timeout = state.settings().lock_timeout_ms;
@@ -145,7 +163,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             wait_for(state, req, zone, holder, timeout);
             Ok(Next::Return(AGAIN))
         }
-        FirstLook::StaleRefreshRunning => {
+        FirstLook::StaleRefreshRunning if !blind => {
             // A refresh of this key is under way: it is stale, and its copy lives at least
             // as long as the refresh lock (see `collapse::refresh_lock_ms`), so srcache can
             // serve it without a TTL lookup.
@@ -162,7 +180,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             // collapse on this node without asking it.
             Ok(go_local(state, req, scf, zone))
         }
-        FirstLook::LookUp => {
+        FirstLook::LookUp | FirstLook::WaitForFill { .. } | FirstLook::StaleRefreshRunning => {
             let (ttl_uri, args) = {
                 let settings = state.settings();
                 (settings.ttl_uri.clone(), key_argument(&settings.key))
@@ -180,7 +198,7 @@ pub fn after_lookup(
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
 ) -> Step {
-    let (ttl, entry) = match ttl_of(state, scf.http().is_some()) {
+    let (mut ttl, entry, vary) = match ttl_of(state, scf.http().is_some()) {
         Ok(answer) => {
             local::lookup_answered();
             answer
@@ -195,6 +213,9 @@ pub fn after_lookup(
         }
         Err(error) => return Err(error),
     };
+    if let Some(next) = super::vary::after_answer(state, req, vary, &mut ttl) {
+        return next;
+    }
     let settings = state.settings();
     // An entry stored in the `stale_cache_http` mode is judged by its own windows.
     let (stale_secs, grace_secs) = entry
@@ -205,6 +226,10 @@ pub fn after_lookup(
     let ttl_left = crate::cache_status::ttl_left(ttl, stale_secs, grace_secs);
     state.looked_up(ttl, ttl_left);
     state.set_entry_age(entry.as_ref().map(|e| e.age(ttl)));
+    let age = entry.as_ref().map(|e| e.age(ttl));
+    if ttl >= 0 && http_request::pass_stored(state, req, scf, age, ttl_left) {
+        return Ok(Next::Continue);
+    }
     if let Some(e) = &entry {
         // In the grace band a refresh revalidates the stored response with its validators.
         state.set_validators(crate::http::windows::conditional_headers(e));
@@ -225,7 +250,15 @@ pub fn after_lookup(
     );
     match action {
         Action::ServeFresh { memo_ms } => {
+            // A variant is neither memoised nor kept in the hot tier under its URL's key
+            // (another request may need another variant): its memo has a key of its own.
+            let age = entry.as_ref().map(|e| e.age(ttl));
+            if super::vary::fresh(state, zone, scf.memo_enabled(), memo_ms, now, age) {
+                state.finish(CacheStatus::Fresh);
+                return Ok(Next::Continue);
+            }
             if scf.memo_enabled() && memo_ms > 0 {
+                memo_age::remember(zone, &settings.key, age, now);
                 let stored =
                     zone.with_key(&settings.key, |t, fp| t.memo_set(fp, now + memo_ms, now));
                 if let Some(MemoOutcome::StoredEvicted(_)) = stored {
@@ -419,19 +452,8 @@ pub fn after_wake(
     scf: &StaleCacheConf,
 ) -> Step {
     let zone = state.zone().expect("the zone is known before waiting");
-    // The filler's store was refused (Redis away) and kept on this node: a copy stored since
-    // this request began (after a wait), or any fresh one (srcache's fetch skipped, Redis away).
-    let since = match state.phase() {
-        Phase::Waiting => Some(state.lookup_started()),
-        _ if local::recently_away(now_ms()) => Some(0),
-        _ => None,
-    };
-    if since.is_some_and(|since| local::try_serve(state, req, since, false) == local::Copy::Fresh) {
-        if state.reached() == Reached::SrcacheMissed {
-            // srcache's fetch already ran for this request: let it fetch again.
-            return Ok(refetch(state, req, CacheStatus::Local));
-        }
-        return Ok(Next::Continue);
+    if let Some(next) = local_steps::served_after_wake(state, req) {
+        return Ok(next);
     }
     Ok(fill_or_wait(state, req, scf, zone, now_ms()))
 }
