@@ -53,3 +53,10 @@ for (const [id, test] of byId) {
 if (process.env.CONFORMANCE_LIST_FAILING) console.log(failing.join('\n'))
 console.log(`required tests passed: ${requiredPassed} of ${required}`)
 console.log(`all tests passed: ${allPassed} of ${all}`)
+// Floors (CI): CONFORMANCE_MIN_REQUIRED / CONFORMANCE_MIN_ALL make a lower score fail.
+const minRequired = Number(process.env.CONFORMANCE_MIN_REQUIRED || 0)
+const minAll = Number(process.env.CONFORMANCE_MIN_ALL || 0)
+if (requiredPassed < minRequired || allPassed < minAll) {
+  console.error(`conformance: below the floor (required >= ${minRequired}, all >= ${minAll})`)
+  process.exit(1)
+}

@@ -17,7 +17,13 @@ module=${STALE_CACHE_MODULE:-$root/build/ngx_http_stale_cache_module.so}
 suite_version=0.4.5
 suite=$dir/node_modules/http-cache-tests
 
-command -v node >/dev/null || { echo "conformance: node (>= 14.8) is needed: apt install nodejs npm" >&2; exit 1; }
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    # Debian's nodejs (18 in bookworm) is enough: the suite needs node >= 14.8.
+    echo "conformance: installing nodejs and npm (apt)"
+    sudo_cmd=(); [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+    DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends nodejs npm \
+        || { echo "conformance: node (>= 14.8) and npm are needed: apt install nodejs npm" >&2; exit 1; }
+fi
 if [ ! -f "$suite/package.json" ] || ! grep -q "\"version\": \"$suite_version\"" "$suite/package.json"; then
     mkdir -p "$dir"
     npm install --prefix "$dir" --no-audit --no-fund --omit=dev "http-cache-tests@$suite_version" >"$dir/npm.log" 2>&1 \
