@@ -10,9 +10,25 @@ use crate::nginx::util::now_ms;
 use crate::nginx::zone::ZoneRef;
 use crate::policy::CacheStatus;
 use crate::stale::conf::StaleCacheConf;
+use crate::stale::error::StaleError;
 use crate::stale::local;
 use crate::stale::state::{Next, RequestState};
 use crate::stale::waiters::{lock_request, new_token, owner_alive, HeldLock};
+
+/// The TTL lookup found Redis away (no answer, or a refusal that says it does not serve):
+/// the request collapses on this node.
+pub(super) fn lookup_away(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+    error: StaleError,
+) -> Next {
+    local::lookup_failed(now_ms());
+    crate::stale::metrics::error(state, req, error.kind_name());
+    local::log_away(req);
+    let zone = state.zone().expect("the zone is known before the lookup");
+    go_local(state, req, scf, zone)
+}
 
 /// Redis is away: a copy kept on this node is served (LOCAL); otherwise the key is filled
 /// under the fill lock as on a miss (its store is refused and kept here), or waited for.

@@ -5,9 +5,9 @@
 
 mod born_stale;
 mod lease_steps;
-mod ttl;
 mod local_steps;
 mod refetch;
+mod ttl;
 
 use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
@@ -16,7 +16,7 @@ use super::error::{warn, StaleError};
 use super::refresh::{self, has_body};
 use super::state::{Next, Phase, RefreshHold, RequestState};
 use super::waiters::{lock_request, new_token, owner_alive, start_waiting, zone_full, HeldLock};
-use super::{hot, local, lookup, metrics};
+use super::{hot, local, lookup};
 use crate::collapse::{after_lock, refresh_lock_ms};
 use crate::flow::{fill_step, first_look, FillStep, FirstLook, Reached, ZoneFacts};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
@@ -24,7 +24,7 @@ use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
 use crate::nginx::zone::{self, ZoneRef};
-use crate::policy::{decide, Action, CacheStatus, FailReason};
+use crate::policy::{decide, Action, CacheStatus};
 use crate::replay::{keep_copy, key_argument, KeepCopy};
 use crate::stale::main_conf;
 
@@ -32,9 +32,9 @@ type Step = Result<Next, StaleError>;
 
 pub use lease_steps::lease_step;
 use lease_steps::{ask_lease, lease_op_request};
-use ttl::ttl_of;
-use local_steps::go_local;
+use local_steps::{go_local, lookup_away};
 use refetch::refetch;
+use ttl::ttl_of;
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
 /// locks, then the TTL lookup.
@@ -216,20 +216,14 @@ pub fn after_lookup(
     scf: &StaleCacheConf,
 ) -> Step {
     let (ttl, entry) = match ttl_of(state, scf.http().is_some()) {
-        Ok(answer) => {
-            local::lookup_answered();
-            answer
-        }
-        Err(error @ StaleError::Lookup(FailReason::LookupFailed)) if local::enabled(req) => {
-            // No answer (Redis down, in backoff, timing out): collapse on this node.
-            local::lookup_failed(now_ms());
-            metrics::error(state, req, error.kind_name());
-            local::log_away(req);
-            let zone = state.zone().expect("the zone is known before the lookup");
-            return Ok(go_local(state, req, scf, zone));
+        Ok(answer) => answer,
+        // No answer, or a refusal saying Redis does not serve now: collapse on this node.
+        Err(error) if error.redis_away() && local::enabled(req) => {
+            return Ok(lookup_away(state, req, scf, error));
         }
         Err(error) => return Err(error),
     };
+    local::lookup_answered();
     let settings = state.settings();
     // An entry stored in the `stale_cache_http` mode is judged by its own windows.
     let (stale_secs, grace_secs) = entry
