@@ -32,7 +32,7 @@ type Step = Result<Next, StaleError>;
 
 pub use lease_steps::lease_step;
 use lease_steps::{ask_lease, lease_op_request};
-use local_steps::{go_local, lookup_away};
+use local_steps::{go_local, lookup_away, served_kept_copy};
 use refetch::refetch;
 use ttl::ttl_of;
 
@@ -252,11 +252,17 @@ pub fn after_lookup(
         ttl,
         action
     );
+    // An entry with its own windows is stale when its origin said so.
+    if entry.is_none() && matches!(action, Action::TryBackend | Action::ServeStale { .. }) {
+        born_stale::check(req, zone, state.settings(), ttl, now);
+    }
     match action {
+        _ if served_kept_copy(state, req, &action, now) => Ok(Next::Continue),
         Action::ServeFresh { memo_ms } => {
             if scf.memo_enabled() && memo_ms > 0 {
-                let stored =
-                    zone.with_key(&settings.key, |t, fp| t.memo_set(fp, now + memo_ms, now));
+                let stored = zone.with_key(&state.settings().key, |t, fp| {
+                    t.memo_set(fp, now + memo_ms, now)
+                });
                 if let Some(MemoOutcome::StoredEvicted(_)) = stored {
                     // Once per worker: it says the zone is too small, not that anything failed.
                     log::limited(
@@ -280,18 +286,10 @@ pub fn after_lookup(
         Action::FailOpen { reason } => Err(StaleError::Lookup(reason)),
         Action::FillOrWait => Ok(fill_or_wait(state, req, scf, zone, now)),
         Action::TryBackend => {
-            // An entry with its own windows is stale when its origin said so.
-            if entry.is_none() {
-                born_stale::check(req, zone, state.settings(), ttl, now);
-            }
             state.entered_grace();
             Ok(fill_or_wait(state, req, scf, zone, now))
         }
         Action::ServeStale { persist, refresh } => {
-            // An entry with its own windows is stale when its origin said so.
-            if entry.is_none() {
-                born_stale::check(req, zone, state.settings(), ttl, now);
-            }
             state.finish(CacheStatus::Stale);
             if !refresh {
                 return Ok(Next::Continue);
