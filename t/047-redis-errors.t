@@ -7,9 +7,9 @@
 # the others from t/lib/fake_redis.py.
 # These blocks run with the local zone off (the pass path without it); TEST 10 shows the
 # default: a refused store's answer kept on this node and reused (LOCAL), t/048 the rest.
-# TESTs 11-13: with the default, a TTL lookup refused with -LOADING, -BUSY or -MASTERDOWN
-# (Redis up but not serving) counts as Redis away: one backend request per key, the others
-# LOCAL; TEST 14: -WRONGTYPE (a configuration mistake) still fails open.
+# TESTs 11-13, 15: with the default, a TTL lookup refused with -LOADING, -BUSY, -MASTERDOWN
+# or -CLUSTERDOWN (Redis up but not serving) counts as Redis away: one backend request per
+# key, the others LOCAL; TEST 14: -WRONGTYPE (a configuration mistake) still fails open.
 use lib 't/lib';
 use Test::StaleCache;
 use IO::Socket::INET;
@@ -491,3 +491,29 @@ X-Stale-Cache: ERROR
 --- backend_hits: 3
 --- check
 is(refusals('/redisttl', 'WRONGTYPE'), 1, 'the TTL location: one line');
+
+
+
+=== TEST 15: -CLUSTERDOWN (a cluster during a failover, after the cluster locations' retries) from every command, the default: one backend request for 20 concurrent clients (LOCAL)
+--- http_config eval: $::HTTP_LOCAL
+--- config eval: ::config(redis => 'fake')
+--- pre
+start_fake();
+fake('FAKE.RESET');
+fake('FAKE.FAIL', '*', 'CLUSTERDOWN The cluster is down');
+--- request
+GET /api/cd-local
+--- more_headers
+X-Backend-Delay: 0.3
+--- concurrency: 20
+--- response_body
+backend GET /api/cd-local hit 1
+--- check
+my $n = statuses(responses());
+is($n->{MISS}, 1, 'one filler') or diag(explain $n);
+is($n->{LOCAL}, 19, 'the others: LOCAL') or diag(explain $n);
+is(backend_hits('/api/cd-local'), 1, 'one backend request for 20 clients');
+is(refusals('/redisttl', 'CLUSTERDOWN'), 1, 'the TTL location: one line');
+--- no_error_log
+[alert]
+[crit]

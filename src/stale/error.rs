@@ -113,7 +113,8 @@ impl StaleError {
 
     /// Whether the TTL lookup says Redis is away: no answer (down, in backoff, timing out), or
     /// a refusal because it does not serve now (loading its data after a restart, a script
-    /// running, a replica without its master), unlike a configuration mistake (`-ERR`,
+    /// running, a replica without its master, a cluster missing a node for some slots after
+    /// the cluster locations' own retries), unlike a configuration mistake (`-ERR`,
     /// `-WRONGTYPE`), which fails open.
     pub fn redis_away(&self) -> bool {
         match self {
@@ -121,7 +122,7 @@ impl StaleError {
             StaleError::RedisError(text) => {
                 matches!(
                     crate::resp::error_code(text),
-                    "LOADING" | "BUSY" | "MASTERDOWN"
+                    "LOADING" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN"
                 )
             }
             _ => false,
