@@ -23,6 +23,8 @@ pub struct Facts {
     /// srcache served the response from Redis (`$srcache_fetch_status` is HIT); only looked
     /// at where the layer itself did not decide (BYPASS, ERROR).
     pub srcache_hit: bool,
+    /// A LOCAL answer came from a copy past its fresh period.
+    pub local_stale: bool,
 }
 
 /// A member, built in place: it is made for every response that shows it, so neither the
@@ -118,9 +120,15 @@ pub fn member(status: CacheStatus, facts: Facts) -> Member {
             detail(&mut out, "hot");
         }
         CacheStatus::Local => {
-            // Redis away: a copy kept in this node's shared memory.
+            // Redis away: a copy kept in this node's shared memory; a stale one is said so
+            // as STALE says it (no `fwd`: the client's answer was not forwarded).
             hit(&mut out);
-            detail(&mut out, "local");
+            let d = if facts.local_stale {
+                "local-stale"
+            } else {
+                "local"
+            };
+            detail(&mut out, d);
         }
         CacheStatus::Stale => {
             hit(&mut out);
@@ -193,6 +201,7 @@ mod tests {
             ttl,
             response_status: status,
             srcache_hit: false,
+            local_stale: false,
         }
     }
 
@@ -244,6 +253,18 @@ mod tests {
             member(CacheStatus::Bypass, f),
             "stale-cache; fwd=bypass; fwd-status=200"
         );
+        assert_eq!(
+            member(CacheStatus::Local, f),
+            "stale-cache; hit; detail=local"
+        );
+        let stale = Facts {
+            local_stale: true,
+            ..f
+        };
+        assert_eq!(
+            member(CacheStatus::Local, stale),
+            "stale-cache; hit; detail=local-stale"
+        );
         let hit = Facts {
             srcache_hit: true,
             ..f
@@ -265,6 +286,7 @@ mod tests {
             ttl: Some(i64::MIN),
             response_status: usize::MAX,
             srcache_hit: false,
+            local_stale: false,
         };
         assert_eq!(
             member(CacheStatus::StaleError, f),

@@ -7,6 +7,9 @@
 # the others from t/lib/fake_redis.py.
 # These blocks run with the local zone off (the pass path without it); TEST 10 shows the
 # default: a refused store's answer kept on this node and reused (LOCAL), t/048 the rest.
+# TESTs 11-13, 15: with the default, a TTL lookup refused with -LOADING, -BUSY, -MASTERDOWN
+# or -CLUSTERDOWN (Redis up but not serving) counts as Redis away: one backend request per
+# key, the others LOCAL; TEST 14: -WRONGTYPE (a configuration mistake) still fails open.
 use lib 't/lib';
 use Test::StaleCache;
 use IO::Socket::INET;
@@ -385,6 +388,132 @@ is($r->{headers}{'x-stale-cache'}, 'LOCAL', 'the next request: the local copy');
 is(backend_hits('/api/full-local'), 1, 'still one backend request');
 is(refusals('/redis2', 'OOM'), 1, 'the refused store: one line');
 unfill_redis();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 11: -LOADING (a restart loading its data) from every command, the local zone on (the default): Redis is away, one backend request for 20 concurrent clients, the others answered from this node (LOCAL)
+--- http_config eval: $::HTTP_LOCAL
+--- config eval: ::config(redis => 'fake')
+--- pre
+start_fake();
+fake('FAKE.RESET');
+fake('FAKE.FAIL', '*', 'LOADING Redis is loading the dataset in memory');
+--- request
+GET /api/load-local
+--- more_headers
+X-Backend-Delay: 0.3
+--- concurrency: 20
+--- response_body
+backend GET /api/load-local hit 1
+--- check
+my $n = statuses(responses());
+is($n->{MISS}, 1, 'one filler') or diag(explain $n);
+is($n->{LOCAL}, 19, 'the 19 others: its response, kept on this node') or diag(explain $n);
+is(backend_hits('/api/load-local'), 1, 'one backend request for 20 clients');
+my $r = http_get('/api/load-local');
+is($r->{headers}{'x-stale-cache'}, 'LOCAL', 'the next request: the local copy');
+is(backend_hits('/api/load-local'), 1, 'still one backend request');
+is(refusals('/redisttl', 'LOADING'), 1, 'the TTL location: one line');
+is(metric_z('stale_cache_fills_total', 'outcome="stored"'), 0, 'no fill counted stored');
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 12: -BUSY (a script running) from every command, the default: one backend request for 20 concurrent clients (LOCAL)
+--- http_config eval: $::HTTP_LOCAL
+--- config eval: ::config(redis => 'fake')
+--- pre
+start_fake();
+fake('FAKE.RESET');
+fake('FAKE.FAIL', '*', 'BUSY Redis is busy running a script. You can only call SCRIPT KILL or SHUTDOWN NOSCRIPT.');
+--- request
+GET /api/busy-local
+--- more_headers
+X-Backend-Delay: 0.3
+--- concurrency: 20
+--- response_body
+backend GET /api/busy-local hit 1
+--- check
+my $n = statuses(responses());
+is($n->{MISS}, 1, 'one filler') or diag(explain $n);
+is($n->{LOCAL}, 19, 'the others: LOCAL') or diag(explain $n);
+is(backend_hits('/api/busy-local'), 1, 'one backend request for 20 clients');
+is(refusals('/redisttl', 'BUSY'), 1, 'the TTL location: one line');
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 13: -MASTERDOWN (a replica without its master, replica-serve-stale-data no) from every command, the default: one backend request for 20 concurrent clients (LOCAL)
+--- http_config eval: $::HTTP_LOCAL
+--- config eval: ::config(redis => 'fake')
+--- pre
+start_fake();
+fake('FAKE.RESET');
+fake('FAKE.FAIL', '*', "MASTERDOWN Link with MASTER is down and replica-serve-stale-data is set to 'no'.");
+--- request
+GET /api/md-local
+--- more_headers
+X-Backend-Delay: 0.3
+--- concurrency: 20
+--- response_body
+backend GET /api/md-local hit 1
+--- check
+my $n = statuses(responses());
+is($n->{MISS}, 1, 'one filler') or diag(explain $n);
+is($n->{LOCAL}, 19, 'the others: LOCAL') or diag(explain $n);
+is(backend_hits('/api/md-local'), 1, 'one backend request for 20 clients');
+is(refusals('/redisttl', 'MASTERDOWN'), 1, 'the TTL location: one line');
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 14: -WRONGTYPE from every command (a configuration mistake, not Redis away), the default: the layer still fails open (ERROR), every request to the backend, nothing kept on the node
+--- http_config eval: $::HTTP_LOCAL
+--- config eval: ::config(redis => 'fake')
+--- pre
+start_fake();
+fake('FAKE.RESET');
+fake('FAKE.FAIL', '*', 'WRONGTYPE Operation against a key holding the wrong kind of value');
+--- request eval
+[("GET /api/wrongtype") x 3]
+--- response_headers
+X-Stale-Cache: ERROR
+--- response_body_like: ^backend GET /api/wrongtype hit \d$
+--- backend_hits: 3
+--- check
+is(refusals('/redisttl', 'WRONGTYPE'), 1, 'the TTL location: one line');
+
+
+
+=== TEST 15: -CLUSTERDOWN (a cluster during a failover, after the cluster locations' retries) from every command, the default: one backend request for 20 concurrent clients (LOCAL)
+--- http_config eval: $::HTTP_LOCAL
+--- config eval: ::config(redis => 'fake')
+--- pre
+start_fake();
+fake('FAKE.RESET');
+fake('FAKE.FAIL', '*', 'CLUSTERDOWN The cluster is down');
+--- request
+GET /api/cd-local
+--- more_headers
+X-Backend-Delay: 0.3
+--- concurrency: 20
+--- response_body
+backend GET /api/cd-local hit 1
+--- check
+my $n = statuses(responses());
+is($n->{MISS}, 1, 'one filler') or diag(explain $n);
+is($n->{LOCAL}, 19, 'the others: LOCAL') or diag(explain $n);
+is(backend_hits('/api/cd-local'), 1, 'one backend request for 20 clients');
+is(refusals('/redisttl', 'CLUSTERDOWN'), 1, 'the TTL location: one line');
 --- no_error_log
 [alert]
 [crit]

@@ -293,8 +293,11 @@ is($s->{MISS} // 0, 1, 'one MISS (the fill)') or diag(explain $s);
 is($s->{LOCAL} // 0, 15, 'the others LOCAL') or diag(explain $s);
 my @quick = grep { ($_->{headers}{'x-stale-cache'} // '') eq 'LOCAL' && $_->{elapsed} < 0.4 } @r;
 is(scalar @quick, 15, 'served the stale copy without waiting for the 0.5 s fill');
+is(scalar(grep { ($_->{headers}{'cache-status'} // '') eq 'stale-cache; hit; detail=local-stale' } @quick), 15,
+   'Cache-Status says the local copy was stale');
 my $x = wait_until(sub { my $r = http_get('/api/sl'); $r->{body} =~ /hit 2$/ && $r }, 3, 'the new copy served');
 is($x->{headers}{'x-stale-cache'}, 'LOCAL', 'LOCAL, the fill kept');
+is($x->{headers}{'cache-status'}, 'stale-cache; hit; detail=local', 'a fresh local copy: detail=local');
 start_redis();
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/]

@@ -178,6 +178,10 @@ Test::StaleCache::wait_pid($wpid, 30);
 my $w = Test::StaleCache::slurp($wrk) // '';
 like($w, qr/requests in/, 'wrk ran') or diag($w);
 unlike($w, qr/Non-2xx/, 'no non-2xx answer') or diag($w);
+# While the master is gone the node collapses on its own (local zone): the fill before the
+# kill, then one backend request for the key (two at most: one per worker at the edges).
+my $hits = backend_hits('/api/hot');
+cmp_ok($hits, '<=', 3, "backend requests for the key under wrk -c32 with the kill: $hits");
 # The old primary comes back; Sentinel turns it into a replica. Stores keep going to the new
 # master, and the old one never refuses a write (-READONLY).
 ::start_redis_node('primary', $::P1);
@@ -289,3 +293,48 @@ diag("stores until one reached the new master: $i, -READONLY: $refused");
 my $after = $ro->();
 for my $j (1 .. 20) { http_get("/api/ro-after$j") }
 is($ro->() - $after, 0, 'none after');
+
+
+
+=== TEST 9: a stale key and a cold miss during the failover (kill -9 of the primary): one backend request per key on this node, 0 non-2xx
+--- http_config eval: $::HTTP
+--- config eval: $::SERVER
+--- timeout: 90
+--- request
+GET /api/warm
+--- check
+::start_sentinel($_) for grep { !$::PID{"s$_"} } 0 .. 2;
+my ($m) = ::rcli($::S[0], 'SENTINEL', 'get-master-addr-by-name', 'mymaster') =~ /(\d+)\s*$/;
+my ($old, $new) = $m == $::P1 ? ($::P1, $::P2) : ($::P2, $::P1);
+my $victim = $old == $::P1 ? 'primary' : 'replica';
+wait_until(sub { ::rcli($new, 'INFO', 'replication') =~ /master_link_status:up/ }, 15, 'the replica is in sync');
+# The stale key: stored, then in its stale window (EXPIRE 50 of 105), replicated as such.
+fill_and_hit('/api/fo-stale');
+my $key = redis_key('/api/fo-stale');
+is(::rcli($old, 'EXPIRE', $key, 50), 1, 'EXPIRE 50: stale');
+wait_until(sub { my $t = ::rcli($new, 'TTL', $key); $t > 0 && $t <= 50 }, 5, 'the stale TTL replicated');
+my $hits0 = backend_hits('/api/fo-stale');
+my $t0 = time;
+kill 'KILL', delete $::PID{$victim};
+# Waves of 8 + 8 concurrent requests for the two keys while the Sentinels switch, and 2 s
+# after they named the new master (the workers follow within their 1 s interval).
+my ($named, @all);
+while (time - $t0 < 20 * time_scale()) {
+    my $hdr = { 'X-Backend-Delay' => '0.3' };
+    my @jobs = map { { port => $ENV{TEST_NGINX_SERVER_PORT}, reqs => [Test::StaleCache::build_request("GET $_", $hdr)] } }
+        (('/api/fo-stale') x 8, ('/api/fo-cold') x 8);
+    push @all, Test::StaleCache::run_jobs(\@jobs, 10 * time_scale());
+    $named //= time if ::rcli($::S[0], 'SENTINEL', 'get-master-addr-by-name', 'mymaster') =~ /\b$new\b/;
+    last if $named && time - $named > 2;
+    sleep_ms(200);
+}
+ok($named, sprintf('the Sentinels named the new master %.1f s after the kill', ($named // 0) - $t0));
+my @bad = grep { ($_->{status} // 0) != 200 } @all;
+is(scalar(@bad), 0, scalar(@all) . ' requests during the switch, 0 non-2xx') or diag(explain $bad[0]);
+my $n = statuses(@all);
+diag('statuses during the switch: ' . join ', ', map { "$_ $n->{$_}" } sort keys %$n);
+is(backend_hits('/api/fo-stale') - $hits0, 1, 'the stale key: one backend request on this node');
+is(backend_hits('/api/fo-cold'), 1, 'the cold key: one backend request on this node');
+# The old master comes back as a replica (for the blocks after this one).
+::start_redis_node($victim, $old);
+wait_until(sub { ::rcli($old, 'ROLE') =~ /^slave/ }, 15, 'the old master is a replica now');

@@ -190,3 +190,33 @@ my $log = Test::StaleCache::slurp(node_prefix(0) . '/logs/ua.log', 0);
 unlike($log, qr{^/api/leased 204 "client-ua/7"$}m, 'no lease request with the client\'s User-Agent');
 unlike(error_log_text(), qr{srcache stored nothing}, 'no false "stored nothing" warning');
 nodes_clean(0);
+
+=== TEST 9: Redis restarted (empty) during a fleet fill: 41 requests over 3 nodes, at most one backend request per node, every client 200
+--- log_level: info
+--- workers: 2
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config eval: fleet_config()
+--- pre
+start_nodes(3);
+--- timeout: 60
+--- check
+backend_config('/api/restart', delay => 1);
+my $port = $ENV{TEST_NGINX_REDIS_PORT};
+# Redis goes 0.3 s into the 1 s fill and comes back empty 0.2 s later (the lease is gone).
+my $kid = fork // die "fork: $!";
+if (!$kid) {
+    sleep_ms(300);
+    system("redis-cli -p $port SHUTDOWN NOSAVE >/dev/null 2>&1");
+    sleep_ms(200);
+    exec('/usr/bin/redis-server', '--port', $port, '--bind', '127.0.0.1', '--save', '',
+         '--appendonly', 'no', '--dir', "$ENV{TEST_NGINX_SERVROOT}/redis", '--protected-mode', 'no')
+        or POSIX::_exit(1);
+}
+my @r = fleet_get('/api/restart', 41, undef, 20);
+is(scalar(grep { !$_->{error} && $_->{status} == 200 } @r), 41, 'every client 200');
+my $hits = backend_hits('/api/restart');
+cmp_ok($hits, '<=', 3, "backend requests: $hits (one per node at most)") or diag(explain statuses(@r));
+Test::StaleCache::kill_wait($kid, 'TERM', 5);
+start_redis();
+nodes_clean(0 .. 2);

@@ -199,7 +199,13 @@ cmp_ok($refreshes, '>=', 1, 'the map was read again');
 cmp_ok($res{requests}, '>', 100, "wrk sent $res{requests} requests");
 is($res{non2xx}, 0, '0 non-2xx responses') or diag($res{text});
 is($res{errors}, 0, 'no socket errors') or diag($res{text});
-diag("$on{$victim} keys were on the killed primary; backend hits: " . scalar(backend_log()));
+my $hits = scalar(backend_log());
+diag("$on{$victim} keys were on the killed primary; backend hits: $hits");
+# The local zone collapses on the node while lookups fail (18,000-26,000 hits before it).
+# During the failover the healthy primaries answer -CLUSTERDOWN too (a slot without a node:
+# cluster-require-full-coverage), so every key is away for a moment, not only the dead
+# node's: the 20 fills, then at most one request per key per worker (measured: 40-50).
+cmp_ok($hits, '<=', 20 + 2 * 20, 'backend requests bounded by the local zone');
 
 
 

@@ -111,6 +111,24 @@ impl StaleError {
         self.status()
     }
 
+    /// Whether the TTL lookup says Redis is away: no answer (down, in backoff, timing out), or
+    /// a refusal because it does not serve now (loading its data after a restart, a script
+    /// running, a replica without its master, a cluster missing a node for some slots after
+    /// the cluster locations' own retries), unlike a configuration mistake (`-ERR`,
+    /// `-WRONGTYPE`), which fails open.
+    pub fn redis_away(&self) -> bool {
+        match self {
+            StaleError::Lookup(FailReason::LookupFailed) => true,
+            StaleError::RedisError(text) => {
+                matches!(
+                    crate::resp::error_code(text),
+                    "LOADING" | "BUSY" | "MASTERDOWN" | "CLUSTERDOWN"
+                )
+            }
+            _ => false,
+        }
+    }
+
     /// The rate limiter's kind, also the metrics' error kind.
     pub fn kind_name(&self) -> &'static str {
         self.kind()

@@ -141,7 +141,10 @@ pub fn try_serve(
             hot.plan = Plan::Nothing;
             hot.local = false;
         }
-        _ => state.finish(CacheStatus::Local),
+        _ => {
+            state.hot_mut().local_stale = found == Copy::Stale;
+            state.finish(CacheStatus::Local);
+        }
     }
     found
 }

@@ -574,6 +574,8 @@ pub struct Peek {
     /// What srcache's store subrequest did (final in the LOG phase).
     pub store: StoreOutcome,
     pub entry_age: Option<u64>,
+    /// A LOCAL answer came from a stale copy.
+    pub local_stale: bool,
 }
 
 /// What variable handlers and filters may know of `r`'s state.
@@ -590,6 +592,7 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
             ttl_left: ptr::addr_of!((*state).ttl_left).read(),
             store: StoreOutcome::of(ptr::addr_of!((*state).store_status).read()),
             entry_age: ptr::addr_of!((*state).entry_age).read(),
+            local_stale: ptr::addr_of!((*state).hot.local_stale).read(),
         })
     }
 }

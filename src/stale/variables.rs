@@ -135,7 +135,9 @@ unsafe extern "C" fn rfc9211_variable(
 ) -> ngx_int_t {
     // SAFETY: nginx passes a live request and the value slot being evaluated.
     let (r, v) = unsafe { (&mut *r, value_slot(v)) };
-    let Some((status, ttl)) = state::peek(r).and_then(|s| Some((s.status?, s.ttl_left))) else {
+    let Some((status, ttl, local_stale)) =
+        state::peek(r).and_then(|s| Some((s.status?, s.ttl_left, s.local_stale)))
+    else {
         set_not_found(v);
         return VAR_OK;
     };
@@ -145,6 +147,7 @@ unsafe extern "C" fn rfc9211_variable(
         ttl,
         response_status: r.headers_out.status,
         srcache_hit,
+        local_stale,
     };
     match pool_str(r.pool, member(status, facts).as_str().as_bytes()) {
         Some(s) => set_value_in_pool(v, crate::nginx::util::str_bytes(&s)),

@@ -10,11 +10,46 @@ use crate::locktable::{LockAttempt, LockKind};
 use crate::metrics::Counter;
 use crate::nginx::util::now_ms;
 use crate::nginx::zone::ZoneRef;
-use crate::policy::CacheStatus;
+use crate::policy::{Action, CacheStatus};
 use crate::stale::conf::StaleCacheConf;
+use crate::stale::error::StaleError;
 use crate::stale::local;
 use crate::stale::state::{Next, Phase, RequestState};
 use crate::stale::waiters::{lock_request, new_token, owner_alive, HeldLock};
+
+/// The TTL lookup found Redis away (no answer, or a refusal that says it does not serve):
+/// the request collapses on this node.
+pub(super) fn lookup_away(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    scf: &StaleCacheConf,
+    error: StaleError,
+) -> Next {
+    local::lookup_failed(now_ms());
+    crate::stale::metrics::error(state, req, error.kind_name());
+    local::log_away(req);
+    let zone = state.zone().expect("the zone is known before the lookup");
+    go_local(state, req, scf, zone)
+}
+
+/// Redis answers again (or did not go away for every worker) but has no fresh entry for the
+/// key (missing: the fill's store was refused; stale: its refresh could not store) while
+/// this node kept a fresh copy from a fill while Redis was away: that copy serves its fresh
+/// period (LOCAL), so the key costs one backend request per node per fresh period, not a
+/// second one the moment Redis returns.
+pub(super) fn served_kept_copy(
+    state: &mut RequestState,
+    req: &ngx_http_request_t,
+    action: &Action,
+    now: u64,
+) -> bool {
+    matches!(
+        action,
+        Action::FillOrWait | Action::TryBackend | Action::ServeStale { .. }
+    ) && local::recently_away(now)
+        && local::enabled(req)
+        && local::try_serve(state, req, 0, false) == local::Copy::Fresh
+}
 
 /// Redis is away: a copy kept on this node is served (LOCAL); otherwise the key is filled
 /// under the fill lock as on a miss (its store is refused and kept here), or waited for.

@@ -17,7 +17,7 @@ use super::error::{warn, StaleError};
 use super::refresh::{self, has_body};
 use super::state::{Next, Phase, RefreshHold, RequestState};
 use super::waiters::{lock_request, new_token, owner_alive, zone_full, HeldLock};
-use super::{hot, http_request, local, lookup, memo_age, metrics};
+use super::{hot, http_request, local, lookup, memo_age};
 use crate::collapse::{after_lock, refresh_lock_ms};
 use crate::flow::{fill_step, first_look, FillStep, FirstLook, ZoneFacts};
 use crate::locktable::{LockAttempt, LockKind, MemoOutcome};
@@ -25,7 +25,7 @@ use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{now_ms, request_log, str_bytes, AGAIN};
 use crate::nginx::zone::{self, ZoneRef};
-use crate::policy::{decide, Action, CacheStatus, FailReason};
+use crate::policy::{decide, Action, CacheStatus};
 use crate::replay::{keep_copy, key_argument, KeepCopy};
 use crate::stale::main_conf;
 
@@ -33,7 +33,7 @@ type Step = Result<Next, StaleError>;
 
 pub use lease_steps::lease_step;
 use lease_steps::{ask_lease, lease_op_request};
-use local_steps::go_local;
+use local_steps::{go_local, lookup_away, served_kept_copy};
 use refetch::refetch;
 use ttl::ttl_of;
 pub use waiting::give_up_waiting;
@@ -199,20 +199,14 @@ pub fn after_lookup(
     scf: &StaleCacheConf,
 ) -> Step {
     let (mut ttl, entry, vary) = match ttl_of(state, scf.http().is_some()) {
-        Ok(answer) => {
-            local::lookup_answered();
-            answer
-        }
-        Err(error @ StaleError::Lookup(FailReason::LookupFailed)) if local::enabled(req) => {
-            // No answer (Redis down, in backoff, timing out): collapse on this node.
-            local::lookup_failed(now_ms());
-            metrics::error(state, req, error.kind_name());
-            local::log_away(req);
-            let zone = state.zone().expect("the zone is known before the lookup");
-            return Ok(go_local(state, req, scf, zone));
+        Ok(answer) => answer,
+        // No answer, or a refusal saying Redis does not serve now: collapse on this node.
+        Err(error) if error.redis_away() && local::enabled(req) => {
+            return Ok(lookup_away(state, req, scf, error));
         }
         Err(error) => return Err(error),
     };
+    local::lookup_answered();
     if let Some(next) = super::vary::after_answer(state, req, vary, &mut ttl) {
         return next;
     }
@@ -248,7 +242,12 @@ pub fn after_lookup(
         ttl,
         action
     );
+    // An entry with its own windows is stale when its origin said so.
+    if entry.is_none() && matches!(action, Action::TryBackend | Action::ServeStale { .. }) {
+        born_stale::check(req, zone, state.settings(), ttl, now);
+    }
     match action {
+        _ if served_kept_copy(state, req, &action, now) => Ok(Next::Continue),
         Action::ServeFresh { memo_ms } => {
             // A variant is neither memoised nor kept in the hot tier under its URL's key
             // (another request may need another variant): its memo has a key of its own.
@@ -258,9 +257,10 @@ pub fn after_lookup(
                 return Ok(Next::Continue);
             }
             if scf.memo_enabled() && memo_ms > 0 {
-                memo_age::remember(zone, &settings.key, age, now);
-                let stored =
-                    zone.with_key(&settings.key, |t, fp| t.memo_set(fp, now + memo_ms, now));
+                memo_age::remember(zone, &state.settings().key, age, now);
+                let stored = zone.with_key(&state.settings().key, |t, fp| {
+                    t.memo_set(fp, now + memo_ms, now)
+                });
                 if let Some(MemoOutcome::StoredEvicted(_)) = stored {
                     // Once per worker: it says the zone is too small, not that anything failed.
                     log::limited(
@@ -284,18 +284,10 @@ pub fn after_lookup(
         Action::FailOpen { reason } => Err(StaleError::Lookup(reason)),
         Action::FillOrWait => Ok(fill_or_wait(state, req, scf, zone, now)),
         Action::TryBackend => {
-            // An entry with its own windows is stale when its origin said so.
-            if entry.is_none() {
-                born_stale::check(req, zone, state.settings(), ttl, now);
-            }
             state.entered_grace();
             Ok(fill_or_wait(state, req, scf, zone, now))
         }
         Action::ServeStale { persist, refresh } => {
-            // An entry with its own windows is stale when its origin said so.
-            if entry.is_none() {
-                born_stale::check(req, zone, state.settings(), ttl, now);
-            }
             state.finish(CacheStatus::Stale);
             if !refresh {
                 return Ok(Next::Continue);

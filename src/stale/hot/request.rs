@@ -26,6 +26,8 @@ pub struct Hot {
     /// Redis is away: `Plan::Serve` answers from a copy kept on this node (no max age, the
     /// local zone; `crate::stale::local`), reported LOCAL.
     pub local: bool,
+    /// The local copy served is past its fresh period (`Cache-Status`: `detail=local-stale`).
+    pub local_stale: bool,
     /// srcache's store subrequest (`Plan::KeepStore`), boxed: few requests have one, and
     /// the state stays small (one allocation size for every request).
     pub store: Option<Box<StoreNote>>,
@@ -50,6 +52,7 @@ impl Default for Hot {
             bytes: Vec::new(),
             spoiled: false,
             local: false,
+            local_stale: false,
             store: None,
         }
     }
