@@ -372,15 +372,15 @@ fill_redis();
 GET /api/full-local
 --- more_headers
 X-Backend-Delay: 0.3
---- concurrency: 20
+--- concurrency: 100
 --- response_body
 backend GET /api/full-local hit 1
 --- check
 my @r = responses();
 my $n = statuses(@r);
 is($n->{MISS}, 1, 'one filler') or diag(explain $n);
-is($n->{LOCAL}, 19, 'the 19 waiters: its response, kept on this node') or diag(explain $n);
-is(backend_hits('/api/full-local'), 1, 'one backend request for 20 clients');
+is($n->{LOCAL}, 99, 'the 99 waiters: its response, kept on this node') or diag(explain $n);
+is(backend_hits('/api/full-local'), 1, 'one backend request for 100 clients');
 is(redis('EXISTS', redis_key('/api/full-local')), 0, 'nothing in Redis');
 is(metric_z('stale_cache_fills_total', 'outcome="stored"'), 0, 'no fill counted stored');
 my $r = http_get('/api/full-local');
