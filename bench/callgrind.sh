@@ -14,6 +14,12 @@
 #              with only `stale_cache on;` taken out, in an nginx without the module (its
 #              `set $cache_*` lines stay, as in a configuration that had lua-resty-cache):
 #              REDIS=ref only).
+#              h: the module with `stale_cache_http on`, row HT of `make bench` (bench/run.sh's
+#              /ht/ location: nginx-conf/http-cache.conf's lookup and store scripts, the
+#              variant suffix in the keys, Age from $stale_cache_http_age), a URL without Vary
+#              stored fresh for an hour by its Cache-Control: REDIS=native only. Its hits
+#              must be FRESH with an Age header and send no EVAL (freshness memo hits), or
+#              the script fails.
 #              A row may name its own module build, ROWS="s:/tmp/old.so s": two builds
 #              side by side.
 #   N=2000 requests per row after WARM=50; the call graphs stay in build/callgrind/.
@@ -107,6 +113,27 @@ seed='set $cache_lock bench; set $cache_ttl /redisttl; set $cache_persist /redis
       proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_pass http://www;'
 
+# h: row HT of bench/run.sh (keep the two alike), and its Redis locations.
+http_mode='set $cache_lock bench; set $cache_ttl /redisttlh; set $cache_stale 100; stale_cache on;
+      stale_cache_http on;
+      set $cache_key $uri; set_escape_uri $escaped_key $cache_key;
+      srcache_fetch_skip $stale_cache_skip_fetch; srcache_fetch GET /redish $cache_key;
+      srcache_store PUT /redis2h key=$escaped_key&exptime=$stale_cache_http_exptime&w=$stale_cache_http_windows&v=$stale_cache_http_variant;
+      srcache_response_cache_control off; srcache_store_hide_header Age;
+      add_header Age $stale_cache_http_age always;
+      add_header X-Stale-Cache $stale_cache_status;
+      proxy_set_header X-Backend-Header "Cache-Control: max-age=3600"; proxy_pass http://www;'
+http_locations='
+        location = /redisttlh { internal; set_unescape_uri $key $arg_key; set_md5 $key;
+            stale_cache_redis_pass redis; stale_cache_redis_command EVAL $stale_cache_http_lookup_script
+            4 $key$stale_cache_http_variant $key$stale_cache_http_variant:w $key $key:w; }
+        location = /redish { internal; set_md5 $redis_key $args; stale_cache_redis_pass redis;
+            stale_cache_redis_command GET $redis_key$stale_cache_http_variant; }
+        location = /redis2h { internal; stale_cache_role store; set_unescape_uri $exptime $arg_exptime;
+            set_unescape_uri $key $arg_key; set_md5 $key; stale_cache_redis_pass redis;
+            stale_cache_redis_command EVAL $stale_cache_http_store_script 5 $key$arg_v $key$arg_v:w
+            $key $key:w $key:vs $request_body $exptime $arg_w; }'
+
 # s: d's location plus the module's status headers (the drop-in configs send both).
 drop_in="$seed
          add_header X-Stale-Cache \$stale_cache_status;
@@ -130,6 +157,10 @@ write_conf() {
         location /c/ { $module_vars stale_cache_memo off; $common }
         location /s/ { $drop_in }
         location /d/ { $seed }"
+    if [ "$row" = h ]; then
+        [ "$redis_mode" = native ] || { echo "row h needs REDIS=native" >&2; return 1; }
+        module_locations="location /h/ { $http_mode } $http_locations"
+    fi
     if [ "$row" = p ]; then
         [ "$redis_mode" = ref ] || { echo "row p needs REDIS=ref" >&2; return 1; }
         load_module=
@@ -170,9 +201,17 @@ CONF
 # Waits for the row's nginx (pid $3) to answer on port $1 at path $2, fills the entry, and
 # sends WARM fresh hits; with callgrind, then counts N more between a zero and a dump.
 client() {
-    python3 - "$1" "$2" "$warm" "$n" "$3" "$tool" <<'PY'
+    python3 - "$1" "$2" "$warm" "$n" "$3" "$tool" "$redis_port" <<'PY'
 import http.client, subprocess, sys, time
 port, path, warm, n, pid, tool = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], sys.argv[6]
+redis_port = sys.argv[7]
+def evals():
+    out = subprocess.run(["redis-cli", "-p", redis_port, "info", "commandstats"],
+                         capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines():
+        if line.startswith("cmdstat_eval:"):
+            return int(line.split("calls=")[1].split(",")[0])
+    return 0
 deadline = time.time() + 120
 while True:
     try:
@@ -196,6 +235,16 @@ status = "-"
 for _ in range(max(warm, 1)):
     status = get().getheader("X-Stale-Cache") or "-"
 print(f"{path}: served as {status}", file=sys.stderr)
+if path == "/h/item":
+    # Fresh hits of the mode, with their Age, answered by the freshness memo (no EVAL).
+    before = evals()
+    for _ in range(20):
+        r = get()
+        status, age = r.getheader("X-Stale-Cache"), r.getheader("Age")
+        if status != "FRESH" or age is None:
+            sys.exit(f"{path}: served as {status}, Age {age}: not a fresh hit of the mode")
+    if evals() != before:
+        sys.exit(f"{path}: fresh hits sent EVAL lookups: not answered by the freshness memo")
 if tool == "callgrind":
     subprocess.run(["callgrind_control", "-z", pid], check=True, capture_output=True)
     for _ in range(n):
