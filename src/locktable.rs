@@ -35,7 +35,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"SWRLOCK1");
 
 /// Bumped whenever the header, the slots or the fingerprint function change,
 /// so a region left by another module version is re-created, not misread.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Bytes reserved for the header at the start of the region; slots follow.
 pub const HEADER_SIZE: usize = 128;
@@ -76,18 +76,19 @@ pub const ERROR_MEMORY_MS: u64 = 60_000;
 
 /* ------------------------------------------------------------- fingerprint */
 
-/// A cache key reduced to 128 bits with SipHash-2-4-128 keyed by the region's
+/// A cache key reduced to 96 bits of SipHash-2-4-128 keyed by the region's
 /// seed (the `siphasher` crate: std's hashers are unspecified and may change
 /// between Rust releases, while the region outlives the binary's code on
 /// reload): every worker computes the same value, and clients cannot aim keys at
-/// one probe sequence without knowing the seed. Two keys sharing a fingerprint
-/// (about 2^-64 for a billion keys) only share a lock and a freshness memo,
-/// costing a missed or extra collapse, never wrong data: the data is in Redis
+/// one probe sequence without knowing the seed. 96 bits, not the hash's 128, so a
+/// slot has room for the memo's age. Two keys sharing a fingerprint (about 2^-37
+/// for a billion keys) only share a lock and a freshness memo, costing a missed
+/// or extra collapse or a wrong `Age`, never wrong data: the data is in Redis
 /// under the full key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Fingerprint {
     hi: u64,
-    lo: u64,
+    lo: u32,
 }
 
 impl Fingerprint {
@@ -100,7 +101,10 @@ impl Fingerprint {
         // is plain SipHash of the key (checked against the reference vectors in the tests).
         hasher.write(key);
         let Hash128 { h1, h2 } = hasher.finish128();
-        Fingerprint { hi: h2, lo: h1 }
+        Fingerprint {
+            hi: h2,
+            lo: h1 as u32,
+        }
     }
 }
 
@@ -162,7 +166,11 @@ struct Header {
 #[derive(Clone, Copy, Debug, Default)]
 struct Slot {
     fp_hi: u64,
-    fp_lo: u64,
+    fp_lo: u32,
+    /// The entry's age (seconds) when the memo ends, plus 1; 0 when unknown or no memo.
+    /// In the memo's slot so that a memo hit knows the `Age` of the response (HTTP mode)
+    /// without a second lookup.
+    memo_age: u32,
     /// Owner of the lock (never 0); meaningful while `kind` is not KIND_NONE.
     token: u64,
     lock_expires_ms: u64,
@@ -194,6 +202,7 @@ impl Slot {
     const EMPTY: Slot = Slot {
         fp_hi: 0,
         fp_lo: 0,
+        memo_age: 0,
         token: 0,
         lock_expires_ms: 0,
         fresh_until_ms: 0,
@@ -236,6 +245,23 @@ impl Slot {
 
     fn memo_live(&self, now_ms: u64) -> bool {
         self.fresh_until_ms > now_ms
+    }
+
+    fn set_memo(&mut self, fresh_until_ms: u64, born_ms: Option<u64>) {
+        self.fresh_until_ms = fresh_until_ms;
+        // Whole seconds from birth to the memo's end (exact when both are whole seconds from
+        // one clock reading, as the lookups set them); an age past u32 seconds is unknown.
+        self.memo_age = born_ms
+            .and_then(|born| fresh_until_ms.checked_sub(born))
+            .and_then(|age_ms| u32::try_from(age_ms / 1000).ok())
+            .and_then(|age_s| age_s.checked_add(1))
+            .unwrap_or(0);
+    }
+
+    /// When the entry of a live memo was born (ms), if the memo knows.
+    fn memo_born(&self) -> Option<u64> {
+        let age_s = u64::from(self.memo_age.checked_sub(1)?);
+        self.fresh_until_ms.checked_sub(age_s * 1000)
     }
 
     /// When a lock holder last stored the key, while that is remembered.
@@ -944,13 +970,26 @@ impl<'a> LockTable<'a> {
     /// The remembered "fresh until" time of `fp`, if still in the future.
     /// Refreshes the key's LRU position.
     pub fn memo_get(&mut self, fp: Fingerprint, now_ms: u64) -> Option<u64> {
+        let idx = self.live_memo(fp, now_ms)?;
+        Some(self.slots[idx].fresh_until_ms)
+    }
+
+    /// [`LockTable::memo_get`], with when the entry was born (ms) if the memo was set with it
+    /// ([`LockTable::memo_set_born`]).
+    pub fn memo_get_born(&mut self, fp: Fingerprint, now_ms: u64) -> Option<(u64, Option<u64>)> {
+        let slot = &self.slots[self.live_memo(fp, now_ms)?];
+        Some((slot.fresh_until_ms, slot.memo_born()))
+    }
+
+    /// The slot of `fp`'s live memo, touched; an entry left with nothing is reclaimed.
+    fn live_memo(&mut self, fp: Fingerprint, now_ms: u64) -> Option<usize> {
         self.guarded(None, |t| {
             let Some(idx) = t.find(fp)? else {
                 return Ok(None);
             };
             if t.slots[idx].memo_live(now_ms) {
                 t.touch(idx)?;
-                return Ok(Some(t.slots[idx].fresh_until_ms));
+                return Ok(Some(idx));
             }
             t.reclaim_if_garbage(idx, now_ms)?;
             Ok(None)
@@ -960,6 +999,19 @@ impl<'a> LockTable<'a> {
     /// Remembers that `fp` is fresh until `fresh_until_ms`; a time not in the
     /// future clears the memo instead. Refreshes the key's LRU position.
     pub fn memo_set(&mut self, fp: Fingerprint, fresh_until_ms: u64, now_ms: u64) -> MemoOutcome {
+        self.memo_set_born(fp, fresh_until_ms, None, now_ms)
+    }
+
+    /// [`LockTable::memo_set`], remembering too when the entry was born (ms, whole seconds
+    /// before `fresh_until_ms`; `None`: not known), which [`LockTable::memo_get_born`] gives
+    /// back while the memo lasts.
+    pub fn memo_set_born(
+        &mut self,
+        fp: Fingerprint,
+        fresh_until_ms: u64,
+        born_ms: Option<u64>,
+        now_ms: u64,
+    ) -> MemoOutcome {
         if fresh_until_ms <= now_ms {
             self.memo_clear(fp, now_ms);
             return MemoOutcome::Stored;
@@ -968,7 +1020,7 @@ impl<'a> LockTable<'a> {
             let Some((idx, evicted)) = t.entry(fp, now_ms)? else {
                 return Ok(MemoOutcome::Full);
             };
-            t.slots[idx].fresh_until_ms = fresh_until_ms;
+            t.slots[idx].set_memo(fresh_until_ms, born_ms);
             Ok(stored(evicted))
         })
     }
@@ -977,7 +1029,7 @@ impl<'a> LockTable<'a> {
     pub fn memo_clear(&mut self, fp: Fingerprint, now_ms: u64) {
         self.guarded((), |t| {
             if let Some(idx) = t.find(fp)? {
-                t.slots[idx].fresh_until_ms = 0;
+                t.slots[idx].set_memo(0, None);
                 t.reclaim_if_garbage(idx, now_ms)?;
             }
             Ok(())
@@ -1094,7 +1146,7 @@ impl<'a> LockTable<'a> {
                 pass_mark: slot.pass_left(now_ms).is_some(),
                 locked: slot.live_lock(now_ms).is_some(),
             };
-            slot.fresh_until_ms = 0;
+            slot.set_memo(0, None);
             slot.set_fill(FILL_NONE, 0);
             t.reclaim_if_garbage(idx, now_ms)?;
             Ok(gone)
@@ -1123,9 +1175,9 @@ impl<'a> LockTable<'a> {
         let mut used = 0;
         // Fingerprints of the entries sharing the current home slot: Robin Hood
         // order keeps them adjacent, so a duplicate (unreachable) is among them.
-        let mut group: Vec<(u64, u64)> = Vec::new();
+        let mut group: Vec<(u64, u32)> = Vec::new();
         let mut group_home = usize::MAX;
-        let duplicate = |group: &mut Vec<(u64, u64)>| {
+        let duplicate = |group: &mut Vec<(u64, u32)>| {
             group.sort_unstable();
             let dup = group.windows(2).any(|w| w[0] == w[1]);
             group.clear();
@@ -1521,7 +1573,7 @@ mod tests {
     /// A fingerprint whose home slot in an `n`-slot table is `home`.
     fn fp_at(n: usize, home: usize, tag: u64) -> Fingerprint {
         let hi = ((home as u128) << 64).div_ceil(n as u128) as u64;
-        Fingerprint { hi, lo: tag }
+        Fingerprint { hi, lo: tag as u32 }
     }
 
     impl LockTable<'_> {
@@ -1671,12 +1723,12 @@ mod tests {
 
     #[test]
     fn fingerprint_values_are_pinned() {
-        // Values of the hand-written SipHash this module used before the crate: equal, so
-        // regions made by older builds keep their keys findable as far as hashing goes.
+        // Values of the hand-written SipHash this module used before the crate (of which the
+        // fingerprint keeps 96 bits since layout 4): a change re-keys every region.
         let f = Fingerprint::of(0x0123_4567_89ab_cdef, b"GET|example.com|/api/items?page=2");
-        assert_eq!((f.hi, f.lo), (0x16f6_c51f_63f1_1ad8, 0x0795_26dc_1819_4054));
+        assert_eq!((f.hi, f.lo), (0x16f6_c51f_63f1_1ad8, 0x1819_4054));
         let f = Fingerprint::of(0, b"");
-        assert_eq!((f.hi, f.lo), (0xca2a_9d17_02ea_7687, 0x6ee6_0361_f78c_f4c5));
+        assert_eq!((f.hi, f.lo), (0xca2a_9d17_02ea_7687, 0xf78c_f4c5));
     }
 
     #[test]
@@ -2070,6 +2122,54 @@ mod tests {
     }
 
     /* ------------------------------------------------------------ memos */
+
+    #[test]
+    fn memos_keep_the_entry_birth_in_their_slot() {
+        let mut region = Region::with_slots(64);
+        let mut t = region.init(1);
+        let k = key(1);
+        // Born 7 s before now (ms 10_000), fresh for 5 s more.
+        assert_eq!(
+            t.memo_set_born(k, 15_000, Some(3_000), 10_000),
+            MemoOutcome::Stored
+        );
+        assert_eq!(t.memo_get_born(k, 12_345), Some((15_000, Some(3_000))));
+        assert_eq!(t.memo_get(k, 12_345), Some(15_000));
+        assert_eq!(t.len(), 1, "one slot for the memo and its age");
+        // A memo set without it forgets it, as do a clear and a purge.
+        t.memo_set(k, 16_000, 10_000);
+        assert_eq!(t.memo_get_born(k, 10_000), Some((16_000, None)));
+        t.memo_set_born(k, 15_000, Some(3_000), 10_000);
+        t.memo_clear(k, 10_000);
+        t.memo_set(k, 15_000, 10_000);
+        assert_eq!(t.memo_get_born(k, 10_000), Some((15_000, None)));
+        t.memo_set_born(k, 15_000, Some(3_000), 10_000);
+        t.forget(k, 10_000);
+        assert_eq!(t.memo_get_born(k, 10_000), None);
+        // Born at the memo's end, or more than u32 seconds before it.
+        t.memo_set_born(k, 15_000, Some(15_000), 10_000);
+        assert_eq!(t.memo_get_born(k, 10_000), Some((15_000, Some(15_000))));
+        let far = 15_000 + (u64::from(u32::MAX) + 1) * 1000;
+        t.memo_set_born(k, far, Some(15_000), 10_000);
+        assert_eq!(t.memo_get_born(k, 10_000), Some((far, None)));
+        // A birth after the memo's end is no birth.
+        t.memo_set_born(k, 15_000, Some(16_000), 10_000);
+        assert_eq!(t.memo_get_born(k, 10_000), Some((15_000, None)));
+        // The birth moves with its slot (Robin Hood shifts, backward-shift deletion).
+        for n in 2..40 {
+            t.memo_set_born(key(n), 30_000 + n * 1000, Some(n * 1000), 10_000);
+        }
+        for n in (2..40).step_by(3) {
+            t.memo_clear(key(n), 10_000);
+        }
+        for n in 2..40 {
+            let want = (n % 3 != 2).then_some((30_000 + n * 1000, Some(n * 1000)));
+            assert_eq!(t.memo_get_born(key(n), 10_000), want, "key {n}");
+        }
+        // Kept in whole seconds: a birth between two is remembered at the later one.
+        t.memo_set_born(k, 15_000, Some(3_500), 10_000);
+        assert_eq!(t.memo_get_born(k, 10_000), Some((15_000, Some(4_000))));
+    }
 
     #[test]
     fn memo_expiry_and_clear() {

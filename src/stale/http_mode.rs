@@ -130,7 +130,7 @@ fn verdict(r: &ngx_http_request_t) -> Option<Verdict> {
         .ok()
         .filter(|&s| s != 0)?;
     // A request with no-store: nothing of the exchange is stored (RFC 9111 5.2.1.5).
-    if super::http_request::directives(r).no_store {
+    if super::http_request::parse(r).no_store {
         return Some(Verdict::Skip(Skip::NoStore));
     }
     let headers = response_headers(r);
@@ -216,8 +216,13 @@ unsafe extern "C" fn age_variable(
 ) -> ngx_int_t {
     // SAFETY: nginx passes a live request and the value slot being evaluated.
     let (r, v) = unsafe { (&*r, value_slot(v)) };
+    // Formatted on the stack and copied once into the pool: no heap allocation per hit.
+    let mut digits = [0u8; 20];
     match state::peek(r).and_then(|p| p.entry_age) {
-        Some(age) => set_pool_value(r, v, &age.to_string()),
+        Some(age) => match pool_str(r.pool, crate::resp::decimal(age, &mut digits)) {
+            Some(s) => set_value_in_pool(v, str_bytes(&s)),
+            None => set_not_found(v),
+        },
         None => set_not_found(v),
     }
     VAR_OK

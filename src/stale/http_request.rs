@@ -11,17 +11,21 @@ use super::state::RequestState;
 use crate::http::request::Request;
 use crate::policy::CacheStatus;
 
-pub fn directives(req: &ngx_http_request_t) -> Request {
+/// The request's directives (its `Cache-Control` and `Pragma` lines).
+pub fn parse(req: &ngx_http_request_t) -> Request {
     Request::parse(list_lines(&req.headers_in.headers))
 }
 
+/// The request's directives when the mode is on in its location, `None` otherwise. Read
+/// once per step and handed to [`pass_at_once`] and [`pass_stored`].
+pub fn directives(req: &ngx_http_request_t, scf: &StaleCacheConf) -> Option<Request> {
+    scf.http()?;
+    Some(parse(req))
+}
+
 /// Before any lookup: the request takes no stored response at all (`true`: passed).
-pub fn pass_at_once(
-    state: &mut RequestState,
-    req: &ngx_http_request_t,
-    scf: &StaleCacheConf,
-) -> bool {
-    if scf.http().is_none() || !directives(req).refuses_any() {
+pub fn pass_at_once(state: &mut RequestState, directives: Option<&Request>) -> bool {
+    if !directives.is_some_and(Request::refuses_any) {
         return false;
     }
     state.finish(CacheStatus::Pass);
@@ -32,12 +36,11 @@ pub fn pass_at_once(
 /// (passed) when the request does not take it.
 pub fn pass_stored(
     state: &mut RequestState,
-    req: &ngx_http_request_t,
-    scf: &StaleCacheConf,
+    directives: Option<&Request>,
     age: Option<u64>,
     fresh_left: Option<i64>,
 ) -> bool {
-    if scf.http().is_none() || !directives(req).refuses(age, fresh_left) {
+    if !directives.is_some_and(|d| d.refuses(age, fresh_left)) {
         return false;
     }
     state.finish(CacheStatus::Pass);

@@ -80,7 +80,7 @@ fn variant_of(req: &ngx_http_request_t, names: String) -> Variant {
 pub fn first_look(
     state: &mut RequestState,
     req: &ngx_http_request_t,
-    scf: &super::conf::StaleCacheConf,
+    directives: Option<&crate::http::request::Request>,
     zone: ZoneRef,
     memo: bool,
     now: u64,
@@ -91,13 +91,13 @@ pub fn first_look(
     let variant = variant_of(req, names);
     let memo_key = variant.memo_key(&state.settings().key);
     state.set_variant(Some(variant));
-    let until = if memo {
-        zone.with_key(&memo_key, |t, fp| t.memo_get(fp, now))
+    let memo = if memo {
+        zone.with_key(&memo_key, |t, fp| t.memo_get_born(fp, now))
             .flatten()
     } else {
         None
     };
-    let Some(until_ms) = until else {
+    let Some((until_ms, born)) = memo else {
         return false;
     };
     debug!(
@@ -108,9 +108,9 @@ pub fn first_look(
     state.begin(zone, now);
     let left = crate::cache_status::memo_ttl_left(until_ms, now);
     state.set_ttl_left(Some(left));
-    let age = super::memo_age::recall(zone, &memo_key, now);
+    let age = super::memo_age::age(born, now);
     state.set_entry_age(age);
-    if super::http_request::pass_stored(state, req, scf, age, Some(left)) {
+    if super::http_request::pass_stored(state, directives, age, Some(left)) {
         return true;
     }
     zone.count(Counter::MemoHits);
@@ -134,8 +134,10 @@ pub fn fresh(
     let key = &state.settings().key;
     if memo && memo_ms > 0 {
         let memo_key = v.memo_key(key);
-        zone.with_key(&memo_key, |t, fp| t.memo_set(fp, now + memo_ms, now));
-        super::memo_age::remember(zone, &memo_key, age, now);
+        let born = super::memo_age::born(age, now);
+        zone.with_key(&memo_key, |t, fp| {
+            t.memo_set_born(fp, now.saturating_add(memo_ms), born, now)
+        });
         remember(key, &v.names, now + memo_ms);
     }
     true

@@ -77,9 +77,18 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
         .ok_or_else(|| StaleError::NoZone(settings.lock_zone.to_vec()))?;
     let now = now_ms();
     let memo = scf.memo_enabled();
+    // In the mode, the memo also says when the entry was born (its `Age`).
+    let (http, mut memo_born) = (scf.http().is_some(), None);
     let facts = zone
         .with_key(&settings.key, |t, fp| {
-            let memo_fresh_until = if memo { t.memo_get(fp, now) } else { None };
+            let memo_fresh_until = match (memo, http) {
+                (false, _) => None,
+                (true, false) => t.memo_get(fp, now),
+                (true, true) => t.memo_get_born(fp, now).map(|(until, born)| {
+                    memo_born = born;
+                    until
+                }),
+            };
             if memo_fresh_until.is_some() {
                 // A fresh hit needs nothing else from the table.
                 return ZoneFacts {
@@ -101,11 +110,14 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             pass_left_ms: None,
             lock: None,
         });
-    if http_request::pass_at_once(state, req, scf) {
+    let directives = http_request::directives(req, scf);
+    if http_request::pass_at_once(state, directives.as_ref()) {
         return Ok(Next::Continue);
     }
     // A URL this worker knows to vary: its variant's memo, or a lookup of its variant.
-    if scf.http().is_some() && super::vary::first_look(state, req, scf, zone, memo, now) {
+    if scf.http().is_some()
+        && super::vary::first_look(state, req, directives.as_ref(), zone, memo, now)
+    {
         return Ok(Next::Continue);
     }
     state.begin(zone, now);
@@ -122,10 +134,10 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             );
             state.set_ttl_left(Some(crate::cache_status::memo_ttl_left(until_ms, now)));
             if scf.http().is_some() {
-                let age = memo_age::recall(zone, &state.settings().key, now);
+                let age = memo_age::age(memo_born, now);
                 state.set_entry_age(age);
                 let left = Some(crate::cache_status::memo_ttl_left(until_ms, now));
-                if http_request::pass_stored(state, req, scf, age, left) {
+                if http_request::pass_stored(state, directives.as_ref(), age, left) {
                     return Ok(Next::Continue);
                 }
             }
@@ -221,7 +233,8 @@ pub fn after_lookup(
     state.looked_up(ttl, ttl_left);
     state.set_entry_age(entry.as_ref().map(|e| e.age(ttl)));
     let age = entry.as_ref().map(|e| e.age(ttl));
-    if ttl >= 0 && http_request::pass_stored(state, req, scf, age, ttl_left) {
+    let directives = http_request::directives(req, scf);
+    if ttl >= 0 && http_request::pass_stored(state, directives.as_ref(), age, ttl_left) {
         return Ok(Next::Continue);
     }
     if let Some(e) = &entry {
@@ -257,9 +270,9 @@ pub fn after_lookup(
                 return Ok(Next::Continue);
             }
             if scf.memo_enabled() && memo_ms > 0 {
-                memo_age::remember(zone, &state.settings().key, age, now);
+                let born = memo_age::born(age, now);
                 let stored = zone.with_key(&state.settings().key, |t, fp| {
-                    t.memo_set(fp, now + memo_ms, now)
+                    t.memo_set_born(fp, now.saturating_add(memo_ms), born, now)
                 });
                 if let Some(MemoOutcome::StoredEvicted(_)) = stored {
                     // Once per worker: it says the zone is too small, not that anything failed.
