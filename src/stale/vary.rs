@@ -16,6 +16,7 @@ use super::lookup;
 use super::state::{self, Next, Phase, RequestState};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::http::vary::{self, Variant};
 use crate::metrics::Counter;
@@ -43,6 +44,10 @@ thread_local! {
     static REMEMBERED: RefCell<HashMap<Vec<u8>, (String, u64)>> = RefCell::new(HashMap::new());
 }
 
+/// How many URLs `REMEMBERED` holds: a site without Vary skips the map (a thread-local
+/// access and a hash of the key) on every request. A worker runs one thread.
+static REMEMBERED_LEN: AtomicUsize = AtomicUsize::new(0);
+
 /// Remembers that the URL of `key` varies on `names` until `until_ms`.
 pub fn remember(key: &[u8], names: &str, until_ms: u64) {
     REMEMBERED.with_borrow_mut(|m| {
@@ -50,22 +55,33 @@ pub fn remember(key: &[u8], names: &str, until_ms: u64) {
             m.clear();
         }
         m.insert(key.to_vec(), (names.to_owned(), until_ms));
+        REMEMBERED_LEN.store(m.len(), Ordering::Relaxed);
     });
 }
 
 /// Forgets the URL of `key` (its record may have changed).
 pub fn forget(key: &[u8]) {
-    REMEMBERED.with_borrow_mut(|m| m.remove(key));
+    REMEMBERED.with_borrow_mut(|m| {
+        m.remove(key);
+        REMEMBERED_LEN.store(m.len(), Ordering::Relaxed);
+    });
 }
 
 fn remembered(key: &[u8], now: u64) -> Option<String> {
-    REMEMBERED.with_borrow_mut(|m| match m.get(key) {
-        Some((names, until)) if *until > now => Some(names.clone()),
-        Some(_) => {
-            m.remove(key);
-            None
-        }
-        None => None,
+    if REMEMBERED_LEN.load(Ordering::Relaxed) == 0 {
+        return None;
+    }
+    REMEMBERED.with_borrow_mut(|m| {
+        let names = match m.get(key) {
+            Some((names, until)) if *until > now => Some(names.clone()),
+            Some(_) => {
+                m.remove(key);
+                None
+            }
+            None => None,
+        };
+        REMEMBERED_LEN.store(m.len(), Ordering::Relaxed);
+        names
     })
 }
 
