@@ -169,7 +169,7 @@ pub fn run(
             }
             Phase::Waiting | Phase::Missed => decide::after_wake(state, req, scf),
             Phase::Lease => decide::lease_step(state, req, scf),
-            Phase::Done => {
+            Phase::Done | Phase::Filling | Phase::Refreshing => {
                 // The stale path's own steps are over: the refresh may start.
                 if let Some(pending) = state.take_refresh() {
                     refresh::arm(state.request(), pending);
@@ -206,7 +206,7 @@ fn persisted(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
             ),
         );
     }
-    state.enter(Phase::Done);
+    state.persisted();
     Next::Continue
 }
 
@@ -250,7 +250,7 @@ fn settings_of(
 /// `body_read` runs. A body that never arrives ends the request (nginx answers 408) with no
 /// lock taken and no status.
 fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next {
-    state.enter(Phase::ReadingBody);
+    state.reading_body();
     // The body stays for the proxy after the refresh has copied it.
     bits::set_preserve_body(req, true);
     READ_COMPLETED_INLINE.set(Some(false));
@@ -259,7 +259,7 @@ fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next {
     let completed_inline = READ_COMPLETED_INLINE.replace(None) == Some(true);
     if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
         // nginx answers the request with the error (and dropped its reference itself).
-        state.enter(Phase::Done);
+        state.done();
         return Next::Return(rc);
     }
     // SAFETY: balances the reference the read took; the phase handler's own reference keeps

@@ -7,7 +7,7 @@ use ngx::ffi::{ngx_http_request_t, NGX_HTTP_NO_CONTENT};
 use super::super::conf::StaleCacheConf;
 use super::super::error::warn;
 use super::super::lease::{self, LeaseStep};
-use super::super::state::{Next, Phase, RequestState};
+use super::super::state::{Next, RequestState};
 use super::{finish_stale, refetch, Step};
 use crate::collapse::refresh_lock_ms;
 use crate::flow::{lease_fill, lease_refresh, LeaseFill, LeaseRefresh};
@@ -17,18 +17,15 @@ use crate::nginx::util::{now_ms, request_log, AGAIN};
 use crate::policy::CacheStatus;
 
 /// Asks the fleet lease before a fill (`fill`) or a refresh, unless none is configured or it
-/// was settled for this request; `true` when the request now waits for its answer.
+/// was settled for this request; `true` when the request now waits for its answer (the
+/// caller then moves it to the lease with what it holds: `lease_for_fill`/`_refresh`).
 pub(super) fn ask_lease(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     fill: bool,
 ) -> bool {
     let (lease, capture, settings) = state.lease_and_capture();
-    if !lease.wanted(settings) || !lease::ask_first(lease, capture, req, settings, fill) {
-        return false;
-    }
-    state.enter(Phase::Lease);
-    true
+    lease.wanted(settings) && lease::ask_first(lease, capture, req, settings, fill)
 }
 
 /// `Phase::Lease`: the lease's answer, a poll due, or a lease operation's answer.
@@ -51,7 +48,7 @@ pub fn lease_step(
         LeaseStep::OpAsk => {
             let (lease, capture, _) = state.lease_and_capture();
             lease::op_answered(lease, capture, req);
-            state.enter(Phase::Done);
+            state.done();
             Ok(Next::Return(NGX_HTTP_NO_CONTENT as _))
         }
         // Until the timer fires, other events (a writable socket) must not move the request.
@@ -64,7 +61,7 @@ pub fn lease_step(
             Ok(settle_fill(state, CacheStatus::Miss))
         }
         LeaseStep::Idle => {
-            state.enter(Phase::Done);
+            state.done();
             Ok(Next::Continue)
         }
     }
@@ -184,12 +181,18 @@ fn after_refresh_answer(
                 hold.lock
                     .hand_over(refresh_lock_ms(state.ttl(), false, LEASE_MS));
             }
-            state.enter(Phase::Done);
+            state.done();
             return Next::Continue;
         }
     }
     // (A body to replay was read before any lock: see `driver`.)
-    finish_stale(state, req, scf)
+    match state.take_refresh_hold() {
+        Some(hold) => finish_stale(state, req, scf, hold),
+        None => {
+            state.done();
+            Next::Continue
+        }
+    }
 }
 
 /// A request of this nginx to itself running a lease operation (renew, release, pass):
@@ -212,6 +215,6 @@ pub(super) fn lease_op_request(
     if !lease::send_op(&ask, lease, capture, req, settings) {
         return Some(no_content);
     }
-    state.enter(Phase::Lease);
+    state.lease_op();
     Some(Next::Return(AGAIN))
 }

@@ -14,8 +14,8 @@ use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
-use super::refresh::{self, has_body};
-use super::state::{Next, Phase, RefreshHold, RequestState};
+use super::refresh::{self, has_body, PendingRefresh};
+use super::state::{Next, RefreshHold, RequestState};
 use super::waiters::{lock_request, new_token, owner_alive, zone_full, HeldLock};
 use super::{hot, http_request, local, lookup, memo_age};
 use crate::collapse::{after_lock, refresh_lock_ms};
@@ -186,7 +186,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
                 (settings.ttl_uri.clone(), key_argument(&settings.key))
             };
             lookup::start(state.capture_mut(), req, &ttl_uri, &args)?;
-            state.enter(Phase::LookingUp);
+            state.looking_up();
             Ok(Next::Return(AGAIN))
         }
     }
@@ -348,16 +348,17 @@ fn serve_stale(
         Short(&key),
         lock_ms
     );
-    state.hold_refresh(RefreshHold {
+    let hold = RefreshHold {
         lock: HeldLock::new(zone, key, token),
         slot,
         persist,
-    });
+    };
     if ask_lease(state, req, false) {
         // One refresh per fleet: the lease is asked first (it goes on in `lease_step`).
+        state.lease_for_refresh(hold);
         return Next::Return(AGAIN);
     }
-    finish_stale(state, req, scf)
+    finish_stale(state, req, scf, hold)
 }
 
 /// The stale path once the refresh lock is held (the body, if any, is read): prepare the
@@ -366,16 +367,14 @@ fn finish_stale(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
+    hold: RefreshHold,
 ) -> Next {
-    state.enter(Phase::Done);
-    let Some(RefreshHold {
+    state.done();
+    let RefreshHold {
         lock,
         slot,
         persist,
-    }) = state.take_refresh_hold()
-    else {
-        return Next::Continue;
-    };
+    } = hold;
     let token = lock.token();
     let pending = refresh::prepare(
         lock,
@@ -386,13 +385,12 @@ fn finish_stale(
         scf,
         state.validators(),
     );
-    state.set_refresh(pending);
     if state.in_grace() {
-        return try_backend_now(state, req, token);
+        return try_backend_now(state, req, token, pending);
     }
-    if !state.has_refresh() {
+    let Some(pending) = pending else {
         return Next::Continue;
-    }
+    };
     let settings = state.settings();
     let step = keep_copy(
         state.ttl(),
@@ -401,7 +399,10 @@ fn finish_stale(
         settings.lock_exptime_ms,
     );
     let (uri, args) = match step {
-        KeepCopy::Nothing => return Next::Continue,
+        KeepCopy::Nothing => {
+            state.refreshing(pending);
+            return Next::Continue;
+        }
         KeepCopy::Expire(secs) => {
             let mut args = key_argument(&settings.key);
             args.extend_from_slice(format!("&ttl={secs}").as_bytes());
@@ -409,9 +410,10 @@ fn finish_stale(
         }
     };
     if lookup::start(state.capture_mut(), req, &uri.unwrap_or_default(), &args).is_err() {
+        state.refreshing(pending);
         return Next::Continue;
     }
-    state.enter(Phase::Persisting);
+    state.persisting(pending);
     Next::Return(AGAIN)
 }
 
@@ -423,8 +425,9 @@ fn try_backend_now(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     token: core::num::NonZeroU64,
+    pending: Option<PendingRefresh>,
 ) -> Next {
-    let (Some(pending), Some(zone)) = (state.take_refresh(), state.zone()) else {
+    let (Some(pending), Some(zone)) = (pending, state.zone()) else {
         // No refresh could be prepared (logged): the stored copy it is.
         state.finish(CacheStatus::StaleError);
         return Next::Continue;
@@ -496,22 +499,24 @@ pub(super) fn fill_or_wait(
                 state.finish(CacheStatus::StaleError);
                 return Next::Continue;
             };
-            state.hold_refresh(RefreshHold {
+            let hold = RefreshHold {
                 lock,
                 slot,
                 persist: false,
-            });
-            return finish_stale(state, req, scf);
+            };
+            return finish_stale(state, req, scf, hold);
         }
         FillStep::Fill => {
             // Its store is noted, to keep on this node if Redis is (or was just) away.
             local::filling(state);
-            state.take_fill(HeldLock::new(zone, key, token));
+            let lock = HeldLock::new(zone, key, token);
             zone.count(Counter::FillsStarted);
             if ask_lease(state, req, true) {
                 // One fill per fleet: the lease is asked first (it goes on in `lease_step`).
+                state.lease_for_fill(lock);
                 return Next::Return(AGAIN);
             }
+            state.filling(lock);
         }
         FillStep::Served { refetch: again } => {
             let resumed = state.wait().resumed_ms;

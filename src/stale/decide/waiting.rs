@@ -3,7 +3,7 @@
 
 use ngx::ffi::ngx_http_request_t;
 
-use super::super::state::{Phase, RequestState};
+use super::super::state::RequestState;
 use super::super::waiters::start_waiting;
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
@@ -19,7 +19,7 @@ pub(super) fn wait_for(
     holder: u64,
     budget: u64,
 ) {
-    state.enter(Phase::Waiting);
+    state.waiting();
     let key = state.settings().key.clone();
     start_waiting(state.wait_mut(), req, zone, &key, holder, budget);
 }
