@@ -9,8 +9,17 @@
 //! releases what a transition leaves behind as abandoned.
 
 /// The phase a request is in, without its data: what the driver's step loop matches on.
+/// (Declared in `Stage`'s order: `Stage::phase` then compiles to reading the tag.)
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Phase {
+    /// The fleet lease is asked before a fill; the fill lock is held.
+    LeaseFillAsk,
+    /// Another node fills under the lease: waiting for the next poll, the fill lock held.
+    LeasePoll,
+    /// The fleet lease is asked before a refresh; its lock and slot are held.
+    LeaseRefreshAsk,
+    /// A lease operation request of this nginx waiting for the location's answer.
+    LeaseOpAsk,
     /// Not looked at yet.
     Start,
     /// Waiting for the TTL lookup's answer.
@@ -23,9 +32,6 @@ pub enum Phase {
     Waiting,
     /// srcache missed an entry the layer expected: take the fill lock or wait for its holder.
     Missed,
-    /// Dealing with the fleet lease: asking for it (holding the fill lock, or the refresh
-    /// lock and slot), polling while another node fills, or a lease operation request.
-    Lease,
     /// The layer is done; the request goes to the backend holding the key's fill lock.
     Filling,
     /// The layer is done with a stale hit; its prepared refresh is sent at the next step.
@@ -34,19 +40,17 @@ pub enum Phase {
     Done,
 }
 
-/// A phase with its data.
+/// A phase with its data. (An explicit tag: the fresh-hit path reads it a few times, and a
+/// byte compare is cheaper than decoding a niche in the fill lock.)
 #[derive(Debug, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Stage<F, R, P> {
-    Start,
-    LookingUp,
-    ReadingBody,
-    Persisting {
-        refresh: P,
-    },
-    Waiting,
-    Missed,
     /// The lease is asked before a fill: the fill lock is held meanwhile.
     LeaseForFill {
+        lock: F,
+    },
+    /// Another node fills under the lease: polled, the fill lock held meanwhile.
+    LeasePoll {
         lock: F,
     },
     /// The lease is asked before a refresh: its lock and slot are held meanwhile.
@@ -55,6 +59,14 @@ pub enum Stage<F, R, P> {
     },
     /// A lease operation request of this nginx to itself (holds nothing).
     LeaseOp,
+    Start,
+    LookingUp,
+    ReadingBody,
+    Persisting {
+        refresh: P,
+    },
+    Waiting,
+    Missed,
     Filling {
         lock: F,
     },
@@ -65,6 +77,7 @@ pub enum Stage<F, R, P> {
 }
 
 impl<F, R, P> Stage<F, R, P> {
+    #[inline]
     pub fn phase(&self) -> Phase {
         match self {
             Stage::Start => Phase::Start,
@@ -73,9 +86,10 @@ impl<F, R, P> Stage<F, R, P> {
             Stage::Persisting { .. } => Phase::Persisting,
             Stage::Waiting => Phase::Waiting,
             Stage::Missed => Phase::Missed,
-            Stage::LeaseForFill { .. } | Stage::LeaseForRefresh { .. } | Stage::LeaseOp => {
-                Phase::Lease
-            }
+            Stage::LeaseForFill { .. } => Phase::LeaseFillAsk,
+            Stage::LeasePoll { .. } => Phase::LeasePoll,
+            Stage::LeaseForRefresh { .. } => Phase::LeaseRefreshAsk,
+            Stage::LeaseOp => Phase::LeaseOpAsk,
             Stage::Filling { .. } => Phase::Filling,
             Stage::Refreshing { .. } => Phase::Refreshing,
             Stage::Done => Phase::Done,
@@ -86,35 +100,86 @@ impl<F, R, P> Stage<F, R, P> {
         core::mem::replace(self, Stage::Done)
     }
 
+    /// Moves to `next` from a stage that holds nothing (just taken, or a unit variant), so
+    /// no drop code runs: these transitions are on every fresh hit's path.
+    fn leave_empty(&mut self, next: Self) {
+        core::mem::forget(core::mem::replace(self, next));
+    }
+
     /// The layer is done with the request. A fill lock goes on with it (to the backend, its
     /// end completes it with the outcome), as does a prepared refresh (sent at the next
     /// step); a refresh lock whose refresh was never prepared is given back (by its drop).
+    #[inline(always)]
     pub fn done(&mut self) {
-        *self = match self.take() {
-            Stage::Filling { lock } | Stage::LeaseForFill { lock } => Stage::Filling { lock },
-            Stage::Persisting { refresh } | Stage::Refreshing { refresh } => {
-                Stage::Refreshing { refresh }
+        if let Stage::Start | Stage::LookingUp | Stage::Missed | Stage::Waiting = self {
+            // The fast path (a fresh hit's): a unit variant holds nothing.
+            self.leave_empty(Stage::Done);
+        } else {
+            self.done_holding();
+        }
+    }
+
+    fn done_holding(&mut self) {
+        match self {
+            Stage::Filling { .. } | Stage::Refreshing { .. } | Stage::Done => {}
+            // (Unit variants: they hold nothing.)
+            Stage::Start
+            | Stage::LookingUp
+            | Stage::ReadingBody
+            | Stage::Waiting
+            | Stage::Missed
+            | Stage::LeaseOp => self.leave_empty(Stage::Done),
+            Stage::LeaseForFill { .. } | Stage::LeasePoll { .. } | Stage::Persisting { .. } => {
+                let next = match self.take() {
+                    Stage::LeaseForFill { lock } | Stage::LeasePoll { lock } => {
+                        Stage::Filling { lock }
+                    }
+                    Stage::Persisting { refresh } => Stage::Refreshing { refresh },
+                    _ => unreachable!("matched above"),
+                };
+                self.leave_empty(next);
             }
-            _ => Stage::Done,
-        };
+            // The refresh lock and slot are given back.
+            Stage::LeaseForRefresh { .. } => *self = Stage::Done,
+        }
+    }
+
+    /// Another node fills: this request polls the lease, keeping its fill lock.
+    pub fn poll_lease(&mut self) {
+        if let Stage::LeaseForFill { .. } = self {
+            if let Stage::LeaseForFill { lock } = self.take() {
+                self.leave_empty(Stage::LeasePoll { lock });
+            }
+        }
+    }
+
+    /// The poll is sent: waiting for its answer, keeping the fill lock.
+    pub fn ask_lease_again(&mut self) {
+        if let Stage::LeasePoll { .. } = self {
+            if let Stage::LeasePoll { lock } = self.take() {
+                self.leave_empty(Stage::LeaseForFill { lock });
+            }
+        }
     }
 
     /// The fill lock, held while filling or asking the lease for the fill.
     pub fn fill_lock(&self) -> Option<&F> {
         match self {
-            Stage::Filling { lock } | Stage::LeaseForFill { lock } => Some(lock),
+            Stage::Filling { lock } | Stage::LeaseForFill { lock } | Stage::LeasePoll { lock } => {
+                Some(lock)
+            }
             _ => None,
         }
     }
 
     /// Takes the fill lock out, to complete it with its outcome; the layer is then done.
     pub fn take_fill(&mut self) -> Option<F> {
+        self.fill_lock()?;
         match self.take() {
-            Stage::Filling { lock } | Stage::LeaseForFill { lock } => Some(lock),
-            other => {
-                *self = other;
-                None
+            Stage::Filling { lock } | Stage::LeaseForFill { lock } | Stage::LeasePoll { lock } => {
+                Some(lock)
             }
+            _ => unreachable!("a fill lock is held"),
         }
     }
 
@@ -129,23 +194,21 @@ impl<F, R, P> Stage<F, R, P> {
     /// Takes the refresh lock and slot out, to prepare the refresh or hand the lock over;
     /// the layer is then done.
     pub fn take_refresh_hold(&mut self) -> Option<R> {
+        self.refresh_hold()?;
         match self.take() {
             Stage::LeaseForRefresh { hold } => Some(hold),
-            other => {
-                *self = other;
-                None
-            }
+            _ => unreachable!("a refresh lock is held"),
         }
     }
 
     /// The prepared refresh, to send: the layer is then done.
     pub fn take_refresh(&mut self) -> Option<P> {
+        if !matches!(self, Stage::Refreshing { .. }) {
+            return None;
+        }
         match self.take() {
             Stage::Refreshing { refresh } => Some(refresh),
-            other => {
-                *self = other;
-                None
-            }
+            _ => unreachable!("a prepared refresh"),
         }
     }
 
@@ -154,11 +217,30 @@ impl<F, R, P> Stage<F, R, P> {
         self.done();
     }
 
+    /// Whether the stage holds a value (a lock, a slot, a refresh) that its drop releases.
+    #[inline]
+    pub fn holds_anything(&self) -> bool {
+        matches!(
+            self,
+            Stage::LeaseForFill { .. }
+                | Stage::LeasePoll { .. }
+                | Stage::LeaseForRefresh { .. }
+                | Stage::Persisting { .. }
+                | Stage::Filling { .. }
+                | Stage::Refreshing { .. }
+        )
+    }
+
     /// What is left when the request ends: its fill lock and its unsent refresh. Anything
     /// else is dropped (released as abandoned) with the stage.
     pub fn take_end(&mut self) -> (Option<F>, Option<P>) {
+        if !self.holds_anything() {
+            return (None, None);
+        }
         match self.take() {
-            Stage::Filling { lock } | Stage::LeaseForFill { lock } => (Some(lock), None),
+            Stage::Filling { lock } | Stage::LeaseForFill { lock } | Stage::LeasePoll { lock } => {
+                (Some(lock), None)
+            }
             Stage::Persisting { refresh } | Stage::Refreshing { refresh } => (None, Some(refresh)),
             _ => (None, None),
         }
@@ -173,9 +255,12 @@ mod tests {
 
     #[test]
     fn phases_of_the_stages() {
-        assert_eq!(S::LeaseForFill { lock: "f" }.phase(), Phase::Lease);
-        assert_eq!(S::LeaseForRefresh { hold: 1 }.phase(), Phase::Lease);
-        assert_eq!(S::LeaseOp.phase(), Phase::Lease);
+        assert_eq!(S::LeaseForFill { lock: "f" }.phase(), Phase::LeaseFillAsk);
+        assert_eq!(
+            S::LeaseForRefresh { hold: 1 }.phase(),
+            Phase::LeaseRefreshAsk
+        );
+        assert_eq!(S::LeaseOp.phase(), Phase::LeaseOpAsk);
         assert_eq!(S::Filling { lock: "f" }.phase(), Phase::Filling);
         assert_eq!(S::Persisting { refresh: 2 }.phase(), Phase::Persisting);
         assert_eq!(S::Refreshing { refresh: 2 }.phase(), Phase::Refreshing);
@@ -215,6 +300,25 @@ mod tests {
         s.done();
         assert!(released.get());
         assert!(matches!(s, Stage::Done));
+    }
+
+    #[test]
+    fn polling_the_lease_keeps_the_fill_lock() {
+        let mut s = S::LeaseForFill { lock: "f" };
+        s.poll_lease();
+        assert_eq!(s, S::LeasePoll { lock: "f" });
+        assert_eq!(s.phase(), Phase::LeasePoll);
+        assert_eq!(s.fill_lock(), Some(&"f"));
+        s.ask_lease_again();
+        assert_eq!(s, S::LeaseForFill { lock: "f" });
+        s.poll_lease();
+        s.done();
+        assert_eq!(s, S::Filling { lock: "f" });
+        // Nothing to poll for without a fill lock.
+        let mut s = S::LeaseForRefresh { hold: 1 };
+        s.poll_lease();
+        assert_eq!(s, S::LeaseForRefresh { hold: 1 });
+        assert_eq!(S::LeasePoll { lock: "f" }.take_end(), (Some("f"), None));
     }
 
     #[test]
@@ -260,6 +364,17 @@ mod tests {
         assert_eq!(S::Persisting { refresh: 1 }.take_end(), (None, Some(1)));
         assert_eq!(S::Refreshing { refresh: 1 }.take_end(), (None, Some(1)));
         assert_eq!(S::LeaseForRefresh { hold: 1 }.take_end(), (None, None));
+        for s in [
+            S::Start,
+            S::LookingUp,
+            S::ReadingBody,
+            S::Waiting,
+            S::Missed,
+            S::LeaseOp,
+        ] {
+            assert!(!s.holds_anything());
+        }
+        assert!(S::LeaseForRefresh { hold: 1 }.holds_anything());
         let mut s = S::Filling { lock: "f" };
         s.take_end();
         assert_eq!(s, S::Done);

@@ -168,14 +168,18 @@ pub fn run(
                 Ok(Next::Continue)
             }
             Phase::Waiting | Phase::Missed => decide::after_wake(state, req, scf),
-            Phase::Lease => decide::lease_step(state, req, scf),
-            Phase::Done | Phase::Filling | Phase::Refreshing => {
+            phase @ (Phase::LeaseFillAsk
+            | Phase::LeasePoll
+            | Phase::LeaseRefreshAsk
+            | Phase::LeaseOpAsk) => decide::lease_step(state, req, scf, phase),
+            Phase::Refreshing => {
                 // The stale path's own steps are over: the refresh may start.
                 if let Some(pending) = state.take_refresh() {
                     refresh::arm(state.request(), pending);
                 }
-                Ok(Next::Return(DECLINED))
+                Ok(Next::Continue)
             }
+            Phase::Done | Phase::Filling => Ok(Next::Return(DECLINED)),
         };
         match step {
             Ok(Next::Continue) => {}

@@ -16,6 +16,7 @@ pub fn directives(req: &ngx_http_request_t) -> Request {
 }
 
 /// Before any lookup: the request takes no stored response at all (`true`: passed).
+#[inline]
 pub fn pass_at_once(
     state: &mut RequestState,
     req: &ngx_http_request_t,

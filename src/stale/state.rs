@@ -17,6 +17,7 @@
 //! `peek`.
 
 use core::ffi::c_void;
+use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
 
 use ngx::ffi::{ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add};
@@ -74,7 +75,9 @@ pub struct RequestState {
     /// Identifies a RequestState behind a pool cleanup.
     magic: u64,
     r: *mut ngx_http_request_t,
-    stage: Stage,
+    /// Dropped by hand (`Drop`): most requests end holding nothing, and the check is
+    /// cheaper than the stage's drop code on every fresh hit.
+    stage: ManuallyDrop<Stage>,
     status: Option<CacheStatus>,
     /// The request carries this nginx's refresh secret.
     is_refresh: bool,
@@ -125,7 +128,7 @@ impl RequestState {
         RequestState {
             magic: STATE_MAGIC,
             r,
-            stage: Stage::Start,
+            stage: ManuallyDrop::new(Stage::Start),
             status: None,
             is_refresh: false,
             lease_op: false,
@@ -156,6 +159,7 @@ impl RequestState {
         self.r
     }
 
+    #[inline]
     pub fn phase(&self) -> Phase {
         self.stage.phase()
     }
@@ -286,6 +290,7 @@ impl RequestState {
     /* ---- transitions */
 
     /// Ends the layer's work on the request with `status` (see `done`).
+    #[inline]
     pub fn finish(&mut self, status: CacheStatus) {
         self.status = Some(status);
         self.stage.done();
@@ -304,53 +309,63 @@ impl RequestState {
 
     /// The TTL (or another) lookup subrequest was sent: its answer moves the request on.
     pub fn looking_up(&mut self) {
-        self.stage = Stage::LookingUp;
+        *self.stage = Stage::LookingUp;
     }
 
     /// The body is being read, before any lock is taken.
     pub fn reading_body(&mut self) {
-        self.stage = Stage::ReadingBody;
+        *self.stage = Stage::ReadingBody;
     }
 
     /// Parked behind the fill lock's holder (`waiters`; the wait's event lives in `wait`,
     /// which does not move).
     pub fn waiting(&mut self) {
-        self.stage = Stage::Waiting;
+        *self.stage = Stage::Waiting;
     }
 
     /// The fill lock is taken: the request goes to the backend with it (`finish` with MISS
     /// follows).
     pub fn filling(&mut self, lock: HeldLock) {
-        self.stage = Stage::Filling { lock };
+        *self.stage = Stage::Filling { lock };
     }
 
     /// The fleet lease is asked before the fill whose lock this request holds.
     pub fn lease_for_fill(&mut self, lock: HeldLock) {
-        self.stage = Stage::LeaseForFill { lock };
+        *self.stage = Stage::LeaseForFill { lock };
     }
 
     /// The fleet lease is asked before the refresh whose lock and slot this request holds.
     pub fn lease_for_refresh(&mut self, hold: RefreshHold) {
-        self.stage = Stage::LeaseForRefresh {
+        *self.stage = Stage::LeaseForRefresh {
             hold: Box::new(hold),
         };
     }
 
+    /// Another node fills under the lease: this request polls it, keeping its fill lock.
+    pub fn poll_lease(&mut self) {
+        self.stage.poll_lease();
+    }
+
+    /// The lease is asked again (a poll), the fill lock still held.
+    pub fn ask_lease_again(&mut self) {
+        self.stage.ask_lease_again();
+    }
+
     /// A lease operation request waits for the lease location's answer.
     pub fn lease_op(&mut self) {
-        self.stage = Stage::LeaseOp;
+        *self.stage = Stage::LeaseOp;
     }
 
     /// The refresh is prepared; the stale copy's EXPIRE was sent and is waited for.
     pub fn persisting(&mut self, refresh: PendingRefresh) {
-        self.stage = Stage::Persisting {
+        *self.stage = Stage::Persisting {
             refresh: Box::new(refresh),
         };
     }
 
     /// The refresh is prepared: the layer is done, the refresh is sent at the next step.
     pub fn refreshing(&mut self, refresh: PendingRefresh) {
-        self.stage = Stage::Refreshing {
+        *self.stage = Stage::Refreshing {
             refresh: Box::new(refresh),
         };
     }
@@ -426,7 +441,7 @@ impl RequestState {
         self.reached = Reached::SrcacheMissed;
         self.lookup_started = now;
         self.status = Some(CacheStatus::Gone);
-        self.stage = Stage::Missed;
+        *self.stage = Stage::Missed;
     }
 
     /// One budget for all the waits of this request, however often it is woken.
@@ -500,6 +515,16 @@ impl RequestState {
     pub fn take_end(&mut self) -> (Option<HeldLock>, Option<PendingRefresh>) {
         let (fill, refresh) = self.stage.take_end();
         (fill, refresh.map(|pending| *pending))
+    }
+}
+
+impl Drop for RequestState {
+    fn drop(&mut self) {
+        if self.stage.holds_anything() {
+            // SAFETY: the stage is dropped once, here, as the state goes; nothing reads it
+            // afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.stage) };
+        }
     }
 }
 
