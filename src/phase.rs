@@ -4,7 +4,7 @@
 //! sent), so a lock held in a phase that cannot use it is not representable.
 //!
 //! Pure and generic over what is held (`F`: the fill lock, `R`: the refresh lock and slot,
-//! `P`: a prepared refresh), so the transitions are unit-tested here with stand-ins; the
+//! `P`: a prepared refresh, `W`: a parked request's wake-up event), so the transitions are unit-tested here with stand-ins; the
 //! request's state (`stale::state`) instantiates it with the real guards, whose `Drop`
 //! releases what a transition leaves behind as abandoned.
 
@@ -36,6 +36,9 @@ pub enum Phase {
     Filling,
     /// The layer is done with a stale hit; its prepared refresh is sent at the next step.
     Refreshing,
+    /// The layer is done; the request is sent through its location again (posted), so
+    /// srcache fetches the entry a fill stored after srcache missed it.
+    Refetching,
     /// The layer is done with the request: srcache and the backend take over.
     Done,
 }
@@ -44,7 +47,7 @@ pub enum Phase {
 /// byte compare is cheaper than decoding a niche in the fill lock.)
 #[derive(Debug, PartialEq, Eq)]
 #[repr(u8)]
-pub enum Stage<F, R, P> {
+pub enum Stage<F, R, P, W> {
     /// The lease is asked before a fill: the fill lock is held meanwhile.
     LeaseForFill {
         lock: F,
@@ -65,7 +68,10 @@ pub enum Stage<F, R, P> {
     Persisting {
         refresh: P,
     },
-    Waiting,
+    /// Parked behind the fill lock's holder: woken by its release, or out of time.
+    Waiting {
+        wait: W,
+    },
     Missed,
     Filling {
         lock: F,
@@ -73,10 +79,14 @@ pub enum Stage<F, R, P> {
     Refreshing {
         refresh: P,
     },
+    /// The redirect is posted on `wait`'s event.
+    Refetching {
+        wait: W,
+    },
     Done,
 }
 
-impl<F, R, P> Stage<F, R, P> {
+impl<F, R, P, W> Stage<F, R, P, W> {
     #[inline]
     pub fn phase(&self) -> Phase {
         match self {
@@ -84,7 +94,7 @@ impl<F, R, P> Stage<F, R, P> {
             Stage::LookingUp => Phase::LookingUp,
             Stage::ReadingBody => Phase::ReadingBody,
             Stage::Persisting { .. } => Phase::Persisting,
-            Stage::Waiting => Phase::Waiting,
+            Stage::Waiting { .. } => Phase::Waiting,
             Stage::Missed => Phase::Missed,
             Stage::LeaseForFill { .. } => Phase::LeaseFillAsk,
             Stage::LeasePoll { .. } => Phase::LeasePoll,
@@ -92,6 +102,7 @@ impl<F, R, P> Stage<F, R, P> {
             Stage::LeaseOp => Phase::LeaseOpAsk,
             Stage::Filling { .. } => Phase::Filling,
             Stage::Refreshing { .. } => Phase::Refreshing,
+            Stage::Refetching { .. } => Phase::Refetching,
             Stage::Done => Phase::Done,
         }
     }
@@ -111,7 +122,7 @@ impl<F, R, P> Stage<F, R, P> {
     /// step); a refresh lock whose refresh was never prepared is given back (by its drop).
     #[inline(always)]
     pub fn done(&mut self) {
-        if let Stage::Start | Stage::LookingUp | Stage::Missed | Stage::Waiting = self {
+        if let Stage::Start | Stage::LookingUp | Stage::Missed = self {
             // The fast path (a fresh hit's): a unit variant holds nothing.
             self.leave_empty(Stage::Done);
         } else {
@@ -121,14 +132,17 @@ impl<F, R, P> Stage<F, R, P> {
 
     fn done_holding(&mut self) {
         match self {
-            Stage::Filling { .. } | Stage::Refreshing { .. } | Stage::Done => {}
+            // (The posted redirect still has to run.)
+            Stage::Filling { .. } | Stage::Refreshing { .. } | Stage::Refetching { .. } => {}
+            Stage::Done => {}
             // (Unit variants: they hold nothing.)
             Stage::Start
             | Stage::LookingUp
             | Stage::ReadingBody
-            | Stage::Waiting
             | Stage::Missed
             | Stage::LeaseOp => self.leave_empty(Stage::Done),
+            // The wait is over (its drop stops whatever is left of it).
+            Stage::Waiting { .. } => *self = Stage::Done,
             Stage::LeaseForFill { .. } | Stage::LeasePoll { .. } | Stage::Persisting { .. } => {
                 let next = match self.take() {
                     Stage::LeaseForFill { lock } | Stage::LeasePoll { lock } => {
@@ -159,6 +173,25 @@ impl<F, R, P> Stage<F, R, P> {
             if let Stage::LeasePoll { lock } = self.take() {
                 self.leave_empty(Stage::LeaseForFill { lock });
             }
+        }
+    }
+
+    /// The parked request's wait (waiting for a fill, or a posted refetch).
+    pub fn wait(&self) -> Option<&W> {
+        match self {
+            Stage::Waiting { wait } | Stage::Refetching { wait } => Some(wait),
+            _ => None,
+        }
+    }
+
+    /// The wait of a request woken (or out of time), to wait again with it.
+    pub fn take_wait(&mut self) -> Option<W> {
+        if !matches!(self, Stage::Waiting { .. }) {
+            return None;
+        }
+        match self.take() {
+            Stage::Waiting { wait } => Some(wait),
+            _ => unreachable!("waiting"),
         }
     }
 
@@ -228,11 +261,13 @@ impl<F, R, P> Stage<F, R, P> {
                 | Stage::Persisting { .. }
                 | Stage::Filling { .. }
                 | Stage::Refreshing { .. }
+                | Stage::Waiting { .. }
+                | Stage::Refetching { .. }
         )
     }
 
     /// What is left when the request ends: its fill lock and its unsent refresh. Anything
-    /// else is dropped (released as abandoned) with the stage.
+    /// else is dropped now (released as abandoned; a wait stops).
     pub fn take_end(&mut self) -> (Option<F>, Option<P>) {
         if !self.holds_anything() {
             return (None, None);
@@ -251,7 +286,7 @@ impl<F, R, P> Stage<F, R, P> {
 mod tests {
     use super::*;
 
-    type S = Stage<&'static str, u8, u16>;
+    type S = Stage<&'static str, u8, u16, u32>;
 
     #[test]
     fn phases_of_the_stages() {
@@ -264,7 +299,8 @@ mod tests {
         assert_eq!(S::Filling { lock: "f" }.phase(), Phase::Filling);
         assert_eq!(S::Persisting { refresh: 2 }.phase(), Phase::Persisting);
         assert_eq!(S::Refreshing { refresh: 2 }.phase(), Phase::Refreshing);
-        assert_eq!(S::Waiting.phase(), Phase::Waiting);
+        assert_eq!(S::Waiting { wait: 4 }.phase(), Phase::Waiting);
+        assert_eq!(S::Refetching { wait: 4 }.phase(), Phase::Refetching);
     }
 
     #[test]
@@ -277,7 +313,13 @@ mod tests {
         let mut s = S::Persisting { refresh: 7 };
         s.persisted();
         assert_eq!(s, S::Refreshing { refresh: 7 });
-        for mut s in [S::Waiting, S::LookingUp, S::Missed, S::LeaseOp, S::Start] {
+        for mut s in [
+            S::Waiting { wait: 4 },
+            S::LookingUp,
+            S::Missed,
+            S::LeaseOp,
+            S::Start,
+        ] {
             s.done();
             assert_eq!(s, S::Done);
         }
@@ -294,7 +336,7 @@ mod tests {
             }
         }
         let released = Rc::new(Cell::new(false));
-        let mut s: Stage<(), Hold, ()> = Stage::LeaseForRefresh {
+        let mut s: Stage<(), Hold, (), ()> = Stage::LeaseForRefresh {
             hold: Hold(released.clone()),
         };
         s.done();
@@ -322,15 +364,35 @@ mod tests {
     }
 
     #[test]
+    fn a_wait_ends_with_the_layer_a_posted_refetch_does_not() {
+        let mut s = S::Waiting { wait: 4 };
+        assert_eq!(s.wait(), Some(&4));
+        assert!(s.holds_anything());
+        s.done();
+        assert_eq!(s, S::Done);
+        let mut s = S::Waiting { wait: 4 };
+        // Woken: the same wait serves the next one.
+        assert_eq!(s.take_wait(), Some(4));
+        assert_eq!(s, S::Done);
+        let mut s = S::Refetching { wait: 5 };
+        assert_eq!(s.take_wait(), None);
+        assert_eq!(s.wait(), Some(&5));
+        s.done();
+        assert_eq!(s, S::Refetching { wait: 5 });
+        assert_eq!(s.take_end(), (None, None));
+        assert_eq!(s, S::Done);
+    }
+
+    #[test]
     fn taking_the_fill_lock_ends_the_layer() {
         let mut s = S::LeaseForFill { lock: "f" };
         assert_eq!(s.fill_lock(), Some(&"f"));
         assert_eq!(s.take_fill(), Some("f"));
         assert_eq!(s, S::Done);
         assert_eq!(s.take_fill(), None);
-        let mut s = S::Waiting;
+        let mut s = S::Waiting { wait: 4 };
         assert_eq!(s.take_fill(), None);
-        assert_eq!(s, S::Waiting);
+        assert_eq!(s, S::Waiting { wait: 4 });
         assert_eq!(s.fill_lock(), None);
     }
 
@@ -368,9 +430,9 @@ mod tests {
             S::Start,
             S::LookingUp,
             S::ReadingBody,
-            S::Waiting,
             S::Missed,
             S::LeaseOp,
+            S::Done,
         ] {
             assert!(!s.holds_anything());
         }

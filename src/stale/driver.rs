@@ -26,7 +26,6 @@ use super::error::StaleError;
 use super::refresh::{self, has_body, SECRET_HEADER};
 use super::state::{self, Next, Phase, RequestState};
 use super::variables::read_cache_variables;
-use super::waiters::WaitEnd;
 use super::{hot, metrics};
 use crate::collapse::{fill_end, FillEnd, StoreOutcome};
 use crate::nginx::bits;
@@ -162,8 +161,8 @@ pub fn run(
             Phase::Persisting => Ok(persisted(state, req)),
             // Until the wake-up event itself has run, other events (a writable client
             // socket) must not move the request on: the event would resume it twice.
-            Phase::Waiting if state.wait().in_progress() => Ok(Next::Return(AGAIN)),
-            Phase::Waiting if state.wait().ended == WaitEnd::TimedOut => {
+            Phase::Waiting if state.wait_in_progress() => Ok(Next::Return(AGAIN)),
+            Phase::Waiting if state.wait_timed_out() => {
                 decide::give_up_waiting(state, req);
                 Ok(Next::Continue)
             }
@@ -179,7 +178,7 @@ pub fn run(
                 }
                 Ok(Next::Continue)
             }
-            Phase::Done | Phase::Filling => Ok(Next::Return(DECLINED)),
+            Phase::Done | Phase::Filling | Phase::Refetching => Ok(Next::Return(DECLINED)),
         };
         match step {
             Ok(Next::Continue) => {}
@@ -327,11 +326,11 @@ pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_i
     // SAFETY: one step at a time (see `state`): this handler is the only borrower.
     let state = unsafe { state.as_mut() };
     hot::not_served(state, req);
-    if state.wait().in_progress() {
+    if state.wait_in_progress() {
         // Parked (waiting, or a refetch posted): only its own event moves it on.
         return AGAIN;
     }
-    if state.phase() == Phase::Done && expected_an_entry(state) {
+    if matches!(state.phase(), Phase::Done | Phase::Refetching) && expected_an_entry(state) {
         match srcache_fetch_status(req) {
             Some(b"MISS") => entry_gone(state, req),
             // Skipped or failed while Redis is away: collapse on this node (`local`).
@@ -397,7 +396,6 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
     // every callback of the request (and its subrequests) has run, before it frees the pool.
     let mut state = unsafe { state::reclaim(data) };
     let (fill, unsent) = state.take_end();
-    super::waiters::stop_waiting(state.wait_mut());
     // SAFETY: the request is being freed but its fields are still readable now.
     let r = unsafe { &*state.request() };
     // SAFETY: the connection is live until the request is gone.

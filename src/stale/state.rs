@@ -1,6 +1,12 @@
 //! One `RequestState` per main request: its phase and what it holds, with every transition
 //! a method here (its fields are private).
 //!
+//! The phase carries the values that only mean something in it (`crate::phase::Stage`): the
+//! fill lock (`Filling`, and the lease phases before a fill), the refresh lock and slot
+//! (`LeaseRefreshAsk`), the prepared refresh (`Persisting`, `Refreshing`), the wait and its
+//! event (`Waiting`, `Refetching`). A transition moves them on or drops them; dropped, each
+//! releases itself as abandoned (its `Drop`).
+//!
 //! The state lives in the request's pool, as the data of one of its cleanups: it survives
 //! internal redirects (which clear module contexts), and its end (`driver::end_of_request`)
 //! runs however the request ends (finished, failed, abandoned by its client), before nginx
@@ -20,14 +26,14 @@ use core::ffi::c_void;
 use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
 
-use ngx::ffi::{ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add};
+use ngx::ffi::{ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add};
 use ngx::http::HttpModule;
 
 use super::hot::request::Hot;
 use super::lease::RequestLease;
 use super::lookup::Capture;
 use super::refresh::{PendingRefresh, Slot};
-use super::waiters::{HeldLock, Wait};
+use super::waiters::{start_waiting, HeldLock, Wait, WaitEnd};
 use crate::collapse::StoreOutcome;
 use crate::flow::Reached;
 use crate::locktable::Forgotten;
@@ -42,8 +48,9 @@ pub use crate::phase::Phase;
 
 /// The request's phase with what it holds there (`crate::phase`): the fill lock, the refresh
 /// lock and slot while the lease is asked (boxed: only stale hits have them), the prepared
-/// refresh (boxed) until it is sent.
-type Stage = crate::phase::Stage<HeldLock, Box<RefreshHold>, Box<PendingRefresh>>;
+/// refresh (boxed) until it is sent, the wait of a parked request (boxed: its event must not
+/// move while nginx holds it, and fresh hits do not pay for it).
+type Stage = crate::phase::Stage<HeldLock, Box<RefreshHold>, Box<PendingRefresh>, Box<Wait>>;
 
 /// What the driver does after a step.
 pub enum Next {
@@ -97,7 +104,10 @@ pub struct RequestState {
     reached: Reached,
     /// The request body has been read (for the refresh to replay it).
     body_read: bool,
-    wait: Wait,
+    /// When this request stops waiting for fills, whatever happens (0: not waiting yet).
+    wait_deadline: u64,
+    /// When a wake-up last resumed this request (precise clock; 0: never woken).
+    resumed_ms: u64,
     /// For `$stale_cache_wake_delay`: from the fill's store to this request resuming.
     wake_delay_ms: Option<u64>,
     /// The status of srcache's store subrequest, if one ran (`filters`).
@@ -139,7 +149,8 @@ impl RequestState {
             ttl: 0,
             reached: Reached::WaitedWithoutLookup,
             body_read: false,
-            wait: Wait::new(),
+            wait_deadline: 0,
+            resumed_ms: 0,
             wake_delay_ms: None,
             store_status: None,
             refetched: false,
@@ -230,8 +241,26 @@ impl RequestState {
         self.body_read
     }
 
-    pub fn wait(&self) -> &Wait {
-        &self.wait
+    /// Parked (waiting, or a refetch posted): only its own event moves it on.
+    pub fn wait_in_progress(&self) -> bool {
+        self.stage.wait().is_some_and(|w| w.in_progress())
+    }
+
+    /// The last wait ran out of time (`$cache_lock_timeout`).
+    pub fn wait_timed_out(&self) -> bool {
+        self.stage
+            .wait()
+            .is_some_and(|w| w.ended == WaitEnd::TimedOut)
+    }
+
+    /// When this request stops waiting for fills (0: it has not waited).
+    pub fn wait_deadline_ms(&self) -> u64 {
+        self.wait_deadline
+    }
+
+    /// When a wake-up last resumed this request (0: never woken).
+    pub fn resumed_ms(&self) -> u64 {
+        self.resumed_ms
     }
 
     pub fn wake_delay_ms(&self) -> Option<u64> {
@@ -260,10 +289,6 @@ impl RequestState {
 
     pub fn capture_mut(&mut self) -> &mut Capture {
         &mut self.capture
-    }
-
-    pub fn wait_mut(&mut self) -> &mut Wait {
-        &mut self.wait
     }
 
     pub fn lease_mut(&mut self) -> &mut RequestLease {
@@ -317,10 +342,40 @@ impl RequestState {
         *self.stage = Stage::ReadingBody;
     }
 
-    /// Parked behind the fill lock's holder (`waiters`; the wait's event lives in `wait`,
-    /// which does not move).
-    pub fn waiting(&mut self) {
-        *self.stage = Stage::Waiting;
+    /// Parks the request behind the fill lock's `holder` for at most `budget` ms
+    /// (`waiters::start_waiting`); a request woken before waits with the same `Wait`.
+    pub fn wait_for_fill(
+        &mut self,
+        req: &mut ngx_http_request_t,
+        zone: ZoneRef,
+        holder: u64,
+        budget: u64,
+    ) {
+        let mut wait = self
+            .stage
+            .take_wait()
+            .unwrap_or_else(|| Box::new(Wait::new()));
+        let key = &self.settings().key;
+        start_waiting(&mut wait, req, zone, key, holder, budget);
+        *self.stage = Stage::Waiting { wait };
+    }
+
+    /// The wake-up (or the timeout) ran: what it noted is kept past the wait.
+    pub fn note_wake(&mut self) {
+        if let Some(at) = self.stage.wait().map(|w| w.resumed_ms) {
+            if at != 0 {
+                self.resumed_ms = at;
+            }
+        }
+    }
+
+    /// Sends the request through its location again from a posted event (`handler`), so
+    /// no phase handler is re-entered; the layer is done with it meanwhile.
+    pub fn post_refetch(&mut self, handler: unsafe extern "C" fn(*mut ngx_event_t)) {
+        let mut wait = Box::new(Wait::new());
+        wait.post(self.r, handler);
+        // (No lock is held here: the refetch follows a fill of another request.)
+        *self.stage = Stage::Refetching { wait };
     }
 
     /// The fill lock is taken: the request goes to the backend with it (`finish` with MISS
@@ -446,10 +501,10 @@ impl RequestState {
 
     /// One budget for all the waits of this request, however often it is woken.
     pub fn wait_deadline(&mut self, from_now: u64, budget: u64) -> u64 {
-        if self.wait.deadline == 0 {
-            self.wait.deadline = from_now + budget;
+        if self.wait_deadline == 0 {
+            self.wait_deadline = from_now + budget;
         }
-        self.wait.deadline
+        self.wait_deadline
     }
 
     pub fn set_wake_delay(&mut self, ms: Option<u64>) {
@@ -510,8 +565,8 @@ impl RequestState {
         self.purge = Some(Box::new(purge));
     }
 
-    /// What is left of the request when it ends: its fill lock and its unsent refresh (the
-    /// rest is released when the state is dropped).
+    /// What is left of the request when it ends: its fill lock and its unsent refresh; a
+    /// wait stops now (the rest is released when the state is dropped).
     pub fn take_end(&mut self) -> (Option<HeldLock>, Option<PendingRefresh>) {
         let (fill, refresh) = self.stage.take_end();
         (fill, refresh.map(|pending| *pending))
@@ -549,8 +604,8 @@ fn end_handler() -> EndFn {
 const POOL_ALIGNMENT: usize = core::mem::size_of::<usize>();
 const _: () = assert!(core::mem::align_of::<RequestState>() <= POOL_ALIGNMENT);
 // Every request that reaches the layer allocates its state from its pool (fresh hits too):
-// cold data is boxed. 672 bytes on 64-bit targets before the phases carried their data;
-// raise this deliberately, not by accident.
+// cold data is boxed. 672 bytes on 64-bit targets before the phases carried their data (520
+// since); raise this deliberately, not by accident.
 const _: () = assert!(core::mem::size_of::<RequestState>() <= 672);
 
 /// The state of main request `r`, created on first use; `None` if the pool is exhausted.

@@ -84,7 +84,7 @@ fn after_fill_answer(
         answer
     );
     let now = now_ms();
-    let deadline = state.wait().deadline;
+    let deadline = state.wait_deadline_ms();
     let poll_ms = lease::poll_interval(state.lease());
     match lease_fill(answer.ok(), now, deadline, poll_ms, state.after_fetch()) {
         LeaseFill::FillKeeping => {

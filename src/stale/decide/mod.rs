@@ -433,7 +433,7 @@ fn try_backend_now(
         return Next::Continue;
     };
     refresh::send(pending);
-    let budget = state.wait().deadline.saturating_sub(now_ms()).max(1);
+    let budget = state.wait_deadline_ms().saturating_sub(now_ms()).max(1);
     wait_for(state, req, zone, token.get(), budget);
     Next::Return(AGAIN)
 }
@@ -447,6 +447,7 @@ pub fn after_wake(
     scf: &StaleCacheConf,
 ) -> Step {
     let zone = state.zone().expect("the zone is known before waiting");
+    state.note_wake();
     if let Some(next) = local_steps::served_after_wake(state, req) {
         return Ok(next);
     }
@@ -519,7 +520,7 @@ pub(super) fn fill_or_wait(
             state.filling(lock);
         }
         FillStep::Served { refetch: again } => {
-            let resumed = state.wait().resumed_ms;
+            let resumed = state.resumed_ms();
             if resumed != 0 {
                 state.set_wake_delay(stored_at.map(|at| resumed.saturating_sub(at)));
             }

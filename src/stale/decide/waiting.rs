@@ -4,7 +4,6 @@
 use ngx::ffi::ngx_http_request_t;
 
 use super::super::state::RequestState;
-use super::super::waiters::start_waiting;
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::request_log;
@@ -19,9 +18,7 @@ pub(super) fn wait_for(
     holder: u64,
     budget: u64,
 ) {
-    state.waiting();
-    let key = state.settings().key.clone();
-    start_waiting(state.wait_mut(), req, zone, &key, holder, budget);
+    state.wait_for_fill(req, zone, holder, budget);
 }
 
 /// `$cache_lock_timeout` is over: go on without the fill (logged at warn, rate-limited).
