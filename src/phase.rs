@@ -26,6 +26,8 @@ pub enum Phase {
     LookingUp,
     /// Reading the body the refresh will replay (before any lock is taken).
     ReadingBody,
+    /// The body is whole: only now may the request take a lock.
+    BodyRead,
     /// Waiting for the PERSIST/EXPIRE of a stale key; the refresh is prepared.
     Persisting,
     /// Waiting for another request's fill.
@@ -65,6 +67,7 @@ pub enum Stage<F, R, P, W> {
     Start,
     LookingUp,
     ReadingBody,
+    BodyRead,
     Persisting {
         refresh: P,
     },
@@ -93,6 +96,7 @@ impl<F, R, P, W> Stage<F, R, P, W> {
             Stage::Start => Phase::Start,
             Stage::LookingUp => Phase::LookingUp,
             Stage::ReadingBody => Phase::ReadingBody,
+            Stage::BodyRead => Phase::BodyRead,
             Stage::Persisting { .. } => Phase::Persisting,
             Stage::Waiting { .. } => Phase::Waiting,
             Stage::Missed => Phase::Missed,
@@ -139,6 +143,7 @@ impl<F, R, P, W> Stage<F, R, P, W> {
             Stage::Start
             | Stage::LookingUp
             | Stage::ReadingBody
+            | Stage::BodyRead
             | Stage::Missed
             | Stage::LeaseOp => self.leave_empty(Stage::Done),
             // The wait is over (its drop stops whatever is left of it).
@@ -173,6 +178,13 @@ impl<F, R, P, W> Stage<F, R, P, W> {
             if let Stage::LeasePoll { lock } = self.take() {
                 self.leave_empty(Stage::LeaseForFill { lock });
             }
+        }
+    }
+
+    /// The body being read is whole.
+    pub fn body_read(&mut self) {
+        if let Stage::ReadingBody = self {
+            self.leave_empty(Stage::BodyRead);
         }
     }
 
@@ -380,6 +392,16 @@ mod tests {
         s.done();
         assert_eq!(s, S::Refetching { wait: 5 });
         assert_eq!(s.take_end(), (None, None));
+        assert_eq!(s, S::Done);
+    }
+
+    #[test]
+    fn the_body_is_read_once_reading() {
+        let mut s = S::ReadingBody;
+        s.body_read();
+        assert_eq!(s.phase(), Phase::BodyRead);
+        let mut s = S::Done;
+        s.body_read();
         assert_eq!(s, S::Done);
     }
 

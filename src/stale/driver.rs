@@ -154,9 +154,9 @@ pub fn run(
             },
             Phase::LookingUp if !state.capture().done => Ok(Next::Return(AGAIN)),
             Phase::LookingUp => decide::after_lookup(state, req, scf),
-            Phase::ReadingBody if !state.body_read() => Ok(Next::Return(AGAIN)),
+            Phase::ReadingBody => Ok(Next::Return(AGAIN)),
             // The body is whole: only now may the request take a lock.
-            Phase::ReadingBody => decide::start(state, req, scf),
+            Phase::BodyRead => decide::start(state, req, scf),
             Phase::Persisting if !state.capture().done => Ok(Next::Return(AGAIN)),
             Phase::Persisting => Ok(persisted(state, req)),
             // Until the wake-up event itself has run, other events (a writable client

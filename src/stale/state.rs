@@ -102,8 +102,6 @@ pub struct RequestState {
     ttl: i64,
     /// How the request came to ask for the fill lock (lookup, grace band, wait, srcache miss).
     reached: Reached,
-    /// The request body has been read (for the refresh to replay it).
-    body_read: bool,
     /// When this request stops waiting for fills, whatever happens (0: not waiting yet).
     wait_deadline: u64,
     /// When a wake-up last resumed this request (precise clock; 0: never woken).
@@ -148,7 +146,6 @@ impl RequestState {
             capture: Capture::default(),
             ttl: 0,
             reached: Reached::WaitedWithoutLookup,
-            body_read: false,
             wait_deadline: 0,
             resumed_ms: 0,
             wake_delay_ms: None,
@@ -235,10 +232,6 @@ impl RequestState {
     /// The refresh lock, while the lease is asked for the refresh.
     pub fn refresh_lock(&self) -> Option<&HeldLock> {
         self.stage.refresh_hold().map(|h| &h.lock)
-    }
-
-    pub fn body_read(&self) -> bool {
-        self.body_read
     }
 
     /// Parked (waiting, or a refetch posted): only its own event moves it on.
@@ -439,8 +432,9 @@ impl RequestState {
         self.lease_op = true;
     }
 
+    /// The body being read is whole (`Phase::BodyRead`).
     pub fn body_is_read(&mut self) {
-        self.body_read = true;
+        self.stage.body_read();
     }
 
     /// The zone the settings name, as the request starts asking at `now`.

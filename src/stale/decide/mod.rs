@@ -14,7 +14,7 @@ use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
-use super::refresh::{self, has_body, PendingRefresh};
+use super::refresh::{self, PendingRefresh};
 use super::state::{Next, RefreshHold, RequestState};
 use super::waiters::{lock_request, new_token, owner_alive, zone_full, HeldLock};
 use super::{hot, http_request, local, lookup, memo_age};
@@ -307,9 +307,7 @@ fn serve_stale(
     persist: bool,
     now: u64,
 ) -> Next {
-    if has_body(req) && !state.body_read() {
-        return Next::Continue; // never reached: bodies are read before the first step
-    }
+    // (A body to replay was read before the first step: see `driver`.)
     let settings = state.settings();
     let key = settings.key.clone();
     let Some(slot) = refresh::take_slot(req, scf, &key) else {
