@@ -315,6 +315,35 @@ mod tests {
         assert_eq!(S::Refetching { wait: 4 }.phase(), Phase::Refetching);
     }
 
+    /// `Phase` is declared in `Stage`'s order, so `phase` is the tag itself (a fresh hit
+    /// reads it on every step).
+    #[test]
+    fn the_phase_is_the_tag() {
+        let all = [
+            S::LeaseForFill { lock: "f" },
+            S::LeasePoll { lock: "f" },
+            S::LeaseForRefresh { hold: 1 },
+            S::LeaseOp,
+            S::Start,
+            S::LookingUp,
+            S::ReadingBody,
+            S::BodyRead,
+            S::Persisting { refresh: 2 },
+            S::Waiting { wait: 3 },
+            S::Missed,
+            S::Filling { lock: "f" },
+            S::Refreshing { refresh: 2 },
+            S::Refetching { wait: 3 },
+            S::Done,
+        ];
+        for (i, s) in all.iter().enumerate() {
+            // SAFETY: a `#[repr(u8)]` enum starts with its `u8` tag.
+            let tag = unsafe { *(s as *const S as *const u8) };
+            assert_eq!(tag as usize, i);
+            assert_eq!(s.phase() as usize, i, "{s:?}");
+        }
+    }
+
     #[test]
     fn done_keeps_the_fill_lock_and_the_prepared_refresh() {
         let mut s = S::LeaseForFill { lock: "f" };
