@@ -17,6 +17,7 @@ pub mod keyderive;
 pub mod lease;
 pub mod locktable;
 pub mod metrics;
+pub mod phase;
 pub mod policy;
 pub mod preset;
 pub mod purge_script;

@@ -26,7 +26,6 @@ use super::error::StaleError;
 use super::refresh::{self, has_body, SECRET_HEADER};
 use super::state::{self, Next, Phase, RequestState};
 use super::variables::read_cache_variables;
-use super::waiters::WaitEnd;
 use super::{hot, metrics};
 use crate::collapse::{fill_end, FillEnd, StoreOutcome};
 use crate::nginx::bits;
@@ -155,27 +154,31 @@ pub fn run(
             },
             Phase::LookingUp if !state.capture().done => Ok(Next::Return(AGAIN)),
             Phase::LookingUp => decide::after_lookup(state, req, scf),
-            Phase::ReadingBody if !state.body_read() => Ok(Next::Return(AGAIN)),
+            Phase::ReadingBody => Ok(Next::Return(AGAIN)),
             // The body is whole: only now may the request take a lock.
-            Phase::ReadingBody => decide::start(state, req, scf),
+            Phase::BodyRead => decide::start(state, req, scf),
             Phase::Persisting if !state.capture().done => Ok(Next::Return(AGAIN)),
             Phase::Persisting => Ok(persisted(state, req)),
             // Until the wake-up event itself has run, other events (a writable client
             // socket) must not move the request on: the event would resume it twice.
-            Phase::Waiting if state.wait().in_progress() => Ok(Next::Return(AGAIN)),
-            Phase::Waiting if state.wait().ended == WaitEnd::TimedOut => {
+            Phase::Waiting if state.wait_in_progress() => Ok(Next::Return(AGAIN)),
+            Phase::Waiting if state.wait_timed_out() => {
                 decide::give_up_waiting(state, req);
                 Ok(Next::Continue)
             }
             Phase::Waiting | Phase::Missed => decide::after_wake(state, req, scf),
-            Phase::Lease => decide::lease_step(state, req, scf),
-            Phase::Done => {
+            phase @ (Phase::LeaseFillAsk
+            | Phase::LeasePoll
+            | Phase::LeaseRefreshAsk
+            | Phase::LeaseOpAsk) => decide::lease_step(state, req, scf, phase),
+            Phase::Refreshing => {
                 // The stale path's own steps are over: the refresh may start.
                 if let Some(pending) = state.take_refresh() {
                     refresh::arm(state.request(), pending);
                 }
-                Ok(Next::Return(DECLINED))
+                Ok(Next::Continue)
             }
+            Phase::Done | Phase::Filling | Phase::Refetching => Ok(Next::Return(DECLINED)),
         };
         match step {
             Ok(Next::Continue) => {}
@@ -206,7 +209,7 @@ fn persisted(state: &mut RequestState, req: &ngx_http_request_t) -> Next {
             ),
         );
     }
-    state.enter(Phase::Done);
+    state.persisted();
     Next::Continue
 }
 
@@ -250,7 +253,7 @@ fn settings_of(
 /// `body_read` runs. A body that never arrives ends the request (nginx answers 408) with no
 /// lock taken and no status.
 fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next {
-    state.enter(Phase::ReadingBody);
+    state.reading_body();
     // The body stays for the proxy after the refresh has copied it.
     bits::set_preserve_body(req, true);
     READ_COMPLETED_INLINE.set(Some(false));
@@ -259,7 +262,7 @@ fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next {
     let completed_inline = READ_COMPLETED_INLINE.replace(None) == Some(true);
     if rc >= NGX_HTTP_SPECIAL_RESPONSE as ngx_int_t {
         // nginx answers the request with the error (and dropped its reference itself).
-        state.enter(Phase::Done);
+        state.done();
         return Next::Return(rc);
     }
     // SAFETY: balances the reference the read took; the phase handler's own reference keeps
@@ -323,11 +326,11 @@ pub unsafe extern "C" fn precontent_handler(r: *mut ngx_http_request_t) -> ngx_i
     // SAFETY: one step at a time (see `state`): this handler is the only borrower.
     let state = unsafe { state.as_mut() };
     hot::not_served(state, req);
-    if state.wait().in_progress() {
+    if state.wait_in_progress() {
         // Parked (waiting, or a refetch posted): only its own event moves it on.
         return AGAIN;
     }
-    if state.phase() == Phase::Done && expected_an_entry(state) {
+    if matches!(state.phase(), Phase::Done | Phase::Refetching) && expected_an_entry(state) {
         match srcache_fetch_status(req) {
             Some(b"MISS") => entry_gone(state, req),
             // Skipped or failed while Redis is away: collapse on this node (`local`).
@@ -393,7 +396,6 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
     // every callback of the request (and its subrequests) has run, before it frees the pool.
     let mut state = unsafe { state::reclaim(data) };
     let (fill, unsent) = state.take_end();
-    super::waiters::stop_waiting(state.wait_mut());
     // SAFETY: the request is being freed but its fields are still readable now.
     let r = unsafe { &*state.request() };
     // SAFETY: the connection is live until the request is gone.

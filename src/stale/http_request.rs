@@ -24,6 +24,7 @@ pub fn directives(req: &ngx_http_request_t, scf: &StaleCacheConf) -> Option<Requ
 }
 
 /// Before any lookup: the request takes no stored response at all (`true`: passed).
+#[inline]
 pub fn pass_at_once(state: &mut RequestState, directives: Option<&Request>) -> bool {
     if !directives.is_some_and(Request::refuses_any) {
         return false;

@@ -37,28 +37,14 @@ use crate::resp::parse_integer_reply;
 use crate::settings::Settings;
 use crate::stale::main_conf;
 
-/// Where a request stands with the lease (while its phase is `Phase::Lease`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum LeaseStep {
-    /// Not asked, or settled.
-    #[default]
-    Idle,
-    /// Waiting for the answer to `fill` (first ask or a poll).
-    FillAsk,
-    /// Another node holds the lease: waiting for the next poll.
-    PollWait,
-    /// The poll timer fired: ask again.
-    PollDue,
-    /// Waiting for the answer to `refresh`.
-    RefreshAsk,
-    /// A lease operation request of this nginx waiting for the location's answer.
-    OpAsk,
-}
-
 /// A request's dealings with the lease, inside its state.
 #[derive(Default)]
+///
+/// (Where the request stands with the lease, and the fill lock it holds meanwhile, are its
+/// phase: `crate::phase::Phase::LeaseFillAsk` and the others.)
 pub struct RequestLease {
-    pub step: LeaseStep,
+    /// The poll timer fired: ask again.
+    poll_due: bool,
     /// The lease was asked for and settled: never asked again for this request.
     settled: bool,
     /// This request's token, once it asked.
@@ -83,7 +69,11 @@ impl RequestLease {
     /// The lease is settled for this request: never asked again.
     pub fn settle(&mut self) {
         self.settled = true;
-        self.step = LeaseStep::Idle;
+    }
+
+    /// The poll timer fired since the last poll was armed.
+    pub fn poll_due(&self) -> bool {
+        self.poll_due
     }
 
     /// One more poll of another node's fill (the interval grows with each).
@@ -137,7 +127,6 @@ pub fn ask(
     req: &mut ngx_http_request_t,
     settings: &Settings,
     op: Op,
-    step: LeaseStep,
 ) -> bool {
     let Some(uri) = settings.lease_uri.as_deref() else {
         return false;
@@ -147,7 +136,7 @@ pub fn ask(
         failed(req, "subrequest not started");
         return false;
     }
-    lease.step = step;
+    lease.poll_due = false;
     true
 }
 
@@ -160,12 +149,8 @@ pub fn ask_first(
     fill: bool,
 ) -> bool {
     lease.token = new_lease_token(fill);
-    let (op, step) = if fill {
-        (Op::Fill, LeaseStep::FillAsk)
-    } else {
-        (Op::Refresh, LeaseStep::RefreshAsk)
-    };
-    ask(lease, capture, req, settings, op, step)
+    let op = if fill { Op::Fill } else { Op::Refresh };
+    ask(lease, capture, req, settings, op)
 }
 
 /// The interval before the next poll of another node's fill.
@@ -182,9 +167,9 @@ pub fn answer(capture: &Capture) -> Result<Answer, &'static str> {
     Answer::of(n).ok_or("an integer the lease script never answers")
 }
 
-/// Waits `ms` before polling the lease again; the request resumes with the step `PollDue`.
+/// Waits `ms` before polling the lease again; the request resumes with `poll_due` set.
 pub fn arm_poll(lease: &mut RequestLease, req: &mut ngx_http_request_t, ms: u64) {
-    lease.step = LeaseStep::PollWait;
+    lease.poll_due = false;
     let target = PollTarget {
         lease: &mut *lease,
         r: &mut *req,
@@ -204,7 +189,7 @@ unsafe extern "C" fn poll_fired(ev: *mut ngx_event_t) {
     // step of the request runs while its timer fires.
     let target = unsafe { Timer::<PollTarget>::data_of(ev) };
     // SAFETY: the lease is live while its timer is.
-    unsafe { (*target.lease).step = LeaseStep::PollDue };
+    unsafe { (*target.lease).poll_due = true };
     // SAFETY: the request parked in PREACCESS/PRECONTENT for the poll; nothing borrows its
     // state across the call.
     unsafe { resume(target.r) };
@@ -242,7 +227,6 @@ pub fn op_request(req: &ngx_http_request_t) -> Option<OpAsk> {
 /// Sends the operation to the `$cache_lease` location; `false` when it could not (logged).
 pub fn send_op(
     ask: &OpAsk,
-    lease: &mut RequestLease,
     capture: &mut Capture,
     req: &mut ngx_http_request_t,
     settings: &Settings,
@@ -261,13 +245,11 @@ pub fn send_op(
         failed(req, "subrequest not started");
         return false;
     }
-    lease.step = LeaseStep::OpAsk;
     true
 }
 
 /// The operation's answer: only logged when it failed.
-pub fn op_answered(lease: &mut RequestLease, capture: &Capture, req: &ngx_http_request_t) {
-    lease.step = LeaseStep::Idle;
+pub fn op_answered(capture: &Capture, req: &ngx_http_request_t) {
     if !capture.answered_ok() || parse_integer_reply(&capture.body).is_err() {
         failed(req, "renewal or release not answered");
     }

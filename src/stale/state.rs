@@ -1,6 +1,12 @@
 //! One `RequestState` per main request: its phase and what it holds, with every transition
 //! a method here (its fields are private).
 //!
+//! The phase carries the values that only mean something in it (`crate::phase::Stage`): the
+//! fill lock (`Filling`, and the lease phases before a fill), the refresh lock and slot
+//! (`LeaseRefreshAsk`), the prepared refresh (`Persisting`, `Refreshing`), the wait and its
+//! event (`Waiting`, `Refetching`). A transition moves them on or drops them; dropped, each
+//! releases itself as abandoned (its `Drop`).
+//!
 //! The state lives in the request's pool, as the data of one of its cleanups: it survives
 //! internal redirects (which clear module contexts), and its end (`driver::end_of_request`)
 //! runs however the request ends (finished, failed, abandoned by its client), before nginx
@@ -17,16 +23,17 @@
 //! `peek`.
 
 use core::ffi::c_void;
+use core::mem::ManuallyDrop;
 use core::ptr::{self, NonNull};
 
-use ngx::ffi::{ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add};
+use ngx::ffi::{ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add};
 use ngx::http::HttpModule;
 
 use super::hot::request::Hot;
 use super::lease::RequestLease;
 use super::lookup::Capture;
 use super::refresh::{PendingRefresh, Slot};
-use super::waiters::{HeldLock, Wait};
+use super::waiters::{start_waiting, HeldLock, Wait, WaitEnd};
 use crate::collapse::StoreOutcome;
 use crate::flow::Reached;
 use crate::locktable::Forgotten;
@@ -37,27 +44,13 @@ use crate::stale::StaleCacheModule;
 
 const STATE_MAGIC: u64 = u64::from_le_bytes(*b"stalecac");
 
-/// Where a request stands in the layer's state machine (run by `phases::preaccess_handler`).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Phase {
-    /// Not looked at yet.
-    Start,
-    /// Waiting for the TTL lookup's answer.
-    LookingUp,
-    /// Holding the refresh lock, reading the body the refresh will replay.
-    ReadingBody,
-    /// Waiting for the PERSIST of a stale key.
-    Persisting,
-    /// Waiting for another request's fill.
-    Waiting,
-    /// srcache missed an entry the layer expected: take the fill lock or wait for its holder.
-    Missed,
-    /// Dealing with the fleet lease (`super::lease`): asking for it, or polling while
-    /// another node fills (the lease's own step is in `RequestLease`).
-    Lease,
-    /// The layer is done with the request: srcache and the backend take over.
-    Done,
-}
+pub use crate::phase::Phase;
+
+/// The request's phase with what it holds there (`crate::phase`): the fill lock, the refresh
+/// lock and slot while the lease is asked (boxed: only stale hits have them), the prepared
+/// refresh (boxed) until it is sent, the wait of a parked request (boxed: its event must not
+/// move while nginx holds it, and fresh hits do not pay for it).
+type Stage = crate::phase::Stage<HeldLock, Box<RefreshHold>, Box<PendingRefresh>, Box<Wait>>;
 
 /// What the driver does after a step.
 pub enum Next {
@@ -89,7 +82,9 @@ pub struct RequestState {
     /// Identifies a RequestState behind a pool cleanup.
     magic: u64,
     r: *mut ngx_http_request_t,
-    phase: Phase,
+    /// Dropped by hand (`Drop`): most requests end holding nothing, and the check is
+    /// cheaper than the stage's drop code on every fresh hit.
+    stage: ManuallyDrop<Stage>,
     status: Option<CacheStatus>,
     /// The request carries this nginx's refresh secret.
     is_refresh: bool,
@@ -107,17 +102,10 @@ pub struct RequestState {
     ttl: i64,
     /// How the request came to ask for the fill lock (lookup, grace band, wait, srcache miss).
     reached: Reached,
-    /// The fill lock this request holds: it goes to the backend for a missing key.
-    fill: Option<HeldLock>,
-    /// The refresh lock and slot, held while the fleet lease is asked and the refresh is
-    /// prepared. (Boxed, as the refresh and the purge below: only stale hits and purges
-    /// have them, and every request's state is allocated from its pool.)
-    refresh_hold: Option<Box<RefreshHold>>,
-    /// The request body has been read (for the refresh to replay it).
-    body_read: bool,
-    /// The refresh to send once this request is over.
-    refresh: Option<Box<PendingRefresh>>,
-    wait: Wait,
+    /// When this request stops waiting for fills, whatever happens (0: not waiting yet).
+    wait_deadline: u64,
+    /// When a wake-up last resumed this request (precise clock; 0: never woken).
+    resumed_ms: u64,
     /// For `$stale_cache_wake_delay`: from the fill's store to this request resuming.
     wake_delay_ms: Option<u64>,
     /// The status of srcache's store subrequest, if one ran (`filters`).
@@ -129,7 +117,8 @@ pub struct RequestState {
     lease: RequestLease,
     /// For `$stale_cache_rfc9211`: seconds of freshness left (negative: stale), when known.
     ttl_left: Option<i64>,
-    /// A purge request's progress; `None` for every other request.
+    /// A purge request's progress; `None` for every other request. (Boxed: every request's
+    /// state is allocated from its pool.)
     purge: Option<Box<Purge>>,
     /// The hot tier's plan for this request (`hot`).
     hot: Hot,
@@ -147,7 +136,7 @@ impl RequestState {
         RequestState {
             magic: STATE_MAGIC,
             r,
-            phase: Phase::Start,
+            stage: ManuallyDrop::new(Stage::Start),
             status: None,
             is_refresh: false,
             lease_op: false,
@@ -157,11 +146,8 @@ impl RequestState {
             capture: Capture::default(),
             ttl: 0,
             reached: Reached::WaitedWithoutLookup,
-            fill: None,
-            refresh_hold: None,
-            body_read: false,
-            refresh: None,
-            wait: Wait::new(),
+            wait_deadline: 0,
+            resumed_ms: 0,
             wake_delay_ms: None,
             store_status: None,
             refetched: false,
@@ -181,8 +167,9 @@ impl RequestState {
         self.r
     }
 
+    #[inline]
     pub fn phase(&self) -> Phase {
-        self.phase
+        self.stage.phase()
     }
 
     pub fn status(&self) -> Option<CacheStatus> {
@@ -237,24 +224,36 @@ impl RequestState {
         self.refetched
     }
 
+    /// The fill lock, while filling or asking the lease for the fill.
     pub fn fill_lock(&self) -> Option<&HeldLock> {
-        self.fill.as_ref()
+        self.stage.fill_lock()
     }
 
+    /// The refresh lock, while the lease is asked for the refresh.
     pub fn refresh_lock(&self) -> Option<&HeldLock> {
-        self.refresh_hold.as_ref().map(|h| &h.lock)
+        self.stage.refresh_hold().map(|h| &h.lock)
     }
 
-    pub fn body_read(&self) -> bool {
-        self.body_read
+    /// Parked (waiting, or a refetch posted): only its own event moves it on.
+    pub fn wait_in_progress(&self) -> bool {
+        self.stage.wait().is_some_and(|w| w.in_progress())
     }
 
-    pub fn has_refresh(&self) -> bool {
-        self.refresh.is_some()
+    /// The last wait ran out of time (`$cache_lock_timeout`).
+    pub fn wait_timed_out(&self) -> bool {
+        self.stage
+            .wait()
+            .is_some_and(|w| w.ended == WaitEnd::TimedOut)
     }
 
-    pub fn wait(&self) -> &Wait {
-        &self.wait
+    /// When this request stops waiting for fills (0: it has not waited).
+    pub fn wait_deadline_ms(&self) -> u64 {
+        self.wait_deadline
+    }
+
+    /// When a wake-up last resumed this request (0: never woken).
+    pub fn resumed_ms(&self) -> u64 {
+        self.resumed_ms
     }
 
     pub fn wake_delay_ms(&self) -> Option<u64> {
@@ -285,10 +284,6 @@ impl RequestState {
         &mut self.capture
     }
 
-    pub fn wait_mut(&mut self) -> &mut Wait {
-        &mut self.wait
-    }
-
     pub fn lease_mut(&mut self) -> &mut RequestLease {
         &mut self.lease
     }
@@ -312,10 +307,17 @@ impl RequestState {
 
     /* ---- transitions */
 
-    /// Ends the layer's work on the request with `status`.
+    /// Ends the layer's work on the request with `status` (see `done`).
+    #[inline]
     pub fn finish(&mut self, status: CacheStatus) {
         self.status = Some(status);
-        self.phase = Phase::Done;
+        self.stage.done();
+    }
+
+    /// Ends the layer's work on the request: a fill lock it holds goes to the backend with
+    /// it, a prepared refresh is sent at the next step (`crate::phase::Stage::done`).
+    pub fn done(&mut self) {
+        self.stage.done();
     }
 
     /// Reports `status` without ending the layer's work (a request waiting, or passed).
@@ -323,9 +325,102 @@ impl RequestState {
         self.status = Some(status);
     }
 
-    /// Moves the request to `phase`.
-    pub fn enter(&mut self, phase: Phase) {
-        self.phase = phase;
+    /// The TTL (or another) lookup subrequest was sent: its answer moves the request on.
+    pub fn looking_up(&mut self) {
+        *self.stage = Stage::LookingUp;
+    }
+
+    /// The body is being read, before any lock is taken.
+    pub fn reading_body(&mut self) {
+        *self.stage = Stage::ReadingBody;
+    }
+
+    /// Parks the request behind the fill lock's `holder` for at most `budget` ms
+    /// (`waiters::start_waiting`); a request woken before waits with the same `Wait`.
+    pub fn wait_for_fill(
+        &mut self,
+        req: &mut ngx_http_request_t,
+        zone: ZoneRef,
+        holder: u64,
+        budget: u64,
+    ) {
+        let mut wait = self
+            .stage
+            .take_wait()
+            .unwrap_or_else(|| Box::new(Wait::new()));
+        let key = &self.settings().key;
+        start_waiting(&mut wait, req, zone, key, holder, budget);
+        *self.stage = Stage::Waiting { wait };
+    }
+
+    /// The wake-up (or the timeout) ran: what it noted is kept past the wait.
+    pub fn note_wake(&mut self) {
+        if let Some(at) = self.stage.wait().map(|w| w.resumed_ms) {
+            if at != 0 {
+                self.resumed_ms = at;
+            }
+        }
+    }
+
+    /// Sends the request through its location again from a posted event (`handler`), so
+    /// no phase handler is re-entered; the layer is done with it meanwhile.
+    pub fn post_refetch(&mut self, handler: unsafe extern "C" fn(*mut ngx_event_t)) {
+        let mut wait = Box::new(Wait::new());
+        wait.post(self.r, handler);
+        // (No lock is held here: the refetch follows a fill of another request.)
+        *self.stage = Stage::Refetching { wait };
+    }
+
+    /// The fill lock is taken: the request goes to the backend with it (`finish` with MISS
+    /// follows).
+    pub fn filling(&mut self, lock: HeldLock) {
+        *self.stage = Stage::Filling { lock };
+    }
+
+    /// The fleet lease is asked before the fill whose lock this request holds.
+    pub fn lease_for_fill(&mut self, lock: HeldLock) {
+        *self.stage = Stage::LeaseForFill { lock };
+    }
+
+    /// The fleet lease is asked before the refresh whose lock and slot this request holds.
+    pub fn lease_for_refresh(&mut self, hold: RefreshHold) {
+        *self.stage = Stage::LeaseForRefresh {
+            hold: Box::new(hold),
+        };
+    }
+
+    /// Another node fills under the lease: this request polls it, keeping its fill lock.
+    pub fn poll_lease(&mut self) {
+        self.stage.poll_lease();
+    }
+
+    /// The lease is asked again (a poll), the fill lock still held.
+    pub fn ask_lease_again(&mut self) {
+        self.stage.ask_lease_again();
+    }
+
+    /// A lease operation request waits for the lease location's answer.
+    pub fn lease_op(&mut self) {
+        *self.stage = Stage::LeaseOp;
+    }
+
+    /// The refresh is prepared; the stale copy's EXPIRE was sent and is waited for.
+    pub fn persisting(&mut self, refresh: PendingRefresh) {
+        *self.stage = Stage::Persisting {
+            refresh: Box::new(refresh),
+        };
+    }
+
+    /// The refresh is prepared: the layer is done, the refresh is sent at the next step.
+    pub fn refreshing(&mut self, refresh: PendingRefresh) {
+        *self.stage = Stage::Refreshing {
+            refresh: Box::new(refresh),
+        };
+    }
+
+    /// The PERSIST/EXPIRE answered: the refresh is sent at the next step.
+    pub fn persisted(&mut self) {
+        self.stage.persisted();
     }
 
     pub fn mark_refresh(&mut self) {
@@ -337,8 +432,9 @@ impl RequestState {
         self.lease_op = true;
     }
 
+    /// The body being read is whole (`Phase::BodyRead`).
     pub fn body_is_read(&mut self) {
-        self.body_read = true;
+        self.stage.body_read();
     }
 
     /// The zone the settings name, as the request starts asking at `now`.
@@ -389,19 +485,20 @@ impl RequestState {
     }
 
     /// srcache missed an expected entry: collapse from PRECONTENT, reported GONE meanwhile.
+    /// (Only requests the layer let through expecting an entry get here: none holds a lock.)
     pub fn srcache_missed(&mut self, now: u64) {
         self.reached = Reached::SrcacheMissed;
         self.lookup_started = now;
         self.status = Some(CacheStatus::Gone);
-        self.phase = Phase::Missed;
+        *self.stage = Stage::Missed;
     }
 
     /// One budget for all the waits of this request, however often it is woken.
     pub fn wait_deadline(&mut self, from_now: u64, budget: u64) -> u64 {
-        if self.wait.deadline == 0 {
-            self.wait.deadline = from_now + budget;
+        if self.wait_deadline == 0 {
+            self.wait_deadline = from_now + budget;
         }
-        self.wait.deadline
+        self.wait_deadline
     }
 
     pub fn set_wake_delay(&mut self, ms: Option<u64>) {
@@ -442,41 +539,41 @@ impl RequestState {
         self.refetched = true;
     }
 
-    pub fn take_fill(&mut self, lock: HeldLock) {
-        self.fill = Some(lock);
-    }
-
-    /// The fill lock, to complete it with its outcome.
+    /// The fill lock, to complete it with its outcome (the layer is then done).
     pub fn give_up_fill(&mut self) -> Option<HeldLock> {
-        self.fill.take()
+        self.stage.take_fill()
     }
 
-    /// The refresh lock and slot, for a refresh about to be prepared.
-    pub fn hold_refresh(&mut self, hold: RefreshHold) {
-        self.refresh_hold = Some(Box::new(hold));
-    }
-
-    /// The refresh lock and slot, to prepare the refresh or hand the lock over.
+    /// The refresh lock and slot, to prepare the refresh or hand the lock over (the layer
+    /// is then done).
     pub fn take_refresh_hold(&mut self) -> Option<RefreshHold> {
-        self.refresh_hold.take().map(|hold| *hold)
+        self.stage.take_refresh_hold().map(|hold| *hold)
     }
 
-    pub fn set_refresh(&mut self, pending: Option<PendingRefresh>) {
-        self.refresh = pending.map(Box::new);
-    }
-
+    /// The prepared refresh, to send now (the layer is then done).
     pub fn take_refresh(&mut self) -> Option<PendingRefresh> {
-        self.refresh.take().map(|pending| *pending)
+        self.stage.take_refresh().map(|pending| *pending)
     }
 
     pub fn set_purge(&mut self, purge: Purge) {
         self.purge = Some(Box::new(purge));
     }
 
-    /// What is left of the request when it ends: its fill lock and its unsent refresh (the
-    /// rest is released when the state is dropped).
+    /// What is left of the request when it ends: its fill lock and its unsent refresh; a
+    /// wait stops now (the rest is released when the state is dropped).
     pub fn take_end(&mut self) -> (Option<HeldLock>, Option<PendingRefresh>) {
-        (self.fill.take(), self.take_refresh())
+        let (fill, refresh) = self.stage.take_end();
+        (fill, refresh.map(|pending| *pending))
+    }
+}
+
+impl Drop for RequestState {
+    fn drop(&mut self) {
+        if self.stage.holds_anything() {
+            // SAFETY: the stage is dropped once, here, as the state goes; nothing reads it
+            // afterwards.
+            unsafe { ManuallyDrop::drop(&mut self.stage) };
+        }
     }
 }
 
@@ -500,6 +597,10 @@ fn end_handler() -> EndFn {
 /// nginx aligns pool allocations to a machine word.
 const POOL_ALIGNMENT: usize = core::mem::size_of::<usize>();
 const _: () = assert!(core::mem::align_of::<RequestState>() <= POOL_ALIGNMENT);
+// Every request that reaches the layer allocates its state from its pool (fresh hits too):
+// cold data is boxed. 672 bytes on 64-bit targets before the phases carried their data (520
+// since); raise this deliberately, not by accident.
+const _: () = assert!(core::mem::size_of::<RequestState>() <= 672);
 
 /// The state of main request `r`, created on first use; `None` if the pool is exhausted.
 pub fn attach(r: &mut ngx_http_request_t) -> Option<NonNull<RequestState>> {

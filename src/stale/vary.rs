@@ -13,7 +13,7 @@ use ngx::http::HttpModuleLocationConf;
 use super::error::StaleError;
 use super::http_mode::{list_lines, response_headers};
 use super::lookup;
-use super::state::{self, Next, Phase, RequestState};
+use super::state::{self, Next, RequestState};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -213,7 +213,7 @@ fn start_lookup(
         (settings.ttl_uri.clone(), key_argument(&settings.key))
     };
     lookup::start(state.capture_mut(), req, &ttl_uri, &args)?;
-    state.enter(Phase::LookingUp);
+    state.looking_up();
     Ok(Next::Return(AGAIN))
 }
 

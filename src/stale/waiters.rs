@@ -78,8 +78,6 @@ pub struct Wait {
     waited_token: u64,
     /// Registered in the waiter registry.
     registered: bool,
-    /// When this request stops waiting for fills, whatever happens (0: not waiting yet).
-    pub deadline: u64,
     /// Woken, but the posted wake-up event has not run yet.
     pub wake_pending: bool,
     /// When a wake-up resumed this request (precise clock; 0: never woken).
@@ -108,7 +106,6 @@ impl Wait {
             zone: None,
             waited_token: 0,
             registered: false,
-            deadline: 0,
             wake_pending: false,
             resumed_ms: 0,
             ended: WaitEnd::None,
@@ -154,6 +151,14 @@ impl Wait {
     /// The request this wait belongs to.
     pub fn request(&self) -> *mut ngx_http_request_t {
         self.r
+    }
+}
+
+impl Drop for Wait {
+    /// A wait that goes (the request ended, or decided) leaves no registration, timer or
+    /// posted event behind.
+    fn drop(&mut self) {
+        stop_waiting(self);
     }
 }
 

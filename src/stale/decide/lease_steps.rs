@@ -6,7 +6,7 @@ use ngx::ffi::{ngx_http_request_t, NGX_HTTP_NO_CONTENT};
 
 use super::super::conf::StaleCacheConf;
 use super::super::error::warn;
-use super::super::lease::{self, LeaseStep};
+use super::super::lease;
 use super::super::state::{Next, Phase, RequestState};
 use super::{finish_stale, refetch, Step};
 use crate::collapse::refresh_lock_ms;
@@ -17,56 +17,47 @@ use crate::nginx::util::{now_ms, request_log, AGAIN};
 use crate::policy::CacheStatus;
 
 /// Asks the fleet lease before a fill (`fill`) or a refresh, unless none is configured or it
-/// was settled for this request; `true` when the request now waits for its answer.
+/// was settled for this request; `true` when the request now waits for its answer (the
+/// caller then moves it to the lease with what it holds: `lease_for_fill`/`_refresh`).
 pub(super) fn ask_lease(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     fill: bool,
 ) -> bool {
     let (lease, capture, settings) = state.lease_and_capture();
-    if !lease.wanted(settings) || !lease::ask_first(lease, capture, req, settings, fill) {
-        return false;
-    }
-    state.enter(Phase::Lease);
-    true
+    lease.wanted(settings) && lease::ask_first(lease, capture, req, settings, fill)
 }
 
-/// `Phase::Lease`: the lease's answer, a poll due, or a lease operation's answer.
+/// The lease phases (`phase`): the lease's answer, a poll due, or a lease operation's
+/// answer.
 pub fn lease_step(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
+    phase: Phase,
 ) -> Step {
-    let step = state.lease().step;
-    let asked = matches!(
-        step,
-        LeaseStep::FillAsk | LeaseStep::RefreshAsk | LeaseStep::OpAsk
-    );
-    if asked && !state.capture().done {
+    if phase != Phase::LeasePoll && !state.capture().done {
         return Ok(Next::Return(AGAIN));
     }
-    match step {
-        LeaseStep::FillAsk => Ok(after_fill_answer(state, req, scf)),
-        LeaseStep::RefreshAsk => Ok(after_refresh_answer(state, req, scf)),
-        LeaseStep::OpAsk => {
-            let (lease, capture, _) = state.lease_and_capture();
-            lease::op_answered(lease, capture, req);
-            state.enter(Phase::Done);
+    match phase {
+        Phase::LeaseFillAsk => Ok(after_fill_answer(state, req, scf)),
+        Phase::LeaseRefreshAsk => Ok(after_refresh_answer(state, req, scf)),
+        Phase::LeaseOpAsk => {
+            lease::op_answered(state.capture(), req);
+            state.done();
             Ok(Next::Return(NGX_HTTP_NO_CONTENT as _))
         }
         // Until the timer fires, other events (a writable socket) must not move the request.
-        LeaseStep::PollWait => Ok(Next::Return(AGAIN)),
-        LeaseStep::PollDue => {
+        Phase::LeasePoll if !state.lease().poll_due() => Ok(Next::Return(AGAIN)),
+        Phase::LeasePoll => {
             let (lease, capture, settings) = state.lease_and_capture();
-            if lease::ask(lease, capture, req, settings, Op::Fill, LeaseStep::FillAsk) {
+            if lease::ask(lease, capture, req, settings, Op::Fill) {
+                state.ask_lease_again();
                 return Ok(Next::Return(AGAIN));
             }
             Ok(settle_fill(state, CacheStatus::Miss))
         }
-        LeaseStep::Idle => {
-            state.enter(Phase::Done);
-            Ok(Next::Continue)
-        }
+        _ => unreachable!("the driver calls this in the lease phases only"),
     }
 }
 
@@ -93,7 +84,7 @@ fn after_fill_answer(
         answer
     );
     let now = now_ms();
-    let deadline = state.wait().deadline;
+    let deadline = state.wait_deadline_ms();
     let poll_ms = lease::poll_interval(state.lease());
     match lease_fill(answer.ok(), now, deadline, poll_ms, state.after_fetch()) {
         LeaseFill::FillKeeping => {
@@ -138,6 +129,7 @@ fn after_fill_answer(
         LeaseFill::Poll { ms } => {
             state.lease_mut().count_poll();
             lease::arm_poll(state.lease_mut(), req, ms);
+            state.poll_lease();
             Next::Return(AGAIN)
         }
     }
@@ -184,12 +176,18 @@ fn after_refresh_answer(
                 hold.lock
                     .hand_over(refresh_lock_ms(state.ttl(), false, LEASE_MS));
             }
-            state.enter(Phase::Done);
+            state.done();
             return Next::Continue;
         }
     }
     // (A body to replay was read before any lock: see `driver`.)
-    finish_stale(state, req, scf)
+    match state.take_refresh_hold() {
+        Some(hold) => finish_stale(state, req, scf, hold),
+        None => {
+            state.done();
+            Next::Continue
+        }
+    }
 }
 
 /// A request of this nginx to itself running a lease operation (renew, release, pass):
@@ -208,10 +206,10 @@ pub(super) fn lease_op_request(
         return Some(no_content);
     };
     state.set_settings(settings);
-    let (lease, capture, settings) = state.lease_and_capture();
-    if !lease::send_op(&ask, lease, capture, req, settings) {
+    let (_, capture, settings) = state.lease_and_capture();
+    if !lease::send_op(&ask, capture, req, settings) {
         return Some(no_content);
     }
-    state.enter(Phase::Lease);
+    state.lease_op();
     Some(Next::Return(AGAIN))
 }

@@ -66,7 +66,7 @@ pub(super) fn go_local(
         local::Copy::Stale => {
             if let Some(lock) = take_fill_lock(state, zone) {
                 local::filling(state);
-                state.take_fill(lock);
+                state.filling(lock);
                 zone.count(Counter::FillsStarted);
                 state.finish(CacheStatus::Miss);
             }

@@ -14,8 +14,8 @@ use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
 use super::conf::StaleCacheConf;
 use super::error::{warn, StaleError};
-use super::refresh::{self, has_body};
-use super::state::{Next, Phase, RefreshHold, RequestState};
+use super::refresh;
+use super::state::{Next, RefreshHold, RequestState};
 use super::waiters::{lock_request, new_token, owner_alive, zone_full, HeldLock};
 use super::{hot, http_request, local, lookup, memo_age};
 use crate::collapse::{after_lock, refresh_lock_ms};
@@ -37,7 +37,7 @@ use local_steps::{go_local, lookup_away, served_kept_copy};
 use refetch::refetch;
 use ttl::ttl_of;
 pub use waiting::give_up_waiting;
-use waiting::wait_for;
+use waiting::{try_backend_now, wait_for};
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
 /// locks, then the TTL lookup.
@@ -198,7 +198,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
                 (settings.ttl_uri.clone(), key_argument(&settings.key))
             };
             lookup::start(state.capture_mut(), req, &ttl_uri, &args)?;
-            state.enter(Phase::LookingUp);
+            state.looking_up();
             Ok(Next::Return(AGAIN))
         }
     }
@@ -320,9 +320,7 @@ fn serve_stale(
     persist: bool,
     now: u64,
 ) -> Next {
-    if has_body(req) && !state.body_read() {
-        return Next::Continue; // never reached: bodies are read before the first step
-    }
+    // (A body to replay was read before the first step: see `driver`.)
     let settings = state.settings();
     let key = settings.key.clone();
     let Some(slot) = refresh::take_slot(req, scf, &key) else {
@@ -361,16 +359,17 @@ fn serve_stale(
         Short(&key),
         lock_ms
     );
-    state.hold_refresh(RefreshHold {
+    let hold = RefreshHold {
         lock: HeldLock::new(zone, key, token),
         slot,
         persist,
-    });
+    };
     if ask_lease(state, req, false) {
         // One refresh per fleet: the lease is asked first (it goes on in `lease_step`).
+        state.lease_for_refresh(hold);
         return Next::Return(AGAIN);
     }
-    finish_stale(state, req, scf)
+    finish_stale(state, req, scf, hold)
 }
 
 /// The stale path once the refresh lock is held (the body, if any, is read): prepare the
@@ -379,16 +378,14 @@ fn finish_stale(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
+    hold: RefreshHold,
 ) -> Next {
-    state.enter(Phase::Done);
-    let Some(RefreshHold {
+    state.done();
+    let RefreshHold {
         lock,
         slot,
         persist,
-    }) = state.take_refresh_hold()
-    else {
-        return Next::Continue;
-    };
+    } = hold;
     let token = lock.token();
     let pending = refresh::prepare(
         lock,
@@ -399,13 +396,12 @@ fn finish_stale(
         scf,
         state.validators(),
     );
-    state.set_refresh(pending);
     if state.in_grace() {
-        return try_backend_now(state, req, token);
+        return try_backend_now(state, req, token, pending);
     }
-    if !state.has_refresh() {
+    let Some(pending) = pending else {
         return Next::Continue;
-    }
+    };
     let settings = state.settings();
     let step = keep_copy(
         state.ttl(),
@@ -414,7 +410,10 @@ fn finish_stale(
         settings.lock_exptime_ms,
     );
     let (uri, args) = match step {
-        KeepCopy::Nothing => return Next::Continue,
+        KeepCopy::Nothing => {
+            state.refreshing(pending);
+            return Next::Continue;
+        }
         KeepCopy::Expire(secs) => {
             let mut args = key_argument(&settings.key);
             args.extend_from_slice(format!("&ttl={secs}").as_bytes());
@@ -422,29 +421,10 @@ fn finish_stale(
         }
     };
     if lookup::start(state.capture_mut(), req, &uri.unwrap_or_default(), &args).is_err() {
+        state.refreshing(pending);
         return Next::Continue;
     }
-    state.enter(Phase::Persisting);
-    Next::Return(AGAIN)
-}
-
-/// In the error grace band, the request holding the key's fill lock asks the backend through
-/// a refresh sent now (the stored copy stays untouched in Redis meanwhile), and waits for it
-/// like every other request of the key: when it ends, all are served the new copy if it was
-/// stored, or the old one if the backend failed (`HeldLock::end_refresh` leaves the marks).
-fn try_backend_now(
-    state: &mut RequestState,
-    req: &mut ngx_http_request_t,
-    token: core::num::NonZeroU64,
-) -> Next {
-    let (Some(pending), Some(zone)) = (state.take_refresh(), state.zone()) else {
-        // No refresh could be prepared (logged): the stored copy it is.
-        state.finish(CacheStatus::StaleError);
-        return Next::Continue;
-    };
-    refresh::send(pending);
-    let budget = state.wait().deadline.saturating_sub(now_ms()).max(1);
-    wait_for(state, req, zone, token.get(), budget);
+    state.persisting(pending);
     Next::Return(AGAIN)
 }
 
@@ -457,6 +437,7 @@ pub fn after_wake(
     scf: &StaleCacheConf,
 ) -> Step {
     let zone = state.zone().expect("the zone is known before waiting");
+    state.note_wake();
     if let Some(next) = local_steps::served_after_wake(state, req) {
         return Ok(next);
     }
@@ -509,25 +490,27 @@ pub(super) fn fill_or_wait(
                 state.finish(CacheStatus::StaleError);
                 return Next::Continue;
             };
-            state.hold_refresh(RefreshHold {
+            let hold = RefreshHold {
                 lock,
                 slot,
                 persist: false,
-            });
-            return finish_stale(state, req, scf);
+            };
+            return finish_stale(state, req, scf, hold);
         }
         FillStep::Fill => {
             // Its store is noted, to keep on this node if Redis is (or was just) away.
             local::filling(state);
-            state.take_fill(HeldLock::new(zone, key, token));
+            let lock = HeldLock::new(zone, key, token);
             zone.count(Counter::FillsStarted);
             if ask_lease(state, req, true) {
                 // One fill per fleet: the lease is asked first (it goes on in `lease_step`).
+                state.lease_for_fill(lock);
                 return Next::Return(AGAIN);
             }
+            state.filling(lock);
         }
         FillStep::Served { refetch: again } => {
-            let resumed = state.wait().resumed_ms;
+            let resumed = state.resumed_ms();
             if resumed != 0 {
                 state.set_wake_delay(stored_at.map(|at| resumed.saturating_sub(at)));
             }

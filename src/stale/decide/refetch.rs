@@ -26,8 +26,7 @@ pub fn refetch(state: &mut RequestState, req: &ngx_http_request_t, status: Cache
         request_log(req),
         "stale_cache: fetching again after the fill"
     );
-    let r = state.request();
-    state.wait_mut().post(r, refetch_event_handler);
+    state.post_refetch(refetch_event_handler);
     Next::Return(AGAIN)
 }
 

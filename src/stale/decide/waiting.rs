@@ -3,11 +3,11 @@
 
 use ngx::ffi::ngx_http_request_t;
 
-use super::super::state::{Phase, RequestState};
-use super::super::waiters::start_waiting;
+use super::super::refresh::{self, PendingRefresh};
+use super::super::state::{Next, RequestState};
 use crate::metrics::Counter;
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::request_log;
+use crate::nginx::util::{now_ms, request_log, AGAIN};
 use crate::nginx::zone::ZoneRef;
 use crate::policy::CacheStatus;
 
@@ -19,9 +19,7 @@ pub(super) fn wait_for(
     holder: u64,
     budget: u64,
 ) {
-    state.enter(Phase::Waiting);
-    let key = state.settings().key.clone();
-    start_waiting(state.wait_mut(), req, zone, &key, holder, budget);
+    state.wait_for_fill(req, zone, holder, budget);
 }
 
 /// `$cache_lock_timeout` is over: go on without the fill (logged at warn, rate-limited).
@@ -47,4 +45,25 @@ pub fn give_up_waiting(state: &mut RequestState, req: &ngx_http_request_t) {
             Short(key)
         ),
     );
+}
+
+/// In the error grace band, the request holding the key's fill lock asks the backend through
+/// a refresh sent now (the stored copy stays untouched in Redis meanwhile), and waits for it
+/// like every other request of the key: when it ends, all are served the new copy if it was
+/// stored, or the old one if the backend failed (`HeldLock::end_refresh` leaves the marks).
+pub(super) fn try_backend_now(
+    state: &mut RequestState,
+    req: &mut ngx_http_request_t,
+    token: core::num::NonZeroU64,
+    pending: Option<PendingRefresh>,
+) -> Next {
+    let (Some(pending), Some(zone)) = (pending, state.zone()) else {
+        // No refresh could be prepared (logged): the stored copy it is.
+        state.finish(CacheStatus::StaleError);
+        return Next::Continue;
+    };
+    refresh::send(pending);
+    let budget = state.wait_deadline_ms().saturating_sub(now_ms()).max(1);
+    wait_for(state, req, zone, token.get(), budget);
+    Next::Return(AGAIN)
 }
