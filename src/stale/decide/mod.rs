@@ -201,12 +201,12 @@ pub fn after_lookup(
     let (mut ttl, entry, vary) = match ttl_of(state, scf.http().is_some()) {
         Ok(answer) => answer,
         // No answer, or a refusal saying Redis does not serve now: collapse on this node.
-        Err(error) if error.redis_away() && local::enabled(req) => {
+        Err(error) if local::saw(req, local::Seen::LookupFailed(&error), now_ms()) => {
             return Ok(lookup_away(state, req, scf, error));
         }
         Err(error) => return Err(error),
     };
-    local::lookup_answered();
+    local::saw(req, local::Seen::LookupAnswered, now_ms());
     if let Some(next) = super::vary::after_answer(state, req, vary, &mut ttl) {
         return next;
     }
