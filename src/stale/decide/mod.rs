@@ -181,13 +181,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             Ok(go_local(state, req, scf, zone))
         }
         FirstLook::LookUp | FirstLook::WaitForFill { .. } | FirstLook::StaleRefreshRunning => {
-            let (ttl_uri, args) = {
-                let settings = state.settings();
-                (settings.ttl_uri.clone(), key_argument(&settings.key))
-            };
-            lookup::start(state.capture_mut(), req, &ttl_uri, &args)?;
-            state.enter(Phase::LookingUp);
-            Ok(Next::Return(AGAIN))
+            super::vary::start_lookup(state, req)
         }
     }
 }
