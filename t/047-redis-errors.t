@@ -517,3 +517,39 @@ is(refusals('/redisttl', 'CLUSTERDOWN'), 1, 'the TTL location: one line');
 --- no_error_log
 [alert]
 [crit]
+
+
+
+=== TEST 16: nginx -t warns of a store location that runs SET and then a separate EXPIRE (a refused SET lets the EXPIRE renew the old body), naming it; not of a location srcache does not store through, nor of one SET ... EX
+--- http_config eval: $::HTTP
+--- config eval
+::config(store => 'pipeline') . <<'_EOC_'
+    location = /notstore { internal; stale_cache_role off; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET k v; stale_cache_redis_command EXPIRE k 10; }
+    location = /atomic { internal; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET k v EX 10; }
+_EOC_
+--- request
+GET /api/warned
+--- response_body
+backend GET /api/warned hit 1
+--- check
+my $t = nginx_t_output();
+like($t, qr/test is successful/, 'nginx -t passes: a warning, not an error');
+my @warn = grep { /\[warn\]/ } split /\n/, $t;
+is(scalar(grep { /stale_cache: location "\/redis2" stores srcache's entries with SET and then a separate EXPIRE: when Redis refuses the SET \(e\.g\. -OOM when it is full\), the EXPIRE still renews the old body, which is then served as fresh again; store with one command: "stale_cache_redis_command SET key body EX ttl;"/ } @warn),
+   1, 'one warning naming /redis2, the risk and the fix') or diag($t);
+is(scalar @warn, 1, 'nothing of /notstore (not a store location) or /atomic (SET ... EX)') or diag($t);
+
+
+
+=== TEST 17: nginx -t: the store location as nginx-conf/ ships it (one SET ... EX) is not warned of
+--- http_config eval: $::HTTP
+--- config eval: ::config(store => 'atomic')
+--- request
+GET /api/quiet
+--- response_body
+backend GET /api/quiet hit 1
+--- check
+like(nginx_t_output(), qr/test is successful/, 'nginx -t ran');
+unlike(nginx_t_output(), qr/\[warn\]/, 'no warning');

@@ -31,7 +31,7 @@ our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  error_log_count fill_and_stale concurrent_get statuses redis2_locations
                  refreshed metrics metric
                  start_nodes node_ports node_pids node_prefix kill_node node_log_text fleet_get
-                 time_scale);
+                 time_scale nginx_t_output);
 
 my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
 my $SERVROOT = $ENV{TEST_NGINX_SERVROOT} || "$ROOT/t/servroot";
@@ -1239,6 +1239,9 @@ EOF
     print $fh $conf;
     close $fh;
 }
+
+# What the block's `nginx -t` printed (warnings included).
+sub nginx_t_output { slurp("$SERVROOT/logs/nginx-t.out") // '' }
 
 sub nginx_test {    # nginx -t: (ok, output)
     my $out = "$SERVROOT/logs/nginx-t.out";
