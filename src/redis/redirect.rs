@@ -51,7 +51,7 @@ fn slots_error(ctx: &RedisCtx, u: &ngx_http_upstream_t, what: &str) {
     );
 }
 
-/// Steps over `count` whole replies of the prefix (WAIT's, ASKING's: whatever they say, the
+/// Steps over `count` whole replies of the prefix (READONLY's, ASKING's: whatever they say, the
 /// request's own replies follow). `Some(rc)` when process_header must return.
 fn skip(u: &mut ngx_http_upstream_t, count: &mut u8) -> Option<ngx_int_t> {
     while *count > 0 {
@@ -170,7 +170,7 @@ pub(super) fn cluster_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) ->
             }
             // The same node again, after a pause that doubles with each retry.
             let node = NodeAddr::parse(peer_name(u).as_bytes())?;
-            c.delay_ms = RETRY_FIRST_DELAY_MS << c.retries;
+            c.pause.next_ms = RETRY_FIRST_DELAY_MS << c.retries;
             c.retries += 1;
             c.next = Some(node);
             c.redirected = true;
