@@ -62,25 +62,14 @@ sub metric_z {
 }
 
 # A RESP command to a server on $port (the fake one, or the extra master).
-sub resp_to {
-    my ($port, @args) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 3)
-        or die "127.0.0.1:$port: cannot connect: $!\n";
-    my $req = '*' . @args . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @args;
-    syswrite($s, $req) == length $req or die "write: $!\n";
-    my $buf = '';
-    return Test::StaleCache::resp_parse($s, \$buf, time + 5);
-}
+sub resp_to { Test::StaleCache::resp_to(@_) }
 sub fake { resp_to($FAKE_PORT, @_) }
 
 sub start_fake {
     end_replica();
     unfill_redis();
     return if $FAKE_PID && kill 0, $FAKE_PID;
-    $FAKE_PID = Test::StaleCache::spawn("$TEST_NGINX_SERVROOT/logs/fake_redis.log",
-        $ENV{TEST_NGINX_PYTHON} // '/usr/bin/python3', 't/lib/fake_redis.py',
-        '--port', $FAKE_PORT);
-    wait_until(sub { eval { fake('PING') eq 'PONG' } }, 10, 'the fake redis answers');
+    $FAKE_PID = Test::StaleCache::spawn_fake_redis($FAKE_PORT);
 }
 
 # Redis full: noeviction, 2 MB of filler keys, then maxmemory 1mb. Well over the limit, so

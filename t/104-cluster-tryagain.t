@@ -5,7 +5,6 @@
 # one-node cluster (CLUSTER SLOTS: every slot on itself) that refuses GET as told.
 use lib 't/lib';
 use Test::StaleCache;
-use IO::Socket::INET;
 
 our $FAKE_PORT = $ENV{TEST_NGINX_FAKE_PORT} = pick_port();
 our $FAKE_PID;
@@ -27,22 +26,11 @@ sub config {
     return $c;
 }
 
-sub fake {
-    my @args = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $FAKE_PORT, Timeout => 3)
-        or die "127.0.0.1:$FAKE_PORT: cannot connect: $!\n";
-    my $req = '*' . @args . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @args;
-    syswrite($s, $req) == length $req or die "write: $!\n";
-    my $buf = '';
-    return Test::StaleCache::resp_parse($s, \$buf, time + 5);
-}
+sub fake { Test::StaleCache::resp_to($FAKE_PORT, @_) }
 
 sub start_fake {
     return if $FAKE_PID && kill 0, $FAKE_PID;
-    $FAKE_PID = Test::StaleCache::spawn("$TEST_NGINX_SERVROOT/logs/fake_redis.log",
-        $ENV{TEST_NGINX_PYTHON} // '/usr/bin/python3', 't/lib/fake_redis.py',
-        '--port', $FAKE_PORT);
-    wait_until(sub { eval { fake('PING') eq 'PONG' } }, 10, 'the fake redis answers');
+    $FAKE_PID = Test::StaleCache::spawn_fake_redis($FAKE_PORT);
     fake('FAKE.RESET');
 }
 

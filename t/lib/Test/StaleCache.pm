@@ -615,10 +615,14 @@ sub resp_parse {
     die "redis: bad reply type '$type'\n";
 }
 
-sub redis {
-    my @args = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $PORT{redis},
-                                  Timeout => 3) or die "redis: cannot connect: $!\n";
+sub redis { resp_to($PORT{redis}, @_) }
+
+# One command to the RESP server on 127.0.0.1:$port (the harness's Redis, a fake one, a
+# cluster node); its reply (dies on an error reply).
+sub resp_to {
+    my ($port, @args) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Timeout => 3) or die "redis $port: cannot connect: $!\n";
     for (@args) { $_ //= ''; utf8::downgrade($_, 1) or utf8::encode($_) }
     my $req = '*' . @args . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @args;
     while (length $req) {
@@ -1242,6 +1246,15 @@ EOF
 
 # What the block's `nginx -t` printed (warnings included).
 sub nginx_t_output { slurp("$SERVROOT/logs/nginx-t.out") // '' }
+
+# Starts t/lib/fake_redis.py on $port (its log in the servroot); its pid, once it answers.
+sub spawn_fake_redis {
+    my ($port) = @_;
+    my $pid = spawn("$SERVROOT/logs/fake_redis.log", $PYTHON, "$ROOT/t/lib/fake_redis.py",
+                    '--port', $port);
+    wait_until(sub { eval { resp_to($port, 'PING') eq 'PONG' } }, 10, 'the fake redis answers');
+    return $pid;
+}
 
 sub nginx_test {    # nginx -t: (ok, output)
     my $out = "$SERVROOT/logs/nginx-t.out";
