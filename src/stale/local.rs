@@ -7,6 +7,9 @@
 //!
 //! One call site keeps a copy: `keep_refused_store`, from the store subrequest's answer, for
 //! any store that did not store (Redis down, in backoff, or refusing).
+//!
+//! Whether Redis is away is decided in one place, `saw`, from what its callers report: a TTL
+//! lookup's answer or failure, a store that did not store.
 
 use core::cell::Cell;
 
