@@ -15,6 +15,7 @@ mod ctx;
 mod directives;
 pub mod handler;
 pub mod module;
+mod pause;
 mod redirect;
 mod refusal;
 mod reply;

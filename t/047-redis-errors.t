@@ -62,25 +62,14 @@ sub metric_z {
 }
 
 # A RESP command to a server on $port (the fake one, or the extra master).
-sub resp_to {
-    my ($port, @args) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 3)
-        or die "127.0.0.1:$port: cannot connect: $!\n";
-    my $req = '*' . @args . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @args;
-    syswrite($s, $req) == length $req or die "write: $!\n";
-    my $buf = '';
-    return Test::StaleCache::resp_parse($s, \$buf, time + 5);
-}
+sub resp_to { Test::StaleCache::resp_to(@_) }
 sub fake { resp_to($FAKE_PORT, @_) }
 
 sub start_fake {
     end_replica();
     unfill_redis();
     return if $FAKE_PID && kill 0, $FAKE_PID;
-    $FAKE_PID = Test::StaleCache::spawn("$TEST_NGINX_SERVROOT/logs/fake_redis.log",
-        $ENV{TEST_NGINX_PYTHON} // '/usr/bin/python3', 't/lib/fake_redis.py',
-        '--port', $FAKE_PORT);
-    wait_until(sub { eval { fake('PING') eq 'PONG' } }, 10, 'the fake redis answers');
+    $FAKE_PID = Test::StaleCache::spawn_fake_redis($FAKE_PORT);
 }
 
 # Redis full: noeviction, 2 MB of filler keys, then maxmemory 1mb. Well over the limit, so
@@ -517,3 +506,39 @@ is(refusals('/redisttl', 'CLUSTERDOWN'), 1, 'the TTL location: one line');
 --- no_error_log
 [alert]
 [crit]
+
+
+
+=== TEST 16: nginx -t warns of a store location that runs SET and then a separate EXPIRE (a refused SET lets the EXPIRE renew the old body), naming it; not of a location srcache does not store through, nor of one SET ... EX
+--- http_config eval: $::HTTP
+--- config eval
+::config(store => 'pipeline') . <<'_EOC_'
+    location = /notstore { internal; stale_cache_role off; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET k v; stale_cache_redis_command EXPIRE k 10; }
+    location = /atomic { internal; stale_cache_redis_pass redis;
+        stale_cache_redis_command SET k v EX 10; }
+_EOC_
+--- request
+GET /api/warned
+--- response_body
+backend GET /api/warned hit 1
+--- check
+my $t = nginx_t_output();
+like($t, qr/test is successful/, 'nginx -t passes: a warning, not an error');
+my @warn = grep { /\[warn\]/ } split /\n/, $t;
+is(scalar(grep { /stale_cache: location "\/redis2" stores srcache's entries with SET and then a separate EXPIRE: when Redis refuses the SET \(e\.g\. -OOM when it is full\), the EXPIRE still renews the old body, which is then served as fresh again; store with one command: "stale_cache_redis_command SET key body EX ttl;"/ } @warn),
+   1, 'one warning naming /redis2, the risk and the fix') or diag($t);
+is(scalar @warn, 1, 'nothing of /notstore (not a store location) or /atomic (SET ... EX)') or diag($t);
+
+
+
+=== TEST 17: nginx -t: the store location as nginx-conf/ ships it (one SET ... EX) is not warned of
+--- http_config eval: $::HTTP
+--- config eval: ::config(store => 'atomic')
+--- request
+GET /api/quiet
+--- response_body
+backend GET /api/quiet hit 1
+--- check
+like(nginx_t_output(), qr/test is successful/, 'nginx -t ran');
+unlike(nginx_t_output(), qr/\[warn\]/, 'no warning');

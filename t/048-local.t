@@ -8,32 +8,7 @@ use lib 't/lib';
 use Test::StaleCache;
 use Time::HiRes ();
 use Fleet;
-
-our $HTTP = "    stale_cache_zone srcache_locks 1m;\n";
-our $ADMIN_PORT = Test::StaleCache::pick_port();
-
-# The server block of nginx-conf/$file without its main listen line (the harness adds its
-# own), its admin listener on $ADMIN_PORT, proxying to the harness's backend.
-sub stock {
-    my ($file, $extra) = @_;
-    my $text = Test::StaleCache::slurp("nginx-conf/$file") // die "nginx-conf/$file: $!";
-    my ($server) = $text =~ /\n    server \{\n(.*)\n    \}\n\}\s*\z/s or die "no server in $file";
-    $server =~ s/^\s*listen 127\.0\.0\.1:8080;[^\n]*\n//m or die "no listen 8080 in $file";
-    $server =~ s/listen 127\.0\.0\.1:8099;/listen 127.0.0.1:$::ADMIN_PORT;/ or die "no admin listen in $file";
-    $server =~ s{http://www;}{http://backend;}g;
-    $server =~ s/(stale_cache on;)/$1\n$extra/ if $extra;
-    return $server;
-}
-
-# The http-level lines of nginx-conf/$file the server needs.
-sub stock_http {
-    my ($file) = @_;
-    my $text = Test::StaleCache::slurp("nginx-conf/$file") // die "nginx-conf/$file: $!";
-    my @maps = $text =~ /^(    map [^\n]*\{\n.*?^    \}\n)/msg or die "no map in $file";
-    s/^(\s+)8099 /${1}$::ADMIN_PORT /m for @maps;
-    return $::HTTP . join('', map { "$_\n" } $text =~ /^(\s*stale_cache_redis_variable [^\n]*)$/mg)
-        . join('', @maps);
-}
+use StockConf;
 
 # $n concurrent GETs of $path: the responses, each checked to be a 200 from the backend's body.
 # With $bad (an array ref), the failures are added to it instead of being a test each.
@@ -50,8 +25,7 @@ sub burst {
 # stale_cache_requests_total of $status, from the admin listener's /metrics.
 sub requests_total {
     my ($status) = @_;
-    my ($r) = Test::StaleCache::run_jobs([{ port => $::ADMIN_PORT,
-        reqs => [Test::StaleCache::build_request('GET /metrics')] }], 10);
+    my $r = at_port($::ADMIN_PORT, 'GET /metrics');
     my ($n) = ($r->{body} // '') =~ /^stale_cache_requests_total\{[^}]*status="\Q$status\E"[^}]*\} (\d+)/m;
     return $n // 0;
 }

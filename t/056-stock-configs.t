@@ -6,44 +6,7 @@
 # why, where the modules cannot be built.
 use lib 't/lib';
 use Test::StaleCache;
-
-our $HTTP = "    stale_cache_zone srcache_locks 1m;\n";
-
-# The admin listener of the shipped configs (their 8099: /metrics and PURGE answer only there).
-our $ADMIN_PORT = Test::StaleCache::pick_port();
-
-# The server block of nginx-conf/$file without its main listen line (the harness adds its
-# own), its admin listener on $ADMIN_PORT, proxying to the harness's backend; $extra goes
-# into /api after its "set"s.
-sub stock {
-    my ($file, $extra) = @_;
-    my $text = Test::StaleCache::slurp("nginx-conf/$file") // die "nginx-conf/$file: $!";
-    my ($server) = $text =~ /\n    server \{\n(.*)\n    \}\n\}\s*\z/s or die "no server in $file";
-    $server =~ s/^\s*listen 127\.0\.0\.1:8080;[^\n]*\n//m or die "no listen 8080 in $file";
-    $server =~ s/listen 127\.0\.0\.1:8099;/listen 127.0.0.1:$::ADMIN_PORT;/ or die "no admin listen in $file";
-    $server =~ s{http://www;}{http://backend;}g;
-    $server =~ s/(stale_cache on;)/$1\n$extra/ if $extra;
-    return $server;
-}
-
-# The http-level lines of nginx-conf/$file the server needs (the module's key variables, the
-# maps of the admin listener's guard).
-sub stock_http {
-    my ($file) = @_;
-    my $text = Test::StaleCache::slurp("nginx-conf/$file") // die "nginx-conf/$file: $!";
-    my @maps = $text =~ /^(    map [^\n]*\{\n.*?^    \}\n)/msg or die "no map in $file";
-    my $admin = grep { s/^(\s+)8099 /${1}$::ADMIN_PORT /m } @maps;
-    die "no map of the admin port in $file" unless $admin;
-    return $::HTTP . join('', map { "$_\n" } $text =~ /^(\s*stale_cache_redis_variable [^\n]*)$/mg)
-        . join('', @maps);
-}
-
-# One request ("METHOD /path") to 127.0.0.1:$port.
-sub at_port {
-    my ($port, $line, $headers) = @_;
-    my $req = Test::StaleCache::build_request($line, $headers);
-    return (Test::StaleCache::run_jobs([{ port => $port, reqs => [$req] }], 10))[0];
-}
+use StockConf;
 
 # A reverse proxy on this host in front of the main listener, as a TLS terminator or another
 # nginx would be: every request it forwards comes from 127.0.0.1.
@@ -89,8 +52,9 @@ sub check_set_cookie {
     is(redis('EXISTS', redis_key('/api/sc')), 0, 'nothing stored for the Set-Cookie response');
     like(redis('GET', redis_key('/api/plain')) // '', qr/hit 1\n\z/, 'a plain response is stored');
     # Its fetch and store locations have roles (native GET/SET, or stale_cache_role).
-    unlike(Test::StaleCache::slurp("$ENV{TEST_NGINX_SERVROOT}/logs/nginx-t.out") // '',
-           qr/no location has a role/, 'nginx -t: no legacy notice');
+    my $t = nginx_t_output();
+    unlike($t, qr/no location has a role/, 'nginx -t: no legacy notice');
+    unlike($t, qr/\[warn\]/, 'nginx -t: no warning');
 }
 
 sub check_keepalive {

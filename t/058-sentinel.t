@@ -128,6 +128,7 @@ open my $fh, '>', $file or die $!; print $fh $m; close $fh;
 my $out = `promtool check metrics < $file 2>&1`;
 is($?, 0, 'promtool check metrics: exit 0');
 is($out, '', 'promtool: no problems') or diag($out);
+unlike(nginx_t_output(), qr/\[warn\]/, 'nginx -t: the shipped file warns of nothing');
 --- no_error_log
 [warn]
 --- error_log

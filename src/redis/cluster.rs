@@ -146,6 +146,8 @@ unsafe extern "C" fn init_peer(
     u.peer.free = Some(free_peer);
     // Each seed once, and the redirections on top.
     u.peer.tries += ngx_uint_t::from(REDIRECT_LIMIT);
+    // A try after `-TRYAGAIN`/`-CLUSTERDOWN` sends its request after a pause.
+    super::pause::install(u, r, &mut ctx.cluster.pause);
 
     let c = &mut ctx.cluster;
     c.on = true;
@@ -167,27 +169,14 @@ const ASKING: &[u8] = b"*1\r\n$6\r\nASKING\r\n";
 const READONLY: &[u8] = b"*1\r\n$8\r\nREADONLY\r\n";
 const CLUSTER_SLOTS: &[u8] = b"*2\r\n$7\r\nCLUSTER\r\n$5\r\nSLOTS\r\n";
 
-/// Sets the request's buffers for this try: a pause after `-TRYAGAIN`/`-CLUSTERDOWN`, CLUSTER
-/// SLOTS while this request refreshes the map, ASKING after an `-ASK` (it covers the one
-/// command after it), then its own commands.
+/// Sets the request's buffers for this try: READONLY for a replica, CLUSTER SLOTS while this
+/// request refreshes the map, ASKING after an `-ASK` (it covers the one command after it),
+/// then its own commands. (A pause after `-TRYAGAIN`/`-CLUSTERDOWN` holds them back: `pause`.)
 pub(super) fn build_prefix(r: &mut ngx_http_request_t, c: &mut ClusterReq) -> bool {
     let mut head = ptr::null_mut();
     let mut tail = &mut head as *mut *mut _;
     c.skip_before = 0;
-    if c.delay_ms > 0 {
-        // The pause is the node's: WAIT for more replicas than exist blocks this connection
-        // (only) for the timeout, so the worker never sleeps and no timer is needed.
-        let ms = c.delay_ms.to_string();
-        let wait = format!(
-            "*3\r\n$4\r\nWAIT\r\n$7\r\n1000000\r\n${}\r\n{ms}\r\n",
-            ms.len()
-        );
-        if !push_bytes(r.pool, &mut tail, wait.as_bytes()) {
-            return false;
-        }
-        c.skip_before = 1;
-        c.delay_ms = 0;
-    }
+    c.pause.new_try();
     if c.replica_ok && c.next.is_none() && !c.asking {
         // A replica of the key's slot, if the map knows one (they take turns).
         let replica = c.slot.and_then(|slot| {

@@ -7,12 +7,14 @@ use std::collections::HashMap;
 
 use ngx::ffi::ngx_chain_t;
 
+use super::pause::Pause;
 pub use crate::cluster::Cluster;
 use crate::cluster::NodeAddr;
 
 /// Redirections one request follows before it fails open like any Redis error.
 pub const REDIRECT_LIMIT: u8 = 5;
-/// Tries again after `-TRYAGAIN` or `-CLUSTERDOWN`, waiting 10, 20, then 40 ms before each.
+/// Tries again after `-TRYAGAIN` or `-CLUSTERDOWN`, waiting 10, 20, then 40 ms before each
+/// (a timer on the request: `pause`).
 pub const RETRY_LIMIT: u8 = 3;
 pub const RETRY_FIRST_DELAY_MS: u32 = 10;
 
@@ -30,11 +32,11 @@ pub struct ClusterReq {
     pub next: Option<NodeAddr>,
     /// The next try starts with ASKING (after `-ASK`).
     pub asking: bool,
-    /// The current try's prefix: replies before the map (WAIT's) and after it (ASKING's).
+    /// The current try's prefix: replies before the map (READONLY's) and after it (ASKING's).
     pub skip_before: u8,
     pub skip_after: u8,
-    /// The next try first waits this long on the node (after `-TRYAGAIN`/`-CLUSTERDOWN`).
-    pub delay_ms: u32,
+    /// The pause before a try (after `-TRYAGAIN`/`-CLUSTERDOWN`).
+    pub pause: Pause,
     /// `-TRYAGAIN`/`-CLUSTERDOWN` retries so far.
     pub retries: u8,
     /// This request holds the worker's refresh of the map.
@@ -65,7 +67,7 @@ impl Default for ClusterReq {
             asking: false,
             skip_before: 0,
             skip_after: 0,
-            delay_ms: 0,
+            pause: Pause::default(),
             retries: 0,
             refresh: false,
             expect_slots: false,

@@ -40,7 +40,18 @@ fn log_of(ctx: &RedisCtx) -> *mut ngx::ffi::ngx_log_t {
     unsafe { (*(*ctx.request).connection).log }
 }
 
-/// Steps over `count` whole replies of the prefix (WAIT's, ASKING's: whatever they say, the
+/// A CLUSTER SLOTS answer that gave no map: logged once per interval.
+fn slots_error(ctx: &RedisCtx, u: &ngx_http_upstream_t, what: &str) {
+    limited(
+        log_of(ctx),
+        NGX_LOG_ERR,
+        "redis cluster slots",
+        Every::Interval,
+        format_args!("stale_cache: redis server {} {what}", peer_name(u)),
+    );
+}
+
+/// Steps over `count` whole replies of the prefix (READONLY's, ASKING's: whatever they say, the
 /// request's own replies follow). `Some(rc)` when process_header must return.
 fn skip(u: &mut ngx_http_upstream_t, count: &mut u8) -> Option<ngx_int_t> {
     while *count > 0 {
@@ -84,16 +95,7 @@ pub(super) fn cluster_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) ->
             }
             Ok(Some(used)) => used,
             Err(NotResp) => {
-                limited(
-                    log_of(ctx),
-                    NGX_LOG_ERR,
-                    "redis cluster slots",
-                    Every::Interval,
-                    format_args!(
-                        "stale_cache: redis server {} sent an invalid CLUSTER SLOTS reply",
-                        peer_name(u)
-                    ),
-                );
+                slots_error(ctx, u, "sent an invalid CLUSTER SLOTS reply");
                 u.peer.tries = 0;
                 return Some(UPSTREAM_INVALID_HEADER);
             }
@@ -103,16 +105,10 @@ pub(super) fn cluster_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) ->
             .map(|(map, _)| map)
             .filter(|map| map.covered() > 0);
         if map.is_none() {
-            limited(
-                log_of(ctx),
-                NGX_LOG_ERR,
-                "redis cluster slots",
-                Every::Interval,
-                format_args!(
-                    "stale_cache: redis server {} answered CLUSTER SLOTS without a slot map \
-                     (is it a cluster node?)",
-                    peer_name(u)
-                ),
+            slots_error(
+                ctx,
+                u,
+                "answered CLUSTER SLOTS without a slot map (is it a cluster node?)",
             );
         }
         let c = &mut ctx.cluster;
@@ -174,7 +170,7 @@ pub(super) fn cluster_header(u: &mut ngx_http_upstream_t, ctx: &mut RedisCtx) ->
             }
             // The same node again, after a pause that doubles with each retry.
             let node = NodeAddr::parse(peer_name(u).as_bytes())?;
-            c.delay_ms = RETRY_FIRST_DELAY_MS << c.retries;
+            c.pause.next_ms = RETRY_FIRST_DELAY_MS << c.retries;
             c.retries += 1;
             c.next = Some(node);
             c.redirected = true;

@@ -20,11 +20,33 @@ pub fn of_location(cf: &ngx_conf_t) -> Option<Role> {
     of_conf(RedisModule::location_conf(cf)?)
 }
 
-fn of_conf(rcf: &RedisConf) -> Option<Role> {
-    let name = |command: &[RedisArg]| match command.first() {
+/// A command's name, upper case, when it is literal.
+fn name(command: &[RedisArg]) -> Option<Vec<u8>> {
+    match command.first() {
         Some(RedisArg::Literal(name)) => Some(name.to_ascii_uppercase()),
         _ => None,
+    }
+}
+
+/// Whether the location being configured stores with a SET and sets the expiry with a later,
+/// separate command (EXPIRE, PEXPIRE, EXPIREAT, PEXPIREAT): Redis runs each on its own, so
+/// when it refuses the SET (`-OOM` when full) the EXPIRE still renews the old body's life.
+pub fn sets_then_expires(cf: &ngx_conf_t) -> bool {
+    let Some(rcf) = RedisModule::location_conf(cf) else {
+        return false;
     };
+    let mut set = false;
+    for command in &rcf.commands {
+        match name(command).as_deref() {
+            Some(b"SET") => set = true,
+            Some(b"EXPIRE" | b"PEXPIRE" | b"EXPIREAT" | b"PEXPIREAT") if set => return true,
+            _ => {}
+        }
+    }
+    false
+}
+
+fn of_conf(rcf: &RedisConf) -> Option<Role> {
     match rcf.commands.as_slice() {
         [only] if name(only).as_deref() == Some(b"GET") => Some(Role::Fetch),
         [first, ..] if matches!(name(first).as_deref(), Some(b"SET" | b"SETEX" | b"PSETEX")) => {

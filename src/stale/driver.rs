@@ -414,14 +414,11 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
             r.headers_out.status,
             end
         );
-        // Not stored in Redis but kept on this node (Redis away): the waiters are answered
-        // from here, no pass mark.
-        if end == FillEnd::NotStored && state.hot_mut().store.is_some() && super::local::enabled(r)
-        {
-            // srcache's store ran for a complete answer and did not store (its location
-            // failed: Redis down or refusing; with redis2/HttpRedis this is how the layer
-            // learns it before a lookup fails): Redis is away for this worker.
-            super::local::lookup_failed(now_ms());
+        // srcache's store ran for a complete answer and did not store: reported (`saw`
+        // decides whether Redis is away); kept on this node if it is, so the waiters are
+        // answered from here, no pass mark.
+        if end == FillEnd::NotStored && state.hot_mut().store.is_some() {
+            super::local::saw(r, super::local::Seen::StoreNotStored, now_ms());
         }
         let kept = super::local::keep_store(&mut state, r);
         // Not stored because Redis is away (the store skipped or refused): no pass mark

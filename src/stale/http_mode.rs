@@ -66,9 +66,17 @@ pub unsafe extern "C" fn set_http(
 }
 
 pub fn declare(cf: *mut ngx_conf_t) -> Option<()> {
-    add_output_variable(cf, "stale_cache_http_skip", Some(skip_variable))?;
-    add_output_variable(cf, "stale_cache_http_exptime", Some(exptime_variable))?;
-    add_output_variable(cf, "stale_cache_http_windows", Some(windows_variable))?;
+    add_output_variable(cf, "stale_cache_http_skip", Some(verdict_variable::<SKIP>))?;
+    add_output_variable(
+        cf,
+        "stale_cache_http_exptime",
+        Some(verdict_variable::<EXPTIME>),
+    )?;
+    add_output_variable(
+        cf,
+        "stale_cache_http_windows",
+        Some(verdict_variable::<WINDOWS>),
+    )?;
     add_output_variable(cf, "stale_cache_http_age", Some(age_variable))?;
     add_output_variable(cf, "stale_cache_http_lookup_script", Some(script_variable))?;
     super::vary::declare(cf)?;
@@ -158,43 +166,25 @@ fn verdict(r: &ngx_http_request_t) -> Option<Verdict> {
     })
 }
 
-unsafe extern "C" fn skip_variable(
-    r: *mut ngx_http_request_t,
-    v: *mut ngx_variable_value_t,
-    _data: usize,
-) -> ngx_int_t {
-    // SAFETY: nginx passes a live request and the value slot being evaluated.
-    let (r, v) = unsafe { (&*r, value_slot(v)) };
-    match verdict(r) {
-        Some(Verdict::Skip(why)) => set_value(v, why.as_str().as_bytes()),
-        _ => set_value(v, b""),
-    }
-    VAR_OK
-}
+/// The variables of the store verdict: `$stale_cache_http_skip` (why not stored, or empty),
+/// `$stale_cache_http_exptime` (the store's life), `$stale_cache_http_windows` (the entry's
+/// windows, and the names it varies on).
+const SKIP: u8 = 0;
+const EXPTIME: u8 = 1;
+const WINDOWS: u8 = 2;
 
-unsafe extern "C" fn exptime_variable(
+unsafe extern "C" fn verdict_variable<const WHICH: u8>(
     r: *mut ngx_http_request_t,
     v: *mut ngx_variable_value_t,
     _data: usize,
 ) -> ngx_int_t {
     // SAFETY: nginx passes a live request and the value slot being evaluated.
     let (r, v) = unsafe { (&*r, value_slot(v)) };
-    match verdict(r) {
-        Some(Verdict::Store(w)) => set_pool_value(r, v, &w.total().to_string()),
-        _ => set_not_found(v),
-    }
-    VAR_OK
-}
-
-unsafe extern "C" fn windows_variable(
-    r: *mut ngx_http_request_t,
-    v: *mut ngx_variable_value_t,
-    _data: usize,
-) -> ngx_int_t {
-    // SAFETY: nginx passes a live request and the value slot being evaluated.
-    let (r, v) = unsafe { (&*r, value_slot(v)) };
-    match verdict(r) {
-        Some(Verdict::Store(w)) => {
+    match (WHICH, verdict(r)) {
+        (SKIP, Some(Verdict::Skip(why))) => set_value(v, why.as_str().as_bytes()),
+        (SKIP, _) => set_value(v, b""),
+        (EXPTIME, Some(Verdict::Store(w))) => set_pool_value(r, v, &w.total().to_string()),
+        (WINDOWS, Some(Verdict::Store(w))) => {
             // A response that varies: its names ride along, for the URL's vary record.
             let names = super::vary::response_vary(r).unwrap_or_default();
             let text = if names.is_empty() {

@@ -7,11 +7,15 @@
 //!
 //! One call site keeps a copy: `keep_refused_store`, from the store subrequest's answer, for
 //! any store that did not store (Redis down, in backoff, or refusing).
+//!
+//! Whether Redis is away is decided in one place, `saw`, from what its callers report: a TTL
+//! lookup's answer or failure, a store that did not store.
 
 use core::cell::Cell;
 
 use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
+use super::error::StaleError;
 use super::hot::{self, local_zone};
 use super::state::RequestState;
 use crate::hotcache::{Plan, Stored};
@@ -35,16 +39,46 @@ thread_local! {
     static LAST_AWAY: Cell<u64> = const { Cell::new(0) };
 }
 
-/// A TTL lookup failed (no answer: Redis down, in backoff, timing out), or a store.
-pub fn lookup_failed(now: u64) {
-    AWAY.set((now.max(1), now));
-    LAST_AWAY.set(now);
+/// What a request met of Redis, as its callers report it; `saw` decides what it means.
+#[derive(Clone, Copy, Debug)]
+pub enum Seen<'a> {
+    /// The TTL lookup answered.
+    LookupAnswered,
+    /// The TTL lookup failed with this error.
+    LookupFailed(&'a StaleError),
+    /// srcache's store ran for a complete answer and did not store (its location failed:
+    /// Redis down or refusing; with redis2/HttpRedis this is how the layer learns it before a
+    /// lookup fails).
+    StoreNotStored,
 }
 
-/// A TTL lookup answered: Redis is back.
-pub fn lookup_answered() {
-    if AWAY.get().0 != 0 {
-        AWAY.set((0, 0));
+/// Whether what was met says Redis is away (`None`: it says Redis answers).
+fn means_away(seen: Seen<'_>) -> Option<bool> {
+    match seen {
+        Seen::LookupAnswered => None,
+        Seen::LookupFailed(error) => Some(error.redis_away()),
+        Seen::StoreNotStored => Some(true),
+    }
+}
+
+/// The one place that decides whether what request `r` met of Redis means Redis is away for
+/// this worker, and records it. True when it is and this node collapses in its place (a
+/// local or hot zone): the caller goes local.
+pub fn saw(r: &ngx_http_request_t, seen: Seen<'_>, now: u64) -> bool {
+    match means_away(seen) {
+        None => {
+            // Redis is back.
+            if AWAY.get().0 != 0 {
+                AWAY.set((0, 0));
+            }
+            false
+        }
+        Some(true) if enabled(r) => {
+            AWAY.set((now.max(1), now));
+            LAST_AWAY.set(now);
+            true
+        }
+        Some(_) => false,
     }
 }
 

@@ -22,12 +22,14 @@
 use core::cell::Cell;
 use core::ffi::{c_char, c_void};
 
-use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_http_request_t, NGX_LOG_NOTICE};
+use ngx::ffi::{ngx_command_t, ngx_conf_t, ngx_http_request_t, NGX_LOG_NOTICE, NGX_LOG_WARN};
+use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 
 use crate::nginx::bits;
 use crate::nginx::role::Role;
 use crate::nginx::util::{conf_args, conf_error, str_bytes, CONF_OK};
 use crate::replay::contains_escaped_key;
+use crate::resp::Escaped;
 
 /// What `stale_cache_role` says in a location (the `role` field of its configuration).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -80,6 +82,24 @@ pub fn merged(cf: &ngx_conf_t, declared: Declared, roles: &Roles) {
     };
     if has_role {
         roles.seen.set(true);
+    }
+    let role = match declared {
+        Declared::Unset => crate::redis::role::of_location(cf),
+        Declared::Role(role) => Some(role),
+        Declared::Off => None,
+    };
+    if role == Some(Role::Store) && crate::redis::role::sets_then_expires(cf) {
+        let location =
+            NgxHttpCoreModule::location_conf(cf).map_or(&b""[..], |c| str_bytes(&c.name));
+        ngx::ngx_conf_log_error!(
+            NGX_LOG_WARN,
+            cf as *const ngx_conf_t as *mut ngx_conf_t,
+            "stale_cache: location \"{}\" stores srcache's entries with SET and then a \
+             separate EXPIRE: when Redis refuses the SET (e.g. -OOM when it is full), the \
+             EXPIRE still renews the old body, which is then served as fresh again; store \
+             with one command: \"stale_cache_redis_command SET key body EX ttl;\"",
+            Escaped(location)
+        );
     }
 }
 

@@ -204,7 +204,9 @@ fn no_longer_varies(
     start_lookup(state, req)
 }
 
-fn start_lookup(
+/// Starts the TTL lookup of the request's key (its variant's once `look_up_variant` set one:
+/// the TTL location's keys end with `$stale_cache_http_variant`).
+pub(crate) fn start_lookup(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
 ) -> Result<Next, StaleError> {

@@ -32,15 +32,7 @@ sub pick_ports {
 }
 
 # One command to the node on $port; the reply (dies on an error reply).
-sub cmd {
-    my ($port, @args) = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port, Timeout => 3)
-        or die "redis $port: cannot connect: $!\n";
-    my $req = '*' . @args . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @args;
-    syswrite($s, $req) == length $req or die "redis $port: write: $!\n";
-    my $buf = '';
-    return Test::StaleCache::resp_parse($s, \$buf, time + 5);
-}
+sub cmd { Test::StaleCache::resp_to(@_) }
 
 sub start {
     $DIR = "$ENV{TEST_NGINX_SERVROOT}-cluster";

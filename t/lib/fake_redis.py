@@ -7,9 +7,12 @@ Usage: fake_redis.py --port PORT [--host 127.0.0.1]
 It keeps string keys in memory with their expiry and answers PING, GET, SET (with EX),
 SETEX, EXPIRE, TTL, PERSIST, DEL, EXISTS, DBSIZE, FLUSHALL, EVAL and EVALSHA (both answer
 integer 0) like Redis does. Control commands (never refused):
-    FAKE.FAIL <COMMAND|*> <error text>   refuse COMMAND (or every command) with "-<text>"
+    FAKE.FAIL <COMMAND|*> <error text> [N]  refuse COMMAND (or every command) with
+                                         "-<text>" (only its next N calls, given N)
     FAKE.RESET                           drop the keys, the failures and the counts
     FAKE.CALLS <COMMAND>                 how many times COMMAND was received
+    FAKE.GAPS <COMMAND>                  the milliseconds between its calls ("10 21 40")
+CLUSTER SLOTS answers one range, every slot on this server (for a cluster upstream of it).
 The server exits when its parent (the test) goes away.
 """
 
@@ -26,8 +29,9 @@ class State:
 
     def reset(self):
         self.data = {}      # key -> (value, expires_at or None)
-        self.fail = {}      # COMMAND or "*" -> error text
+        self.fail = {}      # COMMAND or "*" -> [error text, calls left or None]
         self.calls = {}     # COMMAND -> count
+        self.times = {}     # COMMAND -> the monotonic times of its calls
 
     def live(self, key):
         entry = self.data.get(key)
@@ -38,6 +42,7 @@ class State:
 
 
 STATE = State()
+LISTEN = ("127.0.0.1", 0)   # this server's address, for CLUSTER SLOTS
 
 
 def bulk(b):
@@ -56,17 +61,23 @@ def run(args):
     name = args[0].upper()
     st = STATE
     if name == b"FAKE.FAIL":
-        st.fail[args[1].upper()] = args[2]
+        st.fail[args[1].upper()] = [args[2], int(args[3]) if len(args) > 3 else None]
         return b"+OK\r\n"
+    if name == b"FAKE.GAPS":
+        t = st.times.get(args[1].upper(), [])
+        return bulk(" ".join(str(round((b - a) * 1000)) for a, b in zip(t, t[1:])).encode())
     if name == b"FAKE.RESET":
         st.reset()
         return b"+OK\r\n"
     if name == b"FAKE.CALLS":
         return integer(st.calls.get(args[1].upper(), 0))
     st.calls[name] = st.calls.get(name, 0) + 1
-    text = st.fail.get(name, st.fail.get(b"*"))
-    if text is not None:
-        return error(text)
+    st.times.setdefault(name, []).append(time.monotonic())
+    fail = st.fail.get(name, st.fail.get(b"*"))
+    if fail is not None and fail[1] != 0:
+        if fail[1] is not None:
+            fail[1] -= 1
+        return error(fail[0])
     if name == b"PING":
         return b"+PONG\r\n"
     if name == b"GET":
@@ -113,6 +124,9 @@ def run(args):
         return b"+OK\r\n"
     if name in (b"EVAL", b"EVALSHA"):
         return integer(0)
+    if name == b"CLUSTER" and len(args) > 1 and args[1].upper() == b"SLOTS":
+        node = b"*2\r\n" + bulk(LISTEN[0].encode()) + integer(LISTEN[1])
+        return b"*1\r\n*3\r\n" + integer(0) + integer(16383) + node
     return error(b"ERR unknown command '" + name + b"'")
 
 
@@ -155,6 +169,8 @@ async def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--host", default="127.0.0.1")
     a = p.parse_args()
+    global LISTEN
+    LISTEN = (a.host, a.port)
     server = await asyncio.start_server(serve, a.host, a.port, backlog=1024)
     asyncio.ensure_future(watch_parent(os.getppid()))
     print("fake redis listening on %s:%d" % (a.host, a.port), flush=True)

@@ -85,33 +85,31 @@ thread_local! {
         const { RefCell::new(Vec::new()) };
 }
 
-/// The groups of the running cycle.
-fn current() -> Vec<&'static Sentinel> {
+/// Runs `f` over the groups of the running cycle, walking the list in place (no allocation:
+/// `find` runs per Redis request).
+fn with_current<R>(f: impl FnOnce(&mut dyn Iterator<Item = &'static Sentinel>) -> R) -> R {
     // SAFETY: ngx_cycle is the running cycle, set by nginx before any module code runs.
     let cycle = unsafe { ngx::ffi::ngx_cycle } as *mut ngx_cycle_t;
     REGISTRY.with(|r| {
-        r.borrow()
+        let list = r.borrow();
+        let mut groups = list
             .iter()
             .filter(|&&(c, _)| c == cycle)
             // SAFETY: registered entries are live (see REGISTRY); the cycle's pool owns them.
-            .map(|&(_, s)| unsafe { &*s })
-            .collect()
+            .map(|&(_, s)| unsafe { &*s });
+        f(&mut groups)
     })
+}
+
+/// The groups of the running cycle.
+fn current() -> Vec<&'static Sentinel> {
+    with_current(|groups| groups.collect())
 }
 
 /// The group a Redis location's server group is, if it is Sentinel-managed.
 fn find(group: *mut ngx_http_upstream_srv_conf_t) -> Option<&'static Sentinel> {
-    // Per Redis request: walks the list in place, no allocation.
-    // SAFETY: ngx_cycle is the running cycle, set by nginx before any module code runs.
-    let cycle = unsafe { ngx::ffi::ngx_cycle } as *mut ngx_cycle_t;
-    REGISTRY.with(|r| {
-        r.borrow()
-            .iter()
-            .filter(|&&(c, _)| c == cycle)
-            // SAFETY: registered entries are live (see REGISTRY).
-            .map(|&(_, s)| unsafe { &*s })
-            .find(|s| s.group == group)
-    })
+    // (`find` through `&mut` of the trait object: the object itself is unsized.)
+    with_current(|groups| Iterator::find(&mut &mut *groups, |s| s.group == group))
 }
 
 /// The workers start discovering at once, so the first requests find a master.

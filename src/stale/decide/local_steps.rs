@@ -17,15 +17,14 @@ use crate::stale::local;
 use crate::stale::state::{Next, Phase, RequestState};
 use crate::stale::waiters::{lock_request, new_token, owner_alive, HeldLock};
 
-/// The TTL lookup found Redis away (no answer, or a refusal that says it does not serve):
-/// the request collapses on this node.
+/// The TTL lookup found Redis away (no answer, or a refusal that says it does not serve;
+/// `local::saw` decided and recorded it): the request collapses on this node.
 pub(super) fn lookup_away(
     state: &mut RequestState,
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
     error: StaleError,
 ) -> Next {
-    local::lookup_failed(now_ms());
     crate::stale::metrics::error(state, req, error.kind_name());
     local::log_away(req);
     let zone = state.zone().expect("the zone is known before the lookup");

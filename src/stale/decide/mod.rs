@@ -193,13 +193,7 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
             Ok(go_local(state, req, scf, zone))
         }
         FirstLook::LookUp | FirstLook::WaitForFill { .. } | FirstLook::StaleRefreshRunning => {
-            let (ttl_uri, args) = {
-                let settings = state.settings();
-                (settings.ttl_uri.clone(), key_argument(&settings.key))
-            };
-            lookup::start(state.capture_mut(), req, &ttl_uri, &args)?;
-            state.looking_up();
-            Ok(Next::Return(AGAIN))
+            super::vary::start_lookup(state, req)
         }
     }
 }
@@ -213,12 +207,12 @@ pub fn after_lookup(
     let (mut ttl, entry, vary) = match ttl_of(state, scf.http().is_some()) {
         Ok(answer) => answer,
         // No answer, or a refusal saying Redis does not serve now: collapse on this node.
-        Err(error) if error.redis_away() && local::enabled(req) => {
+        Err(error) if local::saw(req, local::Seen::LookupFailed(&error), now_ms()) => {
             return Ok(lookup_away(state, req, scf, error));
         }
         Err(error) => return Err(error),
     };
-    local::lookup_answered();
+    local::saw(req, local::Seen::LookupAnswered, now_ms());
     if let Some(next) = super::vary::after_answer(state, req, vary, &mut ttl) {
         return next;
     }

@@ -31,7 +31,7 @@ our @EXPORT = qw(run_tests repeat_each blocks no_shuffle no_long_string
                  error_log_count fill_and_stale concurrent_get statuses redis2_locations
                  refreshed metrics metric
                  start_nodes node_ports node_pids node_prefix kill_node node_log_text fleet_get
-                 time_scale);
+                 time_scale nginx_t_output);
 
 my $ROOT     = abs_path(dirname(__FILE__) . '/../../..');
 my $SERVROOT = $ENV{TEST_NGINX_SERVROOT} || "$ROOT/t/servroot";
@@ -615,10 +615,14 @@ sub resp_parse {
     die "redis: bad reply type '$type'\n";
 }
 
-sub redis {
-    my @args = @_;
-    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $PORT{redis},
-                                  Timeout => 3) or die "redis: cannot connect: $!\n";
+sub redis { resp_to($PORT{redis}, @_) }
+
+# One command to the RESP server on 127.0.0.1:$port (the harness's Redis, a fake one, a
+# cluster node); its reply (dies on an error reply).
+sub resp_to {
+    my ($port, @args) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $port,
+                                  Timeout => 3) or die "redis $port: cannot connect: $!\n";
     for (@args) { $_ //= ''; utf8::downgrade($_, 1) or utf8::encode($_) }
     my $req = '*' . @args . "\r\n" . join '', map { '$' . length($_) . "\r\n$_\r\n" } @args;
     while (length $req) {
@@ -1238,6 +1242,18 @@ EOF
     open my $fh, '>', "$SERVROOT/conf/nginx.conf" or die "nginx.conf: $!\n";
     print $fh $conf;
     close $fh;
+}
+
+# What the block's `nginx -t` printed (warnings included).
+sub nginx_t_output { slurp("$SERVROOT/logs/nginx-t.out") // '' }
+
+# Starts t/lib/fake_redis.py on $port (its log in the servroot); its pid, once it answers.
+sub spawn_fake_redis {
+    my ($port) = @_;
+    my $pid = spawn("$SERVROOT/logs/fake_redis.log", $PYTHON, "$ROOT/t/lib/fake_redis.py",
+                    '--port', $port);
+    wait_until(sub { eval { resp_to($port, 'PING') eq 'PONG' } }, 10, 'the fake redis answers');
+    return $pid;
 }
 
 sub nginx_test {    # nginx -t: (ok, output)
