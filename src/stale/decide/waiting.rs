@@ -20,7 +20,7 @@ pub(super) fn wait_for(
     budget: u64,
 ) {
     state.enter(Phase::Waiting);
-    let key = state.settings().key.clone();
+    let key = state.settings().key.to_vec();
     start_waiting(state.wait_mut(), req, zone, &key, holder, budget);
 }
 
