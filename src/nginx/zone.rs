@@ -25,7 +25,27 @@ pub struct Zone {
 /// in the master is inherited by every worker, each of which must claim its own), the lane
 /// (null: none was free), and when a worker without one asks again.
 #[derive(Default)]
-pub struct LaneCache(core::cell::Cell<(u64, usize, u64)>);
+pub struct LaneCache(core::cell::Cell<LaneClaim>);
+
+#[derive(Clone, Copy)]
+struct LaneClaim {
+    owner: u64,
+    shared: *const Counters,
+    /// Null: none was free.
+    lane: *const Lane,
+    retry_at: u64,
+}
+
+impl Default for LaneClaim {
+    fn default() -> Self {
+        LaneClaim {
+            owner: 0,
+            shared: core::ptr::null(),
+            lane: core::ptr::null(),
+            retry_at: 0,
+        }
+    }
+}
 
 /// How often a worker that found every lane taken (old workers still draining after a
 /// reload) asks again.
@@ -59,23 +79,31 @@ impl Zone {
     /// shared atomics. `None` before the zone is mapped.
     #[inline]
     pub fn counters(&self) -> Option<Tally<'_>> {
-        let (shared, lanes) = self.blocks()?;
         let pid = crate::nginx::util::worker_pid();
-        let (owner, lane, retry_at) = self.lane.0.get();
-        let lane = if owner == pid && (lane != 0 || crate::nginx::util::now_ms() < retry_at) {
-            lane as *const Lane
-        } else {
-            let claimed = lanes.claim(pid, |p| {
-                u32::try_from(p).map_or(true, crate::nginx::process::owner_alive)
+        let claim = self.lane.0.get();
+        if claim.owner == pid && !claim.lane.is_null() {
+            // SAFETY: the blocks this process claimed its lane in (below), mapped for the
+            // cycle.
+            return Some(unsafe {
+                Tally {
+                    shared: &*claim.shared,
+                    lane: Some(&*claim.lane),
+                }
             });
-            let lane = claimed.map_or(core::ptr::null(), |l| l as *const Lane);
-            let retry_at = crate::nginx::util::now_ms() + LANE_RETRY_MS;
-            self.lane.0.set((pid, lane as usize, retry_at));
-            lane
-        };
-        // SAFETY: null or a lane of this zone's block (claimed above or before, for this
-        // process), mapped for the cycle.
-        let lane = unsafe { lane.as_ref() };
+        }
+        let (shared, lanes) = self.blocks()?;
+        if claim.owner == pid && crate::nginx::util::now_ms() < claim.retry_at {
+            return Some(Tally { shared, lane: None });
+        }
+        let lane = lanes.claim(pid, |p| {
+            u32::try_from(p).map_or(true, crate::nginx::process::owner_alive)
+        });
+        self.lane.0.set(LaneClaim {
+            owner: pid,
+            shared,
+            lane: lane.map_or(core::ptr::null(), |l| l as *const Lane),
+            retry_at: crate::nginx::util::now_ms() + LANE_RETRY_MS,
+        });
         Some(Tally { shared, lane })
     }
 
