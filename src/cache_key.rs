@@ -1,12 +1,10 @@
-//! A request's cache key as its settings hold it: the bytes inline when they are short (most
-//! keys: a URI, a `User-Agent|URI`), on the heap otherwise. Every fresh hit makes one, so a
-//! short key costs a copy, not a malloc and a free.
+//! A request's cache key as its settings hold it: on the heap, or (on the nginx side) in
+//! the request's pool, where a fresh hit's copy costs no malloc and no free (the pool is
+//! freed whole when the request ends).
 
 use core::fmt;
 use core::ops::Deref;
-
-/// Bytes kept inline: the key and its length fill 112 bytes with the variant's tag.
-const INLINE: usize = 110;
+use core::ptr::NonNull;
 
 /// A cache key; reads as `&[u8]`.
 #[derive(Clone)]
@@ -14,31 +12,38 @@ pub struct Key(Repr);
 
 #[derive(Clone)]
 enum Repr {
-    Inline { len: u8, bytes: [u8; INLINE] },
     Heap(Box<[u8]>),
+    /// Bytes someone else keeps (a request's pool) for as long as the key lives.
+    Kept {
+        at: NonNull<u8>,
+        len: usize,
+    },
 }
 
-const _: () = assert!(INLINE <= u8::MAX as usize);
-
 impl Key {
-    /// A copy of `bytes`.
+    /// A copy of `bytes`, on the heap.
     pub fn new(bytes: &[u8]) -> Key {
-        if bytes.len() <= INLINE {
-            let mut inline = [0; INLINE];
-            inline[..bytes.len()].copy_from_slice(bytes);
-            Key(Repr::Inline {
-                len: bytes.len() as u8,
-                bytes: inline,
-            })
-        } else {
-            Key(Repr::Heap(bytes.into()))
-        }
+        Key(Repr::Heap(bytes.into()))
+    }
+
+    /// The key `bytes`, not copied.
+    ///
+    /// # Safety
+    /// `bytes` must stay valid and unchanged for as long as the key and its clones live (a
+    /// request's pool: the key lives in the request's state, dropped before the pool is
+    /// freed; whatever outlives the request copies the bytes with `to_vec`).
+    pub unsafe fn kept(bytes: &[u8]) -> Key {
+        Key(Repr::Kept {
+            at: NonNull::from(bytes).cast(),
+            len: bytes.len(),
+        })
     }
 
     pub fn as_slice(&self) -> &[u8] {
         match &self.0 {
-            Repr::Inline { len, bytes } => &bytes[..*len as usize],
             Repr::Heap(bytes) => bytes,
+            // SAFETY: (`kept`'s caller) the bytes outlive the key.
+            Repr::Kept { at, len } => unsafe { core::slice::from_raw_parts(at.as_ptr(), *len) },
         }
     }
 }
@@ -100,15 +105,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn keys_read_back_as_given_inline_or_not() {
-        for len in [0, 1, INLINE - 1, INLINE, INLINE + 1, 4096] {
+    fn keys_read_back_as_given() {
+        for len in [0, 1, 110, 4096] {
             let bytes: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
             let key = Key::new(&bytes);
             assert_eq!(key.as_slice(), &bytes[..], "len {len}");
             assert_eq!(key.clone(), key);
             assert_eq!(key, bytes);
+            // SAFETY (test): `bytes` outlives `kept`.
+            let kept = unsafe { Key::kept(&bytes) };
+            assert_eq!(kept, key);
+            assert_eq!(kept.as_slice().as_ptr(), bytes.as_ptr());
         }
         assert_ne!(Key::new(b"a"), Key::new(b"a\0"));
-        assert_eq!(core::mem::size_of::<Key>(), 112);
+        assert_eq!(core::mem::size_of::<Key>(), 24);
     }
 }

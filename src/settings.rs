@@ -669,8 +669,13 @@ impl Settings {
 
     /// The same settings with another key (the other values shared, not copied).
     pub fn with_key(&self, key: &[u8]) -> Settings {
+        self.keyed(Key::new(key))
+    }
+
+    /// The same settings with `key`.
+    pub fn keyed(&self, key: Key) -> Settings {
         Settings {
-            key: Key::new(key),
+            key,
             values: Rc::clone(&self.values),
         }
     }
