@@ -6,6 +6,7 @@
 //! `nginx` (shared plumbing), `stale` (the stale/collapse layer) and `redis` (the Redis
 //! locations), left out of test builds.
 
+pub mod cache_key;
 pub mod cache_status;
 pub mod cluster;
 pub mod collapse;

@@ -28,14 +28,14 @@ use std::hash::Hasher;
 use std::mem::{align_of, size_of};
 use std::num::NonZeroU64;
 
-use siphasher::sip128::{Hash128, Hasher128, SipHasher24};
+use siphasher::sip128::{Hash128, Hasher128, SipHasher13};
 
 /// Identifies an initialised region ("SWRLOCK" + layout generation).
 pub const MAGIC: u64 = u64::from_le_bytes(*b"SWRLOCK1");
 
 /// Bumped whenever the header, the slots or the fingerprint function change,
 /// so a region left by another module version is re-created, not misread.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Bytes reserved for the header at the start of the region; slots follow.
 pub const HEADER_SIZE: usize = 128;
@@ -76,14 +76,18 @@ pub const ERROR_MEMORY_MS: u64 = 60_000;
 
 /* ------------------------------------------------------------- fingerprint */
 
-/// A cache key reduced to 96 bits of SipHash-2-4-128 keyed by the region's
+/// A cache key reduced to 96 bits of SipHash-1-3-128 keyed by the region's
 /// seed (the `siphasher` crate: std's hashers are unspecified and may change
 /// between Rust releases, while the region outlives the binary's code on
 /// reload): every worker computes the same value, and clients cannot aim keys at
-/// one probe sequence without knowing the seed. 96 bits, not the hash's 128, so a
-/// slot has room for the memo's age. Two keys sharing a fingerprint (about 2^-37
-/// for a billion keys) only share a lock and a freshness memo, costing a missed
-/// or extra collapse or a wrong `Age`, never wrong data: the data is in Redis
+/// one probe sequence without knowing the seed. 1-3, not 2-4: still a keyed PRF
+/// (Rust's own `HashMap` defends against chosen keys with it), a third fewer
+/// rounds on every fresh hit; the layout version names the hash, so a region
+/// hashed otherwise is refused on reload (restart), never looked up with the
+/// wrong hash. 96 bits, not the hash's 128, so a slot has room for the memo's
+/// age. Two keys sharing a fingerprint (about 2^-37 for a billion keys) only
+/// share a lock and a freshness memo, costing a missed or extra collapse or a
+/// wrong `Age`, never wrong data: the data is in Redis
 /// under the full key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Fingerprint {
@@ -96,7 +100,7 @@ impl Fingerprint {
     pub fn of(seed: u64, key: &[u8]) -> Fingerprint {
         // A second key word derived from the seed, so one u64 seeds the hash.
         let k1 = seed.rotate_left(32) ^ u64::from_le_bytes(*b"staleKey");
-        let mut hasher = SipHasher24::new_with_keys(seed, k1);
+        let mut hasher = SipHasher13::new_with_keys(seed, k1);
         // `write`, not `Hash::hash`: the bytes alone, without a length prefix, so the value
         // is plain SipHash of the key (checked against the reference vectors in the tests).
         hasher.write(key);
@@ -1532,6 +1536,7 @@ const fn max_entries(slots: usize) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use siphasher::sip128::SipHasher24;
     use std::collections::HashMap;
 
     /// An 8-byte aligned region, as nginx's shared memory is.
@@ -1654,7 +1659,8 @@ mod tests {
     #[test]
     fn siphash_reference_vectors() {
         // Key 00..0f, message 00..len-1 (vectors_sip128 of the reference code). Pins the
-        // crate's output: a change would silently re-key every table that survives a reload.
+        // crate's 2-4 output, which the hot tier's fingerprint (`hotcache`) uses: a change
+        // would silently re-key every table that survives a reload.
         let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
         let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
         let msg: Vec<u8> = (0..64).collect();
@@ -1721,14 +1727,93 @@ mod tests {
         }
     }
 
+    fn siphash13_128(k0: u64, k1: u64, data: &[u8]) -> Vec<u8> {
+        let mut hasher = SipHasher13::new_with_keys(k0, k1);
+        hasher.write(data);
+        hasher.finish128().as_bytes().to_vec()
+    }
+
+    #[test]
+    fn siphash13_reference_vectors() {
+        // The fingerprint's hash. Same key and messages as above; the values come from a
+        // separate implementation written from the SipHash paper (1 compression round, 3
+        // finalization rounds, 128-bit output), which reproduces the 2-4 vectors above.
+        let k0 = u64::from_le_bytes([0, 1, 2, 3, 4, 5, 6, 7]);
+        let k1 = u64::from_le_bytes([8, 9, 10, 11, 12, 13, 14, 15]);
+        let msg: Vec<u8> = (0..64).collect();
+        let cases: [(usize, [u8; 16]); 8] = [
+            (
+                0,
+                [
+                    0xe7, 0x7e, 0xbc, 0xb2, 0x27, 0x88, 0xa5, 0xbe, 0xfd, 0x62, 0xdb, 0x6a, 0xdd,
+                    0x30, 0x30, 0x01,
+                ],
+            ),
+            (
+                1,
+                [
+                    0xfc, 0x6f, 0x37, 0x04, 0x60, 0xd3, 0xed, 0xa8, 0x5e, 0x05, 0x73, 0xcc, 0x2b,
+                    0x2f, 0xf0, 0x63,
+                ],
+            ),
+            (
+                2,
+                [
+                    0x75, 0x78, 0x7f, 0x09, 0x05, 0x69, 0x83, 0x9b, 0x85, 0x5b, 0xc9, 0x54, 0x8c,
+                    0x6a, 0xea, 0x95,
+                ],
+            ),
+            (
+                7,
+                [
+                    0x10, 0x84, 0xb9, 0x23, 0xf2, 0xaa, 0xe0, 0xc3, 0xa6, 0x2f, 0x2e, 0xc8, 0x08,
+                    0x48, 0xab, 0x77,
+                ],
+            ),
+            (
+                8,
+                [
+                    0xaa, 0x12, 0xfe, 0xe1, 0xd5, 0xe3, 0xda, 0xb4, 0x72, 0x4f, 0x16, 0xab, 0x35,
+                    0xf9, 0xc7, 0x99,
+                ],
+            ),
+            (
+                15,
+                [
+                    0xc1, 0x7e, 0x55, 0x05, 0xb2, 0xbd, 0x52, 0x6c, 0x29, 0x21, 0xcd, 0xec, 0x1e,
+                    0x7e, 0x01, 0x09,
+                ],
+            ),
+            (
+                16,
+                [
+                    0xd0, 0xa8, 0xd9, 0x57, 0x15, 0x51, 0x8e, 0xeb, 0xb5, 0x13, 0xb0, 0xf8, 0x3d,
+                    0x9e, 0x17, 0x93,
+                ],
+            ),
+            (
+                63,
+                [
+                    0x4c, 0x58, 0x00, 0xe3, 0x4e, 0xfe, 0x42, 0x6f, 0x07, 0x9f, 0x6b, 0x0a, 0xa7,
+                    0x52, 0x60, 0xad,
+                ],
+            ),
+        ];
+        for (len, expected) in cases {
+            assert_eq!(siphash13_128(k0, k1, &msg[..len]), expected, "len {len}");
+        }
+    }
+
     #[test]
     fn fingerprint_values_are_pinned() {
-        // Values of the hand-written SipHash this module used before the crate (of which the
-        // fingerprint keeps 96 bits since layout 4): a change re-keys every region.
+        // SipHash-1-3-128 of the key under (seed, seed rotated ^ "staleKey"), from the same
+        // separate implementation, of which the fingerprint keeps 96 bits: a change of hash,
+        // key derivation or width must bump LAYOUT_VERSION, since a region outlives the
+        // build that made it.
         let f = Fingerprint::of(0x0123_4567_89ab_cdef, b"GET|example.com|/api/items?page=2");
-        assert_eq!((f.hi, f.lo), (0x16f6_c51f_63f1_1ad8, 0x1819_4054));
+        assert_eq!((f.hi, f.lo), (0x47d2_ed87_e0bb_0a9d, 0x7816_0312));
         let f = Fingerprint::of(0, b"");
-        assert_eq!((f.hi, f.lo), (0xca2a_9d17_02ea_7687, 0xf78c_f4c5));
+        assert_eq!((f.hi, f.lo), (0xfa4a_25ad_a513_035b, 0x17af_d2c1));
     }
 
     #[test]

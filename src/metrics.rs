@@ -1,10 +1,14 @@
 //! The zone's counters and their Prometheus text exposition. Pure: the nginx side places a
 //! [`Counters`] block in each `stale_cache_zone` and renders snapshots of it with [`render`].
 //!
-//! Counters are atomics in shared memory, so every worker adds to them without the zone's
-//! mutex: a fresh hit pays one relaxed `fetch_add`. The block's layout is append-only (a
-//! counter keeps its slot forever; new ones take spare slots), so a reload onto a build that
-//! counts more still reads the same block.
+//! Counters are in shared memory and every worker adds to them without the zone's mutex.
+//! Each worker counts in a [`Lane`] of its own (plain loads and stores, one writer, on cache
+//! lines no other worker writes), claimed at its first count; the shared block's atomics
+//! take the counts of a worker that found no lane free. A snapshot sums the block and every
+//! lane, whoever owns it: a lane outlives its worker (a killed worker's counts stay in the
+//! totals), and the next worker that finds its owner gone adopts it and goes on adding to it.
+//! The block's layout is append-only (a counter keeps its slot forever; new ones take spare
+//! slots), so a reload onto a build that counts more still reads the same block.
 
 use core::fmt::Write;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -13,8 +17,11 @@ use crate::hotcache::{self, HotStats};
 use crate::locktable::Stats;
 use crate::policy::CacheStatus;
 
-/// Identifies a counters block and its layout version.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"SCMETRC1");
+/// Identifies a counters block and its layout version (2: the lanes follow the block).
+pub const MAGIC: u64 = u64::from_le_bytes(*b"SCMETRC2");
+
+/// Workers that count in a lane of their own; more count in the shared block's atomics.
+pub const LANES: usize = 8;
 
 /// Slots in a block; what [`Counter`] does not use yet is spare.
 pub const SLOTS: usize = 120;
@@ -201,6 +208,108 @@ impl Counters {
             *out = v.load(Ordering::Relaxed);
         }
         Snapshot(values)
+    }
+}
+
+/// One worker's counters: its process id (0: free) and a value per slot, which only the
+/// owner writes. Aligned to cache lines, so a worker's counting never writes a line another
+/// worker writes.
+#[repr(C, align(64))]
+pub struct Lane {
+    owner: AtomicU64,
+    values: [AtomicU64; SLOTS],
+}
+
+impl Lane {
+    /// Adds `n` to `counter`: a load and a store, not a locked add (this worker is the
+    /// lane's only writer; a reader sees the value before or after).
+    #[inline]
+    fn add(&self, counter: Counter, n: u64) {
+        let v = &self.values[counter.slot()];
+        v.store(v.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+    }
+}
+
+/// The lanes, kept in shared memory after a block. All zero bits: every lane free.
+#[repr(C)]
+pub struct Lanes([Lane; LANES]);
+
+/// Bytes the lanes take in the zone (a multiple of 64: placed at the end of a page-aligned
+/// block, they start on a cache line).
+pub const LANES_SIZE: usize = size_of::<Lanes>();
+const _: () = assert!(LANES_SIZE.is_multiple_of(64));
+
+impl Lanes {
+    /// A lane for the process `pid`: the one it already owns, a free one, or one whose owner
+    /// `alive` says is gone (adopted with its counts, which stay in the totals); `None` when
+    /// every lane belongs to a live process.
+    pub fn claim(&self, pid: u64, alive: impl Fn(u64) -> bool) -> Option<&Lane> {
+        if pid == 0 {
+            return None;
+        }
+        let take = |lane: &Lane, from: u64| {
+            lane.owner
+                .compare_exchange(from, pid, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        };
+        if let Some(own) = self
+            .0
+            .iter()
+            .find(|l| l.owner.load(Ordering::Acquire) == pid)
+        {
+            return Some(own);
+        }
+        if let Some(free) = self.0.iter().find(|l| take(l, 0)) {
+            return Some(free);
+        }
+        self.0.iter().find(|l| {
+            let owner = l.owner.load(Ordering::Acquire);
+            owner != 0 && !alive(owner) && take(l, owner)
+        })
+    }
+}
+
+/// Where one worker's counts go: its lane, else the shared block.
+#[derive(Clone, Copy)]
+pub struct Tally<'a> {
+    pub shared: &'a Counters,
+    pub lane: Option<&'a Lane>,
+}
+
+impl Tally<'_> {
+    /// Adds `n` to `counter`.
+    #[inline]
+    pub fn add(&self, counter: Counter, n: u64) {
+        match self.lane {
+            Some(lane) => lane.add(counter, n),
+            None => self.shared.add(counter, n),
+        }
+    }
+
+    /// Adds one to `counter`.
+    #[inline]
+    pub fn incr(&self, counter: Counter) {
+        self.add(counter, 1);
+    }
+
+    /// Records one wake-up delay in the histogram.
+    pub fn observe_wake_delay(&self, delay_ms: u64) {
+        self.incr(Counter::WakeBucket(wake_bucket(delay_ms)));
+        self.add(Counter::WakeSumMs, delay_ms);
+        self.incr(Counter::WakeCount);
+    }
+}
+
+impl Counters {
+    /// The block's values plus every lane's, owned or not.
+    pub fn snapshot_with(&self, lanes: &Lanes) -> Snapshot {
+        let mut total = self.snapshot();
+        for lane in &lanes.0 {
+            for (out, v) in total.0.iter_mut().zip(&lane.values) {
+                *out = out.wrapping_add(v.load(Ordering::Relaxed));
+            }
+        }
+        total
     }
 }
 
@@ -719,6 +828,81 @@ mod tests {
         // SAFETY (test): a zeroed block is a valid value that was never laid out.
         let never: Box<Counters> = Box::new(unsafe { core::mem::zeroed() });
         assert!(!never.is_valid());
+    }
+
+    fn lanes() -> Box<Lanes> {
+        // SAFETY (test): all-zero bits are valid lanes (free, counts of 0).
+        Box::new(unsafe { core::mem::zeroed() })
+    }
+
+    #[test]
+    fn each_worker_counts_in_its_lane_and_snapshots_sum_them() {
+        let (b, l) = (block(), lanes());
+        let alive = |_| true;
+        let one = l.claim(10, alive).unwrap();
+        let two = l.claim(20, alive).unwrap();
+        assert!(!core::ptr::eq(one, two));
+        // A worker asking again gets its own lane back.
+        assert!(core::ptr::eq(l.claim(10, alive).unwrap(), one));
+        let fresh = Counter::Requests(CacheStatus::Fresh);
+        Tally {
+            shared: &b,
+            lane: Some(one),
+        }
+        .incr(fresh);
+        Tally {
+            shared: &b,
+            lane: Some(two),
+        }
+        .add(fresh, 5);
+        Tally {
+            shared: &b,
+            lane: None,
+        }
+        .incr(fresh);
+        Tally {
+            shared: &b,
+            lane: Some(two),
+        }
+        .observe_wake_delay(3);
+        let s = b.snapshot_with(&l);
+        assert_eq!(s.get(fresh), 7);
+        assert_eq!(s.get(Counter::WakeSumMs), 3);
+        assert_eq!(
+            b.snapshot().get(fresh),
+            1,
+            "the block holds only its own counts"
+        );
+    }
+
+    #[test]
+    fn a_dead_workers_lane_is_adopted_with_its_counts() {
+        let (b, l) = (block(), lanes());
+        let fresh = Counter::Requests(CacheStatus::Fresh);
+        for pid in 1..=LANES as u64 {
+            let lane = l.claim(pid, |_| true).unwrap();
+            Tally {
+                shared: &b,
+                lane: Some(lane),
+            }
+            .add(fresh, pid);
+        }
+        // Every lane taken by a live worker: the next counts in the block.
+        assert!(l.claim(100, |_| true).is_none());
+        let total: u64 = (1..=LANES as u64).sum();
+        assert_eq!(b.snapshot_with(&l).get(fresh), total);
+        // Worker 3 was killed: its counts stay in the totals, and its lane goes on.
+        let dead = |pid| pid != 3;
+        let adopted = l.claim(100, dead).unwrap();
+        assert_eq!(b.snapshot_with(&l).get(fresh), total);
+        Tally {
+            shared: &b,
+            lane: Some(adopted),
+        }
+        .incr(fresh);
+        assert_eq!(b.snapshot_with(&l).get(fresh), total + 1);
+        assert!(core::ptr::eq(l.claim(100, dead).unwrap(), adopted));
+        assert!(l.claim(101, dead).is_none());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! level, or evaluated by someone else first) fails the check, and the request's variables
 //! are parsed as before ([`Settings::parse`]).
 
-use crate::settings::{RawVars, Settings, Var, MAX_KEY_LEN};
+use crate::settings::{Key, RawVars, Settings, Var, MAX_KEY_LEN};
 
 /// The settings a location's literal `set`s give, and what each variable must hold for them.
 #[derive(Debug)]
@@ -78,8 +78,17 @@ impl Preset {
     /// The settings with `key`; `None` when the key would not parse (unset, empty, too
     /// long): the full parse then says why.
     pub fn with_key(&self, key: Option<&[u8]>) -> Option<Settings> {
+        self.with_key_as(key, Key::new)
+    }
+
+    /// [`Preset::with_key`], the key made by `make` (e.g. kept in the request's pool).
+    pub fn with_key_as(
+        &self,
+        key: Option<&[u8]>,
+        make: impl FnOnce(&[u8]) -> Key,
+    ) -> Option<Settings> {
         let key = key.filter(|k| !k.is_empty() && k.len() <= MAX_KEY_LEN)?;
-        Some(self.settings.with_key(key))
+        Some(self.settings.keyed(make(key)))
     }
 }
 

@@ -9,6 +9,8 @@
 use std::fmt;
 use std::rc::Rc;
 
+pub use crate::cache_key::Key;
+
 /// Longest `$cache_key` accepted: keys are copied into the request and hashed
 /// under the zone lock, so an unbounded key would be a cheap way to burn CPU.
 pub const MAX_KEY_LEN: usize = 4096;
@@ -489,7 +491,7 @@ pub type Shared = Rc<[u8]>;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
     /// The cache key (`$cache_key`), at most [`MAX_KEY_LEN`] bytes.
-    pub key: Vec<u8>,
+    pub key: Key,
     values: Rc<Values>,
 }
 
@@ -660,15 +662,20 @@ impl Settings {
             lease_uri,
         };
         Ok(Some(Settings {
-            key: key.to_vec(),
+            key: Key::new(key),
             values: Rc::new(values),
         }))
     }
 
     /// The same settings with another key (the other values shared, not copied).
     pub fn with_key(&self, key: &[u8]) -> Settings {
+        self.keyed(Key::new(key))
+    }
+
+    /// The same settings with `key`.
+    pub fn keyed(&self, key: Key) -> Settings {
         Settings {
-            key: key.to_vec(),
+            key,
             values: Rc::clone(&self.values),
         }
     }

@@ -184,3 +184,48 @@ is(prom_query($port, 'up{job="stale_cache"}'), 1, 'Prometheus: the target is up'
 is(prom_query($port, 'histogram_count(stale_cache_wake_delay_seconds{zone="srcache_locks"})') // prom_query($port, 'stale_cache_wake_delay_seconds_count{zone="srcache_locks"}'), 19,
    'Prometheus reads the histogram');
 stop_prometheus();
+
+=== TEST 5: each worker counts in a lane of its own; a killed worker's counts stay in the totals and its replacement goes on counting
+--- http_config eval: $::HTTP
+--- config eval
+$::CONFIG . <<'_EOC_';
+    # Fresh for an hour: the kills and restarts below may take longer than the drop-in's 5 s.
+    location /long {
+        set $cache_lock srcache_locks; set $cache_ttl /redisttl; set $cache_key "$uri";
+        stale_cache on;
+        srcache_fetch GET /redis $cache_key;
+        srcache_store PUT /redis2 key=$cache_key&exptime=3700;
+        add_header X-Stale-Cache $stale_cache_status;
+        proxy_pass http://backend;
+    }
+_EOC_
+--- workers: 2
+--- request
+GET /long/lane
+--- response_body
+backend GET /long/lane hit 1
+--- backend_hits: 1
+--- check
+# New connections may land on either worker, each counting in its lane.
+my $fresh = 0;
+for (1 .. 30) { $fresh++ if (http_get('/long/lane')->{headers}{'x-stale-cache'} // '') eq 'FRESH' }
+is($fresh, 30, '30 fresh hits');
+my ($m) = scrape();
+is($m->{req('fresh')}, 30, 'requests_total{status=fresh} 30');
+is($m->{req('miss')}, 1, 'requests_total{status=miss} 1');
+# kill -9 each worker in turn; the master starts new ones, which take over the lanes.
+for my $worker (grep { $_ != (nginx_pids())[0] } nginx_pids()) {
+    kill 'KILL', $worker;
+    wait_until(sub { my @p = nginx_pids(); @p == 3 && !grep { $_ == $worker } @p }, 10,
+               "the master to replace worker $worker");
+}
+($m) = scrape();
+is($m->{req('fresh')}, 30, 'after both workers were killed: still fresh 30');
+is($m->{req('miss')}, 1, 'still miss 1');
+my %after;
+for (1 .. 20) { $after{ http_get('/long/lane')->{headers}{'x-stale-cache'} // 'none' }++ }
+is($after{FRESH}, 20, '20 more fresh hits') or diag(explain(\%after));
+($m) = scrape();
+is($m->{req('fresh')}, 50, 'the new workers add to the totals: fresh 50');
+--- error_log eval
+qr/\[alert\].*exited on signal 9/

@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use ngx::ffi::{ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t};
 
 use crate::locktable::{Fingerprint, LayoutError, LockTable};
-use crate::metrics::{self, Counters};
+use crate::metrics::{self, Counters, Lane, Lanes, Snapshot, Tally};
 
 const NGX_OK: ngx_int_t = 0;
 const NGX_ERROR: ngx_int_t = -1;
@@ -17,7 +17,39 @@ pub struct Zone {
     pub shm: *mut ngx_shm_zone_t,
     /// The table's fingerprint seed, read once per worker so keys hash outside the mutex.
     pub seed: crate::nginx::shm::SeedCache,
+    /// This worker's counters lane (`metrics::Lane`), claimed at its first count.
+    pub lane: LaneCache,
 }
+
+/// A worker's claim on a zone's counters lane: which process claimed (a configuration made
+/// in the master is inherited by every worker, each of which must claim its own), the lane
+/// (null: none was free), and when a worker without one asks again.
+#[derive(Default)]
+pub struct LaneCache(core::cell::Cell<LaneClaim>);
+
+#[derive(Clone, Copy)]
+struct LaneClaim {
+    owner: u64,
+    shared: *const Counters,
+    /// Null: none was free.
+    lane: *const Lane,
+    retry_at: u64,
+}
+
+impl Default for LaneClaim {
+    fn default() -> Self {
+        LaneClaim {
+            owner: 0,
+            shared: core::ptr::null(),
+            lane: core::ptr::null(),
+            retry_at: 0,
+        }
+    }
+}
+
+/// How often a worker that found every lane taken (old workers still draining after a
+/// reload) asks again.
+const LANE_RETRY_MS: u64 = 1000;
 
 impl Zone {
     /// The fingerprint of `key` in this zone's table; `None` before the zone is mapped.
@@ -26,17 +58,59 @@ impl Zone {
         Some(Fingerprint::of(seed, key))
     }
 
-    /// The zone's counters (atomics, used without the mutex); `None` before the zone is
-    /// mapped.
-    pub fn counters(&self) -> Option<&Counters> {
+    /// The zone's counters block and lanes (used without the mutex); `None` before the zone
+    /// is mapped.
+    fn blocks(&self) -> Option<(&Counters, &Lanes)> {
         // SAFETY: `shm` is the zone nginx created for this configuration (see with_table).
         let data = unsafe { (*self.shm).data };
         if data.is_null() {
             return None;
         }
-        // SAFETY: a non-null `data` is the block init_zone made, whose counters it laid out
-        // (or checked, on reuse) before any worker ran; the block stays mapped for the cycle.
-        Some(unsafe { &*counters_of(data as *mut u8) })
+        // SAFETY: a non-null `data` is the block init_zone made, whose counters and lanes it
+        // laid out (or checked, on reuse) before any worker ran; the block stays mapped for
+        // the cycle.
+        unsafe {
+            let counters = counters_of(data as *mut u8);
+            Some((&*counters, &*lanes_of(counters)))
+        }
+    }
+
+    /// Where this worker counts in the zone: its lane, claimed at the first count, else the
+    /// shared atomics. `None` before the zone is mapped.
+    #[inline]
+    pub fn counters(&self) -> Option<Tally<'_>> {
+        let pid = crate::nginx::util::worker_pid();
+        let claim = self.lane.0.get();
+        if claim.owner == pid && !claim.lane.is_null() {
+            // SAFETY: the blocks this process claimed its lane in (below), mapped for the
+            // cycle.
+            return Some(unsafe {
+                Tally {
+                    shared: &*claim.shared,
+                    lane: Some(&*claim.lane),
+                }
+            });
+        }
+        let (shared, lanes) = self.blocks()?;
+        if claim.owner == pid && crate::nginx::util::now_ms() < claim.retry_at {
+            return Some(Tally { shared, lane: None });
+        }
+        let lane = lanes.claim(pid, |p| {
+            u32::try_from(p).map_or(true, crate::nginx::process::owner_alive)
+        });
+        self.lane.0.set(LaneClaim {
+            owner: pid,
+            shared,
+            lane: lane.map_or(core::ptr::null(), |l| l as *const Lane),
+            retry_at: crate::nginx::util::now_ms() + LANE_RETRY_MS,
+        });
+        Some(Tally { shared, lane })
+    }
+
+    /// The zone's counter values: the shared block plus every lane.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        let (shared, lanes) = self.blocks()?;
+        Some(shared.snapshot_with(lanes))
     }
 
     /// Runs `f` on the table and `key`'s fingerprint, hashed before the mutex is taken.
@@ -153,6 +227,15 @@ unsafe fn counters_of(block: *mut u8) -> *const Counters {
     }
 }
 
+/// The lanes after the counters block `counters_of` gives.
+///
+/// # Safety
+/// `counters` must be the counters block of a block `init_zone` of this layout made.
+unsafe fn lanes_of(counters: *const Counters) -> *const Lanes {
+    // SAFETY: (caller) the lanes end the block, right after the counters.
+    unsafe { (counters as *const u8).add(metrics::BLOCK_SIZE) as *const Lanes }
+}
+
 /// Whether a block from the running configuration has this build's counters: the magic in
 /// its prefix, and a valid block after the table.
 ///
@@ -248,10 +331,11 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
     if region.is_null() {
         return NGX_ERROR;
     }
-    let table_len = bytes - PREFIX - metrics::BLOCK_SIZE;
+    let table_len = bytes - PREFIX - metrics::BLOCK_SIZE - metrics::LANES_SIZE;
     // SAFETY: `region` is a fresh, page-aligned allocation of `bytes` bytes owned by this
-    // zone: the prefix holds the length and the counters' magic, the table follows, the
-    // counters block (8-aligned: both sizes are multiples of 8) ends it.
+    // zone: the prefix holds the length and the counters' magic, the table follows, then the
+    // counters block (8-aligned: the sizes are multiples of 8) and the lanes, which end the
+    // page-aligned block and so start on a cache line (their size is a multiple of 64).
     unsafe {
         (region as *mut usize).write(table_len);
         (region as *mut u64).add(1).write(metrics::MAGIC);
@@ -263,6 +347,7 @@ pub unsafe extern "C" fn init_zone(shm_zone: *mut ngx_shm_zone_t, data: *mut c_v
         }
         let counters = region.add(PREFIX + table_len) as *mut Counters;
         counters.write_bytes(0, 1);
+        (lanes_of(counters) as *mut Lanes).write_bytes(0, 1);
         (*counters).init();
     }
     pool.data = region as *mut c_void;
@@ -297,7 +382,7 @@ impl ZoneRef {
         self.0.as_ptr() as usize
     }
 
-    /// Adds one to the zone's `counter` (a relaxed atomic add, no mutex).
+    /// Adds one to the zone's `counter` (in this worker's lane, no mutex).
     #[inline]
     pub fn count(self, counter: crate::metrics::Counter) {
         if let Some(c) = self.counters() {

@@ -363,7 +363,7 @@ fn expected_an_entry(state: &RequestState) -> bool {
 /// srcache missed an entry the layer expected: forget the memo, and collapse from here.
 fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
     let now = now_ms();
-    let key = state.settings().key.clone();
+    let key = state.settings().key.to_vec();
     if let Some(zone) = state.zone() {
         zone.with_key(&key, |t, fp| t.memo_clear(fp, now));
         super::vary::memo_clear(state, zone, now);

@@ -326,7 +326,7 @@ pub fn keep(
     };
     let kept = Kept {
         zone,
-        key: settings.key.clone(),
+        key: settings.key.to_vec(),
         local_token,
         renew: build(Op::Renew, LEASE_MS),
         release: build(Op::Release, 1),

@@ -1,9 +1,10 @@
 //! Counting into the zone's counters (`crate::metrics`), and `stale_cache_metrics`: the
 //! content handler answering them in Prometheus's text format.
 //!
-//! Counting costs one relaxed atomic add per event, without the zone's mutex. A request's
-//! final status, its fill's end and its wake-up delay are counted once, when it ends
-//! (`state::end_of_request`); the other events where they happen.
+//! Counting costs a load and a store in the worker's own lane (`crate::metrics::Lane`) per
+//! event, without the zone's mutex. A request's final status, its fill's end and its wake-up
+//! delay are counted once, when it ends (`state::end_of_request`); the other events where
+//! they happen.
 
 use crate::nginx::bits;
 use core::ffi::{c_char, c_void};
@@ -19,7 +20,7 @@ use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use super::state::RequestState;
 use super::variables::cache_lock_value;
 use crate::collapse::FillEnd;
-use crate::metrics::{render, render_hot, Counter, Counters, ZoneMetrics};
+use crate::metrics::{render, render_hot, Counter, ZoneMetrics};
 use crate::nginx::util::{CONF_OK, ERROR};
 use crate::nginx::zone;
 use crate::nginx::zone::ZoneRef;
@@ -115,7 +116,7 @@ fn exposition(r: &ngx_http_request_t) -> String {
         .zip(&names)
         .map(|(z, name)| ZoneMetrics {
             name,
-            counters: z.counters().map(Counters::snapshot).unwrap_or_default(),
+            counters: z.snapshot().unwrap_or_default(),
             // Constant time under the mutex: a scrape never holds it for long.
             table: z.with_table(|t| t.stats()),
         })

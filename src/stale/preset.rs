@@ -4,13 +4,13 @@
 
 use core::cell::Cell;
 
-use ngx::ffi::{ngx_http_request_t, ngx_int_t, ngx_uint_t, ngx_variable_value_t};
+use ngx::ffi::{ngx_http_request_t, ngx_int_t, ngx_pnalloc, ngx_uint_t, ngx_variable_value_t};
 
 use crate::nginx::vars::{
     handlers_are, indexed_value_unless, set_not_found, value_slot, GetVariableFn, RawSlot, VAR_OK,
 };
 use crate::preset::Preset;
-use crate::settings::{Settings, Var};
+use crate::settings::{Key, Settings, Var};
 
 /// The get handler of the `$cache_*` variables, registered and compared through this one
 /// value: Rust may give a small function one address per codegen unit, so an address taken
@@ -89,10 +89,24 @@ impl PresetSlots {
         if !held {
             return None;
         }
-        self.preset.with_key(indexed_value_unless(
-            r,
-            self.indexes[Var::Key.index()],
-            UNSET_VARIABLE,
-        ))
+        let key = indexed_value_unless(r, self.indexes[Var::Key.index()], UNSET_VARIABLE);
+        self.preset.with_key_as(key, |key| pool_key(r, key))
+    }
+}
+
+/// A copy of `key` in `r`'s pool (no malloc, no free: the pool goes whole), on the heap if
+/// the pool has no room.
+fn pool_key(r: &ngx_http_request_t, key: &[u8]) -> Key {
+    // SAFETY: the request's live pool.
+    let at = unsafe { ngx_pnalloc(r.pool, key.len()) } as *mut u8;
+    if at.is_null() {
+        return Key::new(key);
+    }
+    // SAFETY: `at` is a fresh allocation of key.len() bytes; the copy is the pool's until it
+    // is freed with the request, after the request's state (which keeps these settings) was
+    // dropped by its pool cleanup; nothing writes it again.
+    unsafe {
+        core::ptr::copy_nonoverlapping(key.as_ptr(), at, key.len());
+        Key::kept(core::slice::from_raw_parts(at, key.len()))
     }
 }

@@ -142,7 +142,7 @@ fn start(state: &mut RequestState, req: &mut ngx_http_request_t) -> ngx_int_t {
         forgotten
     );
     state.set_purge(Purge {
-        key: settings.key.clone(),
+        key: settings.key.to_vec(),
         zone,
         forgotten,
         answered: false,

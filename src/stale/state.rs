@@ -7,11 +7,11 @@
 //! event (`Waiting`, `Refetching`). A transition moves them on or drops them; dropped, each
 //! releases itself as abandoned (its `Drop`).
 //!
-//! The state lives in the request's pool, as the data of one of its cleanups: it survives
-//! internal redirects (which clear module contexts), and its end (`driver::end_of_request`)
-//! runs however the request ends (finished, failed, abandoned by its client), before nginx
-//! frees the pool's memory. What it holds
-//! is released by dropping it: locks (`waiters::HeldLock`), the refresh slot and a prepared
+//! The state hangs off one of the request pool's cleanups (its memory is reused from the
+//! worker's ended requests): it survives internal redirects (which clear module contexts),
+//! and its end (`driver::end_of_request`) runs however the request ends (finished, failed,
+//! abandoned by its client), before nginx frees the pool's memory. What it holds is released
+//! by dropping it: locks (`waiters::HeldLock`), the refresh slot and a prepared
 //! refresh, the lease's poll timer, the wait.
 //!
 //! Borrowing rule: each nginx callback that works on the state (a phase handler, the end of a
@@ -23,7 +23,7 @@
 //! `peek`.
 
 use core::ffi::c_void;
-use core::mem::ManuallyDrop;
+use core::mem::{ManuallyDrop, MaybeUninit};
 use core::ptr::{self, NonNull};
 
 use ngx::ffi::{ngx_event_t, ngx_http_request_t, ngx_int_t, ngx_pool_cleanup_add};
@@ -594,13 +594,41 @@ fn end_handler() -> EndFn {
         .expect("the end handler is set at configuration")
 }
 
-/// nginx aligns pool allocations to a machine word.
-const POOL_ALIGNMENT: usize = core::mem::size_of::<usize>();
-const _: () = assert!(core::mem::align_of::<RequestState>() <= POOL_ALIGNMENT);
-// Every request that reaches the layer allocates its state from its pool (fresh hits too):
-// cold data is boxed. 672 bytes on 64-bit targets before the phases carried their data (520
-// since); raise this deliberately, not by accident.
+// Every request that reaches the layer has a state (fresh hits too): cold data is boxed.
+// 672 bytes on 64-bit targets before the phases carried their data (520 since); raise this
+// deliberately, not by accident.
 const _: () = assert!(core::mem::size_of::<RequestState>() <= 672);
+
+/// States of ended requests, kept for the next ones of this worker: a state (about 700
+/// bytes) taken from the request's pool made every later allocation of the request walk
+/// further through the pool's blocks, which cost more than reusing one.
+// Boxes, not the values: a state must not move while its request runs.
+#[allow(clippy::vec_box)]
+struct Spare(core::cell::UnsafeCell<Vec<Box<MaybeUninit<RequestState>>>>);
+
+// SAFETY: nginx runs every request callback of a worker on its one thread (thread pools run
+// only file I/O), so the list is never used from two threads.
+unsafe impl Sync for Spare {}
+
+static SPARE: Spare = Spare(core::cell::UnsafeCell::new(Vec::new()));
+
+/// Most spare states kept (a burst's worth; the rest are freed).
+const SPARE_MAX: usize = 64;
+
+/// Memory for a state: a spare one, else a new allocation.
+fn take_spare() -> Box<MaybeUninit<RequestState>> {
+    // SAFETY: one thread (see `Spare`), and no reference to the list outlives this call.
+    unsafe { (*SPARE.0.get()).pop() }.unwrap_or_else(Box::new_uninit)
+}
+
+/// Keeps a dropped state's memory for the next request, up to SPARE_MAX.
+fn give_spare(memory: Box<MaybeUninit<RequestState>>) {
+    // SAFETY: as in `take_spare`.
+    let spare = unsafe { &mut *SPARE.0.get() };
+    if spare.len() < SPARE_MAX {
+        spare.push(memory);
+    }
+}
 
 /// The state of main request `r`, created on first use; `None` if the pool is exhausted.
 pub fn attach(r: &mut ngx_http_request_t) -> Option<NonNull<RequestState>> {
@@ -608,19 +636,17 @@ pub fn attach(r: &mut ngx_http_request_t) -> Option<NonNull<RequestState>> {
         return Some(state);
     }
     let raw = r as *mut ngx_http_request_t;
-    // The state lives in the request's pool, in the cleanup record's data (no allocation of
-    // its own), and is dropped in place by the cleanup (`reclaim`), which runs before nginx
-    // frees the pool's memory.
-    // SAFETY: the request's pool is live; nginx allocates `data` with the size asked for,
-    // aligned to a word (checked above to be enough), and zeroes the rest of the record.
-    let cleanup =
-        unsafe { ngx_pool_cleanup_add(r.pool, core::mem::size_of::<RequestState>()).as_mut()? };
-    let state = NonNull::new(cleanup.data as *mut RequestState)?;
-    // SAFETY: `data` is fresh, suitably aligned pool memory of the state's size.
-    unsafe { state.as_ptr().write(RequestState::new(raw)) };
+    // The pool's cleanup record points at the state and drops it (`reclaim`) when the
+    // request ends; its memory then goes back to the spare list.
+    // SAFETY: the request's pool is live; a record without data of its own.
+    let cleanup = unsafe { ngx_pool_cleanup_add(r.pool, 0).as_mut()? };
+    let state = Box::into_raw(take_spare()) as *mut RequestState;
+    // SAFETY: `state` is an allocation of a RequestState's size and alignment, not in use.
+    unsafe { state.write(RequestState::new(raw)) };
+    cleanup.data = state as *mut c_void;
     cleanup.handler = Some(end_handler());
-    set_ctx(raw, state.as_ptr());
-    Some(state)
+    set_ctx(raw, state);
+    NonNull::new(state)
 }
 
 /// The state of `r`'s main request if it has one (no allocation), also after an internal
@@ -710,7 +736,7 @@ pub fn variant_of(r: &ngx_http_request_t) -> Option<String> {
     }
 }
 
-/// The state of an ended request, dropped in place (in its pool's memory) with this value.
+/// The state of an ended request, dropped with this value (its memory kept for the next).
 pub struct Ended(NonNull<RequestState>);
 
 impl core::ops::Deref for Ended {
@@ -736,6 +762,10 @@ impl Drop for Ended {
         unsafe {
             ptr::addr_of_mut!((*self.0.as_ptr()).magic).write(0);
             ptr::drop_in_place(self.0.as_ptr());
+            // The memory `attach` took from `take_spare`, now holding no value.
+            give_spare(Box::from_raw(
+                self.0.as_ptr() as *mut MaybeUninit<RequestState>
+            ));
         }
     }
 }

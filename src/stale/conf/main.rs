@@ -222,6 +222,7 @@ pub unsafe extern "C" fn set_zone(
         name,
         shm,
         seed: Default::default(),
+        lane: Default::default(),
     });
     CONF_OK
 }

@@ -33,11 +33,11 @@ pub fn check(req: &ngx_http_request_t, zone: ZoneRef, settings: &Settings, ttl: 
     };
     let first = REPORTED.with(|r| {
         let mut r = r.borrow_mut();
-        if r.contains(&settings.key) {
+        if r.contains(settings.key.as_slice()) {
             return false;
         }
         if r.len() < REMEMBERED {
-            r.insert(settings.key.clone());
+            r.insert(settings.key.to_vec());
         }
         true
     });

@@ -72,7 +72,7 @@ fn after_fill_answer(
     req: &mut ngx_http_request_t,
     scf: &StaleCacheConf,
 ) -> Next {
-    let key = state.settings().key.clone();
+    let key = state.settings().key.to_vec();
     let answer = lease::answer(state.capture());
     if let Err(why) = answer {
         lease::failed(req, why);

@@ -83,7 +83,7 @@ fn take_fill_lock(state: &RequestState, zone: ZoneRef) -> Option<HeldLock> {
     let settings = state.settings();
     let token = new_token();
     let lock = lock_request(LockKind::Fill, token, settings.lock_exptime_ms, 0);
-    let key = settings.key.clone();
+    let key = settings.key.to_vec();
     let now = now_ms();
     match zone.with_key(&key, |t, fp| t.try_lock_as(fp, lock, now, owner_alive)) {
         Some(LockAttempt::Acquired(_)) => Some(HeldLock::new(zone, key, token)),

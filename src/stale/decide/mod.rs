@@ -316,7 +316,7 @@ fn serve_stale(
 ) -> Next {
     // (A body to replay was read before the first step: see `driver`.)
     let settings = state.settings();
-    let key = settings.key.clone();
+    let key = settings.key.to_vec();
     let Some(slot) = refresh::take_slot(req, scf, &key) else {
         zone.count(Counter::RefreshSkipped(crate::metrics::SKIP_LIMIT));
         return Next::Continue;
@@ -448,7 +448,7 @@ pub(super) fn fill_or_wait(
 ) -> Next {
     let settings = state.settings();
     let token = new_token();
-    let key = settings.key.clone();
+    let key = settings.key.to_vec();
     let (lock_ms, budget) = (settings.lock_exptime_ms, settings.lock_timeout_ms);
     let deadline = state.wait_deadline(now, budget);
     let lock = lock_request(LockKind::Fill, token, lock_ms, state.lookup_started());
