@@ -16,10 +16,14 @@
 #              REDIS=ref only).
 #              h: the module with `stale_cache_http on`, row HT of `make bench` (bench/run.sh's
 #              /ht/ location: nginx-conf/http-cache.conf's lookup and store scripts, the
-#              variant suffix in the keys, Age from $stale_cache_http_age), a URL without Vary
+#              variant suffix in the keys, Age written by the module), a URL without Vary
 #              stored fresh for an hour by its Cache-Control: REDIS=native only. Its hits
-#              must be FRESH with an Age header and send no EVAL (freshness memo hits), or
-#              the script fails.
+#              must be FRESH with one Age header and send no EVAL (freshness memo hits), or
+#              the script fails. ha: h plus `add_header Age $stale_cache_http_age always;`,
+#              as configurations wrote it before the module wrote Age (a build of that time
+#              needs it to send Age; a newer one must still send one Age).
+#              ac: a with h's origin response (Cache-Control: max-age=3600, stored with the
+#              entry, so srcache parses it on every hit): plain srcache's fair baseline for h.
 #              A row may name its own module build, ROWS="s:/tmp/old.so s": two builds
 #              side by side.
 #   N=2000 requests per row after WARM=50; the call graphs stay in build/callgrind/.
@@ -122,7 +126,6 @@ http_mode='set $cache_lock bench; set $cache_ttl /redisttlh; set $cache_stale 10
       srcache_fetch_skip $stale_cache_skip_fetch; srcache_fetch GET /redish $cache_key;
       srcache_store PUT /redis2h key=$escaped_key&exptime=$stale_cache_http_exptime&w=$stale_cache_http_windows&v=$stale_cache_http_variant;
       srcache_response_cache_control off; srcache_store_hide_header Age;
-      add_header Age $stale_cache_http_age always;
       add_header X-Stale-Cache $stale_cache_status;
       proxy_set_header X-Backend-Header "Cache-Control: max-age=3600"; proxy_pass http://www;'
 http_locations='
@@ -159,9 +162,19 @@ write_conf() {
         location /c/ { $module_vars stale_cache_memo off; $common }
         location /s/ { $drop_in }
         location /d/ { $seed }"
-    if [ "$row" = h ]; then
-        [ "$redis_mode" = native ] || { echo "row h needs REDIS=native" >&2; return 1; }
-        module_locations="location /h/ { $http_mode } $http_locations"
+    # ac: a's nginx and one more location (the others stay: the module's handlers then do
+    # the same work as in a); h and ha: an nginx with that one location (ha serves /h/ too:
+    # the same key and URL as h).
+    if [ "$row" = ac ]; then
+        module_locations="$module_locations
+        location /ac/ { $common
+            proxy_set_header X-Backend-Header \"Cache-Control: max-age=3600\"; }"
+    fi
+    if [ "$row" = h ] || [ "$row" = ha ]; then
+        [ "$redis_mode" = native ] || { echo "row $row needs REDIS=native" >&2; return 1; }
+        local age_line=
+        [ "$row" = ha ] && age_line='add_header Age $stale_cache_http_age always;'
+        module_locations="location /h/ { $http_mode $age_line } $http_locations"
     fi
     if [ "$row" = p ]; then
         [ "$redis_mode" = ref ] || { echo "row p needs REDIS=ref" >&2; return 1; }
@@ -199,6 +212,9 @@ http {
 }
 CONF
 }
+
+# The URL a row's requests ask for.
+row_path() { local row=${1%%:*}; [ "$row" = ha ] && row=h; echo "/$row/item"; }
 
 # Waits for the row's nginx (pid $3) to answer on port $1 at path $2, fills the entry, and
 # sends WARM fresh hits; with callgrind, then counts N more between a zero and a dump.
@@ -243,7 +259,7 @@ if path == "/h/item":
     for _ in range(20):
         r = get()
         status, age = r.getheader("X-Stale-Cache"), r.getheader("Age")
-        if status != "FRESH" or age is None:
+        if status != "FRESH" or age is None or len(r.headers.get_all("Age")) != 1:
             sys.exit(f"{path}: served as {status}, Age {age}: not a fresh hit of the mode")
     if evals() != before:
         sys.exit(f"{path}: fresh hits sent EVAL lookups: not answered by the freshness memo")
@@ -263,7 +279,7 @@ if [ "$tool" = callgrind ]; then
         valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.$i.out" --dump-instr=no \
             nginx -p "$out/$i" -c conf/nginx.conf >"$out/valgrind.$i.log" 2>&1 &
         pid=$!
-        client "$port" "/${spec%%:*}/item" "$pid"
+        client "$port" "$(row_path "$spec")" "$pid"
         kill -QUIT "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
@@ -287,7 +303,7 @@ for spec in $rows; do
     write_conf "$i" "$spec" "$port"
     nginx -p "$out/$i" -c conf/nginx.conf >"$out/nginx.$i.log" 2>&1 &
     npids+=($!); pids+=($!)
-    client "$port" "/${spec%%:*}/item" "$!"
+    client "$port" "$(row_path "$spec")" "$!"
 done
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 results=()
@@ -295,7 +311,7 @@ for round in $(seq "$rounds"); do
     i=0
     for spec in $rows; do
         t0=$(ticks "${npids[$i]}")
-        reqs=$(wrk -t1 -c"$connections" -d"$duration"s "http://127.0.0.1:${ports[$i]}/${spec%%:*}/item" \
+        reqs=$(wrk -t1 -c"$connections" -d"$duration"s "http://127.0.0.1:${ports[$i]}$(row_path "$spec")" \
             | sed -n 's/^ *\([0-9]*\) requests in.*/\1/p')
         t1=$(ticks "${npids[$i]}")
         results+=("$round $i $reqs $((t1 - t0))")

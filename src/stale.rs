@@ -12,8 +12,10 @@
 //!   lease subrequests), `waiters` (held locks and waiting requests), `lease` (the fleet
 //!   lease), `refresh` and `sender` (the background refresh, `store`: one whose store was refused), `hot` (the hot tier), `purge`;
 //! - `filters` (the output filters, one dispatch; srcache's subrequests known by their
-//!   location's `role`), `variables`, `metrics`, `error`, `conf`.
+//!   location's `role`; `age_header`: `stale_cache_http`'s Age), `variables`, `metrics`,
+//!   `error`, `conf`.
 
+mod age_header;
 pub mod conf;
 mod decide;
 mod directives;

@@ -246,6 +246,36 @@ sub check_request_directives {
     like(redis('GET', $key), qr/hit $n\n\z/, 'Redis holds the earlier answer');
 }
 
+# The shipped file with the line configurations had before the module wrote Age itself.
+sub shipped_with_add_header_age {
+    my $server = shipped();
+    $server =~ s/^(\s*srcache_store_hide_header Age;\n)/$1            add_header Age \$stale_cache_http_age always;\n/m
+        or die 'no srcache_store_hide_header Age';
+    return "access_log logs/age.log age;\n" . $server;
+}
+
+# With `add_header Age $stale_cache_http_age always` still in the location: one Age, the
+# module's, on a hit (the origin's Age stored nowhere); a miss keeps the origin's; the variable
+# still has the entry's age in the access log.
+sub check_add_header_age {
+    my $p = '/dup';
+    backend_config($p, header => ['Cache-Control: max-age=600', 'Age: 7']);
+    my $r = http_get($p);
+    is(hdr($r, 'x-stale-cache'), 'MISS', 'first: MISS');
+    is(hdr($r, 'age'), '7', 'a miss: the origin\'s Age, once');
+    wait_until(sub { redis('EXISTS', key_of($p)) }, 5, 'stored');
+    for my $n (1 .. 2) {
+        $r = http_get($p);
+        is(hdr($r, 'x-stale-cache'), 'FRESH', "hit $n: FRESH");
+        like(hdr($r, 'age') // '', qr/^\d+$/, "hit $n: one Age header");
+        ok((hdr($r, 'age') // 0) >= 7, "hit $n: the entry's age counts the origin's");
+    }
+    my $log = "$ENV{TEST_NGINX_SERVROOT}/logs/age.log";
+    wait_until(sub { (() = (Test::StaleCache::slurp($log) // '') =~ /^\/dup age=\d+$/mg) == 2 },
+               5, 'the access log has the two hits\' ages');
+    like(Test::StaleCache::slurp($log), qr{^/dup age=-$}m, 'and no age for the miss');
+}
+
 run_tests();
 
 __DATA__
@@ -353,6 +383,17 @@ check_revalidation_bare_304();
 --- config eval: ::shipped()
 --- check
 check_request_directives();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 11: add_header Age $stale_cache_http_age left in the config: one Age; the variable in logs
+--- http_config eval: ::shipped_http() . "    log_format age '\$request_uri age=\$stale_cache_http_age';\n"
+--- config eval: ::shipped_with_add_header_age()
+--- check
+check_add_header_age();
 --- no_error_log
 [alert]
 [crit]

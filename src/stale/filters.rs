@@ -2,8 +2,9 @@
 //! handed to the rooms that act on it.
 //!
 //! - the main request: the hot tier's in-place body swap (`hot::main_header`,
-//!   `hot::main_body`) and the refresh's view of the response (`refresh::on_response_header`,
-//!   `refresh::output_done`);
+//!   `hot::main_body`), the refresh's view of the response (`refresh::on_response_header`,
+//!   `refresh::output_done`) and, in `stale_cache_http`, the `Age` of a response from the
+//!   cache (`age_header`);
 //! - a lookup subrequest of this layer (known by its post-subrequest handler,
 //!   `lookup::lookup_done`): its answer is captured (`lookup::capture_header`,
 //!   `lookup::capture_body`) and goes no further;
@@ -21,7 +22,7 @@ use ngx::http::HttpModuleLocationConf;
 use super::lookup::Capture;
 use super::role::{self, Declared};
 use super::state::{self, RequestState};
-use super::{hot, lookup, refresh};
+use super::{age_header, hot, lookup, refresh};
 use crate::nginx::filter_chain;
 use crate::nginx::log::debug;
 use crate::nginx::role::Role;
@@ -52,9 +53,14 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
     match classify(req) {
         Kind::Main => {
             hot::main_header(req);
-            let is_refresh = state::peek(req).is_some_and(|s| s.is_refresh);
+            let peek = state::peek(req);
+            let is_refresh = peek.as_ref().is_some_and(|s| s.is_refresh);
             refresh::on_response_header(req, is_refresh);
             super::http_mode::on_main_header(req);
+            if age_header::write(req, peek.and_then(|p| p.entry_age)) {
+                // SAFETY: a live request, in its header filter.
+                return age_header::while_written(r, || unsafe { filter_chain::next_header(r) });
+            }
         }
         Kind::Lookup(state) => {
             lookup::capture_header(state, req);

@@ -1,0 +1,96 @@
+//! `stale_cache_http`: the `Age` header of a response from the cache, written by the layer's
+//! header filter (`filters`), so a configuration needs no `add_header Age ...` line.
+//!
+//! A response gets one exactly when `$stale_cache_http_age` has a value (the looked-up or
+//! memo-known entry's age): FRESH, STALE, 304, hot-tier and LOCAL answers alike; never a
+//! response that did not come from the cache. An `Age` already in the response (stored, or
+//! the origin's) is replaced.
+//!
+//! A configuration that still has `add_header Age $stale_cache_http_age always;` must not
+//! send a second one: nginx's headers filter runs after this one, so while the rest of the
+//! header filter chain runs for a response this filter gave an `Age`, the variable is empty
+//! (an empty value makes `add_header` add nothing). Logs, evaluated later, see the value.
+
+use core::ptr;
+use core::sync::atomic::{AtomicPtr, Ordering};
+
+use ngx::ffi::{ngx_http_request_t, ngx_list_part_t, ngx_str_t, ngx_table_elt_t};
+use ngx::http::HttpModuleLocationConf;
+
+use crate::nginx::util::pool_str;
+use crate::stale::StaleCacheModule;
+
+const AGE: &str = "Age";
+
+/// The request whose header filter chain runs after this filter wrote its `Age`. Requests
+/// run on the worker's one event thread; an atomic (relaxed) rather than a thread-local
+/// spares the TLS look-up a module's thread-local costs on every access.
+static WRITTEN: AtomicPtr<ngx_http_request_t> = AtomicPtr::new(ptr::null_mut());
+
+/// Writes `Age: age` into `req`'s response when the mode is on in its location, replacing
+/// any `Age` there. Returns whether it did (the caller then runs the rest of the chain
+/// inside `while_written`).
+pub fn write(req: &mut ngx_http_request_t, age: Option<u64>) -> bool {
+    let Some(age) = age else {
+        return false;
+    };
+    if StaleCacheModule::location_conf(req).is_none_or(|c| c.http().is_none()) {
+        return false;
+    }
+    let mut digits = [0u8; 20];
+    let Some(value) = pool_str(req.pool, crate::resp::decimal(age, &mut digits)) else {
+        return false;
+    };
+    // SAFETY: a live request's headers_out list, walked part by part; its elements are
+    // valid, and a pushed element is fresh pool memory, fully written below.
+    unsafe {
+        let mut slot: *mut ngx_table_elt_t = ptr::null_mut();
+        let mut part: *mut ngx_list_part_t = &mut req.headers_out.headers.part;
+        while let Some(p) = part.as_mut() {
+            let elts = p.elts as *mut ngx_table_elt_t;
+            for i in 0..p.nelts {
+                let h = &mut *elts.add(i);
+                if h.hash != 0
+                    && h.key.len == AGE.len()
+                    && crate::nginx::util::str_bytes(&h.key).eq_ignore_ascii_case(AGE.as_bytes())
+                {
+                    if slot.is_null() {
+                        slot = h;
+                    } else {
+                        // A hash of 0 marks a deleted header: it is not sent.
+                        h.hash = 0;
+                    }
+                }
+            }
+            part = p.next;
+        }
+        if slot.is_null() {
+            slot = ngx::ffi::ngx_list_push(&mut req.headers_out.headers) as *mut ngx_table_elt_t;
+            let Some(h) = slot.as_mut() else {
+                return false;
+            };
+            h.hash = 1;
+            h.key = ngx_str_t {
+                len: AGE.len(),
+                data: AGE.as_ptr() as *mut u8,
+            };
+            h.lowcase_key = ptr::null_mut();
+        }
+        (*slot).value = value;
+    }
+    true
+}
+
+/// Runs `next` (the rest of the header filter chain) with `r` marked as having its `Age`.
+pub fn while_written<T>(r: *mut ngx_http_request_t, next: impl FnOnce() -> T) -> T {
+    let before = WRITTEN.swap(r, Ordering::Relaxed);
+    let out = next();
+    WRITTEN.store(before, Ordering::Relaxed);
+    out
+}
+
+/// Whether `$stale_cache_http_age` is to be empty now for `r`: its `Age` is written and the
+/// rest of the header filter chain (`add_header` among it) runs.
+pub fn hidden(r: &ngx_http_request_t) -> bool {
+    ptr::eq(WRITTEN.load(Ordering::Relaxed), r)
+}
