@@ -3,7 +3,7 @@
 //! is passed to the origin like a key marked "pass": srcache does not fetch, the response
 //! is stored as usual (not after `no-store`: `$stale_cache_http_skip`).
 
-use ngx::ffi::ngx_http_request_t;
+use ngx::ffi::{ngx_http_request_t, ngx_list_part_t, ngx_list_t, ngx_table_elt_t};
 
 use super::conf::StaleCacheConf;
 use super::http_mode::list_lines;
@@ -11,9 +11,34 @@ use super::state::RequestState;
 use crate::http::request::Request;
 use crate::policy::CacheStatus;
 
-/// The request's directives (its `Cache-Control` and `Pragma` lines).
+/// The request's directives (its `Cache-Control` and `Pragma` lines). Most requests have
+/// neither: one pass over the names' lengths finds that out, and only a request with a name
+/// as long as one of them is parsed.
 pub fn parse(req: &ngx_http_request_t) -> Request {
+    if !has_name_of_len(&req.headers_in.headers, b"cache-control".len(), b"pragma".len()) {
+        return Request::default();
+    }
     Request::parse(list_lines(&req.headers_in.headers))
+}
+
+/// Whether a live line of `list` has a name `a` or `b` bytes long.
+fn has_name_of_len(list: &ngx_list_t, a: usize, b: usize) -> bool {
+    let mut part: *const ngx_list_part_t = &list.part;
+    // SAFETY: a header list of a live request: each part holds `nelts` elements and the last
+    // part's `next` is null; the elements are only read.
+    unsafe {
+        while let Some(p) = part.as_ref() {
+            let elts = p.elts as *const ngx_table_elt_t;
+            for i in 0..p.nelts {
+                let h = &*elts.add(i);
+                if (h.key.len == a || h.key.len == b) && h.hash != 0 {
+                    return true;
+                }
+            }
+            part = p.next;
+        }
+    }
+    false
 }
 
 /// The request's directives when the mode is on in its location, `None` otherwise. Read
