@@ -37,8 +37,7 @@ pub fn write(req: &mut ngx_http_request_t, age: Option<u64>) -> bool {
     if StaleCacheModule::location_conf(req).is_none_or(|c| c.http().is_none()) {
         return false;
     }
-    let mut digits = [0u8; 20];
-    let Some(value) = pool_str(req.pool, crate::resp::decimal(age, &mut digits)) else {
+    let Some(value) = age_value(req, age) else {
         return false;
     };
     // SAFETY: a live request's headers_out list, walked part by part; its elements are
@@ -81,6 +80,37 @@ pub fn write(req: &mut ngx_http_request_t, age: Option<u64>) -> bool {
     true
 }
 
+/// "00" to "99": the value of an `Age` below 100 s points into it (nginx only reads header
+/// values), so the usual hit allocates nothing for it.
+static SMALL: [u8; 200] = {
+    let mut t = [0u8; 200];
+    let mut i = 0;
+    while i < 100 {
+        t[2 * i] = b'0' + (i / 10) as u8;
+        t[2 * i + 1] = b'0' + (i % 10) as u8;
+        i += 1;
+    }
+    t
+};
+
+/// `n` in decimal from [`SMALL`], when below 100.
+pub fn small_decimal(n: u64) -> Option<&'static [u8]> {
+    let i = usize::try_from(n).ok().filter(|&i| i < 100)?;
+    Some(&SMALL[2 * i + usize::from(i < 10)..2 * i + 2])
+}
+
+/// `age` in decimal: static below 100, else in `req`'s pool.
+pub fn age_value(req: &ngx_http_request_t, age: u64) -> Option<ngx_str_t> {
+    if let Some(digits) = small_decimal(age) {
+        return Some(ngx_str_t {
+            len: digits.len(),
+            data: digits.as_ptr() as *mut u8,
+        });
+    }
+    let mut digits = [0u8; 20];
+    pool_str(req.pool, crate::resp::decimal(age, &mut digits))
+}
+
 /// Runs `next` (the rest of the header filter chain) with `r` marked as having its `Age`.
 pub fn while_written<T>(r: *mut ngx_http_request_t, next: impl FnOnce() -> T) -> T {
     let before = WRITTEN.swap(r, Ordering::Relaxed);
@@ -93,4 +123,18 @@ pub fn while_written<T>(r: *mut ngx_http_request_t, next: impl FnOnce() -> T) ->
 /// rest of the header filter chain (`add_header` among it) runs.
 pub fn hidden(r: &ngx_http_request_t) -> bool {
     ptr::eq(WRITTEN.load(Ordering::Relaxed), r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::small_decimal;
+
+    #[test]
+    fn small_ages() {
+        for i in 0..100u64 {
+            assert_eq!(small_decimal(i), Some(i.to_string().as_bytes()));
+        }
+        assert_eq!(small_decimal(100), None);
+        assert_eq!(small_decimal(u64::MAX), None);
+    }
 }

@@ -206,17 +206,13 @@ unsafe extern "C" fn age_variable(
 ) -> ngx_int_t {
     // SAFETY: nginx passes a live request and the value slot being evaluated.
     let (r, v) = unsafe { (&*r, value_slot(v)) };
-    // Formatted on the stack and copied once into the pool: no heap allocation per hit.
-    let mut digits = [0u8; 20];
     // Empty while `add_header` could add a second Age to the one the filter wrote.
     let age = state::peek(r)
         .and_then(|p| p.entry_age)
         .filter(|_| !super::age_header::hidden(r));
-    match age {
-        Some(age) => match pool_str(r.pool, crate::resp::decimal(age, &mut digits)) {
-            Some(s) => set_value_in_pool(v, str_bytes(&s)),
-            None => set_not_found(v),
-        },
+    // Static below 100 s, else formatted on the stack and copied into the pool.
+    match age.and_then(|age| super::age_header::age_value(r, age)) {
+        Some(s) => set_value_in_pool(v, str_bytes(&s)),
         None => set_not_found(v),
     }
     VAR_OK

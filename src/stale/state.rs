@@ -724,15 +724,17 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
     }
 }
 
-/// `r`'s variant suffix (`stale_cache_http`), empty when its URL does not vary.
-pub fn variant_of(r: &ngx_http_request_t) -> Option<String> {
+/// `r`'s variant suffix (`stale_cache_http`) handed to `f`; `None` when its URL does not
+/// vary.
+#[inline]
+pub fn with_variant_suffix<T>(r: &ngx_http_request_t, f: impl FnOnce(&str) -> T) -> Option<T> {
     let state = find(r)?.as_ptr();
     // SAFETY: the state is live while its request is; a variable handler runs while no step
-    // changes the field, which is only cloned.
+    // changes the field, which is only read during `f`.
     unsafe {
         (*ptr::addr_of!((*state).variant))
             .as_ref()
-            .map(|v| v.suffix.clone())
+            .map(|v| f(&v.suffix))
     }
 }
 

@@ -256,15 +256,21 @@ unsafe extern "C" fn variant_variable(
 ) -> ngx_int_t {
     // SAFETY: nginx passes a live request and the value slot being evaluated.
     let (r, v) = unsafe { (&*r, value_slot(v)) };
-    let suffix = if core::ptr::eq(r.main, r) && r.headers_out.status != 0 {
-        // srcache_store's arguments: the response's variant.
-        let names = response_vary(r).unwrap_or_default();
-        vary::variant(&names, list_lines(&r.headers_in.headers))
-    } else {
-        state::variant_of(r).unwrap_or_default()
-    };
-    set_text(r, v, &suffix);
+    if core::ptr::eq(r.main, r) && r.headers_out.status != 0 {
+        response_variant(r, v);
+    } else if state::with_variant_suffix(r, |suffix| set_text(r, v, suffix)).is_none() {
+        // The lookups of a URL without Vary (the usual hit): nothing to copy.
+        set_value(v, b"");
+    }
     VAR_OK
+}
+
+/// srcache_store's arguments: the response's variant. Out of line, so that the lookups'
+/// evaluation (every hit) stays small.
+#[inline(never)]
+fn response_variant(r: &ngx_http_request_t, v: &mut ngx_variable_value_t) {
+    let names = response_vary(r).unwrap_or_default();
+    set_text(r, v, &vary::variant(&names, list_lines(&r.headers_in.headers)));
 }
 
 /// The response's normalised Vary names, when the mode is on and the response has a status.
