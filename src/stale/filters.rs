@@ -56,7 +56,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
             let peek = state::peek(req);
             let is_refresh = peek.as_ref().is_some_and(|s| s.is_refresh);
             refresh::on_response_header(req, is_refresh);
-            super::http_mode::on_main_header(req);
+            super::http_mode::on_main_header(req, is_refresh);
             if age_header::write(req, peek.and_then(|p| p.entry_age)) {
                 // SAFETY: a live request, in its header filter.
                 return age_header::while_written(r, || unsafe { filter_chain::next_header(r) });

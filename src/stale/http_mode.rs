@@ -230,34 +230,50 @@ unsafe extern "C" fn script_variable(
 
 /// The main request's response header: an unsafe request answered 2xx/3xx invalidates its
 /// URL (and its same-host Location/Content-Location) through the `invalidate=` location.
-/// Safe methods return after two pointer tests (or three, with both If-None-Match and
-/// If-Modified-Since).
-pub fn on_main_header(req: &mut ngx_http_request_t) {
+/// Safe methods return after a few field tests (`is_refresh`: the request is a refresh);
+/// the rare work is out of line, so the usual hit pays no more.
+#[inline]
+pub fn on_main_header(req: &mut ngx_http_request_t, is_refresh: bool) {
     const SAFE: usize = (ngx::ffi::NGX_HTTP_GET
         | ngx::ffi::NGX_HTTP_HEAD
         | ngx::ffi::NGX_HTTP_OPTIONS
         | ngx::ffi::NGX_HTTP_TRACE) as usize;
     if req.method & SAFE != 0 {
-        // RFC 9110 13.2.2: If-Modified-Since is evaluated only without If-None-Match;
-        // nginx's not-modified filter (after this one) would let it overrule a matching ETag.
-        if !req.headers_in.if_none_match.is_null()
-            && !req.headers_in.if_modified_since.is_null()
-            && StaleCacheModule::location_conf(req).is_some_and(|c| c.http().is_some())
+        if !req.headers_in.if_none_match.is_null() && !req.headers_in.if_modified_since.is_null()
         {
-            req.headers_in.if_modified_since = core::ptr::null_mut();
+            both_conditions(req);
         }
-        // A refresh whose answer may not be stored at all (no-store, private, ...): the
-        // entry it was to replace goes, so nobody is served the old answer in its place.
-        // (A 304 is not a new answer: the stored one stays.)
-        if (200..300).contains(&req.headers_out.status)
-            && StaleCacheModule::location_conf(req).is_some_and(|c| c.http().is_some())
-            && state::peek(req).is_some_and(|p| p.is_refresh)
-            && matches!(verdict(req), Some(Verdict::Skip(_)))
-        {
-            invalidate_urls(req, false);
+        if is_refresh && (200..300).contains(&req.headers_out.status) {
+            refresh_answered(req);
         }
         return;
     }
+    unsafe_method(req);
+}
+
+/// RFC 9110 13.2.2: If-Modified-Since is evaluated only without If-None-Match; nginx's
+/// not-modified filter (after this one) would let it overrule a matching ETag.
+#[inline(never)]
+fn both_conditions(req: &mut ngx_http_request_t) {
+    if StaleCacheModule::location_conf(req).is_some_and(|c| c.http().is_some()) {
+        req.headers_in.if_modified_since = core::ptr::null_mut();
+    }
+}
+
+/// A refresh whose answer may not be stored at all (no-store, private, ...): the entry it
+/// was to replace goes, so nobody is served the old answer in its place. (A 304 is not a new
+/// answer: the stored one stays.)
+#[inline(never)]
+fn refresh_answered(req: &mut ngx_http_request_t) {
+    if StaleCacheModule::location_conf(req).is_some_and(|c| c.http().is_some())
+        && matches!(verdict(req), Some(Verdict::Skip(_)))
+    {
+        invalidate_urls(req, false);
+    }
+}
+
+#[inline(never)]
+fn unsafe_method(req: &mut ngx_http_request_t) {
     if !invalidate::is_unsafe(str_bytes(&req.method_name))
         || !invalidate::invalidating_status(req.headers_out.status)
     {

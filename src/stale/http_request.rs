@@ -41,11 +41,13 @@ fn has_name_of_len(list: &ngx_list_t, a: usize, b: usize) -> bool {
     false
 }
 
-/// The request's directives when the mode is on in its location, `None` otherwise. Read
-/// once per step and handed to [`pass_at_once`] and [`pass_stored`].
+/// The request's directives when the mode is on in its location and the request has any,
+/// `None` otherwise (a plain request refuses nothing: [`pass_at_once`] and [`pass_stored`]
+/// then return at once). Read once per step and handed to them.
+#[inline]
 pub fn directives(req: &ngx_http_request_t, scf: &StaleCacheConf) -> Option<Request> {
     scf.http()?;
-    Some(parse(req))
+    Some(parse(req)).filter(|d| !d.is_plain())
 }
 
 /// Before any lookup: the request takes no stored response at all (`true`: passed).
@@ -60,6 +62,7 @@ pub fn pass_at_once(state: &mut RequestState, directives: Option<&Request>) -> b
 
 /// A stored response of this age, fresh for `fresh_left` more seconds, was found: `true`
 /// (passed) when the request does not take it.
+#[inline]
 pub fn pass_stored(
     state: &mut RequestState,
     directives: Option<&Request>,
