@@ -239,8 +239,7 @@ pub fn on_main_header(req: &mut ngx_http_request_t, is_refresh: bool) {
         | ngx::ffi::NGX_HTTP_OPTIONS
         | ngx::ffi::NGX_HTTP_TRACE) as usize;
     if req.method & SAFE != 0 {
-        if !req.headers_in.if_none_match.is_null() && !req.headers_in.if_modified_since.is_null()
-        {
+        if !req.headers_in.if_none_match.is_null() && !req.headers_in.if_modified_since.is_null() {
             both_conditions(req);
         }
         if is_refresh && (200..300).contains(&req.headers_out.status) {

@@ -15,7 +15,11 @@ use crate::policy::CacheStatus;
 /// neither: one pass over the names' lengths finds that out, and only a request with a name
 /// as long as one of them is parsed.
 pub fn parse(req: &ngx_http_request_t) -> Request {
-    if !has_name_of_len(&req.headers_in.headers, b"cache-control".len(), b"pragma".len()) {
+    if !has_name_of_len(
+        &req.headers_in.headers,
+        b"cache-control".len(),
+        b"pragma".len(),
+    ) {
         return Request::default();
     }
     Request::parse(list_lines(&req.headers_in.headers))

@@ -270,7 +270,11 @@ unsafe extern "C" fn variant_variable(
 #[inline(never)]
 fn response_variant(r: &ngx_http_request_t, v: &mut ngx_variable_value_t) {
     let names = response_vary(r).unwrap_or_default();
-    set_text(r, v, &vary::variant(&names, list_lines(&r.headers_in.headers)));
+    set_text(
+        r,
+        v,
+        &vary::variant(&names, list_lines(&r.headers_in.headers)),
+    );
 }
 
 /// The response's normalised Vary names, when the mode is on and the response has a status.
