@@ -210,7 +210,9 @@ backend GET /long/lane hit 1
 my $fresh = 0;
 for (1 .. 30) { $fresh++ if (http_get('/long/lane')->{headers}{'x-stale-cache'} // '') eq 'FRESH' }
 is($fresh, 30, '30 fresh hits');
-my ($m) = scrape();
+# A request is counted as it ends, just after its last byte left: the scrape waits for it.
+my $m;
+wait_until(sub { ($m) = scrape(); ($m->{req('fresh')} // 0) >= 30 }, 5, 'the 30th hit counted');
 is($m->{req('fresh')}, 30, 'requests_total{status=fresh} 30');
 is($m->{req('miss')}, 1, 'requests_total{status=miss} 1');
 # kill -9 each worker in turn; the master starts new ones, which take over the lanes.
@@ -225,7 +227,7 @@ is($m->{req('miss')}, 1, 'still miss 1');
 my %after;
 for (1 .. 20) { $after{ http_get('/long/lane')->{headers}{'x-stale-cache'} // 'none' }++ }
 is($after{FRESH}, 20, '20 more fresh hits') or diag(explain(\%after));
-($m) = scrape();
+wait_until(sub { ($m) = scrape(); ($m->{req('fresh')} // 0) >= 50 }, 5, 'the 50th hit counted');
 is($m->{req('fresh')}, 50, 'the new workers add to the totals: fresh 50');
 --- error_log eval
 qr/\[alert\].*exited on signal 9/
