@@ -600,18 +600,42 @@ impl<'a> LockTable<'a> {
     /// [`LockTable::rebuild`].
     pub fn attach(region: &'a mut [u8]) -> Result<LockTable<'a>, LayoutError> {
         let table = Self::attach_layout(region)?;
-        let h = *table.hdr;
-        if let Some(err) = table.damage() {
-            return Err(err);
-        }
-        if h.max_entries as usize != max_entries(table.slots.len()) || h.entries > h.max_entries {
+        if table.hdr.max_entries as usize != max_entries(table.slots.len()) {
             return Err(LayoutError::Corrupt("entry count"));
         }
-        let valid = |i: u32| i == NIL || (i as usize) < table.slots.len();
+        table.check_state()?;
+        Ok(table)
+    }
+
+    /// [`LockTable::attach`] of a region whose layout this process has already seen
+    /// `attach` accept (the same mapping): the layout fields (magic, version, sizes, slot
+    /// count, capacity) are only ever written when a table is laid out, and then with the
+    /// same values for a region of this size, so only what operations change is checked
+    /// again: the damage mark, the entry count and the LRU list's ends. Saves the per-call
+    /// header checks on the hot path; a damaged table is refused exactly as by `attach`.
+    pub fn reattach(region: &'a mut [u8]) -> Result<LockTable<'a>, LayoutError> {
+        let slots = Self::check_region(region)?;
+        let table = Self::view(region, slots);
+        table.check_state()?;
+        Ok(table)
+    }
+
+    /// The header fields operations change, as a crashed writer may have left them.
+    #[inline]
+    fn check_state(&self) -> Result<(), LayoutError> {
+        let h = &*self.hdr;
+        if h.damage != 0 {
+            return Err(self.damage().unwrap_or(LayoutError::Corrupt("damage")));
+        }
+        if h.entries > h.max_entries {
+            return Err(LayoutError::Corrupt("entry count"));
+        }
+        let slots = self.slots.len();
+        let valid = |i: u32| i == NIL || (i as usize) < slots;
         if !valid(h.lru_head) || !valid(h.lru_tail) || (h.lru_head == NIL) != (h.entries == 0) {
             return Err(LayoutError::Corrupt("LRU list ends"));
         }
-        Ok(table)
+        Ok(())
     }
 
     /// Empties a table whose layout this module reads (as [`LockTable::attach`]
@@ -646,6 +670,15 @@ impl<'a> LockTable<'a> {
     pub unsafe fn attach_raw(region: *mut u8, len: usize) -> Result<LockTable<'a>, LayoutError> {
         // SAFETY: the caller guarantees validity and exclusivity.
         Self::attach(unsafe { std::slice::from_raw_parts_mut(region, len) })
+    }
+
+    /// [`LockTable::reattach`] on a raw region.
+    ///
+    /// # Safety
+    /// As for [`LockTable::init_raw`].
+    pub unsafe fn reattach_raw(region: *mut u8, len: usize) -> Result<LockTable<'a>, LayoutError> {
+        // SAFETY: the caller guarantees validity and exclusivity.
+        Self::reattach(unsafe { std::slice::from_raw_parts_mut(region, len) })
     }
 
     /// [`LockTable::rebuild`] on a raw region.
@@ -1934,6 +1967,11 @@ mod tests {
             LockTable::attach(region.bytes()),
             Err(LayoutError::Corrupt(_))
         ));
+        // A worker that saw the layout before checks what operations change just the same.
+        assert!(matches!(
+            LockTable::reattach(region.bytes()),
+            Err(LayoutError::Corrupt(_))
+        ));
     }
 
     #[test]
@@ -2727,6 +2765,7 @@ mod tests {
             let damage = t.damage();
             drop(t);
             let err = LockTable::attach(region.bytes()).err();
+            assert_eq!(LockTable::reattach(region.bytes()).err(), err);
             (damage, err)
         });
         assert_eq!(damage, Some(LayoutError::Corrupt(Damage::Link.what())));
@@ -2862,11 +2901,16 @@ mod tests {
             LockTable::attach(region.bytes()),
             Err(LayoutError::Corrupt(_))
         ));
+        assert!(matches!(
+            LockTable::reattach(region.bytes()),
+            Err(LayoutError::Corrupt(_))
+        ));
         let t = LockTable::rebuild(region.bytes()).unwrap();
         assert_eq!(t.seed(), 5);
         assert_eq!(t.stats().rebuilds, 1);
         assert_eq!(t.stats().entries, 0);
         t.verify().unwrap();
+        assert!(LockTable::reattach(region.bytes()).is_ok());
         let mut t = region.attach();
         assert_eq!(t.memo_set(key(1), 10, 1), MemoOutcome::Stored);
         // Another layout is not rebuilt: someone else may be reading it.

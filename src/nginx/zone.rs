@@ -19,6 +19,9 @@ pub struct Zone {
     pub seed: crate::nginx::shm::SeedCache,
     /// This worker's counters lane (`metrics::Lane`), claimed at its first count.
     pub lane: LaneCache,
+    /// Whether this process has seen the table's layout accepted (`LockTable::attach`): later
+    /// calls check only what operations change (`LockTable::reattach`).
+    pub layout_seen: core::cell::Cell<bool>,
 }
 
 /// A worker's claim on a zone's counters lane: which process claimed (a configuration made
@@ -141,7 +144,7 @@ impl Zone {
             zone,
             // SAFETY: the region stays mapped for the cycle, and the mutex with_table holds
             // makes this worker its only user while `run_locked` runs.
-            || unsafe { run_locked(region, len, f) },
+            || unsafe { run_locked(region, len, &self.layout_seen, f) },
             |log, why| {
                 ngx::ngx_log_error!(
                     ngx::ffi::NGX_LOG_WARN,
@@ -165,11 +168,20 @@ impl Zone {
 unsafe fn run_locked<R>(
     region: *mut u8,
     len: usize,
+    layout_seen: &core::cell::Cell<bool>,
     f: impl FnOnce(&mut LockTable) -> R,
 ) -> (Option<R>, Option<LayoutError>) {
     // SAFETY: (caller) valid region, mutex held.
-    match unsafe { LockTable::attach_raw(region, len) } {
+    let attached = unsafe {
+        if layout_seen.get() {
+            LockTable::reattach_raw(region, len)
+        } else {
+            LockTable::attach_raw(region, len)
+        }
+    };
+    match attached {
         Ok(mut table) => {
+            layout_seen.set(true);
             let result = f(&mut table);
             let Some(why) = table.damage() else {
                 return (Some(result), None);

@@ -34,7 +34,7 @@ use crate::nginx::util::{live_headers, now_ms, request_log, str_bytes, AGAIN, DE
 use crate::nginx::vars;
 use crate::policy::CacheStatus;
 use crate::replay::{same_header_name, secret_matches};
-use crate::settings::Settings;
+use crate::settings::{Settings, SettingsError};
 use crate::stale::{main_conf, StaleCacheModule};
 
 /* ----------------------------------------------------------------- POST_READ */
@@ -235,10 +235,7 @@ fn settings_of(
         return Ok(false);
     }
     let preset = scf.preset.as_ref().and_then(|p| p.settings(req));
-    let settings = match preset.map_or_else(
-        || Settings::parse(&read_cache_variables(req)),
-        |s| Ok(Some(s)),
-    ) {
+    let settings = match preset.map_or_else(|| parse_settings(req), |s| Ok(Some(s))) {
         Ok(Some(s)) => s,
         Ok(None) => return Err(StaleError::Inactive),
         Err(e) => return Err(StaleError::Settings(e)),
@@ -248,10 +245,23 @@ fn settings_of(
     Ok(needs_body)
 }
 
+/// The `$cache_*` variables read and parsed: a location without a preset, or a request whose
+/// variables differ from it. Kept out of `run` (the preset's fresh hits never come here): its
+/// thread-local memo's address (a `__tls_get_addr` call in a shared object) would otherwise be
+/// computed on every step of every request.
+#[cold]
+#[inline(never)]
+fn parse_settings(req: &ngx_http_request_t) -> Result<Option<Settings>, SettingsError> {
+    Settings::parse(&read_cache_variables(req))
+}
+
 /// Reads the request body before any decision (the refresh replays it, and no lock may be
 /// taken before it is whole); the step goes on at once if it was already buffered, or when
 /// `body_read` runs. A body that never arrives ends the request (nginx answers 408) with no
 /// lock taken and no status.
+// Not inlined into `run`: its thread-local's address (a `__tls_get_addr` call in a shared
+// object) would then be computed on every step of every request, bodies or not.
+#[inline(never)]
 fn read_body(state: &mut RequestState, req: &mut ngx_http_request_t) -> Next {
     state.reading_body();
     // The body stays for the proxy after the refresh has copied it.

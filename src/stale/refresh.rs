@@ -282,10 +282,10 @@ pub fn output_done(r: &ngx_http_request_t) {
 }
 
 /// The request is over: its refresh starts now if it has not yet.
-pub fn request_ended(r: *mut ngx_http_request_t, unarmed: Option<PendingRefresh>) {
+pub fn request_ended(r: *mut ngx_http_request_t, unarmed: Option<Box<PendingRefresh>>) {
     start_armed(r as usize, "the request ended");
     if let Some(pending) = unarmed {
-        send(pending);
+        send(*pending);
     }
 }
 

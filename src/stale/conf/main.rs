@@ -223,6 +223,7 @@ pub unsafe extern "C" fn set_zone(
         shm,
         seed: Default::default(),
         lane: Default::default(),
+        layout_seen: Default::default(),
     });
     CONF_OK
 }
