@@ -181,25 +181,6 @@ impl Counters {
             && self.slots.load(Ordering::Relaxed) == SLOTS as u64
     }
 
-    /// Adds `n` to `counter`.
-    #[inline]
-    pub fn add(&self, counter: Counter, n: u64) {
-        self.values[counter.slot()].fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Adds one to `counter`.
-    #[inline]
-    pub fn incr(&self, counter: Counter) {
-        self.add(counter, 1);
-    }
-
-    /// Records one wake-up delay in the histogram.
-    pub fn observe_wake_delay(&self, delay_ms: u64) {
-        self.incr(Counter::WakeBucket(wake_bucket(delay_ms)));
-        self.add(Counter::WakeSumMs, delay_ms);
-        self.incr(Counter::WakeCount);
-    }
-
     /// The current values (each read atomically; the set is not one instant, which counters
     /// scraped while traffic runs never are).
     pub fn snapshot(&self) -> Snapshot {
@@ -276,27 +257,39 @@ pub struct Tally<'a> {
     pub lane: Option<&'a Lane>,
 }
 
-impl Tally<'_> {
+/// Somewhere counts go: the shared block itself, or a worker's [`Tally`].
+pub trait Count {
     /// Adds `n` to `counter`.
-    #[inline]
-    pub fn add(&self, counter: Counter, n: u64) {
-        match self.lane {
-            Some(lane) => lane.add(counter, n),
-            None => self.shared.add(counter, n),
-        }
-    }
+    fn add(&self, counter: Counter, n: u64);
 
     /// Adds one to `counter`.
     #[inline]
-    pub fn incr(&self, counter: Counter) {
+    fn incr(&self, counter: Counter) {
         self.add(counter, 1);
     }
 
     /// Records one wake-up delay in the histogram.
-    pub fn observe_wake_delay(&self, delay_ms: u64) {
+    fn observe_wake_delay(&self, delay_ms: u64) {
         self.incr(Counter::WakeBucket(wake_bucket(delay_ms)));
         self.add(Counter::WakeSumMs, delay_ms);
         self.incr(Counter::WakeCount);
+    }
+}
+
+impl Count for Counters {
+    #[inline]
+    fn add(&self, counter: Counter, n: u64) {
+        self.values[counter.slot()].fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+impl Count for Tally<'_> {
+    #[inline]
+    fn add(&self, counter: Counter, n: u64) {
+        match self.lane {
+            Some(lane) => lane.add(counter, n),
+            None => self.shared.add(counter, n),
+        }
     }
 }
 

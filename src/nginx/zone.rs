@@ -6,7 +6,7 @@ use core::ffi::c_void;
 use ngx::ffi::{ngx_int_t, ngx_shm_zone_t, ngx_slab_alloc, ngx_slab_pool_t};
 
 use crate::locktable::{Fingerprint, LayoutError, LockTable};
-use crate::metrics::{self, Counters, Lane, Lanes, Snapshot, Tally};
+use crate::metrics::{self, Count, Counters, Lane, Lanes, Snapshot, Tally};
 
 const NGX_OK: ngx_int_t = 0;
 const NGX_ERROR: ngx_int_t = -1;

@@ -20,7 +20,7 @@ use ngx::http::{HttpModuleLocationConf, NgxHttpCoreModule};
 use super::state::RequestState;
 use super::variables::cache_lock_value;
 use crate::collapse::FillEnd;
-use crate::metrics::{render, render_hot, Counter, ZoneMetrics};
+use crate::metrics::{render, render_hot, Count, Counter, ZoneMetrics};
 use crate::nginx::util::{CONF_OK, ERROR};
 use crate::nginx::zone;
 use crate::nginx::zone::ZoneRef;
