@@ -17,6 +17,7 @@ pub mod http;
 pub mod keyderive;
 pub mod lease;
 pub mod locktable;
+pub mod memocache;
 pub mod metrics;
 pub mod phase;
 pub mod policy;

@@ -27,6 +27,7 @@ use std::fmt;
 use std::hash::Hasher;
 use std::mem::{align_of, size_of};
 use std::num::NonZeroU64;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use siphasher::sip128::{Hash128, Hasher128, SipHasher13};
 
@@ -35,7 +36,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"SWRLOCK1");
 
 /// Bumped whenever the header, the slots or the fingerprint function change,
 /// so a region left by another module version is re-created, not misread.
-pub const LAYOUT_VERSION: u32 = 5;
+pub const LAYOUT_VERSION: u32 = 6;
 
 /// Bytes reserved for the header at the start of the region; slots follow.
 pub const HEADER_SIZE: usize = 128;
@@ -160,7 +161,10 @@ struct Header {
     /// 0. Set, it makes [`LockTable::attach`] fail until [`LockTable::rebuild`]:
     /// every worker sees it, not only the one that found the damage.
     damage: u32,
-    _reserved: u32,
+    /// Bumped (under the mutex) whenever a memo is cleared or shortened, read without it:
+    /// workers keep copies of the memos they read (`crate::memocache`) only while it holds.
+    /// Carried over by a rebuild (bumped), so no copy outlives the memos it mirrors.
+    memo_epoch: u32,
 }
 
 /// One key's state. Integers only, so any bit pattern is a valid value and a
@@ -743,6 +747,8 @@ impl<'a> LockTable<'a> {
 
     fn lay_out(&mut self, seed: u64, rebuilds: u64) {
         let slots = self.slots.len();
+        // A rebuild forgets every memo: copies read before it must not be used after it.
+        let memo_epoch = self.hdr.memo_epoch.wrapping_add(1);
         *self.hdr = Header {
             magic: MAGIC,
             version: LAYOUT_VERSION,
@@ -761,7 +767,7 @@ impl<'a> LockTable<'a> {
             dead_owners: 0,
             rebuilds,
             damage: 0,
-            _reserved: 0,
+            memo_epoch,
         };
         self.slots.fill(Slot::EMPTY);
     }
@@ -1033,6 +1039,34 @@ impl<'a> LockTable<'a> {
         })
     }
 
+    /// The memo epoch (see `Header::memo_epoch`), as the table holds it.
+    pub fn memo_epoch(&self) -> u32 {
+        self.hdr.memo_epoch
+    }
+
+    /// The memo epoch of the table in `region`, read without the zone's mutex (while a
+    /// writer may hold it).
+    ///
+    /// # Safety
+    /// `region` is a table's region (as for [`LockTable::attach_raw`]), mapped and aligned,
+    /// whose header was laid out; the caller need not hold the mutex.
+    pub unsafe fn memo_epoch_raw(region: *const u8) -> u32 {
+        // SAFETY: (caller) the header is at the region's start, aligned for its u64 fields;
+        // writers store the field atomically (`memo_changed`).
+        unsafe {
+            AtomicU32::from_ptr(region.add(std::mem::offset_of!(Header, memo_epoch)) as *mut u32)
+                .load(Ordering::Acquire)
+        }
+    }
+
+    /// A memo was cleared or shortened: copies read before must not be used.
+    fn memo_changed(&mut self) {
+        let next = self.hdr.memo_epoch.wrapping_add(1);
+        // SAFETY: the field is a live, aligned u32 this (mutex-holding) view may write;
+        // readers without the mutex load it atomically.
+        unsafe { AtomicU32::from_ptr(&mut self.hdr.memo_epoch).store(next, Ordering::Release) };
+    }
+
     /// Remembers that `fp` is fresh until `fresh_until_ms`; a time not in the
     /// future clears the memo instead. Refreshes the key's LRU position.
     pub fn memo_set(&mut self, fp: Fingerprint, fresh_until_ms: u64, now_ms: u64) -> MemoOutcome {
@@ -1057,13 +1091,19 @@ impl<'a> LockTable<'a> {
             let Some((idx, evicted)) = t.entry(fp, now_ms)? else {
                 return Ok(MemoOutcome::Full);
             };
+            let before = t.slots[idx].fresh_until_ms;
             t.slots[idx].set_memo(fresh_until_ms, born_ms);
+            if fresh_until_ms < before {
+                t.memo_changed();
+            }
             Ok(stored(evicted))
         })
     }
 
     /// Forgets the remembered freshness of `fp` (e.g. after a failed refresh).
     pub fn memo_clear(&mut self, fp: Fingerprint, now_ms: u64) {
+        // Even when the table holds no memo of `fp` (evicted): a worker may keep a copy.
+        self.memo_changed();
         self.guarded((), |t| {
             if let Some(idx) = t.find(fp)? {
                 t.slots[idx].set_memo(0, None);
@@ -1173,6 +1213,7 @@ impl<'a> LockTable<'a> {
     /// pass mark and the memory of its last store. A held lock stays: its
     /// holder releases it and its waiters depend on it. Returns what was live.
     pub fn forget(&mut self, fp: Fingerprint, now_ms: u64) -> Forgotten {
+        self.memo_changed();
         self.guarded(Forgotten::default(), |t| {
             let Some(idx) = t.find(fp)? else {
                 return Ok(Forgotten::default());
@@ -2873,6 +2914,42 @@ mod tests {
             t.verify()
         });
         assert_eq!(err, Err(LayoutError::Corrupt("entry count")));
+    }
+
+    #[test]
+    fn memo_epoch_moves_when_a_memo_is_cleared_or_shortened() {
+        let mut region = Region::with_slots(64);
+        let epoch = |region: &mut Region| {
+            let raw = region.bytes().as_ptr();
+            // SAFETY: a laid-out region owned by the test.
+            let read = unsafe { LockTable::memo_epoch_raw(raw) };
+            assert_eq!(read, region.attach().memo_epoch());
+            read
+        };
+        region.init(5);
+        let e0 = epoch(&mut region);
+        // New memos and longer ones leave copies good.
+        region.attach().memo_set(key(1), 10_000, 1);
+        region.attach().memo_set(key(1), 20_000, 2);
+        region
+            .attach()
+            .memo_set_born(key(2), 30_000, Some(1_000), 3);
+        assert_eq!(epoch(&mut region), e0);
+        // Shorter, cleared, forgotten, cleared when absent, rebuilt: each moves it.
+        region.attach().memo_set(key(1), 15_000, 4);
+        let e1 = epoch(&mut region);
+        assert_ne!(e1, e0);
+        region.attach().memo_set(key(1), 3, 4);
+        let e2 = epoch(&mut region);
+        assert_ne!(e2, e1);
+        region.attach().forget(key(2), 5);
+        let e3 = epoch(&mut region);
+        assert_ne!(e3, e2);
+        region.attach().memo_clear(key(99), 6);
+        let e4 = epoch(&mut region);
+        assert_ne!(e4, e3);
+        LockTable::rebuild(region.bytes()).unwrap();
+        assert_ne!(epoch(&mut region), e4);
     }
 
     #[test]

@@ -105,3 +105,32 @@ http_get('/m/k2');
 is(redis_calls('ttl'), $before + 1, 'a least recently used key was evicted and is looked up again');
 my @lines = error_log_text() =~ /(is full: evicting the least recently used freshness memos)/g;
 is(scalar @lines, 1, 'the eviction is logged once');
+
+=== TEST 4: a purge ends the worker's own copy of the memo too: the next request looks the TTL up and fills
+Workers keep copies of the memos they read, good while the zone's memo epoch holds; clearing
+a memo (a purge here) moves it.
+--- http_config
+    stale_cache_zone srcache_locks 1m;
+--- config eval
+drop_in_config("set \$cache_purge /redispurge;\n        stale_cache_purge PURGE;\n")
+. "    location = /redispurge { internal; set_unescape_uri \$key \$arg_key; set_md5 \$key;
+        stale_cache_redis_pass redis; stale_cache_redis_command DEL \$key; }\n"
+--- pre
+is(http_get('/api/kept')->{headers}{'x-stale-cache'}, 'MISS', 'the fill');
+redis('CONFIG', 'RESETSTAT');
+--- request
+GET /api/kept
+--- response_headers
+X-Stale-Cache: FRESH
+--- check
+for (1 .. 5) {
+    is(http_get('/api/kept')->{headers}{'x-stale-cache'}, 'FRESH', "request $_: FRESH");
+}
+is(redis_calls('ttl'), 1, 'one lookup, then the memo');
+is(http_request('PURGE', '/api/kept')->{status}, 200, 'purged');
+redis('CONFIG', 'RESETSTAT');
+my $r = http_get('/api/kept');
+is($r->{headers}{'x-stale-cache'}, 'MISS', 'after the purge: a MISS');
+is(redis_calls('ttl'), 1, 'which looked the TTL up (no copy of the old memo was used)');
+is($r->{body}, "backend GET /api/kept hit 2\n", 'and filled from the backend');
+is(http_get('/api/kept')->{headers}{'x-stale-cache'}, 'FRESH', 'then FRESH again');

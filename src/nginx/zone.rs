@@ -22,6 +22,8 @@ pub struct Zone {
     /// Whether this process has seen the table's layout accepted (`LockTable::attach`): later
     /// calls check only what operations change (`LockTable::reattach`).
     pub layout_seen: core::cell::Cell<bool>,
+    /// The freshness memos this worker read from the table (`crate::memocache`).
+    pub memos: crate::memocache::MemoCache,
 }
 
 /// A worker's claim on a zone's counters lane: which process claimed (a configuration made
@@ -114,6 +116,20 @@ impl Zone {
     pub fn snapshot(&self) -> Option<Snapshot> {
         let (shared, lanes) = self.blocks()?;
         Some(shared.snapshot_with(lanes))
+    }
+
+    /// The table's memo epoch, read without the mutex: what a copy of a memo is good under
+    /// (`crate::memocache`). `None` before the zone is mapped.
+    #[inline]
+    pub fn memo_epoch(&self) -> Option<u32> {
+        // SAFETY: `shm` is the zone nginx created for this configuration (see with_table).
+        let data = unsafe { (*self.shm).data };
+        if data.is_null() {
+            return None;
+        }
+        // SAFETY: a non-null `data` is the block init_zone made and prefixed with the table,
+        // whose header it laid out (or checked) before any worker ran; mapped for the cycle.
+        Some(unsafe { LockTable::memo_epoch_raw(table_region(data as *mut u8).0) })
     }
 
     /// Runs `f` on the table and `key`'s fingerprint, hashed before the mutex is taken.

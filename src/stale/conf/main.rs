@@ -224,6 +224,7 @@ pub unsafe extern "C" fn set_zone(
         seed: Default::default(),
         lane: Default::default(),
         layout_seen: Default::default(),
+        memos: Default::default(),
     });
     CONF_OK
 }

@@ -9,6 +9,7 @@ mod local_steps;
 mod refetch;
 mod ttl;
 mod waiting;
+mod zone_facts;
 
 use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR, NGX_LOG_NOTICE};
 
@@ -38,6 +39,7 @@ use refetch::refetch;
 use ttl::ttl_of;
 pub use waiting::give_up_waiting;
 use waiting::{try_backend_now, wait_for};
+use zone_facts::locked_facts;
 
 /// First visit (settings already read by the driver): bypass rules, the freshness memo and
 /// locks, then the TTL lookup.
@@ -78,38 +80,23 @@ pub fn start(state: &mut RequestState, req: &mut ngx_http_request_t, scf: &Stale
     let now = now_ms();
     let memo = scf.memo_enabled();
     // In the mode, the memo also says when the entry was born (its `Age`).
-    let (http, mut memo_born) = (scf.http().is_some(), None);
-    let facts = zone
-        .with_key(&settings.key, |t, fp| {
-            let memo_fresh_until = match (memo, http) {
-                (false, _) => None,
-                (true, false) => t.memo_get(fp, now),
-                (true, true) => t.memo_get_born(fp, now).map(|(until, born)| {
-                    memo_born = born;
-                    until
-                }),
-            };
-            if memo_fresh_until.is_some() {
-                // A fresh hit needs nothing else from the table.
-                return ZoneFacts {
-                    memo_fresh_until,
-                    pass_left_ms: None,
-                    lock: None,
-                };
-            }
-            // A lock whose worker died (crash, kill -9) is let go at once, not at its expiry.
-            t.release_if_owner_dead(fp, now, owner_alive);
-            ZoneFacts {
-                memo_fresh_until,
-                pass_left_ms: t.pass_left_ms(fp, now),
-                lock: t.lock_state(fp, now).map(|l| (l.kind, l.token.get())),
-            }
-        })
-        .unwrap_or(ZoneFacts {
-            memo_fresh_until: None,
+    let mut memo_born = None;
+    // This worker's copy of the memo (no mutex, no keyed hash), else the table's.
+    let memo_epoch = memo.then(|| zone.memo_epoch()).flatten();
+    let kept = memo_epoch.and_then(|epoch| zone.memos.get(&settings.key, epoch, now));
+    let facts = if let Some((until, born)) = kept {
+        memo_born = born;
+        ZoneFacts {
+            memo_fresh_until: Some(until),
             pass_left_ms: None,
             lock: None,
-        });
+        }
+    } else {
+        locked_facts(zone, &settings.key, memo, memo_epoch, now, &mut memo_born)
+    };
+    if scf.http().is_none() {
+        memo_born = None;
+    }
     let directives = http_request::directives(req, scf);
     if http_request::pass_at_once(state, directives.as_ref()) {
         return Ok(Next::Continue);
