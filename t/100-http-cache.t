@@ -276,6 +276,46 @@ sub check_add_header_age {
     like(Test::StaleCache::slurp($log), qr{^/dup age=-$}m, 'and no age for the miss');
 }
 
+# An unsafe request while Redis is away (stopped: this worker's lookups fail, its Redis
+# locations refuse at once): the copy the fill kept on this node is served (LOCAL) until the
+# POST, and not after it, although the invalidation's DEL could not be sent.
+sub check_invalidation_away {
+    my $p = '/inv-away';
+    backend_config($p, header => ['Cache-Control: max-age=60']);
+    stop_redis();
+    is(hdr(http_get($p), 'x-stale-cache'), 'MISS', 'Redis away: the fill goes to the backend');
+    my $r = http_get($p);
+    is(hdr($r, 'x-stale-cache'), 'LOCAL', 'the next GET: the copy kept on this node');
+    is($r->{body}, "backend GET $p hit 1\n", 'with the fill\'s answer');
+    is(http_request('POST', $p, {}, 'x')->{status}, 200, 'POST: 200');
+    $r = http_get($p);
+    isnt(hdr($r, 'x-stale-cache'), 'LOCAL', 'the GET after the POST: not the kept copy');
+    is($r->{body}, "backend GET $p hit 3\n", 'but the origin\'s answer');
+    start_redis();
+}
+
+# The invalidation's DEL refused by Redis (its user may not EVAL for a moment): this node
+# does not serve the entry Redis still holds, but goes to the origin until an answer is
+# stored; that answer replaces the entry, and the hits come from the cache again.
+sub check_invalidation_refused {
+    my $p = '/inv-refused';
+    backend_config($p, header => ['Cache-Control: max-age=60']);
+    http_get($p);
+    my $key = key_of($p);
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored');
+    is(hdr(http_get($p), 'x-stale-cache'), 'FRESH', 'FRESH before the POST');
+    redis('ACL', 'SETUSER', 'default', '-eval');
+    my $post = http_request('POST', $p, {}, 'x');
+    redis('ACL', 'SETUSER', 'default', '+eval');
+    is($post->{status}, 200, 'POST: 200 (its DEL refused)');
+    is(redis('EXISTS', $key), 1, 'Redis still holds the old entry');
+    my $r = http_get($p);
+    is($r->{body}, "backend GET $p hit 3\n", 'the next GET: from the origin, not the old entry');
+    wait_until(sub { hdr(http_get($p), 'x-stale-cache') eq 'FRESH' }, 5, 'FRESH again');
+    is(http_get($p)->{body}, "backend GET $p hit 3\n", 'from the cache: the new answer');
+    is(backend_hits($p), 3, 'three backend hits in all');
+}
+
 run_tests();
 
 __DATA__
@@ -394,6 +434,30 @@ check_request_directives();
 --- config eval: ::shipped_with_add_header_age()
 --- check
 check_add_header_age();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 12: an invalidation while Redis is away drops the copy kept on this node
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_invalidation_away();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 13: an invalidation whose DEL Redis refused: the origin until an answer is stored
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_invalidation_refused();
+--- error_log
+the invalidation of "http://localhost/inv-refused" failed
 --- no_error_log
 [alert]
 [crit]

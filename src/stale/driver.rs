@@ -453,6 +453,7 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
             hot::forget(r, &settings.key);
         }
     }
+    super::invalidation::ended(&state, r);
     hot::release(&mut state, r);
     refresh::request_ended(state.request(), unsent);
     // Dropping the state releases what it still holds: a refresh lock whose refresh was
