@@ -13,7 +13,11 @@
 //! [`PENDING_PASS_MS`] (requests go to the origin, and their stored answer replaces the
 //! entry and ends the mark). At the request's end the mark is lifted when the `DEL`
 //! answered; when it failed the mark stays, so this node keeps going to the origin until an
-//! answer is stored or the mark runs out.
+//! answer is stored or the mark runs out. It stays too when a fill of the key was under way:
+//! that fill's store may land after the `DEL` (srcache's store holds back only the last,
+//! empty, buffer of a response larger than `postpone_output`, so its client may already
+//! have sent the unsafe request), putting the old answer back in Redis; the fill's end then
+//! leaves the mark, and the next answer stored replaces the old one.
 
 use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR};
 
@@ -88,12 +92,21 @@ pub fn ended(state: &RequestState, req: &ngx_http_request_t) {
     };
     let now = now_ms();
     for key in keys {
-        zone.with_key(key, |t, fp| t.pass_clear(fp, now));
+        zone.with_key(key, |t, fp| {
+            // A fill or refresh still under way may store after the DEL (its client had the
+            // answer before the store landed): the mark stays, and a later stored answer
+            // ends it.
+            if t.lock_state(fp, now).is_none() {
+                t.pass_clear(fp, now);
+            }
+        });
     }
 }
 
-/// Whether `key` is passed in `zone` (an invalidation under way, or one that failed): a
-/// fill's refused store is then not kept on this node, it may predate the invalidation.
+/// Whether `key` is passed in `zone`. A fill's key is passed only by an invalidation that
+/// came while it ran (fills do not start on passed keys): its answer may predate the
+/// invalidation, so its store does not count as one (the mark stays) and a refused store is
+/// not kept on this node.
 pub fn passed(zone: ZoneRef, key: &[u8]) -> bool {
     let now = now_ms();
     zone.with_key(key, |t, fp| t.pass_left_ms(fp, now))
