@@ -23,6 +23,7 @@ use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR};
 
 use super::hot;
 use super::state::RequestState;
+use crate::locktable::LockKind;
 use crate::nginx::log::{limited, Every, Short};
 use crate::nginx::util::{now_ms, request_log};
 use crate::nginx::zone::{self, ZoneRef};
@@ -93,10 +94,12 @@ pub fn ended(state: &RequestState, req: &ngx_http_request_t) {
     let now = now_ms();
     for key in keys {
         zone.with_key(key, |t, fp| {
-            // A fill or refresh still under way may store after the DEL (its client had the
-            // answer before the store landed): the mark stays, and a later stored answer
-            // ends it.
-            if t.lock_state(fp, now).is_none() {
+            // A fill still under way may store after the DEL (its client had the answer
+            // before the store landed): the mark stays, and a later stored answer ends it.
+            // (A refresh's lock is not one: a refresh that invalidates its own URL holds it.)
+            if t.lock_state(fp, now)
+                .is_none_or(|l| l.kind != LockKind::Fill)
+            {
                 t.pass_clear(fp, now);
             }
         });
