@@ -25,6 +25,7 @@ mod filters;
 mod hot;
 mod http_mode;
 mod http_request;
+mod invalidation;
 mod lease;
 mod literals;
 mod local;

@@ -8,6 +8,8 @@ use Time::HiRes qw(time sleep);
 use POSIX qw(strftime);
 
 our $HTTP = "    stale_cache_zone srcache_locks 1m;\n";
+# A TCP proxy to Redis that holds what nginx sends for a while (TEST 14's store location).
+our $SLOW_PORT = $ENV{TEST_NGINX_SLOW_PORT} = pick_port();
 
 # The server block of nginx-conf/http-cache.conf without its listen line (the harness adds
 # its own), proxying to the harness's backend; its http-level key variables.
@@ -276,6 +278,111 @@ sub check_add_header_age {
     like(Test::StaleCache::slurp($log), qr{^/dup age=-$}m, 'and no age for the miss');
 }
 
+# An unsafe request while Redis is away (stopped: this worker's lookups fail, its Redis
+# locations refuse at once): the copy the fill kept on this node is served (LOCAL) until the
+# POST, and not after it, although the invalidation's DEL could not be sent.
+sub check_invalidation_away {
+    my $p = '/inv-away';
+    backend_config($p, header => ['Cache-Control: max-age=60']);
+    stop_redis();
+    is(hdr(http_get($p), 'x-stale-cache'), 'MISS', 'Redis away: the fill goes to the backend');
+    my $r = http_get($p);
+    is(hdr($r, 'x-stale-cache'), 'LOCAL', 'the next GET: the copy kept on this node');
+    is($r->{body}, "backend GET $p hit 1\n", 'with the fill\'s answer');
+    is(http_request('POST', $p, {}, 'x')->{status}, 200, 'POST: 200');
+    $r = http_get($p);
+    isnt(hdr($r, 'x-stale-cache'), 'LOCAL', 'the GET after the POST: not the kept copy');
+    is($r->{body}, "backend GET $p hit 3\n", 'but the origin\'s answer');
+    start_redis();
+}
+
+# The invalidation's DEL refused by Redis (its user may not EVAL for a moment): this node
+# does not serve the entry Redis still holds, but goes to the origin until an answer is
+# stored; that answer replaces the entry, and the hits come from the cache again.
+sub check_invalidation_refused {
+    my $p = '/inv-refused';
+    backend_config($p, header => ['Cache-Control: max-age=60']);
+    http_get($p);
+    my $key = key_of($p);
+    wait_until(sub { redis('EXISTS', $key) }, 5, 'stored');
+    is(hdr(http_get($p), 'x-stale-cache'), 'FRESH', 'FRESH before the POST');
+    redis('ACL', 'SETUSER', 'default', '-eval');
+    my $post = http_request('POST', $p, {}, 'x');
+    redis('ACL', 'SETUSER', 'default', '+eval');
+    is($post->{status}, 200, 'POST: 200 (its DEL refused)');
+    is(redis('EXISTS', $key), 1, 'Redis still holds the old entry');
+    my $r = http_get($p);
+    is($r->{body}, "backend GET $p hit 3\n", 'the next GET: from the origin, not the old entry');
+    wait_until(sub { hdr(http_get($p), 'x-stale-cache') eq 'FRESH' }, 5, 'FRESH again');
+    is(http_get($p)->{body}, "backend GET $p hit 3\n", 'from the cache: the new answer');
+    is(backend_hits($p), 3, 'three backend hits in all');
+}
+
+# A keep-alive connection to nginx, and GET $path on it: (head, body) once the whole answer
+# is in. The connection stays open (a client that closes it makes nginx abandon the
+# answer's store), and nginx reads its next request only once the last one has ended.
+sub kept_connection {
+    my $c = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$ENV{TEST_NGINX_SERVER_PORT}")
+        or die "connect: $!";
+    $c->blocking(0);
+    return $c;
+}
+
+sub get_on {
+    my ($c, $path) = @_;
+    print $c "GET $path HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    my $in = '';
+    my $whole = sub {
+        my $end = index($in, "\r\n\r\n");
+        return 0 if $end < 0;
+        my ($len) = substr($in, 0, $end) =~ /^Content-Length: (\d+)\r?$/mi;
+        return length($in) - $end - 4 >= ($len // 0);
+    };
+    wait_until(sub { sysread($c, $in, 65536, length $in); $whole->() }, 5, "the answer to GET $path");
+    return split /\r\n\r\n/, $in, 2;
+}
+
+# The shipped server block whose store location (/redis2) reaches Redis through the slow
+# proxy, with a read timeout longer than its delay.
+sub shipped_slow_store {
+    my $server = shipped();
+    $server =~ s{(location = /redis2 \{.*?)stale_cache_redis_pass redis;}
+                {$1stale_cache_redis_pass slowredis; stale_cache_redis_read_timeout 30s;}s
+        or die 'no /redis2';
+    return $server;
+}
+
+# A response larger than postpone_output reaches the client before srcache's store of it has
+# landed (the store's subrequest holds back only the last, empty, buffer). An unsafe request
+# sent then has its DEL land first; the store then puts the old response back in Redis. This
+# node must not serve it: the key stays passed while the fill that stored it was under way,
+# until a later answer has been stored.
+sub check_invalidation_late_store {
+    my $delay = 2 * time_scale();
+    my $proxy = Test::StaleCache::spawn_slow_proxy($SLOW_PORT, $ENV{TEST_NGINX_REDIS_PORT}, $delay);
+    my $p = '/inv-late';
+    my $key = key_of($p);
+    backend_config($p, body_size => 8000, header => ['Cache-Control: max-age=60']);
+    my $t0 = time;
+    my $c = kept_connection();
+    my ($head, $body) = get_on($c, $p);
+    is(length($body // ''), 8000, 'the GET\'s whole answer, its connection kept');
+    is(redis('EXISTS', $key), 0, 'its store not landed yet');
+    is(http_request('POST', $p, {}, 'x')->{status}, 200, 'POST: 200');
+    ok(time - $t0 < $delay, 'the POST ended before the store could land') or diag(time - $t0);
+    is(redis('EXISTS', $key), 0, 'the DEL found nothing to delete');
+    wait_until(sub { redis('EXISTS', $key) }, 3 * $delay, 'the late store landed (the old answer)');
+    ($head) = get_on($c, $p);
+    like($head, qr/^X-Backend-Hit: 3\r$/m, 'the next GET: from the origin, not the old answer');
+    unlike($head, qr/^X-Stale-Cache: FRESH\r$/m, 'not FRESH');
+    # Asked on the same connection, so after that GET (and its store) ended.
+    ($head) = get_on($c, $p);
+    like($head, qr/^X-Stale-Cache: FRESH\r$/m, 'then FRESH');
+    like($head, qr/^X-Backend-Hit: 3\r$/m, 'from the cache: the new answer');
+    close $c;
+    kill 'TERM', $proxy;
+}
+
 run_tests();
 
 __DATA__
@@ -394,6 +501,41 @@ check_request_directives();
 --- config eval: ::shipped_with_add_header_age()
 --- check
 check_add_header_age();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 12: an invalidation while Redis is away drops the copy kept on this node
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_invalidation_away();
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 13: an invalidation whose DEL Redis refused: the origin until an answer is stored
+--- http_config eval: ::shipped_http()
+--- config eval: ::shipped()
+--- check
+check_invalidation_refused();
+--- error_log
+the invalidation of "http://localhost/inv-refused" failed
+--- no_error_log
+[alert]
+[crit]
+
+
+
+=== TEST 14: an invalidation while the URL's store is still on its way: the late store is not served
+--- http_config eval: ::shipped_http() . "    upstream slowredis {\n        server 127.0.0.1:\$TEST_NGINX_SLOW_PORT;\n    }\n"
+--- config eval: ::shipped_slow_store()
+--- check
+check_invalidation_late_store();
 --- no_error_log
 [alert]
 [crit]

@@ -28,6 +28,7 @@ use super::state::{self, Next, Phase, RequestState};
 use super::variables::read_cache_variables;
 use super::{hot, metrics};
 use crate::collapse::{fill_end, FillEnd, StoreOutcome};
+use crate::locktable::LockKind;
 use crate::nginx::bits;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{live_headers, now_ms, request_log, str_bytes, AGAIN, DECLINED, DONE};
@@ -434,16 +435,28 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
         // Not stored because Redis is away (the store skipped or refused): no pass mark
         // either; one waiter fills in its place.
         let away = end == FillEnd::NotStored && super::local::away();
+        // Invalidated while it ran: what it stored may be the old answer, the mark stays.
+        let invalidated = state
+            .zone()
+            .is_some_and(|z| super::invalidation::passed(z, lock.key()));
         let pass_ms = match (end, state.settings_if_read()) {
+            _ if invalidated => 0,
             (FillEnd::NotStored, Some(settings)) if !(kept || away) => settings.pass_ttl_ms,
             _ => 0,
         };
-        lock.release_with_pass(end == FillEnd::Stored || kept, pass_ms);
+        lock.release_with_pass((end == FillEnd::Stored || kept) && !invalidated, pass_ms);
     } else if end == FillEnd::Stored && state.status() == Some(CacheStatus::Pass) {
-        // A passed key answered something cacheable: collapsing resumes at once.
+        // A passed key answered something cacheable: collapsing resumes at once (unless a
+        // fill is still under way: invalidated meanwhile, its store may land after this one).
         if let (Some(zone), Some(settings)) = (state.zone(), state.settings_if_read()) {
             let now = now_ms();
-            zone.with_key(&settings.key, |t, fp| t.pass_clear(fp, now));
+            zone.with_key(&settings.key, |t, fp| {
+                if t.lock_state(fp, now)
+                    .is_none_or(|l| l.kind != LockKind::Fill)
+                {
+                    t.pass_clear(fp, now)
+                }
+            });
         }
     }
     if state.store_outcome().is_stored() && state.hot_mut().store.is_none() {
@@ -453,6 +466,7 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
             hot::forget(r, &settings.key);
         }
     }
+    super::invalidation::ended(&state, r);
     hot::release(&mut state, r);
     refresh::request_ended(state.request(), unsent);
     // Dropping the state releases what it still holds: a refresh lock whose refresh was

@@ -314,6 +314,15 @@ fn invalidate_urls(req: &mut ngx_http_request_t, locations: bool) {
     // SAFETY: one step at a time (see `state`): a response header filter of the main request
     // holds no other borrow of its state.
     let state = unsafe { state.as_mut() };
+    // This node's own memory of the URLs goes first, synchronously: the DEL below answers
+    // later, or not at all while Redis is away.
+    let mut keys = vec![url];
+    for k in [loc, cl].into_iter().flatten() {
+        if !keys.contains(&k) {
+            keys.push(k);
+        }
+    }
+    super::invalidation::begin(state, req, keys);
     if lookup::start(state.capture_mut(), req, &uri, &args).is_err() {
         crate::nginx::log::limited(
             request_log(req),

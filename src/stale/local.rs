@@ -222,6 +222,13 @@ pub fn keep_store(state: &mut RequestState, r: &ngx_http_request_t) -> bool {
         return false;
     };
     let key = settings.key.as_slice();
+    if state
+        .zone()
+        .is_some_and(|zone| super::invalidation::passed(zone, key))
+    {
+        // Invalidated meanwhile (an unsafe request's answer): this response may be older.
+        return false;
+    }
     let Some(fresh_secs) = exptime
         .and_then(|e| e.checked_sub(settings.stale_secs + settings.grace_secs))
         .filter(|&s| s > 0)

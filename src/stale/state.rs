@@ -129,6 +129,8 @@ pub struct RequestState {
     /// `stale_cache_http`: this request's variant once its URL is known to vary
     /// (`$stale_cache_http_variant`).
     variant: Option<crate::http::vary::Variant>,
+    /// `stale_cache_http`: the keys this request's invalidation deletes (`invalidation`).
+    invalidated: Vec<Vec<u8>>,
 }
 
 impl RequestState {
@@ -158,6 +160,7 @@ impl RequestState {
             entry_age: None,
             validators: Vec::new(),
             variant: None,
+            invalidated: Vec::new(),
         }
     }
 
@@ -197,6 +200,10 @@ impl RequestState {
 
     pub fn lookup_started(&self) -> u64 {
         self.lookup_started
+    }
+
+    pub fn invalidated(&self) -> &[Vec<u8>] {
+        &self.invalidated
     }
 
     pub fn capture(&self) -> &Capture {
@@ -444,6 +451,10 @@ impl RequestState {
     }
 
     /// The `$cache_*` settings, read once, at the first step.
+    pub fn set_invalidated(&mut self, keys: Vec<Vec<u8>>) {
+        self.invalidated = keys;
+    }
+
     pub fn set_settings(&mut self, settings: Settings) {
         self.settings = Some(settings);
     }

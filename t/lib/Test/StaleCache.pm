@@ -1256,6 +1256,17 @@ sub spawn_fake_redis {
     return $pid;
 }
 
+# Starts t/lib/slow_proxy.py on $port, forwarding to $to what clients send $delay seconds
+# late (its log in the servroot); its pid, once it accepts.
+sub spawn_slow_proxy {
+    my ($port, $to, $delay) = @_;
+    my $pid = spawn("$SERVROOT/logs/slow_proxy.log", $PYTHON, "$ROOT/t/lib/slow_proxy.py",
+                    '--port', $port, '--to', $to, '--delay', $delay);
+    wait_until(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") }, 10,
+               'the slow proxy accepts');
+    return $pid;
+}
+
 sub nginx_test {    # nginx -t: (ok, output)
     my $out = "$SERVROOT/logs/nginx-t.out";
     unlink $out;
