@@ -8,7 +8,8 @@ use crate::policy::CacheStatus;
 /// How a fill ended, judged when its request is over.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FillEnd {
-    /// srcache's store subrequest answered 2xx: waiters are served from the cache.
+    /// srcache's store subrequest answered 2xx (or its fetch found the entry, stored by
+    /// another request meanwhile): waiters are served from the cache.
     Stored,
     /// The answer was complete but nothing was stored (an uncacheable status or
     /// `Cache-Control`, too large, store skipped or failed): waiting cannot help, so waiters go
@@ -36,18 +37,26 @@ pub enum StoreOutcome {
         /// The store subrequest's status.
         status: usize,
     },
+    /// No store ran because srcache's fetch found the entry in Redis (200) and sent it from
+    /// there: another request stored it after this one's lookup (e.g. a filler whose client
+    /// left after its store went out). The entry is in Redis, though not through this request.
+    Found,
 }
 
 impl StoreOutcome {
-    /// The outcome from the store subrequest's status, if one ran.
-    pub fn of(store_status: Option<usize>) -> Self {
+    /// The outcome from the store subrequest's status, if one ran, and whether srcache's fetch
+    /// answered an entry from Redis.
+    pub fn of(store_status: Option<usize>, found: bool) -> Self {
         match store_status {
+            None if found => StoreOutcome::Found,
             None => StoreOutcome::NotRun,
             Some(200..=299) => StoreOutcome::Stored,
             Some(status) => StoreOutcome::Refused { status },
         }
     }
 
+    /// Whether this request's store put the response in Redis (not `Found`: nothing went
+    /// to Redis through it).
     pub fn is_stored(self) -> bool {
         self == StoreOutcome::Stored
     }
@@ -58,6 +67,9 @@ impl StoreOutcome {
 pub fn fill_end(response_status: usize, connection_error: bool, store: StoreOutcome) -> FillEnd {
     match store {
         StoreOutcome::Stored => FillEnd::Stored,
+        // The entry is in Redis: waiters are served from the cache, and a pass mark would
+        // only keep the key from collapsing (and the hot tier) for nothing.
+        StoreOutcome::Found => FillEnd::Stored,
         // srcache stores only a complete answer: it was complete, whoever left after it.
         StoreOutcome::Refused { .. } => FillEnd::NotStored,
         StoreOutcome::NotRun if connection_error || response_status == 0 => FillEnd::Abandoned,
@@ -272,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_fill_counts_when_it_was_stored() {
-        let of = StoreOutcome::of;
+        let of = |status| StoreOutcome::of(status, false);
         assert_eq!(fill_end(200, false, of(Some(200))), FillEnd::Stored);
         assert_eq!(fill_end(302, false, of(Some(201))), FillEnd::Stored);
         // A store that finished counts even if the client left after it.
@@ -287,18 +299,31 @@ mod tests {
         // The filler did not finish its answer: someone else must fill.
         assert_eq!(fill_end(200, true, of(None)), FillEnd::Abandoned);
         assert_eq!(fill_end(0, false, of(None)), FillEnd::Abandoned);
+        // srcache's fetch found the entry (stored since the lookup): nothing to store, and
+        // no pass mark, whether or not the client stayed.
+        let found = StoreOutcome::of(None, true);
+        assert_eq!(found, StoreOutcome::Found);
+        assert_eq!(fill_end(200, false, found), FillEnd::Stored);
+        assert_eq!(fill_end(200, true, found), FillEnd::Stored);
+        // A store that ran is what counts.
+        assert_eq!(
+            fill_end(200, false, StoreOutcome::of(Some(502), true)),
+            FillEnd::NotStored
+        );
     }
 
     #[test]
     fn store_outcomes() {
-        assert_eq!(StoreOutcome::of(None), StoreOutcome::NotRun);
-        assert_eq!(StoreOutcome::of(Some(204)), StoreOutcome::Stored);
+        assert_eq!(StoreOutcome::of(None, false), StoreOutcome::NotRun);
+        assert_eq!(StoreOutcome::of(Some(204), false), StoreOutcome::Stored);
         assert_eq!(
-            StoreOutcome::of(Some(502)),
+            StoreOutcome::of(Some(502), false),
             StoreOutcome::Refused { status: 502 }
         );
-        assert!(StoreOutcome::of(Some(200)).is_stored());
-        assert!(!StoreOutcome::of(Some(404)).is_stored());
+        assert!(StoreOutcome::of(Some(200), false).is_stored());
+        assert!(!StoreOutcome::of(Some(404), false).is_stored());
+        // Found in Redis, not stored through this request.
+        assert!(!StoreOutcome::of(None, true).is_stored());
     }
 
     #[test]

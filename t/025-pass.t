@@ -356,3 +356,48 @@ my ($shown) = $lines[0] =~ /filling "(.*?)"/;
 cmp_ok(length($shown // ''), '<', 100, 'the 3010-byte key is not logged whole')
     or diag($shown);
 like($shown, qr/\.\.\.\(3010 bytes\)$/, 'its length is');
+
+
+
+=== TEST 14: a filler whose srcache fetch finds the entry (stored after its lookup) sets no pass mark
+The filler's client leaves after its store went out (or another node stores the key): the
+waiter that fills in its place finds the entry at srcache's fetch and sends it from the cache,
+storing nothing. That is no reason to pass the key: the next request is FRESH, not PASS (the
+pass mark would also keep a fresh key out of the hot tier for $cache_pass_ttl).
+--- http_config eval: $::HTTP
+--- config eval: ::config(pass_ttl => 60)
+--- timeout: 10
+--- request
+GET /t-unused
+--- ignore_response
+--- check
+my $path = '/api/found';
+my $connect = sub {
+    IO::Socket::INET->new(PeerAddr => "127.0.0.1:$TEST_NGINX_SERVER_PORT", Timeout => 2)
+        or die "connect: $!";
+};
+my $filler = $connect->();
+print $filler "GET $path HTTP/1.1\r\nHost: localhost\r\nX-Backend-Delay: 2\r\nConnection: close\r\n\r\n";
+wait_backend_hits($path, 1);    # it holds the fill lock
+my $waiter = $connect->();
+print $waiter "GET $path HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+wait_log('stale_cache: waiting up to');
+# The entry reaches Redis (as a store the filler's leaving did not stop), then the filler goes.
+redis('SET', redis_key($path),
+      "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nstored meanwhile\n", 'EX', 105);
+close $filler;
+my $answer = do { local $/; <$waiter> };
+close $waiter;
+like($answer, qr/\r\nX-Stale-Cache: MISS\r\n/, 'the waiter took the lock in its place');
+like($answer, qr/\r\nX-Cache: HIT\r\n/, 'and srcache found the entry at its fetch');
+like($answer, qr/\r\n\r\nstored meanwhile\n$/, 'which it sent');
+my $ends = sub { [ error_log_text() =~ /fill of "[^"]*found" ended with status \d+: (\w+)/g ] };
+wait_until(sub { @{ $ends->() } >= 2 }, 5, 'both fills to end');
+is_deeply($ends->(), ['Abandoned', 'Stored'],
+          'the filler abandoned; the fill in its place counts as stored (the entry is in Redis)');
+is(backend_hits($path), 1, 'nobody else went to the backend');
+my $next = http_get($path);
+is($next->{headers}{'x-stale-cache'}, 'FRESH', 'the key is not passed: the next request is FRESH');
+is($next->{body}, "stored meanwhile\n", 'from the cache');
+--- no_error_log eval
+qr/\[(error|crit|alert)\].*stale_cache/

@@ -445,9 +445,11 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
             _ => 0,
         };
         lock.release_with_pass((end == FillEnd::Stored || kept) && !invalidated, pass_ms);
-    } else if end == FillEnd::Stored && state.status() == Some(CacheStatus::Pass) {
-        // A passed key answered something cacheable: collapsing resumes at once (unless a
-        // fill is still under way: invalidated meanwhile, its store may land after this one).
+    } else if state.store_outcome().is_stored() && state.status() == Some(CacheStatus::Pass) {
+        // A passed key answered something cacheable: collapsing resumes at once (not for an
+        // entry srcache found, e.g. a copy in its grace band whose refresh stored nothing;
+        // nor while a fill is under way: invalidated meanwhile, its store may land after
+        // this one).
         if let (Some(zone), Some(settings)) = (state.zone(), state.settings_if_read()) {
             let now = now_ms();
             zone.with_key(&settings.key, |t, fp| {

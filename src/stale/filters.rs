@@ -9,7 +9,9 @@
 //!   `lookup::lookup_done`): its answer is captured (`lookup::capture_header`,
 //!   `lookup::capture_body`) and goes no further;
 //! - srcache's store subrequest (known by its location's role, `super::role`): its status is
-//!   recorded in the main request's state, since a fill counts only when it was stored;
+//!   recorded in the main request's state, since a fill counts only when it was stored; and
+//!   its fetch, when it found the entry in Redis (then srcache stores nothing, and the fill
+//!   counts as stored: the entry is there);
 //! - any other subrequest: passed on; the hot tier's fill tap (`hot::fetch_output`) looks
 //!   for the fetch subrequest it marked in PREACCESS (its identity survives an internal
 //!   redirect, where the location, and so the role, would change).
@@ -66,7 +68,7 @@ unsafe extern "C" fn header_filter(r: *mut ngx_http_request_t) -> ngx_int_t {
             lookup::capture_header(state, req);
             return OK;
         }
-        Kind::Subrequest => note_store(req),
+        Kind::Subrequest => note_answer(req),
     }
     // SAFETY: a live request, in its header filter.
     unsafe { filter_chain::next_header(r) }
@@ -101,23 +103,41 @@ unsafe extern "C" fn body_filter(r: *mut ngx_http_request_t, chain: *mut ngx_cha
     }
 }
 
-/// Records the answer of srcache's store subrequest in the main request's state: a fill
-/// counts only when its answer was stored.
-fn note_store(sr: &ngx_http_request_t) {
-    let declared = StaleCacheModule::location_conf(sr).map_or(Declared::Unset, |c| c.role);
-    if role::of_subrequest(sr, declared, &main_conf(sr).roles, None) != Some(Role::Store) {
+/// Records the answer of srcache's store subrequest in the main request's state (a fill
+/// counts only when its answer was stored), and a fetch that found the entry in Redis.
+fn note_answer(sr: &ngx_http_request_t) {
+    if lookup::is_lookup(sr) {
         return;
     }
     let Some(state) = state::find(sr) else {
         return;
     };
+    let declared = StaleCacheModule::location_conf(sr).map_or(Declared::Unset, |c| c.role);
     // SAFETY: the state is live while its request is; no step of the main request runs
-    // while a subrequest's output is filtered.
-    unsafe { RequestState::note_store(state, sr.headers_out.status) };
-    debug!(
-        request_log(sr),
-        "stale_cache: store subrequest answered {}", sr.headers_out.status
-    );
+    // while a subrequest's output is filtered (so the key is not changed meanwhile).
+    let key = unsafe { RequestState::key_ptr(state) };
+    let status = sr.headers_out.status;
+    // SAFETY: as above.
+    let answered_here = unsafe { hot::request::Hot::answered_fetch(RequestState::hot_ptr(state)) };
+    match role::of_subrequest(sr, declared, &main_conf(sr).roles, key) {
+        Some(Role::Store) => {
+            // SAFETY: as above.
+            unsafe { RequestState::note_store(state, status) };
+            debug!(
+                request_log(sr),
+                "stale_cache: store subrequest answered {}", status
+            );
+        }
+        // srcache sends a 200 fetch from the cache and runs no store (a filler whose lookup
+        // saw the key missing may find it there: it was stored meanwhile). The hot tier's or
+        // a local copy's answer is not Redis's.
+        Some(Role::Fetch) if status == 200 && !answered_here => {
+            // SAFETY: as above.
+            unsafe { RequestState::note_fetch_found(state) };
+            debug!(request_log(sr), "stale_cache: fetch found the entry");
+        }
+        _ => {}
+    }
 }
 
 /// Whether `chain` carries the response's last buffer.

@@ -110,6 +110,9 @@ pub struct RequestState {
     wake_delay_ms: Option<u64>,
     /// The status of srcache's store subrequest, if one ran (`filters`).
     store_status: Option<usize>,
+    /// srcache's fetch answered an entry from Redis (200, not the hot tier's answer): srcache
+    /// sends it from the cache and stores nothing (`filters`).
+    fetch_found: bool,
     /// The request was sent through its location again to let srcache fetch the entry a
     /// fill just stored; it happens once.
     refetched: bool,
@@ -152,6 +155,7 @@ impl RequestState {
             resumed_ms: 0,
             wake_delay_ms: None,
             store_status: None,
+            fetch_found: false,
             refetched: false,
             lease: Default::default(),
             ttl_left: None,
@@ -270,7 +274,7 @@ impl RequestState {
     /// What srcache's store subrequest did with this request's response (final once the
     /// request ends: the store runs after the response's last byte).
     pub fn store_outcome(&self) -> StoreOutcome {
-        StoreOutcome::of(self.store_status)
+        StoreOutcome::of(self.store_status, self.fetch_found)
     }
 
     pub fn lease(&self) -> &RequestLease {
@@ -527,6 +531,26 @@ impl RequestState {
         unsafe { ptr::addr_of_mut!((*state.as_ptr()).store_status).write(Some(status)) };
     }
 
+    /// Records that srcache's fetch answered an entry from Redis; written alone, through the
+    /// pointer, as `note_store`.
+    ///
+    /// # Safety
+    /// `state` must be a live state.
+    pub unsafe fn note_fetch_found(state: NonNull<Self>) {
+        // SAFETY: (caller) a live state; one field is written, no reference is made.
+        unsafe { ptr::addr_of_mut!((*state.as_ptr()).fetch_found).write(true) };
+    }
+
+    /// The cache key, once read, through the pointer (for the filters, which may not borrow
+    /// the whole state).
+    ///
+    /// # Safety
+    /// `state` must be a live state whose settings no step changes while the key is used.
+    pub unsafe fn key_ptr<'a>(state: NonNull<Self>) -> Option<&'a [u8]> {
+        // SAFETY: (caller) a live state; only the settings field is borrowed.
+        unsafe { (*ptr::addr_of!((*state.as_ptr()).settings)).as_ref() }.map(|s| s.key.as_slice())
+    }
+
     /// The hot tier's part of the state and the cache key (once read), borrowed together.
     pub fn hot_and_key(&mut self) -> (&mut Hot, Option<&[u8]>) {
         (
@@ -729,7 +753,10 @@ pub fn peek(r: &ngx_http_request_t) -> Option<Peek> {
             lease_op: ptr::addr_of!((*state).lease_op).read(),
             wake_delay_ms: ptr::addr_of!((*state).wake_delay_ms).read(),
             ttl_left: ptr::addr_of!((*state).ttl_left).read(),
-            store: StoreOutcome::of(ptr::addr_of!((*state).store_status).read()),
+            store: StoreOutcome::of(
+                ptr::addr_of!((*state).store_status).read(),
+                ptr::addr_of!((*state).fetch_found).read(),
+            ),
             entry_age: ptr::addr_of!((*state).entry_age).read(),
             local_stale: ptr::addr_of!((*state).hot.local_stale).read(),
         })

@@ -33,6 +33,18 @@ pub struct Hot {
     pub store: Option<Box<StoreNote>>,
 }
 
+impl Hot {
+    /// Whether this module answered srcache's fetch itself (hot tier or local copy), so the
+    /// answer did not come from Redis.
+    ///
+    /// # Safety
+    /// `hot` must point at a live `Hot`.
+    pub unsafe fn answered_fetch(hot: *const Hot) -> bool {
+        // SAFETY: (caller) a live `Hot`; one field is read, no reference is made.
+        !unsafe { ptr::addr_of!((*hot).served).read() }.is_null()
+    }
+}
+
 /// What srcache's store subrequest carried (`crate::stale::local`).
 pub struct StoreNote {
     /// Its body: the response as srcache stores it (main request's pool).
