@@ -113,12 +113,17 @@ fn note_answer(sr: &ngx_http_request_t) {
         return;
     };
     let declared = StaleCacheModule::location_conf(sr).map_or(Declared::Unset, |c| c.role);
+    let status = sr.headers_out.status;
+    // Only a filler's fetch matters (`fill_end`); a fresh hit's is not looked at further.
     // SAFETY: the state is live while its request is; no step of the main request runs
     // while a subrequest's output is filtered (so the key is not changed meanwhile).
-    let key = unsafe { RequestState::key_ptr(state) };
-    let status = sr.headers_out.status;
-    // SAFETY: as above.
-    let answered_here = unsafe { hot::request::Hot::answered_fetch(RequestState::hot_ptr(state)) };
+    let filler_found = status == 200 && unsafe { RequestState::is_filling(state) };
+    let key = filler_found
+        .then(|| {
+            // SAFETY: as above.
+            unsafe { RequestState::key_ptr(state) }
+        })
+        .flatten();
     match role::of_subrequest(sr, declared, &main_conf(sr).roles, key) {
         Some(Role::Store) => {
             // SAFETY: as above.
@@ -131,13 +136,19 @@ fn note_answer(sr: &ngx_http_request_t) {
         // srcache sends a 200 fetch from the cache and runs no store (a filler whose lookup
         // saw the key missing may find it there: it was stored meanwhile). The hot tier's or
         // a local copy's answer is not Redis's.
-        Some(Role::Fetch) if status == 200 && !answered_here => {
+        Some(Role::Fetch) if filler_found && !answered_here(state) => {
             // SAFETY: as above.
             unsafe { RequestState::note_fetch_found(state) };
             debug!(request_log(sr), "stale_cache: fetch found the entry");
         }
         _ => {}
     }
+}
+
+/// Whether the hot tier or a local copy answered the request's fetch (not Redis).
+fn answered_here(state: core::ptr::NonNull<RequestState>) -> bool {
+    // SAFETY: a live state (see `note_answer`); only its hot part is read.
+    unsafe { hot::request::Hot::answered_fetch(RequestState::hot_ptr(state)) }
 }
 
 /// Whether `chain` carries the response's last buffer.
