@@ -767,9 +767,11 @@ impl<'a> LockTable<'a> {
             dead_owners: 0,
             rebuilds,
             damage: 0,
-            memo_epoch,
+            memo_epoch: self.hdr.memo_epoch,
         };
         self.slots.fill(Slot::EMPTY);
+        // Stored atomically, as `memo_changed` does: other workers read it without the mutex.
+        self.store_memo_epoch(memo_epoch);
     }
 
     /// The seed fingerprints are keyed with; read it once after init/attach.
@@ -1061,10 +1063,13 @@ impl<'a> LockTable<'a> {
 
     /// A memo was cleared or shortened: copies read before must not be used.
     fn memo_changed(&mut self) {
-        let next = self.hdr.memo_epoch.wrapping_add(1);
+        self.store_memo_epoch(self.hdr.memo_epoch.wrapping_add(1));
+    }
+
+    fn store_memo_epoch(&mut self, epoch: u32) {
         // SAFETY: the field is a live, aligned u32 this (mutex-holding) view may write;
         // readers without the mutex load it atomically.
-        unsafe { AtomicU32::from_ptr(&mut self.hdr.memo_epoch).store(next, Ordering::Release) };
+        unsafe { AtomicU32::from_ptr(&mut self.hdr.memo_epoch).store(epoch, Ordering::Release) };
     }
 
     /// Remembers that `fp` is fresh until `fresh_until_ms`; a time not in the
@@ -1091,11 +1096,11 @@ impl<'a> LockTable<'a> {
             let Some((idx, evicted)) = t.entry(fp, now_ms)? else {
                 return Ok(MemoOutcome::Full);
             };
-            let before = t.slots[idx].fresh_until_ms;
-            t.slots[idx].set_memo(fresh_until_ms, born_ms);
-            if fresh_until_ms < before {
+            // Bumped first: a worker dying between the two leaves no shorter memo unbumped.
+            if fresh_until_ms < t.slots[idx].fresh_until_ms {
                 t.memo_changed();
             }
+            t.slots[idx].set_memo(fresh_until_ms, born_ms);
             Ok(stored(evicted))
         })
     }

@@ -6,8 +6,10 @@
 //! direct-mapped table of its own. An entry is good while the table's memo epoch
 //! (`LockTable::memo_epoch`, bumped by every clear or shortening of a memo in any worker) is
 //! the one it was read under and its freshness has not run out: nothing it says can then be
-//! wrong by more than the shared memo itself would be. Keys are compared whole, so a
-//! collision of the cheap bucket hash only costs a miss (the shared table's path).
+//! wrong by more than the shared memo itself would be. A copy is used for a second at most
+//! ([`MAX_COPY_MS`]), so busy keys still refresh their place in the table's LRU list. Keys
+//! are compared whole, so a collision of the cheap bucket hash only costs a miss (the shared
+//! table's path).
 
 use core::cell::RefCell;
 
@@ -17,11 +19,18 @@ const BUCKETS: usize = 128;
 /// Keys longer than this are not kept (they are rare, and each bucket keeps its key).
 const MAX_KEPT_KEY: usize = 1024;
 
+/// Longest life of a copy: a busy key still reads the shared table (and refreshes its LRU
+/// position there) about once a second per worker, and whatever a copy could miss (an
+/// evicted memo set again shorter, an epoch wrapped round) lasts no longer than this.
+pub const MAX_COPY_MS: u64 = 1000;
+
 #[derive(Default)]
 struct Kept {
     key: Vec<u8>,
     epoch: u32,
     fresh_until_ms: u64,
+    /// When the copy stops being used: the memo's end, or [`MAX_COPY_MS`] after it was read.
+    good_until_ms: u64,
     born_ms: Option<u64>,
 }
 
@@ -40,12 +49,13 @@ impl MemoCache {
     pub fn get(&self, key: &[u8], epoch: u32, now_ms: u64) -> Option<KeptMemo> {
         let buckets = self.buckets.borrow();
         let kept = buckets.get(bucket(key))?;
-        (kept.epoch == epoch && kept.fresh_until_ms > now_ms && kept.key == key)
+        (kept.epoch == epoch && kept.good_until_ms > now_ms && kept.key == key)
             .then_some((kept.fresh_until_ms, kept.born_ms))
     }
 
-    /// Keeps `key`'s memo, read from the shared table under `epoch` (read before the table).
-    pub fn put(&self, key: &[u8], epoch: u32, (fresh_until_ms, born_ms): KeptMemo) {
+    /// Keeps `key`'s memo, read from the shared table under `epoch` (read before the table)
+    /// at `now_ms`, for [`MAX_COPY_MS`] at most; `get` still answers the memo's own time.
+    pub fn put(&self, key: &[u8], epoch: u32, now_ms: u64, (fresh_until_ms, born_ms): KeptMemo) {
         if key.len() > MAX_KEPT_KEY {
             return;
         }
@@ -58,6 +68,7 @@ impl MemoCache {
         kept.key.extend_from_slice(key);
         kept.epoch = epoch;
         kept.fresh_until_ms = fresh_until_ms;
+        kept.good_until_ms = fresh_until_ms.min(now_ms.saturating_add(MAX_COPY_MS));
         kept.born_ms = born_ms;
     }
 }
@@ -86,10 +97,17 @@ mod tests {
     fn kept_while_epoch_and_freshness_hold() {
         let cache = MemoCache::default();
         assert_eq!(cache.get(b"k", 1, 0), None);
-        cache.put(b"k", 1, (5_000, Some(1_000)));
+        cache.put(b"k", 1, 4_500, (5_000, Some(1_000)));
         assert_eq!(cache.get(b"k", 1, 4_999), Some((5_000, Some(1_000))));
         // Its freshness ran out.
         assert_eq!(cache.get(b"k", 1, 5_000), None);
+        // A longer memo: the copy answers its time, for MAX_COPY_MS after it was read.
+        cache.put(b"k", 1, 10, (60_000, None));
+        assert_eq!(
+            cache.get(b"k", 1, 10 + MAX_COPY_MS - 1),
+            Some((60_000, None))
+        );
+        assert_eq!(cache.get(b"k", 1, 10 + MAX_COPY_MS), None);
         // A memo was cleared or shortened somewhere since it was read.
         assert_eq!(cache.get(b"k", 2, 10), None);
         // Another key, even one in the same bucket, is not this one.
@@ -113,8 +131,8 @@ mod tests {
                     .map(|o| (k.clone(), o.clone()))
             })
             .expect("two keys share a bucket");
-        cache.put(&first, 0, (100, None));
-        cache.put(&second, 0, (200, None));
+        cache.put(&first, 0, 0, (100, None));
+        cache.put(&second, 0, 0, (200, None));
         assert_eq!(cache.get(&first, 0, 1), None);
         assert_eq!(cache.get(&second, 0, 1), Some((200, None)));
     }
@@ -123,10 +141,10 @@ mod tests {
     fn long_keys_are_not_kept() {
         let cache = MemoCache::default();
         let long = vec![b'x'; MAX_KEPT_KEY + 1];
-        cache.put(&long, 0, (100, None));
+        cache.put(&long, 0, 0, (100, None));
         assert_eq!(cache.get(&long, 0, 1), None);
         let fits = vec![b'y'; MAX_KEPT_KEY];
-        cache.put(&fits, 0, (100, None));
+        cache.put(&fits, 0, 0, (100, None));
         assert_eq!(cache.get(&fits, 0, 1), Some((100, None)));
     }
 

@@ -41,7 +41,7 @@ pub fn locked_facts(
         })
         .unwrap_or(NOTHING);
     if let (Some(epoch), Some(until)) = (memo_epoch, facts.memo_fresh_until) {
-        zone.memos.put(key, epoch, (until, *born));
+        zone.memos.put(key, epoch, now, (until, *born));
     }
     facts
 }
