@@ -206,12 +206,15 @@ GET /long/lane
 backend GET /long/lane hit 1
 --- backend_hits: 1
 --- check
-# New connections may land on either worker, each counting in its lane.
-my $fresh = 0;
-for (1 .. 30) { $fresh++ if (http_get('/long/lane')->{headers}{'x-stale-cache'} // '') eq 'FRESH' }
-is($fresh, 30, '30 fresh hits');
-# A request is counted as it ends, just after its last byte left: the scrape waits for it.
+# The fill's request ends (and releases its lock, right after counting its MISS) just after
+# its last byte left: until then a request on the other worker would wait for it (COLLAPSED).
 my $m;
+wait_until(sub { ($m) = scrape(); ($m->{req('miss')} // 0) >= 1 }, 5, 'the fill ended');
+# New connections may land on either worker, each counting in its lane.
+my %seen;
+for (1 .. 30) { $seen{ http_get('/long/lane')->{headers}{'x-stale-cache'} // 'none' }++ }
+is($seen{FRESH}, 30, '30 fresh hits') or diag(explain(\%seen));
+# A request is counted as it ends, just after its last byte left: the scrape waits for it.
 wait_until(sub { ($m) = scrape(); ($m->{req('fresh')} // 0) >= 30 }, 5, 'the 30th hit counted');
 is($m->{req('fresh')}, 30, 'requests_total{status=fresh} 30');
 is($m->{req('miss')}, 1, 'requests_total{status=miss} 1');
