@@ -438,7 +438,7 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
         // Invalidated while it ran: what it stored may be the old answer, the mark stays.
         let invalidated = state
             .zone()
-            .is_some_and(|z| super::invalidation::passed(z, lock.key()));
+            .is_some_and(|z| super::invalidation::passed(r, z, lock.key()));
         let pass_ms = match (end, state.settings_if_read()) {
             _ if invalidated => 0,
             (FillEnd::NotStored, Some(settings)) if !(kept || away) => settings.pass_ttl_ms,
@@ -452,9 +452,11 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
         // this one).
         if let (Some(zone), Some(settings)) = (state.zone(), state.settings_if_read()) {
             let now = now_ms();
+            let http = super::invalidation::in_http_mode(r);
             zone.with_key(&settings.key, |t, fp| {
-                if t.lock_state(fp, now)
-                    .is_none_or(|l| l.kind != LockKind::Fill)
+                if !http
+                    || t.lock_state(fp, now)
+                        .is_none_or(|l| l.kind != LockKind::Fill)
                 {
                     t.pass_clear(fp, now)
                 }

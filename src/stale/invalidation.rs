@@ -106,13 +106,23 @@ pub fn ended(state: &RequestState, req: &ngx_http_request_t) {
     }
 }
 
-/// Whether `key` is passed in `zone`. A fill's key is passed only by an invalidation that
-/// came while it ran (fills do not start on passed keys): its answer may predate the
-/// invalidation, so its store does not count as one (the mark stays) and a refused store is
-/// not kept on this node.
-pub fn passed(zone: ZoneRef, key: &[u8]) -> bool {
+/// Whether `key`, filled by `req`, was passed in `zone` while the fill ran: in the
+/// `stale_cache_http` mode only, where an invalidation that came meanwhile passes it (fills
+/// do not start on passed keys); its answer may predate the invalidation, so its store does
+/// not count as one (the mark stays) and a refused store is not kept on this node. Outside
+/// the mode nothing invalidates, and fills end as they always did.
+pub fn passed(req: &ngx_http_request_t, zone: ZoneRef, key: &[u8]) -> bool {
+    if !in_http_mode(req) {
+        return false;
+    }
     let now = now_ms();
     zone.with_key(key, |t, fp| t.pass_left_ms(fp, now))
         .flatten()
         .is_some()
+}
+
+/// Whether `req`'s location runs the `stale_cache_http` mode (the only one that invalidates).
+pub fn in_http_mode(req: &ngx_http_request_t) -> bool {
+    use ngx::http::HttpModuleLocationConf;
+    crate::stale::StaleCacheModule::location_conf(req).is_some_and(|c| c.http().is_some())
 }

@@ -224,7 +224,7 @@ pub fn keep_store(state: &mut RequestState, r: &ngx_http_request_t) -> bool {
     let key = settings.key.as_slice();
     if state
         .zone()
-        .is_some_and(|zone| super::invalidation::passed(zone, key))
+        .is_some_and(|zone| super::invalidation::passed(r, zone, key))
     {
         // Invalidated meanwhile (an unsafe request's answer): this response may be older.
         return false;
