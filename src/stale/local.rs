@@ -20,7 +20,7 @@ use super::hot::{self, local_zone};
 use super::state::RequestState;
 use crate::hotcache::{Plan, Stored};
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{now_ms, request_log, str_bytes};
+use crate::nginx::util::{now_ms, request_log, str_bytes, update_clock};
 use crate::policy::CacheStatus;
 
 /// How long this worker skips the TTL lookup after one failed (one request probes then).
@@ -257,6 +257,9 @@ pub fn keep_store(state: &mut RequestState, r: &ngx_http_request_t) -> bool {
     if bytes.is_empty() {
         return false;
     }
+    // The copy's date decides which waiters may take it (`try_serve`'s `since`, dated by
+    // other workers' clocks): the cached clock can be a whole loop iteration old.
+    update_clock();
     let now = now_ms();
     // The whole life is kept: fresh for `fresh_secs`, then stale (served while a fill runs).
     let life_ms = exptime.unwrap_or(0) * 1000;
