@@ -62,6 +62,22 @@ impl StoreOutcome {
     }
 }
 
+/// Whether srcache's fetch subrequest failed rather than missed: 5xx, from its response
+/// header or, when none was sent (srcache's post-subrequest handler swallows the error page
+/// of a failed upstream), from its upstream (502: no connection or it broke; 504: a
+/// timeout). A miss is Redis's own answer (HttpRedis 404, a nil reply).
+pub fn fetch_failed(header_status: usize, upstream_status: Option<usize>) -> bool {
+    header_status >= 500 || upstream_status.is_some_and(|s| s >= 500)
+}
+
+/// srcache missed an entry the layer expected: whether the copy of the key kept on this node
+/// (hot tier or local zone) goes too. An entry gone from Redis (deleted, evicted) makes the
+/// copy suspect; a failed fetch says nothing of the entry, and while Redis is, or was just,
+/// away the copy is what answers (another worker may have just kept it).
+pub fn miss_forgets_node_copy(fetch_failed: bool, redis_recently_away: bool) -> bool {
+    !fetch_failed && !redis_recently_away
+}
+
 /// A fill counts only when its answer was stored: "filled" is an outcome in Redis, not a
 /// status code.
 pub fn fill_end(response_status: usize, connection_error: bool, store: StoreOutcome) -> FillEnd {
@@ -324,6 +340,30 @@ mod tests {
         assert!(!StoreOutcome::of(Some(404), false).is_stored());
         // Found in Redis, not stored through this request.
         assert!(!StoreOutcome::of(None, true).is_stored());
+    }
+
+    #[test]
+    fn a_failed_fetch_is_told_from_a_miss() {
+        // No response header: the upstream's status says it.
+        assert!(fetch_failed(0, Some(502)));
+        assert!(fetch_failed(0, Some(504)));
+        assert!(fetch_failed(502, None));
+        // A miss: HttpRedis's 404 for a nil reply, or a 200 srcache could not use.
+        assert!(!fetch_failed(404, Some(404)));
+        assert!(!fetch_failed(200, Some(200)));
+        // Answered by this node (no upstream).
+        assert!(!fetch_failed(200, None));
+        assert!(!fetch_failed(0, None));
+    }
+
+    #[test]
+    fn a_miss_forgets_the_node_copy_only_when_the_entry_is_gone() {
+        // Redis answered without the entry, and this worker has not seen Redis away.
+        assert!(miss_forgets_node_copy(false, false));
+        // A failed fetch (another worker may have just kept the copy), or Redis away.
+        assert!(!miss_forgets_node_copy(true, false));
+        assert!(!miss_forgets_node_copy(false, true));
+        assert!(!miss_forgets_node_copy(true, true));
     }
 
     #[test]

@@ -30,6 +30,21 @@ sub requests_total {
     return $n // 0;
 }
 
+# TEST 13: a proxy that connects the fetch location's requests to Redis late, and a listener
+# whose connections the kernel spreads over both workers (reuseport).
+our $SLOW_PORT = pick_port();
+our $PORT2 = pick_port();
+
+# drop-in-redis2.conf with its fetch location (/redis, HttpRedis) behind the slow proxy, and
+# the reuseport listener.
+sub dropin_slow_fetch {
+    my $server = ::stock('drop-in-redis2.conf');
+    $server =~ s{(location = /redis \{.*?)redis_pass redis;}
+                {$1redis_pass slowredis; redis_read_timeout 30s;}s
+        or die 'no /redis location in drop-in-redis2.conf';
+    return "    listen 127.0.0.1:$PORT2 reuseport;\n$server";
+}
+
 run_tests();
 
 __DATA__
@@ -278,5 +293,53 @@ my $x = wait_until(sub { my $r = http_get('/api/sl'); $r->{body} =~ /hit 2$/ && 
 is($x->{headers}{'x-stale-cache'}, 'LOCAL', 'LOCAL, the fill kept');
 is($x->{headers}{'cache-status'}, 'stale-cache; hit; detail=local', 'a fresh local copy: detail=local');
 start_redis();
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/]
+
+
+
+=== TEST 13: drop-in-redis2.conf, 2 workers, Redis stopped and fetches failing late: a worker whose fetch fails after the other worker kept the key's copy answers from that copy
+# Request A's fetch fails first (its worker then fills and keeps the answer on the node); the
+# 8 later requests were fresh by the memo too, and their fetches fail after the copy is kept.
+# On a worker that had not seen Redis away, a failed fetch was taken for an entry gone from
+# Redis, and the copy was forgotten: a second backend request. (A native fetch location's
+# failure puts the worker in its backoff, which counts as away: HttpRedis's does not.)
+--- redis2
+--- workers: 2
+--- http_config eval: ::stock_http('drop-in-redis2.conf') . "    upstream slowredis {\n        server 127.0.0.1:$::SLOW_PORT;\n    }\n"
+--- config eval: ::dropin_slow_fetch()
+--- request
+GET /metrics
+--- error_code: 404
+--- check
+my $d = 1.5 * Test::StaleCache::time_scale();
+my $proxy = Test::StaleCache::spawn_slow_proxy($::SLOW_PORT, $ENV{TEST_NGINX_REDIS_PORT}, $d, '--connect-late');
+my $p = '/api/late';
+is(http_get($p)->{headers}{'x-stale-cache'}, 'MISS', 'filled while Redis is up');
+# Fresh for long (the shipped 105 s store with a 100 s stale window leaves 5 s, and each
+# fetch now takes $d): the memo learns it from the next lookup.
+is(redis('EXPIRE', redis_key($p), 1000), 1, 'the entry is in Redis');
+ok(wait_until(sub { http_get($p)->{headers}{'x-stale-cache'} eq 'FRESH' }, 10 * $d, 'a FRESH hit'),
+   'fresh (the memo now knows it)');
+stop_redis();
+my $a = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$::PORT2") or die "connect: $!";
+print $a Test::StaleCache::build_request("GET $p")->{raw};
+Time::HiRes::sleep($d / 3);
+my @r = concurrent_get($p, 8, undef, 10 + 3 * $d, $::PORT2);
+my $buf = '';
+my $deadline = Time::HiRes::time() + 10 + 3 * $d;
+while ((my $left = $deadline - Time::HiRes::time()) > 0) {
+    IO::Select->new($a)->can_read($left) or last;
+    sysread($a, $buf, 65536, length $buf) or last;
+}
+unshift @r, Test::StaleCache::parse_response(\$buf, 1) // { error => 'no answer' };
+my @bad = grep { ($_->{status} // 0) != 200 || ($_->{body} // '') ne "backend GET $p hit 2\n" } @r;
+is(scalar @bad, 0, 'all 9 answered 200 with the one backend response of the outage')
+    or diag(explain [map { { status => $_->{status}, error => $_->{error}, body => $_->{body} } } @bad]);
+is(backend_hits($p), 2, 'one backend request during the outage (plus the fill)')
+    or diag(explain statuses(@r));
+my $s = statuses(@r[1 .. $#r]);
+is($s->{LOCAL} // 0, 8, 'the 8 later requests: LOCAL') or diag(explain $s);
+kill 'TERM', $proxy;
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/]

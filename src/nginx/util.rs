@@ -101,6 +101,16 @@ pub fn request_log(r: &ngx_http_request_t) -> *mut ngx_log_t {
     unsafe { (*r.connection).log }
 }
 
+/// The status `r`'s upstream ended with, if `r` used one and it has one yet (502 when the
+/// connection failed or broke, 504 on a timeout, else the upstream's own status). Also
+/// readable once `r`, a finished subrequest, is over: its upstream lives in its pool.
+pub fn upstream_status(r: &ngx_http_request_t) -> Option<usize> {
+    // SAFETY: a request's upstream, when set, and the upstream's state, when set, are
+    // allocated from the request's pool, which outlives `r`'s borrow.
+    let state = unsafe { r.upstream.as_ref()?.state.as_ref()? };
+    (state.status != 0).then_some(state.status)
+}
+
 /// The worker's cycle log, for events that belong to no request.
 pub fn cycle_log() -> *mut ngx_log_t {
     ngx::log::ngx_cycle_log().as_ptr()

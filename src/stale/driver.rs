@@ -27,11 +27,13 @@ use super::refresh::{self, has_body, SECRET_HEADER};
 use super::state::{self, Next, Phase, RequestState};
 use super::variables::read_cache_variables;
 use super::{hot, metrics};
-use crate::collapse::{fill_end, FillEnd, StoreOutcome};
+use crate::collapse::{fetch_failed, fill_end, miss_forgets_node_copy, FillEnd, StoreOutcome};
 use crate::locktable::LockKind;
 use crate::nginx::bits;
 use crate::nginx::log::{self, debug, Every, Short};
-use crate::nginx::util::{live_headers, now_ms, request_log, str_bytes, AGAIN, DECLINED, DONE};
+use crate::nginx::util::{
+    live_headers, now_ms, request_log, str_bytes, upstream_status, AGAIN, DECLINED, DONE,
+};
 use crate::nginx::vars;
 use crate::policy::CacheStatus;
 use crate::replay::{same_header_name, secret_matches};
@@ -371,7 +373,8 @@ fn expected_an_entry(state: &RequestState) -> bool {
     ) && state.settings_if_read().is_some()
 }
 
-/// srcache missed an entry the layer expected: forget the memo, and collapse from here.
+/// srcache missed an entry the layer expected: forget the memo (and this node's copy, unless
+/// the fetch failed or Redis is away: `miss_forgets_node_copy`), and collapse from here.
 fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
     let now = now_ms();
     let key = state.settings().key.to_vec();
@@ -379,13 +382,21 @@ fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
         zone.with_key(&key, |t, fp| t.memo_clear(fp, now));
         super::vary::memo_clear(state, zone, now);
     }
-    if !super::local::recently_away(now) {
-        // (While Redis is, or was just, away, the copy kept on this node is what serves.)
+    let failed = state
+        .fetch_request()
+        .is_some_and(|sr| fetch_failed(sr.headers_out.status, upstream_status(sr)));
+    if failed {
+        // Redis is away for this worker too: the copy another worker may have just kept
+        // answers (`local_steps::served_after_wake`), as after a failed store.
+        super::local::saw(req, super::local::Seen::FetchFailed, now);
+    }
+    if miss_forgets_node_copy(failed, super::local::recently_away(now)) {
         hot::forget(req, &key);
     }
     debug!(
         request_log(req),
-        "stale_cache: srcache missed \"{}\", which was expected {}",
+        "stale_cache: srcache {} \"{}\", which was expected {}",
+        if failed { "failed to fetch" } else { "missed" },
         Short(&key),
         state.status().map_or("", |s| s.as_str())
     );

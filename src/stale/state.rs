@@ -116,6 +116,9 @@ pub struct RequestState {
     /// srcache's fetch answered an entry from Redis (200, not the hot tier's answer): srcache
     /// sends it from the cache and stores nothing (`filters`).
     fetch_found: bool,
+    /// srcache's fetch subrequest of this round (`hot::subrequest`; its struct lives in the
+    /// main request's pool): how it ended tells a failed fetch from a miss (`entry_gone`).
+    fetch_request: *const ngx_http_request_t,
     /// The request was sent through its location again to let srcache fetch the entry a
     /// fill just stored; it happens once.
     refetched: bool,
@@ -159,6 +162,7 @@ impl RequestState {
             wake_delay_ms: None,
             store_status: None,
             fetch_found: false,
+            fetch_request: core::ptr::null(),
             refetched: false,
             lease: Default::default(),
             ttl_left: None,
@@ -529,6 +533,18 @@ impl RequestState {
             &mut self.hot,
             self.settings.as_ref().map(|s| s.key.as_slice()),
         )
+    }
+
+    /// Notes srcache's fetch subrequest of this round (PREACCESS of the subrequest).
+    pub fn note_fetch_request(&mut self, sr: &ngx_http_request_t) {
+        self.fetch_request = sr;
+    }
+
+    /// srcache's fetch subrequest of this round, once it ran.
+    pub fn fetch_request(&self) -> Option<&ngx_http_request_t> {
+        // SAFETY: a subrequest's struct is allocated from its main request's pool, which
+        // outlives the main request's state (freed by a cleanup of that pool).
+        unsafe { self.fetch_request.as_ref() }
     }
 
     pub fn set_refetched(&mut self) {

@@ -12,12 +12,11 @@ X-Backend-Header: "Name: value") or per path with the control API under
 /__backend/ (config, reset, hits, log).  See t/README.md.
 """
 
-import argparse
 import asyncio
 import json
-import os
-import sys
 import time
+
+import test_server
 from urllib.parse import parse_qs, urlsplit
 
 PATTERN = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-\n"  # 64 bytes
@@ -218,29 +217,5 @@ async def handle(reader, writer):
             pass
 
 
-async def watch_parent(ppid):
-    # exit when the harness that started us is gone (reparented)
-    while True:
-        await asyncio.sleep(1)
-        if os.getppid() != ppid:
-            os._exit(0)
-
-
-async def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--port", type=int, required=True)
-    ap.add_argument("--host", default="127.0.0.1")
-    args = ap.parse_args()
-    server = await asyncio.start_server(handle, args.host, args.port,
-                                        backlog=4096, reuse_address=True)
-    asyncio.ensure_future(watch_parent(os.getppid()))
-    print("backend listening on %s:%d" % (args.host, args.port), flush=True)
-    async with server:
-        await server.serve_forever()
-
-
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        sys.exit(0)
+    test_server.serve("backend", lambda args: handle, backlog=4096)

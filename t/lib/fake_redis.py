@@ -16,11 +16,10 @@ CLUSTER SLOTS answers one range, every slot on this server (for a cluster upstre
 The server exits when its parent (the test) goes away.
 """
 
-import argparse
 import asyncio
-import os
-import sys
 import time
+
+import test_server
 
 
 class State:
@@ -158,28 +157,11 @@ async def serve(reader, writer):
         writer.close()
 
 
-async def watch_parent(parent):
-    while os.getppid() == parent:
-        await asyncio.sleep(0.5)
-    os._exit(0)
-
-
-async def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--host", default="127.0.0.1")
-    a = p.parse_args()
+def listen_at(args):
     global LISTEN
-    LISTEN = (a.host, a.port)
-    server = await asyncio.start_server(serve, a.host, a.port, backlog=1024)
-    asyncio.ensure_future(watch_parent(os.getppid()))
-    print("fake redis listening on %s:%d" % (a.host, a.port), flush=True)
-    async with server:
-        await server.serve_forever()
+    LISTEN = (args.host, args.port)
+    return serve
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        sys.exit(0)
+    test_server.serve("fake redis", listen_at)

@@ -2,17 +2,18 @@
 """A TCP proxy that holds what clients send for a while: for tests whose point is a request
 reaching its server late (a store landing after an invalidation). Stdlib only, asyncio.
 
-Usage: slow_proxy.py --port PORT --to PORT [--delay SECONDS]
+Usage: slow_proxy.py --port PORT --to PORT [--delay SECONDS] [--connect-late]
 
 Each chunk a client sends is forwarded to 127.0.0.1:<to> DELAY seconds after it arrived,
-in order; the server's answers go back at once. The proxy exits when its parent (the test)
-goes away.
+in order; the server's answers go back at once. With --connect-late, each client waits
+DELAY seconds before the proxy connects it to the server instead, and then goes through at
+once: a server that is stopped fails the client only after DELAY (a fetch that fails late).
+The proxy exits when its parent (the test) goes away.
 """
 
-import argparse
 import asyncio
-import os
-import sys
+
+import test_server
 
 
 async def pump_late(reader, writer, delay):
@@ -58,7 +59,10 @@ async def pump(reader, writer):
         writer.close()
 
 
-async def serve(client_r, client_w, to, delay):
+async def serve(client_r, client_w, to, delay, connect_late):
+    if connect_late:
+        await asyncio.sleep(delay)
+        delay = 0.0
     try:
         server_r, server_w = await asyncio.open_connection("127.0.0.1", to)
     except OSError:
@@ -68,28 +72,14 @@ async def serve(client_r, client_w, to, delay):
     client_w.close()
 
 
-async def watch_parent(parent):
-    while os.getppid() == parent:
-        await asyncio.sleep(0.5)
-    os._exit(0)
-
-
-async def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--to", type=int, required=True)
-    p.add_argument("--delay", type=float, default=1.0)
-    a = p.parse_args()
-    server = await asyncio.start_server(
-        lambda r, w: serve(r, w, a.to, a.delay), "127.0.0.1", a.port, backlog=1024)
-    asyncio.ensure_future(watch_parent(os.getppid()))
-    print("slow proxy on %d to %d, %.2f s" % (a.port, a.to, a.delay), flush=True)
-    async with server:
-        await server.serve_forever()
+def options(parser):
+    parser.add_argument("--to", type=int, required=True)
+    parser.add_argument("--delay", type=float, default=1.0)
+    parser.add_argument("--connect-late", action="store_true")
 
 
 if __name__ == "__main__":
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        sys.exit(0)
+    test_server.serve(
+        "slow proxy",
+        lambda a: lambda r, w: serve(r, w, a.to, a.delay, a.connect_late),
+        add_arguments=options)

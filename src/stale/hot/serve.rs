@@ -87,7 +87,16 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
     };
     // SAFETY: a subrequest's phase runs when no step of its main request does; this is the
     // only borrow of the state until it returns.
-    let (hot, key) = unsafe { (*state.as_ptr()).hot_and_key() };
+    let state = unsafe { &mut *state.as_ptr() };
+    let Some(key) = state.settings_if_read().map(|s| s.key.as_slice()) else {
+        return DECLINED;
+    };
+    let fetch = is_fetch(sr, key);
+    if fetch {
+        // (How it ends tells a failed fetch from a miss: `driver::entry_gone`.)
+        state.note_fetch_request(sr);
+    }
+    let (hot, key) = state.hot_and_key();
     let Some(key) = key else {
         return DECLINED;
     };
@@ -104,7 +113,7 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
         }
         return DECLINED;
     }
-    if !hot.fetch.is_null() || !is_fetch(sr, key) {
+    if !hot.fetch.is_null() || !fetch {
         return DECLINED;
     }
     hot.fetch = sr;
@@ -200,8 +209,8 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
         if in_place { ", in place" } else { "" }
     );
     if !local {
-        // SAFETY: as above; the borrows of the state's parts ended.
-        unsafe { (*state.as_ptr()).set_status(CacheStatus::Hot) };
+        // (The borrows of the state's parts ended.)
+        state.set_status(CacheStatus::Hot);
     }
     sr.content_handler = Some(serve_content);
     DECLINED

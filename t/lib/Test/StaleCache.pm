@@ -1257,11 +1257,11 @@ sub spawn_fake_redis {
 }
 
 # Starts t/lib/slow_proxy.py on $port, forwarding to $to what clients send $delay seconds
-# late (its log in the servroot); its pid, once it accepts.
+# late (its log in the servroot); its pid, once it accepts. @flags: '--connect-late'.
 sub spawn_slow_proxy {
-    my ($port, $to, $delay) = @_;
+    my ($port, $to, $delay, @flags) = @_;
     my $pid = spawn("$SERVROOT/logs/slow_proxy.log", $PYTHON, "$ROOT/t/lib/slow_proxy.py",
-                    '--port', $port, '--to', $to, '--delay', $delay);
+                    '--port', $port, '--to', $to, '--delay', $delay, @flags);
     wait_until(sub { IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") }, 10,
                'the slow proxy accepts');
     return $pid;
