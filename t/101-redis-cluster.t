@@ -178,13 +178,20 @@ RedisCluster::cmd($_, 'CONFIG', 'RESETSTAT') for grep { RedisCluster::alive($_) 
 my $t0 = time;
 RedisCluster::kill9($victim);
 # Within 5 s every key is a FRESH hit again (the replica was promoted, the map refreshed).
-my $fresh_at;
-while (time - $t0 < 5 * time_scale()) {
+# The promotion is Redis's own work (2.2-2.6 s with a 1 s node timeout on a quiet machine,
+# later when the cores are busy): the 5 s grow by however much later than 2.5 s it came.
+my ($fresh_at, $whole_at);
+while (time - $t0 < 30 * time_scale()) {
+    $whole_at = time - $t0 if !defined $whole_at && RedisCluster::failed_over($victim);
     my @x = ::get_many([map { "/api/k$_" } 0 .. 19]);
     if (20 == grep { ($_->{headers}{'x-stale-cache'} // '') eq 'FRESH' } @x) { $fresh_at = time - $t0; last }
+    last if defined $whole_at && time - $t0 > $whole_at + 5 * time_scale();
     Time::HiRes::sleep(0.1);
 }
-ok(defined $fresh_at, sprintf('all 20 keys FRESH from the cluster %.1f s after the kill', $fresh_at // -1));
+my $bound = 5 * time_scale() + (defined $whole_at && $whole_at > 2.5 ? $whole_at - 2.5 : 0);
+ok(defined $fresh_at && $fresh_at <= $bound,
+   sprintf('all 20 keys FRESH from the cluster %.1f s after the kill (at most %.1f s; the replica promoted after %s s)',
+           $fresh_at // -1, $bound, defined $whole_at ? sprintf('%.1f', $whole_at) : 'more than 30'));
 sleep 1;
 my %res = ::stop_wrk($wrk);
 my $elapsed = time - $t0;

@@ -80,6 +80,16 @@ sub primaries {
     return [sort { $a <=> $b } keys %p];
 }
 
+# Whether the cluster is whole again after primary $victim died: a live node says the state is
+# ok and three primaries, none of them $victim, serve the slots (its replica was promoted).
+sub failed_over {
+    my $victim = shift;
+    my ($port) = grep { $_ != $victim && alive($_) } ports();
+    return 0 unless defined $port && (eval { cmd($port, 'CLUSTER', 'INFO') } // '') =~ /^cluster_state:ok/m;
+    my $primaries = eval { primaries($port) } // return 0;
+    return @$primaries == 3 && !grep { $_ == $victim } @$primaries;
+}
+
 # The port of the primary serving $key (asked of any live node).
 sub node_of {
     my $key = shift;
