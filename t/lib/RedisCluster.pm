@@ -17,12 +17,23 @@ our $DIR;
 
 sub cli { $ENV{TEST_NGINX_REDIS_CLI} // '/usr/bin/redis-cli' }
 
-# Six free ports whose bus ports are free too.
+# The first port the kernel hands out as a connection's source port.
+sub ephemeral_low {
+    open my $fh, '<', '/proc/sys/net/ipv4/ip_local_port_range' or return 32768;
+    my ($lo) = (<$fh> // '') =~ /^\s*(\d+)/;
+    return $lo // 32768;
+}
+
+# Six free ports whose bus ports are free too; bus ports (port + 10000) below the kernel's
+# source ports where the harness's range allows, so that no connection takes one between
+# this check and the node's bind.
 sub pick_ports {
-    my @ports;
+    my (@ports, $tries);
+    my $below = ephemeral_low();
     while (@ports < 6) {
         my $p = Test::StaleCache::pick_port();
         next if $p + 10000 > 65535;
+        next if $p + 10000 >= $below && ++$tries < 300;
         my $s = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => $p + 10000,
                                       Listen => 1, ReuseAddr => 1) or next;
         close $s;
@@ -36,7 +47,29 @@ sub cmd { Test::StaleCache::resp_to(@_) }
 
 sub start {
     $DIR = "$ENV{TEST_NGINX_SERVROOT}-cluster";
-    remove_tree($DIR);
+    my $why;
+    for my $attempt (1 .. 3) {
+        remove_tree($DIR);
+        $why = spawn_nodes() // last;
+        # (A port taken meanwhile, e.g. a bus port by a connection's source port.)
+        Test::More::diag("RedisCluster: $why; starting again on other ports");
+        stop();
+    }
+    die "RedisCluster: $why\n" if @NODES == 0;
+    my @addrs = map { "127.0.0.1:$_->{port}" } @NODES;
+    my $out = `@{[ cli() ]} --cluster create @addrs --cluster-replicas 1 --cluster-yes 2>&1`;
+    die "redis-cli --cluster create failed:\n$out" if $?;
+    wait_for(sub { !grep { (eval { cmd($_->{port}, 'CLUSTER', 'INFO') } // '') !~ /cluster_state:ok/ } @NODES },
+             20, 'the cluster to be ok');
+    # Every node knows the same primaries.
+    wait_for(sub { my %p = map { scalar(@{ primaries($_->{port}) }) => 1 } @NODES;
+                   keys %p == 1 && (keys %p)[0] == 3 }, 20, 'every node to see 3 primaries');
+    return ports();
+}
+
+# Starts six nodes on free ports: undef once each answers, else why not (the nodes started
+# are left for stop()).
+sub spawn_nodes {
     my $server = $ENV{TEST_NGINX_REDIS_SERVER} // '/usr/bin/redis-server';
     for my $port (pick_ports()) {
         make_path("$DIR/$port");
@@ -47,18 +80,18 @@ sub start {
         push @NODES, { port => $port, pid => $pid };
     }
     for my $n (@NODES) {
-        wait_for(sub { (eval { cmd($n->{port}, 'PING') } // '') eq 'PONG' }, 10,
-                 "redis node $n->{port} to start (see $DIR/$n->{port}/redis.log)");
+        my $deadline = time + 10 * Test::StaleCache::time_scale();
+        until ((eval { cmd($n->{port}, 'PING') } // '') eq 'PONG') {
+            my $log = "$DIR/$n->{port}/redis.log";
+            if (Test::StaleCache::proc_dead($n->{pid})) {
+                my @lines = split /\n/, Test::StaleCache::slurp($log) // '';
+                return "redis node $n->{port} exited: " . ($lines[-1] // '(no log)');
+            }
+            return "redis node $n->{port} did not answer in 10 s (see $log)" if time > $deadline;
+            sleep 0.05;
+        }
     }
-    my @addrs = map { "127.0.0.1:$_->{port}" } @NODES;
-    my $out = `@{[ cli() ]} --cluster create @addrs --cluster-replicas 1 --cluster-yes 2>&1`;
-    die "redis-cli --cluster create failed:\n$out" if $?;
-    wait_for(sub { !grep { (eval { cmd($_->{port}, 'CLUSTER', 'INFO') } // '') !~ /cluster_state:ok/ } @NODES },
-             20, 'the cluster to be ok');
-    # Every node knows the same primaries.
-    wait_for(sub { my %p = map { scalar(@{ primaries($_->{port}) }) => 1 } @NODES;
-                   keys %p == 1 && (keys %p)[0] == 3 }, 20, 'every node to see 3 primaries');
-    return ports();
+    return undef;
 }
 
 sub wait_for {
