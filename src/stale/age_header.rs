@@ -15,10 +15,9 @@ use core::ptr;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
 use ngx::ffi::{ngx_http_request_t, ngx_list_part_t, ngx_str_t, ngx_table_elt_t};
-use ngx::http::HttpModuleLocationConf;
 
 use crate::nginx::util::pool_str;
-use crate::stale::StaleCacheModule;
+use crate::stale::conf::StaleCacheConf;
 
 const AGE: &str = "Age";
 
@@ -34,7 +33,7 @@ pub fn write(req: &mut ngx_http_request_t, age: Option<u64>) -> bool {
     let Some(age) = age else {
         return false;
     };
-    if StaleCacheModule::location_conf(req).is_none_or(|c| c.http().is_none()) {
+    if !StaleCacheConf::http_mode_in(req) {
         return false;
     }
     let Some(value) = age_value(req, age) else {

@@ -463,7 +463,7 @@ pub unsafe extern "C" fn end_of_request(data: *mut c_void) {
         // this one).
         if let (Some(zone), Some(settings)) = (state.zone(), state.settings_if_read()) {
             let now = now_ms();
-            let http = super::invalidation::in_http_mode(r);
+            let http = StaleCacheConf::http_mode_in(r);
             zone.with_key(&settings.key, |t, fp| {
                 if !http
                     || t.lock_state(fp, now)

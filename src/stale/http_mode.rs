@@ -254,7 +254,7 @@ pub fn on_main_header(req: &mut ngx_http_request_t, is_refresh: bool) {
 /// not-modified filter (after this one) would let it overrule a matching ETag.
 #[inline(never)]
 fn both_conditions(req: &mut ngx_http_request_t) {
-    if StaleCacheModule::location_conf(req).is_some_and(|c| c.http().is_some()) {
+    if StaleCacheConf::http_mode_in(req) {
         req.headers_in.if_modified_since = core::ptr::null_mut();
     }
 }
@@ -264,9 +264,7 @@ fn both_conditions(req: &mut ngx_http_request_t) {
 /// answer: the stored one stays.)
 #[inline(never)]
 fn refresh_answered(req: &mut ngx_http_request_t) {
-    if StaleCacheModule::location_conf(req).is_some_and(|c| c.http().is_some())
-        && matches!(verdict(req), Some(Verdict::Skip(_)))
-    {
+    if StaleCacheConf::http_mode_in(req) && matches!(verdict(req), Some(Verdict::Skip(_))) {
         invalidate_urls(req, false);
     }
 }

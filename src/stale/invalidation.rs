@@ -21,6 +21,7 @@
 
 use ngx::ffi::{ngx_http_request_t, NGX_LOG_ERR};
 
+use super::conf::StaleCacheConf;
 use super::hot;
 use super::state::RequestState;
 use crate::locktable::LockKind;
@@ -112,17 +113,11 @@ pub fn ended(state: &RequestState, req: &ngx_http_request_t) {
 /// not count as one (the mark stays) and a refused store is not kept on this node. Outside
 /// the mode nothing invalidates, and fills end as they always did.
 pub fn passed(req: &ngx_http_request_t, zone: ZoneRef, key: &[u8]) -> bool {
-    if !in_http_mode(req) {
+    if !StaleCacheConf::http_mode_in(req) {
         return false;
     }
     let now = now_ms();
     zone.with_key(key, |t, fp| t.pass_left_ms(fp, now))
         .flatten()
         .is_some()
-}
-
-/// Whether `req`'s location runs the `stale_cache_http` mode (the only one that invalidates).
-pub fn in_http_mode(req: &ngx_http_request_t) -> bool {
-    use ngx::http::HttpModuleLocationConf;
-    crate::stale::StaleCacheModule::location_conf(req).is_some_and(|c| c.http().is_some())
 }

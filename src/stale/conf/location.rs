@@ -1,6 +1,6 @@
 //! A location's settings of the stale-cache layer, their defaults and merge.
 
-use ngx::ffi::{ngx_conf_t, ngx_msec_t};
+use ngx::ffi::{ngx_conf_t, ngx_http_request_t, ngx_msec_t};
 use ngx::http::{HttpModuleLocationConf, Merge, MergeConfigError};
 
 use crate::collapse::{UseStale, BACKOFF_BASE_MS, BACKOFF_CAP_MS};
@@ -130,6 +130,11 @@ impl StaleCacheConf {
     /// The `stale_cache_http` mode's limits, when the mode is on.
     pub fn http(&self) -> Option<&crate::http::Limits> {
         self.http.as_ref().and_then(Option::as_ref)
+    }
+
+    /// Whether the `stale_cache_http` mode is on in `r`'s location.
+    pub fn http_mode_in(r: &ngx_http_request_t) -> bool {
+        StaleCacheModule::location_conf(r).is_some_and(|c| c.http().is_some())
     }
 
     pub fn skip_header_name(&self) -> &[u8] {

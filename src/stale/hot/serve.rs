@@ -88,16 +88,14 @@ pub fn subrequest(sr: &mut ngx_http_request_t) -> ngx_int_t {
     // SAFETY: a subrequest's phase runs when no step of its main request does; this is the
     // only borrow of the state until it returns.
     let state = unsafe { &mut *state.as_ptr() };
-    let Some(key) = state.settings_if_read().map(|s| s.key.as_slice()) else {
+    let Some(fetch) = state.settings_if_read().map(|s| is_fetch(sr, &s.key)) else {
         return DECLINED;
     };
-    let fetch = is_fetch(sr, key);
     if fetch {
         // (How it ends tells a failed fetch from a miss: `driver::entry_gone`.)
         state.note_fetch_request(sr);
     }
-    let (hot, key) = state.hot_and_key();
-    let Some(key) = key else {
+    let (hot, Some(key)) = state.hot_and_key() else {
         return DECLINED;
     };
     if hot.plan == Plan::Nothing {
