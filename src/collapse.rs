@@ -62,20 +62,38 @@ impl StoreOutcome {
     }
 }
 
-/// Whether srcache's fetch subrequest failed rather than missed: 5xx, from its response
-/// header or, when none was sent (srcache's post-subrequest handler swallows the error page
-/// of a failed upstream), from its upstream (502: no connection or it broke; 504: a
-/// timeout). A miss is Redis's own answer (HttpRedis 404, a nil reply).
-pub fn fetch_failed(header_status: usize, upstream_status: Option<usize>) -> bool {
-    header_status >= 500 || upstream_status.is_some_and(|s| s >= 500)
+/// How srcache's fetch of an entry the layer expected ended, when srcache missed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FetchEnd {
+    /// Redis's own answer without the entry (HttpRedis 404, a nil reply).
+    Missed,
+    /// The fetch location failed after Redis answered (an error reply such as `-WRONGTYPE`,
+    /// or a 5xx of the location's own): not Redis away, and nothing said of the entry.
+    Refused,
+    /// Redis gave no answer: no connection, a broken one, or a timeout. Redis is away.
+    Unreachable,
+}
+
+/// How the fetch ended, from its response header's status and, when it had an upstream, the
+/// upstream's final status and whether any byte came back from it. (srcache's
+/// post-subrequest handler swallows a failed upstream's error page: no header is sent then,
+/// and the upstream's status is what says 502 or 504.)
+pub fn fetch_end(header_status: usize, upstream: Option<(usize, bool)>) -> FetchEnd {
+    match upstream {
+        Some((504, _)) => FetchEnd::Unreachable,
+        Some((status, false)) if status >= 500 => FetchEnd::Unreachable,
+        Some((status, true)) if status >= 500 => FetchEnd::Refused,
+        _ if header_status >= 500 => FetchEnd::Refused,
+        _ => FetchEnd::Missed,
+    }
 }
 
 /// srcache missed an entry the layer expected: whether the copy of the key kept on this node
 /// (hot tier or local zone) goes too. An entry gone from Redis (deleted, evicted) makes the
 /// copy suspect; a failed fetch says nothing of the entry, and while Redis is, or was just,
 /// away the copy is what answers (another worker may have just kept it).
-pub fn miss_forgets_node_copy(fetch_failed: bool, redis_recently_away: bool) -> bool {
-    !fetch_failed && !redis_recently_away
+pub fn miss_forgets_node_copy(fetch: FetchEnd, redis_recently_away: bool) -> bool {
+    fetch == FetchEnd::Missed && !redis_recently_away
 }
 
 /// A fill counts only when its answer was stored: "filled" is an outcome in Redis, not a
@@ -344,26 +362,32 @@ mod tests {
 
     #[test]
     fn a_failed_fetch_is_told_from_a_miss() {
-        // No response header: the upstream's status says it.
-        assert!(fetch_failed(0, Some(502)));
-        assert!(fetch_failed(0, Some(504)));
-        assert!(fetch_failed(502, None));
+        // No response header: the upstream says it. Nothing came back: Redis is away.
+        assert_eq!(fetch_end(0, Some((502, false))), FetchEnd::Unreachable);
+        assert_eq!(fetch_end(0, Some((504, false))), FetchEnd::Unreachable);
+        assert_eq!(fetch_end(0, Some((504, true))), FetchEnd::Unreachable);
+        // Redis answered, with an error reply.
+        assert_eq!(fetch_end(0, Some((502, true))), FetchEnd::Refused);
+        assert_eq!(fetch_end(502, None), FetchEnd::Refused);
         // A miss: HttpRedis's 404 for a nil reply, or a 200 srcache could not use.
-        assert!(!fetch_failed(404, Some(404)));
-        assert!(!fetch_failed(200, Some(200)));
+        assert_eq!(fetch_end(404, Some((404, true))), FetchEnd::Missed);
+        assert_eq!(fetch_end(200, Some((200, true))), FetchEnd::Missed);
         // Answered by this node (no upstream).
-        assert!(!fetch_failed(200, None));
-        assert!(!fetch_failed(0, None));
+        assert_eq!(fetch_end(200, None), FetchEnd::Missed);
+        assert_eq!(fetch_end(0, None), FetchEnd::Missed);
     }
 
     #[test]
     fn a_miss_forgets_the_node_copy_only_when_the_entry_is_gone() {
         // Redis answered without the entry, and this worker has not seen Redis away.
-        assert!(miss_forgets_node_copy(false, false));
+        assert!(miss_forgets_node_copy(FetchEnd::Missed, false));
         // A failed fetch (another worker may have just kept the copy), or Redis away.
-        assert!(!miss_forgets_node_copy(true, false));
-        assert!(!miss_forgets_node_copy(false, true));
-        assert!(!miss_forgets_node_copy(true, true));
+        for fetch in [FetchEnd::Refused, FetchEnd::Unreachable] {
+            assert!(!miss_forgets_node_copy(fetch, false));
+        }
+        for fetch in [FetchEnd::Missed, FetchEnd::Refused, FetchEnd::Unreachable] {
+            assert!(!miss_forgets_node_copy(fetch, true));
+        }
     }
 
     #[test]

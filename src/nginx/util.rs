@@ -101,14 +101,15 @@ pub fn request_log(r: &ngx_http_request_t) -> *mut ngx_log_t {
     unsafe { (*r.connection).log }
 }
 
-/// The status `r`'s upstream ended with, if `r` used one and it has one yet (502 when the
-/// connection failed or broke, 504 on a timeout, else the upstream's own status). Also
-/// readable once `r`, a finished subrequest, is over: its upstream lives in its pool.
-pub fn upstream_status(r: &ngx_http_request_t) -> Option<usize> {
+/// How `r`'s upstream ended, if `r` used one and it has a status yet: the status (502 when
+/// the connection failed or broke, 504 on a timeout, else the upstream's own) and whether
+/// any byte came back from the upstream. Also readable once `r`, a finished subrequest, is
+/// over: its upstream lives in its pool.
+pub fn upstream_end(r: &ngx_http_request_t) -> Option<(usize, bool)> {
     // SAFETY: a request's upstream, when set, and the upstream's state, when set, are
     // allocated from the request's pool, which outlives `r`'s borrow.
     let state = unsafe { r.upstream.as_ref()?.state.as_ref()? };
-    (state.status != 0).then_some(state.status)
+    (state.status != 0).then_some((state.status, state.bytes_received > 0))
 }
 
 /// The worker's cycle log, for events that belong to no request.

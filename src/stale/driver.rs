@@ -27,12 +27,14 @@ use super::refresh::{self, has_body, SECRET_HEADER};
 use super::state::{self, Next, Phase, RequestState};
 use super::variables::read_cache_variables;
 use super::{hot, metrics};
-use crate::collapse::{fetch_failed, fill_end, miss_forgets_node_copy, FillEnd, StoreOutcome};
+use crate::collapse::{
+    fetch_end, fill_end, miss_forgets_node_copy, FetchEnd, FillEnd, StoreOutcome,
+};
 use crate::locktable::LockKind;
 use crate::nginx::bits;
 use crate::nginx::log::{self, debug, Every, Short};
 use crate::nginx::util::{
-    live_headers, now_ms, request_log, str_bytes, upstream_status, AGAIN, DECLINED, DONE,
+    live_headers, now_ms, request_log, str_bytes, upstream_end, AGAIN, DECLINED, DONE,
 };
 use crate::nginx::vars;
 use crate::policy::CacheStatus;
@@ -382,23 +384,23 @@ fn entry_gone(state: &mut RequestState, req: &ngx_http_request_t) {
         zone.with_key(&key, |t, fp| t.memo_clear(fp, now));
         super::vary::memo_clear(state, zone, now);
     }
-    let failed = state
-        .fetch_request()
-        .is_some_and(|sr| fetch_failed(sr.headers_out.status, upstream_status(sr)));
-    if failed {
+    let fetch = state.fetch_request().map_or(FetchEnd::Missed, |sr| {
+        fetch_end(sr.headers_out.status, upstream_end(sr))
+    });
+    if fetch == FetchEnd::Unreachable {
         // Redis is away for this worker too: the copy another worker may have just kept
         // answers (`local_steps::served_after_wake`), as after a failed store.
-        super::local::saw(req, super::local::Seen::FetchFailed, now);
+        super::local::saw(req, super::local::Seen::FetchUnreachable, now);
     }
-    if miss_forgets_node_copy(failed, super::local::recently_away(now)) {
+    if miss_forgets_node_copy(fetch, super::local::recently_away(now)) {
         hot::forget(req, &key);
     }
     debug!(
         request_log(req),
-        "stale_cache: srcache {} \"{}\", which was expected {}",
-        if failed { "failed to fetch" } else { "missed" },
+        "stale_cache: srcache missed \"{}\", which was expected {} (fetch {:?})",
         Short(&key),
-        state.status().map_or("", |s| s.as_str())
+        state.status().map_or("", |s| s.as_str()),
+        fetch
     );
     if state.refetched() || state.zone().is_none() {
         // Sent through once already, and still not there: no second round.

@@ -50,10 +50,10 @@ pub enum Seen<'a> {
     /// Redis down or refusing; with redis2/HttpRedis this is how the layer learns it before a
     /// lookup fails).
     StoreNotStored,
-    /// srcache's fetch of an entry the layer expected failed (its location answered 5xx:
-    /// Redis down, timing out or refusing), for a worker whose requests were fresh by the
+    /// srcache's fetch of an entry the layer expected got no answer from Redis (no
+    /// connection, a broken one, a timeout), for a worker whose requests were fresh by the
     /// memo and so made no lookup to learn it from.
-    FetchFailed,
+    FetchUnreachable,
 }
 
 /// Whether what was met says Redis is away (`None`: it says Redis answers).
@@ -61,7 +61,7 @@ fn means_away(seen: Seen<'_>) -> Option<bool> {
     match seen {
         Seen::LookupAnswered => None,
         Seen::LookupFailed(error) => Some(error.redis_away()),
-        Seen::StoreNotStored | Seen::FetchFailed => Some(true),
+        Seen::StoreNotStored | Seen::FetchUnreachable => Some(true),
     }
 }
 
