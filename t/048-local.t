@@ -343,3 +343,35 @@ is($s->{LOCAL} // 0, 8, 'the 8 later requests: LOCAL') or diag(explain $s);
 kill 'TERM', $proxy;
 --- no_error_log eval
 [qr/\[(crit|alert|emerg)\]/]
+
+
+
+=== TEST 14: drop-in-redis2.conf: a fetch Redis refuses with an error reply (-WRONGTYPE) is not Redis away: the next key is still fetched from Redis
+# The key's entry was replaced by a hash while the memo says it is fresh: srcache's fetch gets
+# -WRONGTYPE (HttpRedis answers 502), the request goes to the backend and its store puts a
+# string back. Redis answered, so the worker does not skip the next fetches as if it were away.
+--- redis2
+--- http_config eval: ::stock_http('drop-in-redis2.conf')
+--- config eval: ::stock('drop-in-redis2.conf')
+--- request
+GET /metrics
+--- error_code: 404
+--- check
+for my $p ('/api/wa', '/api/wb') {
+    is(http_get($p)->{headers}{'x-stale-cache'}, 'MISS', "$p filled");
+    ok(wait_until(sub { http_get($p)->{headers}{'x-stale-cache'} eq 'FRESH' }, 5, "$p FRESH"), "$p fresh by the memo");
+}
+my $key = redis_key('/api/wa');
+redis('DEL', $key);
+redis('HSET', $key, 'f', 'v');
+redis('EXPIRE', $key, 1000);
+my $r = http_get('/api/wa');
+is($r->{status}, 200, 'the refused fetch: 200');
+is($r->{body}, "backend GET /api/wa hit 2\n", 'from the backend');
+my $b = http_get('/api/wb');
+is($b->{headers}{'x-cache'}, 'HIT', 'the next key is fetched from Redis (not skipped as if Redis were away)');
+is($b->{headers}{'x-stale-cache'}, 'FRESH', 'and is FRESH');
+is(backend_hits('/api/wb'), 1, 'no second backend request for it');
+ok(wait_until(sub { (redis('TYPE', $key) // '') eq 'string' }, 5, 'the store'), 'the store put a string back');
+--- no_error_log eval
+[qr/\[(crit|alert|emerg)\]/, qr/Redis is away/]
